@@ -1,0 +1,52 @@
+# Orient Secrets — the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+BUF        := go tool -modfile=tools/go.mod buf
+GOOGLEAPIS := .build/googleapis
+# The google/api and google/rpc protos come from this Go module's
+# third_party folder (no Buf Schema Registry on these machines).
+GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
+GO_TEST_FLAGS ?=
+
+.PHONY: help run build test lint generate proto-check postgres bench reliability fuzz clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## Build secretsd and secretctl into bin/
+	go build -o bin/ ./cmd/...
+
+run: postgres build ## Run secretsd on the embedded default (private PostgreSQL in ./.secrets-data)
+	./bin/secretsd
+
+test: postgres ## Run every test against a private throwaway PostgreSQL
+	go test $(GO_TEST_FLAGS) -race -timeout 15m ./...
+
+lint: $(GOOGLEAPIS) ## buf lint, go vet and staticcheck
+	$(BUF) lint
+	go vet ./...
+	go tool staticcheck ./...
+
+generate: $(GOOGLEAPIS) ## Regenerate gen/ from proto/ (pinned plugins, no network registry)
+	$(BUF) generate
+
+proto-check: generate ## Fail if gen/ is stale or the API broke compatibility with main
+	git diff --exit-code -- gen/
+	@if git rev-parse --verify -q origin/main >/dev/null; then \
+		$(BUF) breaking --against '.git#branch=origin/main'; \
+	elif git rev-parse --verify -q main~0 >/dev/null && [ "$$(git rev-parse HEAD)" != "$$(git rev-parse main)" ]; then \
+		$(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: nothing to compare against (on main)"; fi
+
+postgres: ## Make sure the PostgreSQL server binaries are installed (tests and `make run` start their own cluster)
+	@./scripts/ensure-postgres.sh
+
+$(GOOGLEAPIS):
+	@dir=$$(go mod download -json $(GOOGLEAPIS_MODULE) | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'); \
+	test -n "$$dir" || { echo "cannot download $(GOOGLEAPIS_MODULE)"; exit 1; }; \
+	mkdir -p $@/google && cp -r $$dir/third_party/googleapis/google/api $$dir/third_party/googleapis/google/rpc $@/google/ && \
+	chmod -R u+w $@
+
+clean: ## Remove build outputs (not the data directory)
+	rm -rf bin .build

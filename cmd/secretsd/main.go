@@ -1,0 +1,136 @@
+// Command secretsd is the Orient Secrets server. It only parses flags and
+// environment variables and hands them to server/app.
+//
+//	secretsd            serve (the default)
+//	secretsd migrate    apply database migrations and exit
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/orient-bot/secrets/migrations"
+	"github.com/orient-bot/secrets/server/app"
+)
+
+const usage = `secretsd serves Orient's secrets over gRPC and REST.
+
+Usage:
+  secretsd [flags]            serve
+  secretsd migrate            apply database migrations to DATABASE_URL and exit
+
+With no DATABASE_URL it runs a private PostgreSQL cluster in --data-dir and,
+unless SECRETS_KEK_URL is set, a development key-encryption key stored there.
+
+Environment (flags win over environment):
+  DATABASE_URL            PostgreSQL connection URL (secret: never logged)
+  SECRETS_KEK_URL         key-encryption key keeper URL(s), comma-separated, first is
+                          primary: awskms://…, gcpkms://…, azurekeyvault://…,
+                          hashivault://…, base64key://… (secret: never logged)
+  SECRETS_GRPC_ADDR       same as --grpc-addr
+  SECRETS_HTTP_ADDR       same as --http-addr
+  SECRETS_DATA_DIR        same as --data-dir
+  SECRETS_LOG_LEVEL       same as --log-level
+  SECRETS_LOG_FORMAT      same as --log-format
+
+Flags:
+`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "secretsd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cfg := app.DefaultConfig()
+	fs := flag.NewFlagSet("secretsd", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", env("SECRETS_GRPC_ADDR", cfg.GRPCAddr), "gRPC listen address")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("SECRETS_HTTP_ADDR", cfg.HTTPAddr), "HTTP listen address (REST gateway, /openapi.json, /healthz, /readyz, /metrics)")
+	fs.StringVar(&cfg.DataDir, "data-dir", env("SECRETS_DATA_DIR", cfg.DataDir), "data directory of the embedded default (used when DATABASE_URL is empty)")
+	fs.BoolVar(&cfg.Reflection, "reflection", envBool("SECRETS_REFLECTION", cfg.Reflection), "enable gRPC server reflection (grpcurl)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for in-flight requests")
+	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
+	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
+
+	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	switch fs.Arg(0) {
+	case "":
+	case "migrate":
+		if cfg.DatabaseURL == "" {
+			return errors.New("migrate needs DATABASE_URL (the embedded default migrates itself at start)")
+		}
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		if err := migrations.Up(mctx, cfg.DatabaseURL); err != nil {
+			return err
+		}
+		log.Info("migrations applied")
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q (see secretsd -h)", fs.Arg(0))
+	}
+
+	srv, err := app.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func envBool(name string, def bool) bool {
+	if v, err := strconv.ParseBool(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, got %q", format)
+}

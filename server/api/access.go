@@ -1,0 +1,137 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	rpccode "google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// Limits of BatchAccessSecrets: a response must stay under gRPC's default
+// 4 MiB receive limit, with room for framing.
+const (
+	maxBatchKeys  = 100
+	maxBatchBytes = 3 << 20
+)
+
+// AccessSecretVersion returns a value once its access is durably audited.
+func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessSecretVersionRequest) (*pb.AccessSecretVersionResponse, error) {
+	if err := checkKey("key", req.GetKey()); err != nil {
+		return nil, err
+	}
+	version, err := parseVersion("version", req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	sv, rev, err := s.Store.AccessVersion(ctx, req.GetKey(), version)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	value, crc, err := s.Keyring.Open(ctx, sv.Key, sv.Version, toSeal(sv.Sealed))
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	id := IdentityFrom(ctx)
+	if err := s.Access.RecordAccess(ctx, []store.AuditEvent{{
+		Actor: id.Actor, Peer: id.Peer, Action: "AccessSecretVersion", Key: sv.Key, Version: sv.Version,
+		Outcome: store.OutcomeOK, Revision: rev,
+	}}); err != nil {
+		clear(value)
+		return nil, s.auditFailed(ctx, err)
+	}
+	return &pb.AccessSecretVersionResponse{Key: sv.Key, Version: sv.Version, Value: value, DataCrc32C: int64(crc), Revision: rev}, nil
+}
+
+// Outcome is the audit outcome of a status code: "OK" or its canonical name
+// (e.g. "NOT_FOUND").
+func Outcome(c codes.Code) string { return rpccode.Code(c).String() }
+
+// auditFailed fails an access closed: no durable audit event, no value.
+func (s *SecretService) auditFailed(ctx context.Context, err error) error {
+	s.Logger.ErrorContext(ctx, "access audit not recorded; value withheld", "error", err)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return toStatus(ctx, s.Logger, err)
+	}
+	return withInfo(codes.Unavailable, ReasonAuditUnavailable, "access could not be audited; value withheld, retry later")
+}
+
+// BatchAccessSecrets reads several latest values in one snapshot. Keys that
+// cannot be read carry their own error; the call fails only for bad input,
+// an oversized response, or when the accesses cannot be audited.
+func (s *SecretService) BatchAccessSecrets(ctx context.Context, req *pb.BatchAccessSecretsRequest) (*pb.BatchAccessSecretsResponse, error) {
+	keys := req.GetKeys()
+	if len(keys) == 0 {
+		return nil, invalidArg("keys", "at least one key is required")
+	}
+	if len(keys) > maxBatchKeys {
+		return nil, invalidArg("keys", fmt.Sprintf("at most %d keys per call, got %d", maxBatchKeys, len(keys)))
+	}
+	seen := make(map[string]bool, len(keys))
+	for i, k := range keys {
+		field := fmt.Sprintf("keys[%d]", i)
+		if err := checkKey(field, k); err != nil {
+			return nil, err
+		}
+		if seen[k] {
+			return nil, invalidArg(field, "duplicate key "+k)
+		}
+		seen[k] = true
+	}
+	items, rev, err := s.Store.BatchAccess(ctx, keys)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	id := IdentityFrom(ctx)
+	out := &pb.BatchAccessSecretsResponse{Revision: rev, Results: make([]*pb.BatchAccessResult, len(items))}
+	events := make([]store.AuditEvent, 0, len(items))
+	total := 0
+	for i, it := range items {
+		r := &pb.BatchAccessResult{Key: it.Key}
+		err := it.Err
+		if err == nil {
+			r.Value, r.DataCrc32C, err = s.open(ctx, it.SealedVersion)
+			r.Version = it.Version
+		}
+		ev := store.AuditEvent{Actor: id.Actor, Peer: id.Peer, Action: "BatchAccessSecrets", Key: it.Key, Version: it.Version, Outcome: store.OutcomeOK, Revision: rev}
+		if err != nil {
+			st := status.Convert(toStatus(ctx, s.Logger, err))
+			r.Error = st.Proto()
+			r.Value, r.Version, r.DataCrc32C = nil, 0, 0
+			ev.Outcome = Outcome(st.Code())
+		}
+		total += len(r.Value) + len(r.Key) + 32
+		if total > maxBatchBytes {
+			clearResults(out.Results)
+			clear(r.Value)
+			return nil, withInfo(codes.InvalidArgument, ReasonResponseTooLarge,
+				fmt.Sprintf("keys: the values exceed the %d MiB response limit; ask for fewer keys per call", maxBatchBytes>>20))
+		}
+		out.Results[i] = r
+		events = append(events, ev)
+	}
+	if err := s.Access.RecordAccess(ctx, events); err != nil {
+		clearResults(out.Results)
+		return nil, s.auditFailed(ctx, err)
+	}
+	return out, nil
+}
+
+func (s *SecretService) open(ctx context.Context, sv store.SealedVersion) ([]byte, int64, error) {
+	value, crc, err := s.Keyring.Open(ctx, sv.Key, sv.Version, toSeal(sv.Sealed))
+	return value, int64(crc), err
+}
+
+// clearResults wipes values that will not be sent (best effort).
+func clearResults(rs []*pb.BatchAccessResult) {
+	for _, r := range rs {
+		if r != nil {
+			clear(r.Value)
+		}
+	}
+}

@@ -1,0 +1,328 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/catalog"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// SecretService implements the SecretService RPCs.
+type SecretService struct {
+	pb.UnimplementedSecretServiceServer
+	Deps
+}
+
+// NewSecretService returns the SecretService handlers.
+func NewSecretService(d Deps) *SecretService { return &SecretService{Deps: d} }
+
+func (s *SecretService) fail(ctx context.Context, err error) error {
+	return toStatus(ctx, s.Logger, err)
+}
+
+// ListSecrets merges stored secrets with the catalog's empty slots, by key.
+func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequest) (*pb.ListSecretsResponse, error) {
+	category := ""
+	if req.GetCategory() != "" {
+		c, err := normalizeCategory("category", req.GetCategory())
+		if err != nil {
+			return nil, err
+		}
+		category = c
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	filter := filterKey(category, boolString(req.GetConfiguredOnly()))
+	tok, err := decodeToken(req.GetPageToken(), filter)
+	if err != nil {
+		return nil, err
+	}
+	// Catalog keys after the cursor in the category: empty slots unless stored.
+	var slots []catalog.Entry
+	if !req.GetConfiguredOnly() {
+		for _, e := range catalog.Entries() {
+			if e.Key > tok.After && (category == "" || e.Category == category) {
+				slots = append(slots, e)
+			}
+		}
+	}
+	slotKeys := make([]string, len(slots))
+	for i, e := range slots {
+		slotKeys[i] = e.Key
+	}
+	res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, After: tok.After, Limit: size + 1, AlsoKeys: slotKeys})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	merged := make([]*pb.Secret, 0, len(res.Page)+len(slots))
+	for _, sec := range res.Page {
+		merged = append(merged, toSecret(sec))
+	}
+	for _, e := range slots {
+		if _, stored := res.Also[e.Key]; !stored {
+			merged = append(merged, emptySlot(e))
+		}
+	}
+	slices.SortFunc(merged, func(a, b *pb.Secret) int { return strings.Compare(a.Key, b.Key) })
+	out := &pb.ListSecretsResponse{Revision: res.Revision}
+	if len(merged) > size {
+		merged = merged[:size]
+		out.NextPageToken = encodeToken(pageToken{After: merged[size-1].Key, Filter: filter})
+	}
+	out.Secrets = merged
+	return out, nil
+}
+
+func boolString(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// GetSecret returns metadata; a catalog key with no value is its empty slot.
+func (s *SecretService) GetSecret(ctx context.Context, req *pb.GetSecretRequest) (*pb.GetSecretResponse, error) {
+	if err := checkKey("key", req.GetKey()); err != nil {
+		return nil, err
+	}
+	sec, rev, err := s.Store.GetSecret(ctx, req.GetKey())
+	if err != nil {
+		if e, ok := catalog.Lookup(req.GetKey()); ok && isNotFound(err) {
+			return &pb.GetSecretResponse{Secret: emptySlot(e), Revision: rev}, nil
+		}
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.GetSecretResponse{Secret: toSecret(sec), Revision: rev}, nil
+}
+
+func (s *SecretService) PutSecret(ctx context.Context, req *pb.PutSecretRequest) (*pb.PutSecretResponse, error) {
+	p, err := s.putParams(req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.Store.PutSecret(ctx, metaFor(ctx, "PutSecret", req.GetRequestId(), withoutValue(req)), p)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.PutSecretResponse{Secret: toSecret(res.Secret), Revision: res.Revision}, nil
+}
+
+func withoutValue(req *pb.PutSecretRequest) *pb.PutSecretRequest {
+	c := &pb.PutSecretRequest{Key: req.Key, Description: req.Description, Category: req.Category,
+		RestartRequired: req.RestartRequired, Etag: req.Etag, RequestId: req.RequestId}
+	return c
+}
+
+func (s *SecretService) putParams(req *pb.PutSecretRequest) (store.PutParams, error) {
+	key := req.GetKey()
+	if err := checkKey("key", key); err != nil {
+		return store.PutParams{}, err
+	}
+	if err := catalog.CheckValue(key, req.GetValue()); err != nil {
+		return store.PutParams{}, invalidArg("value", err.Error())
+	}
+	expect, err := parseEtag("etag", req.GetEtag())
+	if err != nil {
+		return store.PutParams{}, err
+	}
+	if err := checkRequestID(req.GetRequestId()); err != nil {
+		return store.PutParams{}, err
+	}
+	p := store.PutParams{Key: key, Expect: expect, RestartRequired: req.RestartRequired}
+	if req.Description != nil {
+		if err := checkText("description", req.GetDescription(), maxDescription, true); err != nil {
+			return store.PutParams{}, err
+		}
+		p.Description = req.Description
+	}
+	if req.Category != nil {
+		c, err := normalizeCategory("category", req.GetCategory())
+		if err != nil {
+			return store.PutParams{}, err
+		}
+		p.Category = &c
+	}
+	p.Defaults = store.Defaults{Category: catalog.CategoryCustom}
+	if e, ok := catalog.Lookup(key); ok {
+		p.Defaults = store.Defaults{Category: e.Category, Description: e.Description, RestartRequired: e.RestartRequired}
+	}
+	value := req.GetValue()
+	p.Seal = func(ctx context.Context, version int64) (store.Sealed, error) {
+		sealed, _, err := s.Keyring.Seal(ctx, key, version, value)
+		return fromSeal(sealed), err
+	}
+	return p, nil
+}
+
+var updatableFields = []string{"description", "category", "restart_required"}
+
+func (s *SecretService) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRequest) (*pb.UpdateSecretResponse, error) {
+	sec := req.GetSecret()
+	if sec == nil {
+		return nil, invalidArg("secret", "required")
+	}
+	if err := checkKey("secret.key", sec.GetKey()); err != nil {
+		return nil, err
+	}
+	expect, err := parseEtag("secret.etag", sec.GetEtag())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRequestID(req.GetRequestId()); err != nil {
+		return nil, err
+	}
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		return nil, invalidArg("update_mask", "required: name the fields to update ("+strings.Join(updatableFields, ", ")+") or \"*\"")
+	}
+	p := store.UpdateParams{Key: sec.GetKey(), Expect: expect}
+	updates := 0
+	for _, path := range paths {
+		// The gateway fills the mask from every field in a PATCH body; key
+		// and etag name the target and the precondition, not updates.
+		if path == "key" || path == "etag" {
+			continue
+		}
+		updates++
+		all := path == "*"
+		if all || path == "description" {
+			if err := checkText("secret.description", sec.GetDescription(), maxDescription, true); err != nil {
+				return nil, err
+			}
+			d := sec.GetDescription()
+			p.Description = &d
+		}
+		if all || path == "category" {
+			c, err := normalizeCategory("secret.category", sec.GetCategory())
+			if err != nil {
+				return nil, err
+			}
+			p.Category = &c
+		}
+		if all || path == "restart_required" {
+			r := sec.GetRestartRequired()
+			p.RestartRequired = &r
+		}
+		if !all && !slices.Contains(updatableFields, path) {
+			return nil, invalidArg("update_mask", "field "+path+" cannot be updated; updatable: "+strings.Join(updatableFields, ", "))
+		}
+	}
+	if updates == 0 {
+		return nil, invalidArg("update_mask", "nothing to update: name one of "+strings.Join(updatableFields, ", "))
+	}
+	res, err := s.Store.UpdateSecret(ctx, metaFor(ctx, "UpdateSecret", req.GetRequestId(), req), p)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.UpdateSecretResponse{Secret: toSecret(res.Secret), Revision: res.Revision}, nil
+}
+
+func (s *SecretService) ListSecretVersions(ctx context.Context, req *pb.ListSecretVersionsRequest) (*pb.ListSecretVersionsResponse, error) {
+	if err := checkKey("key", req.GetKey()); err != nil {
+		return nil, err
+	}
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := decodeToken(req.GetPageToken(), req.GetKey())
+	if err != nil {
+		return nil, err
+	}
+	versions, err := s.Store.ListVersions(ctx, req.GetKey(), tok.Before, size+1)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	out := &pb.ListSecretVersionsResponse{}
+	if len(versions) > size {
+		versions = versions[:size]
+		out.NextPageToken = encodeToken(pageToken{Before: versions[size-1].Version, Filter: req.GetKey()})
+	}
+	for _, v := range versions {
+		out.Versions = append(out.Versions, toVersion(v))
+	}
+	return out, nil
+}
+
+// versionChange is the shared body of Disable/Enable/DestroySecretVersion.
+func (s *SecretService) versionChange(ctx context.Context, action string, req versionRequest, target store.VersionState) (store.WriteResult, error) {
+	if err := checkKey("key", req.GetKey()); err != nil {
+		return store.WriteResult{}, err
+	}
+	version, err := parseVersion("version", req.GetVersion())
+	if err != nil {
+		return store.WriteResult{}, err
+	}
+	expect, err := parseEtag("etag", req.GetEtag())
+	if err != nil {
+		return store.WriteResult{}, err
+	}
+	if err := checkRequestID(req.GetRequestId()); err != nil {
+		return store.WriteResult{}, err
+	}
+	res, err := s.Store.SetVersionState(ctx, metaFor(ctx, action, req.GetRequestId(), req), req.GetKey(), version, expect, target)
+	if err != nil {
+		return store.WriteResult{}, s.fail(ctx, err)
+	}
+	return res, nil
+}
+
+type versionRequest interface {
+	proto.Message
+	GetKey() string
+	GetVersion() string
+	GetEtag() string
+	GetRequestId() string
+}
+
+func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
+
+func (s *SecretService) DisableSecretVersion(ctx context.Context, req *pb.DisableSecretVersionRequest) (*pb.DisableSecretVersionResponse, error) {
+	res, err := s.versionChange(ctx, "DisableSecretVersion", req, store.StateDisabled)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.DisableSecretVersionResponse{Version: toVersion(*res.Version), Secret: toSecret(res.Secret), Revision: res.Revision}, nil
+}
+
+func (s *SecretService) EnableSecretVersion(ctx context.Context, req *pb.EnableSecretVersionRequest) (*pb.EnableSecretVersionResponse, error) {
+	res, err := s.versionChange(ctx, "EnableSecretVersion", req, store.StateEnabled)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.EnableSecretVersionResponse{Version: toVersion(*res.Version), Secret: toSecret(res.Secret), Revision: res.Revision}, nil
+}
+
+func (s *SecretService) DestroySecretVersion(ctx context.Context, req *pb.DestroySecretVersionRequest) (*pb.DestroySecretVersionResponse, error) {
+	res, err := s.versionChange(ctx, "DestroySecretVersion", req, store.StateDestroyed)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.DestroySecretVersionResponse{Version: toVersion(*res.Version), Secret: toSecret(res.Secret), Revision: res.Revision}, nil
+}
+
+func (s *SecretService) DeleteSecret(ctx context.Context, req *pb.DeleteSecretRequest) (*pb.DeleteSecretResponse, error) {
+	if err := checkKey("key", req.GetKey()); err != nil {
+		return nil, err
+	}
+	expect, err := parseEtag("etag", req.GetEtag())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkRequestID(req.GetRequestId()); err != nil {
+		return nil, err
+	}
+	res, err := s.Store.DeleteSecret(ctx, metaFor(ctx, "DeleteSecret", req.GetRequestId(), req), req.GetKey(), expect)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.DeleteSecretResponse{Revision: res.Revision}, nil
+}

@@ -1,0 +1,117 @@
+package api
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/orient-bot/secrets/server/catalog"
+)
+
+func checkKey(field, key string) error {
+	if key == "" {
+		return invalidArg(field, "required")
+	}
+	if !catalog.ValidKey(key) {
+		return invalidArg(field, catalog.KeyRule)
+	}
+	return nil
+}
+
+// parseVersion accepts "latest" (returned as 0) or a positive number.
+func parseVersion(field, v string) (int64, error) {
+	if v == "latest" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, invalidArg(field, `must be "latest" or a version number from 1`)
+	}
+	return n, nil
+}
+
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+func checkRequestID(id string) error {
+	if id != "" && !requestIDPattern.MatchString(id) {
+		return invalidArg("request_id", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : - (a UUID is ideal)")
+	}
+	return nil
+}
+
+const maxDescription = 1024
+
+// checkText checks free text for length and control characters.
+func checkText(field, s string, maxLen int, allowNewlines bool) error {
+	if !utf8.ValidString(s) {
+		return invalidArg(field, "must be valid UTF-8")
+	}
+	if n := utf8.RuneCountInString(s); n > maxLen {
+		return invalidArg(field, "must be at most "+strconv.Itoa(maxLen)+" characters")
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) && !(allowNewlines && (r == '\n' || r == '\t')) {
+			return invalidArg(field, "must not contain control characters")
+		}
+	}
+	return nil
+}
+
+func normalizeCategory(field, c string) (string, error) {
+	n, err := catalog.NormalizeCategory(c)
+	if err != nil {
+		return "", invalidArg(field, err.Error())
+	}
+	return n, nil
+}
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+func pageSize(n int32) (int, error) {
+	switch {
+	case n < 0:
+		return 0, invalidArg("page_size", "must not be negative")
+	case n == 0:
+		return defaultPageSize, nil
+	case n > maxPageSize:
+		return maxPageSize, nil
+	}
+	return int(n), nil
+}
+
+// pageToken is the opaque cursor of a list: where the previous page ended and
+// a fingerprint of its filter (a token is only valid with the same filter).
+type pageToken struct {
+	After  string `json:"a,omitempty"`
+	Before int64  `json:"b,omitempty"`
+	Filter string `json:"f,omitempty"`
+}
+
+func encodeToken(t pageToken) string {
+	b, _ := json.Marshal(t)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeToken(s, filter string) (pageToken, error) {
+	var t pageToken
+	if s == "" {
+		return t, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || json.Unmarshal(b, &t) != nil {
+		return t, invalidArg("page_token", "malformed; pass the next_page_token of a previous call")
+	}
+	if t.Filter != filter {
+		return t, invalidArg("page_token", "was issued for a different filter")
+	}
+	return t, nil
+}
+
+func filterKey(parts ...string) string { return strings.Join(parts, "\x1f") }

@@ -1,0 +1,330 @@
+// Package app wires the service together: configuration, the database (an
+// embedded private cluster or DATABASE_URL), the keyring, the gRPC server with
+// its interceptors, reflection and health, and the HTTP listener with the REST
+// gateway, OpenAPI document, health and metrics endpoints. cmd/secretsd only
+// parses flags and calls Run.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/migrations"
+	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/pgcluster"
+	"github.com/orient-bot/secrets/server/seal"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// Config is the server's configuration. DatabaseURL and KEKURL are secrets:
+// never log or print them.
+type Config struct {
+	GRPCAddr    string
+	HTTPAddr    string
+	DataDir     string
+	DatabaseURL string
+	KEKURL      string
+	// Reflection enables gRPC server reflection (for grpcurl).
+	Reflection bool
+	// ShutdownTimeout bounds the graceful drain on SIGTERM.
+	ShutdownTimeout time.Duration
+	// IdempotencyTTL is how long request ids are remembered.
+	IdempotencyTTL time.Duration
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:        "127.0.0.1:9090",
+		HTTPAddr:        "127.0.0.1:8080",
+		DataDir:         ".secrets-data",
+		Reflection:      true,
+		ShutdownTimeout: 15 * time.Second,
+		IdempotencyTTL:  24 * time.Hour,
+	}
+}
+
+// Server is a running secretsd.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	cluster   *pgcluster.Cluster
+	store     *store.Store
+	keyring   *seal.Keyring
+	grpc      *grpc.Server
+	health    *health.Server
+	http      *http.Server
+	gwConn    interface{ Close() error }
+	grpcLis   net.Listener
+	httpLis   net.Listener
+	startedAt time.Time
+}
+
+// GRPCAddr and HTTPAddr return the bound addresses (useful with port 0).
+func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
+
+// HTTPAddr returns the HTTP listener's bound address.
+func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+
+// Start brings the server up: database, migrations, keyring, listeners. It
+// returns once both listeners accept connections; Serve runs them.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log, startedAt: time.Now()}
+	defer func() {
+		if err != nil {
+			s.close(context.Background())
+		}
+	}()
+	dsn := cfg.DatabaseURL
+	kekURL := cfg.KEKURL
+	if dsn == "" {
+		if dsn, kekURL, err = s.startEmbedded(ctx); err != nil {
+			return nil, err
+		}
+	} else if kekURL == "" {
+		return nil, errors.New("SECRETS_KEK_URL is required with DATABASE_URL (e.g. awskms://…, gcpkms://…, or base64key://<32 bytes in base64> for testing)")
+	}
+	urls, err := seal.ParseKEKURLs(kekURL)
+	if err != nil {
+		return nil, err
+	}
+	if s.keyring, err = seal.OpenKeyring(ctx, urls); err != nil {
+		return nil, err
+	}
+	log.Info("key-encryption keys loaded", "primary", s.keyring.PrimaryID(), "count", len(urls))
+
+	mctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := migrations.Up(mctx, dsn); err != nil {
+		return nil, fmt.Errorf("database migrations: %w", err)
+	}
+	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log}); err != nil {
+		return nil, err
+	}
+	if err := s.listen(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startEmbedded starts the private PostgreSQL cluster in the data directory
+// and returns its connection string and the KEK URL (SECRETS_KEK_URL if set,
+// else the development KEK stored next to the cluster).
+func (s *Server) startEmbedded(ctx context.Context) (dsn, kekURL string, err error) {
+	dir, err := filepath.Abs(s.cfg.DataDir)
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", fmt.Errorf("data directory: %w", err)
+	}
+	// The cluster may run as another user (postgres, when we are root); it
+	// needs to reach its own folder inside ours, nothing else.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return "", "", fmt.Errorf("data directory: %w", err)
+	}
+	t0 := time.Now()
+	s.cluster, err = pgcluster.Start(ctx, pgcluster.Options{
+		DataDir: filepath.Join(dir, "postgres"),
+		Durable: true,
+		Logger:  s.log,
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("embedded PostgreSQL: %w", err)
+	}
+	s.log.Info("embedded PostgreSQL ready", "data_dir", dir, "elapsed", time.Since(t0).Round(time.Millisecond))
+	kekURL = s.cfg.KEKURL
+	if kekURL == "" {
+		var created bool
+		kekURL, created, err = seal.GenerateDevKEK(filepath.Join(dir, "dev-kek.key"))
+		if err != nil {
+			return "", "", err
+		}
+		s.log.Warn("USING A DEVELOPMENT KEY-ENCRYPTION KEY stored next to the database: anyone who can read the data directory can decrypt every secret. Set SECRETS_KEK_URL to a KMS key for production.",
+			"file", filepath.Join(dir, "dev-kek.key"), "created", created)
+	}
+	return s.cluster.ConnString("postgres"), kekURL, nil
+}
+
+func (s *Server) listen(ctx context.Context) error {
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("gRPC listener: %w", err)
+	}
+	if s.httpLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("HTTP listener: %w", err)
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return err
+	}
+	gatewaySecret := hex.EncodeToString(secret)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+		grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5})))
+	reg.MustRegister(metrics, newPoolCollector(s.store))
+	auditCounter := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "secrets_access_audit_events_total", Help: "Access audit events recorded, by outcome.",
+	}, []string{"result"})
+	reg.MustRegister(auditCounter)
+
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
+	recoverOpt := recovery.WithRecoveryHandlerContext(recovered(s.log))
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(MaxBodyBytes),
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(recoverOpt),
+			identityUnary(gatewaySecret),
+			metrics.UnaryServerInterceptor(),
+			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+			auditFailures(s.store, s.log),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(recoverOpt),
+			identityStream(gatewaySecret),
+			metrics.StreamServerInterceptor(),
+			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+		),
+	)
+	deps := api.Deps{Store: s.store, Access: countingRecorder{s.store, auditCounter}, Keyring: s.keyring, Logger: s.log}
+	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
+	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
+	pb.RegisterAuditServiceServer(s.grpc, api.NewAuditService(deps))
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	if s.cfg.Reflection {
+		reflection.Register(s.grpc)
+	}
+	metrics.InitializeMetrics(s.grpc)
+
+	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.log)
+	if err != nil {
+		return err
+	}
+	s.gwConn = conn
+	s.http = &http.Server{
+		Handler:           s.httpHandler(gw, reg),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		// No WriteTimeout: it would cut off change streams.
+	}
+	return nil
+}
+
+// Serve runs both listeners until ctx is done, then drains gracefully.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	go func() {
+		if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	go s.maintain(ctx)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
+		"startup", time.Since(s.startedAt).Round(time.Millisecond))
+
+	var err error
+	var clusterDone <-chan struct{}
+	if s.cluster != nil {
+		clusterDone = s.cluster.Wait()
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	case <-clusterDone:
+		err = errors.New("embedded PostgreSQL exited unexpectedly; see its log in the data directory")
+	}
+	s.log.Info("shutting down")
+	s.close(context.Background())
+	return err
+}
+
+// maintain runs periodic housekeeping until ctx is done.
+func (s *Server) maintain(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := s.store.PurgeIdempotency(ctx, s.cfg.IdempotencyTTL); err != nil && ctx.Err() == nil {
+			s.log.Warn("purging idempotency records", "error", err)
+		} else if n > 0 {
+			s.log.Info("purged idempotency records", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// close stops everything in order: stop accepting, drain in-flight calls,
+// close the pool, then stop the embedded cluster and wait for it.
+func (s *Server) close(ctx context.Context) {
+	if s.health != nil {
+		s.health.Shutdown()
+	}
+	timeout := s.cfg.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 15 * time.Second
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if s.http != nil {
+		_ = s.http.Shutdown(dctx)
+	} else if s.httpLis != nil {
+		s.httpLis.Close()
+	}
+	if s.grpc != nil {
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-dctx.Done():
+			s.grpc.Stop()
+		}
+	} else if s.grpcLis != nil {
+		s.grpcLis.Close()
+	}
+	if s.gwConn != nil {
+		s.gwConn.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	if s.keyring != nil {
+		s.keyring.Close()
+	}
+	if s.cluster != nil {
+		if err := s.cluster.Stop(context.Background()); err != nil {
+			s.log.Error("stopping embedded PostgreSQL", "error", err)
+		} else {
+			s.log.Info("embedded PostgreSQL stopped")
+		}
+	}
+}

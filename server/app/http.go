@@ -1,0 +1,108 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	secrets "github.com/orient-bot/secrets"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// httpHandler routes the HTTP listener: the public endpoints, then the
+// REST gateway for everything under /v1/.
+func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(secrets.OpenAPI)
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/", gw)
+	return securityHeaders(mux)
+}
+
+// readyz is ready when the database answers (migrations were applied before
+// the listeners opened).
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]string{"database": "ok", "migrations": "ok"}
+	code := http.StatusOK
+	if err := s.store.Ping(ctx); err != nil {
+		checks["database"] = "unavailable"
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"ready": code == http.StatusOK, "checks": checks})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Cache-Control", "no-store")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// countingRecorder records access audits through the store and counts them.
+type countingRecorder struct {
+	store   *store.Store
+	counter *prometheus.CounterVec
+}
+
+func (c countingRecorder) RecordAccess(ctx context.Context, events []store.AuditEvent) error {
+	err := c.store.RecordAccess(ctx, events)
+	result := "recorded"
+	if err != nil {
+		result = "failed"
+	}
+	c.counter.WithLabelValues(result).Add(float64(len(events)))
+	return err
+}
+
+// poolCollector exports the pgx pool's figures.
+type poolCollector struct {
+	store                           *store.Store
+	total, idle, acquired, acquires *prometheus.Desc
+}
+
+func newPoolCollector(s *store.Store) *poolCollector {
+	return &poolCollector{
+		store:    s,
+		total:    prometheus.NewDesc("secrets_db_pool_connections", "Open database connections.", nil, nil),
+		idle:     prometheus.NewDesc("secrets_db_pool_idle_connections", "Idle database connections.", nil, nil),
+		acquired: prometheus.NewDesc("secrets_db_pool_acquired_connections", "Database connections in use.", nil, nil),
+		acquires: prometheus.NewDesc("secrets_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil),
+	}
+}
+
+func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- p.total
+	ch <- p.idle
+	ch <- p.acquired
+	ch <- p.acquires
+}
+
+func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	st := p.store.Stat()
+	ch <- prometheus.MustNewConstMetric(p.total, prometheus.GaugeValue, float64(st.TotalConns()))
+	ch <- prometheus.MustNewConstMetric(p.idle, prometheus.GaugeValue, float64(st.IdleConns()))
+	ch <- prometheus.MustNewConstMetric(p.acquired, prometheus.GaugeValue, float64(st.AcquiredConns()))
+	ch <- prometheus.MustNewConstMetric(p.acquires, prometheus.CounterValue, float64(st.AcquireCount()))
+}

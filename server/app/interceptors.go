@@ -1,0 +1,166 @@
+package app
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// gatewayHeader carries a per-process random secret from the REST gateway to
+// the gRPC server: only a call bearing it may name its client address through
+// x-forwarded-for. A direct gRPC caller cannot forge where it comes from.
+const gatewayHeader = "x-orient-gateway"
+
+// identify attaches the caller's identity (actor and real peer) to the context.
+func identify(ctx context.Context, gatewaySecret string) context.Context {
+	id := api.Identity{Actor: "anonymous"}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		id.Peer = p.Addr.String()
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(gatewayHeader); len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(gatewaySecret)) == 1 {
+			// The gateway appends the address of the TCP connection it served
+			// last; earlier entries came from the client and are not trusted.
+			if fwd := md.Get("x-forwarded-for"); len(fwd) > 0 {
+				parts := strings.Split(fwd[len(fwd)-1], ",")
+				id.Peer = strings.TrimSpace(parts[len(parts)-1]) + " (rest)"
+			}
+		}
+	}
+	return api.WithIdentity(ctx, id)
+}
+
+func identityUnary(secret string) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		return handler(identify(ctx, secret), req)
+	}
+}
+
+func identityStream(secret string) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return handler(srv, &wrappedStream{ServerStream: ss, ctx: identify(ss.Context(), secret)})
+	}
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// auditedMethods are the RPCs whose failures are audited. Successful writes
+// are audited by the store inside their transaction, successful reads by the
+// access handlers before they return a value.
+var auditedMethods = map[string]bool{
+	"PutSecret": true, "UpdateSecret": true, "AccessSecretVersion": true, "BatchAccessSecrets": true,
+	"DisableSecretVersion": true, "EnableSecretVersion": true, "DestroySecretVersion": true,
+	"DeleteSecret": true, "UpdateProviderDefault": true,
+}
+
+// failureRecorder is what the failure audit needs from the store.
+type failureRecorder interface {
+	RecordFailure(ctx context.Context, meta store.Meta, key string, version int64, outcome, detail string) error
+}
+
+// auditFailures records a failed audited call with its status code. It
+// skips UNAVAILABLE (the database is likely what failed) and cancellations.
+func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+		code := status.Code(err)
+		if !auditedMethods[method] || code == codes.Unavailable || code == codes.Canceled {
+			return resp, err
+		}
+		id := api.IdentityFrom(ctx)
+		key, version := requestTarget(req)
+		meta := store.Meta{Actor: id.Actor, Peer: id.Peer, Action: method}
+		if r, ok := req.(interface{ GetRequestId() string }); ok {
+			meta.RequestID = truncate(r.GetRequestId(), 128)
+		}
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if aerr := rec.RecordFailure(actx, meta, key, version, api.Outcome(code), ""); aerr != nil {
+			log.WarnContext(ctx, "failure audit not recorded", "method", method, "error", aerr)
+		}
+		return resp, err
+	}
+}
+
+// requestTarget extracts the key and version a request names, if any. Only
+// well-formed keys are recorded (an attacker must not fill the log with junk).
+func requestTarget(req any) (string, int64) {
+	var key, version string
+	switch r := req.(type) {
+	case *pb.UpdateSecretRequest:
+		key = r.GetSecret().GetKey()
+	case interface{ GetKey() string }:
+		key = r.GetKey()
+	}
+	if r, ok := req.(interface{ GetVersion() string }); ok {
+		version = r.GetVersion()
+	}
+	if len(key) > 128 || !validKey(key) {
+		key = ""
+	}
+	v, _ := strconv.ParseInt(version, 10, 64)
+	return key, v
+}
+
+func validKey(k string) bool {
+	for i, c := range k {
+		if !(c >= 'A' && c <= 'Z' || c == '_' || (i > 0 && c >= '0' && c <= '9')) {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// slogAdapter lets go-grpc-middleware's logging interceptor write through
+// slog: one line per finished call, with no payloads (they may hold values).
+func slogAdapter(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
+
+// identityFields adds the actor and peer to each request's log line.
+func identityFields(ctx context.Context) logging.Fields {
+	id := api.IdentityFrom(ctx)
+	return logging.Fields{"actor", id.Actor, "peer", id.Peer}
+}
+
+// recovered turns a panic into INTERNAL without logging the panic value (it
+// could hold request data).
+func recovered(log *slog.Logger) func(ctx context.Context, p any) error {
+	return func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in handler", "type", fmt.Sprintf("%T", p))
+		return status.Error(codes.Internal, "internal error")
+	}
+}

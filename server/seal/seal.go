@@ -1,0 +1,458 @@
+// Package seal owns envelope encryption: nothing else in the codebase touches
+// a data key (DEK) or a key-encryption key (KEK).
+//
+// Every secret version is sealed with AES-256-GCM under its own random
+// 256-bit DEK. The associated data binds the ciphertext to the secret's key
+// and version, so a ciphertext copied to another row does not decrypt. The
+// CRC32C of the value is sealed inside the ciphertext (never stored in
+// clear: a 32-bit checksum of a low-entropy value would let anyone with read
+// access to the database confirm guesses) and verified by Open.
+//
+// The DEK is wrapped by a KEK held outside the database and opened from a
+// gocloud.dev/secrets keeper URL. Only the base64key:// driver (development)
+// is linked in by this package; production drivers (awskms://, gcpkms://,
+// azurekeyvault://, hashivault://) are registered by blank imports in the
+// main package. Several KEKs can be configured: the first (primary) wraps new
+// DEKs, the others only unwrap, which allows key rotation with Rewrap. A row
+// records the fingerprint (KEKID) of the KEK that wrapped its DEK, never its
+// URL: a base64key:// URL contains the key itself.
+//
+// Errors never contain plaintext, DEK or KEK bytes, nor a KEK URL.
+package seal
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"gocloud.dev/gcerrors"
+	"gocloud.dev/secrets"
+	"gocloud.dev/secrets/localsecrets"
+)
+
+var (
+	// ErrCorrupt means the ciphertext or wrapped DEK was altered, moved to
+	// another row (key/version), is not decryptable by the KEK it names, or
+	// the sealed checksum does not match. Not retryable.
+	ErrCorrupt = errors.New("seal: ciphertext corrupt, altered or bound to another secret")
+	// ErrUnknownKEK means a row names a KEK that is not configured (e.g. an
+	// old KEK was removed from SECRETS_KEK_URL before all rows were
+	// rewrapped). Not retryable without a configuration change.
+	ErrUnknownKEK = errors.New("seal: row names a KEK that is not configured")
+	// ErrKEKUnavailable means the keeper failed (KMS down, network, timeout,
+	// request canceled, keyring closed). Retryable.
+	ErrKEKUnavailable = errors.New("seal: KEK unavailable")
+	// ErrInvalidKEKURL means a configured KEK URL is unusable. The message
+	// never contains the URL.
+	ErrInvalidKEKURL = errors.New("seal: invalid KEK URL")
+)
+
+// DefaultDEKCacheSize is the default number of unwrapped DEKs kept in memory.
+const DefaultDEKCacheSize = 4096
+
+// Sealed is what is stored for one secret version.
+type Sealed struct {
+	// Ciphertext is format version 0x01 || 12-byte nonce || AES-256-GCM
+	// output of crc32c(value) BE || value.
+	Ciphertext []byte
+	// WrappedDEK is the DEK encrypted by the KEK named by KEKID.
+	WrappedDEK []byte
+	// KEKID is the fingerprint of the KEK that wrapped WrappedDEK.
+	KEKID string
+}
+
+// Option configures OpenKeyring.
+type Option func(*options)
+
+type options struct {
+	dekCacheSize int
+}
+
+// WithDEKCache sets the capacity of the in-memory LRU of unwrapped DEKs
+// (default DefaultDEKCacheSize) so that reads do not call the KMS every time.
+// n <= 0 disables the cache. The cache is never written anywhere.
+func WithDEKCache(n int) Option {
+	return func(o *options) { o.dekCacheSize = max(n, 0) }
+}
+
+type kek struct {
+	id     string
+	index  int    // 1-based position in the configuration
+	scheme string // for messages
+	// local keepers (base64key) have no transport: any decrypt failure means
+	// wrong key or altered data.
+	local  bool
+	keeper *secrets.Keeper
+}
+
+// Keyring holds the configured KEKs. It is safe for concurrent use.
+type Keyring struct {
+	keks    []*kek // configuration order; keks[0] is the primary
+	byID    map[string]*kek
+	cache   *dekCache // nil when disabled
+	closed  atomic.Bool
+	closeMu sync.Mutex
+	closeEr error
+}
+
+// OpenKeyring validates and opens the KEKs named by urls. The first URL is
+// the primary KEK (wraps new DEKs); the others are only used to unwrap DEKs
+// sealed before a rotation.
+//
+// It rejects with ErrInvalidKEKURL: an empty list or entry, an unparsable URL
+// or one without a scheme, a base64key:// URL with no key (gocloud would
+// silently generate a new random key on each start) or whose key is not
+// URL-safe base64 of 32 bytes, an unregistered scheme, and two entries naming
+// the same KEK. Messages identify an entry by position and never contain the
+// URL. No KMS is called here (see Check).
+func OpenKeyring(ctx context.Context, urls []string, opts ...Option) (*Keyring, error) {
+	o := options{dekCacheSize: DefaultDEKCacheSize}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("%w: no KEK URL configured", ErrInvalidKEKURL)
+	}
+	specs := make([]kekSpec, 0, len(urls))
+	defer func() {
+		for i := range specs {
+			clear(specs[i].localKey[:]) // best effort
+		}
+	}()
+	seen := make(map[string]int, len(urls))
+	for i, raw := range urls {
+		spec, err := parseKEKURL(i+1, raw)
+		if err != nil {
+			return nil, err
+		}
+		if prev, dup := seen[spec.id]; dup {
+			return nil, fmt.Errorf("%w: SECRETS_KEK_URL entries %d and %d name the same KEK", ErrInvalidKEKURL, prev, i+1)
+		}
+		seen[spec.id] = i + 1
+		specs = append(specs, spec)
+	}
+
+	k := &Keyring{
+		keks:  make([]*kek, 0, len(specs)),
+		byID:  make(map[string]*kek, len(specs)),
+		cache: newDEKCache(o.dekCacheSize),
+	}
+	for i := range specs {
+		spec := &specs[i]
+		var keeper *secrets.Keeper
+		if spec.local {
+			// Built directly from the validated key rather than through
+			// secrets.OpenKeeper, whose errors could echo the URL.
+			keeper = localsecrets.NewKeeper(spec.localKey)
+		} else {
+			var err error
+			keeper, err = secrets.OpenKeeper(ctx, spec.rawURL)
+			if err != nil {
+				_ = k.Close()
+				// Only non-base64key schemes get here; their URLs name a key
+				// but do not contain it, so the driver's message is kept.
+				return nil, fmt.Errorf("%w: SECRETS_KEK_URL entry %d: open %s keeper: %v", ErrInvalidKEKURL, spec.index, spec.scheme, err)
+			}
+		}
+		kk := &kek{id: spec.id, index: spec.index, scheme: spec.scheme, local: spec.local, keeper: keeper}
+		k.keks = append(k.keks, kk)
+		k.byID[kk.id] = kk
+	}
+	return k, nil
+}
+
+// PrimaryID returns the fingerprint of the primary KEK, which wraps new DEKs.
+func (k *Keyring) PrimaryID() string { return k.keks[0].id }
+
+// IDs returns the fingerprints of all configured KEKs, primary first.
+func (k *Keyring) IDs() []string {
+	ids := make([]string, len(k.keks))
+	for i, kk := range k.keks {
+		ids[i] = kk.id
+	}
+	return ids
+}
+
+var errClosed = fmt.Errorf("%w: keyring is closed", ErrKEKUnavailable)
+
+// Seal encrypts plaintext, the value of secret `key` at `version`, under a
+// fresh DEK wrapped by the primary KEK. It returns the CRC32C of plaintext.
+// A keeper failure is ErrKEKUnavailable.
+func (k *Keyring) Seal(ctx context.Context, key string, version int64, plaintext []byte) (Sealed, uint32, error) {
+	ad, err := aad(key, version)
+	if err != nil {
+		return Sealed{}, 0, err
+	}
+	if k.closed.Load() {
+		return Sealed{}, 0, errClosed
+	}
+	primary := k.keks[0]
+
+	dek := make([]byte, dekSize)
+	defer clear(dek) // best effort: the GC may have copied it; aes keeps its own schedule
+	if _, err := rand.Read(dek); err != nil {
+		return Sealed{}, 0, fmt.Errorf("seal: generate data key: %w", err)
+	}
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return Sealed{}, 0, err
+	}
+	wrapped, err := primary.keeper.Encrypt(ctx, dek)
+	if err != nil {
+		return Sealed{}, 0, k.keeperError(primary, "wrap data key", err)
+	}
+
+	crc := checksum(plaintext)
+	inner := make([]byte, crcSize+len(plaintext))
+	binary.BigEndian.PutUint32(inner, crc)
+	copy(inner[crcSize:], plaintext)
+	defer clear(inner) // a copy of the plaintext; best effort
+
+	out := make([]byte, headerSize, headerSize+len(inner)+tagSize)
+	out[0] = formatV1
+	if _, err := rand.Read(out[1:headerSize]); err != nil {
+		return Sealed{}, 0, fmt.Errorf("seal: generate nonce: %w", err)
+	}
+	out = aead.Seal(out, out[1:headerSize], inner, ad)
+
+	// A value is often read right after it is written.
+	k.cache.put(cacheKey(primary.id, wrapped), aead)
+	return Sealed{Ciphertext: out, WrappedDEK: wrapped, KEKID: primary.id}, crc, nil
+}
+
+// Open decrypts s, which must have been sealed for secret `key` at `version`,
+// verifies the sealed checksum and returns the value and its CRC32C.
+//
+// Errors: ErrUnknownKEK if s.KEKID is not configured; ErrCorrupt if the
+// ciphertext or wrapped DEK was altered, belongs to another key/version, or
+// the KEK cannot decrypt the DEK; ErrKEKUnavailable if the keeper failed
+// (retryable).
+func (k *Keyring) Open(ctx context.Context, key string, version int64, s Sealed) ([]byte, uint32, error) {
+	ad, err := aad(key, version)
+	if err != nil {
+		return nil, 0, err
+	}
+	// Reject malformed input before spending a KMS call on it.
+	nonce, body, err := decodeCiphertext(s.Ciphertext)
+	if err != nil {
+		return nil, 0, err
+	}
+	aead, err := k.dekAEAD(ctx, s)
+	if err != nil {
+		return nil, 0, err
+	}
+	inner, err := aead.Open(nil, nonce, body, ad)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: authentication failed", ErrCorrupt)
+	}
+	// decodeCiphertext guarantees len(body) >= crcSize+tagSize.
+	crc := binary.BigEndian.Uint32(inner)
+	plaintext := inner[crcSize:]
+	if checksum(plaintext) != crc {
+		clear(inner)
+		return nil, 0, fmt.Errorf("%w: checksum mismatch", ErrCorrupt)
+	}
+	return plaintext, crc, nil
+}
+
+// dekAEAD returns the AES-GCM instance for s's DEK, from the cache or by
+// unwrapping it with the KEK s names.
+func (k *Keyring) dekAEAD(ctx context.Context, s Sealed) (cipher.AEAD, error) {
+	kk, err := k.lookup(s)
+	if err != nil {
+		return nil, err
+	}
+	ck := cacheKey(kk.id, s.WrappedDEK)
+	if aead, ok := k.cache.get(ck); ok {
+		return aead, nil
+	}
+	dek, err := k.unwrap(ctx, kk, s.WrappedDEK)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := newAEAD(dek)
+	clear(dek) // best effort; the AES key schedule is kept inside aead
+	if err != nil {
+		return nil, err
+	}
+	k.cache.put(ck, aead)
+	return aead, nil
+}
+
+// Rewrap unwraps s's DEK with the KEK that wrapped it and wraps it with the
+// primary KEK. The ciphertext is not touched (it is not bound to the KEK), so
+// the result opens exactly like s. If s is already wrapped by the primary KEK
+// it is returned unchanged without calling the keeper.
+func (k *Keyring) Rewrap(ctx context.Context, s Sealed) (Sealed, error) {
+	kk, err := k.lookup(s)
+	if err != nil {
+		return Sealed{}, err
+	}
+	primary := k.keks[0]
+	if kk == primary {
+		return s, nil
+	}
+	dek, err := k.unwrap(ctx, kk, s.WrappedDEK)
+	if err != nil {
+		return Sealed{}, err
+	}
+	defer clear(dek) // best effort
+	wrapped, err := primary.keeper.Encrypt(ctx, dek)
+	if err != nil {
+		return Sealed{}, k.keeperError(primary, "wrap data key", err)
+	}
+	// Rewrap runs over cold rows during a rotation: do not let it evict the
+	// DEKs that serve reads.
+	return Sealed{Ciphertext: s.Ciphertext, WrappedDEK: wrapped, KEKID: primary.id}, nil
+}
+
+func (k *Keyring) lookup(s Sealed) (*kek, error) {
+	if k.closed.Load() {
+		return nil, errClosed
+	}
+	if s.KEKID == "" {
+		return nil, fmt.Errorf("%w: no KEK id", ErrCorrupt)
+	}
+	kk, ok := k.byID[s.KEKID]
+	if !ok {
+		// A KEK id is a fingerprint, not a secret.
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKEK, s.KEKID)
+	}
+	if len(s.WrappedDEK) == 0 {
+		return nil, fmt.Errorf("%w: empty wrapped data key", ErrCorrupt)
+	}
+	return kk, nil
+}
+
+// unwrap decrypts a wrapped DEK with kk. The caller owns (and should zero)
+// the result.
+func (k *Keyring) unwrap(ctx context.Context, kk *kek, wrapped []byte) ([]byte, error) {
+	dek, err := kk.keeper.Decrypt(ctx, wrapped)
+	if err != nil {
+		return nil, k.unwrapError(ctx, kk, err)
+	}
+	if len(dek) != dekSize {
+		n := len(dek)
+		clear(dek)
+		return nil, fmt.Errorf("%w: unwrapped data key is %d bytes, want %d", ErrCorrupt, n, dekSize)
+	}
+	return dek, nil
+}
+
+// unwrapError classifies a Keeper.Decrypt failure:
+//
+//   - keyring closed, ctx done, or codes Canceled, DeadlineExceeded,
+//     Internal, ResourceExhausted: ErrKEKUnavailable (retryable);
+//   - codes NotFound, InvalidArgument, FailedPrecondition, PermissionDenied:
+//     the KMS refused this wrapped key (tampered, wrapped by another key, or
+//     key disabled/destroyed): ErrCorrupt;
+//   - anything else (mostly Unknown): ErrCorrupt for a local (base64key)
+//     keeper, which has no transport so a failure can only mean a wrong key
+//     or altered data; ErrKEKUnavailable for a remote keeper, since we cannot
+//     prove the data is bad. (gocloud has no Unavailable code: network
+//     errors and gRPC Unavailable surface as Unknown.)
+//
+// Note that a disabled or inaccessible KMS key (PermissionDenied,
+// FailedPrecondition) also fails Check, so /readyz reports it.
+func (k *Keyring) unwrapError(ctx context.Context, kk *kek, err error) error {
+	corrupt := false
+	switch gcerrors.Code(err) {
+	case gcerrors.Canceled, gcerrors.DeadlineExceeded, gcerrors.Internal, gcerrors.ResourceExhausted:
+	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.FailedPrecondition, gcerrors.PermissionDenied:
+		corrupt = true
+	default:
+		corrupt = kk.local
+	}
+	if k.closed.Load() || ctx.Err() != nil {
+		corrupt = false
+	}
+	if corrupt {
+		// The driver's message may describe the input; it is not needed.
+		return fmt.Errorf("%w: KEK %s cannot unwrap the data key", ErrCorrupt, kk.id)
+	}
+	return k.keeperError(kk, "unwrap data key", err)
+}
+
+// keeperError wraps a keeper failure as ErrKEKUnavailable. The driver's
+// message is kept (KMS errors carry no key material) but chained with %v so
+// that the driver's error types do not leak through errors.As.
+func (k *Keyring) keeperError(kk *kek, op string, err error) error {
+	if k.closed.Load() {
+		return errClosed
+	}
+	return fmt.Errorf("%w: KEK %s (%s, entry %d): %s: %v", ErrKEKUnavailable, kk.id, kk.scheme, kk.index, op, err)
+}
+
+func newAEAD(dek []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(dek)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err) // only a length error; no key bytes
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return aead, nil
+}
+
+// Check round-trips a random probe through each configured keeper (wrap,
+// unwrap, compare), for readiness probes. Every failing KEK is reported,
+// each as ErrKEKUnavailable. Note that this needs encrypt permission on
+// unwrap-only KEKs too.
+func (k *Keyring) Check(ctx context.Context) error {
+	if k.closed.Load() {
+		return errClosed
+	}
+	var errs []error
+	for _, kk := range k.keks {
+		if err := k.probe(ctx, kk); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (k *Keyring) probe(ctx context.Context, kk *kek) error {
+	probe := make([]byte, dekSize)
+	if _, err := rand.Read(probe); err != nil {
+		return fmt.Errorf("seal: generate probe: %w", err)
+	}
+	ct, err := kk.keeper.Encrypt(ctx, probe)
+	if err != nil {
+		return k.keeperError(kk, "probe encrypt", err)
+	}
+	pt, err := kk.keeper.Decrypt(ctx, ct)
+	if err != nil {
+		return k.keeperError(kk, "probe decrypt", err)
+	}
+	if !bytes.Equal(pt, probe) {
+		return fmt.Errorf("%w: KEK %s (%s, entry %d): probe round trip returned different bytes", ErrKEKUnavailable, kk.id, kk.scheme, kk.index)
+	}
+	return nil
+}
+
+// Close closes every keeper and drops the DEK cache. Afterwards every
+// operation fails with ErrKEKUnavailable. Close is idempotent.
+func (k *Keyring) Close() error {
+	k.closeMu.Lock()
+	defer k.closeMu.Unlock()
+	if k.closed.Swap(true) {
+		return k.closeEr
+	}
+	var errs []error
+	for _, kk := range k.keks {
+		if err := kk.keeper.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("seal: close KEK %s: %v", kk.id, err))
+		}
+	}
+	k.cache.purge()
+	k.closeEr = errors.Join(errs...)
+	return k.closeEr
+}

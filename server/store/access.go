@@ -1,0 +1,139 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// AccessVersion reads the sealed value of a version (0 = the newest) and the
+// revision it reflects. A disabled or destroyed version is
+// ErrFailedPrecondition.
+func (s *Store) AccessVersion(ctx context.Context, key string, version int64) (SealedVersion, int64, error) {
+	var (
+		exists  bool
+		v       SealedVersion
+		state   *VersionState
+		kekID   *string
+		rev     int64
+		current int64
+	)
+	err := s.pool.QueryRow(ctx, `SELECT s.current_version, v.version, v.state, v.ciphertext, v.wrapped_dek, v.kek_id,
+			(SELECT revision FROM revision_counter)
+		FROM secrets s LEFT JOIN secret_versions v
+			ON v.key = s.key AND v.version = CASE WHEN $2 = 0 THEN s.current_version ELSE $2 END
+		WHERE s.key = $1`, key, version,
+	).Scan(&current, &v.Version, &state, &v.Sealed.Ciphertext, &v.Sealed.WrappedDEK, &kekID, &rev)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		exists = false
+	case err != nil:
+		return SealedVersion{}, 0, classify(err)
+	default:
+		exists = true
+	}
+	if !exists {
+		return SealedVersion{}, 0, fmt.Errorf("secret %s: %w", key, ErrNotFound)
+	}
+	if state == nil {
+		return SealedVersion{}, rev, fmt.Errorf("version %d of secret %s: %w", version, key, ErrNotFound)
+	}
+	v.Key = key
+	if err := accessible(key, v.Version, *state); err != nil {
+		return SealedVersion{}, rev, err
+	}
+	v.Sealed.KEKID = *kekID
+	return v, rev, nil
+}
+
+func accessible(key string, version int64, state VersionState) error {
+	if state != StateEnabled {
+		return fmt.Errorf("version %d of secret %s is %s: %w", version, key, state, ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// BatchItem is one key's result in BatchAccess: a sealed value or an error.
+type BatchItem struct {
+	SealedVersion
+	Err error
+}
+
+// BatchAccess reads the newest versions of several keys in one statement (one
+// snapshot), in the order asked.
+func (s *Store) BatchAccess(ctx context.Context, keys []string) ([]BatchItem, int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT k.key, s.current_version, v.state, v.ciphertext, v.wrapped_dek, v.kek_id,
+			(SELECT revision FROM revision_counter)
+		FROM unnest($1::text[]) AS k(key)
+		LEFT JOIN secrets s ON s.key = k.key
+		LEFT JOIN secret_versions v ON v.key = s.key AND v.version = s.current_version`, keys)
+	if err != nil {
+		return nil, 0, classify(err)
+	}
+	defer rows.Close()
+	found := make(map[string]BatchItem, len(keys))
+	var rev int64
+	for rows.Next() {
+		var (
+			key     string
+			current *int64
+			state   *VersionState
+			kekID   *string
+			item    BatchItem
+		)
+		if err := rows.Scan(&key, &current, &state, &item.Sealed.Ciphertext, &item.Sealed.WrappedDEK, &kekID, &rev); err != nil {
+			return nil, 0, classify(err)
+		}
+		item.Key = key
+		switch {
+		case current == nil || state == nil:
+			item.Err = fmt.Errorf("secret %s: %w", key, ErrNotFound)
+		default:
+			item.Version = *current
+			item.Err = accessible(key, item.Version, *state)
+			if item.Err == nil {
+				item.Sealed.KEKID = *kekID
+			}
+		}
+		found[key] = item
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, classify(err)
+	}
+	out := make([]BatchItem, len(keys))
+	for i, k := range keys {
+		out[i] = found[k]
+	}
+	return out, rev, nil
+}
+
+// RecordAccess durably appends access audit events. The caller returns a
+// value only after this succeeds (fail closed).
+func (s *Store) RecordAccess(ctx context.Context, events []AuditEvent) error {
+	if len(events) == 1 {
+		e := events[0]
+		_, err := s.pool.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, revision, detail)
+			VALUES (now(), $1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			e.Actor, e.Action, e.Key, e.Version, e.Outcome, e.RequestID, e.Peer, e.Revision, e.Detail)
+		return classify(err)
+	}
+	rows := make([][]any, len(events))
+	for i, e := range events {
+		rows[i] = []any{e.Actor, e.Action, e.Key, e.Version, e.Outcome, e.RequestID, e.Peer, e.Revision, e.Detail}
+	}
+	// One statement for the whole group: a single commit makes all durable.
+	_, err := s.pool.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, revision, detail)
+		SELECT now(), * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[])`,
+		column(rows, 0), column(rows, 1), column(rows, 2), column(rows, 3), column(rows, 4), column(rows, 5), column(rows, 6), column(rows, 7), column(rows, 8))
+	return classify(err)
+}
+
+func column(rows [][]any, i int) []any {
+	out := make([]any, len(rows))
+	for j, r := range rows {
+		out[j] = r[i]
+	}
+	return out
+}

@@ -1,0 +1,345 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// secretColumns is the select list scanned by scanSecret.
+const secretColumns = `s.key, s.category, s.description, s.restart_required, s.current_version,
+	COALESCE(v.state, 0), s.revision, s.create_time, s.update_time, s.updated_by`
+
+// secretFrom joins a secret with its newest version.
+const secretFrom = `secrets s LEFT JOIN secret_versions v ON v.key = s.key AND v.version = s.current_version`
+
+func scanSecret(row pgx.Row, extra ...any) (Secret, error) {
+	var sec Secret
+	dest := append([]any{&sec.Key, &sec.Category, &sec.Description, &sec.RestartRequired, &sec.CurrentVersion,
+		&sec.CurrentState, &sec.Revision, &sec.CreateTime, &sec.UpdateTime, &sec.UpdatedBy}, extra...)
+	err := row.Scan(dest...)
+	return sec, err
+}
+
+// Defaults are what a new secret gets for the metadata a write leaves out
+// (from the catalog for well-known keys).
+type Defaults struct {
+	Category        string
+	Description     string
+	RestartRequired bool
+}
+
+// PutParams describe a PutSecret.
+type PutParams struct {
+	Key string
+	// Description, Category and RestartRequired are nil to keep the current
+	// value (or the default, on create).
+	Description     *string
+	Category        *string
+	RestartRequired *bool
+	// Expect, when set, is the revision (etag) the caller read.
+	Expect   *int64
+	Defaults Defaults
+	// Seal encrypts the value for the given version. It runs inside the
+	// transaction once the version number is known (the ciphertext is bound
+	// to it), so the store never sees the plaintext.
+	Seal func(ctx context.Context, version int64) (Sealed, error)
+}
+
+// WriteResult is the outcome of a write to a secret.
+type WriteResult struct {
+	Secret   Secret
+	Version  *Version `json:",omitempty"`
+	Revision int64
+}
+
+// PutSecret creates the secret or adds version n+1.
+func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteResult, error) {
+	return write(ctx, s, meta, func(ctx context.Context, w *writer) (WriteResult, change, error) {
+		cur, err := scanSecret(w.tx.QueryRow(ctx, `SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = $1`, p.Key))
+		exists := err == nil
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return WriteResult{}, change{}, err
+		}
+		if p.Expect != nil && (!exists || cur.Revision != *p.Expect) {
+			return WriteResult{}, change{}, fmt.Errorf("secret %s changed since it was read: %w", p.Key, ErrEtagMismatch)
+		}
+		if !exists {
+			cur = Secret{Key: p.Key, Category: p.Defaults.Category, Description: p.Defaults.Description,
+				RestartRequired: p.Defaults.RestartRequired, CreateTime: w.now}
+		}
+		if p.Description != nil {
+			cur.Description = *p.Description
+		}
+		if p.Category != nil {
+			cur.Category = *p.Category
+		}
+		if p.RestartRequired != nil {
+			cur.RestartRequired = *p.RestartRequired
+		}
+		cur.CurrentVersion++
+		cur.CurrentState = StateEnabled
+		cur.Revision = w.rev
+		cur.UpdateTime = w.now
+		cur.UpdatedBy = w.meta.Actor
+
+		sealed, err := p.Seal(ctx, cur.CurrentVersion)
+		if err != nil {
+			return WriteResult{}, change{}, err
+		}
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO secrets (key, category, description, restart_required, current_version, revision, create_time, update_time, updated_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			ON CONFLICT (key) DO UPDATE SET category = EXCLUDED.category, description = EXCLUDED.description,
+				restart_required = EXCLUDED.restart_required, current_version = EXCLUDED.current_version,
+				revision = EXCLUDED.revision, update_time = EXCLUDED.update_time, updated_by = EXCLUDED.updated_by`,
+			cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.CurrentVersion, cur.Revision,
+			cur.CreateTime, cur.UpdateTime, cur.UpdatedBy)
+		b.Queue(`INSERT INTO secret_versions (key, version, state, ciphertext, wrapped_dek, kek_id, create_time, created_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			cur.Key, cur.CurrentVersion, StateEnabled, sealed.Ciphertext, sealed.WrappedDEK, sealed.KEKID, w.now, w.meta.Actor)
+		if err := w.tx.SendBatch(ctx, b).Close(); err != nil {
+			return WriteResult{}, change{}, err
+		}
+		v := &Version{Key: cur.Key, Version: cur.CurrentVersion, State: StateEnabled, CreateTime: w.now,
+			CreatedBy: w.meta.Actor, KEKID: sealed.KEKID}
+		return WriteResult{Secret: cur, Version: v, Revision: w.rev},
+			change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category, restartRequired: cur.RestartRequired},
+			nil
+	})
+}
+
+// UpdateParams describe an UpdateSecret: nil fields are left alone.
+type UpdateParams struct {
+	Key             string
+	Expect          *int64
+	Description     *string
+	Category        *string
+	RestartRequired *bool
+}
+
+// UpdateSecret changes a secret's metadata.
+func (s *Store) UpdateSecret(ctx context.Context, meta Meta, p UpdateParams) (WriteResult, error) {
+	return write(ctx, s, meta, func(ctx context.Context, w *writer) (WriteResult, change, error) {
+		cur, err := lockSecret(ctx, w, p.Key, p.Expect)
+		if err != nil {
+			return WriteResult{}, change{}, err
+		}
+		if p.Description != nil {
+			cur.Description = *p.Description
+		}
+		if p.Category != nil {
+			cur.Category = *p.Category
+		}
+		if p.RestartRequired != nil {
+			cur.RestartRequired = *p.RestartRequired
+		}
+		cur.Revision, cur.UpdateTime, cur.UpdatedBy = w.rev, w.now, w.meta.Actor
+		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET category = $2, description = $3, restart_required = $4,
+			revision = $5, update_time = $6, updated_by = $7 WHERE key = $1`,
+			cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.Revision, cur.UpdateTime, cur.UpdatedBy); err != nil {
+			return WriteResult{}, change{}, err
+		}
+		return WriteResult{Secret: cur, Revision: w.rev},
+			change{kind: ChangeMetadataChanged, key: cur.Key, version: cur.CurrentVersion, category: cur.Category, restartRequired: cur.RestartRequired},
+			nil
+	})
+}
+
+// lockSecret reads a secret inside a write and checks the caller's etag.
+// Writers are already serialized by the revision counter, so no row lock is
+// needed to keep the read current.
+func lockSecret(ctx context.Context, w *writer, key string, expect *int64) (Secret, error) {
+	cur, err := scanSecret(w.tx.QueryRow(ctx, `SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = $1`, key))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Secret{}, fmt.Errorf("secret %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return Secret{}, err
+	}
+	if expect != nil && cur.Revision != *expect {
+		return Secret{}, fmt.Errorf("secret %s changed since it was read: %w", key, ErrEtagMismatch)
+	}
+	return cur, nil
+}
+
+// SetVersionState disables, enables or destroys a version (0 = the newest).
+// Destroying erases the ciphertext and the wrapped data key.
+func (s *Store) SetVersionState(ctx context.Context, meta Meta, key string, version int64, expect *int64, target VersionState) (WriteResult, error) {
+	return write(ctx, s, meta, func(ctx context.Context, w *writer) (WriteResult, change, error) {
+		cur, err := lockSecret(ctx, w, key, expect)
+		if err != nil {
+			return WriteResult{}, change{}, err
+		}
+		if version == 0 {
+			version = cur.CurrentVersion
+		}
+		v, err := scanVersion(w.tx.QueryRow(ctx, `SELECT `+versionColumns+` FROM secret_versions WHERE key = $1 AND version = $2`, key, version))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return WriteResult{}, change{}, fmt.Errorf("version %d of secret %s: %w", version, key, ErrNotFound)
+		}
+		if err != nil {
+			return WriteResult{}, change{}, err
+		}
+		if v.State == StateDestroyed {
+			return WriteResult{}, change{}, fmt.Errorf("version %d of secret %s is destroyed: %w", version, key, ErrFailedPrecondition)
+		}
+		var kind ChangeKind
+		switch target {
+		case StateEnabled:
+			kind = ChangeVersionEnabled
+			_, err = w.tx.Exec(ctx, `UPDATE secret_versions SET state = $3 WHERE key = $1 AND version = $2`, key, version, target)
+		case StateDisabled:
+			kind = ChangeVersionDisabled
+			_, err = w.tx.Exec(ctx, `UPDATE secret_versions SET state = $3 WHERE key = $1 AND version = $2`, key, version, target)
+		case StateDestroyed:
+			kind = ChangeVersionDestroyed
+			v.DestroyTime = w.now
+			_, err = w.tx.Exec(ctx, `UPDATE secret_versions SET state = $3, ciphertext = NULL, wrapped_dek = NULL, destroy_time = $4
+				WHERE key = $1 AND version = $2`, key, version, target, w.now)
+		default:
+			return WriteResult{}, change{}, fmt.Errorf("version state %d: %w", target, ErrInvalidArgument)
+		}
+		if err != nil {
+			return WriteResult{}, change{}, err
+		}
+		v.State = target
+		if version == cur.CurrentVersion {
+			cur.CurrentState = target
+		}
+		cur.Revision, cur.UpdateTime, cur.UpdatedBy = w.rev, w.now, w.meta.Actor
+		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET revision = $2, update_time = $3, updated_by = $4 WHERE key = $1`,
+			key, cur.Revision, cur.UpdateTime, cur.UpdatedBy); err != nil {
+			return WriteResult{}, change{}, err
+		}
+		return WriteResult{Secret: cur, Version: &v, Revision: w.rev},
+			change{kind: kind, key: key, version: version, category: cur.Category, restartRequired: cur.RestartRequired},
+			nil
+	})
+}
+
+// DeleteResult is the outcome of a DeleteSecret.
+type DeleteResult struct {
+	Revision int64
+}
+
+// DeleteSecret removes a secret and all its versions.
+func (s *Store) DeleteSecret(ctx context.Context, meta Meta, key string, expect *int64) (DeleteResult, error) {
+	return write(ctx, s, meta, func(ctx context.Context, w *writer) (DeleteResult, change, error) {
+		cur, err := lockSecret(ctx, w, key, expect)
+		if err != nil {
+			return DeleteResult{}, change{}, err
+		}
+		if _, err := w.tx.Exec(ctx, `DELETE FROM secrets WHERE key = $1`, key); err != nil {
+			return DeleteResult{}, change{}, err
+		}
+		return DeleteResult{Revision: w.rev},
+			change{kind: ChangeSecretDeleted, key: key, version: cur.CurrentVersion, category: cur.Category, restartRequired: cur.RestartRequired},
+			nil
+	})
+}
+
+// GetSecret returns a secret's metadata and the revision it reflects.
+func (s *Store) GetSecret(ctx context.Context, key string) (Secret, int64, error) {
+	var rev int64
+	sec, err := scanSecret(s.pool.QueryRow(ctx, `SELECT `+secretColumns+`, (SELECT revision FROM revision_counter)
+		FROM `+secretFrom+` WHERE s.key = $1`, key), &rev)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Still report the revision: an empty catalog slot is an answer too.
+		r, rerr := s.Revision(ctx)
+		if rerr != nil {
+			return Secret{}, 0, rerr
+		}
+		return Secret{}, r, fmt.Errorf("secret %s: %w", key, ErrNotFound)
+	}
+	return sec, rev, classify(err)
+}
+
+// ListParams select a page of secrets.
+type ListParams struct {
+	// Category filters by category; "" for all.
+	Category string
+	// After is the last key of the previous page; "" to start.
+	After string
+	Limit int
+	// AlsoKeys are keys whose stored state is wanted in the same snapshot
+	// regardless of the page (the catalog's keys, to find its empty slots).
+	AlsoKeys []string
+}
+
+// ListResult is a page of secrets plus the requested extra keys, read in one
+// snapshot at Revision.
+type ListResult struct {
+	Page     []Secret
+	Also     map[string]Secret
+	Revision int64
+}
+
+// ListSecrets returns secrets ordered by key.
+func (s *Store) ListSecrets(ctx context.Context, p ListParams) (ListResult, error) {
+	var res ListResult
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		res = ListResult{Also: map[string]Secret{}}
+		if err := tx.QueryRow(ctx, `SELECT revision FROM revision_counter`).Scan(&res.Revision); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+secretColumns+` FROM `+secretFrom+`
+			WHERE s.key > $1 AND ($2 = '' OR s.category = $2) ORDER BY s.key LIMIT $3`, p.After, p.Category, p.Limit)
+		if err != nil {
+			return err
+		}
+		res.Page, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Secret, error) { return scanSecret(r) })
+		if err != nil {
+			return err
+		}
+		if len(p.AlsoKeys) == 0 {
+			return nil
+		}
+		rows, err = tx.Query(ctx, `SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = ANY($1)`, p.AlsoKeys)
+		if err != nil {
+			return err
+		}
+		also, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Secret, error) { return scanSecret(r) })
+		for _, sec := range also {
+			res.Also[sec.Key] = sec
+		}
+		return err
+	})
+	return res, err
+}
+
+const versionColumns = `key, version, state, create_time, COALESCE(destroy_time, 'epoch'::timestamptz), created_by, kek_id`
+
+func scanVersion(row pgx.Row) (Version, error) {
+	var v Version
+	err := row.Scan(&v.Key, &v.Version, &v.State, &v.CreateTime, &v.DestroyTime, &v.CreatedBy, &v.KEKID)
+	if v.DestroyTime.Equal(time.Unix(0, 0)) {
+		v.DestroyTime = time.Time{}
+	}
+	return v, err
+}
+
+// ListVersions returns a secret's versions older than before (0 = from the
+// newest), newest first.
+func (s *Store) ListVersions(ctx context.Context, key string, before int64, limit int) ([]Version, error) {
+	var out []Version
+	err := s.readTx(ctx, func(tx pgx.Tx) error {
+		var one int
+		if err := tx.QueryRow(ctx, `SELECT 1 FROM secrets WHERE key = $1`, key).Scan(&one); errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("secret %s: %w", key, ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT `+versionColumns+` FROM secret_versions
+			WHERE key = $1 AND ($2 = 0 OR version < $2) ORDER BY version DESC LIMIT $3`, key, before, limit)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Version, error) { return scanVersion(r) })
+		return err
+	})
+	return out, err
+}

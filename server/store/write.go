@@ -1,0 +1,132 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// change is what one write did: it becomes the change-log entry and the audit
+// event of the write's revision.
+type change struct {
+	kind            ChangeKind
+	key             string
+	version         int64
+	category        string
+	restartRequired bool
+	detail          string
+}
+
+// writer is handed to a write's body: the open transaction, the revision the
+// change commits as, and the transaction's time.
+type writer struct {
+	tx   pgx.Tx
+	rev  int64
+	now  time.Time
+	meta Meta
+}
+
+// write runs body in one transaction that first takes the next revision from
+// the counter row (serializing writers, so revision order is commit order),
+// then records the change-log entry, the audit event and, with a request id,
+// the idempotency record, and wakes watchers — all committed together or not
+// at all. A retry carrying a request id already committed returns the first
+// result (R is stored as JSON; it never holds a value).
+func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx context.Context, w *writer) (R, change, error)) (R, error) {
+	var zero R
+	if meta.RequestID != "" {
+		if r, ok, err := replay[R](ctx, s, meta); err != nil || ok {
+			return r, err
+		}
+	}
+	var result R
+	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		w := &writer{tx: tx, meta: meta}
+		if err := tx.QueryRow(ctx,
+			`UPDATE revision_counter SET revision = revision + 1 RETURNING revision, now()`,
+		).Scan(&w.rev, &w.now); err != nil {
+			return err
+		}
+		r, c, err := body(ctx, w)
+		if err != nil {
+			return err
+		}
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			w.rev, w.now, c.kind, c.key, c.version, c.category, c.restartRequired, c.detail)
+		b.Queue(`INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, revision, detail)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			w.now, meta.Actor, meta.Action, c.key, c.version, OutcomeOK, meta.RequestID, meta.Peer, w.rev, c.detail)
+		if meta.RequestID != "" {
+			encoded, err := json.Marshal(r)
+			if err != nil {
+				return fmt.Errorf("encode idempotent result: %w", err)
+			}
+			b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
+				VALUES ($1, $2, $3, $4, $5)`, meta.RequestID, meta.Action, meta.RequestHash, encoded, w.now)
+		}
+		b.Queue(`SELECT pg_notify($1, ($2::bigint)::text)`, NotifyChannel, w.rev)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		result = r
+		return nil
+	})
+	if err != nil {
+		if meta.RequestID != "" && isUniqueViolation(err, "idempotency_pkey") {
+			// A concurrent attempt with the same request id committed first.
+			if r, ok, rerr := replay[R](ctx, s, meta); rerr != nil || ok {
+				return r, rerr
+			}
+		}
+		return zero, err
+	}
+	return result, nil
+}
+
+// replay returns the stored result of an earlier request with the same id.
+func replay[R any](ctx context.Context, s *Store, meta Meta) (R, bool, error) {
+	var zero R
+	var method string
+	var hash, response []byte
+	err := s.pool.QueryRow(ctx,
+		`SELECT method, request_hash, response FROM idempotency WHERE request_id = $1`, meta.RequestID,
+	).Scan(&method, &hash, &response)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, false, nil
+	}
+	if err != nil {
+		return zero, false, classify(err)
+	}
+	if method != meta.Action || string(hash) != string(meta.RequestHash) {
+		return zero, false, ErrRequestIDReused
+	}
+	var r R
+	if err := json.Unmarshal(response, &r); err != nil {
+		return zero, false, fmt.Errorf("decode idempotent result: %w", err)
+	}
+	return r, true, nil
+}
+
+// RecordFailure audits a request that failed or was refused. It is best
+// effort: the request already failed, and its error is what the caller sees.
+func (s *Store) RecordFailure(ctx context.Context, meta Meta, key string, version int64, outcome, detail string) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, detail)
+		VALUES (now(), $1, $2, $3, $4, $5, $6, $7, $8)`,
+		meta.Actor, meta.Action, key, version, outcome, meta.RequestID, meta.Peer, detail)
+	return classify(err)
+}
+
+// PurgeIdempotency removes idempotency records older than maxAge.
+func (s *Store) PurgeIdempotency(ctx context.Context, maxAge time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM idempotency WHERE create_time < now() - make_interval(secs => $1)`, maxAge.Seconds())
+	if err != nil {
+		return 0, classify(err)
+	}
+	return tag.RowsAffected(), nil
+}
