@@ -19,13 +19,14 @@ func (s *Store) AccessVersion(ctx context.Context, key string, version int64) (S
 		kekID   *string
 		rev     int64
 		current int64
+		vnum    *int64
 	)
 	err := s.pool.QueryRow(ctx, `SELECT s.current_version, v.version, v.state, v.ciphertext, v.wrapped_dek, v.kek_id,
 			(SELECT revision FROM revision_counter)
 		FROM secrets s LEFT JOIN secret_versions v
 			ON v.key = s.key AND v.version = CASE WHEN $2 = 0 THEN s.current_version ELSE $2 END
 		WHERE s.key = $1`, key, version,
-	).Scan(&current, &v.Version, &state, &v.Sealed.Ciphertext, &v.Sealed.WrappedDEK, &kekID, &rev)
+	).Scan(&current, &vnum, &state, &v.Sealed.Ciphertext, &v.Sealed.WrappedDEK, &kekID, &rev)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		exists = false
@@ -37,10 +38,10 @@ func (s *Store) AccessVersion(ctx context.Context, key string, version int64) (S
 	if !exists {
 		return SealedVersion{}, 0, fmt.Errorf("secret %s: %w", key, ErrNotFound)
 	}
-	if state == nil {
+	if state == nil || vnum == nil {
 		return SealedVersion{}, rev, fmt.Errorf("version %d of secret %s: %w", version, key, ErrNotFound)
 	}
-	v.Key = key
+	v.Key, v.Version = key, *vnum
 	if err := accessible(key, v.Version, *state); err != nil {
 		return SealedVersion{}, rev, err
 	}

@@ -144,6 +144,10 @@ func classify(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return fmt.Errorf("%w: cannot connect", ErrUnavailable)
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
@@ -155,9 +159,8 @@ func classify(err error) error {
 		}
 		return fmt.Errorf("postgres error SQLSTATE %s: %w", pgErr.Code, err)
 	}
-	var connectErr *pgconn.ConnectError
 	var netErr net.Error
-	if errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
+	if errors.As(err, &netErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
 		errors.Is(err, pgx.ErrTxClosed) {
 		return fmt.Errorf("%w: %s", ErrUnavailable, "connection lost")
 	}
