@@ -64,13 +64,22 @@ func TestSecretServiceCodes(t *testing.T) {
 		code  codes.Code
 		field string
 	}{
-		{"put ok", func() error { _, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "NEW_KEY", Value: []byte("v")}); return err }, codes.OK, ""},
-		{"put max size", func() error { _, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "BIG", Value: []byte(big)}); return err }, codes.OK, ""},
+		{"put ok", func() error {
+			_, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "NEW_KEY", Value: []byte("v")})
+			return err
+		}, codes.OK, ""},
+		{"put max size", func() error {
+			_, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "BIG", Value: []byte(big)})
+			return err
+		}, codes.OK, ""},
 		{"put over max", func() error {
 			_, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "BIG", Value: []byte(big + "x")})
 			return err
 		}, codes.InvalidArgument, "value"},
-		{"put bad key", func() error { _, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "lower", Value: []byte("v")}); return err }, codes.InvalidArgument, "key"},
+		{"put bad key", func() error {
+			_, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "lower", Value: []byte("v")})
+			return err
+		}, codes.InvalidArgument, "key"},
 		{"put key too long", func() error {
 			_, err := c.PutSecret(ctx, &pb.PutSecretRequest{Key: "A" + strings.Repeat("B", 128), Value: []byte("v")})
 			return err
