@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
@@ -153,4 +154,67 @@ func TestRESTBodyLimits(t *testing.T) {
 	if n := versionCount(c, "MAX_VALUE"); n != 1 {
 		t.Errorf("%d versions, want 1", n)
 	}
+}
+
+func TestRESTIdempotency(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	const key = "IDEMPOTENT_KEY"
+	body := map[string]any{"value": b64("once"), "description": "d1", "requestId": "req-7f3a"}
+	first := c.must(200, "PUT", "/v1/secrets/"+key, body)
+	second := c.must(200, "PUT", "/v1/secrets/"+key, body)
+	if first["revision"] != second["revision"] {
+		t.Errorf("retry revision %v, first %v", second["revision"], first["revision"])
+	}
+	if n := versionCount(c, key); n != 1 {
+		t.Errorf("%d versions after a retried PUT, want 1", n)
+	}
+	body["description"] = "d2"
+	r := c.do("PUT", "/v1/secrets/"+key, body)
+	if r.status != 400 || !slices.Contains(violationFields(t, r), "request_id") {
+		t.Errorf("reused requestId with another body: %d %s, want 400 naming request_id", r.status, r.raw)
+	}
+	if n := versionCount(c, key); n != 1 {
+		t.Errorf("%d versions after a rejected reuse, want 1", n)
+	}
+}
+
+func TestRESTPublicEndpoints(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	if r := c.do("GET", "/healthz", nil); r.status != 200 {
+		t.Errorf("/healthz: %d %s", r.status, r.raw)
+	}
+	if r := c.do("GET", "/readyz", nil); r.status != 200 || r.body["ready"] != true {
+		t.Errorf("/readyz: %d %s", r.status, r.raw)
+	}
+	r := c.do("GET", "/openapi.json", nil)
+	var doc any
+	if r.status != 200 || json.Unmarshal([]byte(r.raw), &doc) != nil || !strings.Contains(r.raw, `"/v1/secrets"`) {
+		t.Errorf("/openapi.json: %d, valid JSON with /v1/secrets expected; %.200s", r.status, r.raw)
+	}
+	c.must(200, "GET", "/v1/secrets", nil) // so the counter has a sample
+	if r := c.do("GET", "/metrics", nil); r.status != 200 || !strings.Contains(r.raw, "grpc_server_handled_total") {
+		t.Errorf("/metrics: %d, want grpc_server_handled_total; %.300s", r.status, r.raw)
+	}
+}
+
+// violationFields returns the google.rpc.BadRequest field names of an error.
+func violationFields(t *testing.T, r response) []string {
+	t.Helper()
+	var fields []string
+	details, _ := r.body["details"].([]any)
+	for _, d := range details {
+		m, _ := d.(map[string]any)
+		if m["@type"] != "type.googleapis.com/google.rpc.BadRequest" {
+			continue
+		}
+		vs, _ := m["fieldViolations"].([]any)
+		for _, v := range vs {
+			if f, ok := v.(map[string]any)["field"].(string); ok {
+				fields = append(fields, f)
+			}
+		}
+	}
+	return fields
 }

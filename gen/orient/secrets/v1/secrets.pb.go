@@ -1815,7 +1815,7 @@ var File_orient_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb6\x03\n" +
+	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb6\x03\n" +
 	"\x06Secret\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x12 \n" +
@@ -1955,7 +1955,7 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VERSION_STATE_ENABLED\x10\x01\x12\x1a\n" +
 	"\x16VERSION_STATE_DISABLED\x10\x02\x12\x1b\n" +
-	"\x17VERSION_STATE_DESTROYED\x10\x032\xe4\f\n" +
+	"\x17VERSION_STATE_DESTROYED\x10\x032\xf5\x0f\n" +
 	"\rSecretService\x12q\n" +
 	"\vListSecrets\x12%.orient.secrets.v1.ListSecretsRequest\x1a&.orient.secrets.v1.ListSecretsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/secrets\x12q\n" +
 	"\tGetSecret\x12#.orient.secrets.v1.GetSecretRequest\x1a$.orient.secrets.v1.GetSecretResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/secrets/{key}\x12t\n" +
@@ -1967,7 +1967,10 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x14DisableSecretVersion\x12..orient.secrets.v1.DisableSecretVersionRequest\x1a/.orient.secrets.v1.DisableSecretVersionResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/secrets/{key}/versions/{version}:disable\x12\xac\x01\n" +
 	"\x13EnableSecretVersion\x12-.orient.secrets.v1.EnableSecretVersionRequest\x1a..orient.secrets.v1.EnableSecretVersionResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/secrets/{key}/versions/{version}:enable\x12\xb0\x01\n" +
 	"\x14DestroySecretVersion\x12..orient.secrets.v1.DestroySecretVersionRequest\x1a/.orient.secrets.v1.DestroySecretVersionResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/secrets/{key}/versions/{version}:destroy\x12z\n" +
-	"\fDeleteSecret\x12&.orient.secrets.v1.DeleteSecretRequest\x1a'.orient.secrets.v1.DeleteSecretResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/secrets/{key}B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\fDeleteSecret\x12&.orient.secrets.v1.DeleteSecretRequest\x1a'.orient.secrets.v1.DeleteSecretResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/secrets/{key}\x12|\n" +
+	"\fWatchChanges\x12&.orient.secrets.v1.WatchChangesRequest\x1a'.orient.secrets.v1.WatchChangesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/changes:watch0\x01\x12y\n" +
+	"\rListConsumers\x12'.orient.secrets.v1.ListConsumersRequest\x1a(.orient.secrets.v1.ListConsumersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/consumers\x12\x95\x01\n" +
+	"\x13ReportConsumerState\x12-.orient.secrets.v1.ReportConsumerStateRequest\x1a..orient.secrets.v1.ReportConsumerStateResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:reportB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_secrets_proto_rawDescOnce sync.Once
@@ -2013,6 +2016,12 @@ var file_orient_secrets_v1_secrets_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
 	(*fieldmaskpb.FieldMask)(nil),        // 27: google.protobuf.FieldMask
 	(*status.Status)(nil),                // 28: google.rpc.Status
+	(*WatchChangesRequest)(nil),          // 29: orient.secrets.v1.WatchChangesRequest
+	(*ListConsumersRequest)(nil),         // 30: orient.secrets.v1.ListConsumersRequest
+	(*ReportConsumerStateRequest)(nil),   // 31: orient.secrets.v1.ReportConsumerStateRequest
+	(*WatchChangesResponse)(nil),         // 32: orient.secrets.v1.WatchChangesResponse
+	(*ListConsumersResponse)(nil),        // 33: orient.secrets.v1.ListConsumersResponse
+	(*ReportConsumerStateResponse)(nil),  // 34: orient.secrets.v1.ReportConsumerStateResponse
 }
 var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	26, // 0: orient.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
@@ -2046,19 +2055,25 @@ var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	20, // 28: orient.secrets.v1.SecretService.EnableSecretVersion:input_type -> orient.secrets.v1.EnableSecretVersionRequest
 	22, // 29: orient.secrets.v1.SecretService.DestroySecretVersion:input_type -> orient.secrets.v1.DestroySecretVersionRequest
 	24, // 30: orient.secrets.v1.SecretService.DeleteSecret:input_type -> orient.secrets.v1.DeleteSecretRequest
-	4,  // 31: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
-	6,  // 32: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
-	8,  // 33: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
-	10, // 34: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
-	12, // 35: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
-	15, // 36: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
-	17, // 37: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
-	19, // 38: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
-	21, // 39: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
-	23, // 40: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
-	25, // 41: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
-	31, // [31:42] is the sub-list for method output_type
-	20, // [20:31] is the sub-list for method input_type
+	29, // 31: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
+	30, // 32: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
+	31, // 33: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
+	4,  // 34: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
+	6,  // 35: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
+	8,  // 36: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
+	10, // 37: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
+	12, // 38: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
+	15, // 39: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
+	17, // 40: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
+	19, // 41: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
+	21, // 42: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
+	23, // 43: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
+	25, // 44: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
+	32, // 45: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
+	33, // 46: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
+	34, // 47: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
+	34, // [34:48] is the sub-list for method output_type
+	20, // [20:34] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -2069,6 +2084,7 @@ func file_orient_secrets_v1_secrets_proto_init() {
 	if File_orient_secrets_v1_secrets_proto != nil {
 		return
 	}
+	file_orient_secrets_v1_changes_proto_init()
 	file_orient_secrets_v1_secrets_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

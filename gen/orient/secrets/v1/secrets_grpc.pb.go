@@ -30,6 +30,9 @@ const (
 	SecretService_EnableSecretVersion_FullMethodName  = "/orient.secrets.v1.SecretService/EnableSecretVersion"
 	SecretService_DestroySecretVersion_FullMethodName = "/orient.secrets.v1.SecretService/DestroySecretVersion"
 	SecretService_DeleteSecret_FullMethodName         = "/orient.secrets.v1.SecretService/DeleteSecret"
+	SecretService_WatchChanges_FullMethodName         = "/orient.secrets.v1.SecretService/WatchChanges"
+	SecretService_ListConsumers_FullMethodName        = "/orient.secrets.v1.SecretService/ListConsumers"
+	SecretService_ReportConsumerState_FullMethodName  = "/orient.secrets.v1.SecretService/ReportConsumerState"
 )
 
 // SecretServiceClient is the client API for SecretService service.
@@ -74,6 +77,17 @@ type SecretServiceClient interface {
 	// Deletes a secret with all its versions. Optional etag for
 	// compare-and-delete.
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
+	// Streams committed changes (never values) in revision order, without gaps
+	// or duplicates, from start_revision + 1: a header first, then events, and
+	// progress messages while idle. Resume after a disconnect with the last
+	// revision received.
+	WatchChanges(ctx context.Context, in *WatchChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchChangesResponse], error)
+	// Lists the consumer instances (services that watch or report) with the
+	// restart-required changes each has not picked up yet.
+	ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error)
+	// Reports the revision a consumer instance runs with, e.g. after it
+	// restarted; this clears the changes it picked up.
+	ReportConsumerState(ctx context.Context, in *ReportConsumerStateRequest, opts ...grpc.CallOption) (*ReportConsumerStateResponse, error)
 }
 
 type secretServiceClient struct {
@@ -194,6 +208,45 @@ func (c *secretServiceClient) DeleteSecret(ctx context.Context, in *DeleteSecret
 	return out, nil
 }
 
+func (c *secretServiceClient) WatchChanges(ctx context.Context, in *WatchChangesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchChangesResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SecretService_ServiceDesc.Streams[0], SecretService_WatchChanges_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchChangesRequest, WatchChangesResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SecretService_WatchChangesClient = grpc.ServerStreamingClient[WatchChangesResponse]
+
+func (c *secretServiceClient) ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConsumersResponse)
+	err := c.cc.Invoke(ctx, SecretService_ListConsumers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *secretServiceClient) ReportConsumerState(ctx context.Context, in *ReportConsumerStateRequest, opts ...grpc.CallOption) (*ReportConsumerStateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportConsumerStateResponse)
+	err := c.cc.Invoke(ctx, SecretService_ReportConsumerState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecretServiceServer is the server API for SecretService service.
 // All implementations must embed UnimplementedSecretServiceServer
 // for forward compatibility.
@@ -236,6 +289,17 @@ type SecretServiceServer interface {
 	// Deletes a secret with all its versions. Optional etag for
 	// compare-and-delete.
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
+	// Streams committed changes (never values) in revision order, without gaps
+	// or duplicates, from start_revision + 1: a header first, then events, and
+	// progress messages while idle. Resume after a disconnect with the last
+	// revision received.
+	WatchChanges(*WatchChangesRequest, grpc.ServerStreamingServer[WatchChangesResponse]) error
+	// Lists the consumer instances (services that watch or report) with the
+	// restart-required changes each has not picked up yet.
+	ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error)
+	// Reports the revision a consumer instance runs with, e.g. after it
+	// restarted; this clears the changes it picked up.
+	ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }
 
@@ -278,6 +342,15 @@ func (UnimplementedSecretServiceServer) DestroySecretVersion(context.Context, *D
 }
 func (UnimplementedSecretServiceServer) DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSecret not implemented")
+}
+func (UnimplementedSecretServiceServer) WatchChanges(*WatchChangesRequest, grpc.ServerStreamingServer[WatchChangesResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchChanges not implemented")
+}
+func (UnimplementedSecretServiceServer) ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConsumers not implemented")
+}
+func (UnimplementedSecretServiceServer) ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportConsumerState not implemented")
 }
 func (UnimplementedSecretServiceServer) mustEmbedUnimplementedSecretServiceServer() {}
 func (UnimplementedSecretServiceServer) testEmbeddedByValue()                       {}
@@ -498,6 +571,53 @@ func _SecretService_DeleteSecret_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_WatchChanges_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchChangesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SecretServiceServer).WatchChanges(m, &grpc.GenericServerStream[WatchChangesRequest, WatchChangesResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SecretService_WatchChangesServer = grpc.ServerStreamingServer[WatchChangesResponse]
+
+func _SecretService_ListConsumers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsumersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).ListConsumers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_ListConsumers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).ListConsumers(ctx, req.(*ListConsumersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SecretService_ReportConsumerState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportConsumerStateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).ReportConsumerState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_ReportConsumerState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).ReportConsumerState(ctx, req.(*ReportConsumerStateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecretService_ServiceDesc is the grpc.ServiceDesc for SecretService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -549,7 +669,21 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DeleteSecret",
 			Handler:    _SecretService_DeleteSecret_Handler,
 		},
+		{
+			MethodName: "ListConsumers",
+			Handler:    _SecretService_ListConsumers_Handler,
+		},
+		{
+			MethodName: "ReportConsumerState",
+			Handler:    _SecretService_ReportConsumerState_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchChanges",
+			Handler:       _SecretService_WatchChanges_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "orient/secrets/v1/secrets.proto",
 }
