@@ -64,6 +64,13 @@ func run(args []string) error {
 	fs.StringVar(&cfg.DataDir, "data-dir", env("SECRETS_DATA_DIR", cfg.DataDir), "data directory of the embedded default (used when DATABASE_URL is empty)")
 	fs.BoolVar(&cfg.Reflection, "reflection", envBool("SECRETS_REFLECTION", cfg.Reflection), "enable gRPC server reflection (grpcurl)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for in-flight requests")
+	fs.DurationVar(&cfg.WatchProgressInterval, "watch-progress-interval", cfg.WatchProgressInterval, "how often idle watch streams get a progress message")
+	fs.DurationVar(&cfg.WatchPollInterval, "watch-poll-interval", cfg.WatchPollInterval, "how often the change log is polled in case a notification was lost")
+	fs.BoolVar(&cfg.WatchNoListen, "watch-no-listen", cfg.WatchNoListen, "poll the change log only, without LISTEN/NOTIFY (for poolers in transaction mode)")
+	fs.DurationVar(&cfg.ChangeRetention, "change-retention", cfg.ChangeRetention, "how long the change log keeps entries (watchers can resume within it)")
+	fs.Int64Var(&cfg.ChangeRetentionCount, "change-retention-count", cfg.ChangeRetentionCount, "how many change log entries are kept at most")
+	fs.DurationVar(&cfg.ConsumerStaleAfter, "consumer-stale-after", cfg.ConsumerStaleAfter, "a consumer not seen for this long is shown as stale")
+	fs.DurationVar(&cfg.ConsumerDropAfter, "consumer-drop-after", cfg.ConsumerDropAfter, "a consumer not seen for this long is forgotten")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
 	if err := fs.Parse(args); err != nil {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
@@ -51,6 +52,12 @@ type Deps struct {
 	Access  AccessRecorder
 	Keyring Keyring
 	Logger  *slog.Logger
+	// Hub and Consumers serve the change stream and restart tracking.
+	Hub       Hub
+	Consumers ConsumerStore
+	// ConsumerStaleAfter is how long a consumer may go unseen before it is
+	// shown as stale.
+	ConsumerStaleAfter time.Duration
 }
 
 // Identity says who is calling. Until authentication exists every caller is

@@ -34,6 +34,7 @@ import (
 	"github.com/orient-bot/secrets/server/pgcluster"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/watch"
 )
 
 // Config is the server's configuration. DatabaseURL and KEKURL are secrets:
@@ -50,6 +51,25 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// IdempotencyTTL is how long request ids are remembered.
 	IdempotencyTTL time.Duration
+	// WatchPollInterval bounds how late a change whose notification was
+	// lost reaches watchers.
+	WatchPollInterval time.Duration
+	// WatchProgressInterval is how often idle watch streams get a progress
+	// message.
+	WatchProgressInterval time.Duration
+	// WatchNoListen disables LISTEN/NOTIFY (polling only), for poolers in
+	// transaction mode.
+	WatchNoListen bool
+	// ChangeRetention and ChangeRetentionCount bound the change log: older
+	// entries, or entries beyond the newest count, are compacted away.
+	ChangeRetention      time.Duration
+	ChangeRetentionCount int64
+	// ConsumerStaleAfter marks consumers not seen for this long as stale;
+	// ConsumerDropAfter forgets them.
+	ConsumerStaleAfter time.Duration
+	ConsumerDropAfter  time.Duration
+	// MaintenanceInterval is how often compaction and clean-up run.
+	MaintenanceInterval time.Duration
 }
 
 // DefaultConfig returns the documented defaults.
@@ -61,6 +81,14 @@ func DefaultConfig() Config {
 		Reflection:      true,
 		ShutdownTimeout: 15 * time.Second,
 		IdempotencyTTL:  24 * time.Hour,
+
+		WatchPollInterval:     time.Second,
+		WatchProgressInterval: 5 * time.Second,
+		ChangeRetention:       7 * 24 * time.Hour,
+		ChangeRetentionCount:  1_000_000,
+		ConsumerStaleAfter:    time.Minute,
+		ConsumerDropAfter:     7 * 24 * time.Hour,
+		MaintenanceInterval:   time.Minute,
 	}
 }
 
@@ -71,6 +99,10 @@ type Server struct {
 	cluster   *pgcluster.Cluster
 	store     *store.Store
 	keyring   *seal.Keyring
+	hub       *watch.Hub
+	hubCtx    context.Context
+	hubStop   context.CancelFunc
+	hubDone   chan struct{}
 	grpc      *grpc.Server
 	health    *health.Server
 	http      *http.Server
@@ -208,7 +240,11 @@ func (s *Server) listen(ctx context.Context) error {
 			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
 		),
 	)
-	deps := api.Deps{Store: s.store, Access: countingRecorder{s.store, auditCounter}, Keyring: s.keyring, Logger: s.log}
+	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,
+		NoListen: s.cfg.WatchNoListen, Logger: s.log})
+	reg.MustRegister(newHubCollector(s.hub))
+	deps := api.Deps{Store: s.store, Access: countingRecorder{s.store, auditCounter}, Keyring: s.keyring, Logger: s.log,
+		Hub: s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
 	pb.RegisterAuditServiceServer(s.grpc, api.NewAuditService(deps))
@@ -237,6 +273,9 @@ func (s *Server) listen(ctx context.Context) error {
 // Serve runs both listeners until ctx is done, then drains gracefully.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
+	s.hubCtx, s.hubStop = context.WithCancel(context.WithoutCancel(ctx))
+	s.hubDone = make(chan struct{})
+	go func() { defer close(s.hubDone); s.hub.Run(s.hubCtx) }()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	go func() {
 		if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -266,15 +305,32 @@ func (s *Server) Serve(ctx context.Context) error {
 	return err
 }
 
-// maintain runs periodic housekeeping until ctx is done.
+// maintain runs periodic housekeeping until ctx is done: change-log
+// compaction, forgetting old consumers and idempotency records. Every replica
+// runs it; the statements are idempotent.
 func (s *Server) maintain(ctx context.Context) {
-	t := time.NewTicker(time.Hour)
+	interval := s.cfg.MaintenanceInterval
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if n, err := s.store.PurgeIdempotency(ctx, s.cfg.IdempotencyTTL); err != nil && ctx.Err() == nil {
-			s.log.Warn("purging idempotency records", "error", err)
-		} else if n > 0 {
-			s.log.Info("purged idempotency records", "count", n)
+		for _, job := range []struct {
+			name string
+			run  func() (int64, error)
+		}{
+			{"compacted change log entries", func() (int64, error) {
+				return s.store.CompactChanges(ctx, s.cfg.ChangeRetention, s.cfg.ChangeRetentionCount)
+			}},
+			{"dropped consumers", func() (int64, error) { return s.store.DropConsumers(ctx, s.cfg.ConsumerDropAfter) }},
+			{"purged idempotency records", func() (int64, error) { return s.store.PurgeIdempotency(ctx, s.cfg.IdempotencyTTL) }},
+		} {
+			if n, err := job.run(); err != nil && ctx.Err() == nil {
+				s.log.Warn("maintenance failed", "job", job.name, "error", err)
+			} else if n > 0 {
+				s.log.Info("maintenance", "job", job.name, "count", n)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -289,6 +345,12 @@ func (s *Server) maintain(ctx context.Context) {
 func (s *Server) close(ctx context.Context) {
 	if s.health != nil {
 		s.health.Shutdown()
+	}
+	// End watch streams first (with a resumable status), or the graceful
+	// stop below would wait for them forever.
+	if s.hubStop != nil {
+		s.hubStop()
+		<-s.hubDone
 	}
 	timeout := s.cfg.ShutdownTimeout
 	if timeout <= 0 {

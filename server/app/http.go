@@ -11,6 +11,7 @@ import (
 
 	secrets "github.com/orient-bot/secrets"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/watch"
 )
 
 // httpHandler routes the HTTP listener: the public endpoints, then the
@@ -105,4 +106,32 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(p.idle, prometheus.GaugeValue, float64(st.IdleConns()))
 	ch <- prometheus.MustNewConstMetric(p.acquired, prometheus.GaugeValue, float64(st.AcquiredConns()))
 	ch <- prometheus.MustNewConstMetric(p.acquires, prometheus.CounterValue, float64(st.AcquireCount()))
+}
+
+// hubCollector exports the change-stream hub's figures.
+type hubCollector struct {
+	hub                   *watch.Hub
+	watchers, rev, lagged *prometheus.Desc
+}
+
+func newHubCollector(h *watch.Hub) *hubCollector {
+	return &hubCollector{
+		hub:      h,
+		watchers: prometheus.NewDesc("secrets_watch_subscribers", "Open change-stream subscriptions on this replica.", nil, nil),
+		rev:      prometheus.NewDesc("secrets_watch_revision", "Last revision the hub published.", nil, nil),
+		lagged:   prometheus.NewDesc("secrets_watch_lagged_total", "Subscriptions that overflowed their buffer and caught up from the log.", nil, nil),
+	}
+}
+
+func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.watchers
+	ch <- c.rev
+	ch <- c.lagged
+}
+
+func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.hub.Stats()
+	ch <- prometheus.MustNewConstMetric(c.watchers, prometheus.GaugeValue, float64(st.Subscribers))
+	ch <- prometheus.MustNewConstMetric(c.rev, prometheus.GaugeValue, float64(st.Revision))
+	ch <- prometheus.MustNewConstMetric(c.lagged, prometheus.CounterValue, float64(st.Lagged))
 }

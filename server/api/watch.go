@@ -1,0 +1,325 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/watch"
+)
+
+// Reasons of watch errors; clients act on them (relist, resume).
+const (
+	ReasonRevisionCompacted = "REVISION_COMPACTED"
+	ReasonRevisionAhead     = "REVISION_AHEAD"
+	ReasonShuttingDown      = "SERVER_SHUTTING_DOWN"
+)
+
+// Hub is the change-stream fan-out.
+type Hub interface {
+	Subscribe(ctx context.Context, consumer *store.ConsumerID) (*watch.Subscription, error)
+	Backlog(ctx context.Context, after, upTo int64) ([]store.Change, error)
+}
+
+// ConsumerStore tracks consumer instances.
+type ConsumerStore interface {
+	Revision(ctx context.Context) (int64, error)
+	ReportConsumer(ctx context.Context, id store.ConsumerID, loadedRevision, fallback int64, keys, categories []string) error
+	GetConsumer(ctx context.Context, id store.ConsumerID) (store.ConsumerState, error)
+	ListConsumers(ctx context.Context) ([]store.ConsumerState, error)
+}
+
+const (
+	maxWatchKeys       = 1000
+	maxWatchCategories = 100
+)
+
+var consumerNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$`)
+
+// watchFilter decides which changes a watcher gets.
+type watchFilter struct {
+	keys       map[string]bool
+	categories map[string]bool
+}
+
+func (f watchFilter) match(c *store.Change) bool {
+	if len(f.keys) > 0 && !f.keys[c.Key] {
+		return false
+	}
+	return len(f.categories) == 0 || f.categories[c.Category]
+}
+
+func parseWatchScope(keys, categories []string) (watchFilter, []string, error) {
+	f := watchFilter{keys: map[string]bool{}, categories: map[string]bool{}}
+	if len(keys) > maxWatchKeys {
+		return f, nil, invalidArg("keys", fmt.Sprintf("at most %d keys", maxWatchKeys))
+	}
+	if len(categories) > maxWatchCategories {
+		return f, nil, invalidArg("categories", fmt.Sprintf("at most %d categories", maxWatchCategories))
+	}
+	for i, k := range keys {
+		if err := checkKey(fmt.Sprintf("keys[%d]", i), k); err != nil {
+			return f, nil, err
+		}
+		f.keys[k] = true
+	}
+	cats := make([]string, 0, len(categories))
+	for i, c := range categories {
+		n, err := normalizeCategory(fmt.Sprintf("categories[%d]", i), c)
+		if err != nil {
+			return f, nil, err
+		}
+		f.categories[n] = true
+		cats = append(cats, n)
+	}
+	return f, cats, nil
+}
+
+func parseConsumer(c *pb.Consumer) (*store.ConsumerID, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if !consumerNamePattern.MatchString(c.GetService()) {
+		return nil, invalidArg("consumer.service", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : / - (e.g. orient-slack-bot)")
+	}
+	if !consumerNamePattern.MatchString(c.GetInstance()) {
+		return nil, invalidArg("consumer.instance", "must be 1 to 128 characters of A-Z a-z 0-9 . _ : / - (e.g. a host or pod name)")
+	}
+	return &store.ConsumerID{Service: c.GetService(), Instance: c.GetInstance()}, nil
+}
+
+// WatchChanges streams the change log from start_revision + 1. Every check
+// that can fail runs before the first message, so REST callers get a real
+// HTTP status instead of an error line under 200.
+func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.ServerStreamingServer[pb.WatchChangesResponse]) error {
+	ctx := stream.Context()
+	if req.GetStartRevision() < 0 {
+		return invalidArg("start_revision", "must not be negative")
+	}
+	if req.GetLoadedRevision() < 0 {
+		return invalidArg("loaded_revision", "must not be negative")
+	}
+	filter, cats, err := parseWatchScope(req.GetKeys(), req.GetCategories())
+	if err != nil {
+		return err
+	}
+	consumer, err := parseConsumer(req.GetConsumer())
+	if err != nil {
+		return err
+	}
+	sub, err := s.Hub.Subscribe(ctx, consumer)
+	if err != nil {
+		return s.watchErr(ctx, err)
+	}
+	defer func() { sub.Close() }()
+	current := sub.Start()
+	last := req.GetStartRevision()
+	if last == 0 {
+		last = current
+	}
+	if last > current {
+		// The hub may trail the database by a moment; only a revision the
+		// database has not reached either is refused.
+		dbRev, err := s.Consumers.Revision(ctx)
+		if err != nil {
+			return s.fail(ctx, err)
+		}
+		if last > dbRev {
+			return withInfo(codes.OutOfRange, ReasonRevisionAhead,
+				fmt.Sprintf("start_revision %d is ahead of the current revision %d; list again and watch from its revision", last, dbRev))
+		}
+	}
+	backlog, err := s.Hub.Backlog(ctx, last, current)
+	if err != nil {
+		return s.watchErr(ctx, err)
+	}
+	if consumer != nil {
+		if err := s.Consumers.ReportConsumer(ctx, *consumer, req.GetLoadedRevision(), last, req.GetKeys(), cats); err != nil {
+			return s.fail(ctx, err)
+		}
+	}
+	if err := stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: current}}}); err != nil {
+		return err
+	}
+	w := &watcher{stream: stream, filter: filter, last: last}
+	if err := w.sendAll(backlog); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case item, ok := <-sub.C():
+			if ok {
+				if err := w.handle(item); err != nil {
+					return err
+				}
+				continue
+			}
+			if !errors.Is(sub.Err(), watch.ErrLagged) {
+				return s.watchErr(ctx, sub.Err())
+			}
+			// Fell behind: catch up from the log, then follow live again.
+			if sub, err = s.Hub.Subscribe(ctx, consumer); err != nil {
+				return s.watchErr(ctx, err)
+			}
+			backlog, err := s.Hub.Backlog(ctx, w.last, sub.Start())
+			if err != nil {
+				return s.watchErr(ctx, err)
+			}
+			if err := w.sendAll(backlog); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// watcher is one stream's delivery state.
+type watcher struct {
+	stream grpc.ServerStreamingServer[pb.WatchChangesResponse]
+	filter watchFilter
+	// last is the last revision handled (sent or filtered out).
+	last int64
+	// busy records whether an event went out since the last progress mark.
+	busy bool
+}
+
+func (w *watcher) sendAll(changes []store.Change) error {
+	for i := range changes {
+		if err := w.handle(watch.Item{Change: &changes[i]}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *watcher) handle(item watch.Item) error {
+	if item.Change == nil {
+		// Progress: sent only when the stream was idle since the last mark.
+		if w.busy || item.Progress < w.last {
+			w.busy = false
+			return nil
+		}
+		w.last = item.Progress
+		return w.stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Progress{Progress: &pb.WatchProgress{Revision: item.Progress}}})
+	}
+	c := item.Change
+	if c.Revision <= w.last {
+		return nil
+	}
+	w.last = c.Revision
+	if !w.filter.match(c) {
+		return nil
+	}
+	w.busy = true
+	return w.stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Event{Event: toChangeEvent(c)}})
+}
+
+func toChangeEvent(c *store.Change) *pb.ChangeEvent {
+	return &pb.ChangeEvent{
+		Revision:        c.Revision,
+		Time:            timestamppb.New(c.Time),
+		Kind:            pb.ChangeKind(c.Kind),
+		Key:             c.Key,
+		Version:         c.Version,
+		Category:        c.Category,
+		RestartRequired: c.RestartRequired,
+		Detail:          c.Detail,
+	}
+}
+
+func (s *SecretService) watchErr(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, watch.ErrCompacted):
+		return withInfo(codes.OutOfRange, ReasonRevisionCompacted, err.Error()+"; list again and watch from the list's revision")
+	case errors.Is(err, watch.ErrStopped):
+		return withInfo(codes.Unavailable, ReasonShuttingDown, "server shutting down; resume from the last revision received")
+	}
+	return s.fail(ctx, err)
+}
+
+// ListConsumers lists consumer instances with their pending restarts.
+func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumersRequest) (*pb.ListConsumersResponse, error) {
+	list, err := s.Consumers.ListConsumers(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	rev, err := s.Consumers.Revision(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	out := &pb.ListConsumersResponse{Revision: rev}
+	for _, c := range list {
+		st := s.toConsumerState(c)
+		if req.GetPendingOnly() && len(st.Pending) == 0 {
+			continue
+		}
+		out.Consumers = append(out.Consumers, st)
+	}
+	return out, nil
+}
+
+// ReportConsumerState records the revision a consumer now runs with.
+func (s *SecretService) ReportConsumerState(ctx context.Context, req *pb.ReportConsumerStateRequest) (*pb.ReportConsumerStateResponse, error) {
+	consumer, err := parseConsumer(req.GetConsumer())
+	if err != nil {
+		return nil, err
+	}
+	if consumer == nil {
+		return nil, invalidArg("consumer", "required")
+	}
+	if req.GetLoadedRevision() <= 0 {
+		return nil, invalidArg("loaded_revision", "required: the revision whose values the consumer runs with")
+	}
+	_, cats, err := parseWatchScope(req.GetKeys(), req.GetCategories())
+	if err != nil {
+		return nil, err
+	}
+	rev, err := s.Consumers.Revision(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	if req.GetLoadedRevision() > rev {
+		return nil, invalidArg("loaded_revision", fmt.Sprintf("is ahead of the current revision %d", rev))
+	}
+	if err := s.Consumers.ReportConsumer(ctx, *consumer, req.GetLoadedRevision(), 0, req.GetKeys(), cats); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	c, err := s.Consumers.GetConsumer(ctx, *consumer)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.ReportConsumerStateResponse{Consumer: s.toConsumerState(c)}, nil
+}
+
+func (s *SecretService) toConsumerState(c store.ConsumerState) *pb.ConsumerState {
+	st := &pb.ConsumerState{
+		Consumer:       &pb.Consumer{Service: c.Service, Instance: c.Instance},
+		LoadedRevision: c.LoadedRevision,
+		LastSeen:       ts(c.LastSeen),
+		Stale:          time.Since(c.LastSeen) > s.staleAfter(),
+		Keys:           c.Keys,
+		Categories:     c.Categories,
+	}
+	for i, k := range c.PendingKeys {
+		st.Pending = append(st.Pending, &pb.PendingChange{Key: k, Revision: c.PendingRevs[i]})
+	}
+	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return int(a.Revision - b.Revision) })
+	return st
+}
+
+func (s *SecretService) staleAfter() time.Duration {
+	if s.ConsumerStaleAfter > 0 {
+		return s.ConsumerStaleAfter
+	}
+	return time.Minute
+}

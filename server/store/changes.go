@@ -1,0 +1,191 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Change is one change-log entry.
+type Change struct {
+	Revision        int64
+	Time            time.Time
+	Kind            ChangeKind
+	Key             string
+	Version         int64
+	Category        string
+	RestartRequired bool
+	Detail          string
+}
+
+// ChangesAfter returns up to limit changes with after < revision <= upTo
+// (upTo 0: no upper bound), in revision order.
+func (s *Store) ChangesAfter(ctx context.Context, after, upTo int64, limit int) ([]Change, error) {
+	rows, err := s.pool.Query(ctx, `SELECT revision, time, kind, key, version, category, restart_required, detail
+		FROM change_log WHERE revision > $1 AND ($2 = 0 OR revision <= $2) ORDER BY revision LIMIT $3`, after, upTo, limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Change, error) {
+		var c Change
+		err := r.Scan(&c.Revision, &c.Time, &c.Kind, &c.Key, &c.Version, &c.Category, &c.RestartRequired, &c.Detail)
+		return c, err
+	})
+	return out, classify(err)
+}
+
+// Listener is a dedicated connection LISTENing on NotifyChannel.
+type Listener struct{ conn *pgx.Conn }
+
+// Listen opens a connection of its own (outside the pool, which must never
+// hold a LISTEN) and issues LISTEN before returning, so a caller that reads
+// the log afterwards cannot miss a notification in between.
+func (s *Store) Listen(ctx context.Context) (*Listener, error) {
+	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, classify(err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
+		conn.Close(context.Background())
+		return nil, classify(err)
+	}
+	return &Listener{conn: conn}, nil
+}
+
+// Wait blocks until a notification arrives, the connection fails or ctx ends.
+func (l *Listener) Wait(ctx context.Context) error {
+	_, err := l.conn.WaitForNotification(ctx)
+	return err
+}
+
+// Close closes the connection.
+func (l *Listener) Close() { l.conn.Close(context.Background()) }
+
+// CompactChanges deletes change-log entries older than maxAge or beyond the
+// newest maxCount, and returns how many it deleted. The newest entry is
+// always kept.
+func (s *Store) CompactChanges(ctx context.Context, maxAge time.Duration, maxCount int64) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `WITH top AS (SELECT COALESCE(max(revision), 0) AS rev FROM change_log),
+		cutoff AS (SELECT LEAST((SELECT rev FROM top) - 1, GREATEST(
+			COALESCE((SELECT max(revision) FROM change_log WHERE time < now() - make_interval(secs => $1)), 0),
+			(SELECT rev FROM top) - $2)) AS rev)
+		DELETE FROM change_log WHERE revision <= (SELECT rev FROM cutoff)`, maxAge.Seconds(), maxCount)
+	if err != nil {
+		return 0, classify(err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// ConsumerID names a consumer instance.
+type ConsumerID struct {
+	Service  string
+	Instance string
+}
+
+// ConsumerState is a consumer as stored, with its pending restart-required
+// changes (latest revision per key after its loaded revision).
+type ConsumerState struct {
+	ConsumerID
+	LoadedRevision int64
+	Keys           []string
+	Categories     []string
+	LastSeen       time.Time
+	PendingKeys    []string
+	PendingRevs    []int64
+}
+
+// ReportConsumer registers a consumer or refreshes it. loadedRevision 0
+// keeps the stored one (or uses fallback for a new consumer).
+func (s *Store) ReportConsumer(ctx context.Context, id ConsumerID, loadedRevision, fallback int64, keys, categories []string) error {
+	if keys == nil {
+		keys = []string{}
+	}
+	if categories == nil {
+		categories = []string{}
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen)
+		VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now())
+		ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(), keys = EXCLUDED.keys, categories = EXCLUDED.categories,
+			loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END`,
+		id.Service, id.Instance, loadedRevision, fallback, keys, categories)
+	return classify(err)
+}
+
+// TouchConsumers marks consumers as seen now (one statement for all).
+func (s *Store) TouchConsumers(ctx context.Context, ids []ConsumerID) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	services := make([]string, len(ids))
+	instances := make([]string, len(ids))
+	for i, id := range ids {
+		services[i], instances[i] = id.Service, id.Instance
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE consumers c SET last_seen = now()
+		FROM unnest($1::text[], $2::text[]) AS t(service, instance)
+		WHERE c.service = t.service AND c.instance = t.instance`, services, instances)
+	return classify(err)
+}
+
+// GetConsumer returns one consumer's state.
+func (s *Store) GetConsumer(ctx context.Context, id ConsumerID) (ConsumerState, error) {
+	list, err := s.listConsumers(ctx, &id)
+	if err != nil {
+		return ConsumerState{}, err
+	}
+	if len(list) == 0 {
+		return ConsumerState{}, fmt.Errorf("consumer %s/%s: %w", id.Service, id.Instance, ErrNotFound)
+	}
+	return list[0], nil
+}
+
+// ListConsumers returns every consumer with its pending changes, and the
+// current revision.
+func (s *Store) ListConsumers(ctx context.Context) ([]ConsumerState, error) {
+	return s.listConsumers(ctx, nil)
+}
+
+func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]ConsumerState, error) {
+	var service, instance string
+	if only != nil {
+		service, instance = only.Service, only.Instance
+	}
+	// A change is pending for a consumer when it is restart-required, after
+	// the consumer's loaded revision, concerns a key it uses, and changed a
+	// value (metadata and provider-default changes need no restart).
+	rows, err := s.pool.Query(ctx, `SELECT c.service, c.instance, c.loaded_revision, c.keys, c.categories, c.last_seen,
+			COALESCE(p.keys, '{}'), COALESCE(p.revs, '{}')
+		FROM consumers c
+		LEFT JOIN LATERAL (
+			SELECT array_agg(x.key ORDER BY x.rev) AS keys, array_agg(x.rev ORDER BY x.rev) AS revs
+			FROM (SELECT l.key, max(l.revision) AS rev FROM change_log l
+				WHERE l.revision > c.loaded_revision AND l.restart_required AND l.key <> ''
+					AND l.kind IN (1, 2, 3, 4, 5)
+					AND (cardinality(c.keys) = 0 OR l.key = ANY(c.keys))
+					AND (cardinality(c.categories) = 0 OR l.category = ANY(c.categories))
+				GROUP BY l.key) x
+		) p ON true
+		WHERE ($1 = '' OR (c.service = $1 AND c.instance = $2))
+		ORDER BY c.service, c.instance`, service, instance)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ConsumerState, error) {
+		var c ConsumerState
+		err := r.Scan(&c.Service, &c.Instance, &c.LoadedRevision, &c.Keys, &c.Categories, &c.LastSeen, &c.PendingKeys, &c.PendingRevs)
+		return c, err
+	})
+	return out, classify(err)
+}
+
+// DropConsumers removes consumers not seen for maxAge.
+func (s *Store) DropConsumers(ctx context.Context, maxAge time.Duration) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM consumers WHERE last_seen < now() - make_interval(secs => $1)`, maxAge.Seconds())
+	if err != nil {
+		return 0, classify(err)
+	}
+	return tag.RowsAffected(), nil
+}
+

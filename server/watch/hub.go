@@ -1,0 +1,400 @@
+// Package watch owns the change stream's fan-out: one Hub per process reads
+// the change log (woken by LISTEN/NOTIFY, with a periodic poll as a safety
+// net) and hands every committed change, in revision order, to bounded
+// per-subscriber buffers. A subscriber that falls behind is cut loose and
+// catches up from the table (Backlog), never growing memory or blocking the
+// hub. The change_log table is the truth; notifications are only hints.
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// Source is what the hub reads: the store.
+type Source interface {
+	Revision(ctx context.Context) (int64, error)
+	ChangesAfter(ctx context.Context, after, upTo int64, limit int) ([]store.Change, error)
+	Listen(ctx context.Context) (*store.Listener, error)
+	TouchConsumers(ctx context.Context, ids []store.ConsumerID) error
+}
+
+// Errors a subscription ends with.
+var (
+	// ErrLagged: the subscriber's buffer overflowed; it must catch up from
+	// Backlog and subscribe again.
+	ErrLagged = errors.New("watch: subscriber fell behind")
+	// ErrStopped: the hub is shutting down; clients resume elsewhere.
+	ErrStopped = errors.New("watch: server shutting down")
+	// ErrCompacted: the requested revisions are no longer in the log.
+	ErrCompacted = errors.New("watch: revision compacted")
+)
+
+// Options tune the hub.
+type Options struct {
+	// PollInterval bounds the delay of a change whose notification was lost.
+	PollInterval time.Duration
+	// ProgressInterval is how often idle subscribers get a progress mark.
+	ProgressInterval time.Duration
+	// Buffer is each subscriber's buffer, in items.
+	Buffer int
+	// Ring is how many recent changes are kept in memory for catch-up.
+	Ring int
+	// NoListen turns LISTEN/NOTIFY off: changes arrive by polling only (for
+	// connection poolers in transaction mode, where LISTEN does not work).
+	NoListen bool
+	Logger   *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+	if o.ProgressInterval <= 0 {
+		o.ProgressInterval = 5 * time.Second
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = 128
+	}
+	if o.Ring <= 0 {
+		o.Ring = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Item is what a subscription delivers: a change, or a progress mark (the
+// hub's revision when nothing else is pending in this buffer before it).
+type Item struct {
+	Change   *store.Change
+	Progress int64
+}
+
+// Hub fans the change log out to subscribers.
+type Hub struct {
+	src  Source
+	opts Options
+
+	wake  chan struct{}
+	ready chan struct{}
+
+	mu       sync.Mutex
+	rev      int64 // last revision published
+	ring     []*store.Change
+	subs     map[*Subscription]struct{}
+	stopped  bool
+	lagCount int64
+}
+
+// New returns a hub; Run starts it.
+func New(src Source, opts Options) *Hub {
+	opts.defaults()
+	return &Hub{src: src, opts: opts, wake: make(chan struct{}, 1), ready: make(chan struct{}),
+		subs: make(map[*Subscription]struct{})}
+}
+
+// Stats are the hub's figures, for metrics.
+type Stats struct {
+	Subscribers int
+	Revision    int64
+	Lagged      int64
+}
+
+// Stats returns current figures.
+func (h *Hub) Stats() Stats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return Stats{Subscribers: len(h.subs), Revision: h.rev, Lagged: h.lagCount}
+}
+
+// Run reads the log and publishes until ctx ends, then ends every
+// subscription with ErrStopped.
+func (h *Hub) Run(ctx context.Context) {
+	defer h.stop()
+	listening := make(chan struct{})
+	if h.opts.NoListen {
+		close(listening)
+	} else {
+		go h.listen(ctx, listening)
+	}
+	// LISTEN first, then read where the log stands: a change committed in
+	// between is either notified or seen by the read. If LISTEN cannot be
+	// set up quickly, the poll covers it.
+	select {
+	case <-listening:
+	case <-time.After(3 * time.Second):
+	case <-ctx.Done():
+		return
+	}
+	for {
+		rev, err := h.src.Revision(ctx)
+		if err == nil {
+			h.mu.Lock()
+			h.rev = rev
+			h.mu.Unlock()
+			break
+		}
+		h.opts.Logger.Warn("watch hub: reading the current revision", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(h.opts.PollInterval):
+		}
+	}
+	close(h.ready)
+	poll := time.NewTicker(h.opts.PollInterval)
+	defer poll.Stop()
+	progress := time.NewTicker(h.opts.ProgressInterval)
+	defer progress.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.wake:
+		case <-poll.C:
+		case <-progress.C:
+			h.fetch(ctx)
+			h.progress(ctx)
+			continue
+		}
+		h.fetch(ctx)
+	}
+}
+
+// listen keeps a LISTEN connection open, waking the loop on each
+// notification, and reconnects with backoff when it drops.
+func (h *Hub) listen(ctx context.Context, listening chan struct{}) {
+	var once sync.Once
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		l, err := h.src.Listen(ctx)
+		if err != nil {
+			h.opts.Logger.Warn("watch hub: LISTEN connection failed; polling meanwhile", "error", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 10*time.Second)
+			continue
+		}
+		once.Do(func() { close(listening) })
+		backoff = 100 * time.Millisecond
+		h.poke() // catch anything committed while we were not listening
+		for {
+			if err := l.Wait(ctx); err != nil {
+				if ctx.Err() == nil {
+					h.opts.Logger.Warn("watch hub: LISTEN connection lost; reconnecting", "error", err)
+				}
+				break
+			}
+			h.poke()
+		}
+		l.Close()
+	}
+}
+
+func (h *Hub) poke() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+const fetchBatch = 1000
+
+// fetch publishes every change after the last published revision.
+func (h *Hub) fetch(ctx context.Context) {
+	for {
+		h.mu.Lock()
+		after := h.rev
+		h.mu.Unlock()
+		changes, err := h.src.ChangesAfter(ctx, after, 0, fetchBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				h.opts.Logger.Warn("watch hub: reading the change log", "error", err)
+			}
+			return
+		}
+		h.publish(changes)
+		if len(changes) < fetchBatch {
+			return
+		}
+	}
+}
+
+func (h *Hub) publish(changes []store.Change) {
+	if len(changes) == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := range changes {
+		c := &changes[i]
+		if c.Revision != h.rev+1 {
+			// The log is gap-free; a gap means compaction overtook us (the
+			// hub was down for a long time). Subscribers cannot be served
+			// continuously: cut them loose, they will report compaction.
+			h.opts.Logger.Warn("watch hub: gap in the change log", "after", h.rev, "next", c.Revision)
+			for s := range h.subs {
+				h.drop(s, ErrLagged)
+			}
+			h.ring = h.ring[:0]
+		}
+		h.rev = c.Revision
+		if len(h.ring) == h.opts.Ring {
+			copy(h.ring, h.ring[1:])
+			h.ring = h.ring[:len(h.ring)-1]
+		}
+		h.ring = append(h.ring, c)
+		for s := range h.subs {
+			select {
+			case s.c <- Item{Change: c}:
+			default:
+				h.lagCount++
+				h.drop(s, ErrLagged)
+			}
+		}
+	}
+}
+
+// progress puts a progress mark into every subscriber's buffer (if there is
+// room: a full buffer has events to send anyway) and marks the consumers
+// behind open subscriptions as seen.
+func (h *Hub) progress(ctx context.Context) {
+	h.mu.Lock()
+	seen := map[store.ConsumerID]struct{}{}
+	for s := range h.subs {
+		select {
+		case s.c <- Item{Progress: h.rev}:
+		default:
+		}
+		if s.consumer != nil {
+			seen[*s.consumer] = struct{}{}
+		}
+	}
+	h.mu.Unlock()
+	if len(seen) == 0 {
+		return
+	}
+	ids := make([]store.ConsumerID, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	tctx, cancel := context.WithTimeout(ctx, h.opts.ProgressInterval)
+	defer cancel()
+	if err := h.src.TouchConsumers(tctx, ids); err != nil && ctx.Err() == nil {
+		h.opts.Logger.Warn("watch hub: marking consumers seen", "error", err)
+	}
+}
+
+// drop ends a subscription; h.mu must be held.
+func (h *Hub) drop(s *Subscription, err error) {
+	if _, ok := h.subs[s]; !ok {
+		return
+	}
+	delete(h.subs, s)
+	s.err = err
+	close(s.c)
+}
+
+func (h *Hub) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.stopped = true
+	for s := range h.subs {
+		h.drop(s, ErrStopped)
+	}
+}
+
+// Subscription receives every change published after Start.
+type Subscription struct {
+	hub      *Hub
+	c        chan Item
+	start    int64
+	err      error // set before c is closed
+	consumer *store.ConsumerID
+}
+
+// Subscribe registers a subscriber. It waits for the hub to be ready.
+// consumer, if not nil, is marked as seen while the subscription lives.
+func (h *Hub) Subscribe(ctx context.Context, consumer *store.ConsumerID) (*Subscription, error) {
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		return nil, ErrStopped
+	}
+	s := &Subscription{hub: h, c: make(chan Item, h.opts.Buffer), start: h.rev, consumer: consumer}
+	h.subs[s] = struct{}{}
+	return s, nil
+}
+
+// Start is the hub's revision when the subscription began: every later
+// change arrives on C.
+func (s *Subscription) Start() int64 { return s.start }
+
+// C delivers items in revision order. It is closed when the subscription
+// ends; Err then says why.
+func (s *Subscription) C() <-chan Item { return s.c }
+
+// Err is why C was closed (ErrLagged or ErrStopped); nil while open.
+func (s *Subscription) Err() error {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	return s.err
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	s.hub.drop(s, ErrStopped)
+}
+
+// Backlog returns the changes with after < revision <= upTo, from memory when
+// the ring still holds them, else from the table. It fails with ErrCompacted
+// when the first of them is no longer in the log.
+func (h *Hub) Backlog(ctx context.Context, after, upTo int64) ([]store.Change, error) {
+	if after >= upTo {
+		return nil, nil
+	}
+	h.mu.Lock()
+	if n := len(h.ring); n > 0 && h.ring[0].Revision <= after+1 && h.ring[n-1].Revision >= upTo {
+		first := int(after + 1 - h.ring[0].Revision)
+		out := make([]store.Change, 0, upTo-after)
+		for _, c := range h.ring[first:] {
+			if c.Revision > upTo {
+				break
+			}
+			out = append(out, *c)
+		}
+		h.mu.Unlock()
+		return out, nil
+	}
+	h.mu.Unlock()
+	var out []store.Change
+	for cursor := after; cursor < upTo; {
+		page, err := h.src.ChangesAfter(ctx, cursor, upTo, fetchBatch)
+		if err != nil {
+			return nil, err
+		}
+		if len(page) == 0 || page[0].Revision != cursor+1 {
+			return nil, fmt.Errorf("%w: revision %d is no longer in the change log", ErrCompacted, cursor+1)
+		}
+		out = append(out, page...)
+		cursor = page[len(page)-1].Revision
+	}
+	return out, nil
+}
