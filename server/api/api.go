@@ -55,6 +55,10 @@ type Deps struct {
 	// Hub and Consumers serve the change stream and restart tracking.
 	Hub       Hub
 	Consumers ConsumerStore
+	// ValueMAC fingerprints a value with a key the database does not hold,
+	// so an idempotency record can tell a retry from a different value
+	// without storing a guessable hash of it.
+	ValueMAC func(value []byte) []byte
 	// ConsumerStaleAfter is how long a consumer may go unseen before it is
 	// shown as stale.
 	ConsumerStaleAfter time.Duration
@@ -93,7 +97,7 @@ func IdentityFrom(ctx context.Context) Identity {
 // request with its value removed (a hash of a low-entropy value would let a
 // database reader confirm guesses), plus the actor, so a request id cannot be
 // replayed by someone else.
-func metaFor(ctx context.Context, action, requestID string, req proto.Message) store.Meta {
+func metaFor(ctx context.Context, action, requestID string, req proto.Message, extra ...[]byte) store.Meta {
 	id := IdentityFrom(ctx)
 	m := store.Meta{Actor: id.Actor, Peer: id.Peer, Action: action, RequestID: requestID}
 	if requestID != "" && req != nil {
@@ -101,6 +105,9 @@ func metaFor(ctx context.Context, action, requestID string, req proto.Message) s
 		h.Write([]byte(action + "\x00" + id.Actor + "\x00"))
 		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(req)
 		h.Write(b)
+		for _, e := range extra {
+			h.Write(e)
+		}
 		m.RequestHash = h.Sum(nil)
 	}
 	return m

@@ -108,7 +108,11 @@ func (s *SecretService) PutSecret(ctx context.Context, req *pb.PutSecretRequest)
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.Store.PutSecret(ctx, metaFor(ctx, "PutSecret", req.GetRequestId(), withoutValue(req)), p)
+	var mac []byte
+	if req.GetRequestId() != "" && s.ValueMAC != nil {
+		mac = s.ValueMAC(req.GetValue())
+	}
+	res, err := s.Store.PutSecret(ctx, metaFor(ctx, "PutSecret", req.GetRequestId(), withoutValue(req), mac), p)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}

@@ -94,22 +94,23 @@ func DefaultConfig() Config {
 
 // Server is a running secretsd.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	cluster   *pgcluster.Cluster
-	store     *store.Store
-	keyring   *seal.Keyring
-	hub       *watch.Hub
-	hubCtx    context.Context
-	hubStop   context.CancelFunc
-	hubDone   chan struct{}
-	grpc      *grpc.Server
-	health    *health.Server
-	http      *http.Server
-	gwConn    interface{ Close() error }
-	grpcLis   net.Listener
-	httpLis   net.Listener
-	startedAt time.Time
+	cfg           Config
+	log           *slog.Logger
+	cluster       *pgcluster.Cluster
+	store         *store.Store
+	keyring       *seal.Keyring
+	requestMACKey []byte
+	hub           *watch.Hub
+	hubCtx        context.Context
+	hubStop       context.CancelFunc
+	hubDone       chan struct{}
+	grpc          *grpc.Server
+	health        *health.Server
+	http          *http.Server
+	gwConn        interface{ Close() error }
+	grpcLis       net.Listener
+	httpLis       net.Listener
+	startedAt     time.Time
 }
 
 // GRPCAddr and HTTPAddr return the bound addresses (useful with port 0).
@@ -151,6 +152,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, fmt.Errorf("database migrations: %w", err)
 	}
 	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log}); err != nil {
+		return nil, err
+	}
+	if s.requestMACKey, err = s.serviceKey(ctx, "request-mac"); err != nil {
 		return nil, err
 	}
 	if err := s.listen(ctx); err != nil {
@@ -244,7 +248,7 @@ func (s *Server) listen(ctx context.Context) error {
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.store, auditCounter}, Keyring: s.keyring, Logger: s.log,
-		Hub: s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter}
+		Hub: s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
 	pb.RegisterAuditServiceServer(s.grpc, api.NewAuditService(deps))

@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +21,7 @@ import (
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/internal/testserver"
+	"github.com/orient-bot/secrets/server/app"
 )
 
 func dbConn(t *testing.T, url string) *pgx.Conn {
@@ -86,32 +89,36 @@ func TestWrongKEK(t *testing.T) {
 	put(t, first.Secrets, "KEYED", "keyed-value")
 	first.Stop()
 
-	other := testserver.Start(t, testserver.Options{DatabaseURL: db})
-	if v, err := access(other.Secrets, "KEYED", "latest"); status.Code(err) != codes.DataLoss {
-		t.Fatalf("other KEK: value %q, err %v; want DATA_LOSS", v, err)
+	// A server given only another KEK refuses to start, saying why.
+	cfg := app.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL = "127.0.0.1:0", "127.0.0.1:0", db
+	otherKEK := testserver.NewKEKURL(t)
+	cfg.KEKURL = otherKEK
+	if srv, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil {
+		srv.Serve(canceled())
+		t.Fatal("server started with a KEK that cannot open the database's keys")
+	} else if !strings.Contains(err.Error(), "KEK") || strings.Contains(err.Error(), otherKEK) {
+		t.Fatalf("start error %q should name the KEK problem without the KEK URL", err)
 	}
-	// Even when the row claims the new KEK, the old wrapped key does not open.
+
+	// With the new KEK primary and the old one kept, old values still read.
+	both := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: otherKEK + "," + first.KEKURL})
+	if v, err := access(both.Secrets, "KEYED", "latest"); err != nil || v != "keyed-value" {
+		t.Fatalf("old value under a rotated ring: %q, %v", v, err)
+	}
+	// A row that claims the wrong KEK does not decrypt: DATA_LOSS, no value.
+	put(t, both.Secrets, "PROBE", "p")
 	conn := dbConn(t, db)
-	var newID string
-	put(t, other.Secrets, "PROBE", "p")
-	if err := conn.QueryRow(context.Background(), `SELECT kek_id FROM secret_versions WHERE key = 'PROBE'`).Scan(&newID); err != nil {
-		t.Fatal(err)
-	}
-	exec(t, conn, `UPDATE secret_versions SET kek_id = $1 WHERE key = 'KEYED'`, newID)
-	if v, err := access(other.Secrets, "KEYED", "latest"); status.Code(err) != codes.DataLoss {
+	exec(t, conn, `UPDATE secret_versions SET kek_id = (SELECT kek_id FROM secret_versions WHERE key = 'PROBE') WHERE key = 'KEYED'`)
+	if v, err := access(both.Secrets, "KEYED", "latest"); status.Code(err) != codes.DataLoss {
 		t.Fatalf("relabelled KEK: value %q, err %v; want DATA_LOSS", v, err)
 	}
-	// The right KEK still reads it (after restoring the label).
-	back := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: first.KEKURL})
-	var oldID string
-	put(t, back.Secrets, "PROBE2", "p")
-	if err := conn.QueryRow(context.Background(), `SELECT kek_id FROM secret_versions WHERE key = 'PROBE2'`).Scan(&oldID); err != nil {
-		t.Fatal(err)
-	}
-	exec(t, conn, `UPDATE secret_versions SET kek_id = $1 WHERE key = 'KEYED'`, oldID)
-	if v, err := access(back.Secrets, "KEYED", "latest"); err != nil || v != "keyed-value" {
-		t.Fatalf("original KEK: value %q, err %v", v, err)
-	}
+}
+
+func canceled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }
 
 // TestNoPlaintextInDatabase writes, reads and changes values, then scans
@@ -288,6 +295,13 @@ func TestIdempotentRetry(t *testing.T) {
 	}
 	_, err = srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: "OTHER_KEY", Value: []byte("v"), RequestId: "3f1c-retry"})
 	wantCode(t, err, codes.InvalidArgument)
+	// Same id, same fields, another value: refused, not silently dropped.
+	changed := &pb.PutSecretRequest{Key: "IDEM", Value: []byte("v2-but-different"), Etag: first.Secret.Etag, RequestId: "3f1c-retry"}
+	_, err = srv.Secrets.PutSecret(ctx, changed)
+	wantCode(t, err, codes.InvalidArgument)
+	if f := badField(err); f != "request_id" {
+		t.Errorf("field %q, want request_id", f)
+	}
 }
 
 // TestDatabaseOutage: while the database refuses connections, calls fail

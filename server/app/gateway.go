@@ -99,7 +99,14 @@ func gatewayErrorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 					fmt.Sprintf("request body over the %d KiB limit", MaxBodyBytes>>10))
 				return
 			}
-			err = status.Error(codes.InvalidArgument, sanitizeDecodeError(msg))
+			msg, field := sanitizeDecodeError(msg)
+			st := status.New(codes.InvalidArgument, msg)
+			if field != "" {
+				if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}}); derr == nil {
+					st = d
+				}
+			}
+			err = st.Err()
 		}
 		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 	}
@@ -114,18 +121,20 @@ func fromService(st *status.Status) bool {
 	return false
 }
 
-func sanitizeDecodeError(msg string) string {
+// sanitizeDecodeError rewrites a decoding error without the input it may
+// quote, and names the field concerned when it can.
+func sanitizeDecodeError(msg string) (string, string) {
 	if m := unknownFieldRe.FindStringSubmatch(msg); m != nil {
-		return fmt.Sprintf("malformed request: unknown field %q", m[1])
+		return fmt.Sprintf("malformed request: unknown field %q", m[1]), m[1]
 	}
 	if m := badValueRe.FindStringSubmatch(msg); m != nil {
-		return fmt.Sprintf("malformed request: field %s: invalid %s value", m[2], m[1])
+		return fmt.Sprintf("malformed request: field %s: invalid %s value", m[2], m[1]), m[2]
 	}
 	if strings.Contains(msg, "syntax error") || strings.Contains(msg, "unexpected token") || strings.Contains(msg, "unexpected EOF") {
-		return "malformed request: body is not valid JSON"
+		return "malformed request: body is not valid JSON", ""
 	}
 	if m := badTypeRe.FindStringSubmatch(msg); m != nil {
-		return fmt.Sprintf("malformed request: field %s has the wrong type or value", m[1])
+		return fmt.Sprintf("malformed request: field %s has the wrong type or value", m[1]), m[1]
 	}
-	return "malformed request: the body or parameters do not match the request type"
+	return "malformed request: the body or parameters do not match the request type", ""
 }

@@ -96,6 +96,9 @@ func TestRESTMalformedBodies(t *testing.T) {
 			if msg := str(t, r.body, "message"); !strings.Contains(msg, tc.mention) {
 				t.Errorf("message %q does not name %q", msg, tc.mention)
 			}
+			if tc.mention != "" && !strings.Contains(r.raw, `"field":"`+tc.mention+`"`) {
+				t.Errorf("no google.rpc.BadRequest naming %q: %s", tc.mention, r.raw)
+			}
 			if strings.Contains(r.raw, badB64) || strings.Contains(r.raw, "NOT-BASE64") {
 				t.Errorf("error echoes the submitted value: %s", r.raw)
 			}

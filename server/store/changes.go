@@ -36,6 +36,14 @@ func (s *Store) ChangesAfter(ctx context.Context, after, upTo int64, limit int) 
 	return out, classify(err)
 }
 
+// OldestRevision returns the oldest revision still in the change log (0 when
+// the log is empty).
+func (s *Store) OldestRevision(ctx context.Context) (int64, error) {
+	var rev int64
+	err := s.pool.QueryRow(ctx, `SELECT COALESCE(min(revision), 0) FROM change_log`).Scan(&rev)
+	return rev, classify(err)
+}
+
 // Listener is a dedicated connection LISTENing on NotifyChannel.
 type Listener struct{ conn *pgx.Conn }
 

@@ -20,6 +20,7 @@ import (
 // Source is what the hub reads: the store.
 type Source interface {
 	Revision(ctx context.Context) (int64, error)
+	OldestRevision(ctx context.Context) (int64, error)
 	ChangesAfter(ctx context.Context, after, upTo int64, limit int) ([]store.Change, error)
 	Listen(ctx context.Context) (*store.Listener, error)
 	TouchConsumers(ctx context.Context, ids []store.ConsumerID) error
@@ -365,10 +366,18 @@ func (s *Subscription) Close() {
 
 // Backlog returns the changes with after < revision <= upTo, from memory when
 // the ring still holds them, else from the table. It fails with ErrCompacted
-// when the first of them is no longer in the log.
+// when the first of them is no longer in the log — judged by the table, so
+// every replica answers a resume the same way whatever its memory holds.
 func (h *Hub) Backlog(ctx context.Context, after, upTo int64) ([]store.Change, error) {
 	if after >= upTo {
 		return nil, nil
+	}
+	oldest, err := h.src.OldestRevision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if oldest > after+1 {
+		return nil, fmt.Errorf("%w: revision %d is no longer in the change log (oldest kept: %d)", ErrCompacted, after+1, oldest)
 	}
 	h.mu.Lock()
 	if n := len(h.ring); n > 0 && h.ring[0].Revision <= after+1 && h.ring[n-1].Revision >= upTo {

@@ -1,0 +1,491 @@
+package app_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/internal/testdb"
+	"github.com/orient-bot/secrets/internal/testserver"
+	"github.com/orient-bot/secrets/server/app"
+)
+
+func fastWatch(c *app.Config) {
+	c.WatchPollInterval = 200 * time.Millisecond
+	c.WatchProgressInterval = 300 * time.Millisecond
+}
+
+type watchStream = grpc.ServerStreamingClient[pb.WatchChangesResponse]
+
+func startWatch(t *testing.T, ctx context.Context, c pb.SecretServiceClient, req *pb.WatchChangesRequest) (watchStream, int64) {
+	t.Helper()
+	st, err := c.WatchChanges(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := st.Recv()
+	if err != nil {
+		t.Fatalf("first message: %v", err)
+	}
+	if first.GetHeader() == nil {
+		t.Fatalf("first message is not a header: %v", first)
+	}
+	return st, first.GetHeader().GetRevision()
+}
+
+// collect reads events until it has n of them or the deadline passes.
+func collect(st watchStream, n int, timeout time.Duration) ([]*pb.ChangeEvent, error) {
+	var out []*pb.ChangeEvent
+	done := make(chan error, 1)
+	go func() {
+		for len(out) < n {
+			m, err := st.Recv()
+			if err != nil {
+				done <- err
+				return
+			}
+			if e := m.GetEvent(); e != nil {
+				out = append(out, e)
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		return out, err
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("timed out waiting for %d events", n)
+	}
+}
+
+func revisions(evs []*pb.ChangeEvent) []int64 {
+	out := make([]int64, len(evs))
+	for i, e := range evs {
+		out[i] = e.Revision
+	}
+	return out
+}
+
+func seq(from, to int64) []int64 {
+	var out []int64
+	for r := from; r <= to; r++ {
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestWatchAcrossReplicas: 16 concurrent writers × 100 changes through three
+// replicas on one database; one watcher per replica sees every revision
+// exactly once, in order.
+func TestWatchAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	first := testserver.Start(t, testserver.Options{DatabaseURL: db, Configure: fastWatch})
+	replicas := []*testserver.Server{first,
+		testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: first.KEKURL, Configure: fastWatch}),
+		testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: first.KEKURL, Configure: fastWatch}),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const writers, each = 16, 100
+	type result struct {
+		evs []*pb.ChangeEvent
+		err error
+	}
+	results := make([]chan result, len(replicas))
+	for i, r := range replicas {
+		st, start := startWatch(t, ctx, r.Secrets, &pb.WatchChangesRequest{})
+		if start != 0 {
+			t.Fatalf("fresh database at revision %d", start)
+		}
+		results[i] = make(chan result, 1)
+		go func() {
+			evs, err := collect(st, writers*each, 60*time.Second)
+			results[i] <- result{evs, err}
+		}()
+	}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := replicas[w%len(replicas)]
+			for i := range each {
+				if _, err := r.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: fmt.Sprintf("W%d", w), Value: []byte(fmt.Sprint(i))}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	want := seq(1, writers*each)
+	for i, ch := range results {
+		res := <-ch
+		if res.err != nil {
+			t.Fatalf("replica %d watcher: %v", i, res.err)
+		}
+		if diff := cmp.Diff(want, revisions(res.evs)); diff != "" {
+			t.Fatalf("replica %d revisions (-want +got):\n%s", i, diff)
+		}
+	}
+}
+
+// TestWatchResume: a watcher that stops and resumes from its last revision,
+// also on another server process, misses nothing and repeats nothing.
+func TestWatchResume(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	srv := testserver.Start(t, testserver.Options{DatabaseURL: db, Configure: fastWatch})
+	ctx := context.Background()
+	for i := range 10 {
+		put(t, srv.Secrets, "RESUME", fmt.Sprint(i))
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	st, _ := startWatch(t, wctx, srv.Secrets, &pb.WatchChangesRequest{StartRevision: 3})
+	evs, err := collect(st, 4, 5*time.Second)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(seq(4, 7), revisions(evs)); diff != "" {
+		t.Fatalf("first leg (-want +got):\n%s", diff)
+	}
+	last := evs[len(evs)-1].Revision
+	srv.Stop()
+	// Changes while no server runs the watcher's process.
+	other := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: srv.KEKURL, Configure: fastWatch})
+	for i := range 5 {
+		put(t, other.Secrets, "RESUME", fmt.Sprint("b", i))
+	}
+	st, head := startWatch(t, ctx, other.Secrets, &pb.WatchChangesRequest{StartRevision: last})
+	if head != 15 {
+		t.Fatalf("header revision %d, want 15", head)
+	}
+	evs, err = collect(st, 8, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(seq(8, 15), revisions(evs)); diff != "" {
+		t.Fatalf("resumed leg (-want +got):\n%s", diff)
+	}
+}
+
+func TestWatchCompacted(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: func(c *app.Config) {
+		fastWatch(c)
+		c.ChangeRetentionCount = 5
+		c.MaintenanceInterval = 100 * time.Millisecond
+	}})
+	for i := range 20 {
+		put(t, srv.Secrets, "COMPACT", fmt.Sprint(i))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := srv.Secrets.WatchChanges(context.Background(), &pb.WatchChangesRequest{StartRevision: 2})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if status.Code(err) == codes.OutOfRange {
+			if reason := errorReason(err); reason != "REVISION_COMPACTED" {
+				t.Fatalf("reason %q, want REVISION_COMPACTED", reason)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("start revision 2 still served after compaction: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The retained tail still resumes.
+	st, _ := startWatch(t, context.Background(), srv.Secrets, &pb.WatchChangesRequest{StartRevision: 17})
+	evs, err := collect(st, 3, 5*time.Second)
+	if err != nil || !cmp.Equal(seq(18, 20), revisions(evs)) {
+		t.Fatalf("tail: %v, %v", revisions(evs), err)
+	}
+}
+
+func errorReason(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.Reason
+		}
+	}
+	return ""
+}
+
+func TestWatchFilters(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	ctx := context.Background()
+	byKey, _ := startWatch(t, ctx, srv.Secrets, &pb.WatchChangesRequest{Keys: []string{"SLACK_BOT_TOKEN", "CUSTOM_B"}})
+	byCat, _ := startWatch(t, ctx, srv.Secrets, &pb.WatchChangesRequest{Categories: []string{"AI"}})
+	put(t, srv.Secrets, "CUSTOM_A", "a")             // 1
+	put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-1") // 2
+	put(t, srv.Secrets, "OPENAI_API_KEY", "sk-1")    // 3
+	put(t, srv.Secrets, "CUSTOM_B", "b")             // 4
+	put(t, srv.Secrets, "GOOGLE_AI_API_KEY", "g")    // 5
+	put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-2") // 6
+	evs, err := collect(byKey, 3, 5*time.Second)
+	if err != nil || !cmp.Equal([]int64{2, 4, 6}, revisions(evs)) {
+		t.Fatalf("key filter: %v, %v", revisions(evs), err)
+	}
+	evs, err = collect(byCat, 2, 5*time.Second)
+	if err != nil || !cmp.Equal([]int64{3, 5}, revisions(evs)) {
+		t.Fatalf("category filter: %v, %v", revisions(evs), err)
+	}
+	// An idle filtered watcher gets progress marks up to the current revision.
+	deadline := time.After(5 * time.Second)
+	for {
+		m, err := byKey.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := m.GetProgress(); p != nil && p.Revision == 6 {
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatal("no progress mark")
+		default:
+		}
+	}
+	_, err = srv.Secrets.WatchChanges(ctx, &pb.WatchChangesRequest{Keys: []string{"bad key"}})
+	if err == nil {
+		var st watchStream
+		st, _ = srv.Secrets.WatchChanges(ctx, &pb.WatchChangesRequest{Keys: []string{"bad key"}})
+		_, err = st.Recv()
+	}
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// TestWatchSlowReaderAndLostNotifications: a watcher that stops reading
+// cannot stall the hub or the others, and later catches up from the table
+// without gaps; killing the LISTEN connection only delays delivery.
+func TestWatchSlowReaderAndLostNotifications(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	ctx := context.Background()
+	// A small fixed flow-control window, so the unread stream backs up into
+	// the server quickly (by default the client would buffer megabytes).
+	slowConn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slowConn.Close()
+	slow, _ := startWatch(t, ctx, pb.NewSecretServiceClient(slowConn), &pb.WatchChangesRequest{})
+	fast, _ := startWatch(t, ctx, srv.Secrets, &pb.WatchChangesRequest{})
+	const n = 3000
+	fastDone := make(chan error, 1)
+	go func() {
+		evs, err := collect(fast, n, 90*time.Second)
+		if err == nil && !cmp.Equal(seq(1, n), revisions(evs)) {
+			err = errors.New("fast watcher saw a gap or a duplicate")
+		}
+		fastDone <- err
+	}()
+	for i := range n {
+		// Long keys make big events, so the unread stream backs up sooner.
+		key := fmt.Sprintf("FLOOD_%03d_%s", i%100, strings.Repeat("X", 110))
+		if _, err := srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: key, Value: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+		if i == n/2 {
+			conn := dbConn(t, srv.DatabaseURL)
+			exec(t, conn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND datname = current_database()`)
+		}
+	}
+	if err := <-fastDone; err != nil {
+		t.Fatal(err)
+	}
+	metrics := httpGet(t, srv.BaseURL+"/metrics")
+	if !containsMetric(metrics, "secrets_watch_lagged_total") {
+		t.Fatalf("the unread watcher never overflowed its buffer; metrics:\n%s", grepLines(metrics, "secrets_watch"))
+	}
+	// The slow watcher now reads everything, in order, from the table.
+	evs, err := collect(slow, n, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(seq(1, n), revisions(evs)); diff != "" {
+		t.Fatalf("slow watcher (-want +got):\n%s", diff)
+	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	res, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
+}
+
+func containsMetric(body, name string) bool {
+	sc := bufio.NewScanner(stringsReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if len(line) > len(name) && line[:len(name)] == name && line[len(name)] == ' ' && line[len(name)+1:] != "0" {
+			return true
+		}
+	}
+	return false
+}
+
+func TestWatchPollingOnly(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: func(c *app.Config) {
+		fastWatch(c)
+		c.WatchNoListen = true
+	}})
+	st, _ := startWatch(t, context.Background(), srv.Secrets, &pb.WatchChangesRequest{})
+	put(t, srv.Secrets, "POLLED", "x")
+	evs, err := collect(st, 1, 5*time.Second)
+	if err != nil || evs[0].Key != "POLLED" {
+		t.Fatalf("polling-only delivery: %v, %v", evs, err)
+	}
+}
+
+func TestRestartTracking(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	ctx := context.Background()
+	base := put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-1")
+	bot := &pb.Consumer{Service: "slack-bot", Instance: "pod-1"}
+	st, _ := startWatch(t, ctx, srv.Secrets, &pb.WatchChangesRequest{Consumer: bot, LoadedRevision: base.Revision, Categories: []string{"slack"}})
+	pending := func() []string {
+		t.Helper()
+		res, err := srv.Secrets.ListConsumers(ctx, &pb.ListConsumersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, c := range res.Consumers {
+			for _, p := range c.Pending {
+				out = append(out, fmt.Sprintf("%s/%s:%s@%d", c.Consumer.Service, c.Consumer.Instance, p.Key, p.Revision))
+			}
+		}
+		return out
+	}
+	if got := pending(); len(got) != 0 {
+		t.Fatalf("pending before any change: %v", got)
+	}
+	// No restart needed: an AI key (not restart-required, other category).
+	put(t, srv.Secrets, "OPENAI_API_KEY", "sk-1")
+	if got := pending(); len(got) != 0 {
+		t.Fatalf("pending after a change that needs no restart: %v", got)
+	}
+	changed := put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-2")
+	if _, err := collect(st, 1, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{fmt.Sprintf("slack-bot/pod-1:SLACK_BOT_TOKEN@%d", changed.Revision)}
+	if diff := cmp.Diff(want, pending()); diff != "" {
+		t.Fatalf("pending (-want +got):\n%s", diff)
+	}
+	rep, err := srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: bot, LoadedRevision: changed.Revision, Categories: []string{"slack"}})
+	if err != nil || len(rep.Consumer.Pending) != 0 {
+		t.Fatalf("report: %v, %v", rep, err)
+	}
+	if got := pending(); len(got) != 0 {
+		t.Fatalf("pending after the consumer reported the new revision: %v", got)
+	}
+	_, err = srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: bot, LoadedRevision: 999})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// TestWatchREST: the gateway streams the same events as JSON lines, and a
+// bad start revision is refused with a real status before any line.
+func TestWatchREST(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	put(t, srv.Secrets, "REST_A", "a")
+	put(t, srv.Secrets, "REST_B", "b")
+	res, err := http.Get(srv.BaseURL + "/v1/changes:watch?startRevision=99")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("ahead start revision: HTTP %d, want 400", res.StatusCode)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.BaseURL+"/v1/changes:watch?startRevision=0&keys=REST_A&keys=REST_C", nil)
+	res, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("HTTP %d", res.StatusCode)
+	}
+	lines := bufio.NewScanner(res.Body)
+	type line struct {
+		Result struct {
+			Header *struct{ Revision string }
+			Event  *struct{ Revision, Key, Kind string }
+		}
+	}
+	next := func() line {
+		t.Helper()
+		for lines.Scan() {
+			var l line
+			if err := json.Unmarshal(lines.Bytes(), &l); err != nil {
+				t.Fatalf("line %q: %v", lines.Text(), err)
+			}
+			if l.Result.Header != nil || l.Result.Event != nil {
+				return l
+			}
+		}
+		t.Fatalf("stream ended: %v", lines.Err())
+		return line{}
+	}
+	if h := next(); h.Result.Header == nil || h.Result.Header.Revision != "2" {
+		t.Fatalf("first line: %+v", h)
+	}
+	put(t, srv.Secrets, "REST_B", "b2")
+	put(t, srv.Secrets, "REST_C", "c")
+	put(t, srv.Secrets, "REST_A", "a2")
+	var got []string
+	for range 2 {
+		e := next().Result.Event
+		got = append(got, e.Revision+":"+e.Key+":"+e.Kind)
+	}
+	want := []string{"4:REST_C:CHANGE_KIND_VALUE_ADDED", "5:REST_A:CHANGE_KIND_VALUE_ADDED"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("REST events (-want +got):\n%s", diff)
+	}
+}
+
+func stringsReader(s string) io.Reader { return strings.NewReader(s) }
+
+func grepLines(body, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
