@@ -174,6 +174,7 @@ func TestMain(m *testing.M) {
 // secretsd is a running server process.
 type secretsd struct {
 	cmd     *exec.Cmd
+	dataDir string
 	stderr  *syncBuffer
 	httpURL string
 	ready   time.Duration // from exec to a ready /readyz
@@ -185,7 +186,7 @@ var servingRe = regexp.MustCompile(`msg="?secretsd serving"? .*\bhttp=(\S+)`)
 
 func startSecretsd(t *testing.T, bin, dataDir string) *secretsd {
 	t.Helper()
-	p := &secretsd{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &secretsd{stderr: &syncBuffer{}, exited: make(chan struct{}), dataDir: dataDir}
 	p.cmd = exec.Command(bin, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir)
 	p.cmd.Env = cleanEnv()
 	pipe, err := p.cmd.StderrPipe()
@@ -284,6 +285,7 @@ func (p *secretsd) putSecret(t *testing.T, key, value string) {
 	body, _ := json.Marshal(map[string]any{"value": []byte(value)})
 	req, _ := http.NewRequest("PUT", p.httpURL+"/v1/secrets/"+key, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
+	p.authorize(t, req)
 	var out struct {
 		Secret struct {
 			Key            string `json:"key"`
@@ -300,11 +302,31 @@ func (p *secretsd) putSecret(t *testing.T, key, value string) {
 func (p *secretsd) accessSecret(t *testing.T, key string) string {
 	t.Helper()
 	req, _ := http.NewRequest("GET", p.httpURL+"/v1/secrets/"+key+"/versions/latest:access", nil)
+	p.authorize(t, req)
 	var out struct {
 		Value []byte `json:"value"` // base64 in JSON
 	}
 	doJSON(t, req, &out)
 	return string(out.Value)
+}
+
+// authorize adds the bootstrap admin token, which the embedded default wrote
+// (0600) into its data directory on first start.
+func (p *secretsd) authorize(t *testing.T, req *http.Request) {
+	t.Helper()
+	file := filepath.Join(p.dataDir, "admin-token")
+	info, err := os.Stat(file)
+	if err != nil {
+		t.Fatalf("admin token file: %v", err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("admin token file mode %v, want 0600", info.Mode().Perm())
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(b)))
 }
 
 func doJSON(t *testing.T, req *http.Request, out any) {

@@ -33,6 +33,8 @@ unless SECRETS_KEK_URL is set, a development key-encryption key stored there.
 
 Environment (flags win over environment):
   DATABASE_URL            PostgreSQL connection URL (secret: never logged)
+  SECRETS_BOOTSTRAP_TOKEN the first admin token's value, on first start (16+ chars;
+                          otherwise a random one is shown once on stderr)
   SECRETS_KEK_URL         key-encryption key keeper URL(s), comma-separated, first is
                           primary: awskms://…, gcpkms://…, azurekeyvault://…,
                           hashivault://…, base64key://… (secret: never logged)
@@ -71,6 +73,11 @@ func run(args []string) error {
 	fs.Int64Var(&cfg.ChangeRetentionCount, "change-retention-count", cfg.ChangeRetentionCount, "how many change log entries are kept at most")
 	fs.DurationVar(&cfg.ConsumerStaleAfter, "consumer-stale-after", cfg.ConsumerStaleAfter, "a consumer not seen for this long is shown as stale")
 	fs.DurationVar(&cfg.ConsumerDropAfter, "consumer-drop-after", cfg.ConsumerDropAfter, "a consumer not seen for this long is forgotten")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", env("SECRETS_TLS_CERT", ""), "TLS certificate (PEM) for both listeners")
+	fs.StringVar(&cfg.TLSKey, "tls-key", env("SECRETS_TLS_KEY", ""), "TLS private key (PEM) for both listeners")
+	fs.StringVar(&cfg.ClientCA, "client-ca", env("SECRETS_CLIENT_CA", ""), "CA bundle (PEM): require client certificates signed by it (mutual TLS)")
+	fs.StringVar(&cfg.CertIdentities, "cert-identities", env("SECRETS_CERT_IDENTITIES", ""), "JSON file mapping client certificate subjects to roles and scopes")
+	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -81,6 +88,7 @@ func run(args []string) error {
 	}
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
+	cfg.BootstrapToken = os.Getenv("SECRETS_BOOTSTRAP_TOKEN")
 
 	log, err := newLogger(*logLevel, *logFormat)
 	if err != nil {

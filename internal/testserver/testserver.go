@@ -27,6 +27,8 @@ type Server struct {
 	DatabaseURL string
 	// KEKURL is the server's key-encryption key URL.
 	KEKURL string
+	// AdminToken is the bootstrap admin token; Conn sends it on every call.
+	AdminToken string
 	// BaseURL is the HTTP listener's root, e.g. http://127.0.0.1:41234.
 	BaseURL string
 	Conn    *grpc.ClientConn
@@ -34,6 +36,7 @@ type Server struct {
 	Secrets   pb.SecretServiceClient
 	Providers pb.ProviderServiceClient
 	Audit     pb.AuditServiceClient
+	Tokens    pb.TokenServiceClient
 
 	cancel context.CancelFunc
 	done   chan error
@@ -50,6 +53,40 @@ type Options struct {
 	Log io.Writer
 	// Configure may adjust the configuration before start.
 	Configure func(*app.Config)
+	// AdminToken is the bootstrap token to use; empty picks a fixed test
+	// value (a database bootstraps once, so replicas share it).
+	AdminToken string
+}
+
+// DefaultAdminToken is the bootstrap admin token of test servers.
+const DefaultAdminToken = "osk_test-admin-token-0123456789abcdef"
+
+// Bearer is per-RPC credentials carrying a token (test transport is
+// plaintext loopback).
+type Bearer string
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (b Bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials.
+func (Bearer) RequireTransportSecurity() bool { return false }
+
+// Dial opens a client connection to s that authenticates with token ("" for
+// none).
+func (s *Server) Dial(t testing.TB, token string) *grpc.ClientConn {
+	t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(Bearer(token)))
+	}
+	conn, err := grpc.NewClient(s.GRPCAddr(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // NewKEKURL returns a fresh base64key:// URL.
@@ -74,6 +111,10 @@ func Start(t testing.TB, opts Options) *Server {
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DatabaseURL, cfg.KEKURL = opts.DatabaseURL, opts.KEKURL
 	cfg.ShutdownTimeout = 5 * time.Second
+	if opts.AdminToken == "" {
+		opts.AdminToken = DefaultAdminToken
+	}
+	cfg.BootstrapToken = opts.AdminToken
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}
@@ -88,16 +129,18 @@ func Start(t testing.TB, opts Options) *Server {
 		cancel()
 		t.Fatalf("start server: %v", err)
 	}
-	s := &Server{Server: srv, DatabaseURL: opts.DatabaseURL, KEKURL: opts.KEKURL,
+	s := &Server{Server: srv, DatabaseURL: opts.DatabaseURL, KEKURL: opts.KEKURL, AdminToken: opts.AdminToken,
 		BaseURL: "http://" + srv.HTTPAddr(), cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- srv.Serve(ctx) }()
-	s.Conn, err = grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	s.Conn, err = grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(Bearer(opts.AdminToken)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Secrets = pb.NewSecretServiceClient(s.Conn)
 	s.Providers = pb.NewProviderServiceClient(s.Conn)
 	s.Audit = pb.NewAuditServiceClient(s.Conn)
+	s.Tokens = pb.NewTokenServiceClient(s.Conn)
 	t.Cleanup(s.Stop)
 	return s
 }

@@ -65,6 +65,8 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return withInfo(codes.NotFound, ReasonNotFound, err.Error())
+	case errors.Is(err, store.ErrAlreadyExists):
+		return withInfo(codes.AlreadyExists, "ALREADY_EXISTS", err.Error())
 	case errors.Is(err, store.ErrEtagMismatch):
 		return withInfo(codes.Aborted, ReasonEtagMismatch, err.Error()+"; read it again and retry")
 	case errors.Is(err, store.ErrFailedPrecondition):

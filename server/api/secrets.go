@@ -77,7 +77,10 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 		merged = merged[:size]
 		out.NextPageToken = encodeToken(pageToken{After: merged[size-1].Key, Filter: filter})
 	}
-	out.Secrets = merged
+	// A scoped caller sees only its keys (a page may come out short; the
+	// token still walks the whole list).
+	scope := scopeOf(ctx)
+	out.Secrets = slices.DeleteFunc(merged, func(s *pb.Secret) bool { return !scope.Allows(s.Key, s.Category) })
 	return out, nil
 }
 

@@ -10,9 +10,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/store"
 	"github.com/orient-bot/secrets/server/watch"
 )
@@ -49,9 +51,15 @@ var consumerNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127
 type watchFilter struct {
 	keys       map[string]bool
 	categories map[string]bool
+	// scope is the caller's: changes to other keys are never sent
+	// (provider default changes, readable by all, always are).
+	scope auth.Scope
 }
 
 func (f watchFilter) match(c *store.Change) bool {
+	if c.Key != "" && !f.scope.Allows(c.Key, c.Category) {
+		return false
+	}
 	if len(f.keys) > 0 && !f.keys[c.Key] {
 		return false
 	}
@@ -115,6 +123,14 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	consumer, err := parseConsumer(req.GetConsumer())
 	if err != nil {
 		return err
+	}
+	filter.scope = scopeOf(ctx)
+	if !filter.scope.Empty() && len(filter.scope.Categories) == 0 {
+		for k := range filter.keys {
+			if !filter.scope.Allows(k, "") {
+				return status.Error(codes.PermissionDenied, k+" is outside the caller's scope")
+			}
+		}
 	}
 	sub, err := s.Hub.Subscribe(ctx, consumer)
 	if err != nil {
@@ -259,7 +275,7 @@ func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumers
 	}
 	out := &pb.ListConsumersResponse{Revision: rev}
 	for _, c := range list {
-		st := s.toConsumerState(c)
+		st := s.toConsumerState(c, scopeOf(ctx))
 		if req.GetPendingOnly() && len(st.Pending) == 0 {
 			continue
 		}
@@ -298,10 +314,10 @@ func (s *SecretService) ReportConsumerState(ctx context.Context, req *pb.ReportC
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return &pb.ReportConsumerStateResponse{Consumer: s.toConsumerState(c)}, nil
+	return &pb.ReportConsumerStateResponse{Consumer: s.toConsumerState(c, scopeOf(ctx))}, nil
 }
 
-func (s *SecretService) toConsumerState(c store.ConsumerState) *pb.ConsumerState {
+func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope) *pb.ConsumerState {
 	st := &pb.ConsumerState{
 		Consumer:       &pb.Consumer{Service: c.Service, Instance: c.Instance},
 		LoadedRevision: c.LoadedRevision,
@@ -311,7 +327,9 @@ func (s *SecretService) toConsumerState(c store.ConsumerState) *pb.ConsumerState
 		Categories:     c.Categories,
 	}
 	for i, k := range c.PendingKeys {
-		st.Pending = append(st.Pending, &pb.PendingChange{Key: k, Revision: c.PendingRevs[i]})
+		if scope.Allows(k, "") || len(scope.Categories) > 0 {
+			st.Pending = append(st.Pending, &pb.PendingChange{Key: k, Revision: c.PendingRevs[i]})
+		}
 	}
 	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return int(a.Revision - b.Revision) })
 	return st

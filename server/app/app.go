@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -31,6 +33,7 @@ import (
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/pgcluster"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
@@ -70,6 +73,18 @@ type Config struct {
 	ConsumerDropAfter  time.Duration
 	// MaintenanceInterval is how often compaction and clean-up run.
 	MaintenanceInterval time.Duration
+
+	// TLSCert and TLSKey enable TLS on both listeners; ClientCA requires
+	// client certificates (mutual TLS), mapped to roles by CertIdentities.
+	TLSCert, TLSKey, ClientCA string
+	CertIdentities            string
+	// AllowPlaintext permits plaintext listeners on non-loopback addresses.
+	AllowPlaintext bool
+	// BootstrapToken, if set, is the first admin token's value (on first
+	// start only); otherwise a random one is generated and shown once.
+	BootstrapToken string
+	// BootstrapOut receives the generated first admin token (os.Stderr).
+	BootstrapOut io.Writer
 }
 
 // DefaultConfig returns the documented defaults.
@@ -100,6 +115,9 @@ type Server struct {
 	store         *store.Store
 	keyring       *seal.Keyring
 	requestMACKey []byte
+	authn         *auth.Authenticator
+	denials       *denialRecorder
+	tls           *tlsSetup
 	hub           *watch.Hub
 	hubCtx        context.Context
 	hubStop       context.CancelFunc
@@ -157,6 +175,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.requestMACKey, err = s.serviceKey(ctx, "request-mac"); err != nil {
 		return nil, err
 	}
+	if err := s.bootstrap(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.listen(ctx); err != nil {
 		return nil, err
 	}
@@ -204,6 +225,15 @@ func (s *Server) startEmbedded(ctx context.Context) (dsn, kekURL string, err err
 
 func (s *Server) listen(ctx context.Context) error {
 	var err error
+	if s.tls, err = loadTLS(s.cfg); err != nil {
+		return err
+	}
+	var certIDs []auth.CertIdentity
+	if s.cfg.CertIdentities != "" {
+		if certIDs, err = auth.LoadCertIdentities(s.cfg.CertIdentities); err != nil {
+			return fmt.Errorf("--cert-identities: %w", err)
+		}
+	}
 	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("gRPC listener: %w", err)
 	}
@@ -226,13 +256,26 @@ func (s *Server) listen(ctx context.Context) error {
 	}, []string{"result"})
 	reg.MustRegister(auditCounter)
 
+	deniedDropped := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited because the denial queue was full.",
+	})
+	reg.MustRegister(deniedDropped)
+	s.authn = auth.NewAuthenticator(s.store, s.log)
+	s.denials = newDenialRecorder(s.store.RecordDenials, deniedDropped.Inc, s.log)
+	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
+		categoryOf: s.store.CategoryOf, denials: s.denials, log: s.log}
+
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
 	recoverOpt := recovery.WithRecoveryHandlerContext(recovered(s.log))
-	s.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(MaxBodyBytes),
+	serverOpts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxBodyBytes)}
+	if s.tls.server != nil {
+		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
+	}
+	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
 			identityUnary(gatewaySecret),
+			authz.unary,
 			metrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
 			auditFailures(s.store, s.log),
@@ -240,10 +283,11 @@ func (s *Server) listen(ctx context.Context) error {
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
 			identityStream(gatewaySecret),
+			authz.stream,
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
 		),
-	)
+	)...)
 	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
@@ -252,6 +296,7 @@ func (s *Server) listen(ctx context.Context) error {
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
 	pb.RegisterAuditServiceServer(s.grpc, api.NewAuditService(deps))
+	pb.RegisterTokenServiceServer(s.grpc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if s.cfg.Reflection {
@@ -259,7 +304,7 @@ func (s *Server) listen(ctx context.Context) error {
 	}
 	metrics.InitializeMetrics(s.grpc)
 
-	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.log)
+	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log)
 	if err != nil {
 		return err
 	}
@@ -269,6 +314,7 @@ func (s *Server) listen(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		TLSConfig:         s.tls.server,
 		// No WriteTimeout: it would cut off change streams.
 	}
 	return nil
@@ -281,8 +327,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.hubDone = make(chan struct{})
 	go func() { defer close(s.hubDone); s.hub.Run(s.hubCtx) }()
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	authCtx, stopAuth := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAuth()
+	go s.authn.Run(authCtx, 30*time.Second)
+	go s.denials.run(authCtx)
 	go func() {
-		if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.tls.server != nil {
+			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
+		}
+		if err := serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 			return
 		}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -27,7 +29,7 @@ const MaxBodyBytes = 256 << 10
 
 // newGateway builds the REST/JSON gateway. It dials the gRPC listener like
 // any client, so every interceptor runs once and streaming works.
-func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, log *slog.Logger) (http.Handler, *grpc.ClientConn, error) {
+func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger) (http.Handler, *grpc.ClientConn, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
 			MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true},
@@ -40,7 +42,11 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, log *slog.L
 		}),
 		runtime.WithErrorHandler(gatewayErrorHandler(log)),
 	)
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if tlsConf != nil {
+		creds = credentials.NewTLS(tlsConf)
+	}
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway: dial %s: %w", grpcAddr, err)
 	}
@@ -48,6 +54,7 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, log *slog.L
 		pb.RegisterSecretServiceHandler,
 		pb.RegisterProviderServiceHandler,
 		pb.RegisterAuditServiceHandler,
+		pb.RegisterTokenServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			conn.Close()

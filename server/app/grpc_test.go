@@ -452,7 +452,7 @@ func TestAuditEvents(t *testing.T) {
 	var got []string
 	for _, e := range res.Events {
 		got = append(got, e.Action+":"+e.Outcome)
-		if e.Actor != "anonymous" || e.Peer == "" || e.Time == nil {
+		if e.Actor != "admin" || e.Peer == "" || e.Time == nil {
 			t.Errorf("event lacks actor, peer or time: %v", e)
 		}
 		if strings.Contains(e.String(), "top-secret-value") {

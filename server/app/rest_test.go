@@ -22,9 +22,10 @@ import (
 
 // restClient talks to a test server's REST gateway over real HTTP.
 type restClient struct {
-	t    *testing.T
-	base string
-	hc   *http.Client
+	t     *testing.T
+	base  string
+	hc    *http.Client
+	token string
 }
 
 // response is one HTTP answer: status, raw body and (if it is a JSON object)
@@ -38,7 +39,7 @@ type response struct {
 func newREST(t *testing.T) restClient {
 	t.Helper()
 	srv := testserver.Start(t, testserver.Options{})
-	return restClient{t: t, base: srv.BaseURL, hc: &http.Client{Timeout: 30 * time.Second}}
+	return restClient{t: t, base: srv.BaseURL, hc: &http.Client{Timeout: 30 * time.Second}, token: srv.AdminToken}
 }
 
 // do sends body (nil, a string of raw JSON, or a value to marshal).
@@ -70,6 +71,9 @@ func (c restClient) do(method, path string, body any) response {
 
 func (c restClient) send(req *http.Request) response {
 	c.t.Helper()
+	if c.token != "" && req.Header.Get("Authorization") == "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)

@@ -286,6 +286,7 @@ func TestWatchSlowReaderAndLostNotifications(t *testing.T) {
 	// A small fixed flow-control window, so the unread stream backs up into
 	// the server quickly (by default the client would buffer megabytes).
 	slowConn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(testserver.Bearer(srv.AdminToken)),
 		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
 	if err != nil {
 		t.Fatal(err)
@@ -421,7 +422,9 @@ func TestWatchREST(t *testing.T) {
 	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
 	put(t, srv.Secrets, "REST_A", "a")
 	put(t, srv.Secrets, "REST_B", "b")
-	res, err := http.Get(srv.BaseURL + "/v1/changes:watch?startRevision=99")
+	ahead, _ := http.NewRequest(http.MethodGet, srv.BaseURL+"/v1/changes:watch?startRevision=99", nil)
+	ahead.Header.Set("Authorization", "Bearer "+srv.AdminToken)
+	res, err := http.DefaultClient.Do(ahead)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,6 +435,7 @@ func TestWatchREST(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.BaseURL+"/v1/changes:watch?startRevision=0&keys=REST_A&keys=REST_C", nil)
+	req.Header.Set("Authorization", "Bearer "+srv.AdminToken)
 	res, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

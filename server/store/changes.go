@@ -196,4 +196,3 @@ func (s *Store) DropConsumers(ctx context.Context, maxAge time.Duration) (int64,
 	}
 	return tag.RowsAffected(), nil
 }
-

@@ -136,7 +136,7 @@ func classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, sentinel := range []error{ErrNotFound, ErrEtagMismatch, ErrFailedPrecondition, ErrRequestIDReused, ErrUnavailable, ErrInvalidArgument} {
+	for _, sentinel := range []error{ErrNotFound, ErrAlreadyExists, ErrEtagMismatch, ErrFailedPrecondition, ErrRequestIDReused, ErrUnavailable, ErrInvalidArgument} {
 		if errors.Is(err, sentinel) {
 			return err
 		}

@@ -1,0 +1,134 @@
+package auth
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// TokenStore is what the authenticator reads and writes.
+type TokenStore interface {
+	TokenByHash(ctx context.Context, hash []byte) (store.Token, error)
+	TouchTokens(ctx context.Context, used map[string]time.Time) error
+}
+
+// CacheTTL bounds how long a token lookup is reused. A revocation takes
+// effect at once on the replica that made it and within CacheTTL elsewhere.
+const CacheTTL = 2 * time.Second
+
+// maxCache bounds the lookup cache.
+const maxCache = 10000
+
+// Authenticator resolves bearer tokens to principals.
+type Authenticator struct {
+	store TokenStore
+	log   *slog.Logger
+	now   func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]cached // by hex hash
+	used  map[string]time.Time
+}
+
+type cached struct {
+	hash    []byte
+	token   store.Token
+	fetched time.Time
+}
+
+// NewAuthenticator returns an authenticator over st.
+func NewAuthenticator(st TokenStore, log *slog.Logger) *Authenticator {
+	return &Authenticator{store: st, log: log, now: time.Now, cache: map[string]cached{}, used: map[string]time.Time{}}
+}
+
+// Authenticate returns the principal of a bearer token.
+func (a *Authenticator) Authenticate(ctx context.Context, token string) (Principal, error) {
+	if token == "" {
+		return Principal{}, ErrNoCredentials
+	}
+	hash := Hash(token)
+	id := hex.EncodeToString(hash)
+	now := a.now()
+	a.mu.Lock()
+	c, ok := a.cache[id]
+	a.mu.Unlock()
+	if !ok || now.Sub(c.fetched) > CacheTTL {
+		t, err := a.store.TokenByHash(ctx, hash)
+		if errors.Is(err, store.ErrNotFound) {
+			return Principal{}, ErrUnknownToken
+		}
+		if err != nil {
+			return Principal{}, err
+		}
+		c = cached{hash: hash, token: t, fetched: now}
+		a.mu.Lock()
+		if len(a.cache) >= maxCache {
+			clear(a.cache) // crude but bounded; entries are cheap to refetch
+		}
+		a.cache[id] = c
+		a.mu.Unlock()
+	}
+	// The lookup was by hash; compare again in constant time anyway.
+	if subtle.ConstantTimeCompare(c.hash, hash) != 1 {
+		return Principal{}, ErrUnknownToken
+	}
+	t := c.token
+	switch {
+	case !t.RevokeTime.IsZero():
+		return Principal{}, ErrRevoked
+	case !t.ExpireTime.IsZero() && !now.Before(t.ExpireTime):
+		return Principal{}, ErrExpired
+	}
+	a.mu.Lock()
+	a.used[t.Name] = now
+	a.mu.Unlock()
+	return Principal{Name: t.Name, Role: Role(t.Role), Scope: Scope{KeyPatterns: t.KeyPatterns, Categories: t.Categories}}, nil
+}
+
+// Forget drops a token from the cache (after it is revoked here).
+func (a *Authenticator) Forget(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, c := range a.cache {
+		if c.token.Name == name {
+			delete(a.cache, id)
+		}
+	}
+}
+
+// Run records last-use times in batches until ctx ends, so a read is not
+// also a write.
+func (a *Authenticator) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.flush(context.WithoutCancel(ctx))
+			return
+		case <-t.C:
+			a.flush(ctx)
+		}
+	}
+}
+
+func (a *Authenticator) flush(ctx context.Context) {
+	a.mu.Lock()
+	used := a.used
+	a.used = map[string]time.Time{}
+	a.mu.Unlock()
+	if len(used) == 0 {
+		return
+	}
+	tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.store.TouchTokens(tctx, used); err != nil {
+		a.log.Warn("recording token last use", "error", err)
+	}
+}
