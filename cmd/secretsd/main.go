@@ -27,6 +27,8 @@ const usage = `secretsd serves Orient's secrets over gRPC and REST.
 Usage:
   secretsd [flags]            serve
   secretsd migrate            apply database migrations to DATABASE_URL and exit
+  secretsd audit verify|export  check the tamper-evident audit log; export it (see secretsd audit -h)
+  secretsd kek status|rotate  KEK rotation: data keys per KEK; re-wrap them under the primary (see secretsd kek -h)
 
 With no DATABASE_URL it runs a private PostgreSQL cluster in --data-dir and,
 unless SECRETS_KEK_URL is set, a development key-encryption key stored there.
@@ -78,6 +80,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.ClientCA, "client-ca", env("SECRETS_CLIENT_CA", ""), "CA bundle (PEM): require client certificates signed by it (mutual TLS)")
 	fs.StringVar(&cfg.CertIdentities, "cert-identities", env("SECRETS_CERT_IDENTITIES", ""), "JSON file mapping client certificate subjects to roles and scopes")
 	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
+	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
+	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -110,6 +114,10 @@ func run(args []string) error {
 		}
 		log.Info("migrations applied")
 		return nil
+	case "audit":
+		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
+	case "kek":
+		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, log, fs.Args()[1:])
 	default:
 		return fmt.Errorf("unknown command %q (see secretsd -h)", fs.Arg(0))
 	}

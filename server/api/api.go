@@ -59,6 +59,9 @@ type Deps struct {
 	// so an idempotency record can tell a retry from a different value
 	// without storing a guessable hash of it.
 	ValueMAC func(value []byte) []byte
+	// AuditMAC fingerprints written values for the audit log, under a key
+	// of its own (see ValueMAC).
+	AuditMAC func(value []byte) []byte
 	// ConsumerStaleAfter is how long a consumer may go unseen before it is
 	// shown as stale.
 	ConsumerStaleAfter time.Duration

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/store"
 )
 
@@ -11,6 +12,8 @@ import (
 type AuditService struct {
 	pb.UnimplementedAuditServiceServer
 	Deps
+	// Log verifies the hash chain.
+	Log *auditlog.Log
 }
 
 // NewAuditService returns the AuditService handlers.
@@ -67,4 +70,17 @@ func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEve
 		out.Events = append(out.Events, toAuditEvent(e))
 	}
 	return out, nil
+}
+
+// VerifyAuditLog walks the chain. Verification failures are answers, not
+// errors: the response says where and why.
+func (s *AuditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogRequest) (*pb.VerifyAuditLogResponse, error) {
+	res, err := s.Log.Verify(ctx)
+	if err != nil {
+		return nil, toStatus(ctx, s.Logger, err)
+	}
+	return &pb.VerifyAuditLogResponse{
+		Intact: res.Intact, VerifiedThrough: res.VerifiedThrough, FirstBadSequence: res.FirstBad, Reason: res.Reason,
+		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: s.Log.Public != nil,
+	}, nil
 }

@@ -91,5 +91,8 @@ func toAuditEvent(e store.AuditEvent) *pb.AuditEvent {
 		Peer:      e.Peer,
 		Revision:  e.Revision,
 		Detail:    e.Detail,
+		ValueHmac: e.ValueHMAC,
+		PrevHash:  e.PrevHash,
+		Hash:      e.Hash,
 	}
 }

@@ -162,6 +162,9 @@ func (s *SecretService) putParams(req *pb.PutSecretRequest) (store.PutParams, er
 		p.Defaults = store.Defaults{Category: e.Category, Description: e.Description, RestartRequired: e.RestartRequired}
 	}
 	value := req.GetValue()
+	if s.AuditMAC != nil {
+		p.ValueHMAC = s.AuditMAC(value)
+	}
 	p.Seal = func(ctx context.Context, version int64) (store.Sealed, error) {
 		sealed, _, err := s.Keyring.Seal(ctx, key, version, value)
 		return fromSeal(sealed), err

@@ -33,6 +33,7 @@ import (
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/pgcluster"
 	"github.com/orient-bot/secrets/server/seal"
@@ -85,6 +86,11 @@ type Config struct {
 	BootstrapToken string
 	// BootstrapOut receives the generated first admin token (os.Stderr).
 	BootstrapOut io.Writer
+	// AuditSigningKey is the Ed25519 key file that signs audit checkpoints
+	// (the embedded default generates one in its data directory).
+	AuditSigningKey string
+	// AuditCheckpointInterval is how often the chain head is signed.
+	AuditCheckpointInterval time.Duration
 }
 
 // DefaultConfig returns the documented defaults.
@@ -104,6 +110,8 @@ func DefaultConfig() Config {
 		ConsumerStaleAfter:    time.Minute,
 		ConsumerDropAfter:     7 * 24 * time.Hour,
 		MaintenanceInterval:   time.Minute,
+
+		AuditCheckpointInterval: time.Minute,
 	}
 }
 
@@ -115,6 +123,9 @@ type Server struct {
 	store         *store.Store
 	keyring       *seal.Keyring
 	requestMACKey []byte
+	auditMACKey   []byte
+	auditLog      *auditlog.Log
+	batcher       *auditlog.Batcher
 	authn         *auth.Authenticator
 	denials       *denialRecorder
 	tls           *tlsSetup
@@ -172,7 +183,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log}); err != nil {
 		return nil, err
 	}
+	if err := s.checkKEKs(ctx); err != nil {
+		return nil, err
+	}
 	if s.requestMACKey, err = s.serviceKey(ctx, "request-mac"); err != nil {
+		return nil, err
+	}
+	if s.auditMACKey, err = s.serviceKey(ctx, "audit-value-hmac"); err != nil {
+		return nil, err
+	}
+	if err := s.openAuditLog(); err != nil {
 		return nil, err
 	}
 	if err := s.bootstrap(ctx); err != nil {
@@ -291,12 +311,15 @@ func (s *Server) listen(ctx context.Context) error {
 	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
-	deps := api.Deps{Store: s.store, Access: countingRecorder{s.store, auditCounter}, Keyring: s.keyring, Logger: s.log,
-		Hub: s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
+	s.batcher = auditlog.NewBatcher(s.store, 512)
+	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: s.keyring, Logger: s.log,
+		AuditMAC: valueMAC(s.auditMACKey),
+		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
-	pb.RegisterAuditServiceServer(s.grpc, api.NewAuditService(deps))
+	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog})
 	pb.RegisterTokenServiceServer(s.grpc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
+	pb.RegisterKeyServiceServer(s.grpc, s.keyService(ctx, deps))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if s.cfg.Reflection {
@@ -343,6 +366,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		errc <- nil
 	}()
 	go s.maintain(ctx)
+	go s.checkpoints(ctx)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
 		"startup", time.Since(s.startedAt).Round(time.Millisecond))
@@ -434,6 +458,9 @@ func (s *Server) close(ctx context.Context) {
 	}
 	if s.gwConn != nil {
 		s.gwConn.Close()
+	}
+	if s.batcher != nil {
+		s.batcher.Close()
 	}
 	if s.store != nil {
 		s.store.Close()

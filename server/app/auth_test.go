@@ -125,7 +125,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		conns[role] = srv.Dial(t, createToken(t, srv, "matrix-"+role, role, "SLACK_*"))
 	}
 	files := []protoreflect.FileDescriptor{pb.File_orient_secrets_v1_secrets_proto, pb.File_orient_secrets_v1_providers_proto,
-		pb.File_orient_secrets_v1_audit_proto, pb.File_orient_secrets_v1_tokens_proto}
+		pb.File_orient_secrets_v1_audit_proto, pb.File_orient_secrets_v1_tokens_proto, pb.File_orient_secrets_v1_keys_proto}
 	methods := 0
 	for _, f := range files {
 		for i := 0; i < f.Services().Len(); i++ {

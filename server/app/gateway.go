@@ -55,6 +55,7 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 		pb.RegisterProviderServiceHandler,
 		pb.RegisterAuditServiceHandler,
 		pb.RegisterTokenServiceHandler,
+		pb.RegisterKeyServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			conn.Close()

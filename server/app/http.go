@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	secrets "github.com/orient-bot/secrets"
+	"github.com/orient-bot/secrets/server/api"
 	"github.com/orient-bot/secrets/server/store"
 	"github.com/orient-bot/secrets/server/watch"
 )
@@ -42,6 +43,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		checks["database"] = "unavailable"
 		code = http.StatusServiceUnavailable
 	}
+	checks["kek"] = "ok"
+	if err := s.keyring.Check(ctx); err != nil {
+		checks["kek"] = "unavailable"
+		code = http.StatusServiceUnavailable
+	}
 	writeJSON(w, code, map[string]any{"ready": code == http.StatusOK, "checks": checks})
 }
 
@@ -61,14 +67,14 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// countingRecorder records access audits through the store and counts them.
+// countingRecorder records access audits (group commit) and counts them.
 type countingRecorder struct {
-	store   *store.Store
+	rec     api.AccessRecorder
 	counter *prometheus.CounterVec
 }
 
 func (c countingRecorder) RecordAccess(ctx context.Context, events []store.AuditEvent) error {
-	err := c.store.RecordAccess(ctx, events)
+	err := c.rec.RecordAccess(ctx, events)
 	result := "recorded"
 	if err != nil {
 		result = "failed"

@@ -49,10 +49,14 @@ var Rules = map[string]Rule{
 	"/orient.secrets.v1.ProviderService/UpdateProviderDefault": {Roles: admins},
 
 	"/orient.secrets.v1.AuditService/ListAuditEvents": {Roles: auditors},
+	"/orient.secrets.v1.AuditService/VerifyAuditLog":  {Roles: auditors},
 
 	"/orient.secrets.v1.TokenService/CreateToken": {Roles: admins},
 	"/orient.secrets.v1.TokenService/ListTokens":  {Roles: admins},
 	"/orient.secrets.v1.TokenService/RevokeToken": {Roles: admins},
+
+	"/orient.secrets.v1.KeyService/RotateKEK":    {Roles: admins},
+	"/orient.secrets.v1.KeyService/GetKEKStatus": {Roles: admins},
 
 	"/grpc.health.v1.Health/Check":                                   {Public: true},
 	"/grpc.health.v1.Health/Watch":                                   {Public: true},

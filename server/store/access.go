@@ -110,31 +110,8 @@ func (s *Store) BatchAccess(ctx context.Context, keys []string) ([]BatchItem, in
 	return out, rev, nil
 }
 
-// RecordAccess durably appends access audit events. The caller returns a
-// value only after this succeeds (fail closed).
+// RecordAccess durably appends access audit events (one transaction). The
+// caller returns a value only after this succeeds (fail closed).
 func (s *Store) RecordAccess(ctx context.Context, events []AuditEvent) error {
-	if len(events) == 1 {
-		e := events[0]
-		_, err := s.pool.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, revision, detail)
-			VALUES (now(), $1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-			e.Actor, e.Action, e.Key, e.Version, e.Outcome, e.RequestID, e.Peer, e.Revision, e.Detail)
-		return classify(err)
-	}
-	rows := make([][]any, len(events))
-	for i, e := range events {
-		rows[i] = []any{e.Actor, e.Action, e.Key, e.Version, e.Outcome, e.RequestID, e.Peer, e.Revision, e.Detail}
-	}
-	// One statement for the whole group: a single commit makes all durable.
-	_, err := s.pool.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, revision, detail)
-		SELECT now(), * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::text[])`,
-		column(rows, 0), column(rows, 1), column(rows, 2), column(rows, 3), column(rows, 4), column(rows, 5), column(rows, 6), column(rows, 7), column(rows, 8))
-	return classify(err)
-}
-
-func column(rows [][]any, i int) []any {
-	out := make([]any, len(rows))
-	for j, r := range rows {
-		out[j] = r[i]
-	}
-	return out
+	return s.AppendAudit(ctx, events)
 }

@@ -28,7 +28,7 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, err
 	if !f.End.IsZero() {
 		end = &f.End
 	}
-	rows, err := s.pool.Query(ctx, `SELECT sequence, time, actor, action, key, version, outcome, request_id, peer, revision, detail
+	rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+`
 		FROM audit_events
 		WHERE ($1 = '' OR key = $1) AND ($2 = '' OR actor = $2) AND ($3 = '' OR action = $3)
 			AND ($4::timestamptz IS NULL OR time >= $4) AND ($5::timestamptz IS NULL OR time < $5)
@@ -37,10 +37,16 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, err
 	if err != nil {
 		return nil, classify(err)
 	}
-	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditEvent, error) {
-		var e AuditEvent
-		err := r.Scan(&e.Sequence, &e.Time, &e.Actor, &e.Action, &e.Key, &e.Version, &e.Outcome, &e.RequestID, &e.Peer, &e.Revision, &e.Detail)
-		return e, err
-	})
+	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditEvent, error) { return scanAudit(r) })
 	return events, classify(err)
+}
+
+const auditColumns = `sequence, time, actor, action, key, version, outcome, request_id, peer, revision, detail,
+	COALESCE(prev_hash, ''), COALESCE(hash, ''), value_hmac`
+
+func scanAudit(r pgx.Row) (AuditEvent, error) {
+	var e AuditEvent
+	err := r.Scan(&e.Sequence, &e.Time, &e.Actor, &e.Action, &e.Key, &e.Version, &e.Outcome, &e.RequestID, &e.Peer,
+		&e.Revision, &e.Detail, &e.PrevHash, &e.Hash, &e.ValueHMAC)
+	return e, err
 }

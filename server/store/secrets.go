@@ -47,6 +47,9 @@ type PutParams struct {
 	// transaction once the version number is known (the ciphertext is bound
 	// to it), so the store never sees the plaintext.
 	Seal func(ctx context.Context, version int64) (Sealed, error)
+	// ValueHMAC is recorded in the write's audit event: it lets an operator
+	// holding the HMAC key check a leaked value against a version.
+	ValueHMAC []byte
 }
 
 // WriteResult is the outcome of a write to a secret.
@@ -107,7 +110,8 @@ func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteRes
 		v := &Version{Key: cur.Key, Version: cur.CurrentVersion, State: StateEnabled, CreateTime: w.now,
 			CreatedBy: w.meta.Actor, KEKID: sealed.KEKID}
 		return WriteResult{Secret: cur, Version: v, Revision: w.rev},
-			change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category, restartRequired: cur.RestartRequired},
+			change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category,
+				restartRequired: cur.RestartRequired, valueHMAC: p.ValueHMAC},
 			nil
 	})
 }

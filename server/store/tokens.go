@@ -87,9 +87,8 @@ func nonNil(s []string) []string {
 }
 
 func insertAudit(ctx context.Context, tx pgx.Tx, meta Meta, key, detail string) error {
-	_, err := tx.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, outcome, request_id, peer, detail)
-		VALUES (now(), $1, $2, $3, $4, $5, $6, $7)`, meta.Actor, meta.Action, key, OutcomeOK, meta.RequestID, meta.Peer, detail)
-	return err
+	return appendAudit(ctx, tx, []AuditEvent{{Actor: meta.Actor, Action: meta.Action, Key: key, Outcome: OutcomeOK,
+		RequestID: meta.RequestID, Peer: meta.Peer, Detail: detail}})
 }
 
 // RevokeToken revokes an active token and audits it.
@@ -158,7 +157,7 @@ func (s *Store) CategoryOf(ctx context.Context, key string) (string, error) {
 	return c, classify(err)
 }
 
-// RecordDenials appends denial audit events in one statement.
+// RecordDenials appends denial audit events in one transaction.
 func (s *Store) RecordDenials(ctx context.Context, events []AuditEvent) error {
-	return s.RecordAccess(ctx, events)
+	return s.AppendAudit(ctx, events)
 }

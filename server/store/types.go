@@ -110,6 +110,11 @@ type AuditEvent struct {
 	Peer      string
 	Revision  int64
 	Detail    string
+	// ValueHMAC fingerprints the value a write stored (never the value).
+	ValueHMAC []byte
+	// PrevHash and Hash link the event into the audit hash chain.
+	PrevHash []byte
+	Hash     []byte
 }
 
 // OutcomeOK is the outcome of a successful action.

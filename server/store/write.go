@@ -19,6 +19,7 @@ type change struct {
 	category        string
 	restartRequired bool
 	detail          string
+	valueHMAC       []byte
 }
 
 // writer is handed to a write's body: the open transaction, the revision the
@@ -59,9 +60,6 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 			w.rev, w.now, c.kind, c.key, c.version, c.category, c.restartRequired, c.detail)
-		b.Queue(`INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, revision, detail)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-			w.now, meta.Actor, meta.Action, c.key, c.version, OutcomeOK, meta.RequestID, meta.Peer, w.rev, c.detail)
 		if meta.RequestID != "" {
 			encoded, err := json.Marshal(r)
 			if err != nil {
@@ -72,6 +70,12 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		}
 		b.Queue(`SELECT pg_notify($1, ($2::bigint)::text)`, NotifyChannel, w.rev)
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		// Last: the chain head lock is held only until the commit.
+		if err := appendAudit(ctx, tx, []AuditEvent{{Time: w.now, Actor: meta.Actor, Action: meta.Action, Key: c.key,
+			Version: c.version, Outcome: OutcomeOK, RequestID: meta.RequestID, Peer: meta.Peer, Revision: w.rev,
+			Detail: c.detail, ValueHMAC: c.valueHMAC}}); err != nil {
 			return err
 		}
 		result = r
@@ -116,10 +120,8 @@ func replay[R any](ctx context.Context, s *Store, meta Meta) (R, bool, error) {
 // RecordFailure audits a request that failed or was refused. It is best
 // effort: the request already failed, and its error is what the caller sees.
 func (s *Store) RecordFailure(ctx context.Context, meta Meta, key string, version int64, outcome, detail string) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO audit_events (time, actor, action, key, version, outcome, request_id, peer, detail)
-		VALUES (now(), $1, $2, $3, $4, $5, $6, $7, $8)`,
-		meta.Actor, meta.Action, key, version, outcome, meta.RequestID, meta.Peer, detail)
-	return classify(err)
+	return s.AppendAudit(ctx, []AuditEvent{{Actor: meta.Actor, Action: meta.Action, Key: key, Version: version,
+		Outcome: outcome, RequestID: meta.RequestID, Peer: meta.Peer, Detail: detail}})
 }
 
 // PurgeIdempotency removes idempotency records older than maxAge.

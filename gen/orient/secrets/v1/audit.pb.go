@@ -48,7 +48,15 @@ type AuditEvent struct {
 	// The revision the change committed as (0 for reads and failures).
 	Revision int64 `protobuf:"varint,10,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Extra context without values, e.g. a use case and provider.
-	Detail        string `protobuf:"bytes,11,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,11,opt,name=detail,proto3" json:"detail,omitempty"`
+	// HMAC-SHA256 of the value a write stored, under a key the database does
+	// not hold in clear: lets an operator check a leaked value. Never the
+	// value.
+	ValueHmac []byte `protobuf:"bytes,12,opt,name=value_hmac,json=valueHmac,proto3" json:"value_hmac,omitempty"`
+	// Hash of the previous event in the chain.
+	PrevHash []byte `protobuf:"bytes,13,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	// This event's chain hash (over prev_hash and its content).
+	Hash          []byte `protobuf:"bytes,14,opt,name=hash,proto3" json:"hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,6 +166,27 @@ func (x *AuditEvent) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *AuditEvent) GetValueHmac() []byte {
+	if x != nil {
+		return x.ValueHmac
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetPrevHash() []byte {
+	if x != nil {
+		return x.PrevHash
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetHash() []byte {
+	if x != nil {
+		return x.Hash
+	}
+	return nil
 }
 
 // Request for ListAuditEvents.
@@ -315,11 +344,149 @@ func (x *ListAuditEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// Request for VerifyAuditLog.
+type VerifyAuditLogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditLogRequest) Reset() {
+	*x = VerifyAuditLogRequest{}
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditLogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditLogRequest) ProtoMessage() {}
+
+func (x *VerifyAuditLogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditLogRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditLogRequest) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_audit_proto_rawDescGZIP(), []int{3}
+}
+
+// Response of VerifyAuditLog.
+type VerifyAuditLogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether every event and checkpoint verified.
+	Intact bool `protobuf:"varint,1,opt,name=intact,proto3" json:"intact,omitempty"`
+	// The last sequence whose event verified.
+	VerifiedThrough int64 `protobuf:"varint,2,opt,name=verified_through,json=verifiedThrough,proto3" json:"verified_through,omitempty"`
+	// The first sequence that does not verify (0 when intact).
+	FirstBadSequence int64 `protobuf:"varint,3,opt,name=first_bad_sequence,json=firstBadSequence,proto3" json:"first_bad_sequence,omitempty"`
+	// Why it does not verify.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// How many events were checked.
+	EventsChecked int64 `protobuf:"varint,5,opt,name=events_checked,json=eventsChecked,proto3" json:"events_checked,omitempty"`
+	// How many signed checkpoints matched the chain.
+	CheckpointsChecked int32 `protobuf:"varint,6,opt,name=checkpoints_checked,json=checkpointsChecked,proto3" json:"checkpoints_checked,omitempty"`
+	// Whether checkpoint signatures were checked (a signing key is
+	// configured); without them a rewrite of the whole chain goes unseen.
+	Signed        bool `protobuf:"varint,7,opt,name=signed,proto3" json:"signed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditLogResponse) Reset() {
+	*x = VerifyAuditLogResponse{}
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditLogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditLogResponse) ProtoMessage() {}
+
+func (x *VerifyAuditLogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditLogResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditLogResponse) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_audit_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *VerifyAuditLogResponse) GetIntact() bool {
+	if x != nil {
+		return x.Intact
+	}
+	return false
+}
+
+func (x *VerifyAuditLogResponse) GetVerifiedThrough() int64 {
+	if x != nil {
+		return x.VerifiedThrough
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetFirstBadSequence() int64 {
+	if x != nil {
+		return x.FirstBadSequence
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *VerifyAuditLogResponse) GetEventsChecked() int64 {
+	if x != nil {
+		return x.EventsChecked
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetCheckpointsChecked() int32 {
+	if x != nil {
+		return x.CheckpointsChecked
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetSigned() bool {
+	if x != nil {
+		return x.Signed
+	}
+	return false
+}
+
 var File_orient_secrets_v1_audit_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x02\n" +
+	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x03\n" +
 	"\n" +
 	"AuditEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
@@ -334,7 +501,11 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\x04peer\x18\t \x01(\tR\x04peer\x12\x1a\n" +
 	"\brevision\x18\n" +
 	" \x01(\x03R\brevision\x12\x16\n" +
-	"\x06detail\x18\v \x01(\tR\x06detail\"\x86\x02\n" +
+	"\x06detail\x18\v \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"value_hmac\x18\f \x01(\fR\tvalueHmac\x12\x1b\n" +
+	"\tprev_hash\x18\r \x01(\fR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\x0e \x01(\fR\x04hash\"\x86\x02\n" +
 	"\x16ListAuditEventsRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x16\n" +
@@ -347,9 +518,19 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"page_token\x18\a \x01(\tR\tpageToken\"x\n" +
 	"\x17ListAuditEventsResponse\x125\n" +
 	"\x06events\x18\x01 \x03(\v2\x1d.orient.secrets.v1.AuditEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x93\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x17\n" +
+	"\x15VerifyAuditLogRequest\"\x91\x02\n" +
+	"\x16VerifyAuditLogResponse\x12\x16\n" +
+	"\x06intact\x18\x01 \x01(\bR\x06intact\x12)\n" +
+	"\x10verified_through\x18\x02 \x01(\x03R\x0fverifiedThrough\x12,\n" +
+	"\x12first_bad_sequence\x18\x03 \x01(\x03R\x10firstBadSequence\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12%\n" +
+	"\x0eevents_checked\x18\x05 \x01(\x03R\reventsChecked\x12/\n" +
+	"\x13checkpoints_checked\x18\x06 \x01(\x05R\x12checkpointsChecked\x12\x16\n" +
+	"\x06signed\x18\a \x01(\bR\x06signed2\x98\x02\n" +
 	"\fAuditService\x12\x82\x01\n" +
-	"\x0fListAuditEvents\x12).orient.secrets.v1.ListAuditEventsRequest\x1a*.orient.secrets.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/eventsB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x0fListAuditEvents\x12).orient.secrets.v1.ListAuditEventsRequest\x1a*.orient.secrets.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12\x82\x01\n" +
+	"\x0eVerifyAuditLog\x12(.orient.secrets.v1.VerifyAuditLogRequest\x1a).orient.secrets.v1.VerifyAuditLogResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verifyB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_audit_proto_rawDescOnce sync.Once
@@ -363,22 +544,26 @@ func file_orient_secrets_v1_audit_proto_rawDescGZIP() []byte {
 	return file_orient_secrets_v1_audit_proto_rawDescData
 }
 
-var file_orient_secrets_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_orient_secrets_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_orient_secrets_v1_audit_proto_goTypes = []any{
 	(*AuditEvent)(nil),              // 0: orient.secrets.v1.AuditEvent
 	(*ListAuditEventsRequest)(nil),  // 1: orient.secrets.v1.ListAuditEventsRequest
 	(*ListAuditEventsResponse)(nil), // 2: orient.secrets.v1.ListAuditEventsResponse
-	(*timestamppb.Timestamp)(nil),   // 3: google.protobuf.Timestamp
+	(*VerifyAuditLogRequest)(nil),   // 3: orient.secrets.v1.VerifyAuditLogRequest
+	(*VerifyAuditLogResponse)(nil),  // 4: orient.secrets.v1.VerifyAuditLogResponse
+	(*timestamppb.Timestamp)(nil),   // 5: google.protobuf.Timestamp
 }
 var file_orient_secrets_v1_audit_proto_depIdxs = []int32{
-	3, // 0: orient.secrets.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	3, // 1: orient.secrets.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	3, // 2: orient.secrets.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	5, // 0: orient.secrets.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	5, // 1: orient.secrets.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	5, // 2: orient.secrets.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0, // 3: orient.secrets.v1.ListAuditEventsResponse.events:type_name -> orient.secrets.v1.AuditEvent
 	1, // 4: orient.secrets.v1.AuditService.ListAuditEvents:input_type -> orient.secrets.v1.ListAuditEventsRequest
-	2, // 5: orient.secrets.v1.AuditService.ListAuditEvents:output_type -> orient.secrets.v1.ListAuditEventsResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
+	3, // 5: orient.secrets.v1.AuditService.VerifyAuditLog:input_type -> orient.secrets.v1.VerifyAuditLogRequest
+	2, // 6: orient.secrets.v1.AuditService.ListAuditEvents:output_type -> orient.secrets.v1.ListAuditEventsResponse
+	4, // 7: orient.secrets.v1.AuditService.VerifyAuditLog:output_type -> orient.secrets.v1.VerifyAuditLogResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
 	4, // [4:4] is the sub-list for extension extendee
 	0, // [0:4] is the sub-list for field type_name
@@ -395,7 +580,7 @@ func file_orient_secrets_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orient_secrets_v1_audit_proto_rawDesc), len(file_orient_secrets_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,116 @@
+package client
+
+import (
+	"context"
+	cryptorand "crypto/rand"
+	"encoding/hex"
+	"math/rand/v2"
+	"path"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// safeToRepeat lists the RPCs that change nothing (or set an absolute state)
+// and so may be retried as they are.
+var safeToRepeat = map[string]bool{
+	"ListSecrets": true, "GetSecret": true, "AccessSecretVersion": true, "BatchAccessSecrets": true,
+	"ListSecretVersions": true, "ListConsumers": true, "ReportConsumerState": true,
+	"ListProviders": true, "GetProviderDefaults": true, "ListAuditEvents": true,
+}
+
+// retryable reports whether a call may be repeated: reads always; writes
+// only when a repeat cannot write twice — an etag makes a repeat fail
+// instead of overwriting, a request id makes it return the first result.
+func retryable(method string, req any) bool {
+	if safeToRepeat[path.Base(method)] {
+		return true
+	}
+	if r, ok := req.(interface{ GetRequestId() string }); ok && r.GetRequestId() != "" {
+		return true
+	}
+	if r, ok := req.(interface{ GetEtag() string }); ok && r.GetEtag() != "" {
+		return true
+	}
+	return false
+}
+
+// retryInterceptor applies the default timeout and retries UNAVAILABLE
+// answers of retryable calls with jittered exponential backoff.
+func retryInterceptor(p RetryPolicy, timeout time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := ctx.Deadline(); !ok && timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		attempts := p.MaxAttempts
+		if attempts < 1 || !retryable(method, req) {
+			attempts = 1
+		}
+		b := newBackoff(p)
+		for i := 1; ; i++ {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if err == nil || i >= attempts || status.Code(err) != codes.Unavailable {
+				return err
+			}
+			if !sleepCtx(ctx, b.next()) {
+				return err
+			}
+		}
+	}
+}
+
+// backoff yields jittered, exponentially growing waits.
+type backoff struct {
+	p   RetryPolicy
+	cur time.Duration
+}
+
+func newBackoff(p RetryPolicy) *backoff {
+	if p.InitialBackoff <= 0 {
+		p.InitialBackoff = 100 * time.Millisecond
+	}
+	if p.MaxBackoff < p.InitialBackoff {
+		p.MaxBackoff = p.InitialBackoff
+	}
+	if p.Multiplier < 1 {
+		p.Multiplier = 2
+	}
+	return &backoff{p: p}
+}
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.p.InitialBackoff
+	} else {
+		b.cur = min(time.Duration(float64(b.cur)*b.p.Multiplier), b.p.MaxBackoff)
+	}
+	// ±20% jitter keeps a fleet of clients from reconnecting in lockstep.
+	return time.Duration(float64(b.cur) * (0.8 + 0.4*rand.Float64()))
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// newRequestID returns a random idempotency key for a write.
+func newRequestID() string {
+	b := make([]byte, 16)
+	if _, err := cryptorand.Read(b); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,135 @@
+// Package auditlog owns the audit log beyond single inserts: group commit of
+// access events, signed checkpoints of the hash chain, and verification of
+// the chain (from the database or from an export).
+package auditlog
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// Appender appends events to the chain in one transaction.
+type Appender interface {
+	AppendAudit(ctx context.Context, events []store.AuditEvent) error
+}
+
+// Batcher is group commit for access audits: concurrent callers' events
+// are appended together, one transaction and one fsync for the group, and
+// each caller returns only once its own events are durable. While one group
+// commits, the next one gathers, so a busy server makes bigger groups
+// rather than longer queues.
+type Batcher struct {
+	app      Appender
+	in       chan request
+	maxBatch int
+
+	stopOnce sync.Once
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+type request struct {
+	events []store.AuditEvent
+	done   chan error
+}
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("audit batcher closed")
+
+// NewBatcher starts a batcher; Close stops it.
+func NewBatcher(app Appender, maxBatch int) *Batcher {
+	if maxBatch <= 0 {
+		maxBatch = 512
+	}
+	b := &Batcher{app: app, in: make(chan request, 4096), maxBatch: maxBatch, stop: make(chan struct{}), done: make(chan struct{})}
+	go b.run()
+	return b
+}
+
+// RecordAccess blocks until events are durable (or ctx ends: then the
+// caller must withhold the value; the events may still be recorded).
+func (b *Batcher) RecordAccess(ctx context.Context, events []store.AuditEvent) error {
+	r := request{events: events, done: make(chan error, 1)}
+	select {
+	case b.in <- r:
+	case <-b.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *Batcher) run() {
+	defer close(b.done)
+	for {
+		var first request
+		select {
+		case first = <-b.in:
+		case <-b.stop:
+			b.drain()
+			return
+		}
+		b.commit(b.gather(first))
+	}
+}
+
+// gather takes first and whatever else is already waiting, up to maxBatch
+// events.
+func (b *Batcher) gather(first request) []request {
+	group := []request{first}
+	n := len(first.events)
+	for n < b.maxBatch {
+		select {
+		case r := <-b.in:
+			group = append(group, r)
+			n += len(r.events)
+			continue
+		default:
+		}
+		break
+	}
+	return group
+}
+
+func (b *Batcher) commit(group []request) {
+	var events []store.AuditEvent
+	for _, r := range group {
+		events = append(events, r.events...)
+	}
+	// Not the callers' contexts: one caller giving up must not fail the
+	// others' events.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := b.app.AppendAudit(ctx, events)
+	for _, r := range group {
+		r.done <- err
+	}
+}
+
+// drain commits what is queued at shutdown.
+func (b *Batcher) drain() {
+	for {
+		select {
+		case r := <-b.in:
+			b.commit(b.gather(r))
+		default:
+			return
+		}
+	}
+}
+
+// Close stops the batcher after committing what is queued.
+func (b *Batcher) Close() {
+	b.stopOnce.Do(func() { close(b.stop) })
+	<-b.done
+}

@@ -1,0 +1,256 @@
+package auditlog
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"time"
+
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// Store is what the log reads and writes.
+type Store interface {
+	AuditHead(ctx context.Context) (chainStart, sequence int64, hash []byte, err error)
+	AuditEvents(ctx context.Context, after int64) iter.Seq2[store.AuditEvent, error]
+	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
+	InsertCheckpoint(ctx context.Context, c store.AuditCheckpoint) error
+}
+
+// Log checkpoints, verifies and exports the audit chain.
+type Log struct {
+	Store Store
+	// Signer signs checkpoints; nil disables them.
+	Signer *Signer
+	// Public verifies checkpoints; nil skips them (the chain is still
+	// checked, but a rewrite of the whole chain is not detectable).
+	Public ed25519.PublicKey
+}
+
+func (l *Log) head(ctx context.Context) (Head, error) {
+	start, seq, hash, err := l.Store.AuditHead(ctx)
+	return Head{ChainStart: start, Sequence: seq, Hash: hash}, err
+}
+
+func (l *Log) checkpoints(ctx context.Context) ([]Checkpoint, error) {
+	stored, err := l.Store.Checkpoints(ctx)
+	out := make([]Checkpoint, len(stored))
+	for i, c := range stored {
+		out[i] = Checkpoint(c)
+	}
+	return out, err
+}
+
+// Checkpoint signs the current head if it moved since the last checkpoint.
+// It reports the sequence it signed (0 when there was nothing new).
+func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
+	if l.Signer == nil {
+		return 0, nil
+	}
+	h, err := l.head(ctx)
+	if err != nil || h.Sequence <= h.ChainStart {
+		return 0, err
+	}
+	cps, err := l.Store.Checkpoints(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if n := len(cps); n > 0 && cps[n-1].Sequence >= h.Sequence {
+		return 0, nil
+	}
+	c := l.Signer.Sign(h.Sequence, h.Hash, time.Now())
+	return c.Sequence, l.Store.InsertCheckpoint(ctx, store.AuditCheckpoint(c))
+}
+
+// Verify checks the chain in the database.
+func (l *Log) Verify(ctx context.Context) (Result, error) {
+	h, err := l.head(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	cps, err := l.checkpoints(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	return Verify(l.Store.AuditEvents(ctx, h.ChainStart), h, cps, l.Public)
+}
+
+// exportLine is one line of an export: a head, a checkpoint or an event.
+type exportLine struct {
+	Type       string `json:"type"`
+	ChainStart int64  `json:"chain_start,omitempty"`
+	Sequence   int64  `json:"sequence"`
+	Time       string `json:"time,omitempty"`
+	Actor      string `json:"actor,omitempty"`
+	Action     string `json:"action,omitempty"`
+	Key        string `json:"key,omitempty"`
+	Version    int64  `json:"version,omitempty"`
+	Outcome    string `json:"outcome,omitempty"`
+	RequestID  string `json:"request_id,omitempty"`
+	Peer       string `json:"peer,omitempty"`
+	Revision   int64  `json:"revision,omitempty"`
+	Detail     string `json:"detail,omitempty"`
+	ValueHMAC  string `json:"value_hmac,omitempty"`
+	PrevHash   string `json:"prev_hash,omitempty"`
+	Hash       string `json:"hash,omitempty"`
+	KeyID      string `json:"key_id,omitempty"`
+	Signature  string `json:"signature,omitempty"`
+}
+
+// Export writes the head, the checkpoints and every chained event as JSON
+// lines, verifiable offline with VerifyExport. It reports the events written.
+func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (int64, error) {
+	h, err := l.head(ctx)
+	if err != nil {
+		return 0, err
+	}
+	cps, err := l.checkpoints(ctx)
+	if err != nil {
+		return 0, err
+	}
+	bw := bufio.NewWriterSize(w, 1<<16)
+	enc := json.NewEncoder(bw)
+	if err := enc.Encode(exportLine{Type: "head", ChainStart: h.ChainStart, Sequence: h.Sequence, Hash: hex.EncodeToString(h.Hash)}); err != nil {
+		return 0, err
+	}
+	for _, c := range cps {
+		if err := enc.Encode(exportLine{Type: "checkpoint", Sequence: c.Sequence, Time: c.Time.UTC().Format(time.RFC3339Nano),
+			Hash: hex.EncodeToString(c.Hash), KeyID: c.KeyID, Signature: hex.EncodeToString(c.Signature)}); err != nil {
+			return 0, err
+		}
+	}
+	var n int64
+	for e, err := range l.Store.AuditEvents(ctx, h.ChainStart) {
+		if err != nil {
+			return n, err
+		}
+		if err := enc.Encode(exportLine{Type: "event", Sequence: e.Sequence, Time: e.Time.UTC().Format(time.RFC3339Nano),
+			Actor: e.Actor, Action: e.Action, Key: e.Key, Version: e.Version, Outcome: e.Outcome, RequestID: e.RequestID,
+			Peer: e.Peer, Revision: e.Revision, Detail: e.Detail, ValueHMAC: hex.EncodeToString(e.ValueHMAC),
+			PrevHash: hex.EncodeToString(e.PrevHash), Hash: hex.EncodeToString(e.Hash)}); err != nil {
+			return n, err
+		}
+		n++
+		if progress != nil && n%10000 == 0 {
+			progress(n)
+		}
+	}
+	return n, bw.Flush()
+}
+
+// VerifyExport verifies an export read from r.
+func VerifyExport(r io.Reader, pub ed25519.PublicKey) (Result, error) {
+	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
+	var head Head
+	var cps []Checkpoint
+	var first *store.AuditEvent
+	readHeader := func() error {
+		sawHead := false
+		for {
+			var l exportLine
+			if err := dec.Decode(&l); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			switch l.Type {
+			case "head":
+				h, err := hex.DecodeString(l.Hash)
+				if err != nil {
+					return fmt.Errorf("export: head hash: %w", err)
+				}
+				head, sawHead = Head{ChainStart: l.ChainStart, Sequence: l.Sequence, Hash: h}, true
+			case "checkpoint":
+				c, err := l.checkpoint()
+				if err != nil {
+					return err
+				}
+				cps = append(cps, c)
+			case "event":
+				e, err := l.event()
+				if err != nil {
+					return err
+				}
+				first = &e
+				if !sawHead {
+					return errors.New("export: no head line before the events")
+				}
+				return nil
+			default:
+				return fmt.Errorf("export: unknown line type %q", l.Type)
+			}
+		}
+		if !sawHead {
+			return errors.New("export: no head line")
+		}
+		return nil
+	}
+	if err := readHeader(); err != nil {
+		return Result{}, err
+	}
+	events := func(yield func(store.AuditEvent, error) bool) {
+		if first == nil {
+			return
+		}
+		if !yield(*first, nil) {
+			return
+		}
+		for {
+			var l exportLine
+			if err := dec.Decode(&l); errors.Is(err, io.EOF) {
+				return
+			} else if err != nil {
+				yield(store.AuditEvent{}, fmt.Errorf("export: %w", err))
+				return
+			}
+			e, err := l.event()
+			if !yield(e, err) || err != nil {
+				return
+			}
+		}
+	}
+	return Verify(events, head, cps, pub)
+}
+
+func (l exportLine) event() (store.AuditEvent, error) {
+	if l.Type != "event" {
+		return store.AuditEvent{}, fmt.Errorf("export: %s line among the events", l.Type)
+	}
+	t, err := time.Parse(time.RFC3339Nano, l.Time)
+	if err != nil {
+		return store.AuditEvent{}, fmt.Errorf("export: event %d: time: %w", l.Sequence, err)
+	}
+	e := store.AuditEvent{Sequence: l.Sequence, Time: t, Actor: l.Actor, Action: l.Action, Key: l.Key, Version: l.Version,
+		Outcome: l.Outcome, RequestID: l.RequestID, Peer: l.Peer, Revision: l.Revision, Detail: l.Detail}
+	for _, f := range []struct {
+		dst *[]byte
+		src string
+	}{{&e.ValueHMAC, l.ValueHMAC}, {&e.PrevHash, l.PrevHash}, {&e.Hash, l.Hash}} {
+		if *f.dst, err = hex.DecodeString(f.src); err != nil {
+			return e, fmt.Errorf("export: event %d: %w", l.Sequence, err)
+		}
+	}
+	if len(e.ValueHMAC) == 0 {
+		e.ValueHMAC = nil
+	}
+	return e, nil
+}
+
+func (l exportLine) checkpoint() (Checkpoint, error) {
+	t, err := time.Parse(time.RFC3339Nano, l.Time)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("export: checkpoint %d: %w", l.Sequence, err)
+	}
+	h, err1 := hex.DecodeString(l.Hash)
+	sig, err2 := hex.DecodeString(l.Signature)
+	if err1 != nil || err2 != nil {
+		return Checkpoint{}, fmt.Errorf("export: checkpoint %d: bad hex", l.Sequence)
+	}
+	return Checkpoint{Sequence: l.Sequence, Hash: h, Time: t, KeyID: l.KeyID, Signature: sig}, nil
+}
