@@ -81,6 +81,10 @@ func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checkpoints []
 		}
 		if c, ok := byseq[cur.Sequence]; ok {
 			if !bytes.Equal(c.Hash, cur.Hash) {
+				if nok && nerr == nil && bytes.Equal(nxt.Hash, c.Hash) {
+					// The event signed at this sequence now sits one later.
+					return bad(cur.Sequence, "inserted: event %d is not part of the signed chain", cur.Sequence)
+				}
 				return bad(lastCheckpoint+1, "rewritten: the chain after event %d does not match the signed checkpoint at %d", lastCheckpoint, c.Sequence)
 			}
 			lastCheckpoint = cur.Sequence
