@@ -38,6 +38,7 @@ type Client struct {
 	secrets   pb.SecretServiceClient
 	providers pb.ProviderServiceClient
 	audit     pb.AuditServiceClient
+	tokens    pb.TokenServiceClient
 
 	// lastKnown holds the latest database value Resolve saw per key, served
 	// (with its age) when the service is unreachable.
@@ -97,6 +98,7 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		secrets:   pb.NewSecretServiceClient(conn),
 		providers: pb.NewProviderServiceClient(conn),
 		audit:     pb.NewAuditServiceClient(conn),
+		tokens:    pb.NewTokenServiceClient(conn),
 		lastKnown: map[string]lastKnown{},
 	}
 	if o.block {
