@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -82,6 +83,7 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
+	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
 	if err := fs.Parse(args); err != nil {
@@ -89,6 +91,16 @@ func run(args []string) error {
 			return nil
 		}
 		return err
+	}
+	for _, c := range strings.Split(*trusted, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return fmt.Errorf("--trusted-proxies: %w", err)
+		}
+		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
 	}
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -81,6 +82,8 @@ type Config struct {
 	CertIdentities            string
 	// AllowPlaintext permits plaintext listeners on non-loopback addresses.
 	AllowPlaintext bool
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
 	// BootstrapToken, if set, is the first admin token's value (on first
 	// start only); otherwise a random one is generated and shown once.
 	BootstrapToken string
@@ -285,6 +288,7 @@ func (s *Server) listen(ctx context.Context) error {
 	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
 		categoryOf: s.store.CategoryOf, denials: s.denials, log: s.log}
 
+	pi := peerIdentifier{gatewaySecret: gatewaySecret, trustedProxies: s.cfg.TrustedProxies}
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
 	recoverOpt := recovery.WithRecoveryHandlerContext(recovered(s.log))
 	serverOpts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxBodyBytes)}
@@ -294,7 +298,7 @@ func (s *Server) listen(ctx context.Context) error {
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
-			identityUnary(gatewaySecret),
+			pi.unary,
 			authz.unary,
 			metrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
@@ -302,7 +306,7 @@ func (s *Server) listen(ctx context.Context) error {
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
-			identityStream(gatewaySecret),
+			pi.stream,
 			authz.stream,
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),

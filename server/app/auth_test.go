@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -481,5 +483,52 @@ func writePEM(t *testing.T, file, typ string, der []byte) {
 	t.Helper()
 	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestForwardedPeer: X-Forwarded-For is believed only from the gateway's
+// own connection and trusted proxies, never from a direct caller.
+func TestForwardedPeer(t *testing.T) {
+	t.Parallel()
+	peers := func(srv *testserver.Server, key string) []string {
+		t.Helper()
+		res, err := srv.Audit.ListAuditEvents(context.Background(), &pb.ListAuditEventsRequest{Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range res.Events {
+			out = append(out, e.Peer)
+		}
+		return out
+	}
+	restPut := func(srv *testserver.Server, key, xff string) {
+		req, _ := http.NewRequest("PUT", srv.BaseURL+"/v1/secrets/"+key, strings.NewReader(`{"value":"dg=="}`))
+		req.Header.Set("Authorization", "Bearer "+srv.AdminToken)
+		req.Header.Set("X-Forwarded-For", xff)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("PUT: %v %v", res, err)
+		}
+		res.Body.Close()
+	}
+	plain := testserver.Start(t, testserver.Options{})
+	restPut(plain, "XFF_A", "203.0.113.7")
+	md := metadata.Pairs("x-forwarded-for", "198.51.100.9", "x-orient-gateway", "guess")
+	if _, err := plain.Secrets.PutSecret(metadata.NewOutgoingContext(context.Background(), md), &pb.PutSecretRequest{Key: "XFF_B", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := peers(plain, "XFF_A"); len(got) != 1 || got[0] != "127.0.0.1 (rest)" {
+		t.Errorf("untrusted forwarded REST peer: %v", got)
+	}
+	if got := peers(plain, "XFF_B"); len(got) != 1 || strings.Contains(got[0], "198.51.100.9") || !strings.HasPrefix(got[0], "127.0.0.1:") {
+		t.Errorf("direct caller set its own peer: %v", got)
+	}
+	proxied := testserver.Start(t, testserver.Options{Configure: func(c *app.Config) {
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}})
+	restPut(proxied, "XFF_C", "203.0.113.7")
+	if got := peers(proxied, "XFF_C"); len(got) != 1 || got[0] != "203.0.113.7 (rest)" {
+		t.Errorf("trusted proxy's forwarded peer: %v", got)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -26,35 +28,71 @@ import (
 // x-forwarded-for. A direct gRPC caller cannot forge where it comes from.
 const gatewayHeader = "x-orient-gateway"
 
+// peerIdentifier finds the caller's real address. Forwarding headers are
+// believed only from the REST gateway's own connection (which proves itself
+// with a per-process secret) and from proxies the operator lists; a direct
+// caller cannot claim to be someone else.
+type peerIdentifier struct {
+	gatewaySecret  string
+	trustedProxies []netip.Prefix
+}
+
 // identify attaches the caller's identity (actor and real peer) to the context.
-func identify(ctx context.Context, gatewaySecret string) context.Context {
+func (pi peerIdentifier) identify(ctx context.Context) context.Context {
 	id := api.Identity{Actor: "anonymous"}
+	var transport string
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		id.Peer = p.Addr.String()
+		transport = p.Addr.String()
+		id.Peer = transport
 	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(gatewayHeader); len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(gatewaySecret)) == 1 {
-			// The gateway appends the address of the TCP connection it served
-			// last; earlier entries came from the client and are not trusted.
-			if fwd := md.Get("x-forwarded-for"); len(fwd) > 0 {
-				parts := strings.Split(fwd[len(fwd)-1], ",")
-				id.Peer = strings.TrimSpace(parts[len(parts)-1]) + " (rest)"
-			}
+	md, _ := metadata.FromIncomingContext(ctx)
+	var fwd []string
+	if v := md.Get("x-forwarded-for"); len(v) > 0 {
+		for _, part := range strings.Split(v[len(v)-1], ",") {
+			fwd = append(fwd, strings.TrimSpace(part))
 		}
+	}
+	if v := md.Get(gatewayHeader); len(v) == 1 && subtle.ConstantTimeCompare([]byte(v[0]), []byte(pi.gatewaySecret)) == 1 {
+		// The gateway appended the address of the TCP connection it served;
+		// earlier entries count only when they pass trusted proxies.
+		if len(fwd) > 0 {
+			id.Peer = pi.client(fwd) + " (rest)"
+		}
+	} else if host, _, err := net.SplitHostPort(transport); err == nil && pi.trusted(host) && len(fwd) > 0 {
+		id.Peer = pi.client(append(fwd, host))
 	}
 	return api.WithIdentity(ctx, id)
 }
 
-func identityUnary(secret string) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return handler(identify(ctx, secret), req)
+// client walks a forwarding chain from the nearest hop back, past trusted
+// proxies, to the first address that is not one.
+func (pi peerIdentifier) client(chain []string) string {
+	i := len(chain) - 1
+	for i > 0 && pi.trusted(chain[i]) {
+		i--
 	}
+	return chain[i]
 }
 
-func identityStream(secret string) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return handler(srv, &wrappedStream{ServerStream: ss, ctx: identify(ss.Context(), secret)})
+func (pi peerIdentifier) trusted(addr string) bool {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
 	}
+	for _, p := range pi.trustedProxies {
+		if p.Contains(ip.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+func (pi peerIdentifier) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(pi.identify(ctx), req)
+}
+
+func (pi peerIdentifier) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: pi.identify(ss.Context())})
 }
 
 type wrappedStream struct {
