@@ -21,7 +21,7 @@ run: postgres build ## Run secretsd on the embedded default (private PostgreSQL 
 	./bin/secretsd
 
 test: postgres ## Run every test against a private throwaway PostgreSQL
-	go test $(GO_TEST_FLAGS) -race -timeout 15m ./...
+	go test $(GO_TEST_FLAGS) -race -parallel 8 -timeout 20m ./...
 
 lint: $(GOOGLEAPIS) ## buf lint, go vet and staticcheck
 	$(BUF) lint
@@ -38,6 +38,11 @@ proto-check: generate ## Fail if gen/ is stale or the API broke compatibility wi
 	elif git rev-parse --verify -q main~0 >/dev/null && [ "$$(git rev-parse HEAD)" != "$$(git rev-parse main)" ]; then \
 		$(BUF) breaking --against '.git#branch=main'; \
 	else echo "buf breaking: nothing to compare against (on main)"; fi
+
+bench: postgres ## Load figures (servers on loopback, durable PostgreSQL); BENCH_QUICK=1 for a short run, BENCH_PROFILE=dir for a server CPU profile
+	@./scripts/ensure-bench-tools.sh
+	go build -o bin/secrets-bench ./cmd/secrets-bench
+	./bin/secrets-bench
 
 postgres: ## Make sure the PostgreSQL server binaries are installed (tests and `make run` start their own cluster)
 	@./scripts/ensure-postgres.sh

@@ -303,17 +303,28 @@ func TestWatchSlowReaderAndLostNotifications(t *testing.T) {
 		}
 		fastDone <- err
 	}()
-	for i := range n {
-		// Long keys make big events, so the unread stream backs up sooner.
-		key := fmt.Sprintf("FLOOD_%03d_%s", i%100, strings.Repeat("X", 110))
-		if _, err := srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: key, Value: []byte(fmt.Sprint(i))}); err != nil {
-			t.Fatal(err)
-		}
-		if i == n/2 {
-			conn := dbConn(t, srv.DatabaseURL)
-			exec(t, conn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND datname = current_database()`)
-		}
+	// Four writers (revisions still serialize on the counter row); halfway
+	// through, the hub's LISTEN connection is killed.
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 4 {
+				// Long keys make big events, so the unread stream backs up sooner.
+				key := fmt.Sprintf("FLOOD_%03d_%s", i%100, strings.Repeat("X", 110))
+				if _, err := srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: key, Value: []byte(fmt.Sprint(i))}); err != nil {
+					t.Error(err)
+					return
+				}
+				if i == n/2 {
+					conn := dbConn(t, srv.DatabaseURL)
+					exec(t, conn, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND datname = current_database()`)
+				}
+			}
+		}()
 	}
+	wg.Wait()
 	if err := <-fastDone; err != nil {
 		t.Fatal(err)
 	}
