@@ -126,6 +126,7 @@ type Server struct {
 	store         *store.Store
 	keyring       *seal.Keyring
 	requestMACKey []byte
+	kekCheck      cachedCheck
 	auditMACKey   []byte
 	auditLog      *auditlog.Log
 	batcher       *auditlog.Batcher
@@ -316,7 +317,7 @@ func (s *Server) listen(ctx context.Context) error {
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
 	s.batcher = auditlog.NewBatcher(s.store, 512)
-	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: s.keyring, Logger: s.log,
+	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))

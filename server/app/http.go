@@ -3,7 +3,9 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,6 +13,7 @@ import (
 
 	secrets "github.com/orient-bot/secrets"
 	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 	"github.com/orient-bot/secrets/server/watch"
 )
@@ -33,7 +36,7 @@ func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Han
 }
 
 // readyz is ready when the database answers (migrations were applied before
-// the listeners opened).
+// the listeners opened) and every KEK can wrap and unwrap.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -44,7 +47,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusServiceUnavailable
 	}
 	checks["kek"] = "ok"
-	if err := s.keyring.Check(ctx); err != nil {
+	if err := s.kekCheck.check(ctx, s.keyring.Check); err != nil {
 		checks["kek"] = "unavailable"
 		code = http.StatusServiceUnavailable
 	}
@@ -140,4 +143,61 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.watchers, prometheus.GaugeValue, float64(st.Subscribers))
 	ch <- prometheus.MustNewConstMetric(c.rev, prometheus.GaugeValue, float64(st.Revision))
 	ch <- prometheus.MustNewConstMetric(c.lagged, prometheus.CounterValue, float64(st.Lagged))
+}
+
+// cachedCheck remembers a successful check for a while: a KMS round trip
+// per KEK per probe costs money and quota. Failures are never cached, so
+// recovery shows at the next probe.
+type cachedCheck struct {
+	mu     sync.Mutex
+	okUpTo time.Time
+}
+
+const kekCheckTTL = 30 * time.Second
+
+// invalidate forgets the last success (a KEK call just failed).
+func (c *cachedCheck) invalidate() {
+	c.mu.Lock()
+	c.okUpTo = time.Time{}
+	c.mu.Unlock()
+}
+
+func (c *cachedCheck) check(ctx context.Context, fn func(context.Context) error) error {
+	c.mu.Lock()
+	fresh := time.Now().Before(c.okUpTo)
+	c.mu.Unlock()
+	if fresh {
+		return nil
+	}
+	if err := fn(ctx); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.okUpTo = time.Now().Add(kekCheckTTL)
+	c.mu.Unlock()
+	return nil
+}
+
+// watchedKeyring reports KEK outages to the readiness check as they happen,
+// so a cached success is not served while requests fail.
+type watchedKeyring struct {
+	*seal.Keyring
+	check *cachedCheck
+}
+
+func (k watchedKeyring) observe(err error) error {
+	if errors.Is(err, seal.ErrKEKUnavailable) {
+		k.check.invalidate()
+	}
+	return err
+}
+
+func (k watchedKeyring) Seal(ctx context.Context, key string, version int64, plaintext []byte) (seal.Sealed, uint32, error) {
+	s, crc, err := k.Keyring.Seal(ctx, key, version, plaintext)
+	return s, crc, k.observe(err)
+}
+
+func (k watchedKeyring) Open(ctx context.Context, key string, version int64, s seal.Sealed) ([]byte, uint32, error) {
+	v, crc, err := k.Keyring.Open(ctx, key, version, s)
+	return v, crc, k.observe(err)
 }

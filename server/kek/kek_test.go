@@ -343,7 +343,10 @@ func TestRotateResumes(t *testing.T) {
 	p := r.Progress()
 	mid := counts(t, f.store)
 	t.Logf("interrupted at %s; counts %v", p, mid)
-	if mid[oldID] == 0 || mid[newID] == 0 || mid[oldID]+mid[newID] != total || mid[newID] != p.Done {
+	// A batch whose COMMIT was already sent when the context was canceled
+	// may still commit (as with a crash): at most one per worker.
+	const inDoubt = 2 * 20
+	if mid[oldID] == 0 || mid[newID] == 0 || mid[oldID]+mid[newID] != total || mid[newID] < p.Done || mid[newID] > p.Done+inDoubt {
 		t.Fatalf("after interruption: counts %v, progress %+v", mid, p)
 	}
 	if p.Running || !errors.Is(p.Err, context.Canceled) {
@@ -359,8 +362,8 @@ func TestRotateResumes(t *testing.T) {
 	if c := counts(t, f.store); c[oldID] != 0 || c[newID] != total {
 		t.Fatalf("after resuming: %v", c)
 	}
-	if got := r2.Progress().Done; got != mid[oldID] {
-		t.Errorf("resumed run re-wrapped %d, want the %d left", got, mid[oldID])
+	if got := r2.Progress().Done; got > total-p.Done || got < total-p.Done-inDoubt {
+		t.Errorf("resumed run re-wrapped %d, want the %d left (give or take %d in doubt)", got, total-p.Done, inDoubt)
 	}
 	// A run with nothing left is a quick no-op.
 	r3 := kek.New(f.store, both, kek.Options{})

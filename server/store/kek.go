@@ -37,8 +37,8 @@ func (s *Store) CountByKEK(ctx context.Context) ([]KEKCount, error) {
 // primaryID, in one short transaction: it locks the rows (skipping rows
 // other transactions hold, so concurrent writers and other rotation workers
 // are never waited on), calls rewrap for each and stores the new wrapped key
-// and KEK id. The ciphertext is neither read into rewrap's result nor
-// written: only wrapped_dek and kek_id change. Secret versions go first,
+// and KEK id. Only wrapped_dek and kek_id change: the ciphertext is neither
+// read (re-wrapping does not need it) nor written. Secret versions go first,
 // then service keys. It returns how many rows it re-wrapped; 0 means none
 // was left that it could lock.
 //
