@@ -15,6 +15,7 @@ import (
 	"github.com/orient-bot/secrets/server/api"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/ui"
 	"github.com/orient-bot/secrets/server/watch"
 )
 
@@ -32,6 +33,7 @@ func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Han
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("/v1/", gw)
+	mux.Handle("/ui/", ui.Handler())
 	return securityHeaders(mux)
 }
 

@@ -1,0 +1,163 @@
+// restart.js: the change stream and the "Restart needed" banner.
+//
+// The stream (GET /v1/changes:watch) is read with fetch() and a stream
+// reader, resuming from the last revision seen after a disconnect. A change
+// that needs a restart refreshes the list of consumers (GET /v1/consumers);
+// the list is also refreshed periodically, which is how the banner clears
+// once services report the new revision.
+
+import { watchChanges, secrets as api } from './api.js';
+import { el, $, clear, badge, fmtTime } from './dom.js';
+
+const REFRESH_MS = 5000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+
+let ctrl = null;
+let timer = 0;
+let debounce = 0;
+let lastRevision = 0;
+let listeners = [];
+
+// onChange registers fn(event) for every change event.
+export function onChange(fn) {
+  listeners.push(fn);
+}
+
+export function start() {
+  stop();
+  ctrl = new AbortController();
+  lastRevision = 0;
+  watchLoop(ctrl.signal);
+  refresh();
+  timer = setInterval(refresh, REFRESH_MS);
+}
+
+export function stop() {
+  if (ctrl) ctrl.abort();
+  ctrl = null;
+  clearInterval(timer);
+  clearTimeout(debounce);
+  setLive('offline');
+  render([]);
+}
+
+function setLive(stateName) {
+  const node = $('#live-status');
+  if (!node) return;
+  node.dataset.state = stateName;
+  node.textContent = { live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[stateName];
+  node.title = stateName === 'live' ? `Receiving changes (revision ${lastRevision})` : '';
+}
+
+const sleep = (ms, signal) =>
+  new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+
+async function watchLoop(signal) {
+  let backoff = BACKOFF_MIN_MS;
+  while (!signal.aborted) {
+    try {
+      await watchChanges({
+        startRevision: lastRevision,
+        signal,
+        onOpen: () => {
+          setLive('live');
+          backoff = BACKOFF_MIN_MS;
+        },
+        onResult: handle,
+      });
+    } catch (e) {
+      if (signal.aborted) return;
+      if (e.isAuth) {
+        setLive('offline');
+        return; // the auth hook takes over
+      }
+      // Resuming from a revision the server no longer keeps: start over
+      // from now and refresh everything.
+      if (e.code === 11 || e.reason === 'REVISION_COMPACTED' || e.status === 400) {
+        lastRevision = 0;
+        refresh();
+        notify(null);
+      }
+    }
+    if (signal.aborted) return;
+    setLive('reconnecting');
+    await sleep(backoff, signal);
+    backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+  }
+}
+
+function handle(result) {
+  if (result.header) {
+    // Events follow from start_revision + 1; only a fresh watch (0) starts
+    // from the header's revision.
+    if (lastRevision === 0) lastRevision = Number(result.header.revision) || 0;
+  } else if (result.event) {
+    const ev = result.event;
+    lastRevision = Math.max(lastRevision, Number(ev.revision) || 0);
+    if (ev.restartRequired) scheduleRefresh();
+    notify(ev);
+  } else if (result.progress) {
+    lastRevision = Math.max(lastRevision, Number(result.progress.revision) || 0);
+  }
+  setLive('live');
+}
+
+function notify(ev) {
+  for (const fn of listeners) {
+    try {
+      fn(ev);
+    } catch (e) {
+      console.error(e);
+    }
+  }
+}
+
+function scheduleRefresh() {
+  clearTimeout(debounce);
+  debounce = setTimeout(refresh, 100);
+}
+
+export async function refresh() {
+  if (!ctrl) return;
+  try {
+    const r = await api.consumers();
+    if (!ctrl) return;
+    render((r.consumers || []).filter((c) => (c.pending || []).length > 0));
+  } catch {
+    // Keep the last state; the next refresh tries again.
+  }
+}
+
+function render(pending) {
+  const banner = $('#restart-banner');
+  if (!banner) return;
+  const list = clear($('#restart-list'));
+  banner.hidden = pending.length === 0;
+  for (const c of pending) {
+    const who = c.consumer || {};
+    const keys = el('span', { className: 'chips' });
+    const seen = new Set();
+    for (const p of c.pending) {
+      if (seen.has(p.key)) continue;
+      seen.add(p.key);
+      keys.append(el('code', { className: 'chip mono', text: p.key, title: `changed at revision ${p.revision}` }));
+    }
+    list.append(
+      el(
+        'li',
+        { className: 'banner-item', dataset: { service: who.service || '', instance: who.instance || '' } },
+        el('span', { className: 'mono service', text: `${who.service || '?'}/${who.instance || '?'}` }),
+        el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
+        keys,
+        c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
+      ),
+    );
+  }
+}
