@@ -21,7 +21,9 @@ type Appender interface {
 // are appended together, one transaction and one fsync for the group, and
 // each caller returns only once its own events are durable. While one group
 // commits, the next one gathers, so a busy server makes bigger groups
-// rather than longer queues.
+// rather than longer queues. Two committers work at once: the second takes
+// its round trips to the database while the first holds the chain head, and
+// gets the head the moment the first commits.
 type Batcher struct {
 	app      Appender
 	in       chan request
@@ -29,8 +31,13 @@ type Batcher struct {
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	done     chan struct{}
+	wg       sync.WaitGroup
+	// finished is closed once the committers have exited after Close.
+	finished chan struct{}
 }
+
+// committers is how many groups can be in flight at once.
+const committers = 2
 
 type request struct {
 	events []store.AuditEvent
@@ -45,8 +52,11 @@ func NewBatcher(app Appender, maxBatch int) *Batcher {
 	if maxBatch <= 0 {
 		maxBatch = 512
 	}
-	b := &Batcher{app: app, in: make(chan request, 4096), maxBatch: maxBatch, stop: make(chan struct{}), done: make(chan struct{})}
-	go b.run()
+	b := &Batcher{app: app, in: make(chan request, 4096), maxBatch: maxBatch, stop: make(chan struct{}), finished: make(chan struct{})}
+	for range committers {
+		b.wg.Add(1)
+		go b.run()
+	}
 	return b
 }
 
@@ -54,6 +64,11 @@ func NewBatcher(app Appender, maxBatch int) *Batcher {
 // caller must withhold the value; the events may still be recorded).
 func (b *Batcher) RecordAccess(ctx context.Context, events []store.AuditEvent) error {
 	r := request{events: events, done: make(chan error, 1)}
+	select {
+	case <-b.stop:
+		return ErrClosed
+	default:
+	}
 	select {
 	case b.in <- r:
 	case <-b.stop:
@@ -64,13 +79,21 @@ func (b *Batcher) RecordAccess(ctx context.Context, events []store.AuditEvent) e
 	select {
 	case err := <-r.done:
 		return err
+	case <-b.finished:
+		// Closed while queued: the committers may have drained it first.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
 func (b *Batcher) run() {
-	defer close(b.done)
+	defer b.wg.Done()
 	for {
 		var first request
 		select {
@@ -130,6 +153,10 @@ func (b *Batcher) drain() {
 
 // Close stops the batcher after committing what is queued.
 func (b *Batcher) Close() {
-	b.stopOnce.Do(func() { close(b.stop) })
-	<-b.done
+	b.stopOnce.Do(func() {
+		close(b.stop)
+		b.wg.Wait()
+		close(b.finished)
+	})
+	<-b.finished
 }

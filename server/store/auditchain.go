@@ -43,14 +43,27 @@ func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
-	var (
-		seq  int64
-		head []byte
-		now  time.Time
-	)
-	if err := tx.QueryRow(ctx, `SELECT sequence, hash, now() FROM audit_head FOR UPDATE`).Scan(&seq, &head, &now); err != nil {
+	var head chainHead
+	if err := tx.QueryRow(ctx, lockHeadSQL).Scan(&head.seq, &head.hash, &head.now); err != nil {
 		return err
 	}
+	b := &pgx.Batch{}
+	queueAppend(b, head, events)
+	return tx.SendBatch(ctx, b).Close()
+}
+
+const lockHeadSQL = `SELECT sequence, hash, now() FROM audit_head FOR UPDATE`
+
+type chainHead struct {
+	seq  int64
+	hash []byte
+	now  time.Time
+}
+
+// queueAppend numbers and links events after head and queues their insert
+// and the head's move.
+func queueAppend(b *pgx.Batch, head chainHead, events []AuditEvent) {
+	seq, prev := head.seq, head.hash
 	cols := struct {
 		seq, version, revision      []int64
 		times                       []time.Time
@@ -61,13 +74,13 @@ func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) error {
 	for i := range events {
 		e := &events[i]
 		if e.Time.IsZero() {
-			e.Time = now
+			e.Time = head.now
 		}
 		e.Time = e.Time.Truncate(time.Microsecond).UTC()
 		seq++
-		e.Sequence, e.PrevHash = seq, head
-		e.Hash = EventHash(head, *e)
-		head = e.Hash
+		e.Sequence, e.PrevHash = seq, prev
+		e.Hash = EventHash(prev, *e)
+		prev = e.Hash
 		cols.seq = append(cols.seq, e.Sequence)
 		cols.times = append(cols.times, e.Time)
 		cols.actor = append(cols.actor, e.Actor)
@@ -83,21 +96,59 @@ func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) error {
 		cols.hash = append(cols.hash, e.Hash)
 		cols.hmac = append(cols.hmac, e.ValueHMAC)
 	}
-	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO audit_events (sequence, time, actor, action, key, version, outcome, request_id, peer, revision, detail,
 			prev_hash, hash, value_hmac)
 		SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
 			$8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[], $13::bytea[], $14::bytea[])`,
 		cols.seq, cols.times, cols.actor, cols.action, cols.key, cols.version, cols.outcome, cols.requestID, cols.peer,
 		cols.revision, cols.detail, cols.prev, cols.hash, cols.hmac)
-	b.Queue(`UPDATE audit_head SET sequence = $1, hash = $2`, seq, head)
-	return tx.SendBatch(ctx, b).Close()
+	b.Queue(`UPDATE audit_head SET sequence = $1, hash = $2`, seq, prev)
 }
 
 // AppendAudit appends events in a transaction of their own: one commit
-// makes the whole group durable (group commit for access audits).
+// makes the whole group durable (group commit for access audits). It takes
+// two round trips — BEGIN with the head lock, then the inserts with the
+// COMMIT — because the chain head lock is held until the commit and every
+// round trip under it delays every other group.
 func (s *Store) AppendAudit(ctx context.Context, events []AuditEvent) error {
-	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error { return appendAudit(ctx, tx, events) })
+	if len(events) == 0 {
+		return nil
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return classify(err)
+	}
+	defer conn.Release()
+	err = func() error {
+		b := &pgx.Batch{}
+		b.Queue(`BEGIN`)
+		b.Queue(lockHeadSQL)
+		br := conn.SendBatch(ctx, b)
+		var head chainHead
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.QueryRow().Scan(&head.seq, &head.hash, &head.now); err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		b = &pgx.Batch{}
+		queueAppend(b, head, events)
+		b.Queue(`COMMIT`)
+		return conn.SendBatch(ctx, b).Close()
+	}()
+	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
+		// Leave no transaction open on a pooled connection (the pool would
+		// discard it anyway; a ROLLBACK keeps it usable).
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_, _ = conn.Exec(rctx, `ROLLBACK`)
+		cancel()
+	}
+	return classify(err)
 }
 
 // AuditHead returns the chain's start (events before it predate the chain),
