@@ -1,0 +1,10 @@
+package auditlog
+
+import (
+	"os"
+	"testing"
+
+	"github.com/orient-bot/secrets/internal/testdb"
+)
+
+func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
