@@ -20,6 +20,7 @@ import (
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/catalog"
 	"github.com/orient-bot/secrets/server/store"
 )
 
@@ -157,20 +158,11 @@ func requestTarget(req any) (string, int64) {
 	if r, ok := req.(interface{ GetVersion() string }); ok {
 		version = r.GetVersion()
 	}
-	if len(key) > 128 || !validKey(key) {
+	if !catalog.ValidKey(key) {
 		key = ""
 	}
 	v, _ := strconv.ParseInt(version, 10, 64)
 	return key, v
-}
-
-func validKey(k string) bool {
-	for i, c := range k {
-		if !(c >= 'A' && c <= 'Z' || c == '_' || (i > 0 && c >= '0' && c <= '9')) {
-			return false
-		}
-	}
-	return true
 }
 
 func truncate(s string, n int) string {
