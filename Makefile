@@ -31,13 +31,9 @@ lint: $(GOOGLEAPIS) ## buf lint, go vet and staticcheck
 generate: $(GOOGLEAPIS) ## Regenerate gen/ from proto/ (pinned plugins, no network registry)
 	$(BUF) generate
 
-proto-check: generate ## Fail if gen/ is stale or the API broke compatibility with main
+proto-check: generate ## Fail if gen/ is stale or the API broke compatibility with main (buf breaking, FILE rules)
 	git diff --exit-code -- gen/
-	@if git rev-parse --verify -q origin/main >/dev/null; then \
-		$(BUF) breaking --against '.git#branch=origin/main'; \
-	elif git rev-parse --verify -q main~0 >/dev/null && [ "$$(git rev-parse HEAD)" != "$$(git rev-parse main)" ]; then \
-		$(BUF) breaking --against '.git#branch=main'; \
-	else echo "buf breaking: nothing to compare against (on main)"; fi
+	./scripts/proto-breaking.sh
 
 bench: postgres ## Load figures (servers on loopback, durable PostgreSQL); BENCH_QUICK=1 for a short run, BENCH_PROFILE=dir for a server CPU profile
 	@./scripts/ensure-bench-tools.sh
