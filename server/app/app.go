@@ -96,6 +96,10 @@ type Config struct {
 	AuditCheckpointInterval time.Duration
 }
 
+// MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
+// clients with more watches spread them over several connections.
+const MaxStreamsPerConn = 1000
+
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -292,7 +296,12 @@ func (s *Server) listen(ctx context.Context) error {
 	pi := peerIdentifier{gatewaySecret: gatewaySecret, trustedProxies: s.cfg.TrustedProxies}
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
 	recoverOpt := recovery.WithRecoveryHandlerContext(recovered(s.log))
-	serverOpts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxBodyBytes)}
+	serverOpts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxBodyBytes),
+		// One connection may not hold unbounded streams (a unary call waits
+		// for its request message before any interceptor runs).
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
+	}
 	if s.tls.server != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -26,6 +28,9 @@ import (
 // MaxBodyBytes bounds a REST request body: a 64 KiB value is ~87 KiB in
 // base64, plus the rest of the request.
 const MaxBodyBytes = 256 << 10
+
+// BodyReadTimeout bounds how long a REST request body may take to arrive.
+const BodyReadTimeout = 30 * time.Second
 
 // newGateway builds the REST/JSON gateway. It dials the gRPC listener like
 // any client, so every interceptor runs once and streaming works.
@@ -75,8 +80,36 @@ func limitBody(next http.Handler) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		if r.ContentLength != 0 {
+			// A body must arrive in time: a client that stalls mid-body
+			// (before any token is checked) must not hold a connection and
+			// a handler forever. Bodiless requests — the watch stream —
+			// keep no read deadline, so streaming is not cut off.
+			rc := http.NewResponseController(w)
+			if rc.SetReadDeadline(time.Now().Add(BodyReadTimeout)) == nil {
+				r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+			}
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// deadlineBody lifts the body's read deadline once the body is in: the
+// connection's background read (which notices a client going away) must not
+// time out and cancel a long call such as VerifyAuditLog.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 func writeJSONError(w http.ResponseWriter, httpStatus int, code codes.Code, msg string) {
@@ -105,6 +138,11 @@ func gatewayErrorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 			if strings.Contains(msg, "request body too large") {
 				writeJSONError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument,
 					fmt.Sprintf("request body over the %d KiB limit", MaxBodyBytes>>10))
+				return
+			}
+			if strings.Contains(msg, "i/o timeout") {
+				writeJSONError(w, http.StatusRequestTimeout, codes.DeadlineExceeded,
+					fmt.Sprintf("request body not received within %v", BodyReadTimeout))
 				return
 			}
 			msg, field := sanitizeDecodeError(msg)
