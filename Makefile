@@ -40,6 +40,22 @@ bench: postgres ## Load figures (servers on loopback, durable PostgreSQL); BENCH
 	go build -o bin/secrets-bench ./cmd/secrets-bench
 	./bin/secrets-bench
 
+reliability: postgres ## Break things on purpose: kill -9, database restart, abuse, plaintext hunt, SIGTERM (RELIABILITY_SHORT=1: CI's small counts)
+	RELIABILITY=1 go test $(GO_TEST_FLAGS) -count=1 -timeout 20m -v ./reliability/
+
+# Fuzz targets: every Fuzz* function of these packages, FUZZTIME each.
+FUZZTIME ?= 30s
+FUZZ_PACKAGES := ./server/catalog ./server/app ./server/seal
+
+fuzz: ## Run every fuzz target for FUZZTIME each (default 30s; CI: make fuzz FUZZTIME=3s)
+	@set -eo pipefail; for pkg in $(FUZZ_PACKAGES); do \
+		targets=$$(go test -list '^Fuzz' $$pkg | grep '^Fuzz'); \
+		for target in $$targets; do \
+			echo "== $$pkg $$target ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
 postgres: ## Make sure the PostgreSQL server binaries are installed (tests and `make run` start their own cluster)
 	@./scripts/ensure-postgres.sh
 

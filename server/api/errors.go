@@ -93,3 +93,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	log.ErrorContext(ctx, "internal error", "error", err)
 	return withInfo(codes.Internal, ReasonInternal, "internal error")
 }
+
+// StatusOf maps an error to its gRPC status, as the handlers do (for the
+// server's interceptors).
+func StatusOf(ctx context.Context, log *slog.Logger, err error) error { return toStatus(ctx, log, err) }

@@ -73,7 +73,7 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (con
 	p, err := a.principal(ctx)
 	if err != nil {
 		if errors.Is(err, store.ErrUnavailable) {
-			return ctx, status.Error(codes.Unavailable, "database unavailable; retry later")
+			return ctx, api.StatusOf(ctx, a.log, err)
 		}
 		a.denials.record(store.AuditEvent{Actor: "unauthenticated", Action: action, Outcome: "UNAUTHENTICATED", Peer: id.Peer, Detail: err.Error()})
 		return ctx, errUnauthenticated
@@ -96,7 +96,7 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (con
 			category := t.category
 			if category == "" {
 				if category, err = a.keyCategory(ctx, t.key, p.Scope); err != nil {
-					return ctx, status.Error(codes.Unavailable, "database unavailable; retry later")
+					return ctx, api.StatusOf(ctx, a.log, err)
 				}
 			}
 			if !p.Scope.Allows(t.key, category) {

@@ -113,7 +113,7 @@ func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteRes
 			change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category,
 				restartRequired: cur.RestartRequired, valueHMAC: p.ValueHMAC},
 			nil
-	})
+	}, s.etagCheck(p.Key, p.Expect, false))
 }
 
 // UpdateParams describe an UpdateSecret: nil fields are left alone.
@@ -150,7 +150,7 @@ func (s *Store) UpdateSecret(ctx context.Context, meta Meta, p UpdateParams) (Wr
 		return WriteResult{Secret: cur, Revision: w.rev},
 			change{kind: ChangeMetadataChanged, key: cur.Key, version: cur.CurrentVersion, category: cur.Category, restartRequired: cur.RestartRequired},
 			nil
-	})
+	}, s.etagCheck(p.Key, p.Expect, true))
 }
 
 // lockSecret reads a secret inside a write and checks the caller's etag.
@@ -222,7 +222,7 @@ func (s *Store) SetVersionState(ctx context.Context, meta Meta, key string, vers
 		return WriteResult{Secret: cur, Version: &v, Revision: w.rev},
 			change{kind: kind, key: key, version: version, category: cur.Category, restartRequired: cur.RestartRequired},
 			nil
-	})
+	}, s.etagCheck(key, expect, true))
 }
 
 // DeleteResult is the outcome of a DeleteSecret.
@@ -243,7 +243,7 @@ func (s *Store) DeleteSecret(ctx context.Context, meta Meta, key string, expect 
 		return DeleteResult{Revision: w.rev},
 			change{kind: ChangeSecretDeleted, key: key, version: cur.CurrentVersion, category: cur.Category, restartRequired: cur.RestartRequired},
 			nil
-	})
+	}, s.etagCheck(key, expect, true))
 }
 
 // GetSecret returns a secret's metadata and the revision it reflects.

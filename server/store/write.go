@@ -37,11 +37,19 @@ type writer struct {
 // the idempotency record, and wakes watchers — all committed together or not
 // at all. A retry carrying a request id already committed returns the first
 // result (R is stored as JSON; it never holds a value).
-func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx context.Context, w *writer) (R, change, error)) (R, error) {
+func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx context.Context, w *writer) (R, change, error), pre ...func(context.Context) error) (R, error) {
 	var zero R
 	if meta.RequestID != "" {
 		if r, ok, err := replay[R](ctx, s, meta); err != nil || ok {
 			return r, err
+		}
+	}
+	// Cheap checks that can fail a write without taking the revision
+	// counter (a stale etag under contention would otherwise queue behind
+	// every writer just to be refused). The body checks again under the lock.
+	for _, check := range pre {
+		if err := check(ctx); err != nil {
+			return zero, classify(err)
 		}
 	}
 	var result R
@@ -131,4 +139,27 @@ func (s *Store) PurgeIdempotency(ctx context.Context, maxAge time.Duration) (int
 		return 0, classify(err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// etagCheck fails fast when key's current revision is not expect (nil: no
+// compare-and-set).
+func (s *Store) etagCheck(key string, expect *int64, mustExist bool) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if expect == nil {
+			return nil
+		}
+		var rev int64
+		err := s.pool.QueryRow(ctx, `SELECT revision FROM secrets WHERE key = $1`, key).Scan(&rev)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows) && mustExist:
+			return fmt.Errorf("secret %s: %w", key, ErrNotFound)
+		case errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("secret %s changed since it was read: %w", key, ErrEtagMismatch)
+		case err != nil:
+			return err
+		case rev != *expect:
+			return fmt.Errorf("secret %s changed since it was read: %w", key, ErrEtagMismatch)
+		}
+		return nil
+	}
 }
