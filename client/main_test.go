@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -77,11 +78,21 @@ func envOf(m map[string]string) func(string) (string, bool) {
 
 func put(t testing.TB, c *client.Client, key, value string, opts ...client.WriteOption) client.Secret {
 	t.Helper()
-	s, err := c.PutSecret(context.Background(), key, []byte(value), opts...)
-	if err != nil {
-		t.Fatalf("PutSecret(%s): %v", key, err)
+	// A fresh server (or connection) can be briefly unreachable on a loaded
+	// machine: retry with one request id, so a write that did commit is
+	// replayed, not repeated.
+	opts = append([]client.WriteOption{client.WithRequestID(fmt.Sprintf("test-%s-%d", key, time.Now().UnixNano()))}, opts...)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := c.PutSecret(context.Background(), key, []byte(value), opts...)
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, client.ErrUnavailable) || time.Now().After(deadline) {
+			t.Fatalf("PutSecret(%s): %v", key, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return s
 }
 
 // eventually polls cond until it holds or d passes.
