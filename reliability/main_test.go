@@ -56,15 +56,6 @@ func gate(t *testing.T) {
 	}
 }
 
-// knownBug skips t, which fails until the server bug it describes is fixed,
-// unless RELIABILITY_KNOWN_BUGS=1 (to check a fix).
-func knownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("RELIABILITY_KNOWN_BUGS") == "" {
-		t.Skip("known bug: " + bug + " (RELIABILITY_KNOWN_BUGS=1 runs it)")
-	}
-}
-
 // short reports whether the small counts apply (RELIABILITY_SHORT=1 or
 // go test -short).
 func short() bool { return os.Getenv(envShort) != "" || testing.Short() }
