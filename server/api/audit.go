@@ -16,9 +16,6 @@ type AuditService struct {
 	Log *auditlog.Log
 }
 
-// NewAuditService returns the AuditService handlers.
-func NewAuditService(d Deps) *AuditService { return &AuditService{Deps: d} }
-
 func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEventsRequest) (*pb.ListAuditEventsResponse, error) {
 	if req.GetKey() != "" {
 		if err := checkKey("key", req.GetKey()); err != nil {

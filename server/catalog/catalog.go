@@ -81,12 +81,6 @@ func Lookup(key string) (Entry, bool) {
 // modify the slice.
 func Entries() []Entry { return entries }
 
-// Categories returns the built-in category ids.
-func Categories() []string {
-	return []string{CategoryAI, CategorySlack, CategoryWhatsApp, CategoryGoogle, CategoryGitHub,
-		CategoryJIRA, CategoryWebhooks, CategoryDatabase, CategoryCustom}
-}
-
 // MaxValueSize is the largest value accepted, in bytes.
 const MaxValueSize = 64 << 10
 
