@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/auth"
+	"github.com/orient-bot/secrets/server/catalog"
 	"github.com/orient-bot/secrets/server/store"
 	"github.com/orient-bot/secrets/server/watch"
 )
@@ -323,16 +324,29 @@ func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope)
 		LoadedRevision: c.LoadedRevision,
 		LastSeen:       ts(c.LastSeen),
 		Stale:          time.Since(c.LastSeen) > s.staleAfter(),
-		Keys:           c.Keys,
 		Categories:     c.Categories,
 	}
+	// A scoped caller sees the key names its scope allows, as ListSecrets
+	// would show them (a declared key is judged by its catalog category).
+	for _, k := range c.Keys {
+		if scope.Allows(k, catalogCategory(k)) {
+			st.Keys = append(st.Keys, k)
+		}
+	}
 	for i, k := range c.PendingKeys {
-		if scope.Allows(k, "") || len(scope.Categories) > 0 {
+		if scope.Allows(k, c.PendingCategories[i]) {
 			st.Pending = append(st.Pending, &pb.PendingChange{Key: k, Revision: c.PendingRevs[i]})
 		}
 	}
 	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return int(a.Revision - b.Revision) })
 	return st
+}
+
+func catalogCategory(key string) string {
+	if e, ok := catalog.Lookup(key); ok {
+		return e.Category
+	}
+	return ""
 }
 
 func (s *SecretService) staleAfter() time.Duration {

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -530,5 +531,76 @@ func TestForwardedPeer(t *testing.T) {
 	restPut(proxied, "XFF_C", "203.0.113.7")
 	if got := peers(proxied, "XFF_C"); len(got) != 1 || got[0] != "203.0.113.7 (rest)" {
 		t.Errorf("trusted proxy's forwarded peer: %v", got)
+	}
+}
+
+// TestScopedConsumers: a scoped token sees only the pending restarts (and
+// declared keys) its scope allows, judged by key pattern and by the
+// category the change log recorded — never another category's key names.
+func TestScopedConsumers(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	ctx := context.Background()
+	base := put(t, srv.Secrets, "OPENAI_API_KEY", "sk-0")
+	bot := &pb.Consumer{Service: "orient", Instance: "pod-1"}
+	if _, err := srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: bot, LoadedRevision: base.Revision}); err != nil {
+		t.Fatal(err)
+	}
+	other := &pb.Consumer{Service: "github-bot", Instance: "pod-1"}
+	if _, err := srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: other, LoadedRevision: base.Revision,
+		Keys: []string{"GITHUB_APP_ID", "SLACK_BOT_TOKEN"}}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-1")
+	put(t, srv.Secrets, "GITHUB_APP_ID", "42")
+	if _, err := srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: "CHAT_RELAY_DSN", Value: []byte("x"),
+		Category: ptr("slack"), RestartRequired: ptr(true)}); err != nil {
+		t.Fatal(err)
+	}
+	catReader := func() string {
+		res, err := srv.Tokens.CreateToken(ctx, &pb.CreateTokenRequest{Name: "slack-cat-reader", Role: "reader", Scope: &pb.TokenScope{Categories: []string{"slack"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Token
+	}()
+	seen := func(c pb.SecretServiceClient) (pending, declared []string) {
+		t.Helper()
+		res, err := c.ListConsumers(ctx, &pb.ListConsumersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range res.Consumers {
+			for _, p := range st.Pending {
+				pending = append(pending, st.Consumer.Service+":"+p.Key)
+			}
+			for _, k := range st.Keys {
+				declared = append(declared, st.Consumer.Service+":"+k)
+			}
+		}
+		return pending, declared
+	}
+	for _, tc := range []struct {
+		name                  string
+		client                pb.SecretServiceClient
+		wantPending, wantKeys []string
+	}{
+		{"admin", srv.Secrets,
+			[]string{"github-bot:SLACK_BOT_TOKEN", "github-bot:GITHUB_APP_ID", "orient:SLACK_BOT_TOKEN", "orient:GITHUB_APP_ID", "orient:CHAT_RELAY_DSN"},
+			[]string{"github-bot:GITHUB_APP_ID", "github-bot:SLACK_BOT_TOKEN"}},
+		{"category slack", pb.NewSecretServiceClient(srv.Dial(t, catReader)),
+			[]string{"github-bot:SLACK_BOT_TOKEN", "orient:SLACK_BOT_TOKEN", "orient:CHAT_RELAY_DSN"},
+			[]string{"github-bot:SLACK_BOT_TOKEN"}},
+		{"pattern GITHUB_*", pb.NewSecretServiceClient(srv.Dial(t, createToken(t, srv, "github-reader", "reader", "GITHUB_*"))),
+			[]string{"github-bot:GITHUB_APP_ID", "orient:GITHUB_APP_ID"},
+			[]string{"github-bot:GITHUB_APP_ID"}},
+	} {
+		pending, declared := seen(tc.client)
+		if diff := cmp.Diff(tc.wantPending, pending); diff != "" {
+			t.Errorf("%s: pending (-want +got):\n%s", tc.name, diff)
+		}
+		if diff := cmp.Diff(tc.wantKeys, declared); diff != "" {
+			t.Errorf("%s: declared keys (-want +got):\n%s", tc.name, diff)
+		}
 	}
 }

@@ -102,6 +102,9 @@ type ConsumerState struct {
 	LastSeen       time.Time
 	PendingKeys    []string
 	PendingRevs    []int64
+	// PendingCategories is each pending key's category as of its latest
+	// pending change (what a category scope is judged by).
+	PendingCategories []string
 }
 
 // ReportConsumer registers a consumer or refreshes it. loadedRevision 0
@@ -164,11 +167,13 @@ func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]Consumer
 	// the consumer's loaded revision, concerns a key it uses, and changed a
 	// value (metadata and provider-default changes need no restart).
 	rows, err := s.pool.Query(ctx, `SELECT c.service, c.instance, c.loaded_revision, c.keys, c.categories, c.last_seen,
-			COALESCE(p.keys, '{}'), COALESCE(p.revs, '{}')
+			COALESCE(p.keys, '{}'), COALESCE(p.revs, '{}'), COALESCE(p.cats, '{}')
 		FROM consumers c
 		LEFT JOIN LATERAL (
-			SELECT array_agg(x.key ORDER BY x.rev) AS keys, array_agg(x.rev ORDER BY x.rev) AS revs
-			FROM (SELECT l.key, max(l.revision) AS rev FROM change_log l
+			SELECT array_agg(x.key ORDER BY x.rev) AS keys, array_agg(x.rev ORDER BY x.rev) AS revs,
+				array_agg(x.category ORDER BY x.rev) AS cats
+			FROM (SELECT l.key, max(l.revision) AS rev, (array_agg(l.category ORDER BY l.revision DESC))[1] AS category
+				FROM change_log l
 				WHERE l.revision > c.loaded_revision AND l.restart_required AND l.key <> ''
 					AND l.kind IN (1, 2, 3, 4, 5)
 					AND (cardinality(c.keys) = 0 OR l.key = ANY(c.keys))
@@ -182,7 +187,7 @@ func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]Consumer
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (ConsumerState, error) {
 		var c ConsumerState
-		err := r.Scan(&c.Service, &c.Instance, &c.LoadedRevision, &c.Keys, &c.Categories, &c.LastSeen, &c.PendingKeys, &c.PendingRevs)
+		err := r.Scan(&c.Service, &c.Instance, &c.LoadedRevision, &c.Keys, &c.Categories, &c.LastSeen, &c.PendingKeys, &c.PendingRevs, &c.PendingCategories)
 		return c, err
 	})
 	return out, classify(err)
