@@ -140,17 +140,19 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	defer func() { sub.Close() }()
 	current := sub.Start()
 	last := req.GetStartRevision()
-	if last == 0 {
-		last = current
-	}
-	if last > current {
-		// The hub may trail the database by a moment; only a revision the
-		// database has not reached either is refused.
+	if last == 0 || last > current {
+		// The hub may trail the database by a moment. "From now" is the
+		// database's now (a client that has just written is never told an
+		// older revision; the hub's changes up to it are skipped), and only
+		// a start the database has not reached either is refused.
 		dbRev, err := s.Consumers.Revision(ctx)
 		if err != nil {
 			return s.fail(ctx, err)
 		}
-		if last > dbRev {
+		switch {
+		case last == 0:
+			last = max(dbRev, current)
+		case last > dbRev:
 			return withInfo(codes.OutOfRange, ReasonRevisionAhead,
 				fmt.Sprintf("start_revision %d is ahead of the current revision %d; list again and watch from its revision", last, dbRev))
 		}
@@ -164,7 +166,7 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 			return s.fail(ctx, err)
 		}
 	}
-	if err := stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: current}}}); err != nil {
+	if err := stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: max(last, current)}}}); err != nil {
 		return err
 	}
 	w := &watcher{stream: stream, filter: filter, last: last}

@@ -21,9 +21,9 @@ type Appender interface {
 // are appended together, one transaction and one fsync for the group, and
 // each caller returns only once its own events are durable. While one group
 // commits, the next one gathers, so a busy server makes bigger groups
-// rather than longer queues. Two committers work at once: the second takes
-// its round trips to the database while the first holds the chain head, and
-// gets the head the moment the first commits.
+// rather than longer queues. One committer: a group's append is one round
+// trip (store.AppendAudit chains it after the head this process last
+// wrote), and a second committer would only race the first for the head.
 type Batcher struct {
 	app      Appender
 	in       chan request
@@ -37,7 +37,7 @@ type Batcher struct {
 }
 
 // committers is how many groups can be in flight at once.
-const committers = 2
+const committers = 1
 
 type request struct {
 	events []store.AuditEvent

@@ -7,6 +7,8 @@ import (
 	"hash"
 	"iter"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,17 +62,11 @@ type chainHead struct {
 	now  time.Time
 }
 
-// queueAppend numbers and links events after head and queues their insert
-// and the head's move.
-func queueAppend(b *pgx.Batch, head chainHead, events []AuditEvent) {
+// chainEvents numbers and links events after head, giving those without a
+// time the head's, and returns the columns of their insert and the new head.
+func chainEvents(head chainHead, events []AuditEvent) (auditColumnsArgs, chainHead) {
 	seq, prev := head.seq, head.hash
-	cols := struct {
-		seq, version, revision      []int64
-		times                       []time.Time
-		actor, action, key, outcome []string
-		requestID, peer, detail     []string
-		prev, hash, hmac            [][]byte
-	}{}
+	var cols auditColumnsArgs
 	for i := range events {
 		e := &events[i]
 		if e.Time.IsZero() {
@@ -96,29 +92,140 @@ func queueAppend(b *pgx.Batch, head chainHead, events []AuditEvent) {
 		cols.hash = append(cols.hash, e.Hash)
 		cols.hmac = append(cols.hmac, e.ValueHMAC)
 	}
-	b.Queue(`INSERT INTO audit_events (sequence, time, actor, action, key, version, outcome, request_id, peer, revision, detail,
+	return cols, chainHead{seq: seq, hash: prev, now: head.now}
+}
+
+// auditColumnsArgs are the columns of a multi-row audit insert.
+type auditColumnsArgs struct {
+	seq, version, revision      []int64
+	times                       []time.Time
+	actor, action, key, outcome []string
+	requestID, peer, detail     []string
+	prev, hash, hmac            [][]byte
+}
+
+func (c auditColumnsArgs) args() []any {
+	return []any{c.seq, c.times, c.actor, c.action, c.key, c.version, c.outcome, c.requestID, c.peer,
+		c.revision, c.detail, c.prev, c.hash, c.hmac}
+}
+
+const insertAuditColumns = `INSERT INTO audit_events (sequence, time, actor, action, key, version, outcome, request_id, peer, revision, detail,
 			prev_hash, hash, value_hmac)
-		SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-			$8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[], $13::bytea[], $14::bytea[])`,
-		cols.seq, cols.times, cols.actor, cols.action, cols.key, cols.version, cols.outcome, cols.requestID, cols.peer,
-		cols.revision, cols.detail, cols.prev, cols.hash, cols.hmac)
-	b.Queue(`UPDATE audit_head SET sequence = $1, hash = $2`, seq, prev)
+		SELECT u.* FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+			$8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[], $13::bytea[], $14::bytea[]) AS u`
+
+// queueAppend numbers and links events after head and queues their insert
+// and the head's move.
+func queueAppend(b *pgx.Batch, head chainHead, events []AuditEvent) chainHead {
+	cols, next := chainEvents(head, events)
+	b.Queue(insertAuditColumns, cols.args()...)
+	b.Queue(`UPDATE audit_head SET sequence = $1, hash = $2`, next.seq, next.hash)
+	return next
+}
+
+// appendIfHeadSQL appends a chained group in one statement, and so in one
+// round trip and one commit: it moves the head only if the head is still
+// the one the group was chained after, and inserts the events only if it
+// moved it. A concurrent appender holding the head waits us out, and
+// PostgreSQL re-checks the condition against the head it committed, so a
+// stale head inserts nothing and is never a fork.
+const appendIfHeadSQL = `WITH moved AS (
+			UPDATE audit_head SET sequence = $15, hash = $16 WHERE sequence = $17 AND hash = $18 RETURNING 1)
+		` + insertAuditColumns + ` WHERE EXISTS (SELECT FROM moved)`
+
+// knownHead is this process's last known chain head: a guess that saves the
+// head lock's round trip, checked by the database on every append. When
+// guesses keep missing (another replica appends as busily), it stops
+// guessing for a while, doubling the pause on each consecutive miss.
+type knownHead struct {
+	mu     sync.Mutex
+	head   chainHead
+	valid  bool
+	skip   int // appends left that go straight to the lock
+	streak int // consecutive misses
+}
+
+// maxGuessPause bounds the appends that skip guessing after misses.
+const maxGuessPause = 64
+
+func (k *knownHead) guess() (chainHead, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.skip > 0 {
+		k.skip--
+		return chainHead{}, false
+	}
+	return k.head, k.valid
+}
+
+// appended records the head after a successful append; hit says whether
+// it was a guess that held.
+func (k *knownHead) appended(h chainHead, hit bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.head, k.valid = h, true
+	if hit {
+		k.streak = 0
+	}
+}
+
+func (k *knownHead) forget(missed bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.valid = false
+	if missed {
+		k.streak++
+		k.skip = min(1<<min(k.streak, 6), maxGuessPause)
+	}
 }
 
 // AppendAudit appends events in a transaction of their own: one commit
-// makes the whole group durable (group commit for access audits). It takes
-// two round trips — BEGIN with the head lock, then the inserts with the
-// COMMIT — because the chain head lock is held until the commit and every
-// round trip under it delays every other group.
+// makes the whole group durable (group commit for access audits). The
+// common case is one round trip: the group is chained after the head this
+// process last appended and sent as appendIfHeadSQL. When another writer
+// moved the head first (a write's audit event, another replica) nothing is
+// inserted and the group goes the locked way, which always succeeds.
 func (s *Store) AppendAudit(ctx context.Context, events []AuditEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
+	if head, ok := s.head.guess(); ok {
+		head.now = time.Now()
+		cols, next := chainEvents(head, events)
+		tag, err := s.pool.Exec(ctx, appendIfHeadSQL, append(cols.args(), next.seq, next.hash, head.seq, head.hash)...)
+		if err != nil {
+			s.head.forget(false)
+			return classify(err)
+		}
+		if tag.RowsAffected() == int64(len(events)) {
+			s.head.appended(next, true)
+			s.appends.oneTrip.Add(1)
+			return nil
+		}
+		s.head.forget(true)
+		s.appends.missed.Add(1)
+	}
+	s.appends.locked.Add(1)
+	next, err := s.appendAuditLocked(ctx, events)
+	if err != nil {
+		s.head.forget(false)
+		return err
+	}
+	s.head.appended(next, false)
+	return nil
+}
+
+// appendAuditLocked appends under the head lock in two round trips —
+// BEGIN with the head lock, then the inserts with the COMMIT — because the
+// lock is held until the commit and every round trip under it delays every
+// other appender. It returns the new head.
+func (s *Store) appendAuditLocked(ctx context.Context, events []AuditEvent) (chainHead, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return classify(err)
+		return chainHead{}, classify(err)
 	}
 	defer conn.Release()
+	var next chainHead
 	err = func() error {
 		b := &pgx.Batch{}
 		b.Queue(`BEGIN`)
@@ -137,7 +244,7 @@ func (s *Store) AppendAudit(ctx context.Context, events []AuditEvent) error {
 			return err
 		}
 		b = &pgx.Batch{}
-		queueAppend(b, head, events)
+		next = queueAppend(b, head, events)
 		b.Queue(`COMMIT`)
 		return conn.SendBatch(ctx, b).Close()
 	}()
@@ -148,7 +255,19 @@ func (s *Store) AppendAudit(ctx context.Context, events []AuditEvent) error {
 		_, _ = conn.Exec(rctx, `ROLLBACK`)
 		cancel()
 	}
-	return classify(err)
+	return next, classify(err)
+}
+
+type appendCounters struct{ oneTrip, missed, locked atomic.Int64 }
+
+// AppendStats counts AppendAudit's paths since the store opened: groups
+// appended in one round trip, guesses of the head that another writer
+// beat, and groups that fell back to the head lock.
+type AppendStats struct{ OneTrip, Missed, Locked int64 }
+
+// AuditAppendStats reports AppendAudit's paths (for metrics and tests).
+func (s *Store) AuditAppendStats() AppendStats {
+	return AppendStats{s.appends.oneTrip.Load(), s.appends.missed.Load(), s.appends.locked.Load()}
 }
 
 // AuditHead returns the chain's start (events before it predate the chain),

@@ -38,6 +38,9 @@ const NotifyChannel = "orient_secrets_changes"
 type Store struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
+	// head is the audit chain head as this process last saw it.
+	head    knownHead
+	appends appendCounters
 }
 
 // Options tune the pool.
