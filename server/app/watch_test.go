@@ -505,3 +505,22 @@ func grepLines(body, prefix string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestAuditAppendMetrics: access audits are group-committed in one round
+// trip once the replica knows the chain head, and /metrics says so.
+func TestAuditAppendMetrics(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{})
+	put(t, srv.Secrets, "METRIC_KEY", "v")
+	for range 5 {
+		if _, err := srv.Secrets.AccessSecretVersion(context.Background(), &pb.AccessSecretVersionRequest{Key: "METRIC_KEY", Version: "latest"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	body := httpGet(t, srv.BaseURL+"/metrics")
+	for _, m := range []string{`secrets_audit_appends_total{path="one_trip"}`, `secrets_audit_appends_total{path="locked"}`} {
+		if !containsMetric(body, m) {
+			t.Errorf("%s missing or zero:\n%s", m, grepLines(body, "secrets_audit_appends_total"))
+		}
+	}
+}
