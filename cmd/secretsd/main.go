@@ -71,6 +71,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for in-flight requests")
 	fs.DurationVar(&cfg.WatchProgressInterval, "watch-progress-interval", cfg.WatchProgressInterval, "how often idle watch streams get a progress message")
 	fs.DurationVar(&cfg.WatchPollInterval, "watch-poll-interval", cfg.WatchPollInterval, "how often the change log is polled in case a notification was lost")
+	readCache := fs.String("read-cache-entries", env("SECRETS_READ_CACHE_ENTRIES", strconv.Itoa(cfg.ReadCacheEntries)), "sealed newest versions kept in memory so an access needs no database read (kept exact by the change stream; 0: off)")
 	fs.BoolVar(&cfg.WatchNoListen, "watch-no-listen", cfg.WatchNoListen, "poll the change log only, without LISTEN/NOTIFY (for poolers in transaction mode)")
 	fs.DurationVar(&cfg.ChangeRetention, "change-retention", cfg.ChangeRetention, "how long the change log keeps entries (watchers can resume within it)")
 	fs.Int64Var(&cfg.ChangeRetentionCount, "change-retention-count", cfg.ChangeRetentionCount, "how many change log entries are kept at most")
@@ -92,6 +93,11 @@ func run(args []string) error {
 		}
 		return err
 	}
+	n, err := strconv.Atoi(strings.TrimSpace(*readCache))
+	if err != nil || n < 0 {
+		return fmt.Errorf("--read-cache-entries (SECRETS_READ_CACHE_ENTRIES): %q is not a whole number ≥ 0", *readCache)
+	}
+	cfg.ReadCacheEntries = n
 	for _, c := range strings.Split(*trusted, ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue

@@ -29,7 +29,10 @@ func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessS
 	if err != nil {
 		return nil, err
 	}
-	sv, rev, err := s.Store.AccessVersion(ctx, req.GetKey(), version)
+	if req.GetMinRevision() < 0 {
+		return nil, invalidArg("min_revision", "must not be negative")
+	}
+	sv, rev, err := s.accessVersion(ctx, req.GetKey(), version, req.GetMinRevision())
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -46,6 +49,46 @@ func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessS
 		return nil, s.auditFailed(ctx, err)
 	}
 	return &pb.AccessSecretVersionResponse{Key: sv.Key, Version: sv.Version, Value: value, DataCrc32C: int64(crc), Revision: rev}, nil
+}
+
+// accessVersion reads a sealed version: the newest from the read cache
+// when it can answer, else from the database (offering the answer to the
+// cache).
+func (s *SecretService) accessVersion(ctx context.Context, key string, version, minRevision int64) (store.SealedVersion, int64, error) {
+	if version != 0 || s.ReadCache == nil {
+		return s.Store.AccessVersion(ctx, key, version)
+	}
+	if sv, rev, ok := s.ReadCache.Get(key, minRevision); ok {
+		return sv, rev, nil
+	}
+	sv, rev, err := s.Store.AccessVersion(ctx, key, 0)
+	if err == nil {
+		s.ReadCache.Put(key, sv, rev)
+	}
+	return sv, rev, err
+}
+
+// batchAccess reads the newest versions of keys at one revision: from the
+// read cache when it holds them all, else from the database.
+func (s *SecretService) batchAccess(ctx context.Context, keys []string, minRevision int64) ([]store.BatchItem, int64, error) {
+	if s.ReadCache != nil {
+		if svs, rev, ok := s.ReadCache.GetAll(keys, minRevision); ok {
+			items := make([]store.BatchItem, len(svs))
+			for i, sv := range svs {
+				items[i] = store.BatchItem{SealedVersion: sv}
+			}
+			return items, rev, nil
+		}
+	}
+	items, rev, err := s.Store.BatchAccess(ctx, keys)
+	if err == nil && s.ReadCache != nil {
+		for _, it := range items {
+			if it.Err == nil {
+				s.ReadCache.Put(it.Key, it.SealedVersion, rev)
+			}
+		}
+	}
+	return items, rev, err
 }
 
 // Outcome is the audit outcome of a status code: "OK" or its canonical name
@@ -83,7 +126,10 @@ func (s *SecretService) BatchAccessSecrets(ctx context.Context, req *pb.BatchAcc
 		}
 		seen[k] = true
 	}
-	items, rev, err := s.Store.BatchAccess(ctx, keys)
+	if req.GetMinRevision() < 0 {
+		return nil, invalidArg("min_revision", "must not be negative")
+	}
+	items, rev, err := s.batchAccess(ctx, keys, req.GetMinRevision())
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}

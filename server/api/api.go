@@ -65,6 +65,17 @@ type Deps struct {
 	// ConsumerStaleAfter is how long a consumer may go unseen before it is
 	// shown as stale.
 	ConsumerStaleAfter time.Duration
+	// ReadCache, if set, answers reads of newest versions without a
+	// database read (the audit commit still happens).
+	ReadCache ReadCache
+}
+
+// ReadCache holds sealed newest versions, kept exact by the change stream
+// (server/readcache).
+type ReadCache interface {
+	Get(key string, minRevision int64) (store.SealedVersion, int64, bool)
+	GetAll(keys []string, minRevision int64) ([]store.SealedVersion, int64, bool)
+	Put(key string, sv store.SealedVersion, rev int64)
 }
 
 // Identity says who is calling. Until authentication exists every caller is

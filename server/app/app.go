@@ -37,6 +37,7 @@ import (
 	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/pgcluster"
+	"github.com/orient-bot/secrets/server/readcache"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 	"github.com/orient-bot/secrets/server/watch"
@@ -65,6 +66,9 @@ type Config struct {
 	// WatchNoListen disables LISTEN/NOTIFY (polling only), for poolers in
 	// transaction mode.
 	WatchNoListen bool
+	// ReadCacheEntries bounds the in-memory cache of sealed newest versions
+	// that spares an access its database read; 0 turns it off.
+	ReadCacheEntries int
 	// ChangeRetention and ChangeRetentionCount bound the change log: older
 	// entries, or entries beyond the newest count, are compacted away.
 	ChangeRetention      time.Duration
@@ -111,6 +115,7 @@ func DefaultConfig() Config {
 		IdempotencyTTL:  24 * time.Hour,
 
 		WatchPollInterval:     time.Second,
+		ReadCacheEntries:      10_000,
 		WatchProgressInterval: 5 * time.Second,
 		ChangeRetention:       7 * 24 * time.Hour,
 		ChangeRetentionCount:  1_000_000,
@@ -138,6 +143,7 @@ type Server struct {
 	denials       *denialRecorder
 	tls           *tlsSetup
 	hub           *watch.Hub
+	readCache     *readcache.Cache
 	hubCtx        context.Context
 	hubStop       context.CancelFunc
 	hubDone       chan struct{}
@@ -329,6 +335,13 @@ func (s *Server) listen(ctx context.Context) error {
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
+	if s.cfg.ReadCacheEntries > 0 {
+		s.readCache = readcache.New(s.hub, s.store.LastWriteRevision, s.cfg.ReadCacheEntries, s.log)
+		deps.ReadCache = s.readCache
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "secrets_read_cache_entries", Help: "Sealed newest versions held in the read cache.",
+		}, func() float64 { return float64(s.readCache.Len()) }))
+	}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
 	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog})
@@ -363,6 +376,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.hubCtx, s.hubStop = context.WithCancel(context.WithoutCancel(ctx))
 	s.hubDone = make(chan struct{})
 	go func() { defer close(s.hubDone); s.hub.Run(s.hubCtx) }()
+	if s.readCache != nil {
+		go s.readCache.Run(s.hubCtx)
+	}
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	authCtx, stopAuth := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAuth()

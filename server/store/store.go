@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,6 +42,8 @@ type Store struct {
 	// head is the audit chain head as this process last saw it.
 	head    knownHead
 	appends appendCounters
+	// lastWrite is the highest revision a write here has taken.
+	lastWrite atomic.Int64
 }
 
 // Options tune the pool.

@@ -60,6 +60,10 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		).Scan(&w.rev, &w.now); err != nil {
 			return err
 		}
+		// Before the commit, so that no read on this replica can miss a
+		// write whose answer the client may already hold (if this one rolls
+		// back, the next write reuses the revision).
+		s.noteWrite(w.rev)
 		r, c, err := body(ctx, w)
 		if err != nil {
 			return err
@@ -100,6 +104,20 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 	}
 	return result, nil
 }
+
+func (s *Store) noteWrite(rev int64) {
+	for {
+		cur := s.lastWrite.Load()
+		if rev <= cur || s.lastWrite.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
+}
+
+// LastWriteRevision is the highest revision a write through this store has
+// taken (committed, or about to be). Reads served from memory must reflect
+// it, so a client reads its own writes.
+func (s *Store) LastWriteRevision() int64 { return s.lastWrite.Load() }
 
 // replay returns the stored result of an earlier request with the same id.
 func replay[R any](ctx context.Context, s *Store, meta Meta) (R, bool, error) {

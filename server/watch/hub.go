@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/orient-bot/secrets/server/store"
@@ -85,6 +86,10 @@ type Hub struct {
 
 	wake  chan struct{}
 	ready chan struct{}
+
+	// listening is true while a LISTEN connection is up (changes arrive
+	// within milliseconds, not at the next poll).
+	listening atomic.Bool
 
 	mu       sync.Mutex
 	rev      int64 // last revision published
@@ -189,8 +194,10 @@ func (h *Hub) listen(ctx context.Context, listening chan struct{}) {
 		once.Do(func() { close(listening) })
 		backoff = 100 * time.Millisecond
 		h.poke() // catch anything committed while we were not listening
+		h.listening.Store(true)
 		for {
 			if err := l.Wait(ctx); err != nil {
+				h.listening.Store(false)
 				if ctx.Err() == nil {
 					h.opts.Logger.Warn("watch hub: LISTEN connection lost; reconnecting", "error", err)
 				}
@@ -201,6 +208,11 @@ func (h *Hub) listen(ctx context.Context, listening chan struct{}) {
 		l.Close()
 	}
 }
+
+// Listening reports whether changes reach this hub by notification (a
+// LISTEN connection is up), so that what it publishes trails the database
+// by milliseconds rather than by a poll interval.
+func (h *Hub) Listening() bool { return h.listening.Load() }
 
 func (h *Hub) poke() {
 	select {

@@ -856,7 +856,14 @@ type AccessSecretVersionRequest struct {
 	// The secret's key.
 	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// A version number, or "latest" (the newest version).
-	Version       string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The answer must reflect at least this revision (e.g. the revision of a
+	// write or a change event the caller has seen, possibly through another
+	// replica). A replica whose in-memory view is older reads the database.
+	// 0: this replica's view, which trails the database by the change
+	// stream's delivery delay (milliseconds) and always includes the
+	// replica's own writes.
+	MinRevision   int64 `protobuf:"varint,3,opt,name=min_revision,json=minRevision,proto3" json:"min_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -903,6 +910,13 @@ func (x *AccessSecretVersionRequest) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *AccessSecretVersionRequest) GetMinRevision() int64 {
+	if x != nil {
+		return x.MinRevision
+	}
+	return 0
 }
 
 // Response of AccessSecretVersion.
@@ -991,7 +1005,10 @@ func (x *AccessSecretVersionResponse) GetRevision() int64 {
 type BatchAccessSecretsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The keys to read (latest versions), at most 100, no duplicates.
-	Keys          []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Keys []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// The answer must reflect at least this revision; as in
+	// AccessSecretVersionRequest.
+	MinRevision   int64 `protobuf:"varint,2,opt,name=min_revision,json=minRevision,proto3" json:"min_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1031,6 +1048,13 @@ func (x *BatchAccessSecretsRequest) GetKeys() []string {
 		return x.Keys
 	}
 	return nil
+}
+
+func (x *BatchAccessSecretsRequest) GetMinRevision() int64 {
+	if x != nil {
+		return x.MinRevision
+	}
+	return 0
 }
 
 // One key's result in BatchAccessSecrets.
@@ -1883,19 +1907,21 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"e\n" +
 	"\x14UpdateSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"H\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"k\n" +
 	"\x1aAccessSecretVersionRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\"\x9c\x01\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
+	"\fmin_revision\x18\x03 \x01(\x03R\vminRevision\"\x9c\x01\n" +
 	"\x1bAccessSecretVersionResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x1f\n" +
 	"\vdata_crc32c\x18\x04 \x01(\x03R\n" +
 	"dataCrc32c\x12\x1a\n" +
-	"\brevision\x18\x05 \x01(\x03R\brevision\"/\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\"R\n" +
 	"\x19BatchAccessSecretsRequest\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys\"\xa0\x01\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\x12!\n" +
+	"\fmin_revision\x18\x02 \x01(\x03R\vminRevision\"\xa0\x01\n" +
 	"\x11BatchAccessResult\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x14\n" +
