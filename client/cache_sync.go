@@ -244,7 +244,9 @@ func (c *Cache) applyEvents(ctx context.Context, events []ChangeEvent) error {
 	}
 	if len(fetch) > 0 {
 		slices.Sort(fetch)
-		results, _, err := c.client.BatchAccess(ctx, fetch)
+		// At least the events' revision: the event may have come from a
+		// replica ahead of the one that answers this read.
+		results, _, err := c.client.BatchAccess(ctx, fetch, MinRevision(maxRev))
 		if err != nil {
 			return err
 		}

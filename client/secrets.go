@@ -157,10 +157,31 @@ func checkCRC(op, key string, data []byte, want int64) error {
 	return nil
 }
 
+// ReadOption tunes a read (AccessSecretVersion, Access, BatchAccess).
+type ReadOption func(*readOptions)
+
+type readOptions struct{ minRevision int64 }
+
+// MinRevision makes the answer reflect at least revision rev — the revision
+// of a write or change event this process has seen, perhaps through another
+// replica, whose in-memory view may trail by the change stream's delay.
+func MinRevision(rev int64) ReadOption {
+	return func(o *readOptions) { o.minRevision = max(o.minRevision, rev) }
+}
+
+func readOpts(opts []ReadOption) readOptions {
+	var o readOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
 // AccessSecretVersion returns the value of one version (Latest for the
 // newest). The access is audited.
-func (c *Client) AccessSecretVersion(ctx context.Context, key string, version int64) (Value, error) {
-	res, err := c.secrets.AccessSecretVersion(ctx, &pb.AccessSecretVersionRequest{Key: key, Version: versionString(version)})
+func (c *Client) AccessSecretVersion(ctx context.Context, key string, version int64, opts ...ReadOption) (Value, error) {
+	o := readOpts(opts)
+	res, err := c.secrets.AccessSecretVersion(ctx, &pb.AccessSecretVersionRequest{Key: key, Version: versionString(version), MinRevision: o.minRevision})
 	if err != nil {
 		return Value{}, fromRPC("AccessSecretVersion", err)
 	}
@@ -171,8 +192,8 @@ func (c *Client) AccessSecretVersion(ctx context.Context, key string, version in
 }
 
 // Access returns the newest value of key.
-func (c *Client) Access(ctx context.Context, key string) (Value, error) {
-	return c.AccessSecretVersion(ctx, key, Latest)
+func (c *Client) Access(ctx context.Context, key string, opts ...ReadOption) (Value, error) {
+	return c.AccessSecretVersion(ctx, key, Latest, opts...)
 }
 
 // BatchResult is one key's outcome in BatchAccess: a value or an error
@@ -188,12 +209,13 @@ const maxBatch = 100
 // BatchAccess reads the newest values of keys, 100 per call. It returns the
 // results by key and the revision they reflect (with more than 100 keys,
 // the oldest of the calls' snapshots, so watching from it misses nothing).
-func (c *Client) BatchAccess(ctx context.Context, keys []string) (map[string]BatchResult, int64, error) {
+func (c *Client) BatchAccess(ctx context.Context, keys []string, opts ...ReadOption) (map[string]BatchResult, int64, error) {
+	o := readOpts(opts)
 	out := make(map[string]BatchResult, len(keys))
 	var rev int64
 	for start := 0; start < len(keys); start += maxBatch {
 		chunk := keys[start:min(start+maxBatch, len(keys))]
-		res, err := c.secrets.BatchAccessSecrets(ctx, &pb.BatchAccessSecretsRequest{Keys: chunk})
+		res, err := c.secrets.BatchAccessSecrets(ctx, &pb.BatchAccessSecretsRequest{Keys: chunk, MinRevision: o.minRevision})
 		if err != nil {
 			return nil, 0, fromRPC("BatchAccessSecrets", err)
 		}

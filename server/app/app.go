@@ -338,9 +338,16 @@ func (s *Server) listen(ctx context.Context) error {
 	if s.cfg.ReadCacheEntries > 0 {
 		s.readCache = readcache.New(s.hub, s.store.LastWriteRevision, s.cfg.ReadCacheEntries, s.log)
 		deps.ReadCache = s.readCache
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "secrets_read_cache_entries", Help: "Sealed newest versions held in the read cache.",
-		}, func() float64 { return float64(s.readCache.Len()) }))
+		reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "secrets_read_cache_entries", Help: "Sealed newest versions held in the read cache.",
+			}, func() float64 { return float64(s.readCache.Stats().Entries) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "secrets_read_cache_hits_total", Help: "Reads answered by the read cache (no database read).",
+			}, func() float64 { return float64(s.readCache.Stats().Hits) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "secrets_read_cache_misses_total", Help: "Reads the read cache could not answer (not held, or not fresh enough).",
+			}, func() float64 { return float64(s.readCache.Stats().Misses) }))
 	}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))

@@ -107,10 +107,14 @@ func TestWrongKEK(t *testing.T) {
 		t.Fatalf("old value under a rotated ring: %q, %v", v, err)
 	}
 	// A row that claims the wrong KEK does not decrypt: DATA_LOSS, no value.
+	// (Read by a replica that has not read it before: one that has holds
+	// the authentic sealed copy in its read cache, and an edit behind the
+	// service's back makes no change event.)
 	put(t, both.Secrets, "PROBE", "p")
 	conn := dbConn(t, db)
 	exec(t, conn, `UPDATE secret_versions SET kek_id = (SELECT kek_id FROM secret_versions WHERE key = 'PROBE') WHERE key = 'KEYED'`)
-	if v, err := access(both.Secrets, "KEYED", "latest"); status.Code(err) != codes.DataLoss {
+	fresh := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: otherKEK + "," + first.KEKURL})
+	if v, err := access(fresh.Secrets, "KEYED", "latest"); status.Code(err) != codes.DataLoss {
 		t.Fatalf("relabelled KEK: value %q, err %v; want DATA_LOSS", v, err)
 	}
 }

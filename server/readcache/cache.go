@@ -18,6 +18,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/orient-bot/secrets/server/store"
@@ -36,6 +37,8 @@ type Cache struct {
 	lastWrite func() int64
 	max       int
 	log       *slog.Logger
+
+	hits, misses atomic.Int64
 
 	mu      sync.Mutex
 	entries map[string]entry
@@ -66,13 +69,12 @@ func New(feed Feed, lastWrite func() int64, max int, log *slog.Logger) *Cache {
 func (c *Cache) Get(key string, minRevision int64) (sv store.SealedVersion, rev int64, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.fresh(minRevision) {
-		return store.SealedVersion{}, 0, false
-	}
 	e, ok := c.entries[key]
-	if !ok {
+	if !ok || !c.fresh(minRevision) {
+		c.misses.Add(1)
 		return store.SealedVersion{}, 0, false
 	}
+	c.hits.Add(1)
 	return e.sv, max(c.applied, e.rev), true
 }
 
@@ -81,6 +83,7 @@ func (c *Cache) GetAll(keys []string, minRevision int64) ([]store.SealedVersion,
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.fresh(minRevision) {
+		c.misses.Add(1)
 		return nil, 0, false
 	}
 	out := make([]store.SealedVersion, len(keys))
@@ -88,12 +91,14 @@ func (c *Cache) GetAll(keys []string, minRevision int64) ([]store.SealedVersion,
 	for i, k := range keys {
 		e, ok := c.entries[k]
 		if !ok {
+			c.misses.Add(1)
 			return nil, 0, false
 		}
 		// Every entry is exact at c.applied; an entry read later may
 		// reflect more, but the answer as a whole is exact at c.applied.
 		out[i] = e.sv
 	}
+	c.hits.Add(1)
 	return out, rev, true
 }
 
@@ -118,6 +123,19 @@ func (c *Cache) Put(key string, sv store.SealedVersion, rev int64) {
 		}
 	}
 	c.entries[key] = entry{sv: sv, rev: rev}
+}
+
+// Stats are the cache's figures, for metrics.
+type Stats struct {
+	Entries      int
+	Hits, Misses int64
+}
+
+// Stats returns current figures.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Stats{Entries: len(c.entries), Hits: c.hits.Load(), Misses: c.misses.Load()}
 }
 
 // Len is the number of entries.

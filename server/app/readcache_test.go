@@ -1,0 +1,123 @@
+package app_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/internal/testdb"
+	"github.com/orient-bot/secrets/internal/testserver"
+	"github.com/orient-bot/secrets/server/app"
+)
+
+func accessAt(t *testing.T, c pb.SecretServiceClient, key string, minRevision int64) (*pb.AccessSecretVersionResponse, error) {
+	t.Helper()
+	return c.AccessSecretVersion(context.Background(), &pb.AccessSecretVersionRequest{Key: key, Version: "latest", MinRevision: minRevision})
+}
+
+// TestReadCacheReadsOwnWrites: on one replica, every read after a write —
+// of any kind — sees it, whether or not the value was cached before; the
+// cache is in use between writes.
+func TestReadCacheReadsOwnWrites(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{})
+	ctx := context.Background()
+	c := srv.Secrets
+	for i := range 60 {
+		want := fmt.Sprintf("v%d", i)
+		w := put(t, c, "CACHED_KEY", want)
+		for range 3 { // the first read may fill the cache, the others hit it
+			res, err := accessAt(t, c, "CACHED_KEY", 0)
+			if err != nil || string(res.Value) != want || res.Version != w.Secret.CurrentVersion || res.Revision < w.Revision {
+				t.Fatalf("write %d: read %v (revision %d), %v; want %s at revision ≥ %d", i, res, res.GetRevision(), err, want, w.Revision)
+			}
+			batch, err := c.BatchAccessSecrets(ctx, &pb.BatchAccessSecretsRequest{Keys: []string{"CACHED_KEY"}})
+			if err != nil || string(batch.Results[0].Value) != want || batch.Revision < w.Revision {
+				t.Fatalf("write %d: batch read %v, %v; want %s", i, batch, err, want)
+			}
+		}
+		switch i % 20 {
+		case 7:
+			if _, err := c.DisableSecretVersion(ctx, &pb.DisableSecretVersionRequest{Key: "CACHED_KEY", Version: fmt.Sprint(w.Secret.CurrentVersion)}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := accessAt(t, c, "CACHED_KEY", 0)
+			wantCode(t, err, codes.FailedPrecondition)
+		case 13:
+			if _, err := c.DestroySecretVersion(ctx, &pb.DestroySecretVersionRequest{Key: "CACHED_KEY", Version: fmt.Sprint(w.Secret.CurrentVersion)}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := accessAt(t, c, "CACHED_KEY", 0)
+			wantCode(t, err, codes.FailedPrecondition)
+		case 19:
+			if _, err := c.DeleteSecret(ctx, &pb.DeleteSecretRequest{Key: "CACHED_KEY"}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := accessAt(t, c, "CACHED_KEY", 0)
+			wantCode(t, err, codes.NotFound)
+		}
+	}
+	// Between writes, reads are answered from memory.
+	w := put(t, c, "CACHED_KEY", "steady")
+	deadline := time.Now().Add(5 * time.Second)
+	for !containsMetric(httpGet(t, srv.BaseURL+"/metrics"), "secrets_read_cache_hits_total") {
+		res, err := accessAt(t, c, "CACHED_KEY", 0)
+		if err != nil || string(res.Value) != "steady" || res.Revision < w.Revision {
+			t.Fatalf("steady read: %v, %v", res, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no read was answered by the read cache")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err := accessAt(t, c, "CACHED_KEY", -1)
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// TestReadCacheAcrossReplicas: a write through one replica is seen by
+// another at once when the reader passes the write's revision as
+// min_revision, and within the change stream's delay without it. A replica
+// that only polls the change log never answers from memory.
+func TestReadCacheAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	writer := testserver.Start(t, testserver.Options{DatabaseURL: db, Configure: fastWatch})
+	reader := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: writer.KEKURL, Configure: fastWatch})
+	polling := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: writer.KEKURL, Configure: func(c *app.Config) {
+		fastWatch(c)
+		c.WatchPollInterval = time.Hour
+		c.WatchNoListen = true
+	}})
+	for i := range 50 {
+		want := fmt.Sprintf("v%d", i)
+		w := put(t, writer.Secrets, "SHARED_KEY", want)
+		res, err := accessAt(t, reader.Secrets, "SHARED_KEY", w.Revision)
+		if err != nil || string(res.Value) != want || res.Revision < w.Revision {
+			t.Fatalf("write %d: min_revision read %q at %d, %v; want %s", i, res.GetValue(), res.GetRevision(), err, want)
+		}
+		res, err = accessAt(t, polling.Secrets, "SHARED_KEY", 0)
+		if err != nil || string(res.Value) != want {
+			t.Fatalf("write %d: polling replica read %q, %v; want %s", i, res.GetValue(), err, want)
+		}
+		// Without min_revision: the new value within the stream's delay,
+		// and never an answer older than one already given.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			res, err := accessAt(t, reader.Secrets, "SHARED_KEY", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(res.Value) == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("write %d: reader still answers %q at revision %d", i, res.Value, res.Revision)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
