@@ -17,10 +17,13 @@ import (
 type SecretService struct {
 	pb.UnimplementedSecretServiceServer
 	Deps
+	// wire holds recent change events in wire form (sent through Codec).
+	wire *eventWire
 }
 
-// NewSecretService returns the SecretService handlers.
-func NewSecretService(d Deps) *SecretService { return &SecretService{Deps: d} }
+// NewSecretService returns the SecretService handlers. Their server must
+// use Codec.
+func NewSecretService(d Deps) *SecretService { return &SecretService{Deps: d, wire: &eventWire{}} }
 
 func (s *SecretService) fail(ctx context.Context, err error) error {
 	return toStatus(ctx, s.Logger, err)

@@ -169,7 +169,7 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	if err := stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: max(last, current)}}}); err != nil {
 		return err
 	}
-	w := &watcher{stream: stream, filter: filter, last: last}
+	w := &watcher{stream: stream, wire: s.wire, filter: filter, last: last}
 	if err := w.sendAll(backlog); err != nil {
 		return err
 	}
@@ -205,6 +205,7 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 // watcher is one stream's delivery state.
 type watcher struct {
 	stream grpc.ServerStreamingServer[pb.WatchChangesResponse]
+	wire   *eventWire
 	filter watchFilter
 	// last is the last revision handled (sent or filtered out).
 	last int64
@@ -240,7 +241,11 @@ func (w *watcher) handle(item watch.Item) error {
 		return nil
 	}
 	w.busy = true
-	return w.stream.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Event{Event: toChangeEvent(c)}})
+	b, err := w.wire.get(c)
+	if err != nil {
+		return err
+	}
+	return w.stream.SendMsg(b)
 }
 
 func toChangeEvent(c *store.Change) *pb.ChangeEvent {

@@ -303,6 +303,7 @@ func (s *Server) listen(ctx context.Context) error {
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
 	recoverOpt := recovery.WithRecoveryHandlerContext(recovered(s.log))
 	serverOpts := []grpc.ServerOption{
+		api.Codec(),
 		grpc.MaxRecvMsgSize(MaxBodyBytes),
 		// One connection may not hold unbounded streams (a unary call waits
 		// for its request message before any interceptor runs).
