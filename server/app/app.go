@@ -36,6 +36,7 @@ import (
 	"github.com/orient-bot/secrets/server/api"
 	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/auth"
+	"github.com/orient-bot/secrets/server/kek"
 	"github.com/orient-bot/secrets/server/pgcluster"
 	"github.com/orient-bot/secrets/server/readcache"
 	"github.com/orient-bot/secrets/server/seal"
@@ -143,6 +144,8 @@ type Server struct {
 	denials       *denialRecorder
 	tls           *tlsSetup
 	hub           *watch.Hub
+	rotator       *kek.Rotator
+	stopRotation  context.CancelFunc
 	readCache     *readcache.Cache
 	hubCtx        context.Context
 	hubStop       context.CancelFunc
@@ -497,6 +500,7 @@ func (s *Server) close(ctx context.Context) {
 	if s.gwConn != nil {
 		s.gwConn.Close()
 	}
+	s.interruptRotation(dctx)
 	if s.batcher != nil {
 		s.batcher.Close()
 	}

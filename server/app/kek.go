@@ -18,11 +18,29 @@ func (s *Server) checkKEKs(ctx context.Context) error {
 }
 
 // keyService builds the KeyService. Rotations it starts run in the
-// background for as long as lifetime (the server's) lasts: a shutdown
-// interrupts them, and the next RotateKEK resumes.
-func (s *Server) keyService(lifetime context.Context, deps api.Deps) pb.KeyServiceServer {
-	r := kek.New(s.store, s.keyring, kek.Options{Logger: s.log})
-	return &api.KeyService{Deps: deps, Rotator: serverRotator{Rotator: r, lifetime: lifetime}}
+// background until the server shuts down, which interrupts them (and waits
+// for their last audit event); the next RotateKEK resumes.
+func (s *Server) keyService(ctx context.Context, deps api.Deps) pb.KeyServiceServer {
+	s.rotator = kek.New(s.store, s.keyring, kek.Options{Logger: s.log})
+	lifetime, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopRotation = stop
+	return &api.KeyService{Deps: deps, Rotator: serverRotator{Rotator: s.rotator, lifetime: lifetime}}
+}
+
+// interruptRotation stops a running rotation and waits until it has
+// recorded how it ended (bounded by ctx), before the store closes.
+func (s *Server) interruptRotation(ctx context.Context) {
+	if s.rotator == nil {
+		return
+	}
+	s.stopRotation()
+	done := make(chan struct{})
+	go func() { s.rotator.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("KEK rotation did not stop in time; its end may be missing from the audit log")
+	}
 }
 
 // serverRotator runs the rotations the RPC starts under the server's

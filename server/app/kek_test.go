@@ -15,6 +15,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -549,4 +550,65 @@ func TestKEKUnavailable(t *testing.T) {
 	if code, _ := readyz(); code != http.StatusOK {
 		t.Errorf("readyz after recovery: %d", code)
 	}
+}
+
+// TestKEKRotationInterruptedByShutdown: a shutdown interrupts a running
+// rotation, which records how it ended before the store closes; the next
+// rotation resumes and finishes.
+func TestKEKRotationInterruptedByShutdown(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	oldURL, newURL := testserver.NewKEKURL(t), testserver.NewKEKURL(t)
+	oldID := kekID(t, oldURL)
+	first := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: oldURL})
+	values := kekSeed(t, db, oldURL, 1000)
+	first.Stop()
+
+	srv := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: newURL + "," + oldURL})
+	keys := pb.NewKeyServiceClient(srv.Conn)
+	if res, err := keys.RotateKEK(context.Background(), &pb.RotateKEKRequest{BatchSize: 1}); err != nil || !res.Started {
+		t.Fatalf("RotateKEK: %v, %v", res, err)
+	}
+	srv.Stop()
+	left := kekCounts(t, db)[oldID]
+	if left == 0 {
+		t.Skip("the rotation finished before the shutdown; nothing was interrupted")
+	}
+
+	again := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: newURL + "," + oldURL})
+	events, err := again.Audit.ListAuditEvents(context.Background(), &pb.ListAuditEventsRequest{Action: "RotateKEK", PageSize: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outcomes []string
+	for _, e := range events.Events {
+		outcomes = append(outcomes, e.Outcome)
+	}
+	if !slices.Equal(outcomes, []string{"CANCELLED", "STARTED"}) {
+		t.Fatalf("audit of the interrupted rotation, newest first: %v; want [CANCELLED STARTED]", outcomes)
+	}
+	keys = pb.NewKeyServiceClient(again.Conn)
+	if res, err := keys.RotateKEK(context.Background(), &pb.RotateKEKRequest{}); err != nil || !res.Started || res.Progress.Total != left {
+		t.Fatalf("resumed RotateKEK: %v, %v; want %d left", res, err, left)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, st := kekStatus(t, keys); !st.Rotation.Running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("resumed rotation still running")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := kekCounts(t, db); c[oldID] != 0 {
+		t.Errorf("counts after the resumed rotation: %v", c)
+	}
+	sample := map[string]string{}
+	for k, v := range values { // map order: a different sample each run
+		if sample[k] = v; len(sample) == 100 {
+			break
+		}
+	}
+	checkValues(t, again.Secrets, sample)
 }
