@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -339,4 +340,41 @@ func percentile(d []time.Duration, p float64) time.Duration {
 func summary(d []time.Duration) string {
 	return fmt.Sprintf("n=%d p50=%v p99=%v max=%v", len(d), percentile(d, 50).Round(time.Microsecond*100),
 		percentile(d, 99).Round(time.Microsecond*100), percentile(d, 100).Round(time.Microsecond*100))
+}
+
+// checkReadsMatchDatabase asserts that the server answers every secret's
+// newest version as the database holds it (through its read cache or not):
+// the version for an enabled one, FAILED_PRECONDITION otherwise.
+func checkReadsMatchDatabase(t *testing.T, url string, sc pb.SecretServiceClient) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn := connect(t, url)
+	rows, err := conn.Query(ctx, `SELECT s.key, s.current_version, v.state = 1
+		FROM secrets s JOIN secret_versions v ON v.key = s.key AND v.version = s.current_version`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		key     string
+		version int64
+		enabled bool
+	}
+	var want []row
+	var r row
+	if _, err := pgx.ForEachRow(rows, []any{&r.key, &r.version, &r.enabled}, func() error {
+		want = append(want, r)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range want {
+		res, err := sc.AccessSecretVersion(ctx, &pb.AccessSecretVersionRequest{Key: w.key, Version: "latest"})
+		switch {
+		case w.enabled && (err != nil || res.Version != w.version):
+			t.Errorf("%s: read version %d, %v; the database's newest is %d", w.key, res.GetVersion(), err, w.version)
+		case !w.enabled && status.Code(err) != codes.FailedPrecondition:
+			t.Errorf("%s: read %v, %v; the database's newest version %d is not enabled", w.key, res, err, w.version)
+		}
+	}
 }

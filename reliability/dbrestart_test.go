@@ -246,7 +246,11 @@ func TestDatabaseRestart(t *testing.T) {
 	for i, w := range watchers {
 		t.Logf("watcher %d: %d events, resumed %d times; errors: %s", i, w.events.Load(), w.resumes.Load(), w.errs.String())
 		if others := w.errs.others("Unavailable/DATABASE_UNAVAILABLE", "Unavailable", "Unavailable/AUDIT_UNAVAILABLE"); len(others) > 0 {
-			t.Errorf("watcher %d: the watch stream ended with %v; want UNAVAILABLE (resumable)", i, others)
+			var msgs []string
+			for name := range others {
+				msgs = append(msgs, fmt.Sprintf("%s: %q", name, w.errs.sample(name)))
+			}
+			t.Errorf("watcher %d: the watch stream ended with %v (%s); want UNAVAILABLE (resumable)", i, others, strings.Join(msgs, "; "))
 		}
 	}
 	if watchers[1].resumes.Load() < int64(down/time.Second) {
@@ -314,6 +318,9 @@ func TestDatabaseRestart(t *testing.T) {
 	checkAcks(t, conn, acks)
 	c := checkConsistency(t, url, nil)
 	t.Logf("%d acknowledged writes durable; consistent at revision %d", len(acks), c.Revision)
+	// The replica that lived through the outage (and its read cache)
+	// answers what the database holds.
+	checkReadsMatchDatabase(t, url, srv.Secrets)
 }
 
 // resumingWatcher follows the change stream; after an error it watches again

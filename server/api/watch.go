@@ -176,7 +176,10 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			// The call's deadline or cancellation, as such: a watch never
+			// ends with OK, which a client would read as a clean end of
+			// stream (the server can see the deadline before the client).
+			return status.FromContextError(ctx.Err()).Err()
 		case item, ok := <-sub.C():
 			if ok {
 				if err := w.handle(item); err != nil {

@@ -87,9 +87,14 @@ type Hub struct {
 	wake  chan struct{}
 	ready chan struct{}
 
-	// listening is true while a LISTEN connection is up (changes arrive
-	// within milliseconds, not at the next poll).
-	listening atomic.Bool
+	// connected is true while a LISTEN connection is up. listenSync is
+	// the sync number taken when it came up; synced is the highest sync
+	// number a complete fetch started after. Listening needs both: a
+	// connection, and a fetch since it that caught up with everything
+	// committed before it.
+	connected         atomic.Bool
+	syncs, listenSync atomic.Int64
+	synced            atomic.Int64
 
 	mu       sync.Mutex
 	rev      int64 // last revision published
@@ -193,11 +198,12 @@ func (h *Hub) listen(ctx context.Context, listening chan struct{}) {
 		}
 		once.Do(func() { close(listening) })
 		backoff = 100 * time.Millisecond
+		h.listenSync.Store(h.syncs.Add(1))
+		h.connected.Store(true)
 		h.poke() // catch anything committed while we were not listening
-		h.listening.Store(true)
 		for {
 			if err := l.Wait(ctx); err != nil {
-				h.listening.Store(false)
+				h.connected.Store(false)
 				if ctx.Err() == nil {
 					h.opts.Logger.Warn("watch hub: LISTEN connection lost; reconnecting", "error", err)
 				}
@@ -210,9 +216,12 @@ func (h *Hub) listen(ctx context.Context, listening chan struct{}) {
 }
 
 // Listening reports whether changes reach this hub by notification (a
-// LISTEN connection is up), so that what it publishes trails the database
-// by milliseconds rather than by a poll interval.
-func (h *Hub) Listening() bool { return h.listening.Load() }
+// LISTEN connection is up, and a fetch since it came up has caught up), so
+// that what it publishes trails the database by milliseconds rather than
+// by a poll interval.
+func (h *Hub) Listening() bool {
+	return h.connected.Load() && h.synced.Load() >= h.listenSync.Load()
+}
 
 func (h *Hub) poke() {
 	select {
@@ -225,6 +234,7 @@ const fetchBatch = 1000
 
 // fetch publishes every change after the last published revision.
 func (h *Hub) fetch(ctx context.Context) {
+	sync := h.syncs.Load()
 	for {
 		h.mu.Lock()
 		after := h.rev
@@ -238,6 +248,8 @@ func (h *Hub) fetch(ctx context.Context) {
 		}
 		h.publish(changes)
 		if len(changes) < fetchBatch {
+			for cur := h.synced.Load(); cur < sync && !h.synced.CompareAndSwap(cur, sync); cur = h.synced.Load() {
+			}
 			return
 		}
 	}
