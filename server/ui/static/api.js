@@ -160,7 +160,10 @@ export const secrets = {
   // field mask from them.
   update: (key, fields) => request('PATCH', `/v1/secrets/${seg(key)}`, { body: fields }),
   remove: (key, etag) => request('DELETE', `/v1/secrets/${seg(key)}`, { query: { etag } }),
-  access: (key, version) => get(`/v1/secrets/${seg(key)}/versions/${seg(version)}:access`),
+  // minRevision: the answer is at least as new as this revision (e.g. the
+  // list on screen), whichever replica serves it.
+  access: (key, version, minRevision) =>
+    get(`/v1/secrets/${seg(key)}/versions/${seg(version)}:access`, minRevision ? { minRevision } : undefined),
   versions: (key) => listAll(`/v1/secrets/${seg(key)}/versions`, 'versions'),
   versionAction: (key, version, action) =>
     request('POST', `/v1/secrets/${seg(key)}/versions/${seg(version)}:${action}`, { body: {} }),

@@ -20,6 +20,8 @@ const CATEGORY_ORDER = ['ai', 'slack', 'whatsapp', 'google', 'github', 'jira', '
 
 const state = {
   items: [],
+  // The revision the list reflects: a reveal is at least this new.
+  revision: '0',
   loaded: false,
   visible: false,
   // key -> {version, value}: values the user chose to reveal. Dropped when
@@ -34,8 +36,9 @@ const state = {
 export async function load() {
   const errBox = $('#secrets-error');
   try {
-    const { items } = await api.list();
+    const { items, revision } = await api.list();
     state.items = items;
+    state.revision = revision;
     state.loaded = true;
     setText(errBox, '');
     for (const [key, r] of state.revealed) {
@@ -210,7 +213,7 @@ function revealRow(s, r) {
 
 async function reveal(key) {
   try {
-    const r = await api.access(key, 'latest');
+    const r = await api.access(key, 'latest', state.revision);
     state.revealed.set(key, { version: r.version, value: decodeText(r.value) });
     setText($('#secrets-error'), '');
     render();
