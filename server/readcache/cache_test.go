@@ -103,12 +103,20 @@ func sealed(key string, version int64) store.SealedVersion {
 	return store.SealedVersion{Key: key, Version: version, Sealed: store.Sealed{Ciphertext: []byte{byte(version)}}}
 }
 
+// cached commits a change to key, waits for the cache to apply it, and
+// offers version as read at that revision, which it returns.
+func (fx *fixture) cached(t *testing.T, key string, version int64) int64 {
+	t.Helper()
+	rev := fx.log.commit(key)
+	fx.waitApplied(t, rev)
+	fx.cache.Put(key, sealed(key, version), rev)
+	return rev
+}
+
 func TestServesUntilTheKeyChanges(t *testing.T) {
 	t.Parallel()
 	fx := start(t, 100)
-	rev := fx.log.commit("A")
-	fx.waitApplied(t, rev)
-	fx.cache.Put("A", sealed("A", 1), rev)
+	rev := fx.cached(t, "A", 1)
 	sv, got, ok := fx.cache.Get("A", 0)
 	if !ok || sv.Version != 1 || got != rev {
 		t.Fatalf("Get(A) = %+v, %d, %v; want version 1 at revision %d", sv, got, ok, rev)
@@ -146,9 +154,7 @@ func TestRefusesAnswersThatMayHaveMissedAChange(t *testing.T) {
 func TestFreshness(t *testing.T) {
 	t.Parallel()
 	fx := start(t, 100)
-	rev := fx.log.commit("A")
-	fx.waitApplied(t, rev)
-	fx.cache.Put("A", sealed("A", 1), rev)
+	rev := fx.cached(t, "A", 1)
 	if _, _, ok := fx.cache.Get("A", rev+1); ok {
 		t.Error("answered a min_revision it has not reached")
 	}
@@ -173,9 +179,7 @@ func TestFreshness(t *testing.T) {
 func TestGetAllIsAllOrNothing(t *testing.T) {
 	t.Parallel()
 	fx := start(t, 100)
-	rev := fx.log.commit("A")
-	fx.waitApplied(t, rev)
-	fx.cache.Put("A", sealed("A", 1), rev)
+	rev := fx.cached(t, "A", 1)
 	if _, _, ok := fx.cache.GetAll([]string{"A", "B"}, 0); ok {
 		t.Fatal("answered with a key missing")
 	}
