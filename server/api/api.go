@@ -40,9 +40,10 @@ type AccessRecorder interface {
 	RecordAccess(ctx context.Context, events []store.AuditEvent) error
 }
 
-// Keyring seals and opens values (envelope encryption).
+// Keyring seals and opens values (envelope encryption). A write gets its
+// data key (a KMS call) before its transaction and seals with it inside.
 type Keyring interface {
-	Seal(ctx context.Context, key string, version int64, plaintext []byte) (seal.Sealed, uint32, error)
+	NewDataKey(ctx context.Context) (*seal.DataKey, error)
 	Open(ctx context.Context, key string, version int64, s seal.Sealed) ([]byte, uint32, error)
 }
 

@@ -114,6 +114,18 @@ func (s *SecretService) PutSecret(ctx context.Context, req *pb.PutSecretRequest)
 	if err != nil {
 		return nil, err
 	}
+	// The data key is wrapped now, before the write's transaction: a KMS
+	// call under the revision counter's lock would hold every writer of
+	// every replica for its duration. Inside, sealing is local.
+	dk, err := s.Keyring.NewDataKey(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	key, value := req.GetKey(), req.GetValue()
+	p.Seal = func(_ context.Context, version int64) (store.Sealed, error) {
+		sealed, _, err := dk.Seal(key, version, value)
+		return fromSeal(sealed), err
+	}
 	var mac []byte
 	if req.GetRequestId() != "" && s.ValueMAC != nil {
 		mac = s.ValueMAC(req.GetValue())
@@ -131,6 +143,8 @@ func withoutValue(req *pb.PutSecretRequest) *pb.PutSecretRequest {
 	return c
 }
 
+// putParams validates a PutSecret request into the store's parameters,
+// all but the sealing.
 func (s *SecretService) putParams(req *pb.PutSecretRequest) (store.PutParams, error) {
 	key := req.GetKey()
 	if err := checkKey("key", key); err != nil {
@@ -168,11 +182,7 @@ func (s *SecretService) putParams(req *pb.PutSecretRequest) (store.PutParams, er
 	if s.AuditMAC != nil {
 		p.ValueHMAC = s.AuditMAC(value)
 	}
-	p.Seal = func(ctx context.Context, version int64) (store.Sealed, error) {
-		sealed, _, err := s.Keyring.Seal(ctx, key, version, value)
-		return fromSeal(sealed), err
-	}
-	return p, nil
+	return p, nil // PutSecret sets p.Seal
 }
 
 var updatableFields = []string{"description", "category", "restart_required"}

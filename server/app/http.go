@@ -203,9 +203,9 @@ func (k watchedKeyring) observe(err error) error {
 	return err
 }
 
-func (k watchedKeyring) Seal(ctx context.Context, key string, version int64, plaintext []byte) (seal.Sealed, uint32, error) {
-	s, crc, err := k.Keyring.Seal(ctx, key, version, plaintext)
-	return s, crc, k.observe(err)
+func (k watchedKeyring) NewDataKey(ctx context.Context) (*seal.DataKey, error) {
+	dk, err := k.Keyring.NewDataKey(ctx)
+	return dk, k.observe(err)
 }
 
 func (k watchedKeyring) Open(ctx context.Context, key string, version int64, s seal.Sealed) ([]byte, uint32, error) {

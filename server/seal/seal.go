@@ -186,29 +186,60 @@ var errClosed = fmt.Errorf("%w: keyring is closed", ErrKEKUnavailable)
 // fresh DEK wrapped by the primary KEK. It returns the CRC32C of plaintext.
 // A keeper failure is ErrKEKUnavailable.
 func (k *Keyring) Seal(ctx context.Context, key string, version int64, plaintext []byte) (Sealed, uint32, error) {
+	if _, err := aad(key, version); err != nil {
+		return Sealed{}, 0, err // before spending a KMS call
+	}
+	dk, err := k.NewDataKey(ctx)
+	if err != nil {
+		return Sealed{}, 0, err
+	}
+	return dk.Seal(key, version, plaintext)
+}
+
+// DataKey is a fresh DEK, already wrapped by the primary KEK, for one new
+// secret version. Wrapping calls the KMS, so a writer gets its DataKey
+// before it takes any lock; sealing with it is local.
+type DataKey struct {
+	aead    cipher.AEAD
+	wrapped []byte
+	kekID   string
+}
+
+// NewDataKey generates a DEK and wraps it with the primary KEK. A keeper
+// failure is ErrKEKUnavailable.
+func (k *Keyring) NewDataKey(ctx context.Context) (*DataKey, error) {
+	if k.closed.Load() {
+		return nil, errClosed
+	}
+	primary := k.keks[0]
+	dek := make([]byte, dekSize)
+	defer clear(dek) // best effort: the GC may have copied it; aes keeps its own schedule
+	if _, err := rand.Read(dek); err != nil {
+		return nil, fmt.Errorf("seal: generate data key: %w", err)
+	}
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	wrapped, err := primary.keeper.Encrypt(ctx, dek)
+	if err != nil {
+		return nil, k.keeperError(primary, "wrap data key", err)
+	}
+	// A value is often read right after it is written.
+	k.cache.put(cacheKey(primary.id, wrapped), aead)
+	return &DataKey{aead: aead, wrapped: wrapped, kekID: primary.id}, nil
+}
+
+// Seal encrypts plaintext, the value of secret `key` at `version`, under
+// the data key (each call with a fresh nonce; only one version may keep
+// what it seals, so a write retried under another version number seals
+// again with the same key and the other result is discarded). It returns
+// the CRC32C of plaintext.
+func (dk *DataKey) Seal(key string, version int64, plaintext []byte) (Sealed, uint32, error) {
 	ad, err := aad(key, version)
 	if err != nil {
 		return Sealed{}, 0, err
 	}
-	if k.closed.Load() {
-		return Sealed{}, 0, errClosed
-	}
-	primary := k.keks[0]
-
-	dek := make([]byte, dekSize)
-	defer clear(dek) // best effort: the GC may have copied it; aes keeps its own schedule
-	if _, err := rand.Read(dek); err != nil {
-		return Sealed{}, 0, fmt.Errorf("seal: generate data key: %w", err)
-	}
-	aead, err := newAEAD(dek)
-	if err != nil {
-		return Sealed{}, 0, err
-	}
-	wrapped, err := primary.keeper.Encrypt(ctx, dek)
-	if err != nil {
-		return Sealed{}, 0, k.keeperError(primary, "wrap data key", err)
-	}
-
 	crc := checksum(plaintext)
 	inner := make([]byte, crcSize+len(plaintext))
 	binary.BigEndian.PutUint32(inner, crc)
@@ -220,11 +251,8 @@ func (k *Keyring) Seal(ctx context.Context, key string, version int64, plaintext
 	if _, err := rand.Read(out[1:headerSize]); err != nil {
 		return Sealed{}, 0, fmt.Errorf("seal: generate nonce: %w", err)
 	}
-	out = aead.Seal(out, out[1:headerSize], inner, ad)
-
-	// A value is often read right after it is written.
-	k.cache.put(cacheKey(primary.id, wrapped), aead)
-	return Sealed{Ciphertext: out, WrappedDEK: wrapped, KEKID: primary.id}, crc, nil
+	out = dk.aead.Seal(out, out[1:headerSize], inner, ad)
+	return Sealed{Ciphertext: out, WrappedDEK: dk.wrapped, KEKID: dk.kekID}, crc, nil
 }
 
 // Open decrypts s, which must have been sealed for secret `key` at `version`,
