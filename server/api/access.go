@@ -29,10 +29,11 @@ func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessS
 	if err != nil {
 		return nil, err
 	}
-	if req.GetMinRevision() < 0 {
-		return nil, invalidArg("min_revision", "must not be negative")
+	minRev, err := minRevision(req)
+	if err != nil {
+		return nil, err
 	}
-	sv, rev, err := s.accessVersion(ctx, req.GetKey(), version, req.GetMinRevision())
+	sv, rev, err := s.accessVersion(ctx, req.GetKey(), version, minRev)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -49,6 +50,14 @@ func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessS
 		return nil, s.auditFailed(ctx, err)
 	}
 	return &pb.AccessSecretVersionResponse{Key: sv.Key, Version: sv.Version, Value: value, DataCrc32C: int64(crc), Revision: rev}, nil
+}
+
+// minRevision validates a read's min_revision.
+func minRevision(req interface{ GetMinRevision() int64 }) (int64, error) {
+	if r := req.GetMinRevision(); r >= 0 {
+		return r, nil
+	}
+	return 0, invalidArg("min_revision", "must not be negative")
 }
 
 // accessVersion reads a sealed version: the newest from the read cache
@@ -126,10 +135,11 @@ func (s *SecretService) BatchAccessSecrets(ctx context.Context, req *pb.BatchAcc
 		}
 		seen[k] = true
 	}
-	if req.GetMinRevision() < 0 {
-		return nil, invalidArg("min_revision", "must not be negative")
+	minRev, err := minRevision(req)
+	if err != nil {
+		return nil, err
 	}
-	items, rev, err := s.batchAccess(ctx, keys, req.GetMinRevision())
+	items, rev, err := s.batchAccess(ctx, keys, minRev)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}

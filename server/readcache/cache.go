@@ -138,13 +138,6 @@ func (c *Cache) Stats() Stats {
 	return Stats{Entries: len(c.entries), Hits: c.hits.Load(), Misses: c.misses.Load()}
 }
 
-// Len is the number of entries.
-func (c *Cache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
-
 // Run follows the feed until ctx ends. When the subscription ends (it fell
 // behind, or the hub stops) the cache is emptied and starts over.
 func (c *Cache) Run(ctx context.Context) {

@@ -196,7 +196,7 @@ func TestBounded(t *testing.T) {
 	for i, k := range []string{"A", "B", "C", "D", "E"} {
 		fx.cache.Put(k, sealed(k, int64(i+1)), 0)
 	}
-	if n := fx.cache.Len(); n != 3 {
+	if n := fx.cache.Stats().Entries; n != 3 {
 		t.Fatalf("%d entries, want the bound 3", n)
 	}
 	if _, _, ok := fx.cache.Get("E", 0); !ok {
