@@ -135,7 +135,7 @@ func TestAuditTamperEvident(t *testing.T) {
 			}
 			defer st.Close()
 			var events []store.AuditEvent
-			for e, err := range st.AuditEvents(ctx, 0) {
+			for e, err := range st.AuditEvents(ctx, 0, 0) {
 				if err != nil {
 					t.Fatal(err)
 				}

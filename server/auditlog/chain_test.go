@@ -1,6 +1,7 @@
 package auditlog
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -92,7 +93,7 @@ func TestConcurrentAppendersKeepOneChain(t *testing.T) {
 		t.Fatalf("verify: %+v, %v; want intact with %d events", res, err, wantEvents)
 	}
 	seen := map[string]int{}
-	for e, err := range replicas[1].AuditEvents(ctx, 0) {
+	for e, err := range replicas[1].AuditEvents(ctx, 0, 0) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,5 +152,49 @@ func TestUncontendedAppendsTakeOneTrip(t *testing.T) {
 	res, err := log.Verify(ctx)
 	if err != nil || !res.Intact || res.Events != 55 {
 		t.Fatalf("verify: %+v, %v", res, err)
+	}
+}
+
+// TestVerifyWhileAppending: verification and export on a live log judge
+// the chain up to the head they read; events appended meanwhile are not
+// "inserted after the head".
+func TestVerifyWhileAppending(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := store.Open(ctx, testdb.New(t), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			_ = st.AppendAudit(ctx, []store.AuditEvent{{Actor: "a", Action: "AccessSecretVersion", Key: fmt.Sprintf("K%d", i), Outcome: store.OutcomeOK}})
+		}
+	})
+	signer, _, err := GenerateSigner(t.TempDir() + "/k")
+	pub := signer.Public()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &Log{Store: st, Signer: signer, Public: pub}
+	for i := range 5 {
+		if _, err := log.Checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		res, err := log.Verify(ctx)
+		if err != nil || !res.Intact {
+			t.Fatalf("verify %d on a live log: %+v, %v", i, res, err)
+		}
+		var buf bytes.Buffer
+		if _, err := log.Export(ctx, &buf, nil); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := VerifyExport(&buf, pub); err != nil || !res.Intact {
+			t.Fatalf("export %d of a live log: %+v, %v", i, res, err)
+		}
 	}
 }

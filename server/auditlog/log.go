@@ -18,7 +18,7 @@ import (
 // Store is what the log reads and writes.
 type Store interface {
 	AuditHead(ctx context.Context) (chainStart, sequence int64, hash []byte, err error)
-	AuditEvents(ctx context.Context, after int64) iter.Seq2[store.AuditEvent, error]
+	AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[store.AuditEvent, error]
 	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
 	InsertCheckpoint(ctx context.Context, c store.AuditCheckpoint) error
 }
@@ -70,15 +70,24 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 
 // Verify checks the chain in the database.
 func (l *Log) Verify(ctx context.Context) (Result, error) {
-	h, err := l.head(ctx)
+	h, cps, err := l.snapshot(ctx)
 	if err != nil {
 		return Result{}, err
 	}
+	return Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, cps, l.Public)
+}
+
+// snapshot reads the checkpoints, then the head: the chain only grows, so
+// the head covers every checkpoint read before it, and the events up to
+// the head are the chain as of that moment, whatever is appended meanwhile
+// (a live server's appends are not "inserted after the head").
+func (l *Log) snapshot(ctx context.Context) (Head, []Checkpoint, error) {
 	cps, err := l.checkpoints(ctx)
 	if err != nil {
-		return Result{}, err
+		return Head{}, nil, err
 	}
-	return Verify(l.Store.AuditEvents(ctx, h.ChainStart), h, cps, l.Public)
+	h, err := l.head(ctx)
+	return h, cps, err
 }
 
 // exportLine is one line of an export: a head, a checkpoint or an event.
@@ -106,11 +115,7 @@ type exportLine struct {
 // Export writes the head, the checkpoints and every chained event as JSON
 // lines, verifiable offline with VerifyExport. It reports the events written.
 func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (int64, error) {
-	h, err := l.head(ctx)
-	if err != nil {
-		return 0, err
-	}
-	cps, err := l.checkpoints(ctx)
+	h, cps, err := l.snapshot(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -126,7 +131,7 @@ func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (
 		}
 	}
 	var n int64
-	for e, err := range l.Store.AuditEvents(ctx, h.ChainStart) {
+	for e, err := range l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence) {
 		if err != nil {
 			return n, err
 		}

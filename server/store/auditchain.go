@@ -277,11 +277,13 @@ func (s *Store) AuditHead(ctx context.Context) (chainStart, sequence int64, hash
 	return chainStart, sequence, hash, classify(err)
 }
 
-// AuditEvents yields every event after `after`, in sequence order, streamed
+// AuditEvents yields every event after `after` (up to upTo; 0: no bound),
+// in sequence order, streamed
 // from one query (a million events need not fit in memory).
-func (s *Store) AuditEvents(ctx context.Context, after int64) iter.Seq2[AuditEvent, error] {
+func (s *Store) AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[AuditEvent, error] {
 	return func(yield func(AuditEvent, error) bool) {
-		rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+` FROM audit_events WHERE sequence > $1 ORDER BY sequence`, after)
+		rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+` FROM audit_events
+			WHERE sequence > $1 AND ($2 = 0 OR sequence <= $2) ORDER BY sequence`, after, upTo)
 		if err != nil {
 			yield(AuditEvent{}, classify(err))
 			return
