@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -354,15 +355,20 @@ func httpGet(t *testing.T, url string) string {
 	return string(b)
 }
 
-func containsMetric(body, name string) bool {
+func containsMetric(body, name string) bool { return metricValue(body, name) != 0 }
+
+// metricValue is the value of the sample name (with its labels, if any)
+// in a Prometheus text body; 0 when absent.
+func metricValue(body, name string) float64 {
 	sc := bufio.NewScanner(stringsReader(body))
 	for sc.Scan() {
 		line := sc.Text()
-		if len(line) > len(name) && line[:len(name)] == name && line[len(name)] == ' ' && line[len(name)+1:] != "0" {
-			return true
+		if len(line) > len(name) && line[:len(name)] == name && line[len(name)] == ' ' {
+			v, _ := strconv.ParseFloat(line[len(name)+1:], 64)
+			return v
 		}
 	}
-	return false
+	return 0
 }
 
 func TestWatchPollingOnly(t *testing.T) {

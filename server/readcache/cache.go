@@ -89,13 +89,14 @@ func (c *Cache) GetAll(keys []string, minRevision int64) ([]store.SealedVersion,
 	out := make([]store.SealedVersion, len(keys))
 	rev := c.applied
 	for i, k := range keys {
+		// An entry read after c.applied may hold a change the cache has
+		// not applied yet; beside others exact at c.applied, that would
+		// be a combination the database never held.
 		e, ok := c.entries[k]
-		if !ok {
+		if !ok || e.rev > c.applied {
 			c.misses.Add(1)
 			return nil, 0, false
 		}
-		// Every entry is exact at c.applied; an entry read later may
-		// reflect more, but the answer as a whole is exact at c.applied.
 		out[i] = e.sv
 	}
 	c.hits.Add(1)
@@ -109,14 +110,19 @@ func (c *Cache) fresh(minRevision int64) bool {
 
 // Put offers the newest version of key as read from the database at
 // revision rev. It is kept only if every change after rev will still reach
-// the cache (rev is not older than what the cache has applied).
+// the cache (rev is not older than what the cache has applied) and it is
+// not older than what the cache holds for key.
 func (c *Cache) Put(key string, sv store.SealedVersion, rev int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.following || rev < c.applied {
 		return
 	}
-	if _, ok := c.entries[key]; !ok && len(c.entries) >= c.max {
+	old, ok := c.entries[key]
+	if ok && old.rev > rev {
+		return // a concurrent, newer read got here first: never go back
+	}
+	if !ok && len(c.entries) >= c.max {
 		for k := range c.entries { // evict one, at random
 			delete(c.entries, k)
 			break

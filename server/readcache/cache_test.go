@@ -203,3 +203,24 @@ func TestBounded(t *testing.T) {
 		t.Fatal("the newest entry was evicted")
 	}
 }
+
+// TestNeverMixesRevisionsOrGoesBack: an entry read at a revision the cache
+// has not applied yet cannot join a batch answered at the applied
+// revision, and an older read never replaces a newer one.
+func TestNeverMixesRevisionsOrGoesBack(t *testing.T) {
+	t.Parallel()
+	fx := start(t, 100)
+	rev := fx.cached(t, "A", 1)
+	fx.cache.Put("B", sealed("B", 1), rev+5) // read at a revision not yet applied
+	if _, _, ok := fx.cache.GetAll([]string{"A", "B"}, 0); ok {
+		t.Error("a batch mixed an entry ahead of the applied revision with others")
+	}
+	if sv, got, ok := fx.cache.Get("B", 0); !ok || got != rev+5 || sv.Version != 1 {
+		t.Errorf("Get(B) alone = %+v at %d, %v; want it at its own revision %d", sv, got, ok, rev+5)
+	}
+	fx.cache.Put("A", sealed("A", 2), rev+2)
+	fx.cache.Put("A", sealed("A", 1), rev+1) // a slower, older read of A
+	if sv, _, ok := fx.cache.Get("A", 0); !ok || sv.Version != 2 {
+		t.Errorf("Get(A) = %+v, %v; an older read replaced a newer one", sv, ok)
+	}
+}

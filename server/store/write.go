@@ -53,6 +53,7 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		}
 	}
 	var result R
+	var committed int64
 	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		w := &writer{tx: tx, meta: meta}
 		if err := tx.QueryRow(ctx,
@@ -60,10 +61,6 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		).Scan(&w.rev, &w.now); err != nil {
 			return err
 		}
-		// Before the commit, so that no read on this replica can miss a
-		// write whose answer the client may already hold (if this one rolls
-		// back, the next write reuses the revision).
-		s.noteWrite(w.rev)
 		r, c, err := body(ctx, w)
 		if err != nil {
 			return err
@@ -90,9 +87,15 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 			Detail: c.detail, ValueHMAC: c.valueHMAC}}); err != nil {
 			return err
 		}
-		result = r
+		result, committed = r, w.rev
 		return nil
 	})
+	if err == nil {
+		// Before the answer leaves, so that a read on this replica waits
+		// for the change (a failed write notes nothing: its revision is
+		// reused by the next write).
+		s.noteWrite(committed)
+	}
 	if err != nil {
 		if meta.RequestID != "" && isUniqueViolation(err, "idempotency_pkey") {
 			// A concurrent attempt with the same request id committed first.
@@ -115,8 +118,8 @@ func (s *Store) noteWrite(rev int64) {
 }
 
 // LastWriteRevision is the highest revision a write through this store has
-// taken (committed, or about to be). Reads served from memory must reflect
-// it, so a client reads its own writes.
+// committed. Reads served from memory must reflect it, so a client reads
+// its own writes.
 func (s *Store) LastWriteRevision() int64 { return s.lastWrite.Load() }
 
 // replay returns the stored result of an earlier request with the same id.
