@@ -444,10 +444,25 @@ func kekRun(t *testing.T, cmd *osexec.Cmd) string {
 
 // A fake remote KEK keeper, registered as kektest://NAME: it "wraps" by
 // prefixing its name, and fails as an unreachable KMS does while down is set.
+// With delay set, a wrap takes that long, as a remote KMS's round trip does;
+// peak records how many wraps were in flight at once.
 type kekFake struct {
-	name string
-	down atomic.Bool
+	name  string
+	down  atomic.Bool
+	delay time.Duration
+
+	inFlight, peak atomic.Int64
 }
+
+// newKEKFake registers a fake KMS for the test's duration.
+func newKEKFake(t *testing.T, delay time.Duration) *kekFake {
+	f := &kekFake{name: fmt.Sprintf("kms%d", rand.Uint64()), delay: delay}
+	kekFakes.Store(f.name, f)
+	t.Cleanup(func() { kekFakes.Delete(f.name) })
+	return f
+}
+
+func (f *kekFake) url() string { return "kektest://" + f.name }
 
 var kekFakes sync.Map // name -> *kekFake
 
@@ -465,9 +480,20 @@ type kekFakeDriver struct{ f *kekFake }
 
 var errKMSDown = errors.New("fake kms: connection refused")
 
-func (d kekFakeDriver) Encrypt(_ context.Context, pt []byte) ([]byte, error) {
+func (d kekFakeDriver) Encrypt(ctx context.Context, pt []byte) ([]byte, error) {
 	if d.f.down.Load() {
 		return nil, errKMSDown
+	}
+	if d.f.delay > 0 {
+		n := d.f.inFlight.Add(1)
+		defer d.f.inFlight.Add(-1)
+		for p := d.f.peak.Load(); n > p && !d.f.peak.CompareAndSwap(p, n); p = d.f.peak.Load() {
+		}
+		select {
+		case <-time.After(d.f.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	return append([]byte("fake:"+d.f.name+":"), pt...), nil
 }
@@ -496,11 +522,9 @@ func init() {
 // naming the KEK, and both recover when it is back.
 func TestKEKUnavailable(t *testing.T) {
 	t.Parallel()
-	fake := &kekFake{name: fmt.Sprintf("kms%d", rand.Uint64())}
-	kekFakes.Store(fake.name, fake)
-	t.Cleanup(func() { kekFakes.Delete(fake.name) })
+	fake := newKEKFake(t, 0)
 	db := testdb.New(t)
-	kekURL := "kektest://" + fake.name
+	kekURL := fake.url()
 	first := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: kekURL})
 	put(t, first.Secrets, "KMS_GUARDED", "guarded-value")
 	// A replica that has not unwrapped that data key yet (cold cache).
