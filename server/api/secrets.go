@@ -10,6 +10,7 @@ import (
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/catalog"
+	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 )
 
@@ -114,12 +115,14 @@ func (s *SecretService) PutSecret(ctx context.Context, req *pb.PutSecretRequest)
 	if err != nil {
 		return nil, err
 	}
-	// The data key is wrapped now, before the write's transaction: a KMS
-	// call under the revision counter's lock would hold every writer of
-	// every replica for its duration. Inside, sealing is local.
-	dk, err := s.Keyring.NewDataKey(ctx)
-	if err != nil {
-		return nil, s.fail(ctx, err)
+	// The data key is wrapped before the write's transaction (a KMS call
+	// under the revision counter's lock would hold every writer of every
+	// replica for its duration), and only for a write that goes ahead (a
+	// replayed request id answers without the KMS). Inside, sealing is local.
+	var dk *seal.DataKey
+	p.Prepare = func(ctx context.Context) (err error) {
+		dk, err = s.Keyring.NewDataKey(ctx)
+		return err
 	}
 	key, value := req.GetKey(), req.GetValue()
 	p.Seal = func(_ context.Context, version int64) (store.Sealed, error) {

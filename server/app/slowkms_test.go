@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testserver"
 )
@@ -42,4 +44,28 @@ func TestSlowKMSDoesNotSerializeWrites(t *testing.T) {
 			t.Errorf("KMS_%d: %q, %v", i, v, err)
 		}
 	}
+}
+
+// TestKMSOnlyForWritesThatGoAhead: a replayed request id answers with the
+// first result and a stale etag is refused, without a data key — so both
+// work while the KMS is down, and only a real write needs it.
+func TestKMSOnlyForWritesThatGoAhead(t *testing.T) {
+	t.Parallel()
+	kms := newKEKFake(t, 0)
+	srv := testserver.Start(t, testserver.Options{KEKURL: kms.url()})
+	ctx := context.Background()
+	req := &pb.PutSecretRequest{Key: "KMS_ONCE", Value: []byte("v1"), RequestId: "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"}
+	first, err := srv.Secrets.PutSecret(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kms.down.Store(true)
+	again, err := srv.Secrets.PutSecret(ctx, req)
+	if err != nil || again.Revision != first.Revision {
+		t.Fatalf("replay with the KMS down: %v, %v; want the first result (revision %d)", again, err, first.Revision)
+	}
+	_, err = srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: "KMS_ONCE", Value: []byte("v2"), Etag: first.Secret.Etag + "0"})
+	wantCode(t, err, codes.Aborted)
+	_, err = srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: "KMS_ONCE", Value: []byte("v2")})
+	wantCode(t, err, codes.Unavailable)
 }

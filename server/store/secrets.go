@@ -43,9 +43,14 @@ type PutParams struct {
 	// Expect, when set, is the revision (etag) the caller read.
 	Expect   *int64
 	Defaults Defaults
+	// Prepare, if set, runs once the write is known to go ahead (not a
+	// replayed request id, not a stale etag) and before its transaction:
+	// the place for slow work such as wrapping a data key with a KMS.
+	Prepare func(ctx context.Context) error
 	// Seal encrypts the value for the given version. It runs inside the
 	// transaction once the version number is known (the ciphertext is bound
-	// to it), so the store never sees the plaintext.
+	// to it), so the store never sees the plaintext. It must be fast: the
+	// revision lock is held.
 	Seal func(ctx context.Context, version int64) (Sealed, error)
 	// ValueHMAC is recorded in the write's audit event: it lets an operator
 	// holding the HMAC key check a leaked value against a version.
@@ -113,7 +118,12 @@ func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteRes
 			change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category,
 				restartRequired: cur.RestartRequired, valueHMAC: p.ValueHMAC},
 			nil
-	}, s.etagCheck(p.Key, p.Expect, false))
+	}, s.etagCheck(p.Key, p.Expect, false), func(ctx context.Context) error {
+		if p.Prepare == nil {
+			return nil
+		}
+		return p.Prepare(ctx)
+	})
 }
 
 // UpdateParams describe an UpdateSecret: nil fields are left alone.
