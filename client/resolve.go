@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"time"
@@ -81,6 +83,13 @@ func (r Resolved) String() string { return r.Key + " from " + r.Describe() + " [
 
 // GoString keeps %#v from printing the value.
 func (r Resolved) GoString() string { return "client.Resolved{" + r.String() + "}" }
+
+// LogValue keeps log/slog (any handler) from printing the value.
+func (r Resolved) LogValue() slog.Value { return slog.StringValue(r.String()) }
+
+// MarshalJSON keeps encoding/json (and slog's JSON handler, also inside a
+// Change) from writing the value: it writes String's redaction.
+func (r Resolved) MarshalJSON() ([]byte, error) { return json.Marshal(r.String()) }
 
 type lastKnown struct {
 	value    string

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -92,6 +94,13 @@ func (v Value) String() string {
 
 // GoString keeps %#v from printing the value.
 func (v Value) GoString() string { return "client.Value{" + v.String() + "}" }
+
+// LogValue keeps log/slog (any handler) from printing the value.
+func (v Value) LogValue() slog.Value { return slog.StringValue(v.String()) }
+
+// MarshalJSON keeps encoding/json (and slog's JSON handler, also inside
+// other structs) from writing the value: it writes String's redaction.
+func (v Value) MarshalJSON() ([]byte, error) { return json.Marshal(v.String()) }
 
 // ChangeKind says what a change did.
 type ChangeKind int
