@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -145,6 +146,8 @@ type Server struct {
 	tls           *tlsSetup
 	hub           *watch.Hub
 	rotator       *kek.Rotator
+	stopAuth      context.CancelFunc
+	authDone      sync.WaitGroup
 	stopRotation  context.CancelFunc
 	readCache     *readcache.Cache
 	hubCtx        context.Context
@@ -391,10 +394,12 @@ func (s *Server) Serve(ctx context.Context) error {
 		go s.readCache.Run(s.hubCtx)
 	}
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	// Token last-use times and denial audits are flushed when these end,
+	// which close does before the store closes.
 	authCtx, stopAuth := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopAuth()
-	go s.authn.Run(authCtx, 30*time.Second)
-	go s.denials.run(authCtx)
+	s.stopAuth = stopAuth
+	s.authDone.Go(func() { s.authn.Run(authCtx, 30*time.Second) })
+	s.authDone.Go(func() { s.denials.run(authCtx) })
 	go func() {
 		serve := s.http.Serve
 		if s.tls.server != nil {
@@ -501,6 +506,11 @@ func (s *Server) close(ctx context.Context) {
 		s.gwConn.Close()
 	}
 	s.interruptRotation(dctx)
+	if s.stopAuth != nil {
+		// After the listeners: no request can add a denial any more.
+		s.stopAuth()
+		s.authDone.Wait()
+	}
 	if s.batcher != nil {
 		s.batcher.Close()
 	}
