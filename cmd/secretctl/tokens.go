@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -37,7 +36,7 @@ func (a *app) tokensCommand() *cobra.Command {
 				return writeJSON(a.stdout, map[string]any{"token": token, "token_info": info})
 			}
 			fmt.Fprintln(a.stdout, token)
-			fmt.Fprintf(os.Stderr, "token %s (%s) created; it is shown only now\n", info.Name, info.Role)
+			fmt.Fprintf(a.stderr, "token %s (%s) created; it is shown only now\n", info.Name, info.Role)
 			return nil
 		},
 	}

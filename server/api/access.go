@@ -37,7 +37,7 @@ func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessS
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	value, crc, err := s.Keyring.Open(ctx, sv.Key, sv.Version, toSeal(sv.Sealed))
+	value, crc, err := s.open(ctx, sv)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -49,7 +49,7 @@ func (s *SecretService) AccessSecretVersion(ctx context.Context, req *pb.AccessS
 		clear(value)
 		return nil, s.auditFailed(ctx, err)
 	}
-	return &pb.AccessSecretVersionResponse{Key: sv.Key, Version: sv.Version, Value: value, DataCrc32C: int64(crc), Revision: rev}, nil
+	return &pb.AccessSecretVersionResponse{Key: sv.Key, Version: sv.Version, Value: value, DataCrc32C: crc, Revision: rev}, nil
 }
 
 // minRevision validates a read's min_revision.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -348,7 +349,7 @@ func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope)
 			st.Pending = append(st.Pending, &pb.PendingChange{Key: k, Revision: c.PendingRevs[i]})
 		}
 	}
-	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return int(a.Revision - b.Revision) })
+	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return cmp.Compare(a.Revision, b.Revision) })
 	return st
 }
 

@@ -109,9 +109,3 @@ func (s *Store) BatchAccess(ctx context.Context, keys []string) ([]BatchItem, in
 	}
 	return out, rev, nil
 }
-
-// RecordAccess durably appends access audit events (one transaction). The
-// caller returns a value only after this succeeds (fail closed).
-func (s *Store) RecordAccess(ctx context.Context, events []AuditEvent) error {
-	return s.AppendAudit(ctx, events)
-}
