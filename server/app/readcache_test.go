@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testdb"
@@ -102,33 +103,47 @@ func TestReadCacheAcrossReplicas(t *testing.T) {
 		c.WatchPollInterval = time.Hour
 		c.WatchNoListen = true
 	}})
+	prev := ""
 	for i := range 50 {
 		want := fmt.Sprintf("v%d", i)
 		w := put(t, writer.Secrets, "SHARED_KEY", want)
+		// Without min_revision: the previous value until the change
+		// arrives (within the stream's delay), then the new one.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			res, err := accessAt(t, reader.Secrets, "SHARED_KEY", 0)
+			if err != nil && (prev != "" || status.Code(err) != codes.NotFound) {
+				t.Fatal(err)
+			}
+			got := string(res.GetValue())
+			if got == want {
+				break
+			}
+			if got != prev {
+				t.Fatalf("write %d: reader answered %q, neither the previous %q nor the new value", i, got, prev)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("write %d: reader still answers %q at revision %d", i, got, res.GetRevision())
+			}
+			time.Sleep(time.Millisecond)
+		}
+		// With min_revision, at once; and once given, never an older
+		// answer through the same replica.
 		res, err := accessAt(t, reader.Secrets, "SHARED_KEY", w.Revision)
 		if err != nil || string(res.Value) != want || res.Revision < w.Revision {
 			t.Fatalf("write %d: min_revision read %q at %d, %v; want %s", i, res.GetValue(), res.GetRevision(), err, want)
+		}
+		if res, err := accessAt(t, reader.Secrets, "SHARED_KEY", 0); err != nil || string(res.Value) != want {
+			t.Fatalf("write %d: after answering %s, the reader answered %q, %v", i, want, res.GetValue(), err)
 		}
 		res, err = accessAt(t, polling.Secrets, "SHARED_KEY", 0)
 		if err != nil || string(res.Value) != want {
 			t.Fatalf("write %d: polling replica read %q, %v; want %s", i, res.GetValue(), err, want)
 		}
-		// Without min_revision: the new value within the stream's delay,
-		// and never an answer older than one already given.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			res, err := accessAt(t, reader.Secrets, "SHARED_KEY", 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if string(res.Value) == want {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("write %d: reader still answers %q at revision %d", i, res.Value, res.Revision)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		prev = want
+	}
+	if containsMetric(httpGet(t, polling.BaseURL+"/metrics"), "secrets_read_cache_hits_total") {
+		t.Error("the polling-only replica answered from its read cache")
 	}
 }
 
