@@ -68,16 +68,10 @@ func TestReadsCarryMinRevision(t *testing.T) {
 	}
 	defer cache.Close()
 	changed := put(t, c, "CUSTOM_MINREV", "two")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if v, err := cache.Get("CUSTOM_MINREV"); err == nil && v == "two" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the cache never saw the change")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually(t, 5*time.Second, "the cache never saw the change", func() bool {
+		v, err := cache.Get("CUSTOM_MINREV")
+		return err == nil && v == "two"
+	})
 	if got, _ := rec.last(pb.SecretService_BatchAccessSecrets_FullMethodName); got != changed.Revision {
 		t.Errorf("the cache re-fetched with min_revision %d, want the change's revision %d", got, changed.Revision)
 	}

@@ -71,7 +71,7 @@ func mb(b uint64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
 // protocol), oversized gRPC messages and HTTP bodies, malformed protobuf sent
 // raw on every method, malformed JSON on every REST route with a body, 10 KB
 // keys, JSON nested 100,000 deep. Each abuse gets its proper error; in the
-// end the heap is back within a few MB of where it was (full mode: the
+// end heap in use has grown by less than 32 MB (full mode: the
 // bounded caches are filled first and the abuse runs twice, and the second
 // round must not grow the live heap), no goroutine leaked, nothing
 // panicked, the normal reader never failed and its p99 stayed sane, and the

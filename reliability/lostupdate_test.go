@@ -89,7 +89,8 @@ func TestNoLostUpdates(t *testing.T) {
 					mu.Lock()
 					acks = append(acks, ack{RequestID: id, Action: "PutSecret", Key: key, Version: v, Revision: res.Revision})
 					if prev, dup := owner[v]; dup {
-						errc <- fmt.Errorf("version %d acknowledged twice: to %q and to %q", v, prev, value)
+						// t.Errorf, not errc: a full errc would block with mu held.
+						t.Errorf("version %d acknowledged twice: to %q and to %q", v, prev, value)
 					}
 					owner[v] = string(value)
 					mu.Unlock()

@@ -142,9 +142,9 @@ func TestUncontendedAppendsTakeOneTrip(t *testing.T) {
 	}
 	appendOne(other, 50) // moves the head behind st's back
 	appendOne(st, 51)    // stale guess: inserts nothing, then the lock
-	appendOne(st, 52)    // paused guessing after the miss: the lock again
-	appendOne(st, 53)
-	appendOne(st, 54)
+	appendOne(st, 52)    // a first miss pauses guessing for 2 appends: the lock
+	appendOne(st, 53)    // the lock again
+	appendOne(st, 54)    // guessing again, after the locked append's head: one trip
 	if got, want := st.AuditAppendStats(), (store.AppendStats{OneTrip: 50, Missed: 1, Locked: 4}); got != want {
 		t.Fatalf("after another writer: %+v, want %+v", got, want)
 	}
