@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -135,7 +136,7 @@ func TestAuditTamperEvident(t *testing.T) {
 			}
 			defer st.Close()
 			var events []store.AuditEvent
-			for e, err := range st.AuditEvents(ctx, 0, 0) {
+			for e, err := range st.AuditEvents(ctx, 0, math.MaxInt64) {
 				if err != nil {
 					t.Fatal(err)
 				}

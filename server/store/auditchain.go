@@ -40,18 +40,19 @@ func field(h hash.Hash, b []byte) {
 
 // appendAudit appends events to the chain inside tx: it locks the chain
 // head, numbers the events after it, links their hashes and moves the head.
-// Events without a time get the transaction's.
-func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) error {
+// Events without a time get the transaction's. It returns the head after
+// them, for knownHead once the transaction commits.
+func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) (chainHead, error) {
 	if len(events) == 0 {
-		return nil
+		return chainHead{}, nil
 	}
 	var head chainHead
 	if err := tx.QueryRow(ctx, lockHeadSQL).Scan(&head.seq, &head.hash, &head.now); err != nil {
-		return err
+		return chainHead{}, err
 	}
 	b := &pgx.Batch{}
-	queueAppend(b, head, events)
-	return tx.SendBatch(ctx, b).Close()
+	next := queueAppend(b, head, events)
+	return next, tx.SendBatch(ctx, b).Close()
 }
 
 const lockHeadSQL = `SELECT sequence, hash, now() FROM audit_head FOR UPDATE`
@@ -163,7 +164,9 @@ func (k *knownHead) guess() (chainHead, bool) {
 func (k *knownHead) appended(h chainHead, hit bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.head, k.valid = h, true
+	if !k.valid || h.seq > k.head.seq { // never back to an older head of ours
+		k.head, k.valid = h, true
+	}
 	if hit {
 		k.streak = 0
 	}
@@ -277,13 +280,14 @@ func (s *Store) AuditHead(ctx context.Context) (chainStart, sequence int64, hash
 	return chainStart, sequence, hash, classify(err)
 }
 
-// AuditEvents yields every event after `after` (up to upTo; 0: no bound),
+// AuditEvents yields every event with after < sequence <= upTo (pass
+// math.MaxInt64 for no bound),
 // in sequence order, streamed
 // from one query (a million events need not fit in memory).
 func (s *Store) AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[AuditEvent, error] {
 	return func(yield func(AuditEvent, error) bool) {
 		rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+` FROM audit_events
-			WHERE sequence > $1 AND ($2 = 0 OR sequence <= $2) ORDER BY sequence`, after, upTo)
+			WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence`, after, upTo)
 		if err != nil {
 			yield(AuditEvent{}, classify(err))
 			return

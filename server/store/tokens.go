@@ -86,9 +86,12 @@ func nonNil(s []string) []string {
 	return s
 }
 
+// insertAudit appends a token change's event in its transaction (tokens
+// change rarely: the next access group may miss its guess of the head once).
 func insertAudit(ctx context.Context, tx pgx.Tx, meta Meta, key, detail string) error {
-	return appendAudit(ctx, tx, []AuditEvent{{Actor: meta.Actor, Action: meta.Action, Key: key, Outcome: OutcomeOK,
+	_, err := appendAudit(ctx, tx, []AuditEvent{{Actor: meta.Actor, Action: meta.Action, Key: key, Outcome: OutcomeOK,
 		RequestID: meta.RequestID, Peer: meta.Peer, Detail: detail}})
+	return err
 }
 
 // RevokeToken revokes an active token and audits it.

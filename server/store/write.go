@@ -54,6 +54,7 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 	}
 	var result R
 	var committed int64
+	var auditHead chainHead
 	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		w := &writer{tx: tx, meta: meta}
 		if err := tx.QueryRow(ctx,
@@ -82,12 +83,13 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 			return err
 		}
 		// Last: the chain head lock is held only until the commit.
-		if err := appendAudit(ctx, tx, []AuditEvent{{Time: w.now, Actor: meta.Actor, Action: meta.Action, Key: c.key,
+		head, err := appendAudit(ctx, tx, []AuditEvent{{Time: w.now, Actor: meta.Actor, Action: meta.Action, Key: c.key,
 			Version: c.version, Outcome: OutcomeOK, RequestID: meta.RequestID, Peer: meta.Peer, Revision: w.rev,
-			Detail: c.detail, ValueHMAC: c.valueHMAC}}); err != nil {
+			Detail: c.detail, ValueHMAC: c.valueHMAC}})
+		if err != nil {
 			return err
 		}
-		result, committed = r, w.rev
+		result, committed, auditHead = r, w.rev, head
 		return nil
 	})
 	if err == nil {
@@ -95,6 +97,9 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		// for the change (a failed write notes nothing: its revision is
 		// reused by the next write).
 		s.noteWrite(committed)
+		// The chain head moved with this write: the next access group
+		// chains after it instead of missing.
+		s.head.appended(auditHead, false)
 	}
 	if err != nil {
 		if meta.RequestID != "" && isUniqueViolation(err, "idempotency_pkey") {
