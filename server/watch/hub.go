@@ -46,7 +46,8 @@ type Options struct {
 	ProgressInterval time.Duration
 	// Buffer is each subscriber's buffer, in items.
 	Buffer int
-	// Ring is how many recent changes are kept in memory for catch-up.
+	// Ring is how many recent changes are kept in memory for catch-up, at
+	// least (up to twice as many).
 	Ring int
 	// NoListen turns LISTEN/NOTIFY off: changes arrive by polling only (for
 	// connection poolers in transaction mode, where LISTEN does not work).
@@ -274,9 +275,13 @@ func (h *Hub) publish(changes []store.Change) {
 			h.ring = h.ring[:0]
 		}
 		h.rev = c.Revision
-		if len(h.ring) == h.opts.Ring {
-			copy(h.ring, h.ring[1:])
-			h.ring = h.ring[:len(h.ring)-1]
+		if len(h.ring) >= 2*h.opts.Ring {
+			// Drop the older half at once: amortised O(1) per change
+			// under the lock (holding between Ring and 2×Ring changes),
+			// rather than shifting the whole ring for every one.
+			n := copy(h.ring, h.ring[len(h.ring)-h.opts.Ring:])
+			clear(h.ring[n:])
+			h.ring = h.ring[:n]
 		}
 		h.ring = append(h.ring, c)
 		for s := range h.subs {
