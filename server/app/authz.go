@@ -145,14 +145,14 @@ func requestTargets(req any) []target {
 	case *pb.PutSecretRequest:
 		out := []target{{key: r.GetKey()}}
 		if r.Category != nil {
-			out = append(out, target{key: r.GetKey(), category: strings.ToLower(strings.TrimSpace(r.GetCategory()))})
+			out = append(out, target{key: r.GetKey(), category: scopeCategory(r.GetCategory())})
 		}
 		return out
 	case *pb.UpdateSecretRequest:
 		out := []target{{key: r.GetSecret().GetKey()}}
 		for _, p := range r.GetUpdateMask().GetPaths() {
 			if p == "category" || p == "*" {
-				out = append(out, target{key: r.GetSecret().GetKey(), category: strings.ToLower(strings.TrimSpace(r.GetSecret().GetCategory()))})
+				out = append(out, target{key: r.GetSecret().GetKey(), category: scopeCategory(r.GetSecret().GetCategory())})
 			}
 		}
 		return out
@@ -160,6 +160,16 @@ func requestTargets(req any) []target {
 		return []target{{key: r.GetKey()}}
 	}
 	return nil
+}
+
+// scopeCategory is the category a write sets, as the handler will store
+// it (catalog.NormalizeCategory); one the handler will refuse is judged as
+// given, which no scope contains.
+func scopeCategory(c string) string {
+	if n, err := catalog.NormalizeCategory(c); err == nil {
+		return n
+	}
+	return c
 }
 
 // principal authenticates the caller: a bearer token if one is sent, else a
