@@ -55,6 +55,9 @@ type Config struct {
 	KEKURL      string
 	// Reflection enables gRPC server reflection (for grpcurl).
 	Reflection bool
+	// MaxStreamsPerToken bounds the concurrent streams (watches) of one
+	// principal on one replica; 0 means no bound.
+	MaxStreamsPerToken int
 	// ShutdownTimeout bounds the graceful drain on SIGTERM.
 	ShutdownTimeout time.Duration
 	// IdempotencyTTL is how long request ids are remembered.
@@ -109,12 +112,13 @@ const MaxStreamsPerConn = 1000
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:        "127.0.0.1:9090",
-		HTTPAddr:        "127.0.0.1:8080",
-		DataDir:         ".secrets-data",
-		Reflection:      true,
-		ShutdownTimeout: 15 * time.Second,
-		IdempotencyTTL:  24 * time.Hour,
+		GRPCAddr:           "127.0.0.1:9090",
+		HTTPAddr:           "127.0.0.1:8080",
+		DataDir:            ".secrets-data",
+		Reflection:         true,
+		MaxStreamsPerToken: 100,
+		ShutdownTimeout:    15 * time.Second,
+		IdempotencyTTL:     24 * time.Hour,
 
 		WatchPollInterval:     time.Second,
 		ReadCacheEntries:      10_000,
@@ -302,8 +306,13 @@ func (s *Server) listen(ctx context.Context) error {
 	reg.MustRegister(deniedDropped)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
 	s.denials = newDenialRecorder(s.store.RecordDenials, deniedDropped.Inc, s.log)
+	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "secrets_denials_total", Help: "Refused calls, by reason (unauthenticated, role, scope, category, unscoped_only, stream_limit, no_policy).",
+	}, []string{"reason"})
+	reg.MustRegister(denied)
 	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
-		categoryOf: s.store.CategoryOf, denials: s.denials, log: s.log}
+		categoryOf: s.store.CategoryOf, denials: s.denials, denied: denied,
+		streams: newStreamLimiter(s.cfg.MaxStreamsPerToken), recheck: auth.RecheckInterval, log: s.log}
 
 	pi := peerIdentifier{gatewaySecret: gatewaySecret, trustedProxies: s.cfg.TrustedProxies}
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
@@ -318,21 +327,25 @@ func (s *Server) listen(ctx context.Context) error {
 	if s.tls.server != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
 	}
+	// Refusals pass through metrics and logging like every other answer;
+	// the failure audit sees the authorized caller and the method's policy.
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
-			pi.unary,
-			authz.unary,
+			recordUnary,
 			metrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+			pi.unary,
+			authz.unary,
 			auditFailures(s.store, s.log),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
-			pi.stream,
-			authz.stream,
+			recordStream,
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+			pi.stream,
+			authz.stream,
 		),
 	)...)
 	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -108,20 +109,73 @@ type ConsumerState struct {
 }
 
 // ReportConsumer registers a consumer or refreshes it. loadedRevision 0
-// keeps the stored one (or uses fallback for a new consumer).
-func (s *Store) ReportConsumer(ctx context.Context, id ConsumerID, loadedRevision, fallback int64, keys, categories []string) error {
+// keeps the stored one (or uses fallback for a new consumer). The consumer
+// belongs to the principal that first reported it (owner); another
+// principal's report fails with ErrConsumerOwned unless override (an
+// unscoped admin). A new consumer fails with ErrTooManyConsumers when its
+// owner already has maxPerOwner. With audit, the report and its audit event
+// commit together.
+func (s *Store) ReportConsumer(ctx context.Context, r ConsumerReport) error {
+	keys, categories := r.Keys, r.Categories
 	if keys == nil {
 		keys = []string{}
 	}
 	if categories == nil {
 		categories = []string{}
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen)
-		VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now())
-		ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(), keys = EXCLUDED.keys, categories = EXCLUDED.categories,
-			loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END`,
-		id.Service, id.Instance, loadedRevision, fallback, keys, categories)
-	return classify(err)
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		var owner string
+		var found bool
+		err := tx.QueryRow(ctx, `SELECT owner FROM consumers WHERE service = $1 AND instance = $2 FOR UPDATE`,
+			r.ID.Service, r.ID.Instance).Scan(&owner)
+		switch {
+		case err == nil:
+			found = true
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		if found && owner != "" && owner != r.Owner && !r.Override {
+			return fmt.Errorf("consumer %s/%s is reported by %s: %w", r.ID.Service, r.ID.Instance, owner, ErrConsumerOwned)
+		}
+		if !found && r.MaxPerOwner > 0 {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM consumers WHERE owner = $1`, r.Owner).Scan(&n); err != nil {
+				return err
+			}
+			if n >= r.MaxPerOwner {
+				return fmt.Errorf("%s already reports %d consumers: %w", r.Owner, n, ErrTooManyConsumers)
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen, owner)
+			VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now(), $7)
+			ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(), keys = EXCLUDED.keys, categories = EXCLUDED.categories,
+				loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END,
+				owner = CASE WHEN consumers.owner = '' THEN EXCLUDED.owner ELSE consumers.owner END`,
+			r.ID.Service, r.ID.Instance, r.LoadedRevision, r.Fallback, keys, categories, r.Owner); err != nil {
+			return err
+		}
+		if r.Audit == nil {
+			return nil
+		}
+		_, err = appendAudit(ctx, tx, []AuditEvent{*r.Audit})
+		return err
+	})
+}
+
+// ConsumerReport is one report of a consumer's state.
+type ConsumerReport struct {
+	ID ConsumerID
+	// LoadedRevision is the revision the consumer runs with; 0 keeps the
+	// stored one (Fallback for a new consumer).
+	LoadedRevision, Fallback int64
+	Keys, Categories         []string
+	// Owner is the reporting principal; Override lets it report a consumer
+	// another principal owns.
+	Owner       string
+	Override    bool
+	MaxPerOwner int
+	// Audit, if set, is recorded with the report.
+	Audit *AuditEvent
 }
 
 // TouchConsumers marks consumers as seen now (one statement for all).
@@ -142,7 +196,7 @@ func (s *Store) TouchConsumers(ctx context.Context, ids []ConsumerID) error {
 
 // GetConsumer returns one consumer's state.
 func (s *Store) GetConsumer(ctx context.Context, id ConsumerID) (ConsumerState, error) {
-	list, err := s.listConsumers(ctx, &id)
+	list, err := s.listConsumers(ctx, &id, ConsumerID{}, 1)
 	if err != nil {
 		return ConsumerState{}, err
 	}
@@ -152,13 +206,13 @@ func (s *Store) GetConsumer(ctx context.Context, id ConsumerID) (ConsumerState, 
 	return list[0], nil
 }
 
-// ListConsumers returns every consumer with its pending changes, and the
-// current revision.
-func (s *Store) ListConsumers(ctx context.Context) ([]ConsumerState, error) {
-	return s.listConsumers(ctx, nil)
+// ListConsumers returns up to limit consumers after the given one (by
+// service, then instance), with their pending changes.
+func (s *Store) ListConsumers(ctx context.Context, after ConsumerID, limit int) ([]ConsumerState, error) {
+	return s.listConsumers(ctx, nil, after, limit)
 }
 
-func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]ConsumerState, error) {
+func (s *Store) listConsumers(ctx context.Context, only *ConsumerID, after ConsumerID, limit int) ([]ConsumerState, error) {
 	var service, instance string
 	if only != nil {
 		service, instance = only.Service, only.Instance
@@ -180,8 +234,9 @@ func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]Consumer
 					AND (cardinality(c.categories) = 0 OR l.category = ANY(c.categories))
 				GROUP BY l.key) x
 		) p ON true
-		WHERE ($1 = '' OR (c.service = $1 AND c.instance = $2))
-		ORDER BY c.service, c.instance`, service, instance)
+		WHERE ($1 = '' OR (c.service = $1 AND c.instance = $2)) AND (c.service, c.instance) > ($3, $4)
+		ORDER BY c.service, c.instance
+		LIMIT $5`, service, instance, after.Service, after.Instance, max(limit, 1))
 	if err != nil {
 		return nil, classify(err)
 	}

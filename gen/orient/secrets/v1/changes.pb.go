@@ -704,7 +704,11 @@ func (x *ConsumerState) GetCategories() []string {
 type ListConsumersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only consumers that must restart.
-	PendingOnly   bool `protobuf:"varint,1,opt,name=pending_only,json=pendingOnly,proto3" json:"pending_only,omitempty"`
+	PendingOnly bool `protobuf:"varint,1,opt,name=pending_only,json=pendingOnly,proto3" json:"pending_only,omitempty"`
+	// At most this many consumers (default 100, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, to continue.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -746,13 +750,29 @@ func (x *ListConsumersRequest) GetPendingOnly() bool {
 	return false
 }
 
+func (x *ListConsumersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConsumersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // Response of ListConsumers.
 type ListConsumersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The known consumer instances, by service and instance.
 	Consumers []*ConsumerState `protobuf:"bytes,1,rep,name=consumers,proto3" json:"consumers,omitempty"`
 	// The current revision.
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Pass as page_token to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -799,6 +819,13 @@ func (x *ListConsumersResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListConsumersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // Request for ReportConsumerState.
@@ -966,12 +993,16 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x04keys\x18\x06 \x03(\tR\x04keys\x12\x1e\n" +
 	"\n" +
 	"categories\x18\a \x03(\tR\n" +
-	"categories\"9\n" +
+	"categories\"u\n" +
 	"\x14ListConsumersRequest\x12!\n" +
-	"\fpending_only\x18\x01 \x01(\bR\vpendingOnly\"s\n" +
+	"\fpending_only\x18\x01 \x01(\bR\vpendingOnly\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x9b\x01\n" +
 	"\x15ListConsumersResponse\x12>\n" +
 	"\tconsumers\x18\x01 \x03(\v2 .orient.secrets.v1.ConsumerStateR\tconsumers\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xb2\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xb2\x01\n" +
 	"\x1aReportConsumerStateRequest\x127\n" +
 	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerR\bconsumer\x12'\n" +
 	"\x0floaded_revision\x18\x02 \x01(\x03R\x0eloadedRevision\x12\x12\n" +
