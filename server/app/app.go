@@ -301,11 +301,11 @@ func (s *Server) listen(ctx context.Context) error {
 	reg.MustRegister(auditCounter)
 
 	deniedDropped := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited because the denial queue was full.",
+		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited: the denial queue was full or their batch could not be written.",
 	})
 	reg.MustRegister(deniedDropped)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
-	s.denials = newDenialRecorder(s.store.RecordDenials, deniedDropped.Inc, s.log)
+	s.denials = newDenialRecorder(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
 	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "secrets_denials_total", Help: "Refused calls, by reason (unauthenticated, role, scope, category, unscoped_only, stream_limit, no_policy).",
 	}, []string{"reason"})

@@ -283,11 +283,11 @@ func certMatches(c *x509.Certificate, subject string) bool {
 type denialRecorder struct {
 	ch      chan store.AuditEvent
 	write   func(ctx context.Context, events []store.AuditEvent) error
-	dropped func()
+	dropped func(n int)
 	log     *slog.Logger
 }
 
-func newDenialRecorder(write func(context.Context, []store.AuditEvent) error, dropped func(), log *slog.Logger) *denialRecorder {
+func newDenialRecorder(write func(context.Context, []store.AuditEvent) error, dropped func(n int), log *slog.Logger) *denialRecorder {
 	return &denialRecorder{ch: make(chan store.AuditEvent, 4096), write: write, dropped: dropped, log: log}
 }
 
@@ -295,7 +295,7 @@ func (d *denialRecorder) record(e store.AuditEvent) {
 	select {
 	case d.ch <- e:
 	default:
-		d.dropped()
+		d.dropped(1)
 	}
 }
 
@@ -309,6 +309,7 @@ func (d *denialRecorder) run(ctx context.Context) {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := d.write(wctx, batch); err != nil {
+			d.dropped(len(batch))
 			d.log.Warn("denial audit not recorded", "count", len(batch), "error", err)
 		}
 		batch = batch[:0]
