@@ -68,6 +68,9 @@ type Deps struct {
 	// ConsumerStaleAfter is how long a consumer may go unseen before it is
 	// shown as stale.
 	ConsumerStaleAfter time.Duration
+	// ConsumerGoneAfter is how long a consumer may go unseen before it is
+	// shown as gone and leaves the restart banner (0: never).
+	ConsumerGoneAfter time.Duration
 	// PageTokenKey authenticates page tokens (a service key the database
 	// does not hold).
 	PageTokenKey []byte

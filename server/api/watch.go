@@ -39,6 +39,8 @@ type Hub interface {
 type ConsumerStore interface {
 	Revision(ctx context.Context) (int64, error)
 	ReportConsumer(ctx context.Context, r store.ConsumerReport) error
+	PublishConsumerReport(ctx context.Context, meta store.Meta, r store.ConsumerReport) (int64, error)
+	DismissConsumer(ctx context.Context, meta store.Meta, id store.ConsumerID) (int64, error)
 	GetConsumer(ctx context.Context, id store.ConsumerID) (store.ConsumerState, error)
 	ListConsumers(ctx context.Context, after store.ConsumerID, limit int) ([]store.ConsumerState, error)
 }
@@ -297,7 +299,7 @@ func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumers
 		}
 		for _, c := range list {
 			st := s.toConsumerState(c, scopeOf(ctx))
-			if req.GetPendingOnly() && len(st.Pending) == 0 {
+			if req.GetPendingOnly() && (len(st.Pending) == 0 || st.Gone) {
 				continue
 			}
 			if len(out.Consumers) == size {
@@ -338,10 +340,18 @@ func (s *SecretService) ReportConsumerState(ctx context.Context, req *pb.ReportC
 		return nil, invalidArg("loaded_revision", fmt.Sprintf("is ahead of the current revision %d", rev))
 	}
 	r := s.consumerReport(ctx, *consumer, req.GetLoadedRevision(), 0, req.GetKeys(), cats)
-	id := IdentityFrom(ctx)
-	r.Audit = &store.AuditEvent{Actor: id.Actor, Action: "ReportConsumerState", Outcome: store.OutcomeOK, Peer: id.Peer,
-		Revision: req.GetLoadedRevision(), Detail: "consumer " + consumer.Service + "/" + consumer.Instance}
-	if err := s.Consumers.ReportConsumer(ctx, r); err != nil {
+	if m := req.GetUpdateMask(); m != nil {
+		for _, p := range m.GetPaths() {
+			if p != "keys" && p != "categories" {
+				return nil, invalidArg("update_mask", "field "+p+" cannot be set; settable: keys, categories")
+			}
+		}
+		r.KeepKeys = !slices.Contains(m.GetPaths(), "keys")
+		r.KeepCategories = !slices.Contains(m.GetPaths(), "categories")
+	} else {
+		r.KeepKeys, r.KeepCategories = len(req.GetKeys()) == 0, len(req.GetCategories()) == 0
+	}
+	if _, err := s.Consumers.PublishConsumerReport(ctx, metaFor(ctx, "ReportConsumerState", "", nil), r); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	c, err := s.Consumers.GetConsumer(ctx, *consumer)
@@ -357,6 +367,7 @@ func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope)
 		LoadedRevision: c.LoadedRevision,
 		LastSeen:       ts(c.LastSeen),
 		Stale:          time.Since(c.LastSeen) > s.staleAfter(),
+		Gone:           s.ConsumerGoneAfter > 0 && time.Since(c.LastSeen) > s.ConsumerGoneAfter,
 		Categories:     c.Categories,
 	}
 	// A scoped caller sees the key names its scope allows, as ListSecrets
@@ -373,6 +384,22 @@ func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope)
 	}
 	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return cmp.Compare(a.Revision, b.Revision) })
 	return st
+}
+
+// DismissConsumer forgets a consumer instance (admin).
+func (s *SecretService) DismissConsumer(ctx context.Context, req *pb.DismissConsumerRequest) (*pb.DismissConsumerResponse, error) {
+	consumer, err := parseConsumer(req.GetConsumer())
+	if err != nil {
+		return nil, err
+	}
+	if consumer == nil {
+		return nil, invalidArg("consumer", "required")
+	}
+	rev, err := s.Consumers.DismissConsumer(ctx, metaFor(ctx, "DismissConsumer", "", nil), *consumer)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.DismissConsumerResponse{Revision: rev}, nil
 }
 
 // MaxConsumersPerPrincipal bounds the consumer instances one principal

@@ -82,6 +82,10 @@ type Config struct {
 	// ConsumerDropAfter forgets them.
 	ConsumerStaleAfter time.Duration
 	ConsumerDropAfter  time.Duration
+	// ConsumerGoneAfter shows consumers not seen for this long as gone:
+	// they leave the restart banner (they are forgotten at
+	// ConsumerDropAfter).
+	ConsumerGoneAfter time.Duration
 	// MaintenanceInterval is how often compaction and clean-up run.
 	MaintenanceInterval time.Duration
 
@@ -127,6 +131,7 @@ func DefaultConfig() Config {
 		ChangeRetentionCount:  1_000_000,
 		ConsumerStaleAfter:    time.Minute,
 		ConsumerDropAfter:     7 * 24 * time.Hour,
+		ConsumerGoneAfter:     6 * time.Hour,
 		MaintenanceInterval:   time.Minute,
 
 		AuditCheckpointInterval: time.Minute,
@@ -354,7 +359,7 @@ func (s *Server) listen(ctx context.Context) error {
 	s.batcher = auditlog.NewBatcher(s.store, 512)
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
-		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
+		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}
 	if s.cfg.ReadCacheEntries > 0 {
 		s.readCache = readcache.New(s.hub, s.store.LastWriteRevision, s.cfg.ReadCacheEntries, s.log)
 		deps.ReadCache = s.readCache

@@ -1981,7 +1981,7 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VERSION_STATE_ENABLED\x10\x01\x12\x1a\n" +
 	"\x16VERSION_STATE_DISABLED\x10\x02\x12\x1b\n" +
-	"\x17VERSION_STATE_DESTROYED\x10\x032\xee\x13\n" +
+	"\x17VERSION_STATE_DESTROYED\x10\x032\x8d\x15\n" +
 	"\rSecretService\x12\x91\x01\n" +
 	"\vListSecrets\x12%.orient.secrets.v1.ListSecretsRequest\x1a&.orient.secrets.v1.ListSecretsResponse\"3\xe2\xf9\x18\x19\n" +
 	"\x05admin\n" +
@@ -2033,7 +2033,9 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x13ReportConsumerState\x12-.orient.secrets.v1.ReportConsumerStateRequest\x1a..orient.secrets.v1.ReportConsumerStateResponse\"G\xe2\xf9\x18!\n" +
 	"\x05admin\n" +
 	"\x06writer\n" +
-	"\x06reader\x10\x01\x1a\x04keys0\x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:report\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x06reader\x10\x01\x1a\x04keys0\x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:report\x90\x02\x02\x12\x9c\x01\n" +
+	"\x0fDismissConsumer\x12).orient.secrets.v1.DismissConsumerRequest\x1a*.orient.secrets.v1.DismissConsumerResponse\"2\xe2\xf9\x18\v\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/consumers:dismiss\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_secrets_proto_rawDescOnce sync.Once
@@ -2082,9 +2084,11 @@ var file_orient_secrets_v1_secrets_proto_goTypes = []any{
 	(*WatchChangesRequest)(nil),          // 29: orient.secrets.v1.WatchChangesRequest
 	(*ListConsumersRequest)(nil),         // 30: orient.secrets.v1.ListConsumersRequest
 	(*ReportConsumerStateRequest)(nil),   // 31: orient.secrets.v1.ReportConsumerStateRequest
-	(*WatchChangesResponse)(nil),         // 32: orient.secrets.v1.WatchChangesResponse
-	(*ListConsumersResponse)(nil),        // 33: orient.secrets.v1.ListConsumersResponse
-	(*ReportConsumerStateResponse)(nil),  // 34: orient.secrets.v1.ReportConsumerStateResponse
+	(*DismissConsumerRequest)(nil),       // 32: orient.secrets.v1.DismissConsumerRequest
+	(*WatchChangesResponse)(nil),         // 33: orient.secrets.v1.WatchChangesResponse
+	(*ListConsumersResponse)(nil),        // 34: orient.secrets.v1.ListConsumersResponse
+	(*ReportConsumerStateResponse)(nil),  // 35: orient.secrets.v1.ReportConsumerStateResponse
+	(*DismissConsumerResponse)(nil),      // 36: orient.secrets.v1.DismissConsumerResponse
 }
 var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	26, // 0: orient.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
@@ -2121,22 +2125,24 @@ var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	29, // 31: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
 	30, // 32: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
 	31, // 33: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
-	4,  // 34: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
-	6,  // 35: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
-	8,  // 36: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
-	10, // 37: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
-	12, // 38: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
-	15, // 39: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
-	17, // 40: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
-	19, // 41: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
-	21, // 42: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
-	23, // 43: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
-	25, // 44: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
-	32, // 45: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
-	33, // 46: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
-	34, // 47: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
-	34, // [34:48] is the sub-list for method output_type
-	20, // [20:34] is the sub-list for method input_type
+	32, // 34: orient.secrets.v1.SecretService.DismissConsumer:input_type -> orient.secrets.v1.DismissConsumerRequest
+	4,  // 35: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
+	6,  // 36: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
+	8,  // 37: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
+	10, // 38: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
+	12, // 39: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
+	15, // 40: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
+	17, // 41: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
+	19, // 42: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
+	21, // 43: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
+	23, // 44: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
+	25, // 45: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
+	33, // 46: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
+	34, // 47: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
+	35, // 48: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
+	36, // 49: orient.secrets.v1.SecretService.DismissConsumer:output_type -> orient.secrets.v1.DismissConsumerResponse
+	35, // [35:50] is the sub-list for method output_type
+	20, // [20:35] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
