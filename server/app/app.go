@@ -151,7 +151,7 @@ type Server struct {
 	auditLog      *auditlog.Log
 	batcher       *auditlog.Batcher
 	authn         *auth.Authenticator
-	denials       *denialRecorder
+	denials       *auditlog.DenialQueue
 	tls           *tlsSetup
 	hub           *watch.Hub
 	rotator       *kek.Rotator
@@ -310,7 +310,7 @@ func (s *Server) listen(ctx context.Context) error {
 	})
 	reg.MustRegister(deniedDropped)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
-	s.denials = newDenialRecorder(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
+	s.denials = auditlog.NewDenialQueue(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
 	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "secrets_denials_total", Help: "Refused calls, by reason (unauthenticated, role, scope, category, unscoped_only, stream_limit, no_policy).",
 	}, []string{"reason"})
@@ -417,7 +417,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	authCtx, stopAuth := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopAuth = stopAuth
 	s.authDone.Go(func() { s.authn.Run(authCtx, 30*time.Second) })
-	s.authDone.Go(func() { s.denials.run(authCtx) })
+	s.authDone.Go(func() { s.denials.Run(authCtx) })
 	go func() {
 		serve := s.http.Serve
 		if s.tls.server != nil {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -33,7 +34,7 @@ type authorizer struct {
 	// TLS; it identifies the gateway's connection and grants nothing.
 	gatewayCert []byte
 	categoryOf  func(ctx context.Context, key string) (string, error)
-	denials     *denialRecorder
+	denials     *auditlog.DenialQueue
 	// denied counts refusals by reason (secrets_denials_total).
 	denied *prometheus.CounterVec
 	// streams bounds each principal's concurrent streams.
@@ -222,7 +223,7 @@ func (a *authorizer) deny(ctx context.Context, actor, action string, d *auth.Den
 	case auth.DenyStreamLimit:
 		outcome = "RESOURCE_EXHAUSTED"
 	}
-	a.denials.record(store.AuditEvent{Actor: actor, Action: action, Key: d.Key, Outcome: outcome,
+	a.denials.Record(store.AuditEvent{Actor: actor, Action: action, Key: d.Key, Outcome: outcome,
 		Peer: api.IdentityFrom(ctx).Peer, Detail: d.Reason + ": " + d.Message})
 }
 
@@ -275,69 +276,4 @@ func certMatches(c *x509.Certificate, subject string) bool {
 		}
 	}
 	return false
-}
-
-// denialRecorder audits refused requests off the request path, through a
-// bounded queue: a flood of bad tokens cannot slow legitimate calls or grow
-// memory; past the bound, denials are counted and dropped.
-type denialRecorder struct {
-	ch      chan store.AuditEvent
-	write   func(ctx context.Context, events []store.AuditEvent) error
-	dropped func(n int)
-	log     *slog.Logger
-}
-
-func newDenialRecorder(write func(context.Context, []store.AuditEvent) error, dropped func(n int), log *slog.Logger) *denialRecorder {
-	return &denialRecorder{ch: make(chan store.AuditEvent, 4096), write: write, dropped: dropped, log: log}
-}
-
-func (d *denialRecorder) record(e store.AuditEvent) {
-	select {
-	case d.ch <- e:
-	default:
-		d.dropped(1)
-	}
-}
-
-// run writes queued denials in batches until ctx ends (then drains).
-func (d *denialRecorder) run(ctx context.Context) {
-	batch := make([]store.AuditEvent, 0, 256)
-	flush := func() {
-		if len(batch) == 0 {
-			return
-		}
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := d.write(wctx, batch); err != nil {
-			d.dropped(len(batch))
-			d.log.Warn("denial audit not recorded", "count", len(batch), "error", err)
-		}
-		batch = batch[:0]
-	}
-	for {
-		select {
-		case e := <-d.ch:
-			batch = append(batch, e)
-			for len(batch) < cap(batch) {
-				select {
-				case e := <-d.ch:
-					batch = append(batch, e)
-					continue
-				default:
-				}
-				break
-			}
-			flush()
-		case <-ctx.Done():
-			for {
-				select {
-				case e := <-d.ch:
-					batch = append(batch, e)
-				default:
-					flush()
-					return
-				}
-			}
-		}
-	}
 }
