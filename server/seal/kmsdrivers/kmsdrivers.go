@@ -14,9 +14,10 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/aws/smithy-go"
 	vault "github.com/hashicorp/vault/api"
 	"gocloud.dev/gcerrors"
-	_ "gocloud.dev/secrets/awskms"        // awskms://    AWS KMS (aws-sdk-go-v2)
+	"gocloud.dev/secrets/awskms"          // awskms://    AWS KMS (aws-sdk-go-v2)
 	_ "gocloud.dev/secrets/azurekeyvault" // azurekeyvault://  Azure Key Vault (azkeys)
 	_ "gocloud.dev/secrets/gcpkms"        // gcpkms://    Google Cloud KMS (cloud.google.com/go/kms)
 	"gocloud.dev/secrets/hashivault"      // hashivault://  Vault / OpenBao transit (vault/api)
@@ -26,6 +27,26 @@ import (
 
 func init() {
 	seal.RegisterErrorCode(hashivault.Scheme, VaultErrorCode)
+	seal.RegisterErrorCode(awskms.Scheme, AWSErrorCode)
+}
+
+// AWSErrorCode classifies the AWS KMS errors gocloud's awskms driver leaves
+// Unknown: access denied and rejected credentials are refusals (an operator
+// must fix IAM), not an outage; a ciphertext wrapped by another key is
+// corrupt for this KEK.
+func AWSErrorCode(err error) gcerrors.ErrorCode {
+	var ae smithy.APIError
+	if !errors.As(err, &ae) {
+		return gcerrors.Unknown
+	}
+	switch ae.ErrorCode() {
+	case "AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException",
+		"InvalidClientTokenId", "IncompleteSignature":
+		return gcerrors.PermissionDenied
+	case "IncorrectKeyException":
+		return gcerrors.InvalidArgument
+	}
+	return gcerrors.Unknown
 }
 
 // VaultErrorCode classifies Vault's HTTP answers, which gocloud's hashivault
