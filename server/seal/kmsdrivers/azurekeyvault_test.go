@@ -165,8 +165,3 @@ func azureError(w http.ResponseWriter, code int, errCode, msg string) {
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": errCode, "message": msg}})
 }
-
-func TestAzureKeyVault(t *testing.T) {
-	t.Parallel()
-	exerciseDriver(t, newAzureFake(t))
-}

@@ -30,6 +30,34 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
 
+// TestDrivers runs every linked KMS driver through exerciseDriver against its
+// stand-in, the four at once. The AWS SDK and the Vault driver read their
+// configuration from the process's environment, as in production: it is
+// set here, before the parallel subtests.
+func TestDrivers(t *testing.T) {
+	aws, awsMissing := newLocalKMS(t)
+	vault := newVaultFake(t)
+	for name, s := range map[string]func(*testing.T) standIn{
+		"awskms": func(t *testing.T) standIn {
+			if aws == nil {
+				if os.Getenv("CI") != "" {
+					t.Fatal(awsMissing)
+				}
+				t.Skip(awsMissing)
+			}
+			return aws
+		},
+		"hashivault":    func(*testing.T) standIn { return vault },
+		"gcpkms":        func(t *testing.T) standIn { return newGCPFake(t) },
+		"azurekeyvault": func(t *testing.T) standIn { return newAzureFake(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			exerciseDriver(t, s(t))
+		})
+	}
+}
+
 // standIn is a local stand-in for one KMS, reached through the driver's real
 // client library.
 type standIn interface {

@@ -111,8 +111,3 @@ func (f *gcpFake) Decrypt(_ context.Context, req *kmspb.DecryptRequest) (*kmspb.
 	}
 	return &kmspb.DecryptResponse{Plaintext: pt}, nil
 }
-
-func TestGCPKMS(t *testing.T) {
-	t.Parallel()
-	exerciseDriver(t, newGCPFake(t))
-}

@@ -28,10 +28,16 @@ type vaultFake struct {
 
 const vaultToken = "s.test-token-orient"
 
+// newVaultFake starts the fake and points the process's Vault environment at
+// it (t.Setenv: the caller must not be parallel).
 func newVaultFake(t *testing.T) *vaultFake {
 	f := &vaultFake{box: newKeyBox("orient-kek"), addr: "127.0.0.1:0"}
 	f.start(t)
 	t.Cleanup(func() { f.stop(t) })
+	t.Setenv("VAULT_SERVER_URL", "")
+	t.Setenv("VAULT_SERVER_TOKEN", "")
+	t.Setenv("VAULT_ADDR", "http://"+f.addr)
+	t.Setenv("VAULT_TOKEN", vaultToken)
 	return f
 }
 
@@ -119,19 +125,4 @@ func (f *vaultFake) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"data": out})
-}
-
-// TestHashiVault runs the hashivault:// driver against the transit fake. (No
-// vault or bao binary is packaged for these machines; a dev server keeps its
-// keys in memory, so it could not play the restart anyway.) The driver reads
-// VAULT_ADDR and VAULT_TOKEN once per process, as secretsd does; so this
-// test is not parallel (t.Setenv).
-func TestHashiVault(t *testing.T) {
-	f := newVaultFake(t)
-	t.Setenv("VAULT_SERVER_URL", "")
-	t.Setenv("VAULT_SERVER_TOKEN", "")
-	t.Setenv("VAULT_ADDR", "http://"+f.addr)
-	t.Setenv("VAULT_TOKEN", vaultToken)
-	t.Setenv("VAULT_MAX_RETRIES", "0")
-	exerciseDriver(t, f)
 }
