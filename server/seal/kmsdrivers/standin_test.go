@@ -18,6 +18,10 @@ type keyBox struct {
 	keys    map[string]cipher.AEAD
 	refused map[string]bool
 	delay   time.Duration // added to every call, as a remote KMS's round trip
+	// gate, when set, holds every encrypt until it is closed; inFlight and
+	// peak count the encrypts held or delayed at once.
+	gate           chan struct{}
+	inFlight, peak int
 }
 
 var (
@@ -52,6 +56,12 @@ func (b *keyBox) key(name string) (cipher.AEAD, error) {
 	return k, nil
 }
 
+func (b *keyBox) counts() (inFlight, peak int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.inFlight, b.peak
+}
+
 func (b *keyBox) setRefused(name string, on bool) {
 	b.mu.Lock()
 	b.refused[name] = on
@@ -68,6 +78,19 @@ func (b *keyBox) wait() {
 }
 
 func (b *keyBox) encrypt(name string, pt []byte) ([]byte, error) {
+	b.mu.Lock()
+	b.inFlight++
+	b.peak = max(b.peak, b.inFlight)
+	gate := b.gate
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.inFlight--
+		b.mu.Unlock()
+	}()
+	if gate != nil {
+		<-gate
+	}
 	b.wait()
 	k, err := b.key(name)
 	if err != nil {
