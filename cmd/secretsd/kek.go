@@ -39,7 +39,7 @@ Flags of rotate:
 `
 
 // runKEK runs `secretsd kek ...`.
-func runKEK(ctx context.Context, databaseURL, kekURL string, log *slog.Logger, args []string) error {
+func runKEK(ctx context.Context, databaseURL, kekURL string, kmsTimeout time.Duration, log *slog.Logger, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, kekUsage)
 		fs, _ := rotateFlags(os.Stderr)
@@ -72,7 +72,7 @@ func runKEK(ctx context.Context, databaseURL, kekURL string, log *slog.Logger, a
 	if err != nil {
 		return err
 	}
-	keyring, err := seal.OpenKeyring(ctx, urls, seal.WithDEKCache(0))
+	keyring, err := seal.OpenKeyring(ctx, urls, seal.WithDEKCache(0), seal.WithKMSTimeout(kmsTimeout))
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/app"
+	"github.com/orient-bot/secrets/server/seal"
 )
 
 const usage = `secretsd serves Orient's secrets over gRPC and REST.
@@ -40,7 +41,8 @@ Environment (flags win over environment):
                           otherwise a random one is shown once on stderr)
   SECRETS_KEK_URL         key-encryption key keeper URL(s), comma-separated, first is
                           primary: awskms://…, gcpkms://…, azurekeyvault://…,
-                          hashivault://…, base64key://… (secret: never logged)
+                          hashivault://…, file:///path (a 0600 key file, read once),
+                          base64key://… (secret: never logged)
   SECRETS_GRPC_ADDR       same as --grpc-addr
   SECRETS_HTTP_ADDR       same as --http-addr
   SECRETS_DATA_DIR        same as --data-dir
@@ -68,6 +70,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("SECRETS_HTTP_ADDR", cfg.HTTPAddr), "HTTP listen address (REST gateway, /openapi.json, /healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.DataDir, "data-dir", env("SECRETS_DATA_DIR", cfg.DataDir), "data directory of the embedded default (used when DATABASE_URL is empty)")
 	fs.BoolVar(&cfg.Reflection, "reflection", envBool("SECRETS_REFLECTION", cfg.Reflection), "enable gRPC server reflection (grpcurl)")
+	fs.DurationVar(&cfg.KEKTimeout, "kek-timeout", envDuration("SECRETS_KEK_TIMEOUT", seal.DefaultKMSTimeout), "bound on one KMS call (wrap, unwrap, readiness probe); a call that times out is UNAVAILABLE")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for in-flight requests")
 	fs.DurationVar(&cfg.WatchProgressInterval, "watch-progress-interval", cfg.WatchProgressInterval, "how often idle watch streams get a progress message")
 	fs.DurationVar(&cfg.WatchPollInterval, "watch-poll-interval", cfg.WatchPollInterval, "how often the change log is polled in case a notification was lost")
@@ -137,7 +140,7 @@ func run(args []string) error {
 	case "audit":
 		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
 	case "kek":
-		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, log, fs.Args()[1:])
+		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, cfg.KEKTimeout, log, fs.Args()[1:])
 	default:
 		return fmt.Errorf("unknown command %q (see secretsd -h)", fs.Arg(0))
 	}
@@ -152,6 +155,13 @@ func run(args []string) error {
 func env(name, def string) string {
 	if v, ok := os.LookupEnv(name); ok && v != "" {
 		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
 	}
 	return def
 }

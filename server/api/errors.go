@@ -102,9 +102,21 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, store.ErrUnavailable):
 		log.WarnContext(ctx, "database unavailable", "error", err)
 		return withInfo(codes.Unavailable, ReasonDatabaseDown, "database unavailable; retry later")
+	case errors.Is(err, seal.ErrKEKRefused):
+		// Still UNAVAILABLE (the service cannot use its key now; it serves
+		// again once the key is fixed), but the message says an operator is
+		// needed. The KEK is named by its fingerprint, never its URL.
+		id, _ := seal.FailedKEK(err)
+		log.ErrorContext(ctx, "the KMS refused the key-encryption key", "kek", id, "error", err)
+		return withInfo(codes.Unavailable, ReasonKEKUnavailable, "the KMS refused key-encryption key "+id+
+			" (permission denied, key disabled or not found); an operator must fix the key or its permissions")
 	case errors.Is(err, seal.ErrKEKUnavailable):
 		log.WarnContext(ctx, "key-encryption key unavailable", "error", err)
-		return withInfo(codes.Unavailable, ReasonKEKUnavailable, "key-encryption key unavailable; retry later")
+		msg := "key-encryption key unavailable; retry later"
+		if id, ok := seal.FailedKEK(err); ok {
+			msg = "key-encryption key " + id + " unavailable (KMS unreachable); retry later"
+		}
+		return withInfo(codes.Unavailable, ReasonKEKUnavailable, msg)
 	case errors.Is(err, seal.ErrCorrupt), errors.Is(err, seal.ErrUnknownKEK):
 		log.ErrorContext(ctx, "stored ciphertext does not decrypt", "error", err)
 		return withInfo(codes.DataLoss, ReasonCiphertextCorrupt, "stored value failed its integrity check; it was not returned")

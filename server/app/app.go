@@ -26,6 +26,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"gocloud.dev/secrets"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -53,6 +54,14 @@ type Config struct {
 	DataDir     string
 	DatabaseURL string
 	KEKURL      string
+	// KEKTimeout bounds one KMS call (seal.DefaultKMSTimeout when zero).
+	KEKTimeout time.Duration
+	// KEKMux, if set, opens KMS URLs instead of gocloud's default mux (for
+	// tests that point a driver's client library at a local stand-in).
+	KEKMux *secrets.URLMux
+	// HealthInterval is how often gRPC health follows the readiness checks
+	// (DefaultHealthInterval when zero).
+	HealthInterval time.Duration
 	// Reflection enables gRPC server reflection (for grpcurl).
 	Reflection bool
 	// MaxStreamsPerToken bounds the concurrent streams (watches) of one
@@ -199,7 +208,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, err
 	}
-	if s.keyring, err = seal.OpenKeyring(ctx, urls); err != nil {
+	kekOpts := []seal.Option{seal.WithKMSTimeout(seal.DefaultKMSTimeout)}
+	if cfg.KEKTimeout > 0 {
+		kekOpts[0] = seal.WithKMSTimeout(cfg.KEKTimeout)
+	}
+	if cfg.KEKMux != nil {
+		kekOpts = append(kekOpts, seal.WithKeeperMux(cfg.KEKMux))
+	}
+	if s.keyring, err = seal.OpenKeyring(ctx, urls, kekOpts...); err != nil {
 		return nil, err
 	}
 	log.Info("key-encryption keys loaded", "primary", s.keyring.PrimaryID(), "count", len(urls))
@@ -304,6 +320,16 @@ func (s *Server) listen(ctx context.Context) error {
 		Name: "secrets_access_audit_events_total", Help: "Access audit events recorded, by outcome.",
 	}, []string{"result"})
 	reg.MustRegister(auditCounter)
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_dek_cache_hits_total", Help: "Data-key unwraps served by the in-memory cache (no KMS call). Hit rate: hits / (hits + misses).",
+		}, func() float64 { return float64(s.keyring.DEKCacheStats().Hits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_dek_cache_misses_total", Help: "Data-key unwraps that called the KMS (not in the cache).",
+		}, func() float64 { return float64(s.keyring.DEKCacheStats().Misses) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "secrets_dek_cache_entries", Help: "Unwrapped data keys held in memory.",
+		}, func() float64 { return float64(s.keyring.DEKCacheStats().Entries) }))
 
 	deniedDropped := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited: the denial queue was full or their batch could not be written.",
@@ -431,6 +457,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	go s.maintain(ctx)
 	go s.checkpoints(ctx)
+	go s.watchHealth(ctx)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
 		"startup", time.Since(s.startedAt).Round(time.Millisecond))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	secrets "github.com/orient-bot/secrets"
 	"github.com/orient-bot/secrets/server/api"
@@ -40,20 +41,73 @@ func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Han
 // readyz is ready when the database answers (migrations were applied before
 // the listeners opened) and every KEK can wrap and unwrap.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	checks := map[string]string{"database": "ok", "migrations": "ok"}
+	ready, checks := s.ready(r.Context())
 	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
+}
+
+// ready runs the readiness checks shared by /readyz and gRPC health.
+func (s *Server) ready(ctx context.Context) (bool, map[string]string) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	checks := map[string]string{"database": "ok", "migrations": "ok", "kek": "ok"}
+	ready := true
 	if err := s.store.Ping(ctx); err != nil {
 		checks["database"] = "unavailable"
-		code = http.StatusServiceUnavailable
+		ready = false
 	}
-	checks["kek"] = "ok"
 	if err := s.kekCheck.check(ctx, s.keyring.Check); err != nil {
 		checks["kek"] = "unavailable"
-		code = http.StatusServiceUnavailable
+		if errors.Is(err, seal.ErrKEKRefused) {
+			checks["kek"] = "refused"
+		}
+		ready = false
 	}
-	writeJSON(w, code, map[string]any{"ready": code == http.StatusOK, "checks": checks})
+	return ready, checks
+}
+
+// DefaultHealthInterval is how often gRPC health is brought in line with
+// the readiness checks.
+const DefaultHealthInterval = 5 * time.Second
+
+// watchHealth sets gRPC health (service "") to SERVING or NOT_SERVING from
+// the readiness checks every cfg.HealthInterval until ctx is done, so that
+// gRPC health and /readyz agree (a KEK outage or refusal, or the database
+// down, is NOT_SERVING). A KEK call failing in a request invalidates the
+// cached KEK check, so the next round probes the KMS again.
+func (s *Server) watchHealth(ctx context.Context) {
+	interval := s.cfg.HealthInterval
+	if interval <= 0 {
+		interval = DefaultHealthInterval
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	serving := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ready, checks := s.ready(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if ready != serving {
+			serving = ready
+			st := healthpb.HealthCheckResponse_SERVING
+			if !ready {
+				st = healthpb.HealthCheckResponse_NOT_SERVING
+				s.log.Warn("not ready: gRPC health NOT_SERVING", "checks", checks)
+			} else {
+				s.log.Info("ready again: gRPC health SERVING")
+			}
+			s.health.SetServingStatus("", st)
+		}
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
