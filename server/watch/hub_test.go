@@ -137,7 +137,7 @@ func next(t *testing.T, s *watch.Stream) store.Change {
 // reads more than a page at once, delivers every change once and in order
 // — including those committed while it catches up — and then follows live.
 func TestStreamCatchesUpPageByPage(t *testing.T) {
-	const page, backlog = 50, 50*40
+	const page, backlog = 50, 50 * 40
 	log := newFakeLog(backlog)
 	h, _ := startHub(t, log, watch.Options{Page: page, Buffer: 8})
 	readsBefore, _ := log.stats()
