@@ -445,8 +445,10 @@ func (r *Rotator) run(ctx context.Context, meta store.Meta, opts Options, primar
 func (r *Rotator) loop(ctx context.Context, opts Options, primary string) error {
 	const maxPasses = 50
 	lctx, stop := context.WithCancel(ctx)
+	var refresher sync.WaitGroup
+	defer refresher.Wait()
 	defer stop()
-	go r.refresh(lctx, opts, primary)
+	refresher.Go(func() { r.refresh(lctx, opts, primary) })
 	for pass := 0; ; pass++ {
 		if err := r.pass(ctx, opts, primary); err != nil {
 			return err

@@ -137,10 +137,12 @@ func (h *Hub) Stats() Stats {
 func (h *Hub) Run(ctx context.Context) {
 	defer h.stop()
 	listening := make(chan struct{})
+	var listener sync.WaitGroup
+	defer listener.Wait() // Run returns only once its LISTEN goroutine has
 	if h.opts.NoListen {
 		close(listening)
 	} else {
-		go h.listen(ctx, listening)
+		listener.Go(func() { h.listen(ctx, listening) })
 	}
 	// LISTEN first, then read where the log stands: a change committed in
 	// between is either notified or seen by the read. If LISTEN cannot be
