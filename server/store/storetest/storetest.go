@@ -34,7 +34,9 @@ func RunAll(t *testing.T, open func(t *testing.T) *store.Store) {
 	}
 }
 
-func meta(action string) store.Meta { return store.Meta{Actor: "storetest", Action: action, Peer: "127.0.0.1"} }
+func meta(action string) store.Meta {
+	return store.Meta{Actor: "storetest", Action: action, Peer: "127.0.0.1"}
+}
 
 func sealer(value string) func(context.Context, int64) (store.Sealed, error) {
 	return func(_ context.Context, version int64) (store.Sealed, error) {
