@@ -81,7 +81,10 @@ func (b *bench) catchUpPhase(ctx context.Context) error {
 		return err
 	}
 	defer closeAll(conns)
-	b.progressf("catch-up: %d streams from revision %d to %d", streams, seeded.Oldest-1, seeded.Revision)
+	// start_revision 0 means "from now": a log that starts at 1 is read
+	// from 2.
+	from := max(seeded.Oldest-1, 1)
+	b.progressf("catch-up: %d streams from revision %d to %d", streams, from, seeded.Revision)
 	var peak atomic.Uint64
 	sampling := make(chan struct{})
 	sampled := make(chan struct{})
@@ -104,15 +107,16 @@ func (b *bench) catchUpPhase(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for i := range streams {
 		wg.Go(func() {
-			sctx, cancel := context.WithCancel(ctx)
+			// A stream stuck for good must not hang the bench.
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 			defer cancel()
 			t0 := time.Now()
-			ws, err := pb.NewSecretServiceClient(conns[i]).WatchChanges(sctx, &pb.WatchChangesRequest{StartRevision: seeded.Oldest - 1})
+			ws, err := pb.NewSecretServiceClient(conns[i]).WatchChanges(sctx, &pb.WatchChangesRequest{StartRevision: from})
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			last := seeded.Oldest - 1
+			last := from
 			for last < seeded.Revision {
 				m, err := ws.Recv()
 				if err != nil {
@@ -144,7 +148,7 @@ func (b *bench) catchUpPhase(ctx context.Context) error {
 		slowest = max(slowest, d)
 	}
 	growth := float64(int64(peak.Load())-int64(base)) / (1 << 20)
-	b.res.CatchUpChanges = int(seeded.Revision - seeded.Oldest + 1)
+	b.res.CatchUpChanges = int(seeded.Revision - from)
 	b.res.CatchUpStreams = streams
 	b.res.CatchUpFirstEventMs = num3(msf(slowest))
 	b.res.CatchUpHeapGrowthMiB = num1(growth)
