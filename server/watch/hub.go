@@ -30,7 +30,7 @@ type Source interface {
 // Errors a subscription ends with.
 var (
 	// ErrLagged: the subscriber's buffer overflowed; it must catch up from
-	// Backlog and subscribe again.
+	// the table and subscribe again (a Stream does both by itself).
 	ErrLagged = errors.New("watch: subscriber fell behind")
 	// ErrStopped: the hub is shutting down; clients resume elsewhere.
 	ErrStopped = errors.New("watch: server shutting down")
