@@ -55,6 +55,7 @@ type hostCmd struct {
 	Token   string `json:"token,omitempty"`   // app
 	Path    string `json:"path,omitempty"`    // profile-start
 	LogPath string `json:"logPath,omitempty"` // app: server log file
+	N       int    `json:"n,omitempty"`       // seed-changes: change-log entries
 }
 
 type hostReply struct {
@@ -70,6 +71,9 @@ type hostReply struct {
 	// WAL fsyncs so far and their total time (pg_stat_wal).
 	WALSyncs  int64   `json:"walSyncs,omitempty"`
 	WALSyncMs float64 `json:"walSyncMs,omitempty"`
+	// seed-changes: the change log's oldest and newest revision.
+	Oldest   int64 `json:"oldest,omitempty"`
+	Revision int64 `json:"revision,omitempty"`
 }
 
 // hostState is what the child runs.
@@ -121,6 +125,8 @@ func (h *hostState) do(c hostCmd) (hostReply, error) {
 		return h.startApp(ctx, c)
 	case "echo":
 		return h.startEcho()
+	case "seed-changes":
+		return seedChanges(ctx, c.DSN, c.N)
 	case "stop-apps":
 		h.stopApps()
 		return hostReply{}, nil

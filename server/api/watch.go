@@ -31,8 +31,8 @@ const (
 
 // Hub is the change-stream fan-out.
 type Hub interface {
-	Subscribe(ctx context.Context, consumer *store.ConsumerID) (*watch.Subscription, error)
-	Backlog(ctx context.Context, after, upTo int64) ([]store.Change, error)
+	Current(ctx context.Context) (int64, error)
+	Open(ctx context.Context, after int64, consumer *store.ConsumerID) (*watch.Stream, error)
 }
 
 // ConsumerStore tracks consumer instances.
@@ -132,12 +132,10 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	// The keys it names were checked against the caller's scope by the
 	// method's policy; the events are filtered to it.
 	filter.scope = scopeOf(ctx)
-	sub, err := s.Hub.Subscribe(ctx, consumer)
+	current, err := s.Hub.Current(ctx)
 	if err != nil {
 		return s.watchErr(ctx, err)
 	}
-	defer func() { sub.Close() }()
-	current := sub.Start()
 	last := req.GetStartRevision()
 	if last == 0 || last > current {
 		// The hub may trail the database by a moment. "From now" is the
@@ -156,10 +154,14 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 				fmt.Sprintf("start_revision %d is ahead of the current revision %d; list again and watch from its revision", last, dbRev))
 		}
 	}
-	backlog, err := s.Hub.Backlog(ctx, last, current)
+	// The backlog is not loaded here: the stream reads it a page at a time
+	// as it sends, so the first message leaves at once and memory stays
+	// one page whatever the backlog.
+	changes, err := s.Hub.Open(ctx, last, consumer)
 	if err != nil {
 		return s.watchErr(ctx, err)
 	}
+	defer changes.Close()
 	if consumer != nil {
 		if err := s.Consumers.ReportConsumer(ctx, s.consumerReport(ctx, *consumer, req.GetLoadedRevision(), last, req.GetKeys(), cats)); err != nil {
 			return s.fail(ctx, err)
@@ -169,37 +171,19 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 		return err
 	}
 	w := &watcher{stream: stream, wire: s.wire, filter: filter, last: last}
-	if err := w.sendAll(backlog); err != nil {
-		return err
-	}
 	for {
-		select {
-		case <-ctx.Done():
+		item, err := changes.Next(ctx)
+		switch {
+		case ctx.Err() != nil:
 			// The call's deadline or cancellation, as such: a watch never
 			// ends with OK, which a client would read as a clean end of
 			// stream (the server can see the deadline before the client).
 			return status.FromContextError(ctx.Err()).Err()
-		case item, ok := <-sub.C():
-			if ok {
-				if err := w.handle(item); err != nil {
-					return err
-				}
-				continue
-			}
-			if !errors.Is(sub.Err(), watch.ErrLagged) {
-				return s.watchErr(ctx, sub.Err())
-			}
-			// Fell behind: catch up from the log, then follow live again.
-			if sub, err = s.Hub.Subscribe(ctx, consumer); err != nil {
-				return s.watchErr(ctx, err)
-			}
-			backlog, err := s.Hub.Backlog(ctx, w.last, sub.Start())
-			if err != nil {
-				return s.watchErr(ctx, err)
-			}
-			if err := w.sendAll(backlog); err != nil {
-				return err
-			}
+		case err != nil:
+			return s.watchErr(ctx, err)
+		}
+		if err := w.handle(item); err != nil {
+			return err
 		}
 	}
 }
@@ -213,15 +197,6 @@ type watcher struct {
 	last int64
 	// busy records whether an event went out since the last progress mark.
 	busy bool
-}
-
-func (w *watcher) sendAll(changes []store.Change) error {
-	for i := range changes {
-		if err := w.handle(watch.Item{Change: &changes[i]}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (w *watcher) handle(item watch.Item) error {

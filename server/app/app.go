@@ -168,9 +168,8 @@ type Server struct {
 	authDone      sync.WaitGroup
 	stopRotation  context.CancelFunc
 	readCache     *readcache.Cache
-	hubCtx        context.Context
-	hubStop       context.CancelFunc
-	hubDone       chan struct{}
+	feed          *group // the watch hub and what follows it; stopped first
+	jobs          *group // maintenance and audit checkpoints; stopped before the store
 	grpc          *grpc.Server
 	health        *health.Server
 	http          *http.Server
@@ -431,11 +430,10 @@ func (s *Server) listen(ctx context.Context) error {
 // Serve runs both listeners until ctx is done, then drains gracefully.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
-	s.hubCtx, s.hubStop = context.WithCancel(context.WithoutCancel(ctx))
-	s.hubDone = make(chan struct{})
-	go func() { defer close(s.hubDone); s.hub.Run(s.hubCtx) }()
+	s.feed = newGroup(ctx)
+	s.feed.Go(s.hub.Run)
 	if s.readCache != nil {
-		go s.readCache.Run(s.hubCtx)
+		s.feed.Go(s.readCache.Run)
 	}
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	// Token last-use times and denial audits are flushed when these end,
@@ -455,9 +453,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
-	go s.maintain(ctx)
-	go s.checkpoints(ctx)
-	go s.watchHealth(ctx)
+	s.jobs = newGroup(ctx)
+	s.jobs.Go(s.maintain)
+	s.jobs.Go(s.checkpoints)
+	s.jobs.Go(s.watchHealth)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
 		"startup", time.Since(s.startedAt).Round(time.Millisecond))
@@ -521,10 +520,7 @@ func (s *Server) close(ctx context.Context) {
 	}
 	// End watch streams first (with a resumable status), or the graceful
 	// stop below would wait for them forever.
-	if s.hubStop != nil {
-		s.hubStop()
-		<-s.hubDone
-	}
+	s.feed.stop()
 	timeout := s.cfg.ShutdownTimeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second
@@ -556,6 +552,7 @@ func (s *Server) close(ctx context.Context) {
 		s.stopAuth()
 		s.authDone.Wait()
 	}
+	s.jobs.stop()
 	if s.batcher != nil {
 		s.batcher.Close()
 	}
