@@ -43,6 +43,12 @@ type putLoad struct {
 	errs codeCounter
 }
 
+func (l *putLoad) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.acks)
+}
+
 func startPutLoad(ctx context.Context, sc pb.SecretServiceClient, prefix string, writers, keys int) *putLoad {
 	l := &putLoad{}
 	for w := range writers {
@@ -153,12 +159,19 @@ func TestBackupRestore(t *testing.T) {
 	ctx := withTimeout(t, 5*time.Minute)
 	lctx, stopLoad := context.WithCancel(ctx)
 	load := startPutLoad(lctx, sc, "BACKUP", size(4, 8), 5)
-	time.Sleep(size(time.Second, 3*time.Second))
+	// Enough acknowledged writes first (the machine's speed varies a lot).
+	if !waitFor(2*time.Minute, 20*time.Millisecond, func() bool { return load.count() >= size(20, 300) }) {
+		t.Fatalf("only %d writes acknowledged in 2 minutes", load.count())
+	}
 	dump := filepath.Join(work, "secrets.dump")
 	dumpStart := time.Now()
 	pgTool(t, "pg_dump", "--format=custom", "--file="+dump, "--dbname="+src)
 	dumpTook := time.Since(dumpStart)
-	time.Sleep(size(500*time.Millisecond, 2*time.Second))
+	// And some after it (they must not be in the restore).
+	after := load.count()
+	if !waitFor(2*time.Minute, 20*time.Millisecond, func() bool { return load.count() >= after+size(10, 100) }) {
+		t.Fatalf("no writes acknowledged after the backup")
+	}
 	stopLoad()
 	load.wg.Wait()
 	if others := load.errs.others(); len(others) > 0 {
@@ -172,9 +185,6 @@ func TestBackupRestore(t *testing.T) {
 			before++
 		}
 		lastRev = max(lastRev, a.revision)
-	}
-	if before < 10 {
-		t.Fatalf("only %d writes acknowledged before the backup", before)
 	}
 	p.terminate(t)
 	if err := p.wait(t, 30*time.Second); err != nil {
@@ -254,7 +264,6 @@ func TestBackupRestore(t *testing.T) {
 	if !ver.GetIntact() || ver.GetVerifiedThrough() < backupHead || !ver.GetSigned() || ver.GetCheckpointsChecked() == 0 {
 		t.Errorf("audit verify after restore: %+v, want intact and signed through %d", ver, backupHead)
 	}
-
 
 	// A watch from before the backup delivers every revision it holds.
 	from := backupRev / 2
