@@ -9,7 +9,7 @@ GOOGLEAPIS := .build/googleapis
 GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
 GO_TEST_FLAGS ?=
 
-.PHONY: help run build test lint generate proto-check postgres local-kms bench reliability fuzz clean
+.PHONY: help run build test lint generate proto-check postgres local-kms bench reliability fuzz image image-test clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,7 @@ run: postgres build ## Run secretsd on the embedded default (private PostgreSQL 
 
 test: postgres local-kms ## Run every test against a private throwaway PostgreSQL
 	go test $(GO_TEST_FLAGS) -race -parallel 8 -timeout 20m ./...
+	cd deploy/kubernetes && go test $(GO_TEST_FLAGS) ./...
 
 lint: $(GOOGLEAPIS) ## buf lint, go vet and staticcheck
 	$(BUF) lint
@@ -42,6 +43,15 @@ bench: postgres ## Load figures (servers on loopback, durable PostgreSQL); BENCH
 
 reliability: postgres ## Break things on purpose: kill -9, database restart, abuse, plaintext hunt, SIGTERM (RELIABILITY_SHORT=1: CI's small counts)
 	RELIABILITY=1 go test $(GO_TEST_FLAGS) -count=1 -timeout 20m -v ./reliability/
+
+IMAGE ?= localhost/orient-secrets:dev
+
+image: ## Build the container image IMAGE with podman (static binaries, FROM scratch; VERSION=… to label it)
+	@./scripts/ensure-podman.sh
+	IMAGE=$(IMAGE) ./scripts/build-image.sh
+
+image-test: postgres image ## Build the image, then run secretsd from its exported filesystem (chroot, as root) against PostgreSQL
+	IMAGE_TEST=1 IMAGE=$(IMAGE) go test $(GO_TEST_FLAGS) -count=1 -timeout 10m -v ./deploy/
 
 # Fuzz targets: every Fuzz* function of these packages, FUZZTIME each.
 FUZZTIME ?= 30s

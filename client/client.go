@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
@@ -84,6 +85,9 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 			BaseDelay: max(o.retry.InitialBackoff, 50*time.Millisecond), Multiplier: 1.6, Jitter: 0.2,
 			MaxDelay: max(o.retry.MaxBackoff, time.Second)}}),
 		grpc.WithChainUnaryInterceptor(retryInterceptor(o.retry, o.timeout)),
+		// Trace context of the caller's ctx reaches the service (a span
+		// per attempt); the global no-op provider unless configured.
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(o.otelOptions()...)),
 	}
 	if o.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearer{token: o.token, allowPlaintext: local}))

@@ -9,6 +9,9 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 )
 
@@ -29,6 +32,8 @@ type options struct {
 	defaultsFile string
 	logger       *slog.Logger
 	block        bool
+	tracer       trace.TracerProvider
+	propagator   propagation.TextMapPropagator
 }
 
 func defaultOptions() options {
@@ -202,4 +207,30 @@ func WithLogger(l *slog.Logger) Option {
 // service can start while the secrets service is down.
 func WithBlock() Option {
 	return func(o *options) error { o.block = true; return nil }
+}
+
+// WithTracerProvider sends the client's gRPC spans to tp and carries trace
+// context to the service with propagator (nil: W3C trace context). Without
+// it the client uses OpenTelemetry's global provider and propagator, which
+// do nothing until the application sets them (otel.SetTracerProvider,
+// otel.SetTextMapPropagator). Spans record the method and status, never a
+// value or the token.
+func WithTracerProvider(tp trace.TracerProvider, propagator propagation.TextMapPropagator) Option {
+	return func(o *options) error {
+		if tp == nil {
+			return errors.New("WithTracerProvider: nil provider")
+		}
+		if propagator == nil {
+			propagator = propagation.TraceContext{}
+		}
+		o.tracer, o.propagator = tp, propagator
+		return nil
+	}
+}
+
+func (o *options) otelOptions() []otelgrpc.Option {
+	if o.tracer == nil {
+		return nil // otelgrpc then uses the global provider and propagator
+	}
+	return []otelgrpc.Option{otelgrpc.WithTracerProvider(o.tracer), otelgrpc.WithPropagators(o.propagator)}
 }

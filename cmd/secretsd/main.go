@@ -19,16 +19,20 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/orient-bot/secrets/migrations"
+	"go.opentelemetry.io/otel"
+
 	"github.com/orient-bot/secrets/server/app"
 	"github.com/orient-bot/secrets/server/seal"
+	"github.com/orient-bot/secrets/server/tracing"
 )
 
 const usage = `secretsd serves Orient's secrets over gRPC and REST.
 
 Usage:
   secretsd [flags]            serve
-  secretsd migrate            apply database migrations to DATABASE_URL and exit
+  secretsd migrate [--dry-run]  apply database migrations to DATABASE_URL and exit
+                              (--dry-run: print what would run, change nothing)
+  secretsd version            print the version
   secretsd audit verify|export  check the tamper-evident audit log; export it (see secretsd audit -h)
   secretsd kek status|rotate  KEK rotation: data keys per KEK; re-wrap them under the primary (see secretsd kek -h)
 
@@ -48,6 +52,8 @@ Environment (flags win over environment):
   SECRETS_DATA_DIR        same as --data-dir
   SECRETS_LOG_LEVEL       same as --log-level
   SECRETS_LOG_FORMAT      same as --log-format
+  OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) export OpenTelemetry spans over
+                          OTLP/HTTP; the other OTEL_* variables apply (off when unset)
 
 Flags:
 `
@@ -127,15 +133,9 @@ func run(args []string) error {
 	switch fs.Arg(0) {
 	case "":
 	case "migrate":
-		if cfg.DatabaseURL == "" {
-			return errors.New("migrate needs DATABASE_URL (the embedded default migrates itself at start)")
-		}
-		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		defer cancel()
-		if err := migrations.Up(mctx, cfg.DatabaseURL); err != nil {
-			return err
-		}
-		log.Info("migrations applied")
+		return runMigrate(ctx, cfg.DatabaseURL, log, fs.Args()[1:], os.Stdout)
+	case "version":
+		fmt.Println(buildVersion())
 		return nil
 	case "audit":
 		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
@@ -145,6 +145,23 @@ func run(args []string) error {
 		return fmt.Errorf("unknown command %q (see secretsd -h)", fs.Arg(0))
 	}
 
+	tp, err := tracing.FromEnv(ctx, buildVersion(), os.Getenv)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		cfg.TracerProvider = tp
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("OpenTelemetry", "error", err) }))
+		defer func() {
+			// After the server has drained: its last spans go out too.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("OpenTelemetry: flushing spans at exit", "error", err)
+			}
+		}()
+		log.Info("OpenTelemetry tracing on: spans exported over OTLP/HTTP as OTEL_EXPORTER_OTLP_* say")
+	}
 	srv, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		return err

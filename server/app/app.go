@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"gocloud.dev/secrets"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -116,6 +117,9 @@ type Config struct {
 	AuditSigningKey string
 	// AuditCheckpointInterval is how often the chain head is signed.
 	AuditCheckpointInterval time.Duration
+	// TracerProvider, if set, receives OpenTelemetry spans for gRPC, REST
+	// and PostgreSQL (see tracing.go); nil leaves tracing out entirely.
+	TracerProvider trace.TracerProvider
 }
 
 // MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
@@ -201,7 +205,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			return nil, err
 		}
 	} else if kekURL == "" {
-		return nil, errors.New("SECRETS_KEK_URL is required with DATABASE_URL (e.g. awskms://…, gcpkms://…, or base64key://<32 bytes in base64> for testing)")
+		return nil, missingKEK(ctx, dsn, log)
 	}
 	urls, err := seal.ParseKEKURLs(kekURL)
 	if err != nil {
@@ -224,7 +228,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err := migrations.Up(mctx, dsn); err != nil {
 		return nil, fmt.Errorf("database migrations: %w", err)
 	}
-	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log}); err != nil {
+	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log, Tracer: s.queryTracer()}); err != nil {
 		return nil, err
 	}
 	if err := s.checkKEKs(ctx); err != nil {
@@ -354,6 +358,7 @@ func (s *Server) listen(ctx context.Context) error {
 		// for its request message before any interceptor runs).
 		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 	}
+	serverOpts = append(serverOpts, s.tracingServerOptions()...)
 	if s.tls.server != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
 	}
@@ -411,13 +416,13 @@ func (s *Server) listen(ctx context.Context) error {
 	}
 	metrics.InitializeMetrics(s.grpc)
 
-	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log)
+	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
 	if err != nil {
 		return err
 	}
 	s.gwConn = conn
 	s.http = &http.Server{
-		Handler:           s.httpHandler(gw, reg),
+		Handler:           s.httpHandler(s.traceHTTP(gw), reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,

@@ -34,7 +34,7 @@ const BodyReadTimeout = 30 * time.Second
 
 // newGateway builds the REST/JSON gateway. It dials the gRPC listener like
 // any client, so every interceptor runs once and streaming works.
-func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger) (http.Handler, *grpc.ClientConn, error) {
+func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
 			MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true},
@@ -53,7 +53,7 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 	if tlsConf != nil {
 		creds = credentials.NewTLS(tlsConf)
 	}
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(grpcAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, dialOpts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway: dial %s: %w", grpcAddr, err)
 	}
