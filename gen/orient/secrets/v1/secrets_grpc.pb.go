@@ -33,6 +33,7 @@ const (
 	SecretService_WatchChanges_FullMethodName         = "/orient.secrets.v1.SecretService/WatchChanges"
 	SecretService_ListConsumers_FullMethodName        = "/orient.secrets.v1.SecretService/ListConsumers"
 	SecretService_ReportConsumerState_FullMethodName  = "/orient.secrets.v1.SecretService/ReportConsumerState"
+	SecretService_CheckSecret_FullMethodName          = "/orient.secrets.v1.SecretService/CheckSecret"
 )
 
 // SecretServiceClient is the client API for SecretService service.
@@ -88,6 +89,12 @@ type SecretServiceClient interface {
 	// Reports the revision a consumer instance runs with, e.g. after it
 	// restarted; this clears the changes it picked up.
 	ReportConsumerState(ctx context.Context, in *ReportConsumerStateRequest, opts ...grpc.CallOption) (*ReportConsumerStateResponse, error)
+	// Asks the provider whether the stored credential (the newest version)
+	// works, with a harmless read-only call: list models (Anthropic, OpenAI,
+	// Google AI), auth.test (Slack), GET /user (GitHub), myself (JIRA). Never
+	// returns the value. The check is audited; a provider that says no is a
+	// successful call whose result is "invalid".
+	CheckSecret(ctx context.Context, in *CheckSecretRequest, opts ...grpc.CallOption) (*CheckSecretResponse, error)
 }
 
 type secretServiceClient struct {
@@ -247,6 +254,16 @@ func (c *secretServiceClient) ReportConsumerState(ctx context.Context, in *Repor
 	return out, nil
 }
 
+func (c *secretServiceClient) CheckSecret(ctx context.Context, in *CheckSecretRequest, opts ...grpc.CallOption) (*CheckSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckSecretResponse)
+	err := c.cc.Invoke(ctx, SecretService_CheckSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecretServiceServer is the server API for SecretService service.
 // All implementations must embed UnimplementedSecretServiceServer
 // for forward compatibility.
@@ -300,6 +317,12 @@ type SecretServiceServer interface {
 	// Reports the revision a consumer instance runs with, e.g. after it
 	// restarted; this clears the changes it picked up.
 	ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error)
+	// Asks the provider whether the stored credential (the newest version)
+	// works, with a harmless read-only call: list models (Anthropic, OpenAI,
+	// Google AI), auth.test (Slack), GET /user (GitHub), myself (JIRA). Never
+	// returns the value. The check is audited; a provider that says no is a
+	// successful call whose result is "invalid".
+	CheckSecret(context.Context, *CheckSecretRequest) (*CheckSecretResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }
 
@@ -351,6 +374,9 @@ func (UnimplementedSecretServiceServer) ListConsumers(context.Context, *ListCons
 }
 func (UnimplementedSecretServiceServer) ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportConsumerState not implemented")
+}
+func (UnimplementedSecretServiceServer) CheckSecret(context.Context, *CheckSecretRequest) (*CheckSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckSecret not implemented")
 }
 func (UnimplementedSecretServiceServer) mustEmbedUnimplementedSecretServiceServer() {}
 func (UnimplementedSecretServiceServer) testEmbeddedByValue()                       {}
@@ -618,6 +644,24 @@ func _SecretService_ReportConsumerState_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_CheckSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).CheckSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_CheckSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).CheckSecret(ctx, req.(*CheckSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecretService_ServiceDesc is the grpc.ServiceDesc for SecretService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -676,6 +720,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportConsumerState",
 			Handler:    _SecretService_ReportConsumerState_Handler,
+		},
+		{
+			MethodName: "CheckSecret",
+			Handler:    _SecretService_CheckSecret_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
