@@ -43,6 +43,7 @@ var Rules = map[string]Rule{
 	"/orient.secrets.v1.SecretService/WatchChanges":         {Roles: readers, KeyScoped: true},
 	"/orient.secrets.v1.SecretService/ListConsumers":        {Roles: readers},
 	"/orient.secrets.v1.SecretService/ReportConsumerState":  {Roles: readers, KeyScoped: true},
+	"/orient.secrets.v1.SecretService/CheckSecret":          {Roles: writers, KeyScoped: true},
 
 	"/orient.secrets.v1.ProviderService/ListProviders":         {Roles: anyone},
 	"/orient.secrets.v1.ProviderService/GetProviderDefaults":   {Roles: anyone},

@@ -121,11 +121,18 @@ type Checker struct {
 	base      map[string]*url.URL
 	jiraHosts []string
 	client    *http.Client
+	// inflight bounds concurrent checks: each may hold a connection for
+	// the whole timeout.
+	inflight chan struct{}
 }
+
+// MaxInFlight bounds the checks a server runs at once; more are answered
+// "unreachable" at once.
+const MaxInFlight = 16
 
 // New validates cfg and returns a Checker.
 func New(cfg Config) (*Checker, error) {
-	c := &Checker{base: map[string]*url.URL{}, jiraHosts: cfg.JIRAHosts}
+	c := &Checker{base: map[string]*url.URL{}, jiraHosts: cfg.JIRAHosts, inflight: make(chan struct{}, MaxInFlight)}
 	if len(c.jiraHosts) == 0 {
 		c.jiraHosts = []string{"*.atlassian.net"}
 	}
@@ -178,6 +185,13 @@ func (c *Checker) Check(ctx context.Context, key string, values map[string][]byt
 		return Outcome{Result: Invalid, Reason: "no check for this key"}
 	}
 	out := Outcome{Provider: p.provider}
+	select {
+	case c.inflight <- struct{}{}:
+		defer func() { <-c.inflight }()
+	default:
+		out.Result, out.Reason = Unreachable, "too many checks in progress; retry"
+		return out
+	}
 	cred := values[key]
 	if !tokenLike(cred) {
 		out.Result, out.Reason = Invalid, "not a well-formed credential (spaces or control characters)"

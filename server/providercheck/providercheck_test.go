@@ -269,3 +269,38 @@ func TestNewRejectsBadBaseURLs(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckBoundsConcurrentChecks(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	arrived := make(chan struct{}, MaxInFlight+1)
+	slow := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+	}))
+	t.Cleanup(slow.Close)
+	pool := x509.NewCertPool()
+	pool.AddCert(slow.Certificate())
+	c, err := New(Config{BaseURLs: map[string]string{OpenAI: slow.URL}, TLS: &tls.Config{RootCAs: pool}, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := map[string][]byte{"OPENAI_API_KEY": []byte("sk-x")}
+	var wg sync.WaitGroup
+	for range MaxInFlight {
+		wg.Go(func() { c.Check(context.Background(), "OPENAI_API_KEY", values) })
+	}
+	for range MaxInFlight {
+		<-arrived
+	}
+	got := c.Check(context.Background(), "OPENAI_API_KEY", values)
+	close(release)
+	wg.Wait()
+	if got.Result != Unreachable || !strings.Contains(got.Reason, "too many checks") {
+		t.Errorf("check beyond the bound: %+v", got)
+	}
+	// Once the slow checks are done, checks run again (the fake answers 200).
+	if got := c.Check(context.Background(), "OPENAI_API_KEY", values); got.Result != Valid {
+		t.Errorf("check after the others finished: %+v", got)
+	}
+}
