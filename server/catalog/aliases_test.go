@@ -1,6 +1,10 @@
 package catalog
 
-import "testing"
+import (
+	"os"
+	"strings"
+	"testing"
+)
 
 func TestAliasesNameCatalogKeys(t *testing.T) {
 	for alias, key := range Aliases() {
@@ -47,6 +51,29 @@ func TestImportCategory(t *testing.T) {
 	} {
 		if got := ImportCategory(c.key, c.label); got != c.want {
 			t.Errorf("ImportCategory(%s, %q) = %q, want %q", c.key, c.label, got, c.want)
+		}
+	}
+}
+
+// The README's import table lists every alias next to its key.
+func TestREADMEListsEveryAlias(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]string{} // alias -> the table row's key cell
+	for _, line := range strings.Split(string(b), "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) != 4 {
+			continue
+		}
+		for _, a := range strings.Split(cells[1], ",") {
+			rows[strings.Trim(strings.TrimSpace(a), "`")] = cells[2]
+		}
+	}
+	for alias, key := range Aliases() {
+		if cell, ok := rows[alias]; !ok || !strings.Contains(cell, "`"+key+"`") {
+			t.Errorf("README's import table does not map %s to %s", alias, key)
 		}
 	}
 }
