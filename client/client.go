@@ -81,9 +81,12 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		grpc.WithTransportCredentials(creds),
 		// gRPC's own reconnect backoff grows to 2 minutes; a service waiting
 		// for its secrets should notice the server's return sooner.
+		// MinConnectTimeout must be set with it: left zero, gRPC gives each
+		// connection attempt only the current backoff (50 ms at first) to
+		// finish its handshake, which a slow network or a busy host misses.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
 			BaseDelay: max(o.retry.InitialBackoff, 50*time.Millisecond), Multiplier: 1.6, Jitter: 0.2,
-			MaxDelay: max(o.retry.MaxBackoff, time.Second)}}),
+			MaxDelay: max(o.retry.MaxBackoff, time.Second)}, MinConnectTimeout: 20 * time.Second}),
 		grpc.WithChainUnaryInterceptor(retryInterceptor(o.retry, o.timeout)),
 		// Trace context of the caller's ctx reaches the service (a span
 		// per attempt); the global no-op provider unless configured.

@@ -95,6 +95,9 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
+	checkURLs := fs.String("provider-check-urls", env("SECRETS_PROVIDER_CHECK_URLS", ""), "CheckSecret: comma-separated provider=URL overrides of the providers' API roots (anthropic, openai, google, slack, github), e.g. for an egress proxy")
+	jiraHosts := fs.String("provider-check-jira-hosts", env("SECRETS_PROVIDER_CHECK_JIRA_HOSTS", "*.atlassian.net"), "CheckSecret: comma-separated hosts JIRA_BASE_URL may name (*.example.com for subdomains); the JIRA token is sent only there")
+	fs.DurationVar(&cfg.ProviderChecks.Timeout, "provider-check-timeout", 5*time.Second, "CheckSecret: how long one provider call may take")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
@@ -118,6 +121,24 @@ func run(args []string) error {
 			return fmt.Errorf("--trusted-proxies: %w", err)
 		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
+	}
+	for _, kv := range strings.Split(*checkURLs, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		id, u, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("--provider-check-urls: want provider=URL, got %q", kv)
+		}
+		if cfg.ProviderChecks.BaseURLs == nil {
+			cfg.ProviderChecks.BaseURLs = map[string]string{}
+		}
+		cfg.ProviderChecks.BaseURLs[strings.TrimSpace(id)] = strings.TrimSpace(u)
+	}
+	for _, h := range strings.Split(*jiraHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.ProviderChecks.JIRAHosts = append(cfg.ProviderChecks.JIRAHosts, h)
+		}
 	}
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")

@@ -18,6 +18,7 @@ import (
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/server/app"
+	"github.com/orient-bot/secrets/server/providercheck"
 )
 
 // Server is a running test server.
@@ -115,6 +116,13 @@ func Start(t testing.TB, opts Options) *Server {
 		opts.AdminToken = DefaultAdminToken
 	}
 	cfg.BootstrapToken = opts.AdminToken
+	// CheckSecret must never reach a real provider from a test: every
+	// provider points at a closed loopback port unless Configure says
+	// otherwise.
+	cfg.ProviderChecks.BaseURLs = map[string]string{}
+	for id := range providercheck.DefaultBaseURLs {
+		cfg.ProviderChecks.BaseURLs[id] = "https://127.0.0.1:1"
+	}
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}

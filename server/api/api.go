@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orient-bot/secrets/server/providercheck"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -77,6 +78,9 @@ type Deps struct {
 	// ReadCache, if set, answers reads of newest versions without a
 	// database read (the audit commit still happens).
 	ReadCache ReadCache
+	// Checker asks providers whether stored credentials work (CheckSecret);
+	// nil answers UNIMPLEMENTED.
+	Checker *providercheck.Checker
 }
 
 // ReadCache holds sealed newest versions, kept exact by the change stream

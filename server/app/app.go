@@ -41,6 +41,7 @@ import (
 	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/kek"
 	"github.com/orient-bot/secrets/server/pgcluster"
+	"github.com/orient-bot/secrets/server/providercheck"
 	"github.com/orient-bot/secrets/server/readcache"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
@@ -120,6 +121,9 @@ type Config struct {
 	// TracerProvider, if set, receives OpenTelemetry spans for gRPC, REST
 	// and PostgreSQL (see tracing.go); nil leaves tracing out entirely.
 	TracerProvider trace.TracerProvider
+	// ProviderChecks configures CheckSecret's calls to providers (base
+	// URLs, allowed JIRA hosts, timeout).
+	ProviderChecks providercheck.Config
 }
 
 // MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
@@ -390,6 +394,9 @@ func (s *Server) listen(ctx context.Context) error {
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}
+	if deps.Checker, err = providercheck.New(s.cfg.ProviderChecks); err != nil {
+		return err
+	}
 	if s.cfg.ReadCacheEntries > 0 {
 		s.readCache = readcache.New(s.hub, s.store.LastWriteRevision, s.cfg.ReadCacheEntries, s.log)
 		deps.ReadCache = s.readCache

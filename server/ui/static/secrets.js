@@ -2,7 +2,7 @@
 // and the catalog's empty slots), the add / edit form, reveal on click,
 // version history and delete.
 
-import { secrets as api, encodeText, decodeText } from './api.js';
+import { secrets as api, encodeText, decodeText, request } from './api.js';
 import { el, $, clear, setText, button, badge, timeEl, confirmDialog } from './dom.js';
 
 export const CATEGORY_NAMES = {
@@ -151,6 +151,10 @@ function secretRow(s) {
   if (empty) badges.append(badge('Empty slot', 'muted'));
   else if (!s.configured) badges.append(badge('No enabled version', 'warn'));
   if (s.restartRequired) badges.append(badge('Restart on change', 'outline'));
+  const checked = checks.get(s.key);
+  if (checked && checked.version === String(s.currentVersion)) {
+    badges.append(el('div', { className: 'small check-result', dataset: { check: checked.result }, attrs: { role: 'status' }, text: checked.text }));
+  }
 
   const desc = el('td', { className: 'desc' }, el('div', { className: 'desc-text', text: s.description || '' }));
   if (s.valuePrefix) {
@@ -173,6 +177,8 @@ function secretRow(s) {
       const shown = state.revealed.has(s.key);
       actions.append(button(shown ? 'Hide' : 'Reveal', () => (shown ? hide(s.key) : reveal(s.key)), 'btn btn-small', { dataset: { action: 'reveal' } }));
     }
+    // Every provider check is for a catalog key; the server says which have one.
+    if (s.configured && s.catalog) actions.append(button('Check', () => check(s), 'btn btn-small', { dataset: { action: 'check' } }));
     actions.append(button('Edit', () => editForm('edit', s), 'btn btn-small', { dataset: { action: 'edit' } }));
     actions.append(button('Versions', () => openVersions(s.key), 'btn btn-small', { dataset: { action: 'versions' } }));
     actions.append(button('Delete', () => remove(s), 'btn btn-small btn-danger-text', { dataset: { action: 'delete' } }));
@@ -220,6 +226,30 @@ async function reveal(key) {
   } catch (e) {
     setText($('#secrets-error'), `Could not reveal ${key}: ${e.userMessage}`);
   }
+}
+
+// Provider checks (POST /v1/secrets/{key}:check): key -> {version, result,
+// text} of the last check, shown under the key while that version is current.
+const checks = new Map();
+const CHECK_LABELS = {
+  valid: 'Valid',
+  invalid: 'Invalid',
+  insufficient_permissions: 'Insufficient permissions',
+  unreachable: 'Provider unreachable',
+};
+
+async function check(s) {
+  const version = String(s.currentVersion);
+  checks.set(s.key, { version, result: 'pending', text: 'Checking…' });
+  render();
+  try {
+    const r = await request('POST', `/v1/secrets/${encodeURIComponent(s.key)}:check`, { body: {} });
+    const answer = r.httpStatus ? `HTTP ${r.httpStatus}` : 'no answer';
+    checks.set(s.key, { version, result: r.result, text: `${CHECK_LABELS[r.result] || r.result} — ${r.provider}: ${r.reason} (${answer})` });
+  } catch (e) {
+    checks.set(s.key, { version, result: 'error', text: `Not checked: ${e.userMessage}` });
+  }
+  render();
 }
 
 function hide(key) {
@@ -513,6 +543,7 @@ export function hideTab() {
 export function reset() {
   state.items = [];
   state.revealed.clear();
+  checks.clear();
   clear($('#secrets-list'));
   setMode('add');
 }
