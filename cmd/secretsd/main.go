@@ -27,7 +27,9 @@ const usage = `secretsd serves Orient's secrets over gRPC and REST.
 
 Usage:
   secretsd [flags]            serve
-  secretsd migrate            apply database migrations to DATABASE_URL and exit
+  secretsd migrate [--service-role NAME]
+                              apply database migrations to DATABASE_URL (as the owner
+                              role) and create or check the service role; exit
   secretsd audit verify|export  check the tamper-evident audit log; export it (see secretsd audit -h)
   secretsd kek status|rotate  KEK rotation: data keys per KEK; re-wrap them under the primary (see secretsd kek -h)
 
@@ -84,6 +86,12 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
+	fs.StringVar(&cfg.AuditCheckpointURL, "audit-checkpoint-url", env("SECRETS_AUDIT_CHECKPOINT_URL", ""), "blob URL (file://, s3://, gs://, azblob://) where every signed checkpoint is also written, outside the database (embedded default: <data-dir>/audit-checkpoints)")
+	var auditPublic keyList
+	_ = auditPublic.Set(env("SECRETS_AUDIT_PUBLIC_KEYS", ""))
+	fs.Var(&auditPublic, "audit-public-keys", "earlier audit signing keys' public halves (base64, comma-separated): their checkpoints still verify after a key rotation")
+	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envBool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
+	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envBool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
@@ -108,6 +116,7 @@ func run(args []string) error {
 		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
 	}
+	cfg.AuditPublicKeys = auditPublic
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
 	cfg.BootstrapToken = os.Getenv("SECRETS_BOOTSTRAP_TOKEN")
@@ -125,15 +134,27 @@ func run(args []string) error {
 		if cfg.DatabaseURL == "" {
 			return errors.New("migrate needs DATABASE_URL (the embedded default migrates itself at start)")
 		}
+		mfs := flag.NewFlagSet("secretsd migrate", flag.ContinueOnError)
+		serviceRole := mfs.String("service-role", env("SECRETS_SERVICE_ROLE", migrations.DefaultServiceRole), "the role the service connects as (created if missing, granted only what it needs)")
+		if err := mfs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
 		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		if err := migrations.Up(mctx, cfg.DatabaseURL); err != nil {
 			return err
 		}
-		log.Info("migrations applied")
+		created, err := migrations.EnsureServiceRole(mctx, cfg.DatabaseURL, *serviceRole)
+		if err != nil {
+			return err
+		}
+		log.Info("migrations applied; service role ready", "role", *serviceRole, "created", created)
+		if created {
+			log.Warn("the service role was created without a password: set one (ALTER ROLE … PASSWORD) or another authentication method, and connect secretsd as it")
+		}
 		return nil
 	case "audit":
-		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
+		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, cfg.AuditCheckpointURL, log, fs.Args()[1:])
 	case "kek":
 		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, log, fs.Args()[1:])
 	default:

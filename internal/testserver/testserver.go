@@ -4,11 +4,15 @@
 package testserver
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -23,7 +27,9 @@ import (
 // Server is a running test server.
 type Server struct {
 	*app.Server
-	// DatabaseURL is the test database (tests may inspect it directly).
+	// DatabaseURL is the test database as its owner (a superuser: tests
+	// may inspect and tamper with it directly). The server connects as the
+	// service role (testdb.ServiceURL).
 	DatabaseURL string
 	// KEKURL is the server's key-encryption key URL.
 	KEKURL string
@@ -98,6 +104,26 @@ func NewKEKURL(t testing.TB) string {
 	return "base64key://" + base64.URLEncoding.EncodeToString(k)
 }
 
+// auditSeed is the test servers' audit signing key: one for every server,
+// so replicas of one database sign with the same key.
+var auditSeed = bytes.Repeat([]byte{0x5e}, ed25519.SeedSize)
+
+// AuditSigningKeyFile writes the test servers' audit signing key to a file
+// (as --audit-signing-key reads it) and returns its path.
+func AuditSigningKeyFile(t testing.TB) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "audit-signing.key")
+	if err := os.WriteFile(f, []byte(base64.StdEncoding.EncodeToString(auditSeed)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// AuditPublicKey is the public half of the test servers' signing key.
+func AuditPublicKey() ed25519.PublicKey {
+	return ed25519.NewKeyFromSeed(auditSeed).Public().(ed25519.PublicKey)
+}
+
 // Start starts a server and stops it at the end of the test.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
@@ -109,7 +135,8 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	cfg := app.DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DatabaseURL, cfg.KEKURL = opts.DatabaseURL, opts.KEKURL
+	cfg.DatabaseURL, cfg.KEKURL = testdb.ServiceURL(t, opts.DatabaseURL), opts.KEKURL
+	cfg.AuditSigningKey = AuditSigningKeyFile(t)
 	cfg.ShutdownTimeout = 5 * time.Second
 	if opts.AdminToken == "" {
 		opts.AdminToken = DefaultAdminToken

@@ -78,6 +78,6 @@ func (s *AuditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogR
 	}
 	return &pb.VerifyAuditLogResponse{
 		Intact: res.Intact, VerifiedThrough: res.VerifiedThrough, FirstBadSequence: res.FirstBad, Reason: res.Reason,
-		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: s.Log.Public != nil,
+		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: len(s.Log.Keys) > 0,
 	}, nil
 }

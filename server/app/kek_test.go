@@ -125,7 +125,8 @@ func kekStatus(t *testing.T, c pb.KeyServiceClient) (map[string]*pb.KEKInfo, *pb
 func startErr(t *testing.T, db, kekURL string) error {
 	t.Helper()
 	cfg := app.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", db, kekURL
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", testdb.ServiceURL(t, db), kekURL
+	cfg.AuditSigningKey = testserver.AuditSigningKeyFile(t)
 	srv, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err == nil {
 		srv.Serve(canceled())
