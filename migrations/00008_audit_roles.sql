@@ -40,7 +40,12 @@ CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoint
 
 REVOKE ALL ON audit_events, audit_head, audit_checkpoints FROM PUBLIC;
 
+-- MatchValue (the leak check) finds writes by their value HMAC; only
+-- writes carry one.
+CREATE INDEX audit_events_value_hmac ON audit_events (value_hmac) WHERE value_hmac IS NOT NULL;
+
 -- +goose Down
+DROP INDEX audit_events_value_hmac;
 DROP TRIGGER audit_checkpoints_no_truncate ON audit_checkpoints;
 DROP TRIGGER audit_checkpoints_no_change ON audit_checkpoints;
 DROP TRIGGER audit_head_no_truncate ON audit_head;

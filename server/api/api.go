@@ -30,6 +30,7 @@ type Store interface {
 	BatchAccess(ctx context.Context, keys []string) ([]store.BatchItem, int64, error)
 	RecordFailure(ctx context.Context, meta store.Meta, key string, version int64, outcome, detail string) error
 	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEvent, error)
+	WritesWithValueMAC(ctx context.Context, mac []byte, key string, limit int) ([]store.AuditEvent, error)
 	ProviderDefaults(ctx context.Context) ([]store.ProviderDefault, int64, error)
 	SetProviderDefault(ctx context.Context, meta store.Meta, useCase, provider, model string) (store.ProviderDefaultResult, error)
 }

@@ -50,6 +50,7 @@ var Rules = map[string]Rule{
 
 	"/orient.secrets.v1.AuditService/ListAuditEvents": {Roles: auditors},
 	"/orient.secrets.v1.AuditService/VerifyAuditLog":  {Roles: auditors},
+	"/orient.secrets.v1.AuditService/MatchValue":      {Roles: auditors},
 
 	"/orient.secrets.v1.TokenService/CreateToken": {Roles: admins},
 	"/orient.secrets.v1.TokenService/ListTokens":  {Roles: admins},
