@@ -250,7 +250,16 @@ func (s *Server) migrateEmbedded(ctx context.Context, ownerDSN string) (string, 
 	if _, err := migrations.EnsureServiceRole(ctx, ownerDSN, migrations.DefaultServiceRole); err != nil {
 		return "", err
 	}
-	return s.cluster.ConnStringAs(migrations.DefaultServiceRole, "postgres"), nil
+	dsn := s.cluster.ConnStringAs(migrations.DefaultServiceRole, "postgres")
+	role, err := migrations.CurrentRole(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	if role.Privileged() {
+		return "", fmt.Errorf("embedded PostgreSQL: role %s could rewrite the audit log", role.Name)
+	}
+	s.log.Info("database role", "role", role.Name, "superuser", role.Superuser, "owner", role.Owner)
+	return dsn, nil
 }
 
 // checkRole refuses a DATABASE_URL role that could rewrite the audit log
@@ -275,6 +284,7 @@ func (s *Server) checkRole(ctx context.Context, dsn string) error {
 		}
 		return nil
 	}
+	s.log.Info("database role", "role", role.Name, "superuser", false, "owner", false)
 	pending, err := migrations.Pending(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("database migrations: %w", err)

@@ -400,6 +400,11 @@ func TestKEKRotateCommandKilled(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "DATABASE_URL") || !strings.Contains(string(out), "/v1/kek") {
 		t.Errorf("kek status without DATABASE_URL: %v\n%s", err, out)
 	}
+	// An out-of-range batch size is refused, not silently capped.
+	cmd = kekCommand(bin, env, "kek", "rotate", "--batch-size", "5000")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--batch-size must be between 1 and 1000") {
+		t.Errorf("kek rotate --batch-size 5000: %v\n%s", err, out)
+	}
 }
 
 // kekBuildSecretsd builds the real secretsd into a temporary directory.
