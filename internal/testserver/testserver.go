@@ -53,6 +53,10 @@ type Options struct {
 	// DatabaseURL reuses an existing database (e.g. a second replica);
 	// empty gets a fresh one.
 	DatabaseURL string
+	// ServiceURL is what the server connects with; empty means
+	// testdb.ServiceURL(DatabaseURL) (set it for a database testdb did not
+	// make, migrated and with its service role).
+	ServiceURL string
 	// KEKURL reuses a key; empty generates one.
 	KEKURL string
 	// Log receives the server's log; nil discards it.
@@ -135,7 +139,10 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	cfg := app.DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DatabaseURL, cfg.KEKURL = testdb.ServiceURL(t, opts.DatabaseURL), opts.KEKURL
+	if opts.ServiceURL == "" {
+		opts.ServiceURL = testdb.ServiceURL(t, opts.DatabaseURL)
+	}
+	cfg.DatabaseURL, cfg.KEKURL = opts.ServiceURL, opts.KEKURL
 	cfg.AuditSigningKey = AuditSigningKeyFile(t)
 	cfg.ShutdownTimeout = 5 * time.Second
 	if opts.AdminToken == "" {

@@ -449,7 +449,7 @@ func (s *Server) listen(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		TLSConfig:         s.tls.server,
+		TLSConfig:         s.tls.http,
 		// No WriteTimeout: it would cut off change streams.
 	}
 	return nil
@@ -473,7 +473,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.authDone.Go(func() { s.denials.run(authCtx) })
 	go func() {
 		serve := s.http.Serve
-		if s.tls.server != nil {
+		if s.tls.http != nil {
 			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
 		}
 		if err := serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
