@@ -116,7 +116,12 @@ var auditSeed = bytes.Repeat([]byte{0x5e}, ed25519.SeedSize)
 // (as --audit-signing-key reads it) and returns its path.
 func AuditSigningKeyFile(t testing.TB) string {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), "audit-signing.key")
+	dir, err := os.MkdirTemp("", "secrets-audit-key-") // not t.TempDir: examples pass a partial testing.TB
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	f := filepath.Join(dir, "audit-signing.key")
 	if err := os.WriteFile(f, []byte(base64.StdEncoding.EncodeToString(auditSeed)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
