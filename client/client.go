@@ -40,6 +40,7 @@ type Client struct {
 	providers pb.ProviderServiceClient
 	audit     pb.AuditServiceClient
 	tokens    pb.TokenServiceClient
+	keys      pb.KeyServiceClient
 
 	// lastKnown holds the latest database value Resolve saw per key, served
 	// (with its age) when the service is unreachable.
@@ -106,6 +107,7 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		providers: pb.NewProviderServiceClient(conn),
 		audit:     pb.NewAuditServiceClient(conn),
 		tokens:    pb.NewTokenServiceClient(conn),
+		keys:      pb.NewKeyServiceClient(conn),
 		lastKnown: map[string]lastKnown{},
 	}
 	if o.block {

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/orient-bot/secrets/server/auditlog"
 )
 
 // TestE2E builds the real secretsd, runs it on the embedded default (no
@@ -60,6 +62,24 @@ func TestE2E(t *testing.T) {
 	}
 	p.stop(t)
 	assertClusterStopped(t, dataDir)
+	if !strings.Contains(p.stderr.String(), "database role") || !strings.Contains(p.stderr.String(), "role=secrets_service superuser=false owner=false") {
+		t.Errorf("the embedded default does not serve as the least-privileged service role:\n%s", p.stderr.String())
+	}
+	// The checkpoints are anchored outside the database, in the data
+	// directory, signed by the generated key (the last one at shutdown).
+	signer, err := auditlog.LoadSigner(filepath.Join(dataDir, "audit-signing.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchor, err := auditlog.OpenAnchor(context.Background(), "file://"+filepath.Join(dataDir, "audit-checkpoints"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cps, err := anchor.List(context.Background())
+	anchor.Close()
+	if err != nil || len(cps) == 0 || !cps[len(cps)-1].Valid(signer.Public()) || cps[len(cps)-1].Sequence < 2 {
+		t.Errorf("external checkpoints in the data directory: %d, %v", len(cps), err)
+	}
 
 	kekFile := filepath.Join(dataDir, "dev-kek.key")
 	fi, err := os.Stat(kekFile)

@@ -30,7 +30,9 @@ const usage = `secretsd serves Orient's secrets over gRPC and REST.
 
 Usage:
   secretsd [flags]            serve
-  secretsd migrate [--dry-run]  apply database migrations to DATABASE_URL and exit
+  secretsd migrate [--service-role NAME] [--dry-run]
+                              apply database migrations to DATABASE_URL (as the owner
+                              role) and create or check the service role; exit
                               (--dry-run: print what would run, change nothing)
   secretsd version            print the version
   secretsd audit verify|export  check the tamper-evident audit log; export it (see secretsd audit -h)
@@ -98,6 +100,12 @@ func run(args []string) error {
 	checkURLs := fs.String("provider-check-urls", env("SECRETS_PROVIDER_CHECK_URLS", ""), "CheckSecret: comma-separated provider=URL overrides of the providers' API roots (anthropic, openai, google, slack, github), e.g. for an egress proxy")
 	jiraHosts := fs.String("provider-check-jira-hosts", env("SECRETS_PROVIDER_CHECK_JIRA_HOSTS", "*.atlassian.net"), "CheckSecret: comma-separated hosts JIRA_BASE_URL may name (*.example.com for subdomains); the JIRA token is sent only there")
 	fs.DurationVar(&cfg.ProviderChecks.Timeout, "provider-check-timeout", 5*time.Second, "CheckSecret: how long one provider call may take")
+	fs.StringVar(&cfg.AuditCheckpointURL, "audit-checkpoint-url", env("SECRETS_AUDIT_CHECKPOINT_URL", ""), "blob URL (file://, s3://, gs://, azblob://) where every signed checkpoint is also written, outside the database (embedded default: <data-dir>/audit-checkpoints)")
+	var auditPublic keyList
+	_ = auditPublic.Set(env("SECRETS_AUDIT_PUBLIC_KEYS", ""))
+	fs.Var(&auditPublic, "audit-public-keys", "earlier audit signing keys' public halves (base64, comma-separated): their checkpoints still verify after a key rotation")
+	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envBool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
+	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envBool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
@@ -140,6 +148,7 @@ func run(args []string) error {
 			cfg.ProviderChecks.JIRAHosts = append(cfg.ProviderChecks.JIRAHosts, h)
 		}
 	}
+	cfg.AuditPublicKeys = auditPublic
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
 	cfg.BootstrapToken = os.Getenv("SECRETS_BOOTSTRAP_TOKEN")
@@ -159,7 +168,7 @@ func run(args []string) error {
 		fmt.Println(buildVersion())
 		return nil
 	case "audit":
-		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
+		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, cfg.AuditCheckpointURL, log, fs.Args()[1:])
 	case "kek":
 		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, cfg.KEKTimeout, log, fs.Args()[1:])
 	default:

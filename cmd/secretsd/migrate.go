@@ -16,8 +16,9 @@ import (
 func runMigrate(ctx context.Context, dsn string, log *slog.Logger, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("secretsd migrate", flag.ContinueOnError)
 	dryRun := fs.Bool("dry-run", false, "print the migrations that would run (and their SQL) without changing the database")
+	serviceRole := fs.String("service-role", env("SECRETS_SERVICE_ROLE", migrations.DefaultServiceRole), "the role the service connects as (created if missing, granted only what it needs)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: secretsd migrate [--dry-run]\n\nApplies the embedded migrations to DATABASE_URL and exits.\n\n")
+		fmt.Fprint(fs.Output(), "Usage: secretsd migrate [--service-role NAME] [--dry-run]\n\nApplies the embedded migrations to DATABASE_URL (as the owner role), creates or checks the service role, and exits.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -38,7 +39,14 @@ func runMigrate(ctx context.Context, dsn string, log *slog.Logger, args []string
 		if err := migrations.Up(mctx, dsn); err != nil {
 			return err
 		}
-		log.Info("migrations applied")
+		created, err := migrations.EnsureServiceRole(mctx, dsn, *serviceRole)
+		if err != nil {
+			return err
+		}
+		log.Info("migrations applied; service role ready", "role", *serviceRole, "created", created)
+		if created {
+			log.Warn("the service role was created without a password: set one (ALTER ROLE … PASSWORD) or another authentication method, and connect secretsd as it")
+		}
 		return nil
 	}
 	p, err := migrations.DryRun(mctx, dsn)

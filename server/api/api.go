@@ -33,6 +33,7 @@ type Store interface {
 	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEvent, error)
 	// CategoryOf returns a stored secret's category ("" when not stored).
 	CategoryOf(ctx context.Context, key string) (string, error)
+	WritesWithValueMAC(ctx context.Context, mac []byte, key string, limit int) ([]store.AuditEvent, error)
 	ProviderDefaults(ctx context.Context) ([]store.ProviderDefault, int64, error)
 	SetProviderDefault(ctx context.Context, meta store.Meta, useCase, provider, model string) (store.ProviderDefaultResult, error)
 }

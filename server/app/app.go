@@ -124,6 +124,18 @@ type Config struct {
 	// ProviderChecks configures CheckSecret's calls to providers (base
 	// URLs, allowed JIRA hosts, timeout).
 	ProviderChecks providercheck.Config
+	// AuditCheckpointURL is a gocloud.dev blob URL where every signed
+	// checkpoint is also written, outside the database (the embedded
+	// default: a folder in its data directory).
+	AuditCheckpointURL string
+	// AuditPublicKeys are earlier signing keys' public halves (base64):
+	// their checkpoints still verify after the signing key rotates.
+	AuditPublicKeys []string
+	// AuditUnsigned runs with DATABASE_URL and no signing key, on purpose.
+	AuditUnsigned bool
+	// AllowOwnerRole lets the service connect as the tables' owner or a
+	// superuser (who can rewrite the audit log), with a warning.
+	AllowOwnerRole bool
 }
 
 // MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
@@ -229,8 +241,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 
 	mctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := migrations.Up(mctx, dsn); err != nil {
-		return nil, fmt.Errorf("database migrations: %w", err)
+	if s.cluster != nil {
+		if dsn, err = s.migrateEmbedded(mctx, dsn); err != nil {
+			return nil, err
+		}
+	} else if err := s.checkRole(mctx, dsn); err != nil {
+		return nil, err
 	}
 	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log, Tracer: s.queryTracer()}); err != nil {
 		return nil, err
@@ -244,7 +260,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.auditMACKey, err = s.serviceKey(ctx, "audit-value-hmac"); err != nil {
 		return nil, err
 	}
-	if err := s.openAuditLog(); err != nil {
+	if err := s.openAuditLog(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.bootstrap(ctx); err != nil {
@@ -254,6 +270,61 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	return s, nil
+}
+
+// migrateEmbedded migrates the embedded cluster as its superuser (the
+// tables' owner), makes the service role, and returns the service role's
+// connection string: the embedded default runs with the two roles too.
+func (s *Server) migrateEmbedded(ctx context.Context, ownerDSN string) (string, error) {
+	if err := migrations.Up(ctx, ownerDSN); err != nil {
+		return "", fmt.Errorf("database migrations: %w", err)
+	}
+	if _, err := migrations.EnsureServiceRole(ctx, ownerDSN, migrations.DefaultServiceRole); err != nil {
+		return "", err
+	}
+	dsn := s.cluster.ConnStringAs(migrations.DefaultServiceRole, "postgres")
+	role, err := migrations.CurrentRole(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	if role.Privileged() {
+		return "", fmt.Errorf("embedded PostgreSQL: role %s could rewrite the audit log", role.Name)
+	}
+	s.log.Info("database role", "role", role.Name, "superuser", role.Superuser, "owner", role.Owner)
+	return dsn, nil
+}
+
+// checkRole refuses a DATABASE_URL role that could rewrite the audit log
+// (a superuser, or the tables' owner) unless AllowOwnerRole says so; such a
+// role migrates the schema itself, as before. A least-privileged role
+// cannot: the schema must be current (secretsd migrate, as the owner).
+func (s *Server) checkRole(ctx context.Context, dsn string) error {
+	role, err := migrations.CurrentRole(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	if role.Privileged() {
+		if !s.cfg.AllowOwnerRole {
+			return fmt.Errorf("DATABASE_URL connects as %s, which is a superuser or the tables' owner (or the schema does not exist yet): "+
+				"it could rewrite the audit log. Run `secretsd migrate` with it once (it creates the service role %q), then connect "+
+				"as the service role; or pass --allow-owner-role to serve as it anyway", role.Name, migrations.DefaultServiceRole)
+		}
+		s.log.Warn("--allow-owner-role: serving as a superuser or the tables' owner, which can disable the audit log's triggers and rewrite it; only external checkpoints can catch that",
+			"role", role.Name, "superuser", role.Superuser)
+		if err := migrations.Up(ctx, dsn); err != nil {
+			return fmt.Errorf("database migrations: %w", err)
+		}
+		return nil
+	}
+	s.log.Info("database role", "role", role.Name, "superuser", false, "owner", false)
+	pending, err := migrations.Pending(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("database migrations: %w", err)
+	}
+	if pending {
+		return fmt.Errorf("the database schema is behind this secretsd: run `secretsd migrate` with the owner role's DATABASE_URL first (role %s may not migrate)", role.Name)
+	}
+	return nil
 }
 
 // startEmbedded starts the private PostgreSQL cluster in the data directory
@@ -433,7 +504,7 @@ func (s *Server) listen(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		TLSConfig:         s.tls.server,
+		TLSConfig:         s.tls.http,
 		// No WriteTimeout: it would cut off change streams.
 	}
 	return nil
@@ -456,7 +527,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.authDone.Go(func() { s.denials.Run(authCtx) })
 	go func() {
 		serve := s.http.Serve
-		if s.tls.server != nil {
+		if s.tls.http != nil {
 			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
 		}
 		if err := serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -567,6 +638,10 @@ func (s *Server) close(ctx context.Context) {
 	s.jobs.stop()
 	if s.batcher != nil {
 		s.batcher.Close()
+	}
+	s.finalCheckpoint()
+	if s.auditLog != nil && s.auditLog.Anchor != nil {
+		s.auditLog.Anchor.Close()
 	}
 	if s.store != nil {
 		s.store.Close()

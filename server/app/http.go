@@ -33,7 +33,7 @@ func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Han
 		_, _ = w.Write(secrets.OpenAPI)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/v1/", gw)
+	mux.Handle("/v1/", s.tls.requireCert(gw))
 	mux.Handle("/ui/", ui.Handler())
 	return securityHeaders(mux)
 }

@@ -125,7 +125,8 @@ func kekStatus(t *testing.T, c pb.KeyServiceClient) (map[string]*pb.KEKInfo, *pb
 func startErr(t *testing.T, db, kekURL string) error {
 	t.Helper()
 	cfg := app.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", db, kekURL
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", testdb.ServiceURL(t, db), kekURL
+	cfg.AuditSigningKey = testserver.AuditSigningKeyFile(t)
 	srv, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err == nil {
 		srv.Serve(canceled())
@@ -427,6 +428,11 @@ func TestKEKRotateCommandKilled(t *testing.T) {
 	cmd = kekCommand(bin, nil, "kek", "status")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "DATABASE_URL") || !strings.Contains(string(out), "/v1/kek") {
 		t.Errorf("kek status without DATABASE_URL: %v\n%s", err, out)
+	}
+	// An out-of-range batch size is refused, not silently capped.
+	cmd = kekCommand(bin, env, "kek", "rotate", "--batch-size", "5000")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--batch-size must be between 1 and 1000") {
+		t.Errorf("kek rotate --batch-size 5000: %v\n%s", err, out)
 	}
 }
 
