@@ -107,8 +107,14 @@ type ConsumerState struct {
 	PendingCategories []string
 }
 
-// ReportConsumer registers a consumer or refreshes it. loadedRevision 0
-// keeps the stored one (or uses fallback for a new consumer).
+// KeepLoadedRevision as ReportConsumer's loadedRevision keeps the stored
+// one (or uses fallback for a new consumer).
+const KeepLoadedRevision int64 = -1
+
+// ReportConsumer registers a consumer or refreshes it. loadedRevision is
+// the revision whose values it runs with, 0 for none (it runs on
+// environment and default values only, so every restart-required change to
+// its keys is pending), or KeepLoadedRevision.
 func (s *Store) ReportConsumer(ctx context.Context, id ConsumerID, loadedRevision, fallback int64, keys, categories []string) error {
 	if keys == nil {
 		keys = []string{}
@@ -117,9 +123,9 @@ func (s *Store) ReportConsumer(ctx context.Context, id ConsumerID, loadedRevisio
 		categories = []string{}
 	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen)
-		VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now())
+		VALUES ($1, $2, CASE WHEN $3 >= 0 THEN $3 ELSE $4 END, $5, $6, now(), now())
 		ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(), keys = EXCLUDED.keys, categories = EXCLUDED.categories,
-			loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END`,
+			loaded_revision = CASE WHEN $3 >= 0 THEN $3 ELSE consumers.loaded_revision END`,
 		id.Service, id.Instance, loadedRevision, fallback, keys, categories)
 	return classify(err)
 }
