@@ -92,9 +92,12 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		grpc.WithTransportCredentials(creds),
 		// gRPC's own reconnect backoff grows to 2 minutes; a service waiting
 		// for its secrets should notice the server's return sooner.
+		// MinConnectTimeout must be set with it: left zero, one connection
+		// attempt gets only the backoff delay (50 ms here), and a server on
+		// a loaded machine is taken for unreachable.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
 			BaseDelay: max(o.retry.InitialBackoff, 50*time.Millisecond), Multiplier: 1.6, Jitter: 0.2,
-			MaxDelay: max(o.retry.MaxBackoff, time.Second)}}),
+			MaxDelay: max(o.retry.MaxBackoff, time.Second)}, MinConnectTimeout: 20 * time.Second}),
 		grpc.WithChainUnaryInterceptor(retryInterceptor(o.retry, o.timeout)),
 	}
 	if o.token != "" {
