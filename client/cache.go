@@ -76,8 +76,9 @@ func CacheRefusalProbe(d time.Duration) CacheOption {
 }
 
 // OnError calls fn with every error that interrupts the cache's contact
-// with the service (a failed load or re-fetch, a lost change stream), on
-// the cache's goroutine, before it retries. Status().Err holds the last.
+// with the service (a failed load or re-fetch, a lost or stalled change
+// stream), one call at a time, before it retries. Status().Err holds the
+// last.
 func OnError(fn func(error)) CacheOption {
 	return func(o *cacheOptions) { o.onError = fn }
 }
@@ -134,8 +135,9 @@ type Cache struct {
 	needLoad bool
 	restart  map[string]bool
 
-	mu      sync.Mutex
-	lastErr error
+	mu        sync.Mutex
+	lastErr   error
+	onErrorMu sync.Mutex
 
 	cancel    context.CancelFunc
 	done      chan struct{}

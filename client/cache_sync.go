@@ -261,10 +261,14 @@ func (c *Cache) scope() (keys, categories []string) {
 	return nil, nil
 }
 
-// interrupted records an interruption the watch recovers from by itself.
+// interrupted records an interruption (from the cache's goroutine, or the
+// watch's for those it recovers from by itself) and tells OnError, one
+// call at a time.
 func (c *Cache) interrupted(err error) {
 	c.setErr(err)
 	if c.o.onError != nil {
+		c.onErrorMu.Lock()
+		defer c.onErrorMu.Unlock()
 		c.o.onError(err)
 	}
 }
