@@ -210,6 +210,9 @@ func TestClientCloseEndsWatchesAndCaches(t *testing.T) {
 
 func TestCacheOnFallbackReportsNoLoadedRevision(t *testing.T) {
 	t.Parallel()
+	// The database has the value before the cache first reaches it.
+	db := startServer(t, serverOpts{})
+	changed := put(t, dial(t, db.GRPCAddr()), "SLACK_BOT_TOKEN", "xoxb-db").Revision
 	addr := freeAddr(t)
 	env := envOf(map[string]string{"SLACK_BOT_TOKEN": "xoxb-env"})
 	c := dial(t, addr, client.WithEnvironment(env), client.WithConsumer("orient-bot", "fallback-1"))
@@ -225,8 +228,10 @@ func TestCacheOnFallbackReportsNoLoadedRevision(t *testing.T) {
 		t.Fatalf("loaded revision on fallback values = %d", st.LoadedRevision)
 	}
 
-	srv := startServer(t, serverOpts{addr: addr})
-	changed := put(t, dial(t, srv.GRPCAddr()), "SLACK_BOT_TOKEN", "xoxb-db").Revision
+	if v, _ := cache.Get("SLACK_BOT_TOKEN"); v != "xoxb-env" {
+		t.Fatalf("Get while down = %q", v)
+	}
+	startServer(t, serverOpts{addr: addr, databaseURL: db.DatabaseURL, kekURL: db.KEKURL})
 	waitValue(t, cache, "SLACK_BOT_TOKEN", "xoxb-db", 10*time.Second)
 	eventually(t, 3*time.Second, "no restart notice", func() bool {
 		_, restarted := rec.keys()
@@ -278,17 +283,17 @@ func TestCacheStalenessBoundBelowTwoProgressIntervalsIsRaised(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cache.Close()
-	if got := cache.Status().MaxStaleness; got != 2*progressInterval {
-		t.Fatalf("staleness bound = %v, want it raised to %v", got, 2*progressInterval)
-	}
-	if logs.count(slog.LevelWarn, "secrets: cache staleness bound is below twice the progress interval; raised, or a healthy idle cache would fail closed between progress messages") != 1 {
-		t.Fatal("raising the bound was not logged")
-	}
 	// Idle for several progress intervals: never stale.
 	for deadline := time.Now().Add(8 * progressInterval); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if v, err := cache.Get("CUSTOM_IDLE"); err != nil || v != "v" {
 			t.Fatalf("healthy idle cache: Get = %q, %v (status %+v)", v, err, cache.Status())
 		}
+	}
+	if got := cache.Status().MaxStaleness; got != 2*progressInterval {
+		t.Fatalf("staleness bound = %v, want it raised to %v", got, 2*progressInterval)
+	}
+	if logs.count(slog.LevelWarn, "secrets: cache staleness bound is below twice the progress interval; raised, or a healthy idle cache would fail closed between progress messages") != 1 {
+		t.Fatal("raising the bound was not logged")
 	}
 }
 
