@@ -34,6 +34,7 @@ type options struct {
 	block        bool
 	tracer       trace.TracerProvider
 	propagator   propagation.TextMapPropagator
+	fallbackWait time.Duration
 }
 
 func defaultOptions() options {
@@ -41,7 +42,10 @@ func defaultOptions() options {
 		timeout:   10 * time.Second,
 		retry:     DefaultRetryPolicy,
 		lookupEnv: os.LookupEnv,
-		logger:    slog.New(slog.DiscardHandler),
+		// The process's own log: a refused token or a cache that fails
+		// closed must be seen without extra set-up.
+		logger:       slog.Default(),
+		fallbackWait: DefaultFallbackWait,
 	}
 }
 
@@ -192,12 +196,33 @@ func WithDefaultsFile(path string) Option {
 }
 
 // WithLogger receives the client's background messages (reconnects,
-// fallbacks). It never receives values.
+// fallbacks, refused credentials); the default is slog.Default(). It never
+// receives values. slog.New(slog.DiscardHandler) silences the client.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) error {
 		if l != nil {
 			o.logger = l
 		}
+		return nil
+	}
+}
+
+// DefaultFallbackWait is how long Resolve, ResolveAll, Load and NewCache
+// keep retrying an unavailable service before they fall back.
+const DefaultFallbackWait = time.Second
+
+// WithFallbackWait bounds how long Resolve, ResolveAll, Load and NewCache
+// keep retrying a service that answers UNAVAILABLE (down, restarting,
+// unreachable) before they fall back to the last-known value, the
+// environment and the defaults (default 1 s). It bounds the retries, not a
+// call the service is answering: a slow answer is still awaited (up to
+// WithTimeout). 0 means no retry.
+func WithFallbackWait(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return errors.New("WithFallbackWait: negative duration")
+		}
+		o.fallbackWait = d
 		return nil
 	}
 }

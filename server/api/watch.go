@@ -163,7 +163,12 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	}
 	defer changes.Close()
 	if consumer != nil {
-		if err := s.Consumers.ReportConsumer(ctx, s.consumerReport(ctx, *consumer, req.GetLoadedRevision(), last, req.GetKeys(), cats)); err != nil {
+		// loaded_revision 0 on a watch keeps what the consumer reported.
+		loaded := req.GetLoadedRevision()
+		if loaded == 0 {
+			loaded = store.KeepLoadedRevision
+		}
+		if err := s.Consumers.ReportConsumer(ctx, s.consumerReport(ctx, *consumer, loaded, last, req.GetKeys(), cats)); err != nil {
 			return s.fail(ctx, err)
 		}
 	}
@@ -300,8 +305,8 @@ func (s *SecretService) ReportConsumerState(ctx context.Context, req *pb.ReportC
 	if consumer == nil {
 		return nil, invalidArg("consumer", "required")
 	}
-	if req.GetLoadedRevision() <= 0 {
-		return nil, invalidArg("loaded_revision", "required: the revision whose values the consumer runs with")
+	if req.GetLoadedRevision() < 0 {
+		return nil, invalidArg("loaded_revision", "must not be negative (0: the consumer runs on no value from the service)")
 	}
 	_, cats, err := parseWatchScope(req.GetKeys(), req.GetCategories())
 	if err != nil {

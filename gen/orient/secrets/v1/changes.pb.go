@@ -851,7 +851,9 @@ type ReportConsumerStateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Who reports.
 	Consumer *Consumer `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
-	// The revision whose values it now runs with (e.g. after a restart).
+	// The revision whose values it now runs with (e.g. after a restart); 0
+	// when it runs on no value from the service (environment and defaults
+	// only), so that every restart-required change to its keys is pending.
 	LoadedRevision int64 `protobuf:"varint,2,opt,name=loaded_revision,json=loadedRevision,proto3" json:"loaded_revision,omitempty"`
 	// Keys it uses (empty: all).
 	Keys []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
