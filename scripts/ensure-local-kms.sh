@@ -15,6 +15,6 @@ if [ -x "$bin/local-kms" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$LOCAL_KMS_VERS
 fi
 mkdir -p "$bin"
 echo "building local-kms $LOCAL_KMS_VERSION into .build/bin (AWS KMS stand-in for tests)" >&2
-# Its own module graph: not a requirement of this project's go.mod.
-GOBIN="$bin" GOFLAGS=-mod=mod go install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION"
+# pkg@version builds in its own module graph: local-kms is not a requirement of this project's go.mod.
+GOBIN="$bin" go install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION"
 echo "$LOCAL_KMS_VERSION" >"$stamp"

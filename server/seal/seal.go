@@ -12,8 +12,9 @@
 // gocloud.dev/secrets keeper URL. Only the base64key:// driver and file://
 // KEKs (a key file read once, see kekfile.go) are built into this package;
 // the KMS drivers (awskms://, gcpkms://, azurekeyvault://, hashivault://) are
-// registered by blank imports in the main package (cmd/secretsd/drivers.go).
-// Several KEKs can be configured: the first (primary) wraps new
+// registered by package seal/kmsdrivers, which secretsd imports for its side
+// effects (cmd/secretsd/drivers.go). Several KEKs can be configured: the
+// first (primary) wraps new
 // DEKs, the others only unwrap, which allows key rotation with Rewrap. A row
 // records the fingerprint (KEKID) of the KEK that wrapped its DEK, never its
 // URL: a base64key:// URL contains the key itself.
