@@ -101,9 +101,12 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 			BaseDelay: max(o.retry.InitialBackoff, 50*time.Millisecond), Multiplier: 1.6, Jitter: 0.2,
 			MaxDelay: max(o.retry.MaxBackoff, time.Second)}, MinConnectTimeout: 20 * time.Second}),
 		grpc.WithChainUnaryInterceptor(retryInterceptor(o.retry, o.timeout)),
-		// Trace context of the caller's ctx reaches the service (a span
-		// per attempt); the global no-op provider unless configured.
-		grpc.WithStatsHandler(otelgrpc.NewClientHandler(o.otelOptions()...)),
+	}
+	if o.tracer != nil {
+		// The caller's trace context reaches the service (a span per
+		// attempt). Only when asked: it costs every call a little.
+		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(o.tracer), otelgrpc.WithPropagators(o.propagator))))
 	}
 	if o.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearer{token: o.token, allowPlaintext: local}))

@@ -9,7 +9,6 @@ import (
 	"os"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
@@ -234,12 +233,13 @@ func WithBlock() Option {
 	return func(o *options) error { o.block = true; return nil }
 }
 
-// WithTracerProvider sends the client's gRPC spans to tp and carries trace
-// context to the service with propagator (nil: W3C trace context). Without
-// it the client uses OpenTelemetry's global provider and propagator, which
-// do nothing until the application sets them (otel.SetTracerProvider,
-// otel.SetTextMapPropagator). Spans record the method and status, never a
-// value or the token.
+// WithTracerProvider traces the client's calls: a gRPC client span per
+// attempt goes to tp, and the caller's trace context (from the ctx of each
+// call) reaches the service through propagator (nil: W3C trace context).
+// An application that set OpenTelemetry's globals passes
+// otel.GetTracerProvider() and otel.GetTextMapPropagator(). Without it the
+// client does no tracing work at all. Spans record the method and status,
+// never a value or the token.
 func WithTracerProvider(tp trace.TracerProvider, propagator propagation.TextMapPropagator) Option {
 	return func(o *options) error {
 		if tp == nil {
@@ -251,11 +251,4 @@ func WithTracerProvider(tp trace.TracerProvider, propagator propagation.TextMapP
 		o.tracer, o.propagator = tp, propagator
 		return nil
 	}
-}
-
-func (o *options) otelOptions() []otelgrpc.Option {
-	if o.tracer == nil {
-		return nil // otelgrpc then uses the global provider and propagator
-	}
-	return []otelgrpc.Option{otelgrpc.WithTracerProvider(o.tracer), otelgrpc.WithPropagators(o.propagator)}
 }
