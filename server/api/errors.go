@@ -31,7 +31,26 @@ const (
 	ReasonRequestIDReused   = "REQUEST_ID_REUSED"
 	ReasonInternal          = "INTERNAL"
 	ReasonResponseTooLarge  = "RESPONSE_TOO_LARGE"
+	ReasonPermissionDenied  = "PERMISSION_DENIED"
+	ReasonUnauthenticated   = "UNAUTHENTICATED"
+	ReasonTooManyStreams    = "TOO_MANY_STREAMS"
+	ReasonConsumerOwned     = "CONSUMER_OWNED"
+	ReasonTooManyConsumers  = "TOO_MANY_CONSUMERS"
 )
+
+// Refusal is the answer to a call the policy refuses: UNAUTHENTICATED,
+// PERMISSION_DENIED or RESOURCE_EXHAUSTED (too many streams), with its
+// ErrorInfo reason.
+func Refusal(code codes.Code, msg string) error {
+	reason := ReasonPermissionDenied
+	switch code {
+	case codes.Unauthenticated:
+		reason = ReasonUnauthenticated
+	case codes.ResourceExhausted:
+		reason = ReasonTooManyStreams
+	}
+	return withInfo(code, reason, msg)
+}
 
 func withInfo(code codes.Code, reason, msg string, more ...*errdetails.BadRequest) error {
 	st := status.New(code, msg)
@@ -76,6 +95,10 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "request_id", Description: err.Error()}}})
 	case errors.Is(err, store.ErrInvalidArgument):
 		return withInfo(codes.InvalidArgument, ReasonInvalidArgument, err.Error())
+	case errors.Is(err, store.ErrConsumerOwned):
+		return withInfo(codes.PermissionDenied, ReasonConsumerOwned, err.Error())
+	case errors.Is(err, store.ErrTooManyConsumers):
+		return withInfo(codes.ResourceExhausted, ReasonTooManyConsumers, err.Error()+"; consumers unseen for a while are forgotten")
 	case errors.Is(err, store.ErrUnavailable):
 		log.WarnContext(ctx, "database unavailable", "error", err)
 		return withInfo(codes.Unavailable, ReasonDatabaseDown, "database unavailable; retry later")

@@ -46,6 +46,8 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 			return metadata.Pairs(gatewayHeader, gatewaySecret)
 		}),
 		runtime.WithErrorHandler(gatewayErrorHandler(log)),
+		// No X-HTTP-Method-Override: a POST must not become a DELETE.
+		runtime.WithDisablePathLengthFallback(),
 	)
 	creds := insecure.NewCredentials()
 	if tlsConf != nil {

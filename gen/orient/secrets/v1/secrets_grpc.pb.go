@@ -33,6 +33,7 @@ const (
 	SecretService_WatchChanges_FullMethodName         = "/orient.secrets.v1.SecretService/WatchChanges"
 	SecretService_ListConsumers_FullMethodName        = "/orient.secrets.v1.SecretService/ListConsumers"
 	SecretService_ReportConsumerState_FullMethodName  = "/orient.secrets.v1.SecretService/ReportConsumerState"
+	SecretService_DismissConsumer_FullMethodName      = "/orient.secrets.v1.SecretService/DismissConsumer"
 	SecretService_CheckSecret_FullMethodName          = "/orient.secrets.v1.SecretService/CheckSecret"
 )
 
@@ -89,6 +90,9 @@ type SecretServiceClient interface {
 	// Reports the revision a consumer instance runs with, e.g. after it
 	// restarted; this clears the changes it picked up.
 	ReportConsumerState(ctx context.Context, in *ReportConsumerStateRequest, opts ...grpc.CallOption) (*ReportConsumerStateResponse, error)
+	// Forgets a consumer instance (e.g. one that exited for good), so it no
+	// longer shows as needing a restart. It reappears if it reports again.
+	DismissConsumer(ctx context.Context, in *DismissConsumerRequest, opts ...grpc.CallOption) (*DismissConsumerResponse, error)
 	// Asks the provider whether the stored credential (the newest version)
 	// works, with a harmless read-only call: list models (Anthropic, OpenAI,
 	// Google AI), auth.test (Slack), GET /user (GitHub), myself (JIRA). Never
@@ -254,6 +258,16 @@ func (c *secretServiceClient) ReportConsumerState(ctx context.Context, in *Repor
 	return out, nil
 }
 
+func (c *secretServiceClient) DismissConsumer(ctx context.Context, in *DismissConsumerRequest, opts ...grpc.CallOption) (*DismissConsumerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DismissConsumerResponse)
+	err := c.cc.Invoke(ctx, SecretService_DismissConsumer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *secretServiceClient) CheckSecret(ctx context.Context, in *CheckSecretRequest, opts ...grpc.CallOption) (*CheckSecretResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CheckSecretResponse)
@@ -317,6 +331,9 @@ type SecretServiceServer interface {
 	// Reports the revision a consumer instance runs with, e.g. after it
 	// restarted; this clears the changes it picked up.
 	ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error)
+	// Forgets a consumer instance (e.g. one that exited for good), so it no
+	// longer shows as needing a restart. It reappears if it reports again.
+	DismissConsumer(context.Context, *DismissConsumerRequest) (*DismissConsumerResponse, error)
 	// Asks the provider whether the stored credential (the newest version)
 	// works, with a harmless read-only call: list models (Anthropic, OpenAI,
 	// Google AI), auth.test (Slack), GET /user (GitHub), myself (JIRA). Never
@@ -374,6 +391,9 @@ func (UnimplementedSecretServiceServer) ListConsumers(context.Context, *ListCons
 }
 func (UnimplementedSecretServiceServer) ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportConsumerState not implemented")
+}
+func (UnimplementedSecretServiceServer) DismissConsumer(context.Context, *DismissConsumerRequest) (*DismissConsumerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DismissConsumer not implemented")
 }
 func (UnimplementedSecretServiceServer) CheckSecret(context.Context, *CheckSecretRequest) (*CheckSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckSecret not implemented")
@@ -644,6 +664,24 @@ func _SecretService_ReportConsumerState_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_DismissConsumer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DismissConsumerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).DismissConsumer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_DismissConsumer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).DismissConsumer(ctx, req.(*DismissConsumerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _SecretService_CheckSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CheckSecretRequest)
 	if err := dec(in); err != nil {
@@ -720,6 +758,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportConsumerState",
 			Handler:    _SecretService_ReportConsumerState_Handler,
+		},
+		{
+			MethodName: "DismissConsumer",
+			Handler:    _SecretService_DismissConsumer_Handler,
 		},
 		{
 			MethodName: "CheckSecret",
