@@ -2144,7 +2144,7 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VERSION_STATE_ENABLED\x10\x01\x12\x1a\n" +
 	"\x16VERSION_STATE_DISABLED\x10\x02\x12\x1b\n" +
-	"\x17VERSION_STATE_DESTROYED\x10\x032\xac\x16\n" +
+	"\x17VERSION_STATE_DESTROYED\x10\x032\xaf\x16\n" +
 	"\rSecretService\x12\x91\x01\n" +
 	"\vListSecrets\x12%.orient.secrets.v1.ListSecretsRequest\x1a&.orient.secrets.v1.ListSecretsResponse\"3\xe2\xf9\x18\x19\n" +
 	"\x05admin\n" +
@@ -2198,10 +2198,10 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x06writer\n" +
 	"\x06reader\x10\x01\x1a\x04keys0\x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:report\x90\x02\x02\x12\x9c\x01\n" +
 	"\x0fDismissConsumer\x12).orient.secrets.v1.DismissConsumerRequest\x1a*.orient.secrets.v1.DismissConsumerResponse\"2\xe2\xf9\x18\v\n" +
-	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/consumers:dismiss\x90\x02\x02\x12\x9c\x01\n" +
-	"\vCheckSecret\x12%.orient.secrets.v1.CheckSecretRequest\x1a&.orient.secrets.v1.CheckSecretResponse\">\xe2\xf9\x18\x18\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/consumers:dismiss\x90\x02\x02\x12\x9f\x01\n" +
+	"\vCheckSecret\x12%.orient.secrets.v1.CheckSecretRequest\x1a&.orient.secrets.v1.CheckSecretResponse\"A\xe2\xf9\x18\x18\n" +
 	"\x05admin\n" +
-	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/secrets/{key}:checkB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/secrets/{key}:check\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_secrets_proto_rawDescOnce sync.Once
