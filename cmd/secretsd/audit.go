@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,9 @@ const auditUsage = `Usage:
       log is intact
   secretsd audit export [--out FILE]
       write the chain (head, checkpoints, events with hashes) as JSON lines
+  secretsd audit public-key [--audit-signing-key FILE]
+      print the signing key's public half (base64), for --public-key and
+      --audit-public-keys
 
 Checkpoint signatures are checked with every --public-key (repeat it, or
 separate keys with commas: the current signing key and the ones it
@@ -63,6 +67,17 @@ func runAudit(ctx context.Context, databaseURL, signingKey, checkpointURL string
 	fs.StringVar(&checkpointURL, "checkpoints", checkpointURL, "external checkpoints (gocloud.dev blob URL: file://, s3://, gs://, azblob://)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if args[0] == "public-key" {
+		if signingKey == "" {
+			return errors.New("audit public-key: needs --audit-signing-key")
+		}
+		s, err := auditlog.LoadSigner(signingKey)
+		if err != nil {
+			return err
+		}
+		fmt.Println(base64.StdEncoding.EncodeToString(s.Public()))
+		return nil
 	}
 	var pubs []ed25519.PublicKey
 	for _, k := range pubFlags {

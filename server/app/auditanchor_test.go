@@ -306,7 +306,16 @@ func TestAuditVerifyCommand(t *testing.T) {
 	srv.Stop()
 	keyFile := testserver.AuditSigningKeyFile(t)
 	env := []string{"DATABASE_URL=" + testdb.ServiceURL(t, db)}
-	out := kekRun(t, kekCommand(bin, env, "audit", "verify", "--checkpoints", anchorURL, "--audit-signing-key", keyFile))
+	pub := kekRun(t, kekCommand(bin, nil, "audit", "public-key", "--audit-signing-key", keyFile))
+	if strings.TrimSpace(pub) != base64.StdEncoding.EncodeToString(testserver.AuditPublicKey()) {
+		t.Errorf("audit public-key: %q", pub)
+	}
+	// The public key alone verifies, as an auditor without the signing key does.
+	out := kekRun(t, kekCommand(bin, env, "audit", "verify", "--checkpoints", anchorURL, "--public-key", strings.TrimSpace(pub)))
+	if !strings.Contains(out, "every event is covered") {
+		t.Errorf("verify with --public-key: %q", out)
+	}
+	out = kekRun(t, kekCommand(bin, env, "audit", "verify", "--checkpoints", anchorURL, "--audit-signing-key", keyFile))
 	if !strings.HasPrefix(out, "intact up to sequence") || !strings.Contains(out, "every event is covered by an external checkpoint") {
 		t.Errorf("verify: %q", out)
 	}
