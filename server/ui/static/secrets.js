@@ -164,7 +164,7 @@ function categorySection(c) {
   const table = tableRoles(
     el(
       'table',
-      { className: 'table table-fixed table-secrets', attrs: { 'aria-labelledby': titleId } },
+      { className: 'table table-secrets', attrs: { 'aria-labelledby': titleId } },
       el(
         'thead',
         {},
