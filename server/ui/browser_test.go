@@ -219,7 +219,14 @@ func TestDashboard(t *testing.T) {
 		p.fill("#sf-value", "harmless")
 		p.click("#secret-form-save")
 		p.waitFor("the probe's row", qs(row(xssKey)))
-		time.Sleep(300 * time.Millisecond) // give an injected handler time to run
+		// Deterministic instead of a sleep: an injected <img onerror> can only
+		// run once its image has failed to load. Wait until every image in the
+		// page has fired load or error, then one more task, so any handler
+		// that was going to run has run (an alert() it opened is counted by
+		// the tab's listener before this evaluation can finish).
+		evalAwait[bool](p, `Promise.all([...document.images].map((i) => i.complete ? null :
+			new Promise((r) => { i.addEventListener('load', r, {once: true}); i.addEventListener('error', r, {once: true}); })))
+			.then(() => new Promise((r) => setTimeout(() => r(true), 0)))`)
 		type rendered struct {
 			Desc   string `json:"desc"`
 			Images int    `json:"images"`
