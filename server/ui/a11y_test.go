@@ -68,7 +68,8 @@ func signedIn(t *testing.T, srv *testserver.Server, width, height int64) *tab {
 // TestAccessibility runs axe-core on every view of the dashboard, at a
 // desktop and a phone width, and fails on any serious or critical
 // violation; it also checks the controls' borders (WCAG 1.4.11, which axe
-// does not), document titles, and that tables fit at narrow widths.
+// does not), document titles, and (Layout) that tables fit at narrow
+// widths.
 func TestAccessibility(t *testing.T) {
 	t.Parallel()
 	needBrowser(t)
@@ -130,17 +131,18 @@ func TestAccessibility(t *testing.T) {
 			p.checkControlBorders("Audit")
 		})
 	}
+	t.Run("Layout", func(st *testing.T) {
+		st.Parallel()
+		testLayout(st, srv)
+	})
 }
 
-// TestLayout: at a phone's 375 px, at 200% zoom of a 1280 px laptop (640
+// testLayout: at a phone's 375 px, at 200% zoom of a 1280 px laptop (640
 // CSS px) and at 1024 px, no table text cell is narrower than its content's
 // minimum, nothing overlaps or sticks out, and the page never scrolls
 // sideways. The audit table keeps its keys on one line and scrolls in a
-// region a keyboard can reach.
-func TestLayout(t *testing.T) {
-	t.Parallel()
-	needBrowser(t)
-	srv := a11yServer(t)
+// region a keyboard can reach. (A part of TestAccessibility, on its server.)
+func testLayout(t *testing.T, srv *testserver.Server) {
 	p := signedIn(t, srv, 1280, 900)
 	// A revealed value adds a row that spans the table.
 	p.click(row(a11yKey) + ` button[data-action="reveal"]`)
