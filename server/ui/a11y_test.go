@@ -349,11 +349,25 @@ func TestKeyboard(t *testing.T) {
 		q.tabTo("#audit-scroll", false, 60)
 	})
 
+	t.Run("SkipLink", func(st *testing.T) {
+		q := p.sub(st)
+		// The first Tab of the page reaches the skip link, which moves the
+		// focus to the view's heading without changing the view.
+		// Start from the top of the document, as after a page load.
+		q.do(chromedp.Evaluate[chromedp.Void](`(() => { const b = document.body; b.tabIndex = -1; b.focus(); b.removeAttribute('tabindex'); })()`))
+		f := q.tabTo("#skip-link", false, 1)
+		if f.Name != "Skip to main content" {
+			st.Errorf("first Tab stop = %+v, want the skip link", f)
+		}
+		q.press(kb.Enter, false)
+		q.waitFor("the Audit heading focused", `document.activeElement === document.querySelector('#tab-audit h1') && location.hash === '#audit'`)
+	})
+
 	t.Run("ForcedColours", func(st *testing.T) {
 		q := p.sub(st)
 		q.forcedColors(true)
 		defer q.forcedColors(false)
-		q.tabTo("#audit-apply", true, 10)
+		q.tabTo("#audit-apply", false, 40)
 		q.tabTo(`.nav-item[data-tab="secrets"]`, true, 60)
 		q.press(kb.Enter, false)
 		q.waitFor("the Secrets heading focused", `document.activeElement === document.querySelector('#tab-secrets h1')`)

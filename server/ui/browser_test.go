@@ -150,6 +150,13 @@ func TestDashboard(t *testing.T) {
 		if invalid != "true" {
 			st.Errorf("value field aria-invalid = %q", invalid)
 		}
+		// The API's error is tied to the field, which takes the focus.
+		if a := p.ax("#sf-value"); !strings.Contains(a.Description, "SLACK_BOT_TOKEN must start with xoxb-") {
+			st.Errorf("value field's description = %q, want the API's error", a.Description)
+		}
+		if id := eval[string](p, `document.activeElement.id`); id != "sf-value" {
+			st.Errorf("focus after the API's field error on %q, want sf-value", id)
+		}
 	})
 
 	step("RestartBanner", func(st *testing.T) {
