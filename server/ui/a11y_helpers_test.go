@@ -63,7 +63,7 @@ func axeSource(t *testing.T) string {
 // what it resolves to.
 func evalAwait[T any](tb *tab, expr string) T {
 	tb.t.Helper()
-	ctx, cancel := context.WithTimeout(tb.ctx, 60*time.Second)
+	ctx, cancel := context.WithTimeout(tb.ctx, actionTimeout)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
 	if err != nil {
@@ -92,7 +92,7 @@ func (tb *tab) axe(view, src string) {
 	tb.t.Helper()
 	if !eval[bool](tb, `typeof window.axe === 'object'`) {
 		// Over DevTools, not through the page: the page's CSP does not apply.
-		ctx, cancel := context.WithTimeout(tb.ctx, 30*time.Second)
+		ctx, cancel := context.WithTimeout(tb.ctx, actionTimeout)
 		_, err := chromedp.Run(ctx, chromedp.Evaluate[chromedp.Void](src+"\n;undefined"))
 		cancel()
 		if err != nil {
@@ -144,7 +144,8 @@ func (tb *tab) forcedColors(on bool) {
 // layoutJS finds what a narrow window can break in the tables on screen:
 // a text cell narrower than its content's minimum (the widest word, or the
 // whole text where it must not wrap), a cell whose content overflows it,
-// cells of a row that overlap, and a page wider than the window.
+// cells of a row that overlap, a stacked cell without its column's name (or
+// a table cell with one), and a page wider than the window.
 const layoutJS = `(() => {
   const problems = [];
   const probe = document.createElement('span');
@@ -190,6 +191,11 @@ const layoutJS = `(() => {
           const br = b.getBoundingClientRect(), cr = td.getBoundingClientRect();
           if (br.left < cr.left - 0.5 || br.right > cr.right + 0.5) problems.push(name(td) + ': button "' + b.textContent + '" sticks out of its cell');
         }
+        // A stacked cell names its column; a table cell leaves that to the header.
+        const label = getComputedStyle(td, '::before').content;
+        const stacked = cs.display !== 'table-cell';
+        if (td.dataset.label && stacked && (label === 'none' || label === 'normal')) problems.push(name(td) + ': stacked without its column name');
+        if (!stacked && label !== 'none' && label !== 'normal') problems.push(name(td) + ': repeats its column name inside the table');
         rects.push([td, td.getBoundingClientRect()]);
       }
       for (let i = 0; i < rects.length; i++) for (let j = i + 1; j < rects.length; j++) {
@@ -282,7 +288,6 @@ const ringJS = `(() => {
   // the nearest ancestor's that is not transparent.
   let bg = {r: 255, g: 255, b: 255, a: 1};
   for (let n = a.parentElement; n; n = n.parentElement) { const c = rgb(getComputedStyle(n).backgroundColor); if (c.a > 0.5) { bg = c; break; } }
-  if (a.tagName === 'DIALOG' || a.closest('dialog')) { const c = rgb(getComputedStyle(a.closest('dialog')).backgroundColor); if (c.a > 0.5 && !a.closest('td, .card')) bg = c; }
   const oc = rgb(cs.outlineColor);
   const l1 = lum(oc), l2 = lum(bg);
   return {focus: a.matches(":focus"), within: a.matches(":focus-within"), style: cs.outlineStyle, width: parseFloat(cs.outlineWidth) || 0, contrast: (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05), color: cs.outlineColor, visible: a.matches(':focus-visible')};

@@ -46,9 +46,10 @@ export function stop() {
   clearInterval(timer);
   clearTimeout(debounce);
   setLive('offline');
+  // Signing out is not news: forget the set before emptying the banner.
+  shownServices = '';
   render([]);
   shownSig = '';
-  shownServices = '';
 }
 
 function setLive(stateName) {
