@@ -99,6 +99,16 @@ func TestAccessibility(t *testing.T) {
 			p.signIn(srv.AdminToken)
 			p.waitFor("the Secrets list and the restart banner", qs(row(a11yKey))+` && !document.querySelector('#restart-banner').hidden`)
 			title("Secrets")
+			// Every button of the list has a name of its own ("Edit KEY").
+			dup := eval[[]string](p, `(() => { const seen = new Map();
+				for (const b of document.querySelectorAll('#secrets-list button')) { const n = b.textContent.replace(/\s+/g, ' ').trim(); seen.set(n, (seen.get(n) || 0) + 1); }
+				return [...seen].filter(([, c]) => c > 1).map(([n, c]) => n + ' ×' + c); })()`)
+			if len(dup) > 0 {
+				st.Errorf("buttons sharing a name in the Secrets list: %q", dup)
+			}
+			if n := p.ax(row("SLACK_BOT_TOKEN") + ` [data-action="set"]`).Name; n != "Set value SLACK_BOT_TOKEN" {
+				st.Errorf("empty slot's button is named %q, want %q", n, "Set value SLACK_BOT_TOKEN")
+			}
 			p.axe("Secrets with the restart banner", src)
 			p.checkControlBorders("Secrets")
 
