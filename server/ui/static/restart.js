@@ -5,9 +5,13 @@
 // that needs a restart refreshes the list of consumers (GET /v1/consumers);
 // the list is also refreshed periodically, which is how the banner clears
 // once services report the new revision.
+//
+// The banner is redrawn only when what it shows changes, and it is not a
+// live region: the page's one polite live region (#announcer) says when the
+// set of services needing a restart changes, once, not on every refresh.
 
 import { watchChanges, secrets as api } from './api.js';
-import { el, $, clear, badge, fmtTime } from './dom.js';
+import { el, $, clear, badge, fmtTime, shown, escapeControls, announce } from './dom.js';
 
 const REFRESH_MS = 5000;
 const BACKOFF_MIN_MS = 500;
@@ -18,6 +22,9 @@ let timer = 0;
 let debounce = 0;
 let lastRevision = 0;
 let listeners = [];
+// What the banner shows, and the services it names, as last rendered.
+let shownSig = '';
+let shownServices = '';
 
 // onChange registers fn(event) for every change event.
 export function onChange(fn) {
@@ -39,7 +46,10 @@ export function stop() {
   clearInterval(timer);
   clearTimeout(debounce);
   setLive('offline');
+  // Signing out is not news: forget the set before emptying the banner.
+  shownServices = '';
   render([]);
+  shownSig = '';
 }
 
 function setLive(stateName) {
@@ -135,9 +145,23 @@ export async function refresh() {
   }
 }
 
+const serviceName = (c) => `${c.consumer?.service || '?'}/${c.consumer?.instance || '?'}`;
+
 function render(pending) {
   const banner = $('#restart-banner');
   if (!banner) return;
+  const sig = JSON.stringify(pending.map((c) => [serviceName(c), c.loadedRevision, c.stale, c.lastSeen, (c.pending || []).map((p) => [p.key, p.revision])]));
+  if (sig === shownSig) return;
+  shownSig = sig;
+  const names = [...new Set(pending.map(serviceName))].sort();
+  const services = names.join('\n');
+  if (services !== shownServices) {
+    // Only a change of the set is news; the first render after sign-in
+    // with nothing pending says nothing.
+    if (names.length) announce(`Restart needed: ${names.map(escapeControls).join(', ')} still ${names.length === 1 ? 'runs' : 'run'} changed values.`);
+    else if (shownServices) announce('No service needs a restart any more.');
+    shownServices = services;
+  }
   const list = clear($('#restart-list'));
   banner.hidden = pending.length === 0;
   for (const c of pending) {
@@ -147,13 +171,13 @@ function render(pending) {
     for (const p of c.pending) {
       if (seen.has(p.key)) continue;
       seen.add(p.key);
-      keys.append(el('code', { className: 'chip mono', text: p.key, title: `changed at revision ${p.revision}` }));
+      keys.append(el('code', { className: 'chip mono', title: `changed at revision ${p.revision}` }, shown(p.key)));
     }
     list.append(
       el(
         'li',
         { className: 'banner-item', dataset: { service: who.service || '', instance: who.instance || '' } },
-        el('span', { className: 'mono service', text: `${who.service || '?'}/${who.instance || '?'}` }),
+        el('span', { className: 'mono service' }, shown(serviceName(c))),
         el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
         keys,
         c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
