@@ -453,6 +453,24 @@ func TestAnnouncements(t *testing.T) {
 		}
 	})
 
+	t.Run("DismissConsumer", func(st *testing.T) {
+		q := p.sub(st)
+		// A consumer that will never report again: an admin dismisses it
+		// from the banner; it leaves at once and focus stays in the page.
+		const gone = "orient-a11y-gone"
+		reportConsumer(st, srv, gone)
+		putSecret(st, srv, a11yRestart, "three", nil)
+		q.waitFor("the banner naming the gone service", `document.querySelector('#restart-list').textContent.includes('`+gone+`/pod-1')`)
+		q.click(`#restart-list li[data-service="` + gone + `"] [data-action="dismiss"]`)
+		q.waitFor("the dismissed service to leave the banner", `!document.querySelector('#restart-list').textContent.includes('`+gone+`/pod-1')`)
+		q.waitFor("the dismissal announced", `window.__said.some((s) => s.includes('Dismissed `+gone+`/pod-1'))`)
+		if tag := eval[string](q, `document.activeElement.tagName`); tag == "BODY" {
+			st.Error("focus fell to the page after Dismiss")
+		}
+		// Restore the page for the next steps: the a11y service reports.
+		reportConsumer(st, srv, a11yService)
+	})
+
 	t.Run("RowsUpdateInPlace", func(st *testing.T) {
 		q := p.sub(st)
 		q.do(chromedp.Evaluate[chromedp.Void](`(() => { window.__row = ` + qs(row(a11yKey)) + `; window.__button = ` + qs(row(a11yKey)+` [data-action="edit"]`) + `;

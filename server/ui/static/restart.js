@@ -11,7 +11,7 @@
 // set of services needing a restart changes, once, not on every refresh.
 
 import { watchChanges, secrets as api } from './api.js';
-import { el, $, clear, badge, fmtTime, shown, escapeControls, announce } from './dom.js';
+import { el, $, clear, badge, button, fmtTime, shown, escapeControls, announce, focusFirst } from './dom.js';
 
 const REFRESH_MS = 5000;
 const BACKOFF_MIN_MS = 500;
@@ -111,7 +111,7 @@ function handle(result) {
   } else if (result.event) {
     const ev = result.event;
     lastRevision = Math.max(lastRevision, Number(ev.revision) || 0);
-    if (ev.restartRequired) scheduleRefresh();
+    if (ev.restartRequired || ev.kind === 'CHANGE_KIND_CONSUMER_CHANGED') scheduleRefresh();
     notify(ev);
   } else if (result.progress) {
     lastRevision = Math.max(lastRevision, Number(result.progress.revision) || 0);
@@ -139,7 +139,7 @@ export async function refresh() {
   try {
     const r = await api.consumers();
     if (!ctrl) return;
-    render((r.consumers || []).filter((c) => (c.pending || []).length > 0));
+    render((r.items || []).filter((c) => (c.pending || []).length > 0 && !c.gone));
   } catch {
     // Keep the last state; the next refresh tries again.
   }
@@ -181,7 +181,25 @@ function render(pending) {
         el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
         keys,
         c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
+        button('Dismiss', () => dismiss(who, serviceName(c)), 'btn btn-small', { dataset: { action: 'dismiss' } }, serviceName(c)),
       ),
     );
   }
+}
+
+// dismiss forgets a consumer that will not report again (admins only; the
+// server answers 403 to others). Focus moves to the next service's Dismiss
+// button, else to the banner's heading, else the view's.
+async function dismiss(consumer, name) {
+  try {
+    await api.dismissConsumer({ service: consumer.service, instance: consumer.instance });
+  } catch (e) {
+    announce(`Could not dismiss ${escapeControls(name)}: ${e.userMessage || e.message}`);
+    return;
+  }
+  // After the refresh, so that this is what is said (not the banner's own
+  // change of set, which it would otherwise cut short).
+  await refresh();
+  announce(`Dismissed ${escapeControls(name)}.`);
+  focusFirst('#restart-list [data-action="dismiss"]', '#restart-title', 'main h1');
 }
