@@ -1,11 +1,14 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +32,12 @@ func newKEKURL(t *testing.T) string {
 func lifecycleConfig(t *testing.T) Config {
 	cfg := DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DatabaseURL, cfg.KEKURL = testdb.New(t), newKEKURL(t)
+	cfg.DatabaseURL, cfg.KEKURL = testdb.ServiceURL(t, testdb.New(t)), newKEKURL(t)
+	// The service role and a signing key, as a production start needs.
+	cfg.AuditSigningKey = filepath.Join(t.TempDir(), "audit-signing.key")
+	if err := os.WriteFile(cfg.AuditSigningKey, []byte(base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfg.ShutdownTimeout = 5 * time.Second
 	// Every background loop runs, with a read cache and signed checkpoints.
 	cfg.MaintenanceInterval = 10 * time.Millisecond

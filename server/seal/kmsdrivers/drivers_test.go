@@ -196,7 +196,8 @@ func exerciseDriver(t *testing.T, s standIn) {
 	// A key the stand-in does not have: refused at start (the first start
 	// seals the service's own keys), naming the fingerprint, not the URL.
 	cfg := app.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", testdb.New(t), s.missingURL()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", testdb.ServiceURL(t, testdb.New(t)), s.missingURL()
+	cfg.AuditSigningKey = testserver.AuditSigningKeyFile(t)
 	configure(&cfg)
 	bad, err := app.Start(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err == nil {
