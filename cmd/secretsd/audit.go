@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/orient-bot/secrets/server/auditlog"
@@ -22,15 +23,27 @@ const auditUsage = `Usage:
   secretsd audit export [--out FILE]
       write the chain (head, checkpoints, events with hashes) as JSON lines
 
+Without DATABASE_URL both use the embedded default's database in
+--data-dir (SECRETS_DATA_DIR, .secrets-data): a running secretsd's, or the
+cluster started for the command.
+
 Checkpoint signatures are checked with --public-key, or with the public half
-of --audit-signing-key / SECRETS_AUDIT_SIGNING_KEY. With the embedded
-default, call the API instead: POST /v1/audit:verify.
+of --audit-signing-key / SECRETS_AUDIT_SIGNING_KEY, or (embedded default) of
+the data directory's audit-signing.key.
 `
 
-func runAudit(ctx context.Context, databaseURL, signingKey string, log *slog.Logger, args []string) error {
-	if len(args) == 0 {
+func runAudit(ctx context.Context, databaseURL, dataDir, signingKey string, log *slog.Logger, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, auditUsage)
-		return errors.New("audit: verify or export?")
+		if len(args) == 0 {
+			return errors.New("audit: verify or export?")
+		}
+		return nil
+	}
+	switch args[0] {
+	case "verify", "export":
+	default:
+		return fmt.Errorf("audit: unknown command %q (see secretsd audit -h)", args[0])
 	}
 	fs := flag.NewFlagSet("secretsd audit "+args[0], flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), auditUsage) }
@@ -38,7 +51,14 @@ func runAudit(ctx context.Context, databaseURL, signingKey string, log *slog.Log
 	out := fs.String("out", "", "export to this file (default: standard output)")
 	pubFlag := fs.String("public-key", "", "checkpoint verification key (base64 of 32 bytes)")
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
+	}
+	embeddedKey := filepath.Join(dataDir, "audit-signing.key")
+	if _, err := os.Stat(embeddedKey); databaseURL == "" && signingKey == "" && err == nil {
+		signingKey = embeddedKey
 	}
 	var pub ed25519.PublicKey
 	switch {
@@ -65,7 +85,12 @@ func runAudit(ctx context.Context, databaseURL, signingKey string, log *slog.Log
 		return report(auditlog.VerifyExport(f, pub))
 	}
 	if databaseURL == "" {
-		return errors.New("audit: needs DATABASE_URL (or verify --file EXPORT)")
+		dsn, stop, err := embeddedDatabase(ctx, dataDir, log)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		defer stop()
+		databaseURL = dsn
 	}
 	st, err := store.Open(ctx, databaseURL, store.Options{Logger: log})
 	if err != nil {

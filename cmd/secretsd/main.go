@@ -35,17 +35,27 @@ With no DATABASE_URL it runs a private PostgreSQL cluster in --data-dir and,
 unless SECRETS_KEK_URL is set, a development key-encryption key stored there.
 
 Environment (flags win over environment):
-  DATABASE_URL            PostgreSQL connection URL (secret: never logged)
-  SECRETS_BOOTSTRAP_TOKEN the first admin token's value, on first start (16+ chars;
-                          otherwise a random one is shown once on stderr)
-  SECRETS_KEK_URL         key-encryption key keeper URL(s), comma-separated, first is
-                          primary: awskms://…, gcpkms://…, azurekeyvault://…,
-                          hashivault://…, base64key://… (secret: never logged)
-  SECRETS_GRPC_ADDR       same as --grpc-addr
-  SECRETS_HTTP_ADDR       same as --http-addr
-  SECRETS_DATA_DIR        same as --data-dir
-  SECRETS_LOG_LEVEL       same as --log-level
-  SECRETS_LOG_FORMAT      same as --log-format
+  DATABASE_URL               PostgreSQL connection URL (secret: never logged)
+  SECRETS_BOOTSTRAP_TOKEN    the first admin token's value, on first start (16+ chars;
+                             otherwise a random one is shown once on stderr)
+  SECRETS_KEK_URL            key-encryption key keeper URL(s), comma-separated, first is
+                             primary: awskms://…, gcpkms://…, azurekeyvault://…,
+                             hashivault://…, base64key://… (secret: never logged)
+  SECRETS_GRPC_ADDR          same as --grpc-addr
+  SECRETS_HTTP_ADDR          same as --http-addr
+  SECRETS_DATA_DIR           same as --data-dir
+  SECRETS_REFLECTION         same as --reflection
+  SECRETS_READ_CACHE_ENTRIES same as --read-cache-entries
+  SECRETS_TLS_CERT           same as --tls-cert
+  SECRETS_TLS_KEY            same as --tls-key
+  SECRETS_CLIENT_CA          same as --client-ca
+  SECRETS_CERT_IDENTITIES    same as --cert-identities
+  SECRETS_ALLOW_PLAINTEXT    same as --allow-plaintext
+  SECRETS_AUDIT_SIGNING_KEY  same as --audit-signing-key
+  SECRETS_TRUSTED_PROXIES    same as --trusted-proxies
+  SECRETS_CORS_ORIGINS       same as --cors-origins
+  SECRETS_LOG_LEVEL          same as --log-level
+  SECRETS_LOG_FORMAT         same as --log-format
 
 Flags:
 `
@@ -84,6 +94,7 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
+	corsOrigins := fs.String("cors-origins", env("SECRETS_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the REST API (CORS), e.g. https://dash.example.com; none by default")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
@@ -108,6 +119,11 @@ func run(args []string) error {
 		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
 	}
+	for _, o := range strings.Split(*corsOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.CORSOrigins = append(cfg.CORSOrigins, o)
+		}
+	}
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
 	cfg.BootstrapToken = os.Getenv("SECRETS_BOOTSTRAP_TOKEN")
@@ -122,6 +138,10 @@ func run(args []string) error {
 	switch fs.Arg(0) {
 	case "":
 	case "migrate":
+		if len(fs.Args()) > 1 && (fs.Arg(1) == "-h" || fs.Arg(1) == "--help" || fs.Arg(1) == "help") {
+			fmt.Fprint(os.Stderr, "Usage:\n  secretsd migrate\n      apply the database migrations to DATABASE_URL and exit (secretsd also\n      applies them at start, under an advisory lock)\n")
+			return nil
+		}
 		if cfg.DatabaseURL == "" {
 			return errors.New("migrate needs DATABASE_URL (the embedded default migrates itself at start)")
 		}
@@ -133,7 +153,7 @@ func run(args []string) error {
 		log.Info("migrations applied")
 		return nil
 	case "audit":
-		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
+		return runAudit(ctx, cfg.DatabaseURL, cfg.DataDir, cfg.AuditSigningKey, log, fs.Args()[1:])
 	case "kek":
 		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, log, fs.Args()[1:])
 	default:

@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
@@ -39,7 +37,7 @@ type authorizer struct {
 
 // errUnauthenticated is the one answer to every authentication failure, so
 // a caller cannot tell an unknown token from a malformed header.
-var errUnauthenticated = status.Error(codes.Unauthenticated, "missing or invalid credentials: send \"authorization: Bearer <token>\"")
+var errUnauthenticated = api.Unauthenticated("missing or invalid credentials: send \"authorization: Bearer <token>\"")
 
 func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := a.authorize(ctx, info.FullMethod, req)
@@ -63,7 +61,7 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (con
 	rule, ok := auth.Rules[method]
 	if !ok {
 		a.log.ErrorContext(ctx, "no authorization rule; refusing", "method", method)
-		return ctx, status.Error(codes.PermissionDenied, "no authorization rule for "+method)
+		return ctx, api.PermissionDenied("no authorization rule for " + method)
 	}
 	if rule.Public {
 		return ctx, nil
@@ -82,7 +80,7 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (con
 	ctx = api.WithIdentity(auth.WithPrincipal(ctx, p), id)
 	deny := func(key, why string) (context.Context, error) {
 		a.denials.record(store.AuditEvent{Actor: p.Name, Action: action, Key: key, Outcome: "PERMISSION_DENIED", Peer: id.Peer, Detail: why})
-		return ctx, status.Error(codes.PermissionDenied, why)
+		return ctx, api.PermissionDenied(why)
 	}
 	if !rule.Allows(p.Role) {
 		why := fmt.Sprintf("role %s may not call %s", p.Role, action)
