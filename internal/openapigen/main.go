@@ -131,6 +131,7 @@ func finish(doc *openapi3.T, services []protoreflect.ServiceDescriptor) error {
 				continue
 			}
 			op.Summary = firstSentence(comment(m))
+			refused(doc, op)
 			if m.IsStreamingServer() {
 				if err := streamAsNDJSON(doc, op, m); err != nil {
 					return err
@@ -210,6 +211,21 @@ func mergePaths(doc *openapi3.T) {
 		}
 		doc.Paths.Delete(p)
 	}
+}
+
+// refused declares the 4XX answers every operation can give (bad input,
+// no or bad token, not allowed, not found, …): a google.rpc.Status whose
+// ErrorInfo reason says which.
+func refused(doc *openapi3.T, op *openapi3.Operation) {
+	status, ok := doc.Components.Schemas["Status"]
+	if !ok || op.Responses.Value("4XX") != nil {
+		return
+	}
+	desc := "The request was refused: a google.rpc.Status whose ErrorInfo (domain secrets.orient.dev) holds the reason (an ErrorReason without its ERROR_REASON_ prefix)."
+	op.Responses.Set("4XX", &openapi3.ResponseRef{Value: &openapi3.Response{
+		Description: &desc,
+		Content:     openapi3.NewContentWithJSONSchemaRef(openapi3.NewSchemaRef("#/components/schemas/Status", status.Value)),
+	}})
 }
 
 // streamAsNDJSON describes a server-streaming RPC's 200 answer as
