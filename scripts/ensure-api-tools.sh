@@ -2,18 +2,25 @@
 # Installs the outside tools that check the API as real clients use it, at
 # pinned versions (CI runs this; the tests that need them skip without them
 # unless REQUIRE_API_TOOLS is set):
-#   - grpc-health-probe (Kubernetes-style gRPC health checks), with go install;
+#   - grpc-health-probe (Kubernetes-style gRPC health checks) and grpcurl,
+#     with go install;
 #   - Redocly CLI, Spectral, openapi-typescript and TypeScript, from
 #     tools/api-check/package.json and its lock file, with npm ci.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GRPC_HEALTH_PROBE_VERSION=v0.4.63
-bin=$(go env GOPATH)/bin/grpc-health-probe
-if ! [ -x "$bin" ] || ! go version -m "$bin" 2>/dev/null | grep -q "$GRPC_HEALTH_PROBE_VERSION"; then
-	echo "installing grpc-health-probe $GRPC_HEALTH_PROBE_VERSION" >&2
-	go install "github.com/grpc-ecosystem/grpc-health-probe@$GRPC_HEALTH_PROBE_VERSION"
-fi
+# go install, unless the pinned version is there already.
+install_go_tool() { # name module@version
+	local bin version=${2##*@}
+	bin=$(go env GOPATH)/bin/$1
+	if ! [ -x "$bin" ] || ! go version -m "$bin" 2>/dev/null | grep -q "$version"; then
+		echo "installing $2" >&2
+		go install "$2"
+	fi
+}
+install_go_tool grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe@v0.4.63
+# The README's grpcurl commands are run as written (cmd/secretsd's README test).
+install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 
 if ! command -v npm >/dev/null; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
