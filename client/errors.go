@@ -41,6 +41,9 @@ var (
 	ReasonRevisionCompacted = ReasonString(pb.ErrorReason_ERROR_REASON_REVISION_COMPACTED)
 	ReasonRevisionAhead     = ReasonString(pb.ErrorReason_ERROR_REASON_REVISION_AHEAD)
 	ReasonInternal          = ReasonString(pb.ErrorReason_ERROR_REASON_INTERNAL)
+	ReasonTooManyStreams    = ReasonString(pb.ErrorReason_ERROR_REASON_TOO_MANY_STREAMS)
+	ReasonConsumerOwned     = ReasonString(pb.ErrorReason_ERROR_REASON_CONSUMER_OWNED)
+	ReasonTooManyConsumers  = ReasonString(pb.ErrorReason_ERROR_REASON_TOO_MANY_CONSUMERS)
 )
 
 // ReasonString is the wire form of an ErrorReason ("ETAG_MISMATCH"), for

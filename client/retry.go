@@ -5,27 +5,52 @@ import (
 	cryptorand "crypto/rand"
 	"encoding/hex"
 	"math/rand/v2"
-	"path"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+
+	_ "github.com/orient-bot/secrets/gen/orient/secrets/v1" // registers the descriptors
 )
 
-// safeToRepeat lists the RPCs that change nothing (or set an absolute state)
-// and so may be retried as they are.
-var safeToRepeat = map[string]bool{
-	"ListSecrets": true, "GetSecret": true, "AccessSecretVersion": true, "BatchAccessSecrets": true,
-	"ListSecretVersions": true, "ListConsumers": true, "ReportConsumerState": true,
-	"ListProviders": true, "GetProviderDefaults": true, "ListAuditEvents": true,
+// safeToRepeat reports whether an RPC changes nothing, or sets an absolute
+// state, and so may be retried as it is: what its proto declares with
+// protobuf's idempotency_level (NO_SIDE_EFFECTS or IDEMPOTENT).
+func safeToRepeat(method string) bool {
+	service, name, ok := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	if !ok {
+		return false
+	}
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return false
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return false
+	}
+	md := sd.Methods().ByName(protoreflect.Name(name))
+	if md == nil {
+		return false
+	}
+	opts, _ := md.Options().(*descriptorpb.MethodOptions)
+	switch opts.GetIdempotencyLevel() {
+	case descriptorpb.MethodOptions_NO_SIDE_EFFECTS, descriptorpb.MethodOptions_IDEMPOTENT:
+		return true
+	}
+	return false
 }
 
 // retryable reports whether a call may be repeated: reads always; writes
 // only when a repeat cannot write twice — an etag makes a repeat fail
 // instead of overwriting, a request id makes it return the first result.
 func retryable(method string, req any) bool {
-	if safeToRepeat[path.Base(method)] {
+	if safeToRepeat(method) {
 		return true
 	}
 	if r, ok := req.(interface{ GetRequestId() string }); ok && r.GetRequestId() != "" {

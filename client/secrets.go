@@ -311,16 +311,27 @@ func (c *Client) DeleteSecret(ctx context.Context, key string, opts ...WriteOpti
 // ListConsumers lists consumer instances with the restart-required changes
 // each has not picked up (only those with some, if pendingOnly), and the
 // current revision.
+// It reads every page.
 func (c *Client) ListConsumers(ctx context.Context, pendingOnly bool) ([]ConsumerState, int64, error) {
-	res, err := c.secrets.ListConsumers(ctx, &pb.ListConsumersRequest{PendingOnly: pendingOnly})
-	if err != nil {
-		return nil, 0, fromRPC("ListConsumers", err)
+	var out []ConsumerState
+	var rev int64
+	req := &pb.ListConsumersRequest{PendingOnly: pendingOnly}
+	for {
+		res, err := c.secrets.ListConsumers(ctx, req)
+		if err != nil {
+			return nil, 0, fromRPC("ListConsumers", err)
+		}
+		if rev == 0 {
+			rev = res.GetRevision()
+		}
+		for _, s := range res.GetConsumers() {
+			out = append(out, consumerStateFrom(s))
+		}
+		if res.GetNextPageToken() == "" {
+			return out, rev, nil
+		}
+		req.PageToken = res.GetNextPageToken()
 	}
-	out := make([]ConsumerState, 0, len(res.GetConsumers()))
-	for _, s := range res.GetConsumers() {
-		out = append(out, consumerStateFrom(s))
-	}
-	return out, res.GetRevision(), nil
 }
 
 // ReportConsumerState records that consumer (the client's WithConsumer

@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/orient-bot/secrets/client"
 )
@@ -157,7 +160,22 @@ func cell(v any) string {
 		if v == "" {
 			return "-"
 		}
-		return v
+		return printable(v)
 	}
-	return fmt.Sprint(v)
+	return printable(fmt.Sprint(v))
+}
+
+// printable escapes control characters (newlines, tabs, terminal escape
+// sequences) and invalid UTF-8 the way Go quotes strings, so text a caller
+// chose (a key or request id in the audit log) can neither break a table
+// row nor forge one.
+func printable(s string) string {
+	clean := utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) || r == '\u2028' || r == '\u2029'
+	})
+	if clean {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }

@@ -86,6 +86,8 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.ChangeRetention, "change-retention", cfg.ChangeRetention, "how long the change log keeps entries (watchers can resume within it)")
 	fs.Int64Var(&cfg.ChangeRetentionCount, "change-retention-count", cfg.ChangeRetentionCount, "how many change log entries are kept at most")
 	fs.DurationVar(&cfg.ConsumerStaleAfter, "consumer-stale-after", cfg.ConsumerStaleAfter, "a consumer not seen for this long is shown as stale")
+	fs.DurationVar(&cfg.ConsumerGoneAfter, "consumer-gone-after", cfg.ConsumerGoneAfter, "a consumer not seen for this long is shown as gone and leaves the restart banner")
+	fs.IntVar(&cfg.MaxStreamsPerToken, "max-streams-per-token", cfg.MaxStreamsPerToken, "concurrent streams (watches) one token may hold on this replica; 0: no bound")
 	fs.DurationVar(&cfg.ConsumerDropAfter, "consumer-drop-after", cfg.ConsumerDropAfter, "a consumer not seen for this long is forgotten")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", env("SECRETS_TLS_CERT", ""), "TLS certificate (PEM) for both listeners")
 	fs.StringVar(&cfg.TLSKey, "tls-key", env("SECRETS_TLS_KEY", ""), "TLS private key (PEM) for both listeners")

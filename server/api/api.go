@@ -30,6 +30,8 @@ type Store interface {
 	BatchAccess(ctx context.Context, keys []string) ([]store.BatchItem, int64, error)
 	RecordFailure(ctx context.Context, meta store.Meta, key string, version int64, outcome, detail string) error
 	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEvent, error)
+	// CategoryOf returns a stored secret's category ("" when not stored).
+	CategoryOf(ctx context.Context, key string) (string, error)
 	ProviderDefaults(ctx context.Context) ([]store.ProviderDefault, int64, error)
 	SetProviderDefault(ctx context.Context, meta store.Meta, useCase, provider, model string) (store.ProviderDefaultResult, error)
 }
@@ -69,6 +71,12 @@ type Deps struct {
 	// ConsumerStaleAfter is how long a consumer may go unseen before it is
 	// shown as stale.
 	ConsumerStaleAfter time.Duration
+	// ConsumerGoneAfter is how long a consumer may go unseen before it is
+	// shown as gone and leaves the restart banner (0: never).
+	ConsumerGoneAfter time.Duration
+	// PageTokenKey authenticates page tokens (a service key the database
+	// does not hold).
+	PageTokenKey []byte
 	// ReadCache, if set, answers reads of newest versions without a
 	// database read (the audit commit still happens).
 	ReadCache ReadCache

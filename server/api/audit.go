@@ -3,6 +3,9 @@ package api
 import (
 	"context"
 
+	"github.com/orient-bot/secrets/server/auth"
+	"google.golang.org/protobuf/proto"
+
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/store"
@@ -49,22 +52,81 @@ func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEve
 		return nil, err
 	}
 	filter := filterKey(f.Key, f.Actor, f.Action, f.Start.String(), f.End.String())
-	tok, err := decodeToken(req.GetPageToken(), filter)
+	tok, err := s.decodeToken(ctx, req.GetPageToken(), filter)
 	if err != nil {
 		return nil, err
 	}
-	f.Before, f.Limit = tok.Before, size+1
-	events, err := s.Store.ListAudit(ctx, f)
-	if err != nil {
-		return nil, toStatus(ctx, s.Logger, err)
-	}
+	// A scoped auditor sees the events of the keys in its scope (judged by
+	// each key's current category), and no event without a key. Pages are
+	// cut after that filter, and by bytes as well as by count, so no page
+	// can exceed the message limit whatever the events hold.
+	scope := scopeOf(ctx)
 	out := &pb.ListAuditEventsResponse{}
-	if len(events) > size {
-		events = events[:size]
-		out.NextPageToken = encodeToken(pageToken{Before: events[size-1].Sequence, Filter: filter})
+	bytes := 0
+	f.Before, f.Limit = tok.Before, size+1
+	for {
+		events, err := s.Store.ListAudit(ctx, f)
+		if err != nil {
+			return nil, toStatus(ctx, s.Logger, err)
+		}
+		visible, err := s.inScope(ctx, scope, events)
+		if err != nil {
+			return nil, toStatus(ctx, s.Logger, err)
+		}
+		for i, e := range events {
+			if !visible[i] {
+				continue
+			}
+			ev := toAuditEvent(e)
+			n := proto.Size(ev)
+			if len(out.Events) == size || (len(out.Events) > 0 && bytes+n > maxAuditPageBytes) {
+				out.NextPageToken = s.encodeToken(ctx, pageToken{Before: out.Events[len(out.Events)-1].Sequence, Filter: filter})
+				return out, nil
+			}
+			bytes += n
+			out.Events = append(out.Events, ev)
+		}
+		if len(events) < f.Limit {
+			return out, nil
+		}
+		f.Before = events[len(events)-1].Sequence
 	}
-	for _, e := range events {
-		out.Events = append(out.Events, toAuditEvent(e))
+}
+
+// maxAuditPageBytes bounds a page of audit events (the gRPC limit is 4 MiB).
+const maxAuditPageBytes = 1 << 20
+
+// inScope says which events a caller with scope may see.
+func (s *AuditService) inScope(ctx context.Context, scope auth.Scope, events []store.AuditEvent) ([]bool, error) {
+	out := make([]bool, len(events))
+	if scope.Empty() {
+		for i := range out {
+			out[i] = true
+		}
+		return out, nil
+	}
+	categories := map[string]string{}
+	for i, e := range events {
+		if e.Key == "" || !scope.AllowsKey(e.Key) {
+			continue
+		}
+		if scope.NeedsCategory() {
+			c, ok := categories[e.Key]
+			if !ok {
+				stored, err := s.Store.CategoryOf(ctx, e.Key)
+				if err != nil {
+					return nil, err
+				}
+				if c = stored; c == "" {
+					c = auth.DefaultCategory(e.Key)
+				}
+				categories[e.Key] = c
+			}
+			if !scope.Allows(e.Key, c) {
+				continue
+			}
+		}
+		out[i] = true
 	}
 	return out, nil
 }

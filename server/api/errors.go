@@ -27,6 +27,20 @@ func ReasonString(r pb.ErrorReason) string {
 	return strings.TrimPrefix(r.String(), "ERROR_REASON_")
 }
 
+// Refusal is the answer to a call the policy refuses: UNAUTHENTICATED,
+// PERMISSION_DENIED or RESOURCE_EXHAUSTED (too many streams), with its
+// ErrorInfo reason.
+func Refusal(code codes.Code, msg string) error {
+	reason := pb.ErrorReason_ERROR_REASON_PERMISSION_DENIED
+	switch code {
+	case codes.Unauthenticated:
+		reason = pb.ErrorReason_ERROR_REASON_UNAUTHENTICATED
+	case codes.ResourceExhausted:
+		reason = pb.ErrorReason_ERROR_REASON_TOO_MANY_STREAMS
+	}
+	return withInfo(code, reason, msg)
+}
+
 // Status builds a status with ErrorInfo{reason, ErrorDomain} and the given
 // BadRequest details. Every non-OK answer of the service is made here.
 func Status(code codes.Code, reason pb.ErrorReason, msg string, more ...*errdetails.BadRequest) *status.Status {
@@ -141,6 +155,10 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "request_id", Description: err.Error()}}})
 	case errors.Is(err, store.ErrInvalidArgument):
 		return withInfo(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, err.Error())
+	case errors.Is(err, store.ErrConsumerOwned):
+		return withInfo(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_CONSUMER_OWNED, err.Error())
+	case errors.Is(err, store.ErrTooManyConsumers):
+		return withInfo(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_TOO_MANY_CONSUMERS, err.Error()+"; consumers unseen for a while are forgotten")
 	case errors.Is(err, store.ErrUnavailable):
 		log.WarnContext(ctx, "database unavailable", "error", err)
 		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_DATABASE_UNAVAILABLE, "database unavailable; retry later")

@@ -45,47 +45,76 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 		return nil, err
 	}
 	filter := filterKey(category, boolString(req.GetConfiguredOnly()))
-	tok, err := decodeToken(req.GetPageToken(), filter)
+	tok, err := s.decodeToken(ctx, req.GetPageToken(), filter)
 	if err != nil {
 		return nil, err
 	}
-	// Catalog keys after the cursor in the category: empty slots unless stored.
-	var slots []catalog.Entry
-	if !req.GetConfiguredOnly() {
-		for _, e := range catalog.Entries() {
-			if e.Key > tok.After && (category == "" || e.Category == category) {
-				slots = append(slots, e)
+	// Pages are cut after the caller's scope is applied, so a page holds
+	// only keys the caller may see and its token only the last of them. A
+	// narrow scope may read several store pages to fill one.
+	scope := scopeOf(ctx)
+	out := &pb.ListSecretsResponse{}
+	after := tok.After
+	for {
+		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, After: after, Limit: size + 1, AlsoKeys: slotKeysAfter(after, category, req.GetConfiguredOnly())})
+		if err != nil {
+			return nil, s.fail(ctx, err)
+		}
+		if out.Revision == 0 {
+			out.Revision = res.Revision
+		}
+		full := len(res.Page) > size
+		// Empty slots up to the last stored key read (all of them when the
+		// store has no more).
+		var upTo string
+		if full {
+			upTo = res.Page[len(res.Page)-1].Key
+		}
+		var merged []*pb.Secret
+		for _, sec := range res.Page {
+			merged = append(merged, toSecret(sec))
+		}
+		if !req.GetConfiguredOnly() {
+			for _, e := range catalog.Entries() {
+				if e.Key > after && (upTo == "" || e.Key <= upTo) && (category == "" || e.Category == category) {
+					if _, stored := res.Also[e.Key]; !stored {
+						merged = append(merged, emptySlot(e))
+					}
+				}
 			}
 		}
+		slices.SortFunc(merged, func(a, b *pb.Secret) int { return strings.Compare(a.Key, b.Key) })
+		for _, sec := range merged {
+			if !scope.Allows(sec.Key, sec.Category) {
+				continue
+			}
+			if len(out.Secrets) == size {
+				last := out.Secrets[size-1].Key
+				out.NextPageToken = s.encodeToken(ctx, pageToken{After: last, Filter: filter})
+				return out, nil
+			}
+			out.Secrets = append(out.Secrets, sec)
+		}
+		if !full {
+			return out, nil
+		}
+		after = upTo
 	}
-	slotKeys := make([]string, len(slots))
-	for i, e := range slots {
-		slotKeys[i] = e.Key
+}
+
+// slotKeysAfter lists the catalog keys after a cursor (in a category), so
+// the store can say which of them are stored.
+func slotKeysAfter(after, category string, configuredOnly bool) []string {
+	if configuredOnly {
+		return nil
 	}
-	res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, After: tok.After, Limit: size + 1, AlsoKeys: slotKeys})
-	if err != nil {
-		return nil, s.fail(ctx, err)
-	}
-	merged := make([]*pb.Secret, 0, len(res.Page)+len(slots))
-	for _, sec := range res.Page {
-		merged = append(merged, toSecret(sec))
-	}
-	for _, e := range slots {
-		if _, stored := res.Also[e.Key]; !stored {
-			merged = append(merged, emptySlot(e))
+	var keys []string
+	for _, e := range catalog.Entries() {
+		if e.Key > after && (category == "" || e.Category == category) {
+			keys = append(keys, e.Key)
 		}
 	}
-	slices.SortFunc(merged, func(a, b *pb.Secret) int { return strings.Compare(a.Key, b.Key) })
-	out := &pb.ListSecretsResponse{Revision: res.Revision}
-	if len(merged) > size {
-		merged = merged[:size]
-		out.NextPageToken = encodeToken(pageToken{After: merged[size-1].Key, Filter: filter})
-	}
-	// A scoped caller sees only its keys (a page may come out short; the
-	// token still walks the whole list).
-	scope := scopeOf(ctx)
-	out.Secrets = slices.DeleteFunc(merged, func(s *pb.Secret) bool { return !scope.Allows(s.Key, s.Category) })
-	return out, nil
+	return keys
 }
 
 func boolString(b bool) string {
@@ -261,7 +290,7 @@ func (s *SecretService) ListSecretVersions(ctx context.Context, req *pb.ListSecr
 	if err != nil {
 		return nil, err
 	}
-	tok, err := decodeToken(req.GetPageToken(), req.GetKey())
+	tok, err := s.decodeToken(ctx, req.GetPageToken(), req.GetKey())
 	if err != nil {
 		return nil, err
 	}
@@ -272,7 +301,7 @@ func (s *SecretService) ListSecretVersions(ctx context.Context, req *pb.ListSecr
 	out := &pb.ListSecretVersionsResponse{}
 	if len(versions) > size {
 		versions = versions[:size]
-		out.NextPageToken = encodeToken(pageToken{Before: versions[size-1].Version, Filter: req.GetKey()})
+		out.NextPageToken = s.encodeToken(ctx, pageToken{Before: versions[size-1].Version, Filter: req.GetKey()})
 	}
 	for _, v := range versions {
 		out.Versions = append(out.Versions, toVersion(v))

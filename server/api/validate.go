@@ -1,6 +1,9 @@
 package api
 
 import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"regexp"
@@ -86,30 +89,47 @@ func pageSize(n int32) (int, error) {
 	return int(n), nil
 }
 
-// pageToken is the opaque cursor of a list: where the previous page ended and
-// a fingerprint of its filter (a token is only valid with the same filter).
+// pageToken is the cursor of a list: where the previous page ended and a
+// fingerprint of its filter and caller (a token is only valid for the same
+// filter and caller). It travels MACed with a service key, so a caller
+// cannot forge a cursor, and it only ever holds the last item of a page the
+// caller was shown.
 type pageToken struct {
 	After  string `json:"a,omitempty"`
 	Before int64  `json:"b,omitempty"`
 	Filter string `json:"f,omitempty"`
 }
 
-func encodeToken(t pageToken) string {
-	b, _ := json.Marshal(t)
-	return base64.RawURLEncoding.EncodeToString(b)
+const pageTokenMACSize = 16
+
+func (d Deps) pageTokenMAC(b []byte) []byte {
+	m := hmac.New(sha256.New, d.PageTokenKey)
+	m.Write(b)
+	return m.Sum(nil)[:pageTokenMACSize]
 }
 
-func decodeToken(s, filter string) (pageToken, error) {
+func (d Deps) encodeToken(ctx context.Context, t pageToken) string {
+	t.Filter = filterKey(t.Filter, IdentityFrom(ctx).Actor)
+	b, _ := json.Marshal(t)
+	return base64.RawURLEncoding.EncodeToString(append(b, d.pageTokenMAC(b)...))
+}
+
+func (d Deps) decodeToken(ctx context.Context, s, filter string) (pageToken, error) {
 	var t pageToken
 	if s == "" {
 		return t, nil
 	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || json.Unmarshal(b, &t) != nil {
-		return t, invalidArg("page_token", "malformed; pass the next_page_token of a previous call")
+	malformed := invalidArg("page_token", "malformed; pass the next_page_token of a previous call")
+	raw, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(raw) <= pageTokenMACSize {
+		return t, malformed
 	}
-	if t.Filter != filter {
-		return t, invalidArg("page_token", "was issued for a different filter")
+	b, mac := raw[:len(raw)-pageTokenMACSize], raw[len(raw)-pageTokenMACSize:]
+	if !hmac.Equal(mac, d.pageTokenMAC(b)) || json.Unmarshal(b, &t) != nil {
+		return t, malformed
+	}
+	if t.Filter != filterKey(filter, IdentityFrom(ctx).Actor) {
+		return t, invalidArg("page_token", "was issued for a different filter or caller")
 	}
 	return t, nil
 }

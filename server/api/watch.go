@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -30,9 +31,11 @@ type Hub interface {
 // ConsumerStore tracks consumer instances.
 type ConsumerStore interface {
 	Revision(ctx context.Context) (int64, error)
-	ReportConsumer(ctx context.Context, id store.ConsumerID, loadedRevision, fallback int64, keys, categories []string) error
+	ReportConsumer(ctx context.Context, r store.ConsumerReport) error
+	PublishConsumerReport(ctx context.Context, meta store.Meta, r store.ConsumerReport) (int64, error)
+	DismissConsumer(ctx context.Context, meta store.Meta, id store.ConsumerID) (int64, error)
 	GetConsumer(ctx context.Context, id store.ConsumerID) (store.ConsumerState, error)
-	ListConsumers(ctx context.Context) ([]store.ConsumerState, error)
+	ListConsumers(ctx context.Context, after store.ConsumerID, limit int) ([]store.ConsumerState, error)
 }
 
 const (
@@ -119,14 +122,9 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	if err != nil {
 		return err
 	}
+	// The keys it names were checked against the caller's scope by the
+	// method's policy; the events are filtered to it.
 	filter.scope = scopeOf(ctx)
-	if !filter.scope.Empty() && len(filter.scope.Categories) == 0 {
-		for k := range filter.keys {
-			if !filter.scope.Allows(k, "") {
-				return PermissionDenied(k + " is outside the caller's scope")
-			}
-		}
-	}
 	sub, err := s.Hub.Subscribe(ctx, consumer)
 	if err != nil {
 		return s.watchErr(ctx, err)
@@ -156,7 +154,7 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 		return s.watchErr(ctx, err)
 	}
 	if consumer != nil {
-		if err := s.Consumers.ReportConsumer(ctx, *consumer, req.GetLoadedRevision(), last, req.GetKeys(), cats); err != nil {
+		if err := s.Consumers.ReportConsumer(ctx, s.consumerReport(ctx, *consumer, req.GetLoadedRevision(), last, req.GetKeys(), cats)); err != nil {
 			return s.fail(ctx, err)
 		}
 	}
@@ -268,25 +266,47 @@ func (s *SecretService) watchErr(ctx context.Context, err error) error {
 	return s.fail(ctx, err)
 }
 
-// ListConsumers lists consumer instances with their pending restarts.
+// ListConsumers lists consumer instances with their pending restarts, by
+// page.
 func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumersRequest) (*pb.ListConsumersResponse, error) {
-	list, err := s.Consumers.ListConsumers(ctx)
+	size, err := pageSize(req.GetPageSize())
 	if err != nil {
-		return nil, s.fail(ctx, err)
+		return nil, err
+	}
+	filter := boolString(req.GetPendingOnly())
+	tok, err := s.decodeToken(ctx, req.GetPageToken(), filter)
+	if err != nil {
+		return nil, err
 	}
 	rev, err := s.Consumers.Revision(ctx)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	out := &pb.ListConsumersResponse{Revision: rev}
-	for _, c := range list {
-		st := s.toConsumerState(c, scopeOf(ctx))
-		if req.GetPendingOnly() && len(st.Pending) == 0 {
-			continue
+	service, instance, _ := strings.Cut(tok.After, "\x1f")
+	after := store.ConsumerID{Service: service, Instance: instance}
+	for {
+		list, err := s.Consumers.ListConsumers(ctx, after, size+1)
+		if err != nil {
+			return nil, s.fail(ctx, err)
 		}
-		out.Consumers = append(out.Consumers, st)
+		for _, c := range list {
+			st := s.toConsumerState(c, scopeOf(ctx))
+			if req.GetPendingOnly() && (len(st.Pending) == 0 || st.Gone) {
+				continue
+			}
+			if len(out.Consumers) == size {
+				last := out.Consumers[size-1].GetConsumer()
+				out.NextPageToken = s.encodeToken(ctx, pageToken{After: filterKey(last.GetService(), last.GetInstance()), Filter: filter})
+				return out, nil
+			}
+			out.Consumers = append(out.Consumers, st)
+		}
+		if len(list) <= size {
+			return out, nil
+		}
+		after = store.ConsumerID{Service: list[len(list)-1].Service, Instance: list[len(list)-1].Instance}
 	}
-	return out, nil
 }
 
 // ReportConsumerState records the revision a consumer now runs with.
@@ -312,7 +332,19 @@ func (s *SecretService) ReportConsumerState(ctx context.Context, req *pb.ReportC
 	if req.GetLoadedRevision() > rev {
 		return nil, invalidArg("loaded_revision", fmt.Sprintf("is ahead of the current revision %d", rev))
 	}
-	if err := s.Consumers.ReportConsumer(ctx, *consumer, req.GetLoadedRevision(), 0, req.GetKeys(), cats); err != nil {
+	r := s.consumerReport(ctx, *consumer, req.GetLoadedRevision(), 0, req.GetKeys(), cats)
+	if m := req.GetUpdateMask(); m != nil {
+		for _, p := range m.GetPaths() {
+			if p != "keys" && p != "categories" {
+				return nil, invalidArg("update_mask", "field "+p+" cannot be set; settable: keys, categories")
+			}
+		}
+		r.KeepKeys = !slices.Contains(m.GetPaths(), "keys")
+		r.KeepCategories = !slices.Contains(m.GetPaths(), "categories")
+	} else {
+		r.KeepKeys, r.KeepCategories = len(req.GetKeys()) == 0, len(req.GetCategories()) == 0
+	}
+	if _, err := s.Consumers.PublishConsumerReport(ctx, metaFor(ctx, "ReportConsumerState", "", nil), r); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	c, err := s.Consumers.GetConsumer(ctx, *consumer)
@@ -328,6 +360,7 @@ func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope)
 		LoadedRevision: c.LoadedRevision,
 		LastSeen:       ts(c.LastSeen),
 		Stale:          time.Since(c.LastSeen) > s.staleAfter(),
+		Gone:           s.ConsumerGoneAfter > 0 && time.Since(c.LastSeen) > s.ConsumerGoneAfter,
 		Categories:     c.Categories,
 	}
 	// A scoped caller sees the key names its scope allows, as ListSecrets
@@ -344,6 +377,34 @@ func (s *SecretService) toConsumerState(c store.ConsumerState, scope auth.Scope)
 	}
 	slices.SortFunc(st.Pending, func(a, b *pb.PendingChange) int { return cmp.Compare(a.Revision, b.Revision) })
 	return st
+}
+
+// DismissConsumer forgets a consumer instance (admin).
+func (s *SecretService) DismissConsumer(ctx context.Context, req *pb.DismissConsumerRequest) (*pb.DismissConsumerResponse, error) {
+	consumer, err := parseConsumer(req.GetConsumer())
+	if err != nil {
+		return nil, err
+	}
+	if consumer == nil {
+		return nil, invalidArg("consumer", "required")
+	}
+	rev, err := s.Consumers.DismissConsumer(ctx, metaFor(ctx, "DismissConsumer", "", nil), *consumer)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &pb.DismissConsumerResponse{Revision: rev}, nil
+}
+
+// MaxConsumersPerPrincipal bounds the consumer instances one principal
+// may report, so a token cannot flood the restart banner.
+const MaxConsumersPerPrincipal = 200
+
+// consumerReport is a report of a consumer by the caller, who owns it (an
+// unscoped admin may report any).
+func (s *SecretService) consumerReport(ctx context.Context, id store.ConsumerID, loaded, fallback int64, keys, cats []string) store.ConsumerReport {
+	p, _ := auth.FromContext(ctx)
+	return store.ConsumerReport{ID: id, LoadedRevision: loaded, Fallback: fallback, Keys: keys, Categories: cats,
+		Owner: IdentityFrom(ctx).Actor, Override: p.Role == auth.RoleAdmin && p.Scope.Empty(), MaxPerOwner: MaxConsumersPerPrincipal}
 }
 
 func catalogCategory(key string) string {

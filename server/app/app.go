@@ -54,6 +54,9 @@ type Config struct {
 	KEKURL      string
 	// Reflection enables gRPC server reflection (for grpcurl).
 	Reflection bool
+	// MaxStreamsPerToken bounds the concurrent streams (watches) of one
+	// principal on one replica; 0 means no bound.
+	MaxStreamsPerToken int
 	// ShutdownTimeout bounds the graceful drain on SIGTERM.
 	ShutdownTimeout time.Duration
 	// IdempotencyTTL is how long request ids are remembered.
@@ -78,6 +81,10 @@ type Config struct {
 	// ConsumerDropAfter forgets them.
 	ConsumerStaleAfter time.Duration
 	ConsumerDropAfter  time.Duration
+	// ConsumerGoneAfter shows consumers not seen for this long as gone:
+	// they leave the restart banner (they are forgotten at
+	// ConsumerDropAfter).
+	ConsumerGoneAfter time.Duration
 	// MaintenanceInterval is how often compaction and clean-up run.
 	MaintenanceInterval time.Duration
 
@@ -111,12 +118,13 @@ const MaxStreamsPerConn = 1000
 // DefaultConfig returns the documented defaults.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:        "127.0.0.1:9090",
-		HTTPAddr:        "127.0.0.1:8080",
-		DataDir:         ".secrets-data",
-		Reflection:      true,
-		ShutdownTimeout: 15 * time.Second,
-		IdempotencyTTL:  24 * time.Hour,
+		GRPCAddr:           "127.0.0.1:9090",
+		HTTPAddr:           "127.0.0.1:8080",
+		DataDir:            ".secrets-data",
+		Reflection:         true,
+		MaxStreamsPerToken: 100,
+		ShutdownTimeout:    15 * time.Second,
+		IdempotencyTTL:     24 * time.Hour,
 
 		WatchPollInterval:     time.Second,
 		ReadCacheEntries:      10_000,
@@ -125,6 +133,7 @@ func DefaultConfig() Config {
 		ChangeRetentionCount:  1_000_000,
 		ConsumerStaleAfter:    time.Minute,
 		ConsumerDropAfter:     7 * 24 * time.Hour,
+		ConsumerGoneAfter:     6 * time.Hour,
 		MaintenanceInterval:   time.Minute,
 
 		AuditCheckpointInterval: time.Minute,
@@ -144,7 +153,7 @@ type Server struct {
 	auditLog      *auditlog.Log
 	batcher       *auditlog.Batcher
 	authn         *auth.Authenticator
-	denials       *denialRecorder
+	denials       *auditlog.DenialQueue
 	tls           *tlsSetup
 	hub           *watch.Hub
 	rotator       *kek.Rotator
@@ -301,14 +310,19 @@ func (s *Server) listen(ctx context.Context) error {
 	reg.MustRegister(auditCounter)
 
 	deniedDropped := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited because the denial queue was full.",
+		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited: the denial queue was full or their batch could not be written.",
 	})
 	reg.MustRegister(deniedDropped)
 	s.httpMetrics = newHTTPMetrics(reg)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
-	s.denials = newDenialRecorder(s.store.RecordDenials, deniedDropped.Inc, s.log)
+	s.denials = auditlog.NewDenialQueue(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
+	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "secrets_denials_total", Help: "Refused calls, by reason (unauthenticated, role, scope, category, unscoped_only, stream_limit, no_policy).",
+	}, []string{"reason"})
+	reg.MustRegister(denied)
 	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
-		categoryOf: s.store.CategoryOf, denials: s.denials, log: s.log}
+		categoryOf: s.store.CategoryOf, denials: s.denials, denied: denied,
+		streams: newStreamLimiter(s.cfg.MaxStreamsPerToken), recheck: auth.RecheckInterval, log: s.log}
 
 	pi := peerIdentifier{gatewaySecret: gatewaySecret, trustedProxies: s.cfg.TrustedProxies}
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
@@ -323,21 +337,25 @@ func (s *Server) listen(ctx context.Context) error {
 	if s.tls.server != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
 	}
+	// Refusals pass through metrics and logging like every other answer;
+	// the failure audit sees the authorized caller and the method's policy.
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoverOpt),
-			pi.unary,
-			authz.unary,
+			recordUnary,
 			metrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+			pi.unary,
+			authz.unary,
 			auditFailures(s.store, s.log),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
-			pi.stream,
-			authz.stream,
+			recordStream,
 			metrics.StreamServerInterceptor(),
 			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+			pi.stream,
+			authz.stream,
 		),
 	)...)
 	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,
@@ -346,7 +364,7 @@ func (s *Server) listen(ctx context.Context) error {
 	s.batcher = auditlog.NewBatcher(s.store, 512)
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
-		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ValueMAC: valueMAC(s.requestMACKey)}
+		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}
 	if s.cfg.ReadCacheEntries > 0 {
 		s.readCache = readcache.New(s.hub, s.store.LastWriteRevision, s.cfg.ReadCacheEntries, s.log)
 		deps.ReadCache = s.readCache
@@ -406,7 +424,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	authCtx, stopAuth := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopAuth = stopAuth
 	s.authDone.Go(func() { s.authn.Run(authCtx, 30*time.Second) })
-	s.authDone.Go(func() { s.denials.run(authCtx) })
+	s.authDone.Go(func() { s.denials.Run(authCtx) })
 	go func() {
 		serve := s.http.Serve
 		if s.tls.server != nil {

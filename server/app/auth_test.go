@@ -60,10 +60,9 @@ func createToken(t *testing.T, srv *testserver.Server, name, role string, patter
 
 // requestFor builds a request for any method, naming key where it can.
 func requestFor(t *testing.T, m protoreflect.MethodDescriptor, key string) proto.Message {
-	t.Helper()
 	mt, err := protoregistry.GlobalTypes.FindMessageByName(m.Input().FullName())
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
 	msg := mt.New().Interface()
 	switch r := msg.(type) {
@@ -113,65 +112,6 @@ func call(ctx context.Context, conn *grpc.ClientConn, m protoreflect.MethodDescr
 		return status.Code(err)
 	}
 	return status.Code(conn.Invoke(ctx, full, req, mt.New().Interface()))
-}
-
-// TestAuthorizationMatrix calls every RPC of every service (enumerated from
-// the descriptors, so a new RPC without a rule fails here) as every role,
-// in and out of scope.
-func TestAuthorizationMatrix(t *testing.T) {
-	t.Parallel()
-	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
-	put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-1")
-	put(t, srv.Secrets, "OPENAI_API_KEY", "sk-1")
-	conns := map[string]*grpc.ClientConn{"none": srv.Dial(t, ""), "bogus": srv.Dial(t, "osk_not-a-real-token-at-all-000000000000000")}
-	for _, role := range []string{"admin", "writer", "reader", "auditor"} {
-		conns[role] = srv.Dial(t, createToken(t, srv, "matrix-"+role, role, "SLACK_*"))
-	}
-	files := []protoreflect.FileDescriptor{pb.File_orient_secrets_v1_secrets_proto, pb.File_orient_secrets_v1_providers_proto,
-		pb.File_orient_secrets_v1_audit_proto, pb.File_orient_secrets_v1_tokens_proto, pb.File_orient_secrets_v1_keys_proto}
-	methods := 0
-	for _, f := range files {
-		for i := 0; i < f.Services().Len(); i++ {
-			svc := f.Services().Get(i)
-			for j := 0; j < svc.Methods().Len(); j++ {
-				m := svc.Methods().Get(j)
-				methods++
-				full := fmt.Sprintf("/%s/%s", svc.FullName(), m.Name())
-				rule, ok := auth.Rules[full]
-				if !ok || rule.Public {
-					t.Errorf("%s has no authorization rule", full)
-					continue
-				}
-				for who, conn := range conns {
-					for _, key := range []string{"SLACK_BOT_TOKEN", "OPENAI_API_KEY"} {
-						inScope := strings.HasPrefix(key, "SLACK_")
-						ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-						got := call(ctx, conn, m, requestFor(t, m, key))
-						cancel()
-						var want []codes.Code // acceptable codes
-						switch {
-						case who == "none" || who == "bogus":
-							want = []codes.Code{codes.Unauthenticated}
-						case !rule.Allows(auth.Role(who)):
-							want = []codes.Code{codes.PermissionDenied}
-						case rule.KeyScoped && !inScope:
-							want = []codes.Code{codes.PermissionDenied}
-						}
-						if want == nil {
-							if got == codes.PermissionDenied || got == codes.Unauthenticated || got == codes.Internal {
-								t.Errorf("%s as %s on %s: %v, want it allowed", full, who, key, got)
-							}
-						} else if got != want[0] {
-							t.Errorf("%s as %s on %s: %v, want %v", full, who, key, got, want[0])
-						}
-					}
-				}
-			}
-		}
-	}
-	if methods < 21 {
-		t.Fatalf("enumerated only %d methods", methods)
-	}
 }
 
 func TestScopedListsAndWatch(t *testing.T) {

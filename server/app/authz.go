@@ -8,17 +8,20 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
-	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
+	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/auth"
-	"github.com/orient-bot/secrets/server/catalog"
 	"github.com/orient-bot/secrets/server/store"
 )
 
@@ -31,13 +34,45 @@ type authorizer struct {
 	// TLS; it identifies the gateway's connection and grants nothing.
 	gatewayCert []byte
 	categoryOf  func(ctx context.Context, key string) (string, error)
-	denials     *denialRecorder
-	log         *slog.Logger
+	denials     *auditlog.DenialQueue
+	// denied counts refusals by reason (secrets_denials_total).
+	denied *prometheus.CounterVec
+	// streams bounds each principal's concurrent streams.
+	streams *streamLimiter
+	// recheck is how often a stream's credentials are checked again.
+	recheck time.Duration
+	log     *slog.Logger
+}
+
+// streamLimiter bounds the concurrent streams of each principal, so one
+// token cannot hold every stream a replica can serve.
+type streamLimiter struct {
+	max int
+	mu  sync.Mutex
+	n   map[string]int
+}
+
+func newStreamLimiter(max int) *streamLimiter { return &streamLimiter{max: max, n: map[string]int{}} }
+
+func (l *streamLimiter) acquire(name string) (release func(), err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.max > 0 && l.n[name] >= l.max {
+		return nil, fmt.Errorf("%s already has %d open streams on this replica (--max-streams-per-token)", name, l.max)
+	}
+	l.n[name]++
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.n[name]--; l.n[name] == 0 {
+			delete(l.n, name)
+		}
+	}, nil
 }
 
 // errUnauthenticated is the one answer to every authentication failure, so
 // a caller cannot tell an unknown token from a malformed header.
-var errUnauthenticated = api.Unauthenticated("missing or invalid credentials: send \"authorization: Bearer <token>\"")
+var errUnauthenticated = api.Refusal(codes.Unauthenticated, "missing or invalid credentials: send \"authorization: Bearer <token>\"")
 
 func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	ctx, err := a.authorize(ctx, info.FullMethod, req)
@@ -47,127 +82,149 @@ func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerI
 	return handler(ctx, req)
 }
 
+// stream authenticates the caller and checks its role when the stream
+// opens, checks the targets of each request message as it arrives (a
+// stream's request is not known before), and ends the stream with
+// UNAUTHENTICATED once its credentials stop being valid (revoked or
+// expired), re-checked every recheck interval.
 func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	// A stream's request is not known yet: the role is checked here, and the
-	// handler checks the keys it names against the scope.
 	ctx, err := a.authorize(ss.Context(), info.FullMethod, nil)
 	if err != nil {
 		return err
 	}
-	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	p, ok := auth.FromContext(ctx)
+	if !ok { // public
+		return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+	}
+	release, err := a.streams.acquire(p.Name)
+	if err != nil {
+		a.deny(ctx, p.Name, auth.PolicyFromContext(ctx).Action, &auth.Denial{Reason: auth.DenyStreamLimit, Message: err.Error()})
+		return api.Refusal(codes.ResourceExhausted, err.Error())
+	}
+	defer release()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	defer close(done)
+	go a.watchCredentials(ctx, cancel, done)
+	err = handler(srv, &checkedStream{ServerStream: ss, ctx: ctx, a: a})
+	if cause := context.Cause(ctx); errors.Is(cause, errCredentialsEnded) {
+		return errUnauthenticated
+	}
+	return err
+}
+
+// errCredentialsEnded is the cause of a stream cancelled because its token
+// was revoked or expired.
+var errCredentialsEnded = errors.New("credentials no longer valid")
+
+// watchCredentials cancels ctx when the stream's credentials stop
+// authenticating: at a token's expiry time, and at the first re-check that
+// finds it revoked.
+func (a *authorizer) watchCredentials(ctx context.Context, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	p, _ := auth.FromContext(ctx)
+	var expiry <-chan time.Time
+	if !p.ExpireTime.IsZero() {
+		t := time.NewTimer(time.Until(p.ExpireTime))
+		defer t.Stop()
+		expiry = t.C
+	}
+	tick := time.NewTicker(a.recheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-expiry:
+			cancel(errCredentialsEnded)
+			return
+		case <-tick.C:
+			if _, err := a.principal(ctx); err != nil && !errors.Is(err, store.ErrUnavailable) {
+				cancel(errCredentialsEnded)
+				return
+			}
+		}
+	}
+}
+
+// checkedStream authorizes each request message of a stream against the
+// method's policy before the handler sees it.
+type checkedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	a   *authorizer
+}
+
+func (s *checkedStream) Context() context.Context { return s.ctx }
+
+func (s *checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	_, err := s.a.check(s.ctx, m)
+	return err
 }
 
 func (a *authorizer) authorize(ctx context.Context, method string, req any) (context.Context, error) {
-	rule, ok := auth.Rules[method]
-	if !ok {
-		a.log.ErrorContext(ctx, "no authorization rule; refusing", "method", method)
-		return ctx, api.PermissionDenied("no authorization rule for " + method)
-	}
-	if rule.Public {
-		return ctx, nil
-	}
+	pol, ok := auth.PolicyFor(method)
 	id := api.IdentityFrom(ctx)
 	action := method[strings.LastIndex(method, "/")+1:]
+	if !ok {
+		a.log.ErrorContext(ctx, "no policy declared for the method; refusing", "method", method)
+		a.deny(ctx, id.Actor, action, &auth.Denial{Reason: auth.DenyNoPolicy, Message: "no policy declared for " + method})
+		return ctx, api.Refusal(codes.PermissionDenied, "no policy declared for this method")
+	}
+	if pol.Public {
+		return ctx, nil
+	}
 	p, err := a.principal(ctx)
 	if err != nil {
 		if errors.Is(err, store.ErrUnavailable) {
 			return ctx, api.StatusOf(ctx, a.log, err)
 		}
-		a.denials.record(store.AuditEvent{Actor: "unauthenticated", Action: action, Outcome: "UNAUTHENTICATED", Peer: id.Peer, Detail: err.Error()})
+		a.deny(ctx, "unauthenticated", action, &auth.Denial{Reason: auth.DenyUnauthenticated, Message: err.Error()})
 		return ctx, errUnauthenticated
 	}
 	id.Actor = p.Name
-	ctx = api.WithIdentity(auth.WithPrincipal(ctx, p), id)
-	deny := func(key, why string) (context.Context, error) {
-		a.denials.record(store.AuditEvent{Actor: p.Name, Action: action, Key: key, Outcome: "PERMISSION_DENIED", Peer: id.Peer, Detail: why})
-		return ctx, api.PermissionDenied(why)
+	noteIdentity(ctx, id)
+	ctx = api.WithIdentity(auth.WithPolicy(auth.WithPrincipal(ctx, p), pol), id)
+	if req == nil {
+		return ctx, nil
 	}
-	if !rule.Allows(p.Role) {
-		why := fmt.Sprintf("role %s may not call %s", p.Role, action)
-		if len(rule.Roles) == 1 && rule.Roles[0] == auth.RoleAdmin {
-			why += "; ensure you are authenticated as admin"
-		}
-		return deny("", why)
+	return a.check(ctx, req)
+}
+
+// check applies the method's policy to one request of an authenticated
+// caller.
+func (a *authorizer) check(ctx context.Context, req any) (context.Context, error) {
+	p, _ := auth.FromContext(ctx)
+	pol := auth.PolicyFromContext(ctx)
+	msg, _ := req.(proto.Message)
+	d, err := pol.Authorize(ctx, p, msg, a.categoryOf)
+	if err != nil {
+		return ctx, api.StatusOf(ctx, a.log, err)
 	}
-	if rule.KeyScoped && req != nil && !p.Scope.Empty() {
-		for _, t := range requestTargets(req) {
-			category := t.category
-			if category == "" {
-				if category, err = a.keyCategory(ctx, t.key, p.Scope); err != nil {
-					return ctx, api.StatusOf(ctx, a.log, err)
-				}
-			}
-			if !p.Scope.Allows(t.key, category) {
-				return deny(t.key, fmt.Sprintf("%s is outside the scope of %s", t.key, p.Name))
-			}
-		}
+	if d != nil {
+		a.deny(ctx, p.Name, pol.Action, d)
+		return ctx, api.Refusal(codes.PermissionDenied, d.Message)
 	}
 	return ctx, nil
 }
 
-// keyCategory is the category a scope check uses: the stored one, else the
-// catalog's, else custom. Pattern-only scopes need no lookup.
-func (a *authorizer) keyCategory(ctx context.Context, key string, scope auth.Scope) (string, error) {
-	if len(scope.Categories) == 0 {
-		return "", nil
+// deny counts a refusal by reason and queues its audit event.
+func (a *authorizer) deny(ctx context.Context, actor, action string, d *auth.Denial) {
+	a.denied.WithLabelValues(d.Reason).Inc()
+	outcome := "PERMISSION_DENIED"
+	switch d.Reason {
+	case auth.DenyUnauthenticated:
+		outcome = "UNAUTHENTICATED"
+	case auth.DenyStreamLimit:
+		outcome = "RESOURCE_EXHAUSTED"
 	}
-	c, err := a.categoryOf(ctx, key)
-	if err != nil || c != "" {
-		return c, err
-	}
-	if e, ok := catalog.Lookup(key); ok {
-		return e.Category, nil
-	}
-	return catalog.CategoryCustom, nil
-}
-
-type target struct{ key, category string }
-
-// requestTargets lists what a request touches: its keys, and for writes
-// that set a category, that category too (a write may not move a secret
-// into or out of scope).
-func requestTargets(req any) []target {
-	switch r := req.(type) {
-	case *pb.BatchAccessSecretsRequest:
-		out := make([]target, len(r.GetKeys()))
-		for i, k := range r.GetKeys() {
-			out[i] = target{key: k}
-		}
-		return out
-	case *pb.ReportConsumerStateRequest:
-		out := make([]target, len(r.GetKeys()))
-		for i, k := range r.GetKeys() {
-			out[i] = target{key: k}
-		}
-		return out
-	case *pb.PutSecretRequest:
-		out := []target{{key: r.GetKey()}}
-		if r.Category != nil {
-			out = append(out, target{key: r.GetKey(), category: scopeCategory(r.GetCategory())})
-		}
-		return out
-	case *pb.UpdateSecretRequest:
-		out := []target{{key: r.GetSecret().GetKey()}}
-		for _, p := range r.GetUpdateMask().GetPaths() {
-			if p == "category" || p == "*" {
-				out = append(out, target{key: r.GetSecret().GetKey(), category: scopeCategory(r.GetSecret().GetCategory())})
-			}
-		}
-		return out
-	case interface{ GetKey() string }:
-		return []target{{key: r.GetKey()}}
-	}
-	return nil
-}
-
-// scopeCategory is the category a write sets, as the handler will store
-// it (catalog.NormalizeCategory); one the handler will refuse is judged as
-// given, which no scope contains.
-func scopeCategory(c string) string {
-	if n, err := catalog.NormalizeCategory(c); err == nil {
-		return n
-	}
-	return c
+	a.denials.Record(store.AuditEvent{Actor: actor, Action: action, Key: d.Key, Outcome: outcome,
+		Peer: api.IdentityFrom(ctx).Peer, Detail: d.Reason + ": " + d.Message})
 }
 
 // principal authenticates the caller: a bearer token if one is sent, else a
@@ -219,68 +276,4 @@ func certMatches(c *x509.Certificate, subject string) bool {
 		}
 	}
 	return false
-}
-
-// denialRecorder audits refused requests off the request path, through a
-// bounded queue: a flood of bad tokens cannot slow legitimate calls or grow
-// memory; past the bound, denials are counted and dropped.
-type denialRecorder struct {
-	ch      chan store.AuditEvent
-	write   func(ctx context.Context, events []store.AuditEvent) error
-	dropped func()
-	log     *slog.Logger
-}
-
-func newDenialRecorder(write func(context.Context, []store.AuditEvent) error, dropped func(), log *slog.Logger) *denialRecorder {
-	return &denialRecorder{ch: make(chan store.AuditEvent, 4096), write: write, dropped: dropped, log: log}
-}
-
-func (d *denialRecorder) record(e store.AuditEvent) {
-	select {
-	case d.ch <- e:
-	default:
-		d.dropped()
-	}
-}
-
-// run writes queued denials in batches until ctx ends (then drains).
-func (d *denialRecorder) run(ctx context.Context) {
-	batch := make([]store.AuditEvent, 0, 256)
-	flush := func() {
-		if len(batch) == 0 {
-			return
-		}
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := d.write(wctx, batch); err != nil {
-			d.log.Warn("denial audit not recorded", "count", len(batch), "error", err)
-		}
-		batch = batch[:0]
-	}
-	for {
-		select {
-		case e := <-d.ch:
-			batch = append(batch, e)
-			for len(batch) < cap(batch) {
-				select {
-				case e := <-d.ch:
-					batch = append(batch, e)
-					continue
-				default:
-				}
-				break
-			}
-			flush()
-		case <-ctx.Done():
-			for {
-				select {
-				case e := <-d.ch:
-					batch = append(batch, e)
-				default:
-					flush()
-					return
-				}
-			}
-		}
-	}
 }

@@ -26,7 +26,13 @@ func (s *Server) bootstrap(ctx context.Context) error {
 	} else if len(token) < 16 {
 		return fmt.Errorf("SECRETS_BOOTSTRAP_TOKEN must be at least 16 characters")
 	}
-	created, err := s.store.BootstrapToken(ctx, BootstrapTokenName, auth.DisplayPrefix(token), auth.Hash(token))
+	// An operator-chosen token may be guessable from a few characters:
+	// only a generated one has a display prefix.
+	prefix := ""
+	if generated {
+		prefix = auth.DisplayPrefix(token)
+	}
+	created, err := s.store.BootstrapToken(ctx, BootstrapTokenName, prefix, auth.Hash(token))
 	if err != nil {
 		return fmt.Errorf("bootstrap token: %w", err)
 	}

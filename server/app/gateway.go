@@ -71,6 +71,8 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 		// HTTP header or trailer (no Grpc-Metadata-*).
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
+		// No X-HTTP-Method-Override: a POST must not become a DELETE.
+		runtime.WithDisablePathLengthFallback(),
 	)
 	creds := insecure.NewCredentials()
 	if tlsConf != nil {

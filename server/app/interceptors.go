@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -17,10 +18,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
-	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
-	"github.com/orient-bot/secrets/server/catalog"
+	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/store"
 )
 
@@ -62,6 +63,7 @@ func (pi peerIdentifier) identify(ctx context.Context) context.Context {
 	} else if host, _, err := net.SplitHostPort(transport); err == nil && pi.trusted(host) && len(fwd) > 0 {
 		id.Peer = pi.client(append(fwd, host))
 	}
+	noteIdentity(ctx, id)
 	return api.WithIdentity(ctx, id)
 }
 
@@ -103,73 +105,80 @@ type wrappedStream struct {
 
 func (w *wrappedStream) Context() context.Context { return w.ctx }
 
-// auditedMethods are the RPCs whose failures are audited. Successful writes
-// are audited by the store inside their transaction, successful reads by the
-// access handlers before they return a value.
-var auditedMethods = map[string]bool{
-	"PutSecret": true, "UpdateSecret": true, "AccessSecretVersion": true, "BatchAccessSecrets": true,
-	"DisableSecretVersion": true, "EnableSecretVersion": true, "DestroySecretVersion": true,
-	"DeleteSecret": true, "UpdateProviderDefault": true,
-}
-
 // failureRecorder is what the failure audit needs from the store.
 type failureRecorder interface {
 	RecordFailure(ctx context.Context, meta store.Meta, key string, version int64, outcome, detail string) error
 }
 
-// auditFailures records a failed audited call with its status code. It
-// skips UNAVAILABLE (the database is likely what failed) and cancellations.
+// auditFailures records a failed call of an audited method (its policy
+// says so) with its status code. It skips UNAVAILABLE (the database is
+// likely what failed) and cancellations. Successes are audited by the
+// handlers and the store; refusals by the authorizer. What the caller sent
+// is bounded and escaped by the store before it is written.
 func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		if err == nil {
 			return resp, nil
 		}
-		method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+		pol := auth.PolicyFromContext(ctx)
 		code := status.Code(err)
-		if !auditedMethods[method] || code == codes.Unavailable || code == codes.Canceled {
+		if !pol.Audited || code == codes.Unavailable || code == codes.Canceled {
 			return resp, err
 		}
 		id := api.IdentityFrom(ctx)
-		key, version := requestTarget(req)
-		meta := store.Meta{Actor: id.Actor, Peer: id.Peer, Action: method}
+		msg, _ := req.(proto.Message)
+		var key string
+		if keys := pol.Keys(msg); len(keys) > 0 {
+			key = keys[0]
+		}
+		var version int64
+		if r, ok := req.(interface{ GetVersion() string }); ok {
+			version, _ = strconv.ParseInt(r.GetVersion(), 10, 64)
+		}
+		meta := store.Meta{Actor: id.Actor, Peer: id.Peer, Action: pol.Action}
 		if r, ok := req.(interface{ GetRequestId() string }); ok {
-			meta.RequestID = truncate(r.GetRequestId(), 128)
+			meta.RequestID = r.GetRequestId()
 		}
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		if aerr := rec.RecordFailure(actx, meta, key, version, api.Outcome(code), ""); aerr != nil {
-			log.WarnContext(ctx, "failure audit not recorded", "method", method, "error", aerr)
+			log.WarnContext(ctx, "failure audit not recorded", "method", pol.Action, "error", aerr)
 		}
 		return resp, err
 	}
 }
 
-// requestTarget extracts the key and version a request names, if any. Only
-// well-formed keys are recorded (an attacker must not fill the log with junk).
-func requestTarget(req any) (string, int64) {
-	var key, version string
-	switch r := req.(type) {
-	case *pb.UpdateSecretRequest:
-		key = r.GetSecret().GetKey()
-	case interface{ GetKey() string }:
-		key = r.GetKey()
-	}
-	if r, ok := req.(interface{ GetVersion() string }); ok {
-		version = r.GetVersion()
-	}
-	if !catalog.ValidKey(key) {
-		key = ""
-	}
-	v, _ := strconv.ParseInt(version, 10, 64)
-	return key, v
+// callRecord is filled in as a call is served (the authenticated actor),
+// for the request log line, which is written by an interceptor that runs
+// before authentication.
+type callRecord struct {
+	mu          sync.Mutex
+	actor, peer string
 }
 
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+type callRecordKey struct{}
+
+// recordCalls gives each call a callRecord.
+func recordCalls(ctx context.Context) context.Context {
+	return context.WithValue(ctx, callRecordKey{}, &callRecord{actor: "anonymous"})
+}
+
+// noteIdentity writes the caller's identity into the call's record.
+func noteIdentity(ctx context.Context, id api.Identity) {
+	if r, ok := ctx.Value(callRecordKey{}).(*callRecord); ok {
+		r.mu.Lock()
+		r.actor, r.peer = id.Actor, id.Peer
+		r.mu.Unlock()
 	}
-	return s
+}
+
+func recordUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(recordCalls(ctx), req)
+}
+
+func recordStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: recordCalls(ss.Context())})
 }
 
 // slogAdapter lets go-grpc-middleware's logging interceptor write through
@@ -182,8 +191,14 @@ func slogAdapter(l *slog.Logger) logging.Logger {
 
 // identityFields adds the actor and peer to each request's log line.
 func identityFields(ctx context.Context) logging.Fields {
-	id := api.IdentityFrom(ctx)
-	return logging.Fields{"actor", id.Actor, "peer", id.Peer}
+	r, ok := ctx.Value(callRecordKey{}).(*callRecord)
+	if !ok {
+		id := api.IdentityFrom(ctx)
+		return logging.Fields{"actor", id.Actor, "peer", id.Peer}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return logging.Fields{"actor", r.actor, "peer", r.peer}
 }
 
 // recovered turns a panic into INTERNAL without logging the panic value (it

@@ -14,6 +14,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Role is what a principal may do.
@@ -39,7 +40,10 @@ func ParseRole(s string) (Role, error) {
 	return "", fmt.Errorf("must be one of admin, writer, reader, auditor")
 }
 
-// Scope limits a principal to some keys. Empty means every key.
+// Scope limits a principal to some keys. Empty means every key. A key is in
+// scope when it matches one of the key patterns (if any are listed) and its
+// category is one of the categories (if any are listed): each list narrows,
+// neither widens.
 type Scope struct {
 	KeyPatterns []string `json:"key_patterns,omitempty"`
 	Categories  []string `json:"categories,omitempty"`
@@ -48,9 +52,16 @@ type Scope struct {
 // Empty reports whether the scope allows every key.
 func (s Scope) Empty() bool { return len(s.KeyPatterns) == 0 && len(s.Categories) == 0 }
 
-// Allows reports whether key (of the given category) is in scope.
+// Allows reports whether key (of the given category; "" for a key that has
+// none, which no category list contains) is in scope.
 func (s Scope) Allows(key, category string) bool {
-	if s.Empty() {
+	return s.AllowsKey(key) && (len(s.Categories) == 0 || slices.Contains(s.Categories, category))
+}
+
+// AllowsKey reports whether key matches the scope's key patterns (true when
+// it has none): the part of the scope that needs no lookup.
+func (s Scope) AllowsKey(key string) bool {
+	if len(s.KeyPatterns) == 0 {
 		return true
 	}
 	for _, p := range s.KeyPatterns {
@@ -58,7 +69,18 @@ func (s Scope) Allows(key, category string) bool {
 			return true
 		}
 	}
-	return category != "" && slices.Contains(s.Categories, category)
+	return false
+}
+
+// NeedsCategory reports whether judging a key needs its category.
+func (s Scope) NeedsCategory() bool { return len(s.Categories) > 0 }
+
+// Governs reports whether the scope has authority over a whole category:
+// only an empty scope or one that lists the category. Moving a secret into
+// or out of a category needs it, so a key-pattern scope cannot hand its
+// keys to another category's readers.
+func (s Scope) Governs(category string) bool {
+	return s.Empty() || slices.Contains(s.Categories, category)
 }
 
 // ValidPattern checks a key pattern: a key, optionally with * wildcards.
@@ -83,6 +105,9 @@ type Principal struct {
 	Name  string
 	Role  Role
 	Scope Scope
+	// ExpireTime is when the credentials stop working (zero: never); a
+	// stream open at that time is ended.
+	ExpireTime time.Time
 }
 
 type principalKey struct{}

@@ -22,6 +22,11 @@ type TokenStore interface {
 // effect at once on the replica that made it and within CacheTTL elsewhere.
 const CacheTTL = 2 * time.Second
 
+// RecheckInterval is how often an open stream's credentials are checked
+// again: a stream ends within RecheckInterval+CacheTTL of its token's
+// revocation on another replica, and at once at its expiry time.
+const RecheckInterval = time.Second
+
 // maxCache bounds the lookup cache.
 const maxCache = 10000
 
@@ -88,7 +93,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 	a.mu.Lock()
 	a.used[t.Name] = now
 	a.mu.Unlock()
-	return Principal{Name: t.Name, Role: Role(t.Role), Scope: Scope{KeyPatterns: t.KeyPatterns, Categories: t.Categories}}, nil
+	return Principal{Name: t.Name, Role: Role(t.Role), Scope: Scope{KeyPatterns: t.KeyPatterns, Categories: t.Categories}, ExpireTime: t.ExpireTime}, nil
 }
 
 // Forget drops a token from the cache (after it is revoked here).

@@ -70,6 +70,7 @@ func chainEvents(head chainHead, events []AuditEvent) (auditColumnsArgs, chainHe
 	var cols auditColumnsArgs
 	for i := range events {
 		e := &events[i]
+		boundEvent(e)
 		if e.Time.IsZero() {
 			e.Time = head.now
 		}

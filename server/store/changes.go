@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -107,21 +108,111 @@ type ConsumerState struct {
 	PendingCategories []string
 }
 
-// ReportConsumer registers a consumer or refreshes it. loadedRevision 0
-// keeps the stored one (or uses fallback for a new consumer).
-func (s *Store) ReportConsumer(ctx context.Context, id ConsumerID, loadedRevision, fallback int64, keys, categories []string) error {
+// ReportConsumer registers a consumer or refreshes it (a watch naming its
+// consumer): no change-log entry.
+func (s *Store) ReportConsumer(ctx context.Context, r ConsumerReport) error {
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error { return upsertConsumer(ctx, tx, r) })
+}
+
+// PublishConsumerReport records a consumer's report (ReportConsumerState)
+// as a change: audited, and on the change stream (kind
+// ChangeConsumerChanged), so restart banners refresh at once.
+func (s *Store) PublishConsumerReport(ctx context.Context, meta Meta, r ConsumerReport) (int64, error) {
+	res, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (consumerResult, change, error) {
+		if err := upsertConsumer(ctx, w.tx, r); err != nil {
+			return consumerResult{}, change{}, err
+		}
+		return consumerResult{Revision: w.rev}, change{kind: ChangeConsumerChanged, category: ConsumerCategory,
+			detail: fmt.Sprintf("%s/%s reported revision %d", r.ID.Service, r.ID.Instance, r.LoadedRevision)}, nil
+	})
+	return res.Revision, err
+}
+
+// DismissConsumer forgets a consumer, as a change (audited, on the change
+// stream).
+func (s *Store) DismissConsumer(ctx context.Context, meta Meta, id ConsumerID) (int64, error) {
+	res, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (consumerResult, change, error) {
+		tag, err := w.tx.Exec(ctx, `DELETE FROM consumers WHERE service = $1 AND instance = $2`, id.Service, id.Instance)
+		if err != nil {
+			return consumerResult{}, change{}, err
+		}
+		if tag.RowsAffected() == 0 {
+			return consumerResult{}, change{}, fmt.Errorf("consumer %s/%s: %w", id.Service, id.Instance, ErrNotFound)
+		}
+		return consumerResult{Revision: w.rev}, change{kind: ChangeConsumerChanged, category: ConsumerCategory,
+			detail: fmt.Sprintf("%s/%s dismissed", id.Service, id.Instance)}, nil
+	})
+	return res.Revision, err
+}
+
+// ConsumerCategory is the category of consumer change events.
+const ConsumerCategory = "consumers"
+
+type consumerResult struct {
+	Revision int64 `json:"revision"`
+}
+
+// upsertConsumer registers or refreshes a consumer. The consumer belongs to
+// the principal that first reported it (owner); another principal's report
+// fails with ErrConsumerOwned unless Override (an unscoped admin). A new
+// consumer fails with ErrTooManyConsumers when its owner already has
+// MaxPerOwner. Keys and categories are set only when the report sets them.
+func upsertConsumer(ctx context.Context, tx pgx.Tx, r ConsumerReport) error {
+	keys, categories := r.Keys, r.Categories
 	if keys == nil {
 		keys = []string{}
 	}
 	if categories == nil {
 		categories = []string{}
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen)
-		VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now())
-		ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(), keys = EXCLUDED.keys, categories = EXCLUDED.categories,
-			loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END`,
-		id.Service, id.Instance, loadedRevision, fallback, keys, categories)
-	return classify(err)
+	var owner string
+	var found bool
+	err := tx.QueryRow(ctx, `SELECT owner FROM consumers WHERE service = $1 AND instance = $2 FOR UPDATE`,
+		r.ID.Service, r.ID.Instance).Scan(&owner)
+	switch {
+	case err == nil:
+		found = true
+	case !errors.Is(err, pgx.ErrNoRows):
+		return err
+	}
+	if found && owner != "" && owner != r.Owner && !r.Override {
+		return fmt.Errorf("consumer %s/%s is reported by %s: %w", r.ID.Service, r.ID.Instance, owner, ErrConsumerOwned)
+	}
+	if !found && r.MaxPerOwner > 0 {
+		var n int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM consumers WHERE owner = $1`, r.Owner).Scan(&n); err != nil {
+			return err
+		}
+		if n >= r.MaxPerOwner {
+			return fmt.Errorf("%s already reports %d consumers: %w", r.Owner, n, ErrTooManyConsumers)
+		}
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen, owner)
+		VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now(), $7)
+		ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(),
+			keys = CASE WHEN $8 THEN consumers.keys ELSE EXCLUDED.keys END,
+			categories = CASE WHEN $9 THEN consumers.categories ELSE EXCLUDED.categories END,
+			loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END,
+			owner = CASE WHEN consumers.owner = '' THEN EXCLUDED.owner ELSE consumers.owner END`,
+		r.ID.Service, r.ID.Instance, r.LoadedRevision, r.Fallback, keys, categories, r.Owner, r.KeepKeys, r.KeepCategories)
+	return err
+}
+
+// ConsumerReport is one report of a consumer's state.
+type ConsumerReport struct {
+	ID ConsumerID
+	// LoadedRevision is the revision the consumer runs with; 0 keeps the
+	// stored one (Fallback for a new consumer).
+	LoadedRevision, Fallback int64
+	Keys, Categories         []string
+	// KeepKeys and KeepCategories keep the stored lists of an existing
+	// consumer (the report does not set them).
+	KeepKeys, KeepCategories bool
+	// Owner is the reporting principal; Override lets it report a consumer
+	// another principal owns.
+	Owner       string
+	Override    bool
+	MaxPerOwner int
 }
 
 // TouchConsumers marks consumers as seen now (one statement for all).
@@ -142,7 +233,7 @@ func (s *Store) TouchConsumers(ctx context.Context, ids []ConsumerID) error {
 
 // GetConsumer returns one consumer's state.
 func (s *Store) GetConsumer(ctx context.Context, id ConsumerID) (ConsumerState, error) {
-	list, err := s.listConsumers(ctx, &id)
+	list, err := s.listConsumers(ctx, &id, ConsumerID{}, 1)
 	if err != nil {
 		return ConsumerState{}, err
 	}
@@ -152,13 +243,13 @@ func (s *Store) GetConsumer(ctx context.Context, id ConsumerID) (ConsumerState, 
 	return list[0], nil
 }
 
-// ListConsumers returns every consumer with its pending changes, and the
-// current revision.
-func (s *Store) ListConsumers(ctx context.Context) ([]ConsumerState, error) {
-	return s.listConsumers(ctx, nil)
+// ListConsumers returns up to limit consumers after the given one (by
+// service, then instance), with their pending changes.
+func (s *Store) ListConsumers(ctx context.Context, after ConsumerID, limit int) ([]ConsumerState, error) {
+	return s.listConsumers(ctx, nil, after, limit)
 }
 
-func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]ConsumerState, error) {
+func (s *Store) listConsumers(ctx context.Context, only *ConsumerID, after ConsumerID, limit int) ([]ConsumerState, error) {
 	var service, instance string
 	if only != nil {
 		service, instance = only.Service, only.Instance
@@ -180,8 +271,9 @@ func (s *Store) listConsumers(ctx context.Context, only *ConsumerID) ([]Consumer
 					AND (cardinality(c.categories) = 0 OR l.category = ANY(c.categories))
 				GROUP BY l.key) x
 		) p ON true
-		WHERE ($1 = '' OR (c.service = $1 AND c.instance = $2))
-		ORDER BY c.service, c.instance`, service, instance)
+		WHERE ($1 = '' OR (c.service = $1 AND c.instance = $2)) AND (c.service, c.instance) > ($3, $4)
+		ORDER BY c.service, c.instance
+		LIMIT $5`, service, instance, after.Service, after.Instance, max(limit, 1))
 	if err != nil {
 		return nil, classify(err)
 	}

@@ -229,8 +229,11 @@ func (s *Store) SetVersionState(ctx context.Context, meta Meta, key string, vers
 			key, cur.Revision, cur.UpdateTime, cur.UpdatedBy); err != nil {
 			return WriteResult{}, change{}, err
 		}
+		// Only a change to the newest version changes what a consumer loads
+		// (latest): disabling, enabling or destroying an older one needs no
+		// restart.
 		return WriteResult{Secret: cur, Version: &v, Revision: w.rev},
-			change{kind: kind, key: key, version: version, category: cur.Category, restartRequired: cur.RestartRequired},
+			change{kind: kind, key: key, version: version, category: cur.Category, restartRequired: cur.RestartRequired && version == cur.CurrentVersion},
 			nil
 	}, s.etagCheck(key, expect, true))
 }

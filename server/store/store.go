@@ -30,6 +30,8 @@ var (
 	ErrRequestIDReused    = errors.New("request_id was already used for a different request")
 	ErrUnavailable        = errors.New("database unavailable")
 	ErrInvalidArgument    = errors.New("invalid argument")
+	ErrConsumerOwned      = errors.New("consumer belongs to another principal")
+	ErrTooManyConsumers   = errors.New("too many consumers")
 )
 
 // NotifyChannel is the LISTEN/NOTIFY channel woken by every commit. The payload

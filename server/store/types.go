@@ -38,6 +38,7 @@ const (
 	ChangeSecretDeleted          ChangeKind = 5
 	ChangeMetadataChanged        ChangeKind = 6
 	ChangeProviderDefaultChanged ChangeKind = 7
+	ChangeConsumerChanged        ChangeKind = 8
 )
 
 // Secret is a secret's metadata as stored.

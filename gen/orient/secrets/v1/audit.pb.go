@@ -486,7 +486,7 @@ var File_orient_secrets_v1_audit_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x03\n" +
+	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\xd7\x03\n" +
 	"\n" +
 	"AuditEvent\x12 \n" +
 	"\bsequence\x18\x01 \x01(\x03B\x04\xe2A\x01\x03R\bsequence\x124\n" +
@@ -527,10 +527,14 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12%\n" +
 	"\x0eevents_checked\x18\x05 \x01(\x03R\reventsChecked\x12/\n" +
 	"\x13checkpoints_checked\x18\x06 \x01(\x05R\x12checkpointsChecked\x12\x16\n" +
-	"\x06signed\x18\a \x01(\bR\x06signed2\x98\x02\n" +
-	"\fAuditService\x12\x82\x01\n" +
-	"\x0fListAuditEvents\x12).orient.secrets.v1.ListAuditEventsRequest\x1a*.orient.secrets.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12\x82\x01\n" +
-	"\x0eVerifyAuditLog\x12(.orient.secrets.v1.VerifyAuditLogRequest\x1a).orient.secrets.v1.VerifyAuditLogResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verifyB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x06signed\x18\a \x01(\bR\x06signed2\xcf\x02\n" +
+	"\fAuditService\x12\xa0\x01\n" +
+	"\x0fListAuditEvents\x12).orient.secrets.v1.ListAuditEventsRequest\x1a*.orient.secrets.v1.ListAuditEventsResponse\"6\xe2\xf9\x18\x17\n" +
+	"\x05admin\n" +
+	"\aauditor\x10\x02\x1a\x03key\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x90\x02\x01\x12\x9b\x01\n" +
+	"\x0eVerifyAuditLog\x12(.orient.secrets.v1.VerifyAuditLogRequest\x1a).orient.secrets.v1.VerifyAuditLogResponse\"4\xe2\xf9\x18\x12\n" +
+	"\x05admin\n" +
+	"\aauditor\x10\x04\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verify\x90\x02\x01B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_audit_proto_rawDescOnce sync.Once
@@ -574,6 +578,7 @@ func file_orient_secrets_v1_audit_proto_init() {
 	if File_orient_secrets_v1_audit_proto != nil {
 		return
 	}
+	file_orient_secrets_v1_policy_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -43,6 +44,10 @@ const (
 	ChangeKind_CHANGE_KIND_METADATA_CHANGED ChangeKind = 6
 	// A use case's default provider or model changed.
 	ChangeKind_CHANGE_KIND_PROVIDER_DEFAULT_CHANGED ChangeKind = 7
+	// A consumer instance reported the revision it runs with, or an admin
+	// dismissed it (key empty, category "consumers", detail names it): the
+	// restart banner can refresh at once.
+	ChangeKind_CHANGE_KIND_CONSUMER_CHANGED ChangeKind = 8
 )
 
 // Enum value maps for ChangeKind.
@@ -56,6 +61,7 @@ var (
 		5: "CHANGE_KIND_SECRET_DELETED",
 		6: "CHANGE_KIND_METADATA_CHANGED",
 		7: "CHANGE_KIND_PROVIDER_DEFAULT_CHANGED",
+		8: "CHANGE_KIND_CONSUMER_CHANGED",
 	}
 	ChangeKind_value = map[string]int32{
 		"CHANGE_KIND_UNSPECIFIED":              0,
@@ -66,6 +72,7 @@ var (
 		"CHANGE_KIND_SECRET_DELETED":           5,
 		"CHANGE_KIND_METADATA_CHANGED":         6,
 		"CHANGE_KIND_PROVIDER_DEFAULT_CHANGED": 7,
+		"CHANGE_KIND_CONSUMER_CHANGED":         8,
 	}
 )
 
@@ -617,7 +624,11 @@ type ConsumerState struct {
 	// Keys it watches (empty: all).
 	Keys []string `protobuf:"bytes,6,rep,name=keys,proto3" json:"keys,omitempty"`
 	// Categories it watches (empty: all).
-	Categories    []string `protobuf:"bytes,7,rep,name=categories,proto3" json:"categories,omitempty"`
+	Categories []string `protobuf:"bytes,7,rep,name=categories,proto3" json:"categories,omitempty"`
+	// Not seen for longer than the server's --consumer-gone-after: most
+	// likely exited. It no longer counts as needing a restart (pending_only
+	// lists leave it out) until it is seen again.
+	Gone          bool `protobuf:"varint,8,opt,name=gone,proto3" json:"gone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -701,11 +712,22 @@ func (x *ConsumerState) GetCategories() []string {
 	return nil
 }
 
+func (x *ConsumerState) GetGone() bool {
+	if x != nil {
+		return x.Gone
+	}
+	return false
+}
+
 // Request for ListConsumers.
 type ListConsumersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only consumers that must restart.
-	PendingOnly   bool `protobuf:"varint,1,opt,name=pending_only,json=pendingOnly,proto3" json:"pending_only,omitempty"`
+	PendingOnly bool `protobuf:"varint,1,opt,name=pending_only,json=pendingOnly,proto3" json:"pending_only,omitempty"`
+	// At most this many consumers (default 100, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, to continue.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -747,13 +769,29 @@ func (x *ListConsumersRequest) GetPendingOnly() bool {
 	return false
 }
 
+func (x *ListConsumersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConsumersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // Response of ListConsumers.
 type ListConsumersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The known consumer instances, by service and instance.
 	Consumers []*ConsumerState `protobuf:"bytes,1,rep,name=consumers,proto3" json:"consumers,omitempty"`
 	// The current revision.
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Pass as page_token to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -802,6 +840,13 @@ func (x *ListConsumersResponse) GetRevision() int64 {
 	return 0
 }
 
+func (x *ListConsumersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // Request for ReportConsumerState.
 type ReportConsumerStateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -812,7 +857,12 @@ type ReportConsumerStateRequest struct {
 	// Keys it uses (empty: all).
 	Keys []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
 	// Categories it uses (empty: all).
-	Categories    []string `protobuf:"bytes,4,rep,name=categories,proto3" json:"categories,omitempty"`
+	Categories []string `protobuf:"bytes,4,rep,name=categories,proto3" json:"categories,omitempty"`
+	// Which of keys and categories the report sets ("keys", "categories");
+	// loaded_revision is always set. Without a mask, a list is set only when
+	// it is not empty, so a report that carries no keys keeps the declared
+	// ones (to declare "all keys" again, name "keys" in the mask with none).
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,5,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -875,6 +925,105 @@ func (x *ReportConsumerStateRequest) GetCategories() []string {
 	return nil
 }
 
+func (x *ReportConsumerStateRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// Request for DismissConsumer.
+type DismissConsumerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer instance to forget.
+	Consumer      *Consumer `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DismissConsumerRequest) Reset() {
+	*x = DismissConsumerRequest{}
+	mi := &file_orient_secrets_v1_changes_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DismissConsumerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DismissConsumerRequest) ProtoMessage() {}
+
+func (x *DismissConsumerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_changes_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DismissConsumerRequest.ProtoReflect.Descriptor instead.
+func (*DismissConsumerRequest) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_changes_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DismissConsumerRequest) GetConsumer() *Consumer {
+	if x != nil {
+		return x.Consumer
+	}
+	return nil
+}
+
+// Response of DismissConsumer.
+type DismissConsumerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision of the dismissal on the change stream.
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DismissConsumerResponse) Reset() {
+	*x = DismissConsumerResponse{}
+	mi := &file_orient_secrets_v1_changes_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DismissConsumerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DismissConsumerResponse) ProtoMessage() {}
+
+func (x *DismissConsumerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_changes_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DismissConsumerResponse.ProtoReflect.Descriptor instead.
+func (*DismissConsumerResponse) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_changes_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DismissConsumerResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // Response of ReportConsumerState.
 type ReportConsumerStateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -886,7 +1035,7 @@ type ReportConsumerStateResponse struct {
 
 func (x *ReportConsumerStateResponse) Reset() {
 	*x = ReportConsumerStateResponse{}
-	mi := &file_orient_secrets_v1_changes_proto_msgTypes[11]
+	mi := &file_orient_secrets_v1_changes_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1047,7 @@ func (x *ReportConsumerStateResponse) String() string {
 func (*ReportConsumerStateResponse) ProtoMessage() {}
 
 func (x *ReportConsumerStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_orient_secrets_v1_changes_proto_msgTypes[11]
+	mi := &file_orient_secrets_v1_changes_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1060,7 @@ func (x *ReportConsumerStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportConsumerStateResponse.ProtoReflect.Descriptor instead.
 func (*ReportConsumerStateResponse) Descriptor() ([]byte, []int) {
-	return file_orient_secrets_v1_changes_proto_rawDescGZIP(), []int{11}
+	return file_orient_secrets_v1_changes_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportConsumerStateResponse) GetConsumer() *ConsumerState {
@@ -925,7 +1074,7 @@ var File_orient_secrets_v1_changes_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/changes.proto\x12\x11orient.secrets.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n" +
+	"\x1forient/secrets/v1/changes.proto\x12\x11orient.secrets.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n" +
 	"\vChangeEvent\x12 \n" +
 	"\brevision\x18\x01 \x01(\x03B\x04\xe2A\x01\x03R\brevision\x124\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x04time\x127\n" +
@@ -957,7 +1106,7 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x06result\"=\n" +
 	"\rPendingChange\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xc2\x02\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xd6\x02\n" +
 	"\rConsumerState\x127\n" +
 	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerR\bconsumer\x12'\n" +
 	"\x0floaded_revision\x18\x02 \x01(\x03R\x0eloadedRevision\x12=\n" +
@@ -967,21 +1116,32 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x04keys\x18\x06 \x03(\tR\x04keys\x12\x1e\n" +
 	"\n" +
 	"categories\x18\a \x03(\tR\n" +
-	"categories\"9\n" +
+	"categories\x12\x12\n" +
+	"\x04gone\x18\b \x01(\bR\x04gone\"u\n" +
 	"\x14ListConsumersRequest\x12!\n" +
-	"\fpending_only\x18\x01 \x01(\bR\vpendingOnly\"s\n" +
+	"\fpending_only\x18\x01 \x01(\bR\vpendingOnly\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x9b\x01\n" +
 	"\x15ListConsumersResponse\x12>\n" +
 	"\tconsumers\x18\x01 \x03(\v2 .orient.secrets.v1.ConsumerStateR\tconsumers\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xb8\x01\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xf5\x01\n" +
 	"\x1aReportConsumerStateRequest\x12=\n" +
 	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerB\x04\xe2A\x01\x02R\bconsumer\x12'\n" +
 	"\x0floaded_revision\x18\x02 \x01(\x03R\x0eloadedRevision\x12\x12\n" +
 	"\x04keys\x18\x03 \x03(\tR\x04keys\x12\x1e\n" +
 	"\n" +
 	"categories\x18\x04 \x03(\tR\n" +
-	"categories\"[\n" +
+	"categories\x12;\n" +
+	"\vupdate_mask\x18\x05 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"Q\n" +
+	"\x16DismissConsumerRequest\x127\n" +
+	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerR\bconsumer\"5\n" +
+	"\x17DismissConsumerResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"[\n" +
 	"\x1bReportConsumerStateResponse\x12<\n" +
-	"\bconsumer\x18\x01 \x01(\v2 .orient.secrets.v1.ConsumerStateR\bconsumer*\x98\x02\n" +
+	"\bconsumer\x18\x01 \x01(\v2 .orient.secrets.v1.ConsumerStateR\bconsumer*\xba\x02\n" +
 	"\n" +
 	"ChangeKind\x12\x1b\n" +
 	"\x17CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
@@ -991,7 +1151,8 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x1dCHANGE_KIND_VERSION_DESTROYED\x10\x04\x12\x1e\n" +
 	"\x1aCHANGE_KIND_SECRET_DELETED\x10\x05\x12 \n" +
 	"\x1cCHANGE_KIND_METADATA_CHANGED\x10\x06\x12(\n" +
-	"$CHANGE_KIND_PROVIDER_DEFAULT_CHANGED\x10\aB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"$CHANGE_KIND_PROVIDER_DEFAULT_CHANGED\x10\a\x12 \n" +
+	"\x1cCHANGE_KIND_CONSUMER_CHANGED\x10\bB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_changes_proto_rawDescOnce sync.Once
@@ -1006,7 +1167,7 @@ func file_orient_secrets_v1_changes_proto_rawDescGZIP() []byte {
 }
 
 var file_orient_secrets_v1_changes_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orient_secrets_v1_changes_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_orient_secrets_v1_changes_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_orient_secrets_v1_changes_proto_goTypes = []any{
 	(ChangeKind)(0),                     // 0: orient.secrets.v1.ChangeKind
 	(*ChangeEvent)(nil),                 // 1: orient.secrets.v1.ChangeEvent
@@ -1020,27 +1181,32 @@ var file_orient_secrets_v1_changes_proto_goTypes = []any{
 	(*ListConsumersRequest)(nil),        // 9: orient.secrets.v1.ListConsumersRequest
 	(*ListConsumersResponse)(nil),       // 10: orient.secrets.v1.ListConsumersResponse
 	(*ReportConsumerStateRequest)(nil),  // 11: orient.secrets.v1.ReportConsumerStateRequest
-	(*ReportConsumerStateResponse)(nil), // 12: orient.secrets.v1.ReportConsumerStateResponse
-	(*timestamppb.Timestamp)(nil),       // 13: google.protobuf.Timestamp
+	(*DismissConsumerRequest)(nil),      // 12: orient.secrets.v1.DismissConsumerRequest
+	(*DismissConsumerResponse)(nil),     // 13: orient.secrets.v1.DismissConsumerResponse
+	(*ReportConsumerStateResponse)(nil), // 14: orient.secrets.v1.ReportConsumerStateResponse
+	(*timestamppb.Timestamp)(nil),       // 15: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),       // 16: google.protobuf.FieldMask
 }
 var file_orient_secrets_v1_changes_proto_depIdxs = []int32{
-	13, // 0: orient.secrets.v1.ChangeEvent.time:type_name -> google.protobuf.Timestamp
+	15, // 0: orient.secrets.v1.ChangeEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 1: orient.secrets.v1.ChangeEvent.kind:type_name -> orient.secrets.v1.ChangeKind
 	2,  // 2: orient.secrets.v1.WatchChangesRequest.consumer:type_name -> orient.secrets.v1.Consumer
 	3,  // 3: orient.secrets.v1.WatchChangesResponse.header:type_name -> orient.secrets.v1.WatchHeader
 	1,  // 4: orient.secrets.v1.WatchChangesResponse.event:type_name -> orient.secrets.v1.ChangeEvent
 	4,  // 5: orient.secrets.v1.WatchChangesResponse.progress:type_name -> orient.secrets.v1.WatchProgress
 	2,  // 6: orient.secrets.v1.ConsumerState.consumer:type_name -> orient.secrets.v1.Consumer
-	13, // 7: orient.secrets.v1.ConsumerState.last_seen:type_name -> google.protobuf.Timestamp
+	15, // 7: orient.secrets.v1.ConsumerState.last_seen:type_name -> google.protobuf.Timestamp
 	7,  // 8: orient.secrets.v1.ConsumerState.pending:type_name -> orient.secrets.v1.PendingChange
 	8,  // 9: orient.secrets.v1.ListConsumersResponse.consumers:type_name -> orient.secrets.v1.ConsumerState
 	2,  // 10: orient.secrets.v1.ReportConsumerStateRequest.consumer:type_name -> orient.secrets.v1.Consumer
-	8,  // 11: orient.secrets.v1.ReportConsumerStateResponse.consumer:type_name -> orient.secrets.v1.ConsumerState
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	16, // 11: orient.secrets.v1.ReportConsumerStateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 12: orient.secrets.v1.DismissConsumerRequest.consumer:type_name -> orient.secrets.v1.Consumer
+	8,  // 13: orient.secrets.v1.ReportConsumerStateResponse.consumer:type_name -> orient.secrets.v1.ConsumerState
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_orient_secrets_v1_changes_proto_init() }
@@ -1059,7 +1225,7 @@ func file_orient_secrets_v1_changes_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orient_secrets_v1_changes_proto_rawDesc), len(file_orient_secrets_v1_changes_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

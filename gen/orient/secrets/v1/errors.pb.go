@@ -92,6 +92,13 @@ const (
 	ErrorReason_ERROR_REASON_DEADLINE_EXCEEDED ErrorReason = 24
 	// An unexpected server error, logged on the server (INTERNAL).
 	ErrorReason_ERROR_REASON_INTERNAL ErrorReason = 25
+	// The caller holds as many concurrent streams as it may
+	// (RESOURCE_EXHAUSTED).
+	ErrorReason_ERROR_REASON_TOO_MANY_STREAMS ErrorReason = 26
+	// The consumer belongs to another caller (PERMISSION_DENIED).
+	ErrorReason_ERROR_REASON_CONSUMER_OWNED ErrorReason = 27
+	// The caller reports as many consumers as it may (RESOURCE_EXHAUSTED).
+	ErrorReason_ERROR_REASON_TOO_MANY_CONSUMERS ErrorReason = 28
 )
 
 // Enum value maps for ErrorReason.
@@ -123,6 +130,9 @@ var (
 		23: "ERROR_REASON_CANCELLED",
 		24: "ERROR_REASON_DEADLINE_EXCEEDED",
 		25: "ERROR_REASON_INTERNAL",
+		26: "ERROR_REASON_TOO_MANY_STREAMS",
+		27: "ERROR_REASON_CONSUMER_OWNED",
+		28: "ERROR_REASON_TOO_MANY_CONSUMERS",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":          0,
@@ -151,6 +161,9 @@ var (
 		"ERROR_REASON_CANCELLED":            23,
 		"ERROR_REASON_DEADLINE_EXCEEDED":    24,
 		"ERROR_REASON_INTERNAL":             25,
+		"ERROR_REASON_TOO_MANY_STREAMS":     26,
+		"ERROR_REASON_CONSUMER_OWNED":       27,
+		"ERROR_REASON_TOO_MANY_CONSUMERS":   28,
 	}
 )
 
@@ -185,7 +198,7 @@ var File_orient_secrets_v1_errors_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x1eorient/secrets/v1/errors.proto\x12\x11orient.secrets.v1*\x88\a\n" +
+	"\x1eorient/secrets/v1/errors.proto\x12\x11orient.secrets.v1*\xf1\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ERROR_REASON_NOT_FOUND\x10\x01\x12\x1f\n" +
@@ -213,7 +226,10 @@ const file_orient_secrets_v1_errors_proto_rawDesc = "" +
 	"\x1fERROR_REASON_METHOD_NOT_ALLOWED\x10\x16\x12\x1a\n" +
 	"\x16ERROR_REASON_CANCELLED\x10\x17\x12\"\n" +
 	"\x1eERROR_REASON_DEADLINE_EXCEEDED\x10\x18\x12\x19\n" +
-	"\x15ERROR_REASON_INTERNAL\x10\x19B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x15ERROR_REASON_INTERNAL\x10\x19\x12!\n" +
+	"\x1dERROR_REASON_TOO_MANY_STREAMS\x10\x1a\x12\x1f\n" +
+	"\x1bERROR_REASON_CONSUMER_OWNED\x10\x1b\x12#\n" +
+	"\x1fERROR_REASON_TOO_MANY_CONSUMERS\x10\x1cB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_errors_proto_rawDescOnce sync.Once

@@ -420,7 +420,7 @@ var File_orient_secrets_v1_keys_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_keys_proto_rawDesc = "" +
 	"\n" +
-	"\x1corient/secrets/v1/keys.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n" +
+	"\x1corient/secrets/v1/keys.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"1\n" +
 	"\x10RotateKEKRequest\x12\x1d\n" +
 	"\n" +
 	"batch_size\x18\x01 \x01(\x05R\tbatchSize\"q\n" +
@@ -449,11 +449,13 @@ const file_orient_secrets_v1_keys_proto_rawDesc = "" +
 	"\x0eprimary_kek_id\x18\a \x01(\tB\x04\xe2A\x01\x03R\fprimaryKekId\x12?\n" +
 	"\n" +
 	"start_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\tstartTime\x12;\n" +
-	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\aendTime2\xf1\x01\n" +
+	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\aendTime2\x95\x02\n" +
 	"\n" +
-	"KeyService\x12q\n" +
-	"\tRotateKEK\x12#.orient.secrets.v1.RotateKEKRequest\x1a$.orient.secrets.v1.RotateKEKResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/kek:rotate\x12p\n" +
-	"\fGetKEKStatus\x12&.orient.secrets.v1.GetKEKStatusRequest\x1a'.orient.secrets.v1.GetKEKStatusResponse\"\x0f\x82\xd3\xe4\x93\x02\t\x12\a/v1/kekB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"KeyService\x12\x83\x01\n" +
+	"\tRotateKEK\x12#.orient.secrets.v1.RotateKEKRequest\x1a$.orient.secrets.v1.RotateKEKResponse\"+\xe2\xf9\x18\v\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/kek:rotate\x90\x02\x02\x12\x80\x01\n" +
+	"\fGetKEKStatus\x12&.orient.secrets.v1.GetKEKStatusRequest\x1a'.orient.secrets.v1.GetKEKStatusResponse\"\x1f\xe2\xf9\x18\t\n" +
+	"\x05admin\x10\x04\x82\xd3\xe4\x93\x02\t\x12\a/v1/kek\x90\x02\x01B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_keys_proto_rawDescOnce sync.Once
@@ -501,6 +503,7 @@ func file_orient_secrets_v1_keys_proto_init() {
 	if File_orient_secrets_v1_keys_proto != nil {
 		return
 	}
+	file_orient_secrets_v1_policy_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -494,7 +494,7 @@ var File_orient_secrets_v1_providers_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_providers_proto_rawDesc = "" +
 	"\n" +
-	"!orient/secrets/v1/providers.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
+	"!orient/secrets/v1/providers.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\xb1\x01\n" +
 	"\bProvider\x12 \n" +
 	"\bprovider\x18\x01 \x01(\tB\x04\xe2A\x01\x03R\bprovider\x12'\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x04\xe2A\x01\x03R\vdisplayName\x12\x16\n" +
@@ -526,11 +526,20 @@ const file_orient_secrets_v1_providers_proto_rawDesc = "" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\x8a\x01\n" +
 	"\x1dUpdateProviderDefaultResponse\x12M\n" +
 	"\x10provider_default\x18\x01 \x01(\v2\".orient.secrets.v1.ProviderDefaultR\x0fproviderDefault\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision2\xce\x03\n" +
-	"\x0fProviderService\x12y\n" +
-	"\rListProviders\x12'.orient.secrets.v1.ListProvidersRequest\x1a(.orient.secrets.v1.ListProvidersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12\x94\x01\n" +
-	"\x13GetProviderDefaults\x12-.orient.secrets.v1.GetProviderDefaultsRequest\x1a..orient.secrets.v1.GetProviderDefaultsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/providers/defaults\x12\xa8\x01\n" +
-	"\x15UpdateProviderDefault\x12/.orient.secrets.v1.UpdateProviderDefaultRequest\x1a0.orient.secrets.v1.UpdateProviderDefaultResponse\",\x82\xd3\xe4\x93\x02&:\x01*\x1a!/v1/providers/defaults/{use_case}B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\brevision\x18\x02 \x01(\x03R\brevision2\xb3\x04\n" +
+	"\x0fProviderService\x12\xa2\x01\n" +
+	"\rListProviders\x12'.orient.secrets.v1.ListProvidersRequest\x1a(.orient.secrets.v1.ListProvidersResponse\">\xe2\xf9\x18\"\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\n" +
+	"\aauditor\x10\x03\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x90\x02\x01\x12\xbd\x01\n" +
+	"\x13GetProviderDefaults\x12-.orient.secrets.v1.GetProviderDefaultsRequest\x1a..orient.secrets.v1.GetProviderDefaultsResponse\"G\xe2\xf9\x18\"\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\n" +
+	"\aauditor\x10\x03\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/providers/defaults\x90\x02\x01\x12\xba\x01\n" +
+	"\x15UpdateProviderDefault\x12/.orient.secrets.v1.UpdateProviderDefaultRequest\x1a0.orient.secrets.v1.UpdateProviderDefaultResponse\">\xe2\xf9\x18\v\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02&:\x01*\x1a!/v1/providers/defaults/{use_case}\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_providers_proto_rawDescOnce sync.Once
@@ -579,6 +588,7 @@ func file_orient_secrets_v1_providers_proto_init() {
 	if File_orient_secrets_v1_providers_proto != nil {
 		return
 	}
+	file_orient_secrets_v1_policy_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

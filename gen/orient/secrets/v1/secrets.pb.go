@@ -1839,7 +1839,7 @@ var File_orient_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe6\x03\n" +
+	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xe6\x03\n" +
 	"\x06Secret\x12\x16\n" +
 	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x05R\x03key\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x12 \n" +
@@ -1981,22 +1981,61 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VERSION_STATE_ENABLED\x10\x01\x12\x1a\n" +
 	"\x16VERSION_STATE_DISABLED\x10\x02\x12\x1b\n" +
-	"\x17VERSION_STATE_DESTROYED\x10\x032\xf5\x0f\n" +
-	"\rSecretService\x12q\n" +
-	"\vListSecrets\x12%.orient.secrets.v1.ListSecretsRequest\x1a&.orient.secrets.v1.ListSecretsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/secrets\x12q\n" +
-	"\tGetSecret\x12#.orient.secrets.v1.GetSecretRequest\x1a$.orient.secrets.v1.GetSecretResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/secrets/{key}\x12t\n" +
-	"\tPutSecret\x12#.orient.secrets.v1.PutSecretRequest\x1a$.orient.secrets.v1.PutSecretResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\x1a\x11/v1/secrets/{key}\x12\x89\x01\n" +
-	"\fUpdateSecret\x12&.orient.secrets.v1.UpdateSecretRequest\x1a'.orient.secrets.v1.UpdateSecretResponse\"(\x82\xd3\xe4\x93\x02\":\x06secret2\x18/v1/secrets/{secret.key}\x12\xa9\x01\n" +
-	"\x13AccessSecretVersion\x12-.orient.secrets.v1.AccessSecretVersionRequest\x1a..orient.secrets.v1.AccessSecretVersionResponse\"3\x82\xd3\xe4\x93\x02-\x12+/v1/secrets/{key}/versions/{version}:access\x12\x95\x01\n" +
-	"\x12BatchAccessSecrets\x12,.orient.secrets.v1.BatchAccessSecretsRequest\x1a-.orient.secrets.v1.BatchAccessSecretsResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/secrets:batchAccess\x12\x95\x01\n" +
-	"\x12ListSecretVersions\x12,.orient.secrets.v1.ListSecretVersionsRequest\x1a-.orient.secrets.v1.ListSecretVersionsResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/secrets/{key}/versions\x12\xb0\x01\n" +
-	"\x14DisableSecretVersion\x12..orient.secrets.v1.DisableSecretVersionRequest\x1a/.orient.secrets.v1.DisableSecretVersionResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/secrets/{key}/versions/{version}:disable\x12\xac\x01\n" +
-	"\x13EnableSecretVersion\x12-.orient.secrets.v1.EnableSecretVersionRequest\x1a..orient.secrets.v1.EnableSecretVersionResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/secrets/{key}/versions/{version}:enable\x12\xb0\x01\n" +
-	"\x14DestroySecretVersion\x12..orient.secrets.v1.DestroySecretVersionRequest\x1a/.orient.secrets.v1.DestroySecretVersionResponse\"7\x82\xd3\xe4\x93\x021:\x01*\",/v1/secrets/{key}/versions/{version}:destroy\x12z\n" +
-	"\fDeleteSecret\x12&.orient.secrets.v1.DeleteSecretRequest\x1a'.orient.secrets.v1.DeleteSecretResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/secrets/{key}\x12|\n" +
-	"\fWatchChanges\x12&.orient.secrets.v1.WatchChangesRequest\x1a'.orient.secrets.v1.WatchChangesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/changes:watch0\x01\x12y\n" +
-	"\rListConsumers\x12'.orient.secrets.v1.ListConsumersRequest\x1a(.orient.secrets.v1.ListConsumersResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/consumers\x12\x95\x01\n" +
-	"\x13ReportConsumerState\x12-.orient.secrets.v1.ReportConsumerStateRequest\x1a..orient.secrets.v1.ReportConsumerStateResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:reportB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x17VERSION_STATE_DESTROYED\x10\x032\x8d\x15\n" +
+	"\rSecretService\x12\x91\x01\n" +
+	"\vListSecrets\x12%.orient.secrets.v1.ListSecretsRequest\x1a&.orient.secrets.v1.ListSecretsResponse\"3\xe2\xf9\x18\x19\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x02\x82\xd3\xe4\x93\x02\r\x12\v/v1/secrets\x90\x02\x01\x12\x96\x01\n" +
+	"\tGetSecret\x12#.orient.secrets.v1.GetSecretRequest\x1a$.orient.secrets.v1.GetSecretResponse\">\xe2\xf9\x18\x1e\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x01\x1a\x03key\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/secrets/{key}\x90\x02\x01\x12\x9c\x01\n" +
+	"\tPutSecret\x12#.orient.secrets.v1.PutSecretRequest\x1a$.orient.secrets.v1.PutSecretResponse\"D\xe2\xf9\x18$\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\x03key\"\bcategory(\x010\x01\x82\xd3\xe4\x93\x02\x16:\x01*\x1a\x11/v1/secrets/{key}\x12\xbd\x01\n" +
+	"\fUpdateSecret\x12&.orient.secrets.v1.UpdateSecretRequest\x1a'.orient.secrets.v1.UpdateSecretResponse\"\\\xe2\xf9\x180\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\n" +
+	"secret.key\"\x0fsecret.category0\x01\x82\xd3\xe4\x93\x02\":\x06secret2\x18/v1/secrets/{secret.key}\x12\xd0\x01\n" +
+	"\x13AccessSecretVersion\x12-.orient.secrets.v1.AccessSecretVersionRequest\x1a..orient.secrets.v1.AccessSecretVersionResponse\"Z\xe2\xf9\x18 \n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x02-\x12+/v1/secrets/{key}/versions/{version}:access\x90\x02\x02\x12\xbd\x01\n" +
+	"\x12BatchAccessSecrets\x12,.orient.secrets.v1.BatchAccessSecretsRequest\x1a-.orient.secrets.v1.BatchAccessSecretsResponse\"J\xe2\xf9\x18!\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x01\x1a\x04keys0\x01\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/secrets:batchAccess\x90\x02\x02\x12\xba\x01\n" +
+	"\x12ListSecretVersions\x12,.orient.secrets.v1.ListSecretVersionsRequest\x1a-.orient.secrets.v1.ListSecretVersionsResponse\"G\xe2\xf9\x18\x1e\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x01\x1a\x03key\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/secrets/{key}/versions\x90\x02\x01\x12\xcc\x01\n" +
+	"\x14DisableSecretVersion\x12..orient.secrets.v1.DisableSecretVersionRequest\x1a/.orient.secrets.v1.DisableSecretVersionResponse\"S\xe2\xf9\x18\x18\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x021:\x01*\",/v1/secrets/{key}/versions/{version}:disable\x12\xc8\x01\n" +
+	"\x13EnableSecretVersion\x12-.orient.secrets.v1.EnableSecretVersionRequest\x1a..orient.secrets.v1.EnableSecretVersionResponse\"R\xe2\xf9\x18\x18\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x020:\x01*\"+/v1/secrets/{key}/versions/{version}:enable\x12\xcc\x01\n" +
+	"\x14DestroySecretVersion\x12..orient.secrets.v1.DestroySecretVersionRequest\x1a/.orient.secrets.v1.DestroySecretVersionResponse\"S\xe2\xf9\x18\x18\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x021:\x01*\",/v1/secrets/{key}/versions/{version}:destroy\x12\x96\x01\n" +
+	"\fDeleteSecret\x12&.orient.secrets.v1.DeleteSecretRequest\x1a'.orient.secrets.v1.DeleteSecretResponse\"5\xe2\xf9\x18\x18\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x02\x13*\x11/v1/secrets/{key}\x12\xa2\x01\n" +
+	"\fWatchChanges\x12&.orient.secrets.v1.WatchChangesRequest\x1a'.orient.secrets.v1.WatchChangesResponse\"?\xe2\xf9\x18\x1f\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x02\x1a\x04keys\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/changes:watch\x90\x02\x010\x01\x12\x99\x01\n" +
+	"\rListConsumers\x12'.orient.secrets.v1.ListConsumersRequest\x1a(.orient.secrets.v1.ListConsumersResponse\"5\xe2\xf9\x18\x19\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x02\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/consumers\x90\x02\x01\x12\xbd\x01\n" +
+	"\x13ReportConsumerState\x12-.orient.secrets.v1.ReportConsumerStateRequest\x1a..orient.secrets.v1.ReportConsumerStateResponse\"G\xe2\xf9\x18!\n" +
+	"\x05admin\n" +
+	"\x06writer\n" +
+	"\x06reader\x10\x01\x1a\x04keys0\x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:report\x90\x02\x02\x12\x9c\x01\n" +
+	"\x0fDismissConsumer\x12).orient.secrets.v1.DismissConsumerRequest\x1a*.orient.secrets.v1.DismissConsumerResponse\"2\xe2\xf9\x18\v\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/consumers:dismiss\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_secrets_proto_rawDescOnce sync.Once
@@ -2045,9 +2084,11 @@ var file_orient_secrets_v1_secrets_proto_goTypes = []any{
 	(*WatchChangesRequest)(nil),          // 29: orient.secrets.v1.WatchChangesRequest
 	(*ListConsumersRequest)(nil),         // 30: orient.secrets.v1.ListConsumersRequest
 	(*ReportConsumerStateRequest)(nil),   // 31: orient.secrets.v1.ReportConsumerStateRequest
-	(*WatchChangesResponse)(nil),         // 32: orient.secrets.v1.WatchChangesResponse
-	(*ListConsumersResponse)(nil),        // 33: orient.secrets.v1.ListConsumersResponse
-	(*ReportConsumerStateResponse)(nil),  // 34: orient.secrets.v1.ReportConsumerStateResponse
+	(*DismissConsumerRequest)(nil),       // 32: orient.secrets.v1.DismissConsumerRequest
+	(*WatchChangesResponse)(nil),         // 33: orient.secrets.v1.WatchChangesResponse
+	(*ListConsumersResponse)(nil),        // 34: orient.secrets.v1.ListConsumersResponse
+	(*ReportConsumerStateResponse)(nil),  // 35: orient.secrets.v1.ReportConsumerStateResponse
+	(*DismissConsumerResponse)(nil),      // 36: orient.secrets.v1.DismissConsumerResponse
 }
 var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	26, // 0: orient.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
@@ -2084,22 +2125,24 @@ var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	29, // 31: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
 	30, // 32: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
 	31, // 33: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
-	4,  // 34: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
-	6,  // 35: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
-	8,  // 36: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
-	10, // 37: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
-	12, // 38: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
-	15, // 39: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
-	17, // 40: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
-	19, // 41: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
-	21, // 42: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
-	23, // 43: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
-	25, // 44: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
-	32, // 45: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
-	33, // 46: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
-	34, // 47: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
-	34, // [34:48] is the sub-list for method output_type
-	20, // [20:34] is the sub-list for method input_type
+	32, // 34: orient.secrets.v1.SecretService.DismissConsumer:input_type -> orient.secrets.v1.DismissConsumerRequest
+	4,  // 35: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
+	6,  // 36: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
+	8,  // 37: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
+	10, // 38: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
+	12, // 39: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
+	15, // 40: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
+	17, // 41: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
+	19, // 42: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
+	21, // 43: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
+	23, // 44: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
+	25, // 45: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
+	33, // 46: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
+	34, // 47: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
+	35, // 48: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
+	36, // 49: orient.secrets.v1.SecretService.DismissConsumer:output_type -> orient.secrets.v1.DismissConsumerResponse
+	35, // [35:50] is the sub-list for method output_type
+	20, // [20:35] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -2111,6 +2154,7 @@ func file_orient_secrets_v1_secrets_proto_init() {
 		return
 	}
 	file_orient_secrets_v1_changes_proto_init()
+	file_orient_secrets_v1_policy_proto_init()
 	file_orient_secrets_v1_secrets_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

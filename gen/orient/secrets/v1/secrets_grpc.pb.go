@@ -33,6 +33,7 @@ const (
 	SecretService_WatchChanges_FullMethodName         = "/orient.secrets.v1.SecretService/WatchChanges"
 	SecretService_ListConsumers_FullMethodName        = "/orient.secrets.v1.SecretService/ListConsumers"
 	SecretService_ReportConsumerState_FullMethodName  = "/orient.secrets.v1.SecretService/ReportConsumerState"
+	SecretService_DismissConsumer_FullMethodName      = "/orient.secrets.v1.SecretService/DismissConsumer"
 )
 
 // SecretServiceClient is the client API for SecretService service.
@@ -88,6 +89,9 @@ type SecretServiceClient interface {
 	// Reports the revision a consumer instance runs with, e.g. after it
 	// restarted; this clears the changes it picked up.
 	ReportConsumerState(ctx context.Context, in *ReportConsumerStateRequest, opts ...grpc.CallOption) (*ReportConsumerStateResponse, error)
+	// Forgets a consumer instance (e.g. one that exited for good), so it no
+	// longer shows as needing a restart. It reappears if it reports again.
+	DismissConsumer(ctx context.Context, in *DismissConsumerRequest, opts ...grpc.CallOption) (*DismissConsumerResponse, error)
 }
 
 type secretServiceClient struct {
@@ -247,6 +251,16 @@ func (c *secretServiceClient) ReportConsumerState(ctx context.Context, in *Repor
 	return out, nil
 }
 
+func (c *secretServiceClient) DismissConsumer(ctx context.Context, in *DismissConsumerRequest, opts ...grpc.CallOption) (*DismissConsumerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DismissConsumerResponse)
+	err := c.cc.Invoke(ctx, SecretService_DismissConsumer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecretServiceServer is the server API for SecretService service.
 // All implementations must embed UnimplementedSecretServiceServer
 // for forward compatibility.
@@ -300,6 +314,9 @@ type SecretServiceServer interface {
 	// Reports the revision a consumer instance runs with, e.g. after it
 	// restarted; this clears the changes it picked up.
 	ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error)
+	// Forgets a consumer instance (e.g. one that exited for good), so it no
+	// longer shows as needing a restart. It reappears if it reports again.
+	DismissConsumer(context.Context, *DismissConsumerRequest) (*DismissConsumerResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }
 
@@ -351,6 +368,9 @@ func (UnimplementedSecretServiceServer) ListConsumers(context.Context, *ListCons
 }
 func (UnimplementedSecretServiceServer) ReportConsumerState(context.Context, *ReportConsumerStateRequest) (*ReportConsumerStateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportConsumerState not implemented")
+}
+func (UnimplementedSecretServiceServer) DismissConsumer(context.Context, *DismissConsumerRequest) (*DismissConsumerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DismissConsumer not implemented")
 }
 func (UnimplementedSecretServiceServer) mustEmbedUnimplementedSecretServiceServer() {}
 func (UnimplementedSecretServiceServer) testEmbeddedByValue()                       {}
@@ -618,6 +638,24 @@ func _SecretService_ReportConsumerState_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_DismissConsumer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DismissConsumerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).DismissConsumer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_DismissConsumer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).DismissConsumer(ctx, req.(*DismissConsumerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecretService_ServiceDesc is the grpc.ServiceDesc for SecretService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -676,6 +714,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportConsumerState",
 			Handler:    _SecretService_ReportConsumerState_Handler,
+		},
+		{
+			MethodName: "DismissConsumer",
+			Handler:    _SecretService_DismissConsumer_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

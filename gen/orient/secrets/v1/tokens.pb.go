@@ -505,7 +505,7 @@ var File_orient_secrets_v1_tokens_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_tokens_proto_rawDesc = "" +
 	"\n" +
-	"\x1eorient/secrets/v1/tokens.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n" +
+	"\x1eorient/secrets/v1/tokens.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"O\n" +
 	"\n" +
 	"TokenScope\x12!\n" +
 	"\fkey_patterns\x18\x01 \x03(\tR\vkeyPatterns\x12\x1e\n" +
@@ -543,14 +543,17 @@ const file_orient_secrets_v1_tokens_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\"R\n" +
 	"\x13RevokeTokenResponse\x12;\n" +
 	"\n" +
-	"token_info\x18\x01 \x01(\v2\x1c.orient.secrets.v1.TokenInfoR\ttokenInfo2\xeb\x02\n" +
-	"\fTokenService\x12s\n" +
-	"\vCreateToken\x12%.orient.secrets.v1.CreateTokenRequest\x1a&.orient.secrets.v1.CreateTokenResponse\"\x15\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
-	"/v1/tokens\x12m\n" +
+	"token_info\x18\x01 \x01(\v2\x1c.orient.secrets.v1.TokenInfoR\ttokenInfo2\x9b\x03\n" +
+	"\fTokenService\x12\x82\x01\n" +
+	"\vCreateToken\x12%.orient.secrets.v1.CreateTokenRequest\x1a&.orient.secrets.v1.CreateTokenResponse\"$\xe2\xf9\x18\v\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x0f:\x01*\"\n" +
+	"/v1/tokens\x12}\n" +
 	"\n" +
-	"ListTokens\x12$.orient.secrets.v1.ListTokensRequest\x1a%.orient.secrets.v1.ListTokensResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
-	"/v1/tokens\x12w\n" +
-	"\vRevokeToken\x12%.orient.secrets.v1.RevokeTokenRequest\x1a&.orient.secrets.v1.RevokeTokenResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/tokens/{name}B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"ListTokens\x12$.orient.secrets.v1.ListTokensRequest\x1a%.orient.secrets.v1.ListTokensResponse\"\"\xe2\xf9\x18\t\n" +
+	"\x05admin\x10\x04\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/tokens\x90\x02\x01\x12\x86\x01\n" +
+	"\vRevokeToken\x12%.orient.secrets.v1.RevokeTokenRequest\x1a&.orient.secrets.v1.RevokeTokenResponse\"(\xe2\xf9\x18\v\n" +
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x13*\x11/v1/tokens/{name}B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_tokens_proto_rawDescOnce sync.Once
@@ -605,6 +608,7 @@ func file_orient_secrets_v1_tokens_proto_init() {
 	if File_orient_secrets_v1_tokens_proto != nil {
 		return
 	}
+	file_orient_secrets_v1_policy_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

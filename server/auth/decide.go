@@ -1,0 +1,113 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/catalog"
+)
+
+// Denial reasons, the label of the secrets_denials_total metric and the
+// detail of the denial's audit event.
+const (
+	DenyUnauthenticated = "unauthenticated"
+	DenyNoPolicy        = "no_policy"
+	DenyRole            = "role"
+	DenyUnscopedOnly    = "unscoped_only"
+	DenyScope           = "scope"
+	DenyCategory        = "category"
+	DenyStreamLimit     = "stream_limit"
+	DenyConsumer        = "consumer"
+)
+
+// Denial is a refused call: the reason (one of the Deny constants), the key
+// it concerns if any, and the message the caller gets.
+type Denial struct {
+	Reason  string
+	Key     string
+	Message string
+}
+
+func (d *Denial) Error() string { return d.Message }
+
+// CategoryLookup returns a stored secret's category, or "" when the key is
+// not stored.
+type CategoryLookup func(ctx context.Context, key string) (string, error)
+
+// Authorize decides whether p may make this call. It returns a Denial for a
+// refusal, or an error when the decision could not be made (the database).
+//
+// For a scoped caller every target key must be in scope. A key that is not
+// stored is judged by the category it would be created in for a method that
+// creates, by its catalog category for a catalog key (its empty slot is
+// public), and otherwise as outside any category list: so a key outside the
+// scope answers the same whether or not it exists. Assigning a category that
+// differs from the key's current (or default) one needs authority over both.
+func (pol Policy) Authorize(ctx context.Context, p Principal, req proto.Message, lookup CategoryLookup) (*Denial, error) {
+	if !pol.Allows(p.Role) {
+		msg := fmt.Sprintf("role %s may not call %s", p.Role, pol.Action)
+		if len(pol.Roles) == 1 && pol.Roles[0] == RoleAdmin {
+			msg += "; ensure you are authenticated as admin"
+		}
+		return &Denial{Reason: DenyRole, Message: msg}, nil
+	}
+	if p.Scope.Empty() {
+		return nil, nil
+	}
+	if pol.Scope == pb.MethodPolicy_SCOPE_RULE_UNSCOPED_ONLY {
+		return &Denial{Reason: DenyUnscopedOnly, Message: fmt.Sprintf("%s needs a token without a scope; %s is scoped", pol.Action, p.Name)}, nil
+	}
+	assigned, assigns := pol.AssignedCategory(req)
+	if assigns {
+		if n, err := catalog.NormalizeCategory(assigned); err == nil {
+			assigned = n
+		}
+	}
+	for _, key := range pol.Keys(req) {
+		outside := &Denial{Reason: DenyScope, Key: key, Message: fmt.Sprintf("%s is outside the scope of %s (or does not exist)", key, p.Name)}
+		if !p.Scope.AllowsKey(key) {
+			return outside, nil
+		}
+		if !p.Scope.NeedsCategory() && !assigns {
+			continue
+		}
+		stored, err := lookup(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		current, exists := stored, stored != ""
+		if !exists {
+			current = DefaultCategory(key)
+		}
+		judged := current
+		if !exists && !pol.Creates {
+			if _, inCatalog := catalog.Lookup(key); !inCatalog {
+				judged = ""
+			}
+		}
+		if !exists && pol.Creates && assigns {
+			judged = assigned
+		}
+		if !p.Scope.Allows(key, judged) {
+			return outside, nil
+		}
+		if assigns && assigned != current {
+			if !p.Scope.Governs(current) || !p.Scope.Governs(assigned) || !p.Scope.Allows(key, assigned) {
+				return &Denial{Reason: DenyCategory, Key: key, Message: fmt.Sprintf("%s may not move %s from category %s to %s: that needs authority over both categories", p.Name, key, current, assigned)}, nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// DefaultCategory is the category a key gets when it is created without one:
+// the catalog's, else custom.
+func DefaultCategory(key string) string {
+	if e, ok := catalog.Lookup(key); ok {
+		return e.Category
+	}
+	return catalog.CategoryCustom
+}
