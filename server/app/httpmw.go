@@ -153,8 +153,10 @@ var conditionalGETRoutes = map[string]bool{
 	"/v1/secrets/{key}/versions/{version}:access": true,
 }
 
-// maxConditionalBody bounds what conditionalGET buffers (an access answer
-// is at most ~90 KiB).
+// maxConditionalBody is the largest answer conditionalGET gives an ETag.
+// Its routes' answers are small by construction (a value is at most
+// 64 KiB, ~90 KiB as JSON), so buffering them whole is bounded by the
+// service's own limits.
 const maxConditionalBody = 1 << 20
 
 // conditionalGET gives the successful answers of conditionalGETRoutes a
