@@ -3,10 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 BUF        := go tool -modfile=tools/go.mod buf
-GOOGLEAPIS := .build/googleapis
+GOOGLEAPIS := .build/googleapis/google/api/field_behavior.proto
 # The google/api and google/rpc protos come from this Go module's
-# third_party folder (no Buf Schema Registry on these machines).
+# third_party folder (no Buf Schema Registry on these machines), and
+# google/api/field_behavior.proto from gnostic's (the OpenAPI generator's
+# module, pinned in tools/go.mod).
 GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
+GNOSTIC_MODULE := github.com/google/gnostic@v0.7.1
 GO_TEST_FLAGS ?=
 
 .PHONY: help run build test lint generate proto-check postgres local-kms ui-tools bench reliability fuzz image image-test clean
@@ -31,6 +34,8 @@ lint: $(GOOGLEAPIS) ## buf lint, go vet and staticcheck
 
 generate: $(GOOGLEAPIS) ## Regenerate gen/ from proto/ (pinned plugins, no network registry)
 	$(BUF) generate
+	$(BUF) build --as-file-descriptor-set -o gen/descriptors.binpb
+	go run ./internal/openapigen -in .build/openapi/openapi.yaml -out gen/openapi/openapi.json
 
 proto-check: generate ## Fail if gen/ is stale or the API broke compatibility with main (buf breaking, FILE rules)
 	git diff --exit-code -- gen/
@@ -78,10 +83,15 @@ postgres: ## Make sure the PostgreSQL server binaries are installed (tests and `
 	@./scripts/ensure-postgres.sh
 
 $(GOOGLEAPIS):
-	@dir=$$(go mod download -json $(GOOGLEAPIS_MODULE) | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'); \
+	@rm -rf .build/googleapis; \
+	dir=$$(go mod download -json $(GOOGLEAPIS_MODULE) | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'); \
 	test -n "$$dir" || { echo "cannot download $(GOOGLEAPIS_MODULE)"; exit 1; }; \
-	mkdir -p $@/google && cp -r $$dir/third_party/googleapis/google/api $$dir/third_party/googleapis/google/rpc $@/google/ && \
-	chmod -R u+w $@
+	gdir=$$(go mod download -json $(GNOSTIC_MODULE) | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'); \
+	test -n "$$gdir" || { echo "cannot download $(GNOSTIC_MODULE)"; exit 1; }; \
+	mkdir -p .build/googleapis/google && cp -r $$dir/third_party/googleapis/google/api $$dir/third_party/googleapis/google/rpc .build/googleapis/google/ && \
+	chmod -R u+w .build/googleapis && \
+	cp $$gdir/cmd/protoc-gen-openapi/examples/google/api/field_behavior.proto .build/googleapis/google/api/ && \
+	chmod u+w $@
 
 clean: ## Remove build outputs (not the data directory)
 	rm -rf bin .build

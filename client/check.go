@@ -9,7 +9,7 @@ import (
 
 // ReasonCheckNeedsSecret is the ErrorInfo reason of a CheckSecret that
 // needs another secret that is not set (JIRA_EMAIL, JIRA_BASE_URL).
-const ReasonCheckNeedsSecret = "CHECK_NEEDS_SECRET"
+var ReasonCheckNeedsSecret = ReasonString(pb.ErrorReason_ERROR_REASON_CHECK_NEEDS_SECRET)
 
 // CheckResult is a provider's verdict on a stored credential.
 type CheckResult struct {

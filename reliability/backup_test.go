@@ -16,10 +16,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/orient-bot/secrets/client"
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/internal/testserver"
-	"github.com/orient-bot/secrets/server/api"
 	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/pgcluster"
 )
@@ -302,8 +302,8 @@ func TestBackupRestore(t *testing.T) {
 	if err == nil {
 		_, err = ahead.Recv()
 	}
-	if !isCode(err, codes.OutOfRange) || reason(err) != api.ReasonRevisionAhead {
-		t.Errorf("watch from revision %d (after the backup's %d): %v, want OUT_OF_RANGE %s", lastRev, backupRev, err, api.ReasonRevisionAhead)
+	if !isCode(err, codes.OutOfRange) || reason(err) != client.ReasonRevisionAhead {
+		t.Errorf("watch from revision %d (after the backup's %d): %v, want OUT_OF_RANGE %s", lastRev, backupRev, err, client.ReasonRevisionAhead)
 	}
 
 	// It takes writes again, after the backup's last revision.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -34,9 +35,13 @@ separate keys with commas: the current signing key and the ones it
 replaced), or with the public half of --audit-signing-key /
 SECRETS_AUDIT_SIGNING_KEY. --checkpoints defaults to --audit-checkpoint-url
 (SECRETS_AUDIT_CHECKPOINT_URL); without external checkpoints the chain is
-only self-attested, and the verdict says so. With the embedded default, call
-the API instead (POST /v1/audit:verify), or point --checkpoints at
-file://<data-dir>/audit-checkpoints and verify an export.
+only self-attested, and the verdict says so.
+
+Without DATABASE_URL both use the embedded default's database in
+--data-dir (SECRETS_DATA_DIR, .secrets-data): a running secretsd's, or the
+cluster started for the command; its audit-signing.key and
+audit-checkpoints are then the defaults of --audit-signing-key and
+--checkpoints.
 `
 
 // keyList is a repeatable, comma-separated flag.
@@ -52,10 +57,23 @@ func (k *keyList) Set(v string) error {
 	return nil
 }
 
-func runAudit(ctx context.Context, databaseURL, signingKey, checkpointURL string, log *slog.Logger, args []string) error {
-	if len(args) == 0 {
+func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointURL string, log *slog.Logger, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, auditUsage)
-		return errors.New("audit: verify or export?")
+		if len(args) == 0 {
+			return errors.New("audit: verify or export?")
+		}
+		return nil
+	}
+	if databaseURL == "" {
+		// The embedded default keeps its signing key and external
+		// checkpoints in its data directory.
+		if key := filepath.Join(dataDir, "audit-signing.key"); signingKey == "" && fileExists(key) {
+			signingKey = key
+		}
+		if dir, err := filepath.Abs(filepath.Join(dataDir, "audit-checkpoints")); err == nil && checkpointURL == "" && fileExists(dir) {
+			checkpointURL = "file://" + dir
+		}
 	}
 	fs := flag.NewFlagSet("secretsd audit "+args[0], flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), auditUsage) }
@@ -121,7 +139,12 @@ func runAudit(ctx context.Context, databaseURL, signingKey, checkpointURL string
 		return report(auditlog.VerifyExport(f, checks))
 	}
 	if databaseURL == "" {
-		return errors.New("audit: needs DATABASE_URL (or verify --file EXPORT)")
+		dsn, stop, err := embeddedDatabase(ctx, dataDir, log)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		defer stop()
+		databaseURL = dsn
 	}
 	st, err := store.Open(ctx, databaseURL, store.Options{Logger: log})
 	if err != nil {
@@ -166,4 +189,9 @@ func report(res auditlog.Result, err error) error {
 		return errors.New("audit log not intact")
 	}
 	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

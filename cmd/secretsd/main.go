@@ -42,20 +42,38 @@ With no DATABASE_URL it runs a private PostgreSQL cluster in --data-dir and,
 unless SECRETS_KEK_URL is set, a development key-encryption key stored there.
 
 Environment (flags win over environment):
-  DATABASE_URL            PostgreSQL connection URL (secret: never logged)
-  SECRETS_BOOTSTRAP_TOKEN the first admin token's value, on first start (16+ chars;
-                          otherwise a random one is shown once on stderr)
-  SECRETS_KEK_URL         key-encryption key keeper URL(s), comma-separated, first is
-                          primary: awskms://…, gcpkms://…, azurekeyvault://…,
-                          hashivault://…, file:///path (a 0600 key file, read once),
-                          base64key://… (secret: never logged)
-  SECRETS_GRPC_ADDR       same as --grpc-addr
-  SECRETS_HTTP_ADDR       same as --http-addr
-  SECRETS_DATA_DIR        same as --data-dir
-  SECRETS_LOG_LEVEL       same as --log-level
-  SECRETS_LOG_FORMAT      same as --log-format
+  DATABASE_URL               PostgreSQL connection URL (secret: never logged)
+  SECRETS_BOOTSTRAP_TOKEN    the first admin token's value, on first start (16+ chars;
+                             otherwise a random one is shown once on stderr)
+  SECRETS_KEK_URL            key-encryption key keeper URL(s), comma-separated, first is
+                             primary: awskms://…, gcpkms://…, azurekeyvault://…,
+                             hashivault://…, file:///path (a 0600 key file, read once),
+                             base64key://… (secret: never logged)
+  SECRETS_GRPC_ADDR          same as --grpc-addr
+  SECRETS_HTTP_ADDR          same as --http-addr
+  SECRETS_DATA_DIR           same as --data-dir
+  SECRETS_REFLECTION         same as --reflection
+  SECRETS_READ_CACHE_ENTRIES same as --read-cache-entries
+  SECRETS_TLS_CERT           same as --tls-cert
+  SECRETS_TLS_KEY            same as --tls-key
+  SECRETS_CLIENT_CA          same as --client-ca
+  SECRETS_CERT_IDENTITIES    same as --cert-identities
+  SECRETS_ALLOW_PLAINTEXT    same as --allow-plaintext
+  SECRETS_AUDIT_SIGNING_KEY  same as --audit-signing-key
+  SECRETS_TRUSTED_PROXIES    same as --trusted-proxies
+  SECRETS_CORS_ORIGINS       same as --cors-origins
+  SECRETS_LOG_LEVEL          same as --log-level
+  SECRETS_LOG_FORMAT         same as --log-format
+  SECRETS_KEK_TIMEOUT        same as --kek-timeout
+  SECRETS_AUDIT_CHECKPOINT_URL same as --audit-checkpoint-url
+  SECRETS_AUDIT_PUBLIC_KEYS  same as --audit-public-keys
+  SECRETS_AUDIT_UNSIGNED     same as --audit-unsigned
+  SECRETS_ALLOW_OWNER_ROLE   same as --allow-owner-role
+  SECRETS_SERVICE_ROLE       the role secretsd migrate creates or checks
+  SECRETS_PROVIDER_CHECK_URLS same as --provider-check-urls
+  SECRETS_PROVIDER_CHECK_JIRA_HOSTS same as --provider-check-jira-hosts
   OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) export OpenTelemetry spans over
-                          OTLP/HTTP; the other OTEL_* variables apply (off when unset)
+                             OTLP/HTTP; the other OTEL_* variables apply (off when unset)
 
 Flags:
 `
@@ -106,6 +124,7 @@ func run(args []string) error {
 	fs.Var(&auditPublic, "audit-public-keys", "earlier audit signing keys' public halves (base64, comma-separated): their checkpoints still verify after a key rotation")
 	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envBool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
 	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envBool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
+	corsOrigins := fs.String("cors-origins", env("SECRETS_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the REST API (CORS), e.g. https://dash.example.com; none by default")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
@@ -149,6 +168,11 @@ func run(args []string) error {
 		}
 	}
 	cfg.AuditPublicKeys = auditPublic
+	for _, o := range strings.Split(*corsOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.CORSOrigins = append(cfg.CORSOrigins, o)
+		}
+	}
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
 	cfg.BootstrapToken = os.Getenv("SECRETS_BOOTSTRAP_TOKEN")
@@ -168,7 +192,7 @@ func run(args []string) error {
 		fmt.Println(buildVersion())
 		return nil
 	case "audit":
-		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, cfg.AuditCheckpointURL, log, fs.Args()[1:])
+		return runAudit(ctx, cfg.DatabaseURL, cfg.DataDir, cfg.AuditSigningKey, cfg.AuditCheckpointURL, log, fs.Args()[1:])
 	case "kek":
 		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, cfg.KEKTimeout, log, fs.Args()[1:])
 	default:

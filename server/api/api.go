@@ -57,6 +57,9 @@ type Deps struct {
 	Access  AccessRecorder
 	Keyring Keyring
 	Logger  *slog.Logger
+	// MinRevisionWait bounds how long a read waits for a min_revision the
+	// database has not reached (DefaultMinRevisionWait when 0).
+	MinRevisionWait time.Duration
 	// Hub and Consumers serve the change stream and restart tracking.
 	Hub       Hub
 	Consumers ConsumerStore

@@ -182,7 +182,7 @@ func (s *AuditService) MatchValue(ctx context.Context, req *pb.MatchValueRequest
 	if err := s.Access.RecordAccess(ctx, []store.AuditEvent{{Actor: id.Actor, Peer: id.Peer, Action: "MatchValue",
 		Key: req.GetKey(), Outcome: store.OutcomeOK, Detail: fmt.Sprintf("matches: %d", len(events))}}); err != nil {
 		s.Logger.ErrorContext(ctx, "leak check not audited; answer withheld", "error", err)
-		return nil, withInfo(codes.Unavailable, ReasonAuditUnavailable, "the check could not be audited; retry later")
+		return nil, withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE, "the check could not be audited; retry later")
 	}
 	out := &pb.MatchValueResponse{}
 	for _, e := range events {

@@ -15,9 +15,9 @@ import (
 	"github.com/orient-bot/secrets/server/store"
 )
 
-// ReasonCheckNeedsSecret: a check needs another secret that is not set
+// A check that needs another secret that is not set answers
+// ERROR_REASON_CHECK_NEEDS_SECRET
 // (JIRA_EMAIL and JIRA_BASE_URL for JIRA_API_TOKEN).
-const ReasonCheckNeedsSecret = "CHECK_NEEDS_SECRET"
 
 // CheckSecret asks the provider whether the newest value of a catalog
 // credential works. The value never leaves the server except to its own
@@ -60,7 +60,7 @@ func (s *SecretService) CheckSecret(ctx context.Context, req *pb.CheckSecretRequ
 			}
 			st := status.Convert(toStatus(ctx, s.Logger, err))
 			if st.Code() == codes.NotFound || st.Code() == codes.FailedPrecondition {
-				return nil, withInfo(codes.FailedPrecondition, ReasonCheckNeedsSecret,
+				return nil, withInfo(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_CHECK_NEEDS_SECRET,
 					fmt.Sprintf("checking %s needs %s, which has no enabled value", key, it.Key))
 			}
 			return nil, st.Err()

@@ -22,13 +22,6 @@ import (
 	"github.com/orient-bot/secrets/server/watch"
 )
 
-// Reasons of watch errors; clients act on them (relist, resume).
-const (
-	ReasonRevisionCompacted = "REVISION_COMPACTED"
-	ReasonRevisionAhead     = "REVISION_AHEAD"
-	ReasonShuttingDown      = "SERVER_SHUTTING_DOWN"
-)
-
 // Hub is the change-stream fan-out.
 type Hub interface {
 	Current(ctx context.Context) (int64, error)
@@ -150,7 +143,7 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 		case last == 0:
 			last = max(dbRev, current)
 		case last > dbRev:
-			return withInfo(codes.OutOfRange, ReasonRevisionAhead,
+			return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
 				fmt.Sprintf("start_revision %d is ahead of the current revision %d; list again and watch from its revision", last, dbRev))
 		}
 	}
@@ -246,9 +239,9 @@ func toChangeEvent(c *store.Change) *pb.ChangeEvent {
 func (s *SecretService) watchErr(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, watch.ErrCompacted):
-		return withInfo(codes.OutOfRange, ReasonRevisionCompacted, err.Error()+"; list again and watch from the list's revision")
+		return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_COMPACTED, err.Error()+"; list again and watch from the list's revision")
 	case errors.Is(err, watch.ErrStopped):
-		return withInfo(codes.Unavailable, ReasonShuttingDown, "server shutting down; resume from the last revision received")
+		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_SERVER_SHUTTING_DOWN, "server shutting down; resume from the last revision received")
 	}
 	return s.fail(ctx, err)
 }

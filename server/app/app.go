@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -30,9 +31,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/migrations"
@@ -106,6 +105,9 @@ type Config struct {
 	CertIdentities            string
 	// AllowPlaintext permits plaintext listeners on non-loopback addresses.
 	AllowPlaintext bool
+	// CORSOrigins are the browser origins allowed to call the REST API
+	// (e.g. https://dashboard.example.com); none by default.
+	CORSOrigins []string
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
 	// BootstrapToken, if set, is the first admin token's value (on first
@@ -191,7 +193,9 @@ type Server struct {
 	feed          *group // the watch hub and what follows it; stopped first
 	jobs          *group // maintenance and audit checkpoints; stopped before the store
 	grpc          *grpc.Server
-	health        *health.Server
+	health        *healthServer
+	shuttingDown  atomic.Bool
+	httpMetrics   *httpMetrics
 	http          *http.Server
 	gwConn        interface{ Close() error }
 	grpcLis       net.Listener
@@ -413,6 +417,7 @@ func (s *Server) listen(ctx context.Context) error {
 		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited: the denial queue was full or their batch could not be written.",
 	})
 	reg.MustRegister(deniedDropped)
+	s.httpMetrics = newHTTPMetrics(reg)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
 	s.denials = auditlog.NewDenialQueue(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
 	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -487,11 +492,13 @@ func (s *Server) listen(ctx context.Context) error {
 	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog})
 	pb.RegisterTokenServiceServer(s.grpc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
 	pb.RegisterKeyServiceServer(s.grpc, s.keyService(ctx, deps))
-	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if s.cfg.Reflection {
-		reflection.Register(s.grpc)
+		if err := registerReflection(s.grpc); err != nil {
+			return err
+		}
 	}
+	s.health = newHealthServer(s.grpc, func(ctx context.Context) bool { _, ok := s.readiness(ctx); return ok })
+	healthpb.RegisterHealthServer(s.grpc, s.health)
 	metrics.InitializeMetrics(s.grpc)
 
 	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
@@ -539,10 +546,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.jobs = newGroup(ctx)
 	s.jobs.Go(s.maintain)
 	s.jobs.Go(s.checkpoints)
-	s.jobs.Go(s.watchHealth)
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
-		"startup", time.Since(s.startedAt).Round(time.Millisecond))
+		"dashboard", s.dashboardURL(), "startup", time.Since(s.startedAt).Round(time.Millisecond))
 
 	var err error
 	var clusterDone <-chan struct{}
@@ -598,8 +603,9 @@ func (s *Server) maintain(ctx context.Context) {
 // close stops everything in order: stop accepting, drain in-flight calls,
 // close the pool, then stop the embedded cluster and wait for it.
 func (s *Server) close(ctx context.Context) {
+	s.shuttingDown.Store(true)
 	if s.health != nil {
-		s.health.Shutdown()
+		s.health.shutdown()
 	}
 	// End watch streams first (with a resumable status), or the graceful
 	// stop below would wait for them forever.

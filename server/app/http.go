@@ -5,14 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/codes"
 
 	secrets "github.com/orient-bot/secrets"
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
@@ -20,94 +23,67 @@ import (
 	"github.com/orient-bot/secrets/server/watch"
 )
 
-// httpHandler routes the HTTP listener: the public endpoints, then the
-// REST gateway for everything under /v1/.
+// httpHandler routes the HTTP listener: the public endpoints, the REST
+// gateway under /v1/ and the dashboard under /ui/. Every answer that is not
+// a page is JSON, including unknown routes and wrong methods (405 with
+// Allow). Compressible answers are gzipped for clients that accept it.
 func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/healthz", only(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+	}), "GET", "HEAD"))
+	mux.Handle("/readyz", only(http.HandlerFunc(s.readyz), "GET", "HEAD"))
+	mux.Handle("/openapi.json", only(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(secrets.OpenAPI)
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/v1/", s.tls.requireCert(gw))
+	}), "GET", "HEAD"))
+	mux.Handle("/metrics", only(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), "GET", "HEAD"))
+	mux.Handle("/v1/", s.tls.requireCert(conditionalGET(gw)))
 	mux.Handle("/ui/", ui.Handler())
-	return securityHeaders(mux)
+	mux.Handle("/{$}", only(http.RedirectHandler("/ui/", http.StatusFound), "GET", "HEAD"))
+	mux.HandleFunc("/", writeNotFound)
+	var h http.Handler = mux
+	h = gzipped(h)
+	if s.httpMetrics != nil {
+		h = s.httpMetrics.wrap(h)
+	}
+	if len(s.cfg.CORSOrigins) > 0 {
+		h = corsAllow(s.cfg.CORSOrigins, h)
+	}
+	return securityHeaders(h)
 }
 
-// readyz is ready when the database answers (migrations were applied before
-// the listeners opened) and every KEK can wrap and unwrap.
+// only serves the given methods and answers the others 405 with Allow.
+func only(next http.Handler, methods ...string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !slices.Contains(methods, r.Method) {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
+				r.Method+" is not allowed on this route"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// dashboardURL is where a person opens the dashboard.
+func (s *Server) dashboardURL() string {
+	scheme := "http"
+	if s.tls != nil && s.tls.server != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + s.HTTPAddr() + "/ui/"
+}
+
+// readyz reports the readiness checks (see readiness): 200 when ready,
+// else 503.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ready, checks := s.ready(r.Context())
+	checks, ready := s.readiness(r.Context())
 	code := http.StatusOK
 	if !ready {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
-}
-
-// ready runs the readiness checks shared by /readyz and gRPC health.
-func (s *Server) ready(ctx context.Context) (bool, map[string]string) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	checks := map[string]string{"database": "ok", "migrations": "ok", "kek": "ok"}
-	ready := true
-	if err := s.store.Ping(ctx); err != nil {
-		checks["database"] = "unavailable"
-		ready = false
-	}
-	if err := s.kekCheck.check(ctx, s.keyring.Check); err != nil {
-		checks["kek"] = "unavailable"
-		if errors.Is(err, seal.ErrKEKRefused) {
-			checks["kek"] = "refused"
-		}
-		ready = false
-	}
-	return ready, checks
-}
-
-// DefaultHealthInterval is how often gRPC health is brought in line with
-// the readiness checks.
-const DefaultHealthInterval = 5 * time.Second
-
-// watchHealth sets gRPC health (service "") to SERVING or NOT_SERVING from
-// the readiness checks every cfg.HealthInterval until ctx is done, so that
-// gRPC health and /readyz agree (a KEK outage or refusal, or the database
-// down, is NOT_SERVING). A KEK call failing in a request invalidates the
-// cached KEK check, so the next round probes the KMS again.
-func (s *Server) watchHealth(ctx context.Context) {
-	interval := s.cfg.HealthInterval
-	if interval <= 0 {
-		interval = DefaultHealthInterval
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	serving := true
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		ready, checks := s.ready(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if ready != serving {
-			serving = ready
-			st := healthpb.HealthCheckResponse_SERVING
-			if !ready {
-				st = healthpb.HealthCheckResponse_NOT_SERVING
-				s.log.Warn("not ready: gRPC health NOT_SERVING", "checks", checks)
-			} else {
-				s.log.Info("ready again: gRPC health SERVING")
-			}
-			s.health.SetServingStatus("", st)
-		}
-	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

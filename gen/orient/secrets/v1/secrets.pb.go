@@ -1990,36 +1990,36 @@ var File_orient_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xb6\x03\n" +
-	"\x06Secret\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
+	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xe6\x03\n" +
+	"\x06Secret\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x05R\x03key\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12)\n" +
-	"\x10restart_required\x18\x04 \x01(\bR\x0frestartRequired\x12\x1e\n" +
+	"\x10restart_required\x18\x04 \x01(\bR\x0frestartRequired\x12$\n" +
 	"\n" +
-	"configured\x18\x05 \x01(\bR\n" +
-	"configured\x12'\n" +
-	"\x0fcurrent_version\x18\x06 \x01(\x03R\x0ecurrentVersion\x12\x12\n" +
-	"\x04etag\x18\a \x01(\tR\x04etag\x12;\n" +
-	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x12;\n" +
-	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x12\x1d\n" +
+	"configured\x18\x05 \x01(\bB\x04\xe2A\x01\x03R\n" +
+	"configured\x12-\n" +
+	"\x0fcurrent_version\x18\x06 \x01(\x03B\x04\xe2A\x01\x03R\x0ecurrentVersion\x12\x12\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\x12A\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"createTime\x12A\n" +
+	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"updateTime\x12#\n" +
 	"\n" +
 	"updated_by\x18\n" +
-	" \x01(\tR\tupdatedBy\x12\x18\n" +
-	"\acatalog\x18\v \x01(\bR\acatalog\x12!\n" +
-	"\fvalue_prefix\x18\f \x01(\tR\vvaluePrefix\"\xa4\x02\n" +
-	"\rSecretVersion\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion\x125\n" +
-	"\x05state\x18\x03 \x01(\x0e2\x1f.orient.secrets.v1.VersionStateR\x05state\x12;\n" +
-	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x12=\n" +
-	"\fdestroy_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vdestroyTime\x12\x1d\n" +
+	" \x01(\tB\x04\xe2A\x01\x03R\tupdatedBy\x12\x1e\n" +
+	"\acatalog\x18\v \x01(\bB\x04\xe2A\x01\x03R\acatalog\x12'\n" +
+	"\fvalue_prefix\x18\f \x01(\tB\x04\xe2A\x01\x03R\vvaluePrefix\"\xce\x02\n" +
+	"\rSecretVersion\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x03R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\x03B\x04\xe2A\x01\x03R\aversion\x12;\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1f.orient.secrets.v1.VersionStateB\x04\xe2A\x01\x03R\x05state\x12A\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"createTime\x12C\n" +
+	"\fdestroy_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\vdestroyTime\x12#\n" +
 	"\n" +
-	"created_by\x18\x06 \x01(\tR\tcreatedBy\x12\x15\n" +
-	"\x06kek_id\x18\a \x01(\tR\x05kekId\"\x95\x01\n" +
+	"created_by\x18\x06 \x01(\tB\x04\xe2A\x01\x03R\tcreatedBy\x12\x1b\n" +
+	"\x06kek_id\x18\a \x01(\tB\x04\xe2A\x01\x03R\x05kekId\"\x95\x01\n" +
 	"\x12ListSecretsRequest\x12\x1a\n" +
 	"\bcategory\x18\x01 \x01(\tR\bcategory\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -2029,15 +2029,15 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x13ListSecretsResponse\x123\n" +
 	"\asecrets\x18\x01 \x03(\v2\x19.orient.secrets.v1.SecretR\asecrets\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"$\n" +
-	"\x10GetSecretRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"b\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"*\n" +
+	"\x10GetSecretRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\"b\n" +
 	"\x11GetSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x97\x02\n" +
-	"\x10PutSecretRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\x12%\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa3\x02\n" +
+	"\x10PutSecretRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1a\n" +
+	"\x05value\x18\x02 \x01(\fB\x04\xe2A\x01\x02R\x05value\x12%\n" +
 	"\vdescription\x18\x03 \x01(\tH\x00R\vdescription\x88\x01\x01\x12\x1f\n" +
 	"\bcategory\x18\x04 \x01(\tH\x01R\bcategory\x88\x01\x01\x12.\n" +
 	"\x10restart_required\x18\x05 \x01(\bH\x02R\x0frestartRequired\x88\x01\x01\x12\x12\n" +
@@ -2049,19 +2049,19 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x11_restart_required\"b\n" +
 	"\x11PutSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa4\x01\n" +
-	"\x13UpdateSecretRequest\x121\n" +
-	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12;\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xaa\x01\n" +
+	"\x13UpdateSecretRequest\x127\n" +
+	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretB\x04\xe2A\x01\x02R\x06secret\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"e\n" +
 	"\x14UpdateSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"k\n" +
-	"\x1aAccessSecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"w\n" +
+	"\x1aAccessSecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12!\n" +
 	"\fmin_revision\x18\x03 \x01(\x03R\vminRevision\"\x9c\x01\n" +
 	"\x1bAccessSecretVersionResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
@@ -2069,9 +2069,9 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x1f\n" +
 	"\vdata_crc32c\x18\x04 \x01(\x03R\n" +
 	"dataCrc32c\x12\x1a\n" +
-	"\brevision\x18\x05 \x01(\x03R\brevision\"R\n" +
-	"\x19BatchAccessSecretsRequest\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys\x12!\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\"X\n" +
+	"\x19BatchAccessSecretsRequest\x12\x18\n" +
+	"\x04keys\x18\x01 \x03(\tB\x04\xe2A\x01\x02R\x04keys\x12!\n" +
 	"\fmin_revision\x18\x02 \x01(\x03R\vminRevision\"\xa0\x01\n" +
 	"\x11BatchAccessResult\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
@@ -2082,47 +2082,47 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\v2\x12.google.rpc.StatusR\x05error\"x\n" +
 	"\x1aBatchAccessSecretsResponse\x12>\n" +
 	"\aresults\x18\x01 \x03(\v2$.orient.secrets.v1.BatchAccessResultR\aresults\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"i\n" +
-	"\x19ListSecretVersionsRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1b\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"o\n" +
+	"\x19ListSecretVersionsRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"\x82\x01\n" +
 	"\x1aListSecretVersionsResponse\x12<\n" +
 	"\bversions\x18\x01 \x03(\v2 .orient.secrets.v1.SecretVersionR\bversions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"|\n" +
-	"\x1bDisableSecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x88\x01\n" +
+	"\x1bDisableSecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12\x12\n" +
 	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\xa9\x01\n" +
 	"\x1cDisableSecretVersionResponse\x12:\n" +
 	"\aversion\x18\x01 \x01(\v2 .orient.secrets.v1.SecretVersionR\aversion\x121\n" +
 	"\x06secret\x18\x02 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"{\n" +
-	"\x1aEnableSecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\x87\x01\n" +
+	"\x1aEnableSecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12\x12\n" +
 	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\xa8\x01\n" +
 	"\x1bEnableSecretVersionResponse\x12:\n" +
 	"\aversion\x18\x01 \x01(\v2 .orient.secrets.v1.SecretVersionR\aversion\x121\n" +
 	"\x06secret\x18\x02 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"|\n" +
-	"\x1bDestroySecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\x88\x01\n" +
+	"\x1bDestroySecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12\x12\n" +
 	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\xa9\x01\n" +
 	"\x1cDestroySecretVersionResponse\x12:\n" +
 	"\aversion\x18\x01 \x01(\v2 .orient.secrets.v1.SecretVersionR\aversion\x121\n" +
 	"\x06secret\x18\x02 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"Z\n" +
-	"\x13DeleteSecretRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"`\n" +
+	"\x13DeleteSecretRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"2\n" +
