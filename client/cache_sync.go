@@ -1,10 +1,15 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"maps"
+	"math/rand/v2"
 	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
 )
 
 // load reads the whole set in one snapshot and swaps it in; with notify,
@@ -54,14 +59,22 @@ func (c *Cache) load(ctx context.Context, notify bool) error {
 		}
 	}
 	c.restart = restart
-	c.apply(entries, true, nil, notify)
+	c.apply(entries, true, nil, nil, notify)
 	c.rev.Store(rev)
-	if c.loaded.Load() == 0 {
-		c.loaded.Store(rev)
-	}
 	c.needLoad = false
 	c.touch()
-	c.setErr(nil)
+	if c.refused.Swap(nil) != nil {
+		c.client.opts.logger.Info("secrets: the service accepts the cache's credentials again")
+	}
+	if notify && c.loaded.Load() == 0 {
+		// The process still runs on the fallbacks it started with, whatever
+		// the service has now: say so, so that the service lists it as
+		// pending every restart-required change to its keys (the watch
+		// reports nothing while loaded is 0, which keeps this).
+		if err := c.reportLoaded(ctx, 0); err != nil {
+			c.client.opts.logger.Warn("secrets: could not report that the process runs on fallback values", "error", err)
+		}
+	}
 	return nil
 }
 
@@ -90,8 +103,10 @@ func (c *Cache) fallbackEntry(key string, serviceErr error) *cacheEntry {
 }
 
 // apply swaps in a new snapshot (replacing it whole, or overlaying
-// entries) and fires callbacks for changed values.
-func (c *Cache) apply(entries map[string]*cacheEntry, replace bool, events map[string]ChangeEvent, notify bool) {
+// entries) and fires callbacks for changed values, in the revision order
+// of their events (key order after a reload). restart holds, per key,
+// whether any event merged into the entry required a restart.
+func (c *Cache) apply(entries map[string]*cacheEntry, replace bool, events map[string]ChangeEvent, restart map[string]bool, notify bool) {
 	old := *c.snap.Load()
 	next := entries
 	if !replace {
@@ -102,7 +117,10 @@ func (c *Cache) apply(entries map[string]*cacheEntry, replace bool, events map[s
 	if !notify || (c.o.onChange == nil && c.o.onRestart == nil) {
 		return
 	}
-	for _, k := range slices.Sorted(maps.Keys(entries)) {
+	order := slices.SortedFunc(maps.Keys(entries), func(a, b string) int {
+		return cmp.Or(cmp.Compare(events[a].Revision, events[b].Revision), cmp.Compare(a, b))
+	})
+	for _, k := range order {
 		o, n := old[k], entries[k]
 		if o != nil && o.val == n.val && (o.err == nil) == (n.err == nil) {
 			continue
@@ -111,8 +129,8 @@ func (c *Cache) apply(entries map[string]*cacheEntry, replace bool, events map[s
 		if o != nil {
 			ch.Old = o.res
 		}
-		if ev, ok := events[k]; ok {
-			ch.RestartRequired = ev.RestartRequired
+		if _, ok := events[k]; ok {
+			ch.RestartRequired = restart[k]
 		}
 		if c.o.onChange != nil {
 			c.o.onChange(ch)
@@ -134,10 +152,7 @@ func (c *Cache) run(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				c.setErr(err)
-				d := b.next()
-				c.client.opts.logger.Warn("secrets: cache load failed; retrying", "error", err, "retry_in", d)
-				sleepCtx(ctx, d)
+				sleepCtx(ctx, c.failed(err, b, "cache load failed; retrying"))
 				continue
 			}
 			b.reset()
@@ -146,16 +161,42 @@ func (c *Cache) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		c.setErr(err)
 		c.needLoad = true
 		if errors.Is(err, ErrRelistRequired) {
+			c.setErr(err)
 			c.client.opts.logger.Info("secrets: change stream needs a relist; reloading", "error", err)
 			continue
 		}
-		d := b.next()
-		c.client.opts.logger.Warn("secrets: cache lost the change stream; reloading", "error", err, "retry_in", d)
-		sleepCtx(ctx, d)
+		sleepCtx(ctx, c.failed(err, b, "cache lost the change stream; reloading"))
 	}
+}
+
+// refusedCredentials reports whether the service refused the caller's
+// credentials rather than failed: retrying soon cannot fix that.
+func refusedCredentials(err error) bool {
+	switch Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return true
+	}
+	return false
+}
+
+// failed records an interruption and returns the wait before the next
+// attempt: the retry backoff, or the slow probe after a refusal (logged
+// once, when the cache enters that state).
+func (c *Cache) failed(err error, b *backoff, what string) time.Duration {
+	c.interrupted(err)
+	if refusedCredentials(err) {
+		if c.refused.Swap(&refusal{err: err}) == nil {
+			c.client.opts.logger.Error("secrets: the service refused the cache's credentials; values from the service are withheld until it accepts them",
+				"error", err, "probe_every", c.o.probe)
+		}
+		// ±20% jitter, as every backoff here.
+		return time.Duration(float64(c.o.probe) * (0.8 + 0.4*rand.Float64()))
+	}
+	d := b.next()
+	c.client.opts.logger.Warn("secrets: "+what, "error", err, "retry_in", d.Round(time.Millisecond))
+	return d
 }
 
 // follow applies the change stream until it fails for good or a re-fetch
@@ -164,15 +205,8 @@ func (c *Cache) follow(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	o := watchOptions{start: c.rev.Load(), afterZero: true, interval: c.o.interval, buffer: 256, loadedRef: &c.loaded,
-		alive: func(int64) { c.touch() }, onError: c.setErr}
-	// The service ANDs key and category filters; a set with both is
-	// filtered here instead.
-	switch {
-	case len(c.o.categories) == 0:
-		o.keys = c.o.keys
-	case len(c.o.keys) == 0:
-		o.categories = c.o.categories
-	}
+		alive: func(int64) { c.touch() }, onError: c.interrupted}
+	o.keys, o.categories = c.scope()
 	ch := c.client.watch(wctx, o)
 	for r := range ch {
 		if r.Err != nil {
@@ -214,6 +248,31 @@ func (c *Cache) follow(ctx context.Context) error {
 	return errors.New("secrets: change stream closed")
 }
 
+// scope is the keys and categories the cache asks the service for. The
+// service ANDs key and category filters; a set with both is filtered here
+// instead.
+func (c *Cache) scope() (keys, categories []string) {
+	switch {
+	case len(c.o.categories) == 0:
+		return c.o.keys, nil
+	case len(c.o.keys) == 0:
+		return nil, c.o.categories
+	}
+	return nil, nil
+}
+
+// interrupted records an interruption (from the cache's goroutine, or the
+// watch's for those it recovers from by itself) and tells OnError, one
+// call at a time.
+func (c *Cache) interrupted(err error) {
+	c.setErr(err)
+	if c.o.onError != nil {
+		c.onErrorMu.Lock()
+		defer c.onErrorMu.Unlock()
+		c.o.onError(err)
+	}
+}
+
 func (c *Cache) wants(key, category string) bool {
 	return c.keySet[key] || c.catSet[category]
 }
@@ -222,6 +281,9 @@ func (c *Cache) wants(key, category string) bool {
 // BatchAccess, and applies them.
 func (c *Cache) applyEvents(ctx context.Context, events []ChangeEvent) error {
 	last := map[string]ChangeEvent{}
+	// Several changes to a key merge into one re-fetch; a restart is
+	// needed if any of them needed one.
+	restart := map[string]bool{}
 	var maxRev int64
 	for _, ev := range events {
 		maxRev = max(maxRev, ev.Revision)
@@ -231,6 +293,7 @@ func (c *Cache) applyEvents(ctx context.Context, events []ChangeEvent) error {
 		c.restart[ev.Key] = ev.RestartRequired
 		if ev.Kind.affectsValue() {
 			last[ev.Key] = ev
+			restart[ev.Key] = restart[ev.Key] || ev.RestartRequired
 		}
 	}
 	var fetch []string
@@ -250,13 +313,14 @@ func (c *Cache) applyEvents(ctx context.Context, events []ChangeEvent) error {
 		if err != nil {
 			return err
 		}
+		c.touch()
 		old := *c.snap.Load()
 		for _, k := range fetch {
 			entries[k] = c.entryFrom(k, results[k], old[k])
 		}
 	}
 	if len(entries) > 0 {
-		c.apply(entries, false, last, true)
+		c.apply(entries, false, last, restart, true)
 	}
 	if maxRev > c.rev.Load() {
 		c.rev.Store(maxRev)

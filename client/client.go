@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
@@ -39,12 +40,25 @@ type Client struct {
 	providers pb.ProviderServiceClient
 	audit     pb.AuditServiceClient
 	tokens    pb.TokenServiceClient
+	keys      pb.KeyServiceClient
 
 	// lastKnown holds the latest database value Resolve saw per key, served
 	// (with its age) when the service is unreachable.
 	mu        sync.Mutex
 	lastKnown map[string]lastKnown
+
+	// life ends when Close is called; every watch and cache goroutine the
+	// client starts runs under it and is counted in running, so Close can
+	// wait for them all before closing the connection.
+	life      context.Context
+	stop      context.CancelFunc
+	running   sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
+
+// ErrClosed: the client was closed; it starts no new watch or cache.
+var ErrClosed = errors.New("secrets: client closed")
 
 // New returns a client of the service at target ("host:port", or any gRPC
 // target such as "dns:///secrets.internal:9090"). It does not wait for the
@@ -80,10 +94,19 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		grpc.WithTransportCredentials(creds),
 		// gRPC's own reconnect backoff grows to 2 minutes; a service waiting
 		// for its secrets should notice the server's return sooner.
+		// MinConnectTimeout must be set with it: left zero, gRPC gives each
+		// connection attempt only the current backoff (50 ms at first) to
+		// finish its handshake, which a slow network or a busy host misses.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: grpcbackoff.Config{
 			BaseDelay: max(o.retry.InitialBackoff, 50*time.Millisecond), Multiplier: 1.6, Jitter: 0.2,
-			MaxDelay: max(o.retry.MaxBackoff, time.Second)}}),
+			MaxDelay: max(o.retry.MaxBackoff, time.Second)}, MinConnectTimeout: 20 * time.Second}),
 		grpc.WithChainUnaryInterceptor(retryInterceptor(o.retry, o.timeout)),
+	}
+	if o.tracer != nil {
+		// The caller's trace context reaches the service (a span per
+		// attempt). Only when asked: it costs every call a little.
+		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(o.tracer), otelgrpc.WithPropagators(o.propagator))))
 	}
 	if o.token != "" {
 		dial = append(dial, grpc.WithPerRPCCredentials(bearer{token: o.token, allowPlaintext: local}))
@@ -99,11 +122,13 @@ func New(ctx context.Context, target string, opts ...Option) (*Client, error) {
 		providers: pb.NewProviderServiceClient(conn),
 		audit:     pb.NewAuditServiceClient(conn),
 		tokens:    pb.NewTokenServiceClient(conn),
+		keys:      pb.NewKeyServiceClient(conn),
 		lastKnown: map[string]lastKnown{},
 	}
+	c.life, c.stop = context.WithCancel(context.Background())
 	if o.block {
 		if err := c.waitReady(ctx); err != nil {
-			conn.Close()
+			c.Close()
 			return nil, err
 		}
 	}
@@ -130,8 +155,37 @@ func (c *Client) Target() string { return c.target }
 // Conn returns the underlying connection, e.g. for the gRPC health service.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
-// Close closes the connection; running watches end.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close ends every watch and cache the client started (their channels
+// close, their goroutines return; a closed cache's Get keeps answering from
+// its last values), then closes the connection. It returns once all of
+// them have ended, so it must not be called from a cache callback.
+// Closing twice is harmless.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.stop()
+		c.mu.Unlock()
+		c.running.Wait()
+		c.closeErr = c.conn.Close()
+	})
+	return c.closeErr
+}
+
+// spawn runs fn on a goroutine that Close waits for; it reports false (and
+// runs nothing) once the client is closed.
+func (c *Client) spawn(fn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.life.Err() != nil {
+		return false
+	}
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		fn()
+	}()
+	return true
+}
 
 // Consumer returns the consumer identity given with WithConsumer (empty
 // service when none).

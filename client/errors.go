@@ -9,28 +9,48 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 )
 
 // ErrorDomain is the ErrorInfo domain of the service's errors.
 const ErrorDomain = "secrets.orient.dev"
 
-// ErrorInfo reasons the service sends. Branch on these (through errors.Is
-// with the sentinels below, or Error.Reason), never on message text.
-const (
-	ReasonNotFound          = "NOT_FOUND"
-	ReasonEtagMismatch      = "ETAG_MISMATCH"
-	ReasonVersionNotEnabled = "VERSION_NOT_ENABLED"
-	ReasonInvalidArgument   = "INVALID_ARGUMENT"
-	ReasonDatabaseDown      = "DATABASE_UNAVAILABLE"
-	ReasonKEKUnavailable    = "KEK_UNAVAILABLE"
-	ReasonCiphertextCorrupt = "CIPHERTEXT_CORRUPT"
-	ReasonAuditUnavailable  = "AUDIT_UNAVAILABLE"
-	ReasonRequestIDReused   = "REQUEST_ID_REUSED"
-	ReasonResponseTooLarge  = "RESPONSE_TOO_LARGE"
-	ReasonRevisionCompacted = "REVISION_COMPACTED"
-	ReasonRevisionAhead     = "REVISION_AHEAD"
-	ReasonShuttingDown      = "SERVER_SHUTTING_DOWN"
+// ErrorInfo reasons the service sends, from the ErrorReason enum of the
+// proto (the one list, shared with the server): the value's name without
+// "ERROR_REASON_". Branch on these (through errors.Is with the sentinels
+// below, or Error.Reason), never on message text.
+var (
+	ReasonNotFound          = ReasonString(pb.ErrorReason_ERROR_REASON_NOT_FOUND)
+	ReasonAlreadyExists     = ReasonString(pb.ErrorReason_ERROR_REASON_ALREADY_EXISTS)
+	ReasonEtagMismatch      = ReasonString(pb.ErrorReason_ERROR_REASON_ETAG_MISMATCH)
+	ReasonVersionNotEnabled = ReasonString(pb.ErrorReason_ERROR_REASON_VERSION_NOT_ENABLED)
+	ReasonInvalidArgument   = ReasonString(pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT)
+	ReasonRequestIDReused   = ReasonString(pb.ErrorReason_ERROR_REASON_REQUEST_ID_REUSED)
+	ReasonMalformedRequest  = ReasonString(pb.ErrorReason_ERROR_REASON_MALFORMED_REQUEST)
+	ReasonRequestTooLarge   = ReasonString(pb.ErrorReason_ERROR_REASON_REQUEST_TOO_LARGE)
+	ReasonResponseTooLarge  = ReasonString(pb.ErrorReason_ERROR_REASON_RESPONSE_TOO_LARGE)
+	ReasonUnauthenticated   = ReasonString(pb.ErrorReason_ERROR_REASON_UNAUTHENTICATED)
+	ReasonPermissionDenied  = ReasonString(pb.ErrorReason_ERROR_REASON_PERMISSION_DENIED)
+	ReasonDatabaseDown      = ReasonString(pb.ErrorReason_ERROR_REASON_DATABASE_UNAVAILABLE)
+	ReasonKEKUnavailable    = ReasonString(pb.ErrorReason_ERROR_REASON_KEK_UNAVAILABLE)
+	ReasonAuditUnavailable  = ReasonString(pb.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE)
+	ReasonShuttingDown      = ReasonString(pb.ErrorReason_ERROR_REASON_SERVER_SHUTTING_DOWN)
+	ReasonCiphertextCorrupt = ReasonString(pb.ErrorReason_ERROR_REASON_CIPHERTEXT_CORRUPT)
+	ReasonKEKInUse          = ReasonString(pb.ErrorReason_ERROR_REASON_KEK_IN_USE)
+	ReasonRevisionCompacted = ReasonString(pb.ErrorReason_ERROR_REASON_REVISION_COMPACTED)
+	ReasonRevisionAhead     = ReasonString(pb.ErrorReason_ERROR_REASON_REVISION_AHEAD)
+	ReasonInternal          = ReasonString(pb.ErrorReason_ERROR_REASON_INTERNAL)
+	ReasonTooManyStreams    = ReasonString(pb.ErrorReason_ERROR_REASON_TOO_MANY_STREAMS)
+	ReasonConsumerOwned     = ReasonString(pb.ErrorReason_ERROR_REASON_CONSUMER_OWNED)
+	ReasonTooManyConsumers  = ReasonString(pb.ErrorReason_ERROR_REASON_TOO_MANY_CONSUMERS)
 )
+
+// ReasonString is the wire form of an ErrorReason ("ETAG_MISMATCH"), for
+// comparing with Error.Reason.
+func ReasonString(r pb.ErrorReason) string {
+	return strings.TrimPrefix(r.String(), "ERROR_REASON_")
+}
 
 // Sentinel errors. Every error a Client method returns for a failed call is
 // an *Error, which matches the sentinel of its status code (and reason)

@@ -121,7 +121,7 @@ func (l *resolvingLookuper) Lookup(key string) (string, bool) {
 
 // Lookuper adapts the cache to envconfig, for decoding with options Load
 // does not expose. Keys outside the cache's set, and values it cannot serve
-// (stale, not configured), are reported as not found.
+// (stale, refused, not configured), are reported as not found.
 func (c *Cache) Lookuper() envconfig.Lookuper {
 	return envconfig.LookuperFunc(func(key string) (string, bool) {
 		v, err := c.Get(key)
@@ -130,13 +130,22 @@ func (c *Cache) Lookuper() envconfig.Lookuper {
 }
 
 // Load fills the struct target points to from the cache's current values,
-// as Client.Load does (go-envconfig `env` tags). Keys must be in the
-// cache's set. A stale cache fails with ErrStale.
+// as Client.Load does (go-envconfig `env` tags). A value the cache cannot
+// serve fails the load with Get's error (ErrStale, a refusal); a key
+// outside the cache's set or configured nowhere is left to the tag (its
+// default, or a missing-required error).
 func (c *Cache) Load(ctx context.Context, target any) error {
-	if c.stale.Load() {
-		return ErrStale
+	var first error
+	err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: target, Lookuper: envconfig.LookuperFunc(func(key string) (string, bool) {
+		v, err := c.Get(key)
+		if err != nil && !errors.Is(err, ErrNotConfigured) && !errors.Is(err, ErrNotCached) && first == nil {
+			first = err
+		}
+		return v, err == nil
+	})})
+	if first != nil {
+		return first
 	}
-	err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: target, Lookuper: c.Lookuper()})
 	if err != nil {
 		return fmt.Errorf("secrets: %w", err)
 	}

@@ -78,17 +78,17 @@ func envOf(m map[string]string) func(string) (string, bool) {
 
 func put(t testing.TB, c *client.Client, key, value string, opts ...client.WriteOption) client.Secret {
 	t.Helper()
-	// A fresh server (or connection) can be briefly unreachable on a loaded
-	// machine: retry with one request id, so a write that did commit is
-	// replayed, not repeated.
+	// A fresh server (or connection) can be briefly unreachable, or slow to
+	// answer, on a loaded machine: retry with one request id, so a write
+	// that did commit is replayed, not repeated.
 	opts = append([]client.WriteOption{client.WithRequestID(fmt.Sprintf("test-%s-%d", key, time.Now().UnixNano()))}, opts...)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		s, err := c.PutSecret(context.Background(), key, []byte(value), opts...)
 		if err == nil {
 			return s
 		}
-		if !errors.Is(err, client.ErrUnavailable) || time.Now().After(deadline) {
+		if !(errors.Is(err, client.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)) || time.Now().After(deadline) {
 			t.Fatalf("PutSecret(%s): %v", key, err)
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 )
 
@@ -29,6 +31,9 @@ type options struct {
 	defaultsFile string
 	logger       *slog.Logger
 	block        bool
+	tracer       trace.TracerProvider
+	propagator   propagation.TextMapPropagator
+	fallbackWait time.Duration
 }
 
 func defaultOptions() options {
@@ -36,7 +41,10 @@ func defaultOptions() options {
 		timeout:   10 * time.Second,
 		retry:     DefaultRetryPolicy,
 		lookupEnv: os.LookupEnv,
-		logger:    slog.New(slog.DiscardHandler),
+		// The process's own log: a refused token or a cache that fails
+		// closed must be seen without extra set-up.
+		logger:       slog.Default(),
+		fallbackWait: DefaultFallbackWait,
 	}
 }
 
@@ -187,7 +195,8 @@ func WithDefaultsFile(path string) Option {
 }
 
 // WithLogger receives the client's background messages (reconnects,
-// fallbacks). It never receives values.
+// fallbacks, refused credentials); the default is slog.Default(). It never
+// receives values. slog.New(slog.DiscardHandler) silences the client.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) error {
 		if l != nil {
@@ -197,9 +206,49 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
+// DefaultFallbackWait is how long Resolve, ResolveAll, Load and NewCache
+// keep retrying an unavailable service before they fall back.
+const DefaultFallbackWait = time.Second
+
+// WithFallbackWait bounds how long Resolve, ResolveAll, Load and NewCache
+// keep retrying a service that answers UNAVAILABLE (down, restarting,
+// unreachable) before they fall back to the last-known value, the
+// environment and the defaults (default 1 s). It bounds the retries, not a
+// call the service is answering: a slow answer is still awaited (up to
+// WithTimeout). 0 means no retry.
+func WithFallbackWait(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return errors.New("WithFallbackWait: negative duration")
+		}
+		o.fallbackWait = d
+		return nil
+	}
+}
+
 // WithBlock makes New wait until the connection is ready (or its context
 // ends). Without it New returns at once and connects on first use, so a
 // service can start while the secrets service is down.
 func WithBlock() Option {
 	return func(o *options) error { o.block = true; return nil }
+}
+
+// WithTracerProvider traces the client's calls: a gRPC client span per
+// attempt goes to tp, and the caller's trace context (from the ctx of each
+// call) reaches the service through propagator (nil: W3C trace context).
+// An application that set OpenTelemetry's globals passes
+// otel.GetTracerProvider() and otel.GetTextMapPropagator(). Without it the
+// client does no tracing work at all. Spans record the method and status,
+// never a value or the token.
+func WithTracerProvider(tp trace.TracerProvider, propagator propagation.TextMapPropagator) Option {
+	return func(o *options) error {
+		if tp == nil {
+			return errors.New("WithTracerProvider: nil provider")
+		}
+		if propagator == nil {
+			propagator = propagation.TraceContext{}
+		}
+		o.tracer, o.propagator = tp, propagator
+		return nil
+	}
 }

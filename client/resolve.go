@@ -113,11 +113,13 @@ func ValidKey(key string) bool { return keyPattern.MatchString(key) }
 // key found nowhere fails with a *NotConfiguredError (ErrNotConfigured).
 // Other service errors (ErrPermissionDenied, ErrDataLoss, ...) are
 // returned: falling back then could run a service with the wrong value.
+// While the service is down, Resolve retries it for at most the fallback
+// wait (WithFallbackWait, default 1 s) before falling back.
 func (c *Client) Resolve(ctx context.Context, key string) (Resolved, error) {
 	if !ValidKey(key) {
 		return c.fallback(key, nil, false)
 	}
-	v, err := c.Access(ctx, key)
+	v, err := c.Access(withRetryBudget(ctx, c.opts.fallbackWait), key)
 	return c.resolveResult(key, v, err)
 }
 
@@ -135,7 +137,7 @@ func (c *Client) ResolveAll(ctx context.Context, keys []string) (map[string]Reso
 	var results map[string]BatchResult
 	var batchErr error
 	if len(valid) > 0 {
-		results, _, batchErr = c.BatchAccess(ctx, valid)
+		results, _, batchErr = c.BatchAccess(withRetryBudget(ctx, c.opts.fallbackWait), valid)
 		if batchErr != nil && !unreachable(batchErr) {
 			return nil, batchErr
 		}

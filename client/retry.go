@@ -75,17 +75,36 @@ func retryInterceptor(p RetryPolicy, timeout time.Duration) grpc.UnaryClientInte
 		if attempts < 1 || !retryable(method, req) {
 			attempts = 1
 		}
+		budget, bounded := ctx.Value(retryBudgetKey{}).(time.Duration)
+		start := time.Now()
 		b := newBackoff(p)
 		for i := 1; ; i++ {
 			err := invoker(ctx, method, req, reply, cc, opts...)
 			if err == nil || i >= attempts || status.Code(err) != codes.Unavailable {
 				return err
 			}
-			if !sleepCtx(ctx, b.next()) {
+			wait := b.next()
+			if bounded {
+				left := budget - time.Since(start)
+				if left <= 0 {
+					return err
+				}
+				wait = min(wait, left)
+			}
+			if !sleepCtx(ctx, wait) {
 				return err
 			}
 		}
 	}
+}
+
+type retryBudgetKey struct{}
+
+// withRetryBudget bounds how long the calls made with ctx keep retrying
+// UNAVAILABLE answers (the first attempt is not bounded): callers that
+// have a fallback use it so a down service costs them at most d.
+func withRetryBudget(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, retryBudgetKey{}, d)
 }
 
 // backoff yields jittered, exponentially growing waits.

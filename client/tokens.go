@@ -88,6 +88,12 @@ type AuditVerification struct {
 	EventsChecked      int64  `json:"events_checked"`
 	CheckpointsChecked int32  `json:"checkpoints_checked"`
 	Signed             bool   `json:"signed"`
+	// Anchored: external checkpoints (outside the database) were checked;
+	// events after AnchoredThrough are only self-attested.
+	Anchored                   bool   `json:"anchored"`
+	AnchoredThrough            int64  `json:"anchored_through"`
+	ExternalCheckpointsChecked int32  `json:"external_checkpoints_checked"`
+	Summary                    string `json:"summary"`
 }
 
 // VerifyAuditLog walks the audit hash chain (admin or auditor).
@@ -98,5 +104,7 @@ func (c *Client) VerifyAuditLog(ctx context.Context) (AuditVerification, error) 
 	}
 	return AuditVerification{Intact: res.GetIntact(), VerifiedThrough: res.GetVerifiedThrough(),
 		FirstBadSequence: res.GetFirstBadSequence(), Reason: res.GetReason(), EventsChecked: res.GetEventsChecked(),
-		CheckpointsChecked: res.GetCheckpointsChecked(), Signed: res.GetSigned()}, nil
+		CheckpointsChecked: res.GetCheckpointsChecked(), Signed: res.GetSigned(), Anchored: res.GetAnchored(),
+		AnchoredThrough: res.GetAnchoredThrough(), ExternalCheckpointsChecked: res.GetExternalCheckpointsChecked(),
+		Summary: res.GetSummary()}, nil
 }

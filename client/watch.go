@@ -103,7 +103,8 @@ func (r WatchResponse) RelistRequired() bool { return errors.Is(r.Err, ErrRelist
 // interval.
 var errStalled = errors.New("secrets: change stream stalled")
 
-// Watch streams committed changes until ctx ends. It reconnects with
+// Watch streams committed changes until ctx ends or the client is closed
+// (the channel then closes without an error response). It reconnects with
 // backoff when the stream ends, fails or stalls, resuming after the last
 // revision it delivered, so no change is lost or repeated. It ends with a
 // response whose Err is set only for errors a retry cannot fix: a revision
@@ -130,7 +131,18 @@ func (c *Client) watch(ctx context.Context, o watchOptions) <-chan WatchResponse
 		w.loaded = new(atomic.Int64)
 		w.loaded.Store(o.loaded)
 	}
-	go w.run(ctx)
+	// The watch ends with the caller's context or with the client.
+	wctx, cancel := context.WithCancel(ctx)
+	unlink := context.AfterFunc(c.life, cancel)
+	if !c.spawn(func() {
+		defer cancel()
+		defer unlink()
+		w.run(wctx)
+	}) {
+		unlink()
+		cancel()
+		close(w.out)
+	}
 	return w.out
 }
 

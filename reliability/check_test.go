@@ -112,7 +112,7 @@ func checkConsistency(t *testing.T, url string, pub ed25519.PublicKey) consisten
 		t.Fatal(err)
 	}
 	defer st.Close()
-	res, err := (&auditlog.Log{Store: st, Public: pub}).Verify(ctx)
+	res, err := (&auditlog.Log{Store: st, Keys: auditlog.NewKeys(pub)}).Verify(ctx)
 	if err != nil {
 		t.Fatalf("audit verify: %v", err)
 	}

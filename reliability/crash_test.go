@@ -37,7 +37,7 @@ func TestCrashKill9(t *testing.T) {
 	if err != nil {
 		t.Fatalf("audit signing key: %v", err)
 	}
-	env := serverEnv("DATABASE_URL="+db, "SECRETS_KEK_URL="+kek, "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
+	env := serverEnv("DATABASE_URL="+testdb.ServiceURL(t, db), "SECRETS_KEK_URL="+kek, "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
 	rounds := size(3, 10)
 	writers := size(8, 16)
 	conn := connect(t, db)

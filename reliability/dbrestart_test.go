@@ -17,6 +17,7 @@ import (
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testserver"
+	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/app"
 	"github.com/orient-bot/secrets/server/pgcluster"
 )
@@ -95,8 +96,15 @@ func TestDatabaseRestart(t *testing.T) {
 	}
 	admin.Close(context.Background())
 	url := cluster.ConnString("secrets")
+	// As secretsd migrate does: the owner migrates and makes the service role.
+	if err := migrations.Up(withTimeout(t, time.Minute), url); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.EnsureServiceRole(withTimeout(t, time.Minute), url, migrations.DefaultServiceRole); err != nil {
+		t.Fatal(err)
+	}
 	logs := &syncBuffer{}
-	srv := testserver.Start(t, testserver.Options{DatabaseURL: url, Log: logs, Configure: func(c *app.Config) {
+	srv := testserver.Start(t, testserver.Options{DatabaseURL: url, ServiceURL: cluster.ConnStringAs(migrations.DefaultServiceRole, "secrets"), Log: logs, Configure: func(c *app.Config) {
 		c.WatchPollInterval = 200 * time.Millisecond
 		c.WatchProgressInterval = 500 * time.Millisecond
 	}})

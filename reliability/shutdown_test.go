@@ -34,8 +34,8 @@ func TestGracefulShutdown(t *testing.T) {
 	gate(t)
 	bin := buildSecretsd(t)
 	db := testdb.New(t)
-	env := serverEnv("DATABASE_URL="+db, "SECRETS_KEK_URL="+testserver.NewKEKURL(t), "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
-	p := startSecretsd(t, bin, env, "--data-dir", t.TempDir(), "--shutdown-timeout", "20s")
+	env := serverEnv("DATABASE_URL="+testdb.ServiceURL(t, db), "SECRETS_KEK_URL="+testserver.NewKEKURL(t), "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
+	p := startSecretsd(t, bin, env, "--data-dir", t.TempDir(), "--shutdown-timeout", "20s", "--audit-signing-key", testserver.AuditSigningKeyFile(t))
 	sc := pb.NewSecretServiceClient(p.dial(t))
 	ctx := withTimeout(t, 5*time.Minute)
 	var keys []string

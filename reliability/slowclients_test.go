@@ -42,8 +42,8 @@ func (p *secretsd) metric(t *testing.T, name string) float64 {
 // startPlain starts the real secretsd on a fresh test database.
 func startPlain(t *testing.T) *secretsd {
 	t.Helper()
-	env := serverEnv("DATABASE_URL="+testdb.New(t), "SECRETS_KEK_URL="+testserver.NewKEKURL(t), "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
-	return startSecretsd(t, buildSecretsd(t), env, "--data-dir", t.TempDir())
+	env := serverEnv("DATABASE_URL="+testdb.ServiceURL(t, testdb.New(t)), "SECRETS_KEK_URL="+testserver.NewKEKURL(t), "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
+	return startSecretsd(t, buildSecretsd(t), env, "--data-dir", t.TempDir(), "--audit-signing-key", testserver.AuditSigningKeyFile(t))
 }
 
 // TestStuckGRPCStreams: one unauthenticated TCP connection opens streams on

@@ -162,6 +162,7 @@ func (a *app) auditCommand() *cobra.Command {
 	fl.IntVar(&f.Limit, "limit", 100, "at most this many events (0: all)")
 	fl.BoolVarP(&follow, "follow", "f", false, "keep printing new events until interrupted")
 	fl.DurationVar(&interval, "interval", 2*time.Second, "with --follow, how often to look for new events")
+	cmd.AddCommand(a.matchValueCommand())
 	return cmd
 }
 

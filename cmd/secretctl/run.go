@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/orient-bot/secrets/client"
 )
@@ -27,7 +29,7 @@ var signalNames = map[string]syscall.Signal{"HUP": syscall.SIGHUP, "INT": syscal
 	"QUIT": syscall.SIGQUIT, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2}
 
 func parseSignal(s string) (syscall.Signal, error) {
-	if strings.EqualFold(s, "none") {
+	if s == "" || strings.EqualFold(s, "none") {
 		return 0, nil
 	}
 	if sig, ok := signalNames[strings.TrimPrefix(strings.ToUpper(s), "SIG")]; ok {
@@ -54,11 +56,16 @@ func (a *app) runCommand() *cobra.Command {
 the database value, else the variable already in the environment, else the
 --defaults file. Without --keys or --category, every configured secret.
 
-secretctl forwards signals to the command and exits with its status.
+The command runs in a process group of its own (unless stdin is a terminal):
+secretctl forwards signals to the whole group and exits with the command's
+status, after stopping whatever the command left running in its group.
 
-With --watch it follows the change stream: a change to a restart-required
-secret restarts the command gracefully (SIGTERM, then SIGKILL after --grace);
-other changes send --signal (default HUP; "none" to send nothing).`,
+With --watch it follows the change stream: a change to one of the command's
+secrets restarts it gracefully (SIGTERM to its group, then SIGKILL to the
+group after --grace), since its environment cannot change in place. With
+--signal SIG, a change to a secret that is not restart-required sends SIG to
+the group instead (for a command that re-reads its secrets on SIG), and a
+command that dies of SIG is restarted rather than ending secretctl.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return a.run(cmd.Context(), f, args) },
 	}
@@ -68,7 +75,7 @@ other changes send --signal (default HUP; "none" to send nothing).`,
 	fl.StringSliceVar(&f.categories, "category", nil, "pass every secret of these categories")
 	fl.BoolVar(&f.watch, "watch", false, "restart or signal the command when its secrets change")
 	fl.StringVar(&f.defaultsFile, "defaults", "", "YAML or JSON file of default values")
-	fl.StringVar(&f.signal, "signal", "HUP", "with --watch, the signal for changes that need no restart (or none)")
+	fl.StringVar(&f.signal, "signal", "none", "with --watch, the reload signal sent for changes that need no restart (HUP, USR1, …); none: restart on every change")
 	fl.DurationVar(&f.grace, "grace", a.defaultGrace, "how long a stopping command may take before it is killed")
 	fl.StringVar(&f.consumer, "consumer", "", "consumer name for restart tracking: SERVICE or SERVICE/INSTANCE (default: the command's name)")
 	return cmd
@@ -121,13 +128,17 @@ func (a *app) run(ctx context.Context, f runFlags, argv []string) error {
 		default: // one pending notice covers many changes
 		}
 	}
+	// The command's environment cannot change in place: a changed value
+	// restarts it, unless --signal names how it reloads (then only a
+	// restart-required secret restarts it).
 	cache, err := c.NewCache(ctx, client.CacheKeys(keys...), client.CacheCategories(f.categories...),
 		client.OnChange(func(ch client.Change) {
-			if !ch.RestartRequired {
+			if reloadSig == 0 || ch.RestartRequired {
+				notify(restartCh)
+			} else {
 				notify(reloadCh)
 			}
-		}),
-		client.OnRestartRequired(func(client.Change) { notify(restartCh) }))
+		}))
 	if err != nil {
 		return err
 	}
@@ -204,32 +215,53 @@ func childEnv(base []string, values map[string]string) []string {
 // supervise runs the child, forwarding signals, restarting it on restartCh
 // and signalling it on reloadCh, until it exits on its own (its status is
 // returned) or ctx ends (it is stopped gracefully).
+//
+// The child runs in a process group of its own (unless stdin is a
+// terminal: a background group could not read it), and every signal,
+// restart and stop goes to the whole group, so `sh -c 'app'` or a
+// forking server leaves nothing behind: the grace period, then SIGKILL to
+// the group. When the child dies of the reload signal run sent (a shell
+// does, by default), it is restarted rather than ending run.
 func (a *app) supervise(ctx context.Context, argv []string, envFn func() []string, restartCh, reloadCh <-chan struct{},
 	reloadSig syscall.Signal, grace time.Duration, onStart func()) error {
 	sigCh := make(chan os.Signal, 8)
 	signal.Notify(sigCh, forwarded...)
 	defer signal.Stop(sigCh)
+	ownGroup := !readsTerminal(a.stdin)
 	for {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = envFn()
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: ownGroup}
+		// When our output is not a file (run embedded, or in tests), exec
+		// copies it through pipes, and Wait would also wait for whatever
+		// the child left running holding them: give up on them shortly
+		// after the child exits, so its group can be stopped.
+		cmd.WaitDelay = 200 * time.Millisecond
 		if err := cmd.Start(); err != nil {
 			return err
 		}
+		c := &child{cmd: cmd, group: ownGroup, exited: make(chan error, 1)}
+		go func() { c.exited <- cmd.Wait() }()
 		if onStart != nil {
 			onStart()
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
 		stopping := false
+		reloaded := false // the reload signal was sent to this instance
 		done := ctx.Done()
 	wait:
 		for {
 			select {
-			case err := <-exited:
+			case err := <-c.exited:
+				if reloaded && !stopping && diedOf(err, reloadSig) {
+					fmt.Fprintf(a.stderr, "secretctl: %s ended on %s; restarting it\n", argv[0], signalName(reloadSig))
+					a.reapGroup(c, grace)
+					break wait
+				}
+				a.reapGroup(c, grace)
 				return exitStatus(err)
 			case sig := <-sigCh:
-				_ = cmd.Process.Signal(sig)
+				c.signal(sig.(syscall.Signal))
 				if sig == syscall.SIGINT || sig == syscall.SIGTERM {
 					stopping = true // the child decides; no restart after this
 				}
@@ -238,47 +270,148 @@ func (a *app) supervise(ctx context.Context, argv []string, envFn func() []strin
 				// A terminal's ^C or a SIGTERM may have been forwarded already.
 				for len(sigCh) > 0 {
 					sig := <-sigCh
-					_ = cmd.Process.Signal(sig)
+					c.signal(sig.(syscall.Signal))
 					stopping = stopping || sig == syscall.SIGINT || sig == syscall.SIGTERM
 				}
-				return exitStatus(a.stop(cmd, exited, grace, !stopping))
+				return exitStatus(a.stop(c, grace, !stopping))
 			case <-restartCh:
 				if stopping {
 					continue
 				}
-				fmt.Fprintf(a.stderr, "secretctl: a restart-required secret changed; restarting %s\n", argv[0])
-				a.stop(cmd, exited, grace, true)
+				fmt.Fprintf(a.stderr, "secretctl: an injected secret changed; restarting %s\n", argv[0])
+				a.stop(c, grace, true)
 				break wait
 			case <-reloadCh:
 				if reloadSig != 0 && !stopping {
 					fmt.Fprintf(a.stderr, "secretctl: secrets changed; sending %s to %s\n", signalName(reloadSig), argv[0])
-					_ = cmd.Process.Signal(reloadSig)
+					c.signal(reloadSig)
+					reloaded = true
 				}
 			}
 		}
 		// The restart picks up every change made so far.
-		select {
-		case <-reloadCh:
-		default:
+		for _, ch := range []<-chan struct{}{reloadCh, restartCh} {
+			select {
+			case <-ch:
+			default:
+			}
 		}
 	}
 }
 
-// stop ends the child: SIGTERM (if term), then SIGKILL after grace.
-func (a *app) stop(cmd *exec.Cmd, exited <-chan error, grace time.Duration, term bool) error {
+// child is one run of the command.
+type child struct {
+	cmd    *exec.Cmd
+	group  bool // in a process group of its own, whose id is its pid
+	exited chan error
+	err    error // what exited delivered, once it has
+	done   bool
+}
+
+// signal sends sig to the child's process group (or to the child alone
+// when it shares ours).
+func (c *child) signal(sig syscall.Signal) {
+	if c.group {
+		_ = syscall.Kill(-c.cmd.Process.Pid, sig)
+		return
+	}
+	_ = c.cmd.Process.Signal(sig)
+}
+
+// groupAlive reports whether any process is left in the child's group.
+func (c *child) groupAlive() bool {
+	return c.group && syscall.Kill(-c.cmd.Process.Pid, 0) == nil
+}
+
+// wait waits for the child itself to exit, at most until deadline.
+func (c *child) wait(deadline <-chan time.Time) bool {
+	if c.done {
+		return true
+	}
+	select {
+	case c.err = <-c.exited:
+		c.done = true
+		return true
+	case <-deadline:
+		return false
+	}
+}
+
+// stop ends the child and everything in its group: SIGTERM (if term), then
+// SIGKILL to the group after grace, whatever is still running then. It
+// returns how the child itself ended.
+func (a *app) stop(c *child, grace time.Duration, term bool) error {
 	if term {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		c.signal(syscall.SIGTERM)
 	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	select {
-	case err := <-exited:
-		return err
-	case <-t.C:
-		fmt.Fprintf(a.stderr, "secretctl: %s did not stop within %v; killing it\n", cmd.Path, grace)
-		_ = cmd.Process.Kill()
-		return <-exited
+	if c.wait(t.C) && a.groupGone(c, t.C) {
+		return c.err
 	}
+	fmt.Fprintf(a.stderr, "secretctl: %s did not stop within %v; killing it\n", c.cmd.Path, grace)
+	a.kill(c)
+	c.wait(nil)
+	return c.err
+}
+
+// kill sends SIGKILL to the child's group and waits (a moment at most) for
+// the group to be gone, so nothing of it runs once run goes on.
+func (a *app) kill(c *child) {
+	c.signal(syscall.SIGKILL)
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	a.groupGone(c, t.C)
+}
+
+// reapGroup ends what the child left running in its group when it exited:
+// SIGTERM, then SIGKILL after grace.
+func (a *app) reapGroup(c *child, grace time.Duration) {
+	if !c.groupAlive() {
+		return
+	}
+	c.signal(syscall.SIGTERM)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	if !a.groupGone(c, t.C) {
+		fmt.Fprintf(a.stderr, "secretctl: processes started by %s did not stop within %v; killing them\n", c.cmd.Path, grace)
+		a.kill(c)
+	}
+}
+
+// groupGone waits until the child's group is empty, at most until deadline.
+func (a *app) groupGone(c *child, deadline <-chan time.Time) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for c.groupAlive() {
+		select {
+		case <-deadline:
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
+// diedOf reports whether the child was killed by sig.
+func diedOf(err error, sig syscall.Signal) bool {
+	var ee *exec.ExitError
+	if sig == 0 || !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == sig
+}
+
+// readsTerminal reports whether r is a terminal (a tty, not merely a
+// character device such as /dev/null, which services get).
+func readsTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func signalName(s syscall.Signal) string {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,7 +118,7 @@ func TestRunWatchRestartsOnRestartRequiredChange(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan result, 1)
 	go func() {
-		done <- cli(t, ctx, srv.GRPCAddr(), "", env, "run", "--watch", "--keys", "SLACK_SIGNING_SECRET,GITHUB_TOKEN",
+		done <- cli(t, ctx, srv.GRPCAddr(), "", env, "run", "--watch", "--signal", "HUP", "--keys", "SLACK_SIGNING_SECRET,GITHUB_TOKEN",
 			"--consumer", "test-bot/host-1", "--", os.Args[0])
 	}()
 	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
@@ -124,7 +126,8 @@ func TestRunWatchRestartsOnRestartRequiredChange(t *testing.T) {
 		t.Fatalf("first start: %q", lines[0])
 	}
 
-	// Not restart-required: SIGHUP, same process.
+	// Not restart-required, and the command reloads on SIGHUP: SIGHUP,
+	// same process.
 	putValue(t, c, "GITHUB_TOKEN", "gh-2")
 	lines = waitLog(t, log, 5*time.Second, "no SIGHUP after a change", func(l []string) bool { return countPrefix(l, "hangup") == 1 })
 	if countPrefix(lines, "start") != 1 || countPrefix(lines, "term") != 0 {
@@ -225,5 +228,173 @@ func TestRunForwardsSignals(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not end after SIGTERM")
+	}
+}
+
+// alive reports whether pid is a running process (not gone, not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) S ...: the state follows the last ')'.
+	st := string(b[strings.LastIndexByte(string(b), ')')+1:])
+	return !strings.HasPrefix(strings.TrimSpace(st), "Z")
+}
+
+// pidOf returns the pid logged on the n-th (from 1) line starting with prefix.
+func pidOf(t *testing.T, lines []string, prefix string, n int) int {
+	t.Helper()
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix+" ") {
+			if n--; n == 0 {
+				pid, err := strconv.Atoi(strings.Fields(strings.TrimPrefix(l, prefix+" "))[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no line %d starting with %q in\n%s", n, prefix, strings.Join(lines, "\n"))
+	return 0
+}
+
+func events(lines []string) string {
+	var out []string
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) > 1 && f[0] == "term" && f[1] == "ignored" {
+			out = append(out, "term-ignored")
+			continue
+		}
+		out = append(out, f[0])
+	}
+	return strings.Join(out, " ")
+}
+
+// shell wraps the test child in `sh -c`, so that it runs as run's
+// grandchild (the shell does not exec it: it waits, then runs `true`).
+func shell(args ...string) []string {
+	return append([]string{"sh", "-c", `"$0"; true`, os.Args[0]}, args...)
+}
+
+// runWatch starts `secretctl run --watch` with extra flags in the
+// background; stop ends it and returns its result.
+func runWatch(t *testing.T, srv *testserver.Server, env map[string]string, args ...string) (stop func() result) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan result, 1)
+	go func() { done <- cli(t, ctx, srv.GRPCAddr(), "", env, append([]string{"run", "--watch"}, args...)...) }()
+	t.Cleanup(cancel)
+	return func() result {
+		cancel()
+		select {
+		case r := <-done:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatal("run did not stop")
+			return result{}
+		}
+	}
+}
+
+// TestRunWatchRestartsWholeGroup: without --signal, a change to any
+// injected secret (here one that is not restart-required) restarts the
+// command, and the restart ends the whole process group: the command's own
+// child (the grandchild of run) is stopped, not orphaned.
+func TestRunWatchRestartsWholeGroup(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	c := testClient(t, srv)
+	putValue(t, c, "GITHUB_TOKEN", "gh-1")
+	env, log := childEnvFor(t, "serve", "GITHUB_TOKEN")
+	stop := runWatch(t, srv, env, append([]string{"--keys", "GITHUB_TOKEN", "--"}, shell()...)...)
+	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	first := pidOf(t, lines, "start", 1)
+
+	putValue(t, c, "GITHUB_TOKEN", "gh-2")
+	lines = waitLog(t, log, 5*time.Second, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	if got := events(lines); got != "start term start" || !strings.HasSuffix(lines[2], "GITHUB_TOKEN=gh-2") {
+		t.Fatalf("child log:\n%s", strings.Join(lines, "\n"))
+	}
+	if pidOf(t, lines, "term", 1) != first || alive(first) {
+		t.Fatalf("the first instance (pid %d) was not stopped by the restart:\n%s", first, strings.Join(lines, "\n"))
+	}
+	second := pidOf(t, lines, "start", 2)
+	r := stop()
+	if !alive(second) && countPrefix(childLog(t, log), "term") == 2 {
+		return
+	}
+	t.Fatalf("stopping run left the grandchild %d running (alive %v); run: %+v; log:\n%s", second, alive(second), r,
+		strings.Join(childLog(t, log), "\n"))
+}
+
+// TestRunWatchReloadSignalKillsShell: with --signal HUP, a change that needs
+// no restart sends SIGHUP to the whole group; the shell in front of the
+// command dies of it, which restarts the command (after stopping what the
+// shell left running) instead of ending run with 129.
+func TestRunWatchReloadSignalKillsShell(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	c := testClient(t, srv)
+	putValue(t, c, "GITHUB_TOKEN", "gh-1")
+	env, log := childEnvFor(t, "serve", "GITHUB_TOKEN")
+	stop := runWatch(t, srv, env, append([]string{"--signal", "HUP", "--keys", "GITHUB_TOKEN", "--"}, shell()...)...)
+	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	first := pidOf(t, lines, "start", 1)
+
+	putValue(t, c, "GITHUB_TOKEN", "gh-2")
+	lines = waitLog(t, log, 5*time.Second, "no restart after the shell died of SIGHUP", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	if got := events(lines); got != "start hangup term start" || !strings.HasSuffix(lines[3], "GITHUB_TOKEN=gh-2") {
+		t.Fatalf("child log:\n%s", strings.Join(lines, "\n"))
+	}
+	if alive(first) {
+		t.Fatalf("the first instance %d is still running", first)
+	}
+	if r := stop(); !strings.Contains(r.stderr, "ended on SIGHUP; restarting it") {
+		t.Fatalf("run: %+v", r)
+	}
+}
+
+// TestRunWatchKillsStubbornGrandchild: a grandchild that ignores SIGTERM is
+// killed with the group after the grace period, though the shell in front
+// of it exited at once.
+func TestRunWatchKillsStubbornGrandchild(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	c := testClient(t, srv)
+	putValue(t, c, "GITHUB_TOKEN", "gh-1")
+	env, log := childEnvFor(t, "stubborn", "GITHUB_TOKEN")
+	stop := runWatch(t, srv, env, append([]string{"--grace", "300ms", "--keys", "GITHUB_TOKEN", "--"}, shell()...)...)
+	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	first := pidOf(t, lines, "start", 1)
+	putValue(t, c, "GITHUB_TOKEN", "gh-2")
+	lines = waitLog(t, log, 5*time.Second, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	if got := events(lines); got != "start term-ignored start" || alive(first) {
+		t.Fatalf("first instance %d alive %v; child log:\n%s", first, alive(first), strings.Join(lines, "\n"))
+	}
+	second := pidOf(t, lines, "start", 2)
+	r := stop()
+	if alive(second) || !strings.Contains(r.stderr, "did not stop within 300ms") {
+		t.Fatalf("second instance %d alive %v; run: %+v", second, alive(second), r)
+	}
+}
+
+// TestRunLeavesNoOrphans: when the command exits on its own, what it left
+// running in its group is stopped before run exits with its status.
+func TestRunLeavesNoOrphans(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	env, log := childEnvFor(t, "serve", "CUSTOM_NONE")
+	// The shell starts the child in the background and exits with 5.
+	r := cli(t, context.Background(), srv.GRPCAddr(), "", env, "run", "--keys", "CHILD_LOG", "--",
+		"sh", "-c", `"$0" & while [ ! -s "$CHILD_LOG" ]; do sleep 0.01; done; exit 5`, os.Args[0])
+	if r.code != 5 {
+		t.Fatalf("run: %+v", r)
+	}
+	lines := childLog(t, log)
+	if got := events(lines); got != "start term" || alive(pidOf(t, lines, "start", 1)) {
+		t.Fatalf("background child not stopped when the command exited:\n%s", strings.Join(lines, "\n"))
 	}
 }

@@ -110,10 +110,9 @@ func (a *app) auditVerifyCommand() *cobra.Command {
 				if err := writeJSON(a.stdout, v); err != nil {
 					return err
 				}
-			} else if v.Intact {
-				fmt.Fprintf(a.stdout, "intact up to sequence %d (%d events, %d signed checkpoints matched)\n", v.VerifiedThrough, v.EventsChecked, v.CheckpointsChecked)
 			} else {
-				fmt.Fprintf(a.stdout, "NOT INTACT: first bad sequence %d: %s\n", v.FirstBadSequence, v.Reason)
+				// The server's sentence says what is only self-attested.
+				fmt.Fprintln(a.stdout, v.Summary)
 			}
 			if !v.Intact {
 				return errors.New("audit log not intact")

@@ -29,7 +29,20 @@ func TestTokensCommands(t *testing.T) {
 		t.Fatalf("revoking twice succeeded: %+v", r)
 	}
 	r = cli(t, ctx, addr, "", nil, "verify-audit")
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "intact up to sequence") {
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "intact up to sequence") || !strings.Contains(r.stdout, "self-attested") {
 		t.Fatalf("verify-audit: %+v", r)
+	}
+	// The leak check: the candidate on stdin, exit 1 when it matches.
+	r = cli(t, ctx, addr, "xoxb-leaked-token\n", nil, "put", "SLACK_BOT_TOKEN")
+	if r.code != 0 {
+		t.Fatalf("put: %+v", r)
+	}
+	r = cli(t, ctx, addr, "xoxb-leaked-token\n", nil, "audit", "match-value")
+	if r.code != 1 || !strings.Contains(r.stdout, "SLACK_BOT_TOKEN") || strings.Contains(r.stdout+r.stderr, "leaked") {
+		t.Fatalf("audit match-value of a stored value: %+v", r)
+	}
+	r = cli(t, ctx, addr, "xoxb-never-stored", nil, "audit", "match-value", "--key", "SLACK_BOT_TOKEN")
+	if r.code != 0 || !strings.Contains(r.stdout, "no secret version") {
+		t.Fatalf("audit match-value of another value: %+v", r)
 	}
 }

@@ -40,6 +40,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/app"
 	"github.com/orient-bot/secrets/server/auditlog"
 	"github.com/orient-bot/secrets/server/pgcluster"
@@ -55,6 +56,7 @@ type hostCmd struct {
 	Token   string `json:"token,omitempty"`   // app
 	Path    string `json:"path,omitempty"`    // profile-start
 	LogPath string `json:"logPath,omitempty"` // app: server log file
+	N       int    `json:"n,omitempty"`       // seed-changes: change-log entries
 }
 
 type hostReply struct {
@@ -70,6 +72,9 @@ type hostReply struct {
 	// WAL fsyncs so far and their total time (pg_stat_wal).
 	WALSyncs  int64   `json:"walSyncs,omitempty"`
 	WALSyncMs float64 `json:"walSyncMs,omitempty"`
+	// seed-changes: the change log's oldest and newest revision.
+	Oldest   int64 `json:"oldest,omitempty"`
+	Revision int64 `json:"revision,omitempty"`
 }
 
 // hostState is what the child runs.
@@ -121,6 +126,8 @@ func (h *hostState) do(c hostCmd) (hostReply, error) {
 		return h.startApp(ctx, c)
 	case "echo":
 		return h.startEcho()
+	case "seed-changes":
+		return seedChanges(ctx, c.DSN, c.N)
 	case "stop-apps":
 		h.stopApps()
 		return hostReply{}, nil
@@ -203,7 +210,17 @@ func (h *hostState) startCluster(ctx context.Context, dir string) (hostReply, er
 func (h *hostState) startApp(ctx context.Context, c hostCmd) (hostReply, error) {
 	cfg := app.DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DatabaseURL, cfg.KEKURL, cfg.BootstrapToken = c.DSN, c.KEK, c.Token
+	// As in production: the schema migrated by its owner, the service
+	// connected as the least-privileged role (the last user= wins).
+	mctx, mcancel := context.WithTimeout(ctx, time.Minute)
+	defer mcancel()
+	if err := migrations.Up(mctx, c.DSN); err != nil {
+		return hostReply{}, err
+	}
+	if _, err := migrations.EnsureServiceRole(mctx, c.DSN, migrations.DefaultServiceRole); err != nil {
+		return hostReply{}, err
+	}
+	cfg.DatabaseURL, cfg.KEKURL, cfg.BootstrapToken = c.DSN+" user="+migrations.DefaultServiceRole, c.KEK, c.Token
 	cfg.BootstrapOut = io.Discard
 	cfg.ShutdownTimeout = 5 * time.Second
 	// A signing key, as the embedded default has: checkpoints are part of

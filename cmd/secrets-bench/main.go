@@ -53,9 +53,11 @@ type config struct {
 	watchWrites  int
 	watchSpacing time.Duration
 	idleConns    int
-	out          string
-	profileDir   string
-	skip         map[string]bool
+	// catchUpChanges is the change log's size for the catch-up phase.
+	catchUpChanges int
+	out            string
+	profileDir     string
+	skip           map[string]bool
 }
 
 type bench struct {
@@ -101,7 +103,7 @@ func parseFlags() config {
 		quick: quick, duration: 15 * time.Second, warmup: 3 * time.Second, conns: 4, keys: 1000,
 		watchSmall: 1000, watchLarge: 10000, watchConns: 100, watchWrites: 50, watchSpacing: 100 * time.Millisecond,
 		idleConns: 1000, out: "bench/results.json", profileDir: os.Getenv("BENCH_PROFILE"),
-		pgbenchScale: 10,
+		pgbenchScale: 10, catchUpChanges: 1_000_000,
 	}
 	if quick {
 		c.duration, c.warmup = 2*time.Second, time.Second
@@ -110,12 +112,14 @@ func parseFlags() config {
 		// Seeding costs one durable commit per secret, and pgbench -i
 		// seconds per scale unit: smaller in the quick run.
 		c.keys, c.pgbenchScale = 200, 1
+		c.catchUpChanges = 100_000
 	}
 	flag.BoolVar(&c.quick, "quick", c.quick, "small counts (also BENCH_QUICK=1); the flags below override")
 	flag.DurationVar(&c.duration, "duration", c.duration, "measured duration of each load phase")
 	flag.DurationVar(&c.warmup, "warmup", c.warmup, "warm-up before each load phase")
 	flag.IntVar(&c.conns, "conns", c.conns, "client gRPC connections shared by the workers of the unary phases")
 	flag.IntVar(&c.keys, "keys", c.keys, "number of seeded secrets")
+	flag.IntVar(&c.catchUpChanges, "catchup-changes", c.catchUpChanges, "change-log entries the catch-up phase's streams resume over")
 	flag.IntVar(&c.pgbenchScale, "pgbench-scale", c.pgbenchScale, "pgbench -i -s scale")
 	flag.IntVar(&c.watchSmall, "watch-small", c.watchSmall, "watch streams of the first change-stream phase (watch_1k_*)")
 	flag.IntVar(&c.watchLarge, "watch-large", c.watchLarge, "watch streams of the second change-stream phase (watch_10k_*)")
@@ -125,7 +129,7 @@ func parseFlags() config {
 	flag.IntVar(&c.idleConns, "idle-conns", c.idleConns, "idle connections of the per-connection memory phase")
 	flag.StringVar(&c.out, "out", c.out, "JSON output file")
 	flag.StringVar(&c.profileDir, "profile", c.profileDir, "save server CPU profiles (access c16, largest watch phase) here (also BENCH_PROFILE)")
-	skip := flag.String("skip", "", "comma-separated phases to skip: echo,pgbench,access,batch,rest,put,watch,cache,startup")
+	skip := flag.String("skip", "", "comma-separated phases to skip: echo,pgbench,access,batch,rest,put,watch,catchup,rotation,cache,startup")
 	flag.Parse()
 	c.keys = max(c.keys, 20) // BatchAccessSecrets reads 20 distinct keys
 	c.conns = max(c.conns, 1)
@@ -202,6 +206,8 @@ func run(cfg config) (err error) {
 	b.phase(ctx, "put", func(ctx context.Context) error { return b.putPhase(ctx, clients) })
 	closeClients()
 	b.phase(ctx, "watch", b.watchPhases)
+	b.phase(ctx, "catchup", b.catchUpPhase)
+	b.phase(ctx, "rotation", b.rotationPhase) // last: it re-wraps the database's data keys
 	closeHost()
 
 	b.phase(ctx, "cache", b.cachePhase)

@@ -79,6 +79,23 @@ type results struct {
 	Watch1kLagged  *float64 `json:"watch_1k_lagged"`
 	Watch10kLagged *float64 `json:"watch_10k_lagged"`
 
+	// Catch-up: streams resuming from before the oldest of catchup_changes
+	// retained changes, all at once.
+	CatchUpChanges       int      `json:"catchup_changes"`
+	CatchUpStreams       int      `json:"catchup_streams"`
+	CatchUpFirstEventMs  *float64 `json:"catchup_first_event_ms"`
+	CatchUpHeapGrowthMiB *float64 `json:"catchup_heap_growth_mib"`
+	CatchUpSeconds       *float64 `json:"catchup_seconds"`
+	CatchUpInOrder       *bool    `json:"catchup_in_order"`
+
+	// Rotation behind a slow KMS: p99 of unrelated writes before and during.
+	RotationKMSDelayMs        *float64 `json:"rotation_kms_delay_ms"`
+	RotationWritesP99BeforeMs *float64 `json:"rotation_writes_p99_before_ms"`
+	RotationWritesP99DuringMs *float64 `json:"rotation_writes_p99_during_ms"`
+	RotationP99Ratio          *float64 `json:"rotation_writes_p99_ratio"`
+	RotationRewrappedInWindow *float64 `json:"rotation_rewrapped_in_window"`
+	RotationOverlapped        *bool    `json:"rotation_overlapped"`
+
 	CacheGetNs     *float64 `json:"cache_get_ns"`
 	CacheGetAllocs *float64 `json:"cache_get_allocs"`
 	CacheGetBytes  *float64 `json:"cache_get_bytes"`
@@ -109,6 +126,17 @@ func newResults(c config) *results {
 		Notes: []string{}, CPU: map[string]cpuSplit{},
 	}
 	return r
+}
+
+func boolNum(b *bool) *float64 {
+	if b == nil {
+		return nil
+	}
+	v := 0.0
+	if *b {
+		v = 1
+	}
+	return &v
 }
 
 func round1(x float64) float64 { return math.Round(x*10) / 10 }
@@ -167,6 +195,19 @@ func (b *bench) printTable() {
 			{wl(r.WatchLargeN) + " streams p99", "watch_10k_p99_ms", r.Watch10kP99ms, "ms"},
 			{"server heap per idle stream (" + wl(r.WatchLargeN) + ")", "watch_bytes_per_idle_watcher", r.WatchBytesPerIdleWatcher, "B"},
 			{"server heap per idle connection", "watch_bytes_per_idle_connection", r.WatchBytesPerIdleConnection, "B"},
+		}},
+		{fmt.Sprintf("Catch-up (%d streams resume over %d retained changes)", r.CatchUpStreams, r.CatchUpChanges), []row{
+			{"time to first event (slowest stream)", "catchup_first_event_ms", r.CatchUpFirstEventMs, "ms"},
+			{"server heap growth", "catchup_heap_growth_mib", r.CatchUpHeapGrowthMiB, "MiB"},
+			{"all streams to the end", "catchup_seconds", r.CatchUpSeconds, "s"},
+			{"every change once and in order (1 = yes)", "catchup_in_order", boolNum(r.CatchUpInOrder), ""},
+		}},
+		{"KEK rotation behind a slow KMS (unrelated UpdateSecret, c8)", []row{
+			{"KMS delay per call", "rotation_kms_delay_ms", r.RotationKMSDelayMs, "ms"},
+			{"p99 without rotation", "rotation_writes_p99_before_ms", r.RotationWritesP99BeforeMs, "ms"},
+			{"p99 during rotation", "rotation_writes_p99_during_ms", r.RotationWritesP99DuringMs, "ms"},
+			{"  during / without", "rotation_writes_p99_ratio", r.RotationP99Ratio, ""},
+			{"data keys re-wrapped in the window", "rotation_rewrapped_in_window", r.RotationRewrappedInWindow, ""},
 		}},
 		{"Client cache (go test -bench BenchmarkCacheGet)", []row{
 			{"Get", "cache_get_ns", r.CacheGetNs, "ns/op"},

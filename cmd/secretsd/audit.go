@@ -1,14 +1,17 @@
 package main
 
 import (
+	"path/filepath"
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/orient-bot/secrets/server/auditlog"
@@ -16,45 +19,110 @@ import (
 )
 
 const auditUsage = `Usage:
-  secretsd audit verify [--file EXPORT] [--public-key BASE64]
-      walk the audit hash chain (DATABASE_URL, or an export file) and its
-      signed checkpoints; exits 1 unless the log is intact
+  secretsd audit verify [--file EXPORT] [--checkpoints URL] [--public-key BASE64]... [--audit-signing-key FILE]
+      walk the audit hash chain (DATABASE_URL, or an export file), its
+      signed checkpoints, and the external checkpoints at URL (every one
+      must match, and the chain must reach the newest); exits 1 unless the
+      log is intact
   secretsd audit export [--out FILE]
       write the chain (head, checkpoints, events with hashes) as JSON lines
+  secretsd audit public-key [--audit-signing-key FILE]
+      print the signing key's public half (base64), for --public-key and
+      --audit-public-keys
 
-Checkpoint signatures are checked with --public-key, or with the public half
-of --audit-signing-key / SECRETS_AUDIT_SIGNING_KEY. With the embedded
-default, call the API instead: POST /v1/audit:verify.
+Checkpoint signatures are checked with every --public-key (repeat it, or
+separate keys with commas: the current signing key and the ones it
+replaced), or with the public half of --audit-signing-key /
+SECRETS_AUDIT_SIGNING_KEY. --checkpoints defaults to --audit-checkpoint-url
+(SECRETS_AUDIT_CHECKPOINT_URL); without external checkpoints the chain is
+only self-attested, and the verdict says so.
+
+Without DATABASE_URL both use the embedded default's database in
+--data-dir (SECRETS_DATA_DIR, .secrets-data): a running secretsd's, or the
+cluster started for the command; its audit-signing.key and
+audit-checkpoints are then the defaults of --audit-signing-key and
+--checkpoints.
 `
 
-func runAudit(ctx context.Context, databaseURL, signingKey string, log *slog.Logger, args []string) error {
-	if len(args) == 0 {
+// keyList is a repeatable, comma-separated flag.
+type keyList []string
+
+func (k *keyList) String() string { return strings.Join(*k, ",") }
+func (k *keyList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*k = append(*k, p)
+		}
+	}
+	return nil
+}
+
+func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointURL string, log *slog.Logger, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, auditUsage)
-		return errors.New("audit: verify or export?")
+		if len(args) == 0 {
+			return errors.New("audit: verify or export?")
+		}
+		return nil
+	}
+	if databaseURL == "" {
+		// The embedded default keeps its signing key and external
+		// checkpoints in its data directory.
+		if key := filepath.Join(dataDir, "audit-signing.key"); signingKey == "" && fileExists(key) {
+			signingKey = key
+		}
+		if dir, err := filepath.Abs(filepath.Join(dataDir, "audit-checkpoints")); err == nil && checkpointURL == "" && fileExists(dir) {
+			checkpointURL = "file://" + dir
+		}
 	}
 	fs := flag.NewFlagSet("secretsd audit "+args[0], flag.ContinueOnError)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), auditUsage) }
 	file := fs.String("file", "", "verify this export instead of the database")
 	out := fs.String("out", "", "export to this file (default: standard output)")
-	pubFlag := fs.String("public-key", "", "checkpoint verification key (base64 of 32 bytes)")
+	var pubFlags keyList
+	fs.Var(&pubFlags, "public-key", "checkpoint verification key (base64 of 32 bytes); repeat or separate with commas")
+	fs.StringVar(&signingKey, "audit-signing-key", signingKey, "signing key file whose public half verifies checkpoints")
+	fs.StringVar(&checkpointURL, "checkpoints", checkpointURL, "external checkpoints (gocloud.dev blob URL: file://, s3://, gs://, azblob://)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	var pub ed25519.PublicKey
-	switch {
-	case *pubFlag != "":
-		var err error
-		if pub, err = auditlog.ParsePublicKey(*pubFlag); err != nil {
-			return err
+	if args[0] == "public-key" {
+		if signingKey == "" {
+			return errors.New("audit public-key: needs --audit-signing-key")
 		}
-	case signingKey != "":
 		s, err := auditlog.LoadSigner(signingKey)
 		if err != nil {
 			return err
 		}
-		pub = s.Public()
-	default:
+		fmt.Println(base64.StdEncoding.EncodeToString(s.Public()))
+		return nil
+	}
+	var pubs []ed25519.PublicKey
+	for _, k := range pubFlags {
+		p, err := auditlog.ParsePublicKey(k)
+		if err != nil {
+			return err
+		}
+		pubs = append(pubs, p)
+	}
+	if signingKey != "" {
+		s, err := auditlog.LoadSigner(signingKey)
+		if err != nil {
+			return err
+		}
+		pubs = append(pubs, s.Public())
+	}
+	if len(pubs) == 0 {
 		log.Warn("no public key: signed checkpoints are not checked, so a rewrite of the whole chain would go unseen")
+	}
+	checks := auditlog.Checks{Keys: auditlog.NewKeys(pubs...)}
+	var anchor *auditlog.Anchor
+	if checkpointURL != "" && args[0] == "verify" {
+		var err error
+		if anchor, err = auditlog.OpenAnchor(ctx, checkpointURL); err != nil {
+			return err
+		}
+		defer anchor.Close()
 	}
 	if args[0] == "verify" && *file != "" {
 		f, err := os.Open(*file)
@@ -62,17 +130,28 @@ func runAudit(ctx context.Context, databaseURL, signingKey string, log *slog.Log
 			return err
 		}
 		defer f.Close()
-		return report(auditlog.VerifyExport(f, pub))
+		if anchor != nil {
+			checks.Anchored = true
+			if checks.External, err = anchor.List(ctx); err != nil {
+				return err
+			}
+		}
+		return report(auditlog.VerifyExport(f, checks))
 	}
 	if databaseURL == "" {
-		return errors.New("audit: needs DATABASE_URL (or verify --file EXPORT)")
+		dsn, stop, err := embeddedDatabase(ctx, dataDir, log)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		defer stop()
+		databaseURL = dsn
 	}
 	st, err := store.Open(ctx, databaseURL, store.Options{Logger: log})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	l := &auditlog.Log{Store: st, Public: pub}
+	l := &auditlog.Log{Store: st, Keys: checks.Keys, Anchor: anchor}
 	switch args[0] {
 	case "verify":
 		began := time.Now()
@@ -105,10 +184,14 @@ func report(res auditlog.Result, err error) error {
 	if err != nil {
 		return err
 	}
-	if res.Intact {
-		fmt.Printf("intact up to sequence %d (%d events, %d signed checkpoints matched)\n", res.VerifiedThrough, res.Events, res.Checkpoints)
-		return nil
+	fmt.Println(res.Summary())
+	if !res.Intact {
+		return errors.New("audit log not intact")
 	}
-	fmt.Printf("NOT INTACT: first bad sequence %d: %s (verified through %d)\n", res.FirstBad, res.Reason, res.VerifiedThrough)
-	return errors.New("audit log not intact")
+	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/orient-bot/secrets/server/auditlog"
 )
 
 // TestE2E builds the real secretsd, runs it on the embedded default (no
@@ -60,6 +62,24 @@ func TestE2E(t *testing.T) {
 	}
 	p.stop(t)
 	assertClusterStopped(t, dataDir)
+	if !strings.Contains(p.stderr.String(), "database role") || !strings.Contains(p.stderr.String(), "role=secrets_service superuser=false owner=false") {
+		t.Errorf("the embedded default does not serve as the least-privileged service role:\n%s", p.stderr.String())
+	}
+	// The checkpoints are anchored outside the database, in the data
+	// directory, signed by the generated key (the last one at shutdown).
+	signer, err := auditlog.LoadSigner(filepath.Join(dataDir, "audit-signing.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchor, err := auditlog.OpenAnchor(context.Background(), "file://"+filepath.Join(dataDir, "audit-checkpoints"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cps, err := anchor.List(context.Background())
+	anchor.Close()
+	if err != nil || len(cps) == 0 || !cps[len(cps)-1].Valid(signer.Public()) || cps[len(cps)-1].Sequence < 2 {
+		t.Errorf("external checkpoints in the data directory: %d, %v", len(cps), err)
+	}
 
 	kekFile := filepath.Join(dataDir, "dev-kek.key")
 	fi, err := os.Stat(kekFile)
@@ -176,19 +196,22 @@ type secretsd struct {
 	cmd     *exec.Cmd
 	dataDir string
 	stderr  *syncBuffer
-	httpURL string
-	ready   time.Duration // from exec to a ready /readyz
+	httpURL  string
+	grpcAddr string
+	ready    time.Duration // from exec to a ready /readyz
 	exited  chan struct{}
 	waitErr error
 }
 
-var servingRe = regexp.MustCompile(`msg="?secretsd serving"? .*\bhttp=(\S+)`)
+var servingRe = regexp.MustCompile(`msg="?secretsd serving"? .*\bgrpc=(\S+) .*\bhttp=(\S+)`)
 
-func startSecretsd(t *testing.T, bin, dataDir string) *secretsd {
+// startSecretsd runs bin on the embedded default in dataDir, with env added
+// to a clean environment.
+func startSecretsd(t *testing.T, bin, dataDir string, env ...string) *secretsd {
 	t.Helper()
 	p := &secretsd{stderr: &syncBuffer{}, exited: make(chan struct{}), dataDir: dataDir}
 	p.cmd = exec.Command(bin, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir)
-	p.cmd.Env = cleanEnv()
+	p.cmd.Env = append(cleanEnv(), env...)
 	pipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +220,7 @@ func startSecretsd(t *testing.T, bin, dataDir string) *secretsd {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addr := make(chan string, 1)
+	addr := make(chan [2]string, 1)
 	scanDone := make(chan struct{})
 	go func() {
 		defer close(scanDone)
@@ -208,7 +231,7 @@ func startSecretsd(t *testing.T, bin, dataDir string) *secretsd {
 			p.stderr.WriteString(line + "\n")
 			if m := servingRe.FindStringSubmatch(line); m != nil {
 				select {
-				case addr <- m[1]:
+				case addr <- [2]string{m[1], m[2]}:
 				default:
 				}
 			}
@@ -234,7 +257,7 @@ func startSecretsd(t *testing.T, bin, dataDir string) *secretsd {
 
 	select {
 	case a := <-addr:
-		p.httpURL = "http://" + a
+		p.grpcAddr, p.httpURL = a[0], "http://"+a[1]
 	case <-p.exited:
 		t.Fatalf("secretsd exited during startup (%v):\n%s", p.waitErr, p.stderr)
 	case <-time.After(90 * time.Second):
@@ -396,7 +419,7 @@ func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
-		if name == "DATABASE_URL" || strings.HasPrefix(name, "SECRETS_") || strings.HasPrefix(name, "PG") {
+		if name == "DATABASE_URL" || strings.HasPrefix(name, "SECRETS_") || strings.HasPrefix(name, "PG") || strings.HasPrefix(name, "OTEL_") {
 			continue
 		}
 		env = append(env, kv)

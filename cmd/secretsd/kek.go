@@ -39,7 +39,7 @@ Flags of rotate:
 `
 
 // runKEK runs `secretsd kek ...`.
-func runKEK(ctx context.Context, databaseURL, kekURL string, log *slog.Logger, args []string) error {
+func runKEK(ctx context.Context, databaseURL, kekURL string, kmsTimeout time.Duration, log *slog.Logger, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, kekUsage)
 		fs, _ := rotateFlags(os.Stderr)
@@ -64,6 +64,14 @@ func runKEK(ctx context.Context, databaseURL, kekURL string, log *slog.Logger, a
 		}
 		return err
 	}
+	// Out-of-range values are refused, not silently capped: a 5000 that
+	// runs as 1000 would surprise whoever sized the transactions.
+	if opts.BatchSize < 1 || opts.BatchSize > kek.MaxBatchSize {
+		return fmt.Errorf("--batch-size must be between 1 and %d, got %d", kek.MaxBatchSize, opts.BatchSize)
+	}
+	if opts.Workers < 1 || opts.Workers > kek.MaxWorkers {
+		return fmt.Errorf("--workers must be between 1 and %d, got %d", kek.MaxWorkers, opts.Workers)
+	}
 	if databaseURL == "" || kekURL == "" {
 		return errors.New("kek needs DATABASE_URL and SECRETS_KEK_URL (with the embedded default, call the running " +
 			"server's KeyService instead: POST /v1/kek:rotate, GET /v1/kek)")
@@ -72,7 +80,7 @@ func runKEK(ctx context.Context, databaseURL, kekURL string, log *slog.Logger, a
 	if err != nil {
 		return err
 	}
-	keyring, err := seal.OpenKeyring(ctx, urls, seal.WithDEKCache(0))
+	keyring, err := seal.OpenKeyring(ctx, urls, seal.WithDEKCache(0), seal.WithKMSTimeout(kmsTimeout))
 	if err != nil {
 		return err
 	}

@@ -19,15 +19,22 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/orient-bot/secrets/migrations"
+	"go.opentelemetry.io/otel"
+
 	"github.com/orient-bot/secrets/server/app"
+	"github.com/orient-bot/secrets/server/seal"
+	"github.com/orient-bot/secrets/server/tracing"
 )
 
 const usage = `secretsd serves Orient's secrets over gRPC and REST.
 
 Usage:
   secretsd [flags]            serve
-  secretsd migrate            apply database migrations to DATABASE_URL and exit
+  secretsd migrate [--service-role NAME] [--dry-run]
+                              apply database migrations to DATABASE_URL (as the owner
+                              role) and create or check the service role; exit
+                              (--dry-run: print what would run, change nothing)
+  secretsd version            print the version
   secretsd audit verify|export  check the tamper-evident audit log; export it (see secretsd audit -h)
   secretsd kek status|rotate  KEK rotation: data keys per KEK; re-wrap them under the primary (see secretsd kek -h)
 
@@ -35,17 +42,38 @@ With no DATABASE_URL it runs a private PostgreSQL cluster in --data-dir and,
 unless SECRETS_KEK_URL is set, a development key-encryption key stored there.
 
 Environment (flags win over environment):
-  DATABASE_URL            PostgreSQL connection URL (secret: never logged)
-  SECRETS_BOOTSTRAP_TOKEN the first admin token's value, on first start (16+ chars;
-                          otherwise a random one is shown once on stderr)
-  SECRETS_KEK_URL         key-encryption key keeper URL(s), comma-separated, first is
-                          primary: awskms://…, gcpkms://…, azurekeyvault://…,
-                          hashivault://…, base64key://… (secret: never logged)
-  SECRETS_GRPC_ADDR       same as --grpc-addr
-  SECRETS_HTTP_ADDR       same as --http-addr
-  SECRETS_DATA_DIR        same as --data-dir
-  SECRETS_LOG_LEVEL       same as --log-level
-  SECRETS_LOG_FORMAT      same as --log-format
+  DATABASE_URL               PostgreSQL connection URL (secret: never logged)
+  SECRETS_BOOTSTRAP_TOKEN    the first admin token's value, on first start (16+ chars;
+                             otherwise a random one is shown once on stderr)
+  SECRETS_KEK_URL            key-encryption key keeper URL(s), comma-separated, first is
+                             primary: awskms://…, gcpkms://…, azurekeyvault://…,
+                             hashivault://…, file:///path (a 0600 key file, read once),
+                             base64key://… (secret: never logged)
+  SECRETS_GRPC_ADDR          same as --grpc-addr
+  SECRETS_HTTP_ADDR          same as --http-addr
+  SECRETS_DATA_DIR           same as --data-dir
+  SECRETS_REFLECTION         same as --reflection
+  SECRETS_READ_CACHE_ENTRIES same as --read-cache-entries
+  SECRETS_TLS_CERT           same as --tls-cert
+  SECRETS_TLS_KEY            same as --tls-key
+  SECRETS_CLIENT_CA          same as --client-ca
+  SECRETS_CERT_IDENTITIES    same as --cert-identities
+  SECRETS_ALLOW_PLAINTEXT    same as --allow-plaintext
+  SECRETS_AUDIT_SIGNING_KEY  same as --audit-signing-key
+  SECRETS_TRUSTED_PROXIES    same as --trusted-proxies
+  SECRETS_CORS_ORIGINS       same as --cors-origins
+  SECRETS_LOG_LEVEL          same as --log-level
+  SECRETS_LOG_FORMAT         same as --log-format
+  SECRETS_KEK_TIMEOUT        same as --kek-timeout
+  SECRETS_AUDIT_CHECKPOINT_URL same as --audit-checkpoint-url
+  SECRETS_AUDIT_PUBLIC_KEYS  same as --audit-public-keys
+  SECRETS_AUDIT_UNSIGNED     same as --audit-unsigned
+  SECRETS_ALLOW_OWNER_ROLE   same as --allow-owner-role
+  SECRETS_SERVICE_ROLE       the role secretsd migrate creates or checks
+  SECRETS_PROVIDER_CHECK_URLS same as --provider-check-urls
+  SECRETS_PROVIDER_CHECK_JIRA_HOSTS same as --provider-check-jira-hosts
+  OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) export OpenTelemetry spans over
+                             OTLP/HTTP; the other OTEL_* variables apply (off when unset)
 
 Flags:
 `
@@ -68,6 +96,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("SECRETS_HTTP_ADDR", cfg.HTTPAddr), "HTTP listen address (REST gateway, /openapi.json, /healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.DataDir, "data-dir", env("SECRETS_DATA_DIR", cfg.DataDir), "data directory of the embedded default (used when DATABASE_URL is empty)")
 	fs.BoolVar(&cfg.Reflection, "reflection", envBool("SECRETS_REFLECTION", cfg.Reflection), "enable gRPC server reflection (grpcurl)")
+	fs.DurationVar(&cfg.KEKTimeout, "kek-timeout", envDuration("SECRETS_KEK_TIMEOUT", seal.DefaultKMSTimeout), "bound on one KMS call (wrap, unwrap, readiness probe); a call that times out is UNAVAILABLE")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for in-flight requests")
 	fs.DurationVar(&cfg.WatchProgressInterval, "watch-progress-interval", cfg.WatchProgressInterval, "how often idle watch streams get a progress message")
 	fs.DurationVar(&cfg.WatchPollInterval, "watch-poll-interval", cfg.WatchPollInterval, "how often the change log is polled in case a notification was lost")
@@ -86,6 +115,16 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
+	checkURLs := fs.String("provider-check-urls", env("SECRETS_PROVIDER_CHECK_URLS", ""), "CheckSecret: comma-separated provider=URL overrides of the providers' API roots (anthropic, openai, google, slack, github), e.g. for an egress proxy")
+	jiraHosts := fs.String("provider-check-jira-hosts", env("SECRETS_PROVIDER_CHECK_JIRA_HOSTS", "*.atlassian.net"), "CheckSecret: comma-separated hosts JIRA_BASE_URL may name (*.example.com for subdomains); the JIRA token is sent only there")
+	fs.DurationVar(&cfg.ProviderChecks.Timeout, "provider-check-timeout", 5*time.Second, "CheckSecret: how long one provider call may take")
+	fs.StringVar(&cfg.AuditCheckpointURL, "audit-checkpoint-url", env("SECRETS_AUDIT_CHECKPOINT_URL", ""), "blob URL (file://, s3://, gs://, azblob://) where every signed checkpoint is also written, outside the database (embedded default: <data-dir>/audit-checkpoints)")
+	var auditPublic keyList
+	_ = auditPublic.Set(env("SECRETS_AUDIT_PUBLIC_KEYS", ""))
+	fs.Var(&auditPublic, "audit-public-keys", "earlier audit signing keys' public halves (base64, comma-separated): their checkpoints still verify after a key rotation")
+	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envBool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
+	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envBool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
+	corsOrigins := fs.String("cors-origins", env("SECRETS_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the REST API (CORS), e.g. https://dash.example.com; none by default")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", env("SECRETS_LOG_FORMAT", "text"), "log format: text or json")
@@ -110,6 +149,30 @@ func run(args []string) error {
 		}
 		cfg.TrustedProxies = append(cfg.TrustedProxies, p)
 	}
+	for _, kv := range strings.Split(*checkURLs, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		id, u, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("--provider-check-urls: want provider=URL, got %q", kv)
+		}
+		if cfg.ProviderChecks.BaseURLs == nil {
+			cfg.ProviderChecks.BaseURLs = map[string]string{}
+		}
+		cfg.ProviderChecks.BaseURLs[strings.TrimSpace(id)] = strings.TrimSpace(u)
+	}
+	for _, h := range strings.Split(*jiraHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.ProviderChecks.JIRAHosts = append(cfg.ProviderChecks.JIRAHosts, h)
+		}
+	}
+	cfg.AuditPublicKeys = auditPublic
+	for _, o := range strings.Split(*corsOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.CORSOrigins = append(cfg.CORSOrigins, o)
+		}
+	}
 	cfg.DatabaseURL = os.Getenv("DATABASE_URL")
 	cfg.KEKURL = os.Getenv("SECRETS_KEK_URL")
 	cfg.BootstrapToken = os.Getenv("SECRETS_BOOTSTRAP_TOKEN")
@@ -124,24 +187,35 @@ func run(args []string) error {
 	switch fs.Arg(0) {
 	case "":
 	case "migrate":
-		if cfg.DatabaseURL == "" {
-			return errors.New("migrate needs DATABASE_URL (the embedded default migrates itself at start)")
-		}
-		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		defer cancel()
-		if err := migrations.Up(mctx, cfg.DatabaseURL); err != nil {
-			return err
-		}
-		log.Info("migrations applied")
+		return runMigrate(ctx, cfg.DatabaseURL, log, fs.Args()[1:], os.Stdout)
+	case "version":
+		fmt.Println(buildVersion())
 		return nil
 	case "audit":
-		return runAudit(ctx, cfg.DatabaseURL, cfg.AuditSigningKey, log, fs.Args()[1:])
+		return runAudit(ctx, cfg.DatabaseURL, cfg.DataDir, cfg.AuditSigningKey, cfg.AuditCheckpointURL, log, fs.Args()[1:])
 	case "kek":
-		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, log, fs.Args()[1:])
+		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, cfg.KEKTimeout, log, fs.Args()[1:])
 	default:
 		return fmt.Errorf("unknown command %q (see secretsd -h)", fs.Arg(0))
 	}
 
+	tp, err := tracing.FromEnv(ctx, buildVersion(), os.Getenv)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		cfg.TracerProvider = tp
+		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("OpenTelemetry", "error", err) }))
+		defer func() {
+			// After the server has drained: its last spans go out too.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("OpenTelemetry: flushing spans at exit", "error", err)
+			}
+		}()
+		log.Info("OpenTelemetry tracing on: spans exported over OTLP/HTTP as OTEL_EXPORTER_OTLP_* say")
+	}
 	srv, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -152,6 +226,13 @@ func run(args []string) error {
 func env(name, def string) string {
 	if v, ok := os.LookupEnv(name); ok && v != "" {
 		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
+		return d
 	}
 	return def
 }

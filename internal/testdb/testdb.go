@@ -53,6 +53,11 @@ type environment struct {
 	admin    string // connection string of the maintenance database
 	pool     *pgxpool.Pool
 	template string
+	// service is the least-privileged role servers under test connect as
+	// (see ServiceURL), and servicePassword its password on a shared
+	// server (the private cluster trusts its socket).
+	service         string
+	servicePassword string
 }
 
 // Main runs the tests and then stops the cluster (if a test started one) and
@@ -171,8 +176,56 @@ func setup() (*environment, error) {
 	if err := migrations.Up(ctx, s); err != nil {
 		return e, err
 	}
+	// The service role, as secretsd migrate makes it. A shared server gets
+	// one per test binary (roles are server-wide), with a password.
+	e.service = migrations.DefaultServiceRole
+	if e.cluster == nil {
+		e.service = "secrets_svc_" + randomHex()
+	}
+	if _, err := migrations.EnsureServiceRole(ctx, s, e.service); err != nil {
+		return e, err
+	}
+	if e.cluster == nil {
+		e.servicePassword = randomHex() + randomHex()
+		if _, err := e.pool.Exec(ctx, "ALTER ROLE "+ident(e.service)+" PASSWORD '"+e.servicePassword+"'"); err != nil {
+			return e, err
+		}
+	}
 	return e, nil
 }
+
+// ServiceURL returns the connection string of the database db (a string
+// New returned) as the service role: the least-privileged role secretsd
+// runs as, which may only read and append to the audit log.
+func ServiceURL(t testing.TB, db string) string {
+	t.Helper()
+	e := ready(t)
+	cfg, err := pgx.ParseConfig(db)
+	if err != nil {
+		t.Fatal("testdb: ServiceURL: not a connection string from New")
+	}
+	if e.cluster != nil {
+		return e.cluster.ConnStringAs(e.service, cfg.Database)
+	}
+	u, err := withDatabase(e.admin, cfg.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In keyword/value form the last setting wins; a URL gets them as
+	// query parameters, which pgx reads after the user info.
+	if strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://") {
+		pu, err := url.Parse(u)
+		if err != nil {
+			t.Fatal("testdb: invalid URL")
+		}
+		pu.User = url.UserPassword(e.service, e.servicePassword)
+		return pu.String()
+	}
+	return u + " user='" + e.service + "' password='" + e.servicePassword + "'"
+}
+
+// ServiceRole names the role ServiceURL connects as.
+func ServiceRole(t testing.TB) string { return ready(t).service }
 
 // teardown drops the template and stops the cluster, if setup ran.
 func teardown() error {
@@ -190,6 +243,12 @@ func teardown() error {
 	if e.cluster == nil && e.pool != nil && e.template != "" {
 		if _, err := e.pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(e.template)+" WITH (FORCE)"); err != nil {
 			errs = append(errs, fmt.Errorf("drop template: %w", err))
+		}
+	}
+	if e.cluster == nil && e.pool != nil && e.service != "" {
+		// Every database it had privileges in is gone by now.
+		if _, err := e.pool.Exec(ctx, "DROP ROLE IF EXISTS "+ident(e.service)); err != nil {
+			fmt.Fprintln(os.Stderr, "testdb: drop service role (a test left a database behind?):", err)
 		}
 	}
 	if e.pool != nil {

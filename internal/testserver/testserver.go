@@ -4,11 +4,15 @@
 package testserver
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,12 +22,15 @@ import (
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/server/app"
+	"github.com/orient-bot/secrets/server/providercheck"
 )
 
 // Server is a running test server.
 type Server struct {
 	*app.Server
-	// DatabaseURL is the test database (tests may inspect it directly).
+	// DatabaseURL is the test database as its owner (a superuser: tests
+	// may inspect and tamper with it directly). The server connects as the
+	// service role (testdb.ServiceURL).
 	DatabaseURL string
 	// KEKURL is the server's key-encryption key URL.
 	KEKURL string
@@ -47,6 +54,10 @@ type Options struct {
 	// DatabaseURL reuses an existing database (e.g. a second replica);
 	// empty gets a fresh one.
 	DatabaseURL string
+	// ServiceURL is what the server connects with; empty means
+	// testdb.ServiceURL(DatabaseURL) (set it for a database testdb did not
+	// make, migrated and with its service role).
+	ServiceURL string
 	// KEKURL reuses a key; empty generates one.
 	KEKURL string
 	// Log receives the server's log; nil discards it.
@@ -98,6 +109,31 @@ func NewKEKURL(t testing.TB) string {
 	return "base64key://" + base64.URLEncoding.EncodeToString(k)
 }
 
+// auditSeed is the test servers' audit signing key: one for every server,
+// so replicas of one database sign with the same key.
+var auditSeed = bytes.Repeat([]byte{0x5e}, ed25519.SeedSize)
+
+// AuditSigningKeyFile writes the test servers' audit signing key to a file
+// (as --audit-signing-key reads it) and returns its path.
+func AuditSigningKeyFile(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "secrets-audit-key-") // not t.TempDir: examples pass a partial testing.TB
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	f := filepath.Join(dir, "audit-signing.key")
+	if err := os.WriteFile(f, []byte(base64.StdEncoding.EncodeToString(auditSeed)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// AuditPublicKey is the public half of the test servers' signing key.
+func AuditPublicKey() ed25519.PublicKey {
+	return ed25519.NewKeyFromSeed(auditSeed).Public().(ed25519.PublicKey)
+}
+
 // Start starts a server and stops it at the end of the test.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
@@ -109,12 +145,23 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	cfg := app.DefaultConfig()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DatabaseURL, cfg.KEKURL = opts.DatabaseURL, opts.KEKURL
+	if opts.ServiceURL == "" {
+		opts.ServiceURL = testdb.ServiceURL(t, opts.DatabaseURL)
+	}
+	cfg.DatabaseURL, cfg.KEKURL = opts.ServiceURL, opts.KEKURL
+	cfg.AuditSigningKey = AuditSigningKeyFile(t)
 	cfg.ShutdownTimeout = 5 * time.Second
 	if opts.AdminToken == "" {
 		opts.AdminToken = DefaultAdminToken
 	}
 	cfg.BootstrapToken = opts.AdminToken
+	// CheckSecret must never reach a real provider from a test: every
+	// provider points at a closed loopback port unless Configure says
+	// otherwise.
+	cfg.ProviderChecks.BaseURLs = map[string]string{}
+	for id := range providercheck.DefaultBaseURLs {
+		cfg.ProviderChecks.BaseURLs[id] = "https://127.0.0.1:1"
+	}
 	if opts.Configure != nil {
 		opts.Configure(&cfg)
 	}

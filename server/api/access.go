@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	rpccode "google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
@@ -62,23 +63,26 @@ func minRevision(req interface{ GetMinRevision() int64 }) (int64, error) {
 
 // accessVersion reads a sealed version: the newest from the read cache
 // when it can answer, else from the database (offering the answer to the
-// cache).
+// cache) once the database has reached minRevision.
 func (s *SecretService) accessVersion(ctx context.Context, key string, version, minRevision int64) (store.SealedVersion, int64, error) {
-	if version != 0 || s.ReadCache == nil {
-		return s.Store.AccessVersion(ctx, key, version)
+	if version == 0 && s.ReadCache != nil {
+		if sv, rev, ok := s.ReadCache.Get(key, minRevision); ok {
+			return sv, rev, nil
+		}
 	}
-	if sv, rev, ok := s.ReadCache.Get(key, minRevision); ok {
-		return sv, rev, nil
+	if err := s.reachRevision(ctx, minRevision); err != nil {
+		return store.SealedVersion{}, 0, err
 	}
-	sv, rev, err := s.Store.AccessVersion(ctx, key, 0)
-	if err == nil {
+	sv, rev, err := s.Store.AccessVersion(ctx, key, version)
+	if err == nil && version == 0 && s.ReadCache != nil {
 		s.ReadCache.Put(key, sv, rev)
 	}
 	return sv, rev, err
 }
 
 // batchAccess reads the newest versions of keys at one revision: from the
-// read cache when it holds them all, else from the database.
+// read cache when it holds them all, else from the database once it has
+// reached minRevision.
 func (s *SecretService) batchAccess(ctx context.Context, keys []string, minRevision int64) ([]store.BatchItem, int64, error) {
 	if s.ReadCache != nil {
 		if svs, rev, ok := s.ReadCache.GetAll(keys, minRevision); ok {
@@ -88,6 +92,9 @@ func (s *SecretService) batchAccess(ctx context.Context, keys []string, minRevis
 			}
 			return items, rev, nil
 		}
+	}
+	if err := s.reachRevision(ctx, minRevision); err != nil {
+		return nil, 0, err
 	}
 	items, rev, err := s.Store.BatchAccess(ctx, keys)
 	if err == nil && s.ReadCache != nil {
@@ -100,6 +107,58 @@ func (s *SecretService) batchAccess(ctx context.Context, keys []string, minRevis
 	return items, rev, err
 }
 
+// DefaultMinRevisionWait bounds how long a read waits for a min_revision
+// the database has not reached yet.
+const DefaultMinRevisionWait = 2 * time.Second
+
+// answerMargin is the time reachRevision leaves, before the request's
+// deadline, to answer REVISION_AHEAD instead of DEADLINE_EXCEEDED.
+const answerMargin = 150 * time.Millisecond
+
+// reachRevision returns once the database's revision is at least
+// minRevision, so a read never answers older than a revision the caller
+// has seen. A revision ahead of the database (a write not yet visible
+// where this replica reads, or a database restored from a backup) is
+// waited for within the request's deadline, at most MinRevisionWait; then
+// it is OUT_OF_RANGE with reason REVISION_AHEAD, never an older value.
+func (s *SecretService) reachRevision(ctx context.Context, minRevision int64) error {
+	if minRevision == 0 {
+		return nil
+	}
+	bound := s.MinRevisionWait
+	if bound <= 0 {
+		bound = DefaultMinRevisionWait
+	}
+	deadline := time.Now().Add(bound)
+	if d, ok := ctx.Deadline(); ok && d.Add(-answerMargin).Before(deadline) {
+		// Leave time to answer before the caller gives up.
+		deadline = d.Add(-answerMargin)
+	}
+	pause := 10 * time.Millisecond
+	for {
+		rev, err := s.Consumers.Revision(ctx)
+		if err != nil {
+			return err
+		}
+		if rev >= minRevision {
+			return nil
+		}
+		wait := min(pause, time.Until(deadline))
+		if wait <= 0 {
+			return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
+				fmt.Sprintf("min_revision %d is ahead of the current revision %d; retry later, or read without it after a database restore", minRevision, rev))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, 200*time.Millisecond)
+	}
+}
+
 // Outcome is the audit outcome of a status code: "OK" or its canonical name
 // (e.g. "NOT_FOUND").
 func Outcome(c codes.Code) string { return rpccode.Code(c).String() }
@@ -110,7 +169,7 @@ func (s *SecretService) auditFailed(ctx context.Context, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return toStatus(ctx, s.Logger, err)
 	}
-	return withInfo(codes.Unavailable, ReasonAuditUnavailable, "access could not be audited; value withheld, retry later")
+	return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE, "access could not be audited; value withheld, retry later")
 }
 
 // BatchAccessSecrets reads several latest values in one snapshot. Keys that
@@ -165,7 +224,7 @@ func (s *SecretService) BatchAccessSecrets(ctx context.Context, req *pb.BatchAcc
 		if total > maxBatchBytes {
 			clearResults(out.Results)
 			clear(r.Value)
-			return nil, withInfo(codes.InvalidArgument, ReasonResponseTooLarge,
+			return nil, withInfo(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_RESPONSE_TOO_LARGE,
 				fmt.Sprintf("keys: the values exceed the %d MiB response limit; ask for fewer keys per call", maxBatchBytes>>20))
 		}
 		out.Results[i] = r

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/orient-bot/secrets/server/providercheck"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -32,6 +33,7 @@ type Store interface {
 	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEvent, error)
 	// CategoryOf returns a stored secret's category ("" when not stored).
 	CategoryOf(ctx context.Context, key string) (string, error)
+	WritesWithValueMAC(ctx context.Context, mac []byte, key string, limit int) ([]store.AuditEvent, error)
 	ProviderDefaults(ctx context.Context) ([]store.ProviderDefault, int64, error)
 	SetProviderDefault(ctx context.Context, meta store.Meta, useCase, provider, model string) (store.ProviderDefaultResult, error)
 }
@@ -55,6 +57,9 @@ type Deps struct {
 	Access  AccessRecorder
 	Keyring Keyring
 	Logger  *slog.Logger
+	// MinRevisionWait bounds how long a read waits for a min_revision the
+	// database has not reached (DefaultMinRevisionWait when 0).
+	MinRevisionWait time.Duration
 	// Hub and Consumers serve the change stream and restart tracking.
 	Hub       Hub
 	Consumers ConsumerStore
@@ -77,6 +82,9 @@ type Deps struct {
 	// ReadCache, if set, answers reads of newest versions without a
 	// database read (the audit commit still happens).
 	ReadCache ReadCache
+	// Checker asks providers whether stored credentials work (CheckSecret);
+	// nil answers UNIMPLEMENTED.
+	Checker *providercheck.Checker
 }
 
 // ReadCache holds sealed newest versions, kept exact by the change stream

@@ -2,12 +2,17 @@ package api
 
 import (
 	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/orient-bot/secrets/server/auth"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/auditlog"
+	"github.com/orient-bot/secrets/server/catalog"
 	"github.com/orient-bot/secrets/server/store"
 )
 
@@ -140,6 +145,49 @@ func (s *AuditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogR
 	}
 	return &pb.VerifyAuditLogResponse{
 		Intact: res.Intact, VerifiedThrough: res.VerifiedThrough, FirstBadSequence: res.FirstBad, Reason: res.Reason,
-		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: s.Log.Public != nil,
+		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: len(s.Log.Keys) > 0,
+		Anchored: res.Anchored, AnchoredThrough: res.AnchoredThrough, ExternalCheckpointsChecked: int32(res.External),
+		Summary: res.Summary(),
 	}, nil
+}
+
+// maxValueMatches bounds a MatchValue answer.
+const maxValueMatches = 1000
+
+// MatchValue says which writes, if any, stored a candidate value: its HMAC
+// under the audit log's sealed key is compared with the value_hmac every
+// write recorded. The candidate is never logged, stored or returned, nor is
+// its HMAC; the call is audited (who asked, about which key, how many
+// matches) before it answers, and fails closed when it cannot be.
+func (s *AuditService) MatchValue(ctx context.Context, req *pb.MatchValueRequest) (*pb.MatchValueResponse, error) {
+	value := req.GetValue()
+	switch {
+	case len(value) == 0:
+		return nil, invalidArg("value", "required")
+	case len(value) > catalog.MaxValueSize:
+		return nil, invalidArg("value", fmt.Sprintf("must be at most %d bytes", catalog.MaxValueSize))
+	}
+	if req.GetKey() != "" {
+		if err := checkKey("key", req.GetKey()); err != nil {
+			return nil, err
+		}
+	}
+	mac := s.AuditMAC(value)
+	events, err := s.Store.WritesWithValueMAC(ctx, mac, req.GetKey(), maxValueMatches)
+	clear(mac)
+	if err != nil {
+		return nil, toStatus(ctx, s.Logger, err)
+	}
+	id := IdentityFrom(ctx)
+	if err := s.Access.RecordAccess(ctx, []store.AuditEvent{{Actor: id.Actor, Peer: id.Peer, Action: "MatchValue",
+		Key: req.GetKey(), Outcome: store.OutcomeOK, Detail: fmt.Sprintf("matches: %d", len(events))}}); err != nil {
+		s.Logger.ErrorContext(ctx, "leak check not audited; answer withheld", "error", err)
+		return nil, withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_AUDIT_UNAVAILABLE, "the check could not be audited; retry later")
+	}
+	out := &pb.MatchValueResponse{}
+	for _, e := range events {
+		out.Matches = append(out.Matches, &pb.ValueMatch{Key: e.Key, Version: e.Version, Sequence: e.Sequence,
+			Time: timestamppb.New(e.Time), Actor: e.Actor})
+	}
+	return out, nil
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -17,57 +19,115 @@ import (
 // ErrorDomain is the ErrorInfo domain of every error this service returns.
 const ErrorDomain = "secrets.orient.dev"
 
-// ErrorInfo reasons. Clients branch on these (and the code), never on the
-// message text.
-const (
-	ReasonNotFound          = "NOT_FOUND"
-	ReasonEtagMismatch      = "ETAG_MISMATCH"
-	ReasonVersionNotEnabled = "VERSION_NOT_ENABLED"
-	ReasonInvalidArgument   = "INVALID_ARGUMENT"
-	ReasonDatabaseDown      = "DATABASE_UNAVAILABLE"
-	ReasonKEKUnavailable    = "KEK_UNAVAILABLE"
-	ReasonCiphertextCorrupt = "CIPHERTEXT_CORRUPT"
-	ReasonAuditUnavailable  = "AUDIT_UNAVAILABLE"
-	ReasonRequestIDReused   = "REQUEST_ID_REUSED"
-	ReasonInternal          = "INTERNAL"
-	ReasonResponseTooLarge  = "RESPONSE_TOO_LARGE"
-	ReasonPermissionDenied  = "PERMISSION_DENIED"
-	ReasonUnauthenticated   = "UNAUTHENTICATED"
-	ReasonTooManyStreams    = "TOO_MANY_STREAMS"
-	ReasonConsumerOwned     = "CONSUMER_OWNED"
-	ReasonTooManyConsumers  = "TOO_MANY_CONSUMERS"
-)
+// ReasonString is the ErrorInfo reason of r on the wire: the enum value's
+// name without its "ERROR_REASON_" prefix (e.g. "ETAG_MISMATCH"). The
+// ErrorReason enum in the proto is the one list of reasons; the client
+// derives its names the same way.
+func ReasonString(r pb.ErrorReason) string {
+	return strings.TrimPrefix(r.String(), "ERROR_REASON_")
+}
 
 // Refusal is the answer to a call the policy refuses: UNAUTHENTICATED,
 // PERMISSION_DENIED or RESOURCE_EXHAUSTED (too many streams), with its
 // ErrorInfo reason.
 func Refusal(code codes.Code, msg string) error {
-	reason := ReasonPermissionDenied
+	reason := pb.ErrorReason_ERROR_REASON_PERMISSION_DENIED
 	switch code {
 	case codes.Unauthenticated:
-		reason = ReasonUnauthenticated
+		reason = pb.ErrorReason_ERROR_REASON_UNAUTHENTICATED
 	case codes.ResourceExhausted:
-		reason = ReasonTooManyStreams
+		reason = pb.ErrorReason_ERROR_REASON_TOO_MANY_STREAMS
 	}
 	return withInfo(code, reason, msg)
 }
 
-func withInfo(code codes.Code, reason, msg string, more ...*errdetails.BadRequest) error {
+// Status builds a status with ErrorInfo{reason, ErrorDomain} and the given
+// BadRequest details. Every non-OK answer of the service is made here.
+func Status(code codes.Code, reason pb.ErrorReason, msg string, more ...*errdetails.BadRequest) *status.Status {
 	st := status.New(code, msg)
-	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}}
+	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: ReasonString(reason), Domain: ErrorDomain}}
 	for _, m := range more {
 		details = append(details, m)
 	}
 	if withDetails, err := st.WithDetails(details...); err == nil {
 		st = withDetails
 	}
-	return st.Err()
+	return st
+}
+
+func withInfo(code codes.Code, reason pb.ErrorReason, msg string, more ...*errdetails.BadRequest) error {
+	return Status(code, reason, msg, more...).Err()
+}
+
+// Unauthenticated is the answer to a call without valid credentials (one
+// message for every cause, so a caller learns nothing about tokens).
+func Unauthenticated(msg string) error {
+	return withInfo(codes.Unauthenticated, pb.ErrorReason_ERROR_REASON_UNAUTHENTICATED, msg)
+}
+
+// PermissionDenied is the answer to a call that the caller's role or scope
+// does not allow.
+func PermissionDenied(msg string) error {
+	return withInfo(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_PERMISSION_DENIED, msg)
+}
+
+// ReasonForCode is the reason given to a status that was made without one
+// (by gRPC itself, an interceptor or the gateway's transport): the
+// closest reason for its code.
+func ReasonForCode(c codes.Code) pb.ErrorReason {
+	switch c {
+	case codes.NotFound:
+		return pb.ErrorReason_ERROR_REASON_NOT_FOUND
+	case codes.AlreadyExists:
+		return pb.ErrorReason_ERROR_REASON_ALREADY_EXISTS
+	case codes.InvalidArgument, codes.OutOfRange:
+		return pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT
+	case codes.ResourceExhausted:
+		return pb.ErrorReason_ERROR_REASON_REQUEST_TOO_LARGE
+	case codes.Unauthenticated:
+		return pb.ErrorReason_ERROR_REASON_UNAUTHENTICATED
+	case codes.PermissionDenied:
+		return pb.ErrorReason_ERROR_REASON_PERMISSION_DENIED
+	case codes.Unavailable:
+		return pb.ErrorReason_ERROR_REASON_SERVER_SHUTTING_DOWN
+	case codes.Canceled:
+		return pb.ErrorReason_ERROR_REASON_CANCELLED
+	case codes.DeadlineExceeded:
+		return pb.ErrorReason_ERROR_REASON_DEADLINE_EXCEEDED
+	case codes.Unimplemented:
+		return pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED
+	}
+	return pb.ErrorReason_ERROR_REASON_INTERNAL
+}
+
+// HasInfo reports whether st carries this service's ErrorInfo.
+func HasInfo(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == ErrorDomain {
+			return true
+		}
+	}
+	return false
+}
+
+// WithReason returns st with this service's ErrorInfo, adding the reason
+// for its code when it has none (statuses made by gRPC, the gateway or an
+// interceptor).
+func WithReason(st *status.Status) *status.Status {
+	if st.Code() == codes.OK || HasInfo(st) {
+		return st
+	}
+	withDetails, err := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonString(ReasonForCode(st.Code())), Domain: ErrorDomain})
+	if err != nil {
+		return st
+	}
+	return withDetails
 }
 
 // invalidArg is INVALID_ARGUMENT naming the offending field. desc must never
 // contain a secret value.
 func invalidArg(field, desc string) error {
-	return withInfo(codes.InvalidArgument, ReasonInvalidArgument, field+": "+desc,
+	return withInfo(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, field+": "+desc,
 		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: desc}}})
 }
 
@@ -83,38 +143,50 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return withInfo(codes.NotFound, ReasonNotFound, err.Error())
+		return withInfo(codes.NotFound, pb.ErrorReason_ERROR_REASON_NOT_FOUND, err.Error())
 	case errors.Is(err, store.ErrAlreadyExists):
-		return withInfo(codes.AlreadyExists, "ALREADY_EXISTS", err.Error())
+		return withInfo(codes.AlreadyExists, pb.ErrorReason_ERROR_REASON_ALREADY_EXISTS, err.Error())
 	case errors.Is(err, store.ErrEtagMismatch):
-		return withInfo(codes.Aborted, ReasonEtagMismatch, err.Error()+"; read it again and retry")
+		return withInfo(codes.Aborted, pb.ErrorReason_ERROR_REASON_ETAG_MISMATCH, err.Error()+"; read it again and retry")
 	case errors.Is(err, store.ErrFailedPrecondition):
-		return withInfo(codes.FailedPrecondition, ReasonVersionNotEnabled, err.Error())
+		return withInfo(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_VERSION_NOT_ENABLED, err.Error())
 	case errors.Is(err, store.ErrRequestIDReused):
-		return withInfo(codes.InvalidArgument, ReasonRequestIDReused, "request_id: "+err.Error(),
+		return withInfo(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_REQUEST_ID_REUSED, "request_id: "+err.Error(),
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "request_id", Description: err.Error()}}})
 	case errors.Is(err, store.ErrInvalidArgument):
-		return withInfo(codes.InvalidArgument, ReasonInvalidArgument, err.Error())
+		return withInfo(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT, err.Error())
 	case errors.Is(err, store.ErrConsumerOwned):
-		return withInfo(codes.PermissionDenied, ReasonConsumerOwned, err.Error())
+		return withInfo(codes.PermissionDenied, pb.ErrorReason_ERROR_REASON_CONSUMER_OWNED, err.Error())
 	case errors.Is(err, store.ErrTooManyConsumers):
-		return withInfo(codes.ResourceExhausted, ReasonTooManyConsumers, err.Error()+"; consumers unseen for a while are forgotten")
+		return withInfo(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_TOO_MANY_CONSUMERS, err.Error()+"; consumers unseen for a while are forgotten")
 	case errors.Is(err, store.ErrUnavailable):
 		log.WarnContext(ctx, "database unavailable", "error", err)
-		return withInfo(codes.Unavailable, ReasonDatabaseDown, "database unavailable; retry later")
+		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_DATABASE_UNAVAILABLE, "database unavailable; retry later")
+	case errors.Is(err, seal.ErrKEKRefused):
+		// Still UNAVAILABLE (the service cannot use its key now; it serves
+		// again once the key is fixed), but the message says an operator is
+		// needed. The KEK is named by its fingerprint, never its URL.
+		id, _ := seal.FailedKEK(err)
+		log.ErrorContext(ctx, "the KMS refused the key-encryption key", "kek", id, "error", err)
+		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_KEK_UNAVAILABLE, "the KMS refused key-encryption key "+id+
+			" (permission denied, key disabled or not found); an operator must fix the key or its permissions")
 	case errors.Is(err, seal.ErrKEKUnavailable):
 		log.WarnContext(ctx, "key-encryption key unavailable", "error", err)
-		return withInfo(codes.Unavailable, ReasonKEKUnavailable, "key-encryption key unavailable; retry later")
+		msg := "key-encryption key unavailable; retry later"
+		if id, ok := seal.FailedKEK(err); ok {
+			msg = "key-encryption key " + id + " unavailable (KMS unreachable); retry later"
+		}
+		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_KEK_UNAVAILABLE, msg)
 	case errors.Is(err, seal.ErrCorrupt), errors.Is(err, seal.ErrUnknownKEK):
 		log.ErrorContext(ctx, "stored ciphertext does not decrypt", "error", err)
-		return withInfo(codes.DataLoss, ReasonCiphertextCorrupt, "stored value failed its integrity check; it was not returned")
+		return withInfo(codes.DataLoss, pb.ErrorReason_ERROR_REASON_CIPHERTEXT_CORRUPT, "stored value failed its integrity check; it was not returned")
 	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "request canceled")
+		return withInfo(codes.Canceled, pb.ErrorReason_ERROR_REASON_CANCELLED, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+		return withInfo(codes.DeadlineExceeded, pb.ErrorReason_ERROR_REASON_DEADLINE_EXCEEDED, "deadline exceeded")
 	}
 	log.ErrorContext(ctx, "internal error", "error", err)
-	return withInfo(codes.Internal, ReasonInternal, "internal error")
+	return withInfo(codes.Internal, pb.ErrorReason_ERROR_REASON_INTERNAL, "internal error")
 }
 
 // StatusOf maps an error to its gRPC status, as the handlers do (for the

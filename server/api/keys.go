@@ -14,9 +14,6 @@ import (
 	"github.com/orient-bot/secrets/server/store"
 )
 
-// ReasonKEKInUse: a KEK that still wraps data keys is not configured.
-const ReasonKEKInUse = "KEK_IN_USE"
-
 // KEKRotator runs KEK rotations on this replica.
 type KEKRotator interface {
 	// Start starts a background rotation, or joins the running one
@@ -46,7 +43,7 @@ func (s *KeyService) RotateKEK(ctx context.Context, req *pb.RotateKEKRequest) (*
 	if errors.Is(err, kek.ErrKEKInUse) {
 		// The refusal is audited like any failed write (best effort).
 		_ = s.Store.RecordFailure(ctx, meta, "", 0, Outcome(codes.FailedPrecondition), err.Error())
-		return nil, withInfo(codes.FailedPrecondition, ReasonKEKInUse, err.Error())
+		return nil, withInfo(codes.FailedPrecondition, pb.ErrorReason_ERROR_REASON_KEK_IN_USE, err.Error())
 	}
 	if err != nil {
 		return nil, toStatus(ctx, s.Logger, err)

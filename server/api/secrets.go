@@ -242,8 +242,10 @@ func (s *SecretService) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRe
 	updates := 0
 	for _, path := range paths {
 		// The gateway fills the mask from every field in a PATCH body; key
-		// and etag name the target and the precondition, not updates.
-		if path == "key" || path == "etag" {
+		// and etag name the target and the precondition, not updates, and
+		// output-only fields are ignored (AIP-203), so a client can send
+		// back what it read with one field changed.
+		if path == "key" || path == "etag" || outputOnly(secretDescriptor, path) {
 			continue
 		}
 		updates++

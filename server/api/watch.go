@@ -22,17 +22,10 @@ import (
 	"github.com/orient-bot/secrets/server/watch"
 )
 
-// Reasons of watch errors; clients act on them (relist, resume).
-const (
-	ReasonRevisionCompacted = "REVISION_COMPACTED"
-	ReasonRevisionAhead     = "REVISION_AHEAD"
-	ReasonShuttingDown      = "SERVER_SHUTTING_DOWN"
-)
-
 // Hub is the change-stream fan-out.
 type Hub interface {
-	Subscribe(ctx context.Context, consumer *store.ConsumerID) (*watch.Subscription, error)
-	Backlog(ctx context.Context, after, upTo int64) ([]store.Change, error)
+	Current(ctx context.Context) (int64, error)
+	Open(ctx context.Context, after int64, consumer *store.ConsumerID) (*watch.Stream, error)
 }
 
 // ConsumerStore tracks consumer instances.
@@ -132,12 +125,10 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 	// The keys it names were checked against the caller's scope by the
 	// method's policy; the events are filtered to it.
 	filter.scope = scopeOf(ctx)
-	sub, err := s.Hub.Subscribe(ctx, consumer)
+	current, err := s.Hub.Current(ctx)
 	if err != nil {
 		return s.watchErr(ctx, err)
 	}
-	defer func() { sub.Close() }()
-	current := sub.Start()
 	last := req.GetStartRevision()
 	if last == 0 || last > current {
 		// The hub may trail the database by a moment. "From now" is the
@@ -152,16 +143,25 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 		case last == 0:
 			last = max(dbRev, current)
 		case last > dbRev:
-			return withInfo(codes.OutOfRange, ReasonRevisionAhead,
+			return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
 				fmt.Sprintf("start_revision %d is ahead of the current revision %d; list again and watch from its revision", last, dbRev))
 		}
 	}
-	backlog, err := s.Hub.Backlog(ctx, last, current)
+	// The backlog is not loaded here: the stream reads it a page at a time
+	// as it sends, so the first message leaves at once and memory stays
+	// one page whatever the backlog.
+	changes, err := s.Hub.Open(ctx, last, consumer)
 	if err != nil {
 		return s.watchErr(ctx, err)
 	}
+	defer changes.Close()
 	if consumer != nil {
-		if err := s.Consumers.ReportConsumer(ctx, s.consumerReport(ctx, *consumer, req.GetLoadedRevision(), last, req.GetKeys(), cats)); err != nil {
+		// loaded_revision 0 on a watch keeps what the consumer reported.
+		loaded := req.GetLoadedRevision()
+		if loaded == 0 {
+			loaded = store.KeepLoadedRevision
+		}
+		if err := s.Consumers.ReportConsumer(ctx, s.consumerReport(ctx, *consumer, loaded, last, req.GetKeys(), cats)); err != nil {
 			return s.fail(ctx, err)
 		}
 	}
@@ -169,37 +169,19 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 		return err
 	}
 	w := &watcher{stream: stream, wire: s.wire, filter: filter, last: last}
-	if err := w.sendAll(backlog); err != nil {
-		return err
-	}
 	for {
-		select {
-		case <-ctx.Done():
+		item, err := changes.Next(ctx)
+		switch {
+		case ctx.Err() != nil:
 			// The call's deadline or cancellation, as such: a watch never
 			// ends with OK, which a client would read as a clean end of
 			// stream (the server can see the deadline before the client).
 			return status.FromContextError(ctx.Err()).Err()
-		case item, ok := <-sub.C():
-			if ok {
-				if err := w.handle(item); err != nil {
-					return err
-				}
-				continue
-			}
-			if !errors.Is(sub.Err(), watch.ErrLagged) {
-				return s.watchErr(ctx, sub.Err())
-			}
-			// Fell behind: catch up from the log, then follow live again.
-			if sub, err = s.Hub.Subscribe(ctx, consumer); err != nil {
-				return s.watchErr(ctx, err)
-			}
-			backlog, err := s.Hub.Backlog(ctx, w.last, sub.Start())
-			if err != nil {
-				return s.watchErr(ctx, err)
-			}
-			if err := w.sendAll(backlog); err != nil {
-				return err
-			}
+		case err != nil:
+			return s.watchErr(ctx, err)
+		}
+		if err := w.handle(item); err != nil {
+			return err
 		}
 	}
 }
@@ -213,15 +195,6 @@ type watcher struct {
 	last int64
 	// busy records whether an event went out since the last progress mark.
 	busy bool
-}
-
-func (w *watcher) sendAll(changes []store.Change) error {
-	for i := range changes {
-		if err := w.handle(watch.Item{Change: &changes[i]}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func (w *watcher) handle(item watch.Item) error {
@@ -266,9 +239,9 @@ func toChangeEvent(c *store.Change) *pb.ChangeEvent {
 func (s *SecretService) watchErr(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, watch.ErrCompacted):
-		return withInfo(codes.OutOfRange, ReasonRevisionCompacted, err.Error()+"; list again and watch from the list's revision")
+		return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_COMPACTED, err.Error()+"; list again and watch from the list's revision")
 	case errors.Is(err, watch.ErrStopped):
-		return withInfo(codes.Unavailable, ReasonShuttingDown, "server shutting down; resume from the last revision received")
+		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_SERVER_SHUTTING_DOWN, "server shutting down; resume from the last revision received")
 	}
 	return s.fail(ctx, err)
 }
@@ -325,8 +298,8 @@ func (s *SecretService) ReportConsumerState(ctx context.Context, req *pb.ReportC
 	if consumer == nil {
 		return nil, invalidArg("consumer", "required")
 	}
-	if req.GetLoadedRevision() <= 0 {
-		return nil, invalidArg("loaded_revision", "required: the revision whose values the consumer runs with")
+	if req.GetLoadedRevision() < 0 {
+		return nil, invalidArg("loaded_revision", "must not be negative (0: the consumer runs on no value from the service)")
 	}
 	_, cats, err := parseWatchScope(req.GetKeys(), req.GetCategories())
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -26,11 +27,11 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"gocloud.dev/secrets"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/migrations"
@@ -39,6 +40,7 @@ import (
 	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/kek"
 	"github.com/orient-bot/secrets/server/pgcluster"
+	"github.com/orient-bot/secrets/server/providercheck"
 	"github.com/orient-bot/secrets/server/readcache"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
@@ -53,6 +55,14 @@ type Config struct {
 	DataDir     string
 	DatabaseURL string
 	KEKURL      string
+	// KEKTimeout bounds one KMS call (seal.DefaultKMSTimeout when zero).
+	KEKTimeout time.Duration
+	// KEKMux, if set, opens KMS URLs instead of gocloud's default mux (for
+	// tests that point a driver's client library at a local stand-in).
+	KEKMux *secrets.URLMux
+	// HealthInterval is how often gRPC health follows the readiness checks
+	// (DefaultHealthInterval when zero).
+	HealthInterval time.Duration
 	// Reflection enables gRPC server reflection (for grpcurl).
 	Reflection bool
 	// MaxStreamsPerToken bounds the concurrent streams (watches) of one
@@ -95,6 +105,9 @@ type Config struct {
 	CertIdentities            string
 	// AllowPlaintext permits plaintext listeners on non-loopback addresses.
 	AllowPlaintext bool
+	// CORSOrigins are the browser origins allowed to call the REST API
+	// (e.g. https://dashboard.example.com); none by default.
+	CORSOrigins []string
 	// TrustedProxies are the proxies whose X-Forwarded-For is believed.
 	TrustedProxies []netip.Prefix
 	// BootstrapToken, if set, is the first admin token's value (on first
@@ -107,6 +120,24 @@ type Config struct {
 	AuditSigningKey string
 	// AuditCheckpointInterval is how often the chain head is signed.
 	AuditCheckpointInterval time.Duration
+	// TracerProvider, if set, receives OpenTelemetry spans for gRPC, REST
+	// and PostgreSQL (see tracing.go); nil leaves tracing out entirely.
+	TracerProvider trace.TracerProvider
+	// ProviderChecks configures CheckSecret's calls to providers (base
+	// URLs, allowed JIRA hosts, timeout).
+	ProviderChecks providercheck.Config
+	// AuditCheckpointURL is a gocloud.dev blob URL where every signed
+	// checkpoint is also written, outside the database (the embedded
+	// default: a folder in its data directory).
+	AuditCheckpointURL string
+	// AuditPublicKeys are earlier signing keys' public halves (base64):
+	// their checkpoints still verify after the signing key rotates.
+	AuditPublicKeys []string
+	// AuditUnsigned runs with DATABASE_URL and no signing key, on purpose.
+	AuditUnsigned bool
+	// AllowOwnerRole lets the service connect as the tables' owner or a
+	// superuser (who can rewrite the audit log), with a warning.
+	AllowOwnerRole bool
 }
 
 // MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
@@ -159,11 +190,12 @@ type Server struct {
 	authDone      sync.WaitGroup
 	stopRotation  context.CancelFunc
 	readCache     *readcache.Cache
-	hubCtx        context.Context
-	hubStop       context.CancelFunc
-	hubDone       chan struct{}
+	feed          *group // the watch hub and what follows it; stopped first
+	jobs          *group // maintenance and audit checkpoints; stopped before the store
 	grpc          *grpc.Server
-	health        *health.Server
+	health        *healthServer
+	shuttingDown  atomic.Bool
+	httpMetrics   *httpMetrics
 	http          *http.Server
 	gwConn        interface{ Close() error }
 	grpcLis       net.Listener
@@ -193,23 +225,34 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 			return nil, err
 		}
 	} else if kekURL == "" {
-		return nil, errors.New("SECRETS_KEK_URL is required with DATABASE_URL (e.g. awskms://…, gcpkms://…, or base64key://<32 bytes in base64> for testing)")
+		return nil, missingKEK(ctx, dsn, log)
 	}
 	urls, err := seal.ParseKEKURLs(kekURL)
 	if err != nil {
 		return nil, err
 	}
-	if s.keyring, err = seal.OpenKeyring(ctx, urls); err != nil {
+	kekOpts := []seal.Option{seal.WithKMSTimeout(seal.DefaultKMSTimeout)}
+	if cfg.KEKTimeout > 0 {
+		kekOpts[0] = seal.WithKMSTimeout(cfg.KEKTimeout)
+	}
+	if cfg.KEKMux != nil {
+		kekOpts = append(kekOpts, seal.WithKeeperMux(cfg.KEKMux))
+	}
+	if s.keyring, err = seal.OpenKeyring(ctx, urls, kekOpts...); err != nil {
 		return nil, err
 	}
 	log.Info("key-encryption keys loaded", "primary", s.keyring.PrimaryID(), "count", len(urls))
 
 	mctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := migrations.Up(mctx, dsn); err != nil {
-		return nil, fmt.Errorf("database migrations: %w", err)
+	if s.cluster != nil {
+		if dsn, err = s.migrateEmbedded(mctx, dsn); err != nil {
+			return nil, err
+		}
+	} else if err := s.checkRole(mctx, dsn); err != nil {
+		return nil, err
 	}
-	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log}); err != nil {
+	if s.store, err = store.Open(ctx, dsn, store.Options{MinMaxConns: 16, Logger: log, Tracer: s.queryTracer()}); err != nil {
 		return nil, err
 	}
 	if err := s.checkKEKs(ctx); err != nil {
@@ -221,7 +264,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if s.auditMACKey, err = s.serviceKey(ctx, "audit-value-hmac"); err != nil {
 		return nil, err
 	}
-	if err := s.openAuditLog(); err != nil {
+	if err := s.openAuditLog(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.bootstrap(ctx); err != nil {
@@ -231,6 +274,61 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 		return nil, err
 	}
 	return s, nil
+}
+
+// migrateEmbedded migrates the embedded cluster as its superuser (the
+// tables' owner), makes the service role, and returns the service role's
+// connection string: the embedded default runs with the two roles too.
+func (s *Server) migrateEmbedded(ctx context.Context, ownerDSN string) (string, error) {
+	if err := migrations.Up(ctx, ownerDSN); err != nil {
+		return "", fmt.Errorf("database migrations: %w", err)
+	}
+	if _, err := migrations.EnsureServiceRole(ctx, ownerDSN, migrations.DefaultServiceRole); err != nil {
+		return "", err
+	}
+	dsn := s.cluster.ConnStringAs(migrations.DefaultServiceRole, "postgres")
+	role, err := migrations.CurrentRole(ctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	if role.Privileged() {
+		return "", fmt.Errorf("embedded PostgreSQL: role %s could rewrite the audit log", role.Name)
+	}
+	s.log.Info("database role", "role", role.Name, "superuser", role.Superuser, "owner", role.Owner)
+	return dsn, nil
+}
+
+// checkRole refuses a DATABASE_URL role that could rewrite the audit log
+// (a superuser, or the tables' owner) unless AllowOwnerRole says so; such a
+// role migrates the schema itself, as before. A least-privileged role
+// cannot: the schema must be current (secretsd migrate, as the owner).
+func (s *Server) checkRole(ctx context.Context, dsn string) error {
+	role, err := migrations.CurrentRole(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	if role.Privileged() {
+		if !s.cfg.AllowOwnerRole {
+			return fmt.Errorf("DATABASE_URL connects as %s, which is a superuser or the tables' owner (or the schema does not exist yet): "+
+				"it could rewrite the audit log. Run `secretsd migrate` with it once (it creates the service role %q), then connect "+
+				"as the service role; or pass --allow-owner-role to serve as it anyway", role.Name, migrations.DefaultServiceRole)
+		}
+		s.log.Warn("--allow-owner-role: serving as a superuser or the tables' owner, which can disable the audit log's triggers and rewrite it; only external checkpoints can catch that",
+			"role", role.Name, "superuser", role.Superuser)
+		if err := migrations.Up(ctx, dsn); err != nil {
+			return fmt.Errorf("database migrations: %w", err)
+		}
+		return nil
+	}
+	s.log.Info("database role", "role", role.Name, "superuser", false, "owner", false)
+	pending, err := migrations.Pending(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("database migrations: %w", err)
+	}
+	if pending {
+		return fmt.Errorf("the database schema is behind this secretsd: run `secretsd migrate` with the owner role's DATABASE_URL first (role %s may not migrate)", role.Name)
+	}
+	return nil
 }
 
 // startEmbedded starts the private PostgreSQL cluster in the data directory
@@ -304,11 +402,22 @@ func (s *Server) listen(ctx context.Context) error {
 		Name: "secrets_access_audit_events_total", Help: "Access audit events recorded, by outcome.",
 	}, []string{"result"})
 	reg.MustRegister(auditCounter)
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_dek_cache_hits_total", Help: "Data-key unwraps served by the in-memory cache (no KMS call). Hit rate: hits / (hits + misses).",
+		}, func() float64 { return float64(s.keyring.DEKCacheStats().Hits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_dek_cache_misses_total", Help: "Data-key unwraps that called the KMS (not in the cache).",
+		}, func() float64 { return float64(s.keyring.DEKCacheStats().Misses) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "secrets_dek_cache_entries", Help: "Unwrapped data keys held in memory.",
+		}, func() float64 { return float64(s.keyring.DEKCacheStats().Entries) }))
 
 	deniedDropped := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited: the denial queue was full or their batch could not be written.",
 	})
 	reg.MustRegister(deniedDropped)
+	s.httpMetrics = newHTTPMetrics(reg)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
 	s.denials = auditlog.NewDenialQueue(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
 	denied := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -329,6 +438,7 @@ func (s *Server) listen(ctx context.Context) error {
 		// for its request message before any interceptor runs).
 		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 	}
+	serverOpts = append(serverOpts, s.tracingServerOptions()...)
 	if s.tls.server != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
 	}
@@ -360,6 +470,9 @@ func (s *Server) listen(ctx context.Context) error {
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}
+	if deps.Checker, err = providercheck.New(s.cfg.ProviderChecks); err != nil {
+		return err
+	}
 	if s.cfg.ReadCacheEntries > 0 {
 		s.readCache = readcache.New(s.hub, s.store.LastWriteRevision, s.cfg.ReadCacheEntries, s.log)
 		deps.ReadCache = s.readCache
@@ -379,24 +492,26 @@ func (s *Server) listen(ctx context.Context) error {
 	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog})
 	pb.RegisterTokenServiceServer(s.grpc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
 	pb.RegisterKeyServiceServer(s.grpc, s.keyService(ctx, deps))
-	s.health = health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if s.cfg.Reflection {
-		reflection.Register(s.grpc)
+		if err := registerReflection(s.grpc); err != nil {
+			return err
+		}
 	}
+	s.health = newHealthServer(s.grpc, func(ctx context.Context) bool { _, ok := s.readiness(ctx); return ok })
+	healthpb.RegisterHealthServer(s.grpc, s.health)
 	metrics.InitializeMetrics(s.grpc)
 
-	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log)
+	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
 	if err != nil {
 		return err
 	}
 	s.gwConn = conn
 	s.http = &http.Server{
-		Handler:           s.httpHandler(gw, reg),
+		Handler:           s.httpHandler(s.traceHTTP(gw), reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		TLSConfig:         s.tls.server,
+		TLSConfig:         s.tls.http,
 		// No WriteTimeout: it would cut off change streams.
 	}
 	return nil
@@ -405,11 +520,10 @@ func (s *Server) listen(ctx context.Context) error {
 // Serve runs both listeners until ctx is done, then drains gracefully.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
-	s.hubCtx, s.hubStop = context.WithCancel(context.WithoutCancel(ctx))
-	s.hubDone = make(chan struct{})
-	go func() { defer close(s.hubDone); s.hub.Run(s.hubCtx) }()
+	s.feed = newGroup(ctx)
+	s.feed.Go(s.hub.Run)
 	if s.readCache != nil {
-		go s.readCache.Run(s.hubCtx)
+		s.feed.Go(s.readCache.Run)
 	}
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
 	// Token last-use times and denial audits are flushed when these end,
@@ -420,7 +534,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.authDone.Go(func() { s.denials.Run(authCtx) })
 	go func() {
 		serve := s.http.Serve
-		if s.tls.server != nil {
+		if s.tls.http != nil {
 			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
 		}
 		if err := serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
@@ -429,11 +543,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 		errc <- nil
 	}()
-	go s.maintain(ctx)
-	go s.checkpoints(ctx)
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.jobs = newGroup(ctx)
+	s.jobs.Go(s.maintain)
+	s.jobs.Go(s.checkpoints)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
-		"startup", time.Since(s.startedAt).Round(time.Millisecond))
+		"dashboard", s.dashboardURL(), "startup", time.Since(s.startedAt).Round(time.Millisecond))
 
 	var err error
 	var clusterDone <-chan struct{}
@@ -489,15 +603,13 @@ func (s *Server) maintain(ctx context.Context) {
 // close stops everything in order: stop accepting, drain in-flight calls,
 // close the pool, then stop the embedded cluster and wait for it.
 func (s *Server) close(ctx context.Context) {
+	s.shuttingDown.Store(true)
 	if s.health != nil {
-		s.health.Shutdown()
+		s.health.shutdown()
 	}
 	// End watch streams first (with a resumable status), or the graceful
 	// stop below would wait for them forever.
-	if s.hubStop != nil {
-		s.hubStop()
-		<-s.hubDone
-	}
+	s.feed.stop()
 	timeout := s.cfg.ShutdownTimeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second
@@ -529,8 +641,13 @@ func (s *Server) close(ctx context.Context) {
 		s.stopAuth()
 		s.authDone.Wait()
 	}
+	s.jobs.stop()
 	if s.batcher != nil {
 		s.batcher.Close()
+	}
+	s.finalCheckpoint()
+	if s.auditLog != nil && s.auditLog.Anchor != nil {
+		s.auditLog.Anchor.Close()
 	}
 	if s.store != nil {
 		s.store.Close()

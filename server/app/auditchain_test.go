@@ -190,7 +190,7 @@ func TestAuditTamperEvident(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		log := &auditlog.Log{Store: st, Public: signer.Public()}
+		log := &auditlog.Log{Store: st, Keys: auditlog.NewKeys(signer.Public())}
 		res, err := log.Verify(ctx)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -207,7 +207,7 @@ func TestAuditTamperEvident(t *testing.T) {
 		if _, err := log.Export(ctx, &buf, nil); err != nil {
 			t.Fatal(err)
 		}
-		off, err := auditlog.VerifyExport(&buf, signer.Public())
+		off, err := auditlog.VerifyExport(&buf, auditlog.Checks{Keys: auditlog.NewKeys(signer.Public())})
 		if err != nil || off.Intact != res.Intact || off.FirstBad != res.FirstBad {
 			t.Errorf("%s: export verdict %+v (%v), database verdict %+v", name, off, err, res)
 		}

@@ -2,16 +2,23 @@ package app
 
 import (
 	"context"
+	"crypto/ed25519"
+	"errors"
+	"net/url"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/orient-bot/secrets/server/auditlog"
+
+	_ "gocloud.dev/blob/fileblob" // file:// checkpoint anchors
 )
 
 // openAuditLog sets up checkpoint signing: the configured key, else (on the
-// embedded default) one generated next to the database, else none — with a
-// warning, since then a rewrite of the whole chain goes unseen.
-func (s *Server) openAuditLog() error {
+// embedded default) one generated next to the database; with DATABASE_URL a
+// key is required unless AuditUnsigned says otherwise. Then the anchor: the
+// configured URL, else (embedded) a folder in the data directory.
+func (s *Server) openAuditLog(ctx context.Context) error {
 	s.auditLog = &auditlog.Log{Store: s.store}
 	var signer *auditlog.Signer
 	switch {
@@ -30,12 +37,48 @@ func (s *Server) openAuditLog() error {
 		if created {
 			s.log.Warn("generated an audit checkpoint signing key next to the database; keep a copy elsewhere and use --audit-signing-key in production", "file", file)
 		}
+	case s.cfg.AuditUnsigned:
+		s.log.Warn("--audit-unsigned: audit checkpoints are not signed, so whoever controls the database can rewrite the whole audit chain unseen")
 	default:
-		s.log.Warn("no --audit-signing-key: audit checkpoints are not signed, so a rewrite of the whole audit chain would go unseen")
-		return nil
+		return errors.New("no audit signing key: with DATABASE_URL, --audit-signing-key (SECRETS_AUDIT_SIGNING_KEY) is required " +
+			"(create one with: head -c 32 /dev/urandom | base64 > audit-signing.key), or --audit-unsigned to run without one on purpose")
 	}
-	s.auditLog.Signer, s.auditLog.Public = signer, signer.Public()
-	s.log.Info("audit checkpoints signed", "key_id", signer.ID())
+	var pubs []ed25519.PublicKey
+	for _, k := range s.cfg.AuditPublicKeys {
+		p, err := auditlog.ParsePublicKey(k)
+		if err != nil {
+			return errors.New("--audit-public-keys: " + err.Error())
+		}
+		pubs = append(pubs, p)
+	}
+	if signer != nil {
+		pubs = append(pubs, signer.Public())
+		s.auditLog.Signer = signer
+		s.log.Info("audit checkpoints signed", "key_id", signer.ID())
+	}
+	s.auditLog.Keys = auditlog.NewKeys(pubs...)
+
+	anchorURL := s.cfg.AuditCheckpointURL
+	if anchorURL == "" && s.cluster != nil {
+		dir := filepath.Join(filepath.Dir(s.cluster.DataDir()), "audit-checkpoints")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		anchorURL = (&url.URL{Scheme: "file", Path: dir}).String()
+	}
+	switch {
+	case anchorURL == "" && signer != nil:
+		s.log.Warn("no --audit-checkpoint-url: signed checkpoints stay in the database only, so the audit chain is only self-attested (whoever controls the database can delete its tail with its checkpoints)")
+	case anchorURL != "" && signer == nil:
+		return errors.New("--audit-checkpoint-url needs a signing key (--audit-signing-key)")
+	case anchorURL != "":
+		a, err := auditlog.OpenAnchor(ctx, anchorURL)
+		if err != nil {
+			return err
+		}
+		s.auditLog.Anchor = a
+		s.log.Info("audit checkpoints anchored outside the database")
+	}
 	return nil
 }
 
@@ -61,5 +104,18 @@ func (s *Server) checkpoints(ctx context.Context) {
 				s.log.Debug("audit checkpoint signed", "sequence", seq)
 			}
 		}
+	}
+}
+
+// finalCheckpoint signs the head once more at shutdown, so the anchor
+// covers the events of the last interval too.
+func (s *Server) finalCheckpoint() {
+	if s.auditLog == nil || s.auditLog.Signer == nil || s.store == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.auditLog.Checkpoint(ctx); err != nil {
+		s.log.Warn("audit checkpoint at shutdown", "error", err)
 	}
 }

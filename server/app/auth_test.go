@@ -301,7 +301,8 @@ func TestBootstrapTokenShownOnce(t *testing.T) {
 	var out bytes.Buffer
 	start := func() *app.Server {
 		cfg := app.DefaultConfig()
-		cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", db, "base64key://"+strings.Repeat("A", 43)+"="
+		cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", testdb.ServiceURL(t, db), "base64key://"+strings.Repeat("A", 43)+"="
+		cfg.AuditSigningKey = testserver.AuditSigningKeyFile(t)
 		cfg.BootstrapOut = &out
 		srv, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 		if err != nil {

@@ -275,5 +275,10 @@ func certMatches(c *x509.Certificate, subject string) bool {
 			return true
 		}
 	}
+	for _, e := range c.EmailAddresses {
+		if e == subject {
+			return true
+		}
+	}
 	return false
 }

@@ -91,7 +91,8 @@ func TestWrongKEK(t *testing.T) {
 
 	// A server given only another KEK refuses to start, saying why.
 	cfg := app.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL = "127.0.0.1:0", "127.0.0.1:0", db
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL = "127.0.0.1:0", "127.0.0.1:0", testdb.ServiceURL(t, db)
+	cfg.AuditSigningKey = testserver.AuditSigningKeyFile(t)
 	otherKEK := testserver.NewKEKURL(t)
 	cfg.KEKURL = otherKEK
 	if srv, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil {

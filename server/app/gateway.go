@@ -3,10 +3,12 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -32,20 +34,43 @@ const MaxBodyBytes = 256 << 10
 // BodyReadTimeout bounds how long a REST request body may take to arrive.
 const BodyReadTimeout = 30 * time.Second
 
+// newGatewayMarshaler is the gateway's JSON codec. Unset message fields are
+// left out (never null: the OpenAPI document types them as objects and
+// strings), while scalars are always present, zero or not.
+func newGatewayMarshaler() runtime.Marshaler {
+	return ndjsonStreams{&runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
+		MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true},
+		// A misspelled field must fail, not vanish: a dropped "etag"
+		// would turn a compare-and-set into a blind overwrite.
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}}}
+}
+
+// ndjsonStreams labels server streams (the watch) as what they are:
+// newline-delimited JSON, one {"result": …} object a line, as the OpenAPI
+// document declares.
+type ndjsonStreams struct{ runtime.Marshaler }
+
+// StreamContentType implements runtime.StreamContentType.
+func (ndjsonStreams) StreamContentType(any) string { return "application/x-ndjson" }
+
 // newGateway builds the REST/JSON gateway. It dials the gRPC listener like
 // any client, so every interceptor runs once and streaming works.
-func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger) (http.Handler, *grpc.ClientConn, error) {
+func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
 	mux := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{Marshaler: &runtime.JSONPb{
-			MarshalOptions: protojson.MarshalOptions{EmitUnpopulated: true},
-			// A misspelled field must fail, not vanish: a dropped "etag"
-			// would turn a compare-and-set into a blind overwrite.
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayMarshaler()),
 		runtime.WithMetadata(func(context.Context, *http.Request) metadata.MD {
 			return metadata.Pairs(gatewayHeader, gatewaySecret)
 		}),
 		runtime.WithErrorHandler(gatewayErrorHandler(log)),
+		runtime.WithStreamErrorHandler(func(ctx context.Context, err error) *status.Status {
+			return api.WithReason(status.Convert(err))
+		}),
+		runtime.WithRoutingErrorHandler(routingErrorHandler),
+		// gRPC metadata is the service's business: none of it becomes an
+		// HTTP header or trailer (no Grpc-Metadata-*).
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		// No X-HTTP-Method-Override: a POST must not become a DELETE.
 		runtime.WithDisablePathLengthFallback(),
 	)
@@ -53,7 +78,7 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 	if tlsConf != nil {
 		creds = credentials.NewTLS(tlsConf)
 	}
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(grpcAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, dialOpts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway: dial %s: %w", grpcAddr, err)
 	}
@@ -77,11 +102,10 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 func limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > MaxBodyBytes {
-			writeJSONError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument,
-				fmt.Sprintf("request body over the %d KiB limit", MaxBodyBytes>>10))
+			writeStatus(w, r, http.StatusRequestEntityTooLarge, tooLarge())
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		body := &requestBody{ReadCloser: http.MaxBytesReader(w, r.Body, MaxBodyBytes)}
 		if r.ContentLength != 0 {
 			// A body must arrive in time: a client that stalls mid-body
 			// (before any token is checked) must not hold a connection and
@@ -89,37 +113,96 @@ func limitBody(next http.Handler) http.Handler {
 			// keep no read deadline, so streaming is not cut off.
 			rc := http.NewResponseController(w)
 			if rc.SetReadDeadline(time.Now().Add(BodyReadTimeout)) == nil {
-				r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+				body.rc = rc
 			}
 		}
+		r.Body = body
 		next.ServeHTTP(w, r)
 	})
 }
 
-// deadlineBody lifts the body's read deadline once the body is in: the
-// connection's background read (which notices a client going away) must not
-// time out and cancel a long call such as VerifyAuditLog.
-type deadlineBody struct {
+// requestBody is a REST request's body. It classifies its own read
+// failures as they happen (over the limit, too slow), so the error handler
+// answers 413 or 408 from what happened, not from an error's text. Once the
+// body is in, it lifts the read deadline: the connection's background read
+// (which notices a client going away) must not time out and cancel a long
+// call such as VerifyAuditLog.
+type requestBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	done bool
+	// failure is set when reading failed: the answer to give.
+	failure     *status.Status
+	failureCode int
 }
 
-func (b *deadlineBody) Read(p []byte) (int, error) {
+func (b *requestBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && !b.done {
+	switch {
+	case err == io.EOF && !b.done:
 		b.done = true
-		_ = b.rc.SetReadDeadline(time.Time{})
+		if b.rc != nil {
+			_ = b.rc.SetReadDeadline(time.Time{})
+		}
+	case err != nil && err != io.EOF && b.failure == nil:
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			b.failure, b.failureCode = tooLarge(), http.StatusRequestEntityTooLarge
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			b.failure, b.failureCode = api.Status(codes.DeadlineExceeded, pb.ErrorReason_ERROR_REASON_REQUEST_TIMEOUT,
+				fmt.Sprintf("request body not received within %v", BodyReadTimeout)), http.StatusRequestTimeout
+		}
 	}
 	return n, err
 }
 
-func writeJSONError(w http.ResponseWriter, httpStatus int, code codes.Code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
+func tooLarge() *status.Status {
+	return api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_REQUEST_TOO_LARGE,
+		fmt.Sprintf("request body over the %d KiB limit", MaxBodyBytes>>10))
+}
+
+// writeStatus writes st as the JSON google.rpc.Status every REST error is,
+// with the Bearer challenge on 401 (RFC 6750).
+func writeStatus(w http.ResponseWriter, r *http.Request, httpStatus int, st *status.Status) {
+	st = api.WithReason(st)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if st.Code() == codes.Unauthenticated {
+		if r.Header.Get("Authorization") == "" {
+			h.Set("WWW-Authenticate", `Bearer realm="orient-secrets"`)
+		} else {
+			h.Set("WWW-Authenticate", `Bearer realm="orient-secrets", error="invalid_token"`)
+		}
+	}
 	w.WriteHeader(httpStatus)
-	st := status.New(code, msg)
 	b, _ := protojson.Marshal(st.Proto())
 	_, _ = w.Write(b)
+}
+
+// routingErrorHandler answers requests that match no route: JSON like
+// every other error, and for a known path with another method, 405 with
+// the Allow header listing the path's methods (from the proto's HTTP
+// rules).
+func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+	switch httpStatus {
+	case http.StatusMethodNotAllowed:
+		if allow := restRoutes.allowed(r.URL.Path); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+		}
+		writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
+			r.Method+" is not allowed on this route"))
+	case http.StatusNotFound:
+		writeNotFound(w, r)
+	default:
+		writeStatus(w, r, http.StatusBadRequest, api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_MALFORMED_REQUEST,
+			"malformed request"))
+	}
+}
+
+func writeNotFound(w http.ResponseWriter, r *http.Request) {
+	writeStatus(w, r, http.StatusNotFound, api.Status(codes.NotFound, pb.ErrorReason_ERROR_REASON_ROUTE_NOT_FOUND,
+		"no such route; see /openapi.json"))
 }
 
 var (
@@ -128,45 +211,32 @@ var (
 	badTypeRe      = regexp.MustCompile(`field ([A-Za-z0-9_.]{1,64})`)
 )
 
-// gatewayErrorHandler is the default handler, except for errors the gateway
-// raises itself while decoding a request: their text can quote the input
-// (an invalid base64 value, say), so it is replaced by one that names the
-// field only. Errors from our handlers carry ErrorInfo and pass unchanged.
+// gatewayErrorHandler writes every error of a REST call as a
+// google.rpc.Status with this service's ErrorInfo. Errors from our handlers
+// carry it already and pass unchanged. A body that failed to arrive says
+// why itself (requestBody). The other errors the gateway raises itself are
+// request decoding failures (INVALID_ARGUMENT without our ErrorInfo): their
+// text can quote the input (an invalid base64 value, say), so it is
+// replaced by one that names the field only, with reason
+// MALFORMED_REQUEST. Anything else the gateway made (the gRPC port
+// unreachable, the call cancelled) gets the reason for its code.
 func gatewayErrorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+		if b, ok := r.Body.(*requestBody); ok && b.failure != nil {
+			writeStatus(w, r, b.failureCode, b.failure)
+			return
+		}
 		st := status.Convert(err)
-		if st.Code() == codes.InvalidArgument && !fromService(st) {
-			msg := st.Message()
-			if strings.Contains(msg, "request body too large") {
-				writeJSONError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument,
-					fmt.Sprintf("request body over the %d KiB limit", MaxBodyBytes>>10))
-				return
-			}
-			if strings.Contains(msg, "i/o timeout") {
-				writeJSONError(w, http.StatusRequestTimeout, codes.DeadlineExceeded,
-					fmt.Sprintf("request body not received within %v", BodyReadTimeout))
-				return
-			}
-			msg, field := sanitizeDecodeError(msg)
-			st := status.New(codes.InvalidArgument, msg)
+		if st.Code() == codes.InvalidArgument && !api.HasInfo(st) {
+			msg, field := sanitizeDecodeError(st.Message())
+			var bad []*errdetails.BadRequest
 			if field != "" {
-				if d, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}}); derr == nil {
-					st = d
-				}
+				bad = append(bad, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}})
 			}
-			err = st.Err()
+			st = api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, msg, bad...)
 		}
-		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+		writeStatus(w, r, runtime.HTTPStatusFromCode(st.Code()), st)
 	}
-}
-
-func fromService(st *status.Status) bool {
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.Domain == api.ErrorDomain {
-			return true
-		}
-	}
-	return false
 }
 
 // sanitizeDecodeError rewrites a decoding error without the input it may

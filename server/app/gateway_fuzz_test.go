@@ -16,7 +16,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
@@ -25,10 +24,7 @@ import (
 
 // gatewayMarshaler decodes REST bodies with the options newGateway gives the
 // gateway (unknown fields are errors).
-var gatewayMarshaler = &runtime.JSONPb{
-	MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
-	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-}
+var gatewayMarshaler = newGatewayMarshaler()
 
 // requestTypes lists the input message of every RPC of the API, from the
 // proto file descriptors (so a new RPC is fuzzed without a change here).

@@ -5,13 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/codes"
 
 	secrets "github.com/orient-bot/secrets"
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
@@ -19,41 +23,67 @@ import (
 	"github.com/orient-bot/secrets/server/watch"
 )
 
-// httpHandler routes the HTTP listener: the public endpoints, then the
-// REST gateway for everything under /v1/.
+// httpHandler routes the HTTP listener: the public endpoints, the REST
+// gateway under /v1/ and the dashboard under /ui/. Every answer that is not
+// a page is JSON, including unknown routes and wrong methods (405 with
+// Allow). Compressible answers are gzipped for clients that accept it.
 func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/healthz", only(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+	}), "GET", "HEAD"))
+	mux.Handle("/readyz", only(http.HandlerFunc(s.readyz), "GET", "HEAD"))
+	mux.Handle("/openapi.json", only(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(secrets.OpenAPI)
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.Handle("/v1/", gw)
+	}), "GET", "HEAD"))
+	mux.Handle("/metrics", only(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), "GET", "HEAD"))
+	mux.Handle("/v1/", s.tls.requireCert(conditionalGET(gw)))
 	mux.Handle("/ui/", ui.Handler())
-	return securityHeaders(mux)
+	mux.Handle("/{$}", only(http.RedirectHandler("/ui/", http.StatusFound), "GET", "HEAD"))
+	mux.HandleFunc("/", writeNotFound)
+	var h http.Handler = mux
+	h = gzipped(h)
+	if s.httpMetrics != nil {
+		h = s.httpMetrics.wrap(h)
+	}
+	if len(s.cfg.CORSOrigins) > 0 {
+		h = corsAllow(s.cfg.CORSOrigins, h)
+	}
+	return securityHeaders(h)
 }
 
-// readyz is ready when the database answers (migrations were applied before
-// the listeners opened) and every KEK can wrap and unwrap.
+// only serves the given methods and answers the others 405 with Allow.
+func only(next http.Handler, methods ...string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !slices.Contains(methods, r.Method) {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
+				r.Method+" is not allowed on this route"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// dashboardURL is where a person opens the dashboard.
+func (s *Server) dashboardURL() string {
+	scheme := "http"
+	if s.tls != nil && s.tls.server != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + s.HTTPAddr() + "/ui/"
+}
+
+// readyz reports the readiness checks (see readiness): 200 when ready,
+// else 503.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	checks := map[string]string{"database": "ok", "migrations": "ok"}
+	checks, ready := s.readiness(r.Context())
 	code := http.StatusOK
-	if err := s.store.Ping(ctx); err != nil {
-		checks["database"] = "unavailable"
+	if !ready {
 		code = http.StatusServiceUnavailable
 	}
-	checks["kek"] = "ok"
-	if err := s.kekCheck.check(ctx, s.keyring.Check); err != nil {
-		checks["kek"] = "unavailable"
-		code = http.StatusServiceUnavailable
-	}
-	writeJSON(w, code, map[string]any{"ready": code == http.StatusOK, "checks": checks})
+	writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -2,6 +2,11 @@ package app
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
@@ -52,4 +57,29 @@ type serverRotator struct {
 
 func (r serverRotator) Start(ctx context.Context, meta store.Meta, batchSize int) (bool, error) {
 	return r.Rotator.Start(ctx, r.lifetime, meta, batchSize)
+}
+
+// missingKEK explains a start with DATABASE_URL but no SECRETS_KEK_URL. When
+// the database already holds data keys (a restored backup, a new replica),
+// it names the KEKs they need by fingerprint, so the operator knows which
+// key to fetch; it never guesses or starts without them.
+func missingKEK(ctx context.Context, dsn string, log *slog.Logger) error {
+	const base = "SECRETS_KEK_URL is required with DATABASE_URL (e.g. awskms://…, gcpkms://…, or base64key://<32 bytes in base64> for testing)"
+	st, err := store.Open(ctx, dsn, store.Options{Logger: log})
+	if err != nil {
+		return errors.New(base)
+	}
+	defer st.Close()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	counts, err := st.CountByKEK(cctx)
+	if err != nil || len(counts) == 0 {
+		return errors.New(base) // an empty or not yet migrated database
+	}
+	var need []string
+	for _, c := range counts {
+		need = append(need, fmt.Sprintf("KEK %s (%d data keys)", c.KEKID, c.DataKeys))
+	}
+	return fmt.Errorf("%s: this database's data keys are wrapped by %s; set SECRETS_KEK_URL to that key "+
+		"(a restored backup needs the KEKs configured when it was taken)", base, strings.Join(need, ", "))
 }

@@ -125,7 +125,8 @@ func kekStatus(t *testing.T, c pb.KeyServiceClient) (map[string]*pb.KEKInfo, *pb
 func startErr(t *testing.T, db, kekURL string) error {
 	t.Helper()
 	cfg := app.DefaultConfig()
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", db, kekURL
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.DatabaseURL, cfg.KEKURL = "127.0.0.1:0", "127.0.0.1:0", testdb.ServiceURL(t, db), kekURL
+	cfg.AuditSigningKey = testserver.AuditSigningKeyFile(t)
 	srv, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err == nil {
 		srv.Serve(canceled())
@@ -188,6 +189,16 @@ func TestKEKRotationOnline(t *testing.T) {
 	var wg sync.WaitGroup
 	var reads, writes atomic.Int64
 	var mu sync.Mutex
+	// When each read and write began and ended, to prove they overlapped
+	// the rotation (not merely ran before or after it).
+	type span struct{ start, end time.Time }
+	var spanMu sync.Mutex
+	var readSpans, writeSpans []span
+	record := func(spans *[]span, start time.Time) {
+		spanMu.Lock()
+		*spans = append(*spans, span{start, time.Now()})
+		spanMu.Unlock()
+	}
 	errs := make(chan error, 8)
 	keyList := make([]string, 0, len(values))
 	for k := range values {
@@ -200,6 +211,7 @@ func TestKEKRotationOnline(t *testing.T) {
 				mu.Lock()
 				want := values[key]
 				mu.Unlock()
+				start := time.Now()
 				res, err := srv.Secrets.AccessSecretVersion(ctx, &pb.AccessSecretVersionRequest{Key: key, Version: "latest"})
 				if ctx.Err() != nil {
 					return
@@ -208,6 +220,7 @@ func TestKEKRotationOnline(t *testing.T) {
 					errs <- fmt.Errorf("read %s during rotation: %v, %v", key, res, err)
 					return
 				}
+				record(&readSpans, start)
 				reads.Add(1)
 			}
 		})
@@ -218,6 +231,7 @@ func TestKEKRotationOnline(t *testing.T) {
 			value := fmt.Sprintf("w-%d", i)
 			// Not canceled mid-call: a write whose commit raced a cancel
 			// would leave the expected value unknown.
+			start := time.Now()
 			_, err := srv.Secrets.PutSecret(context.Background(), &pb.PutSecretRequest{Key: key, Value: []byte(value)})
 			if err == nil {
 				var got string
@@ -233,6 +247,7 @@ func TestKEKRotationOnline(t *testing.T) {
 			mu.Lock()
 			values[key] = value
 			mu.Unlock()
+			record(&writeSpans, start)
 			writes.Add(1)
 		}
 	})
@@ -269,6 +284,21 @@ func TestKEKRotationOnline(t *testing.T) {
 	t.Logf("rotation: %d/%d at %.0f/s; meanwhile %d reads, %d writes", p.Done, p.Total, p.RatePerSecond, reads.Load(), writes.Load())
 	if !sawRunning || p.LastError != "" || p.Done != before[oldID] || p.Total != p.Done || p.EndTime == nil || p.Eta != nil {
 		t.Errorf("final progress %v (saw running: %v)", p, sawRunning)
+	}
+	// Reads and writes ran while the rotation did: some began after it
+	// started and ended before it finished.
+	within := func(spans []span) (n int) {
+		for _, sp := range spans {
+			if sp.start.After(p.StartTime.AsTime()) && sp.end.Before(p.EndTime.AsTime()) {
+				n++
+			}
+		}
+		return n
+	}
+	readsDuring, writesDuring := within(readSpans), within(writeSpans)
+	t.Logf("within the rotation (%s): %d reads, %d writes", p.EndTime.AsTime().Sub(p.StartTime.AsTime()).Round(time.Millisecond), readsDuring, writesDuring)
+	if readsDuring == 0 || writesDuring == 0 {
+		t.Errorf("reads and writes did not overlap the rotation: %d reads, %d writes within it", readsDuring, writesDuring)
 	}
 	st, _ = kekStatus(t, keys)
 	if st[oldID].DataKeys != 0 || st[newID].DataKeys < before[oldID] {
@@ -398,6 +428,11 @@ func TestKEKRotateCommandKilled(t *testing.T) {
 	cmd = kekCommand(bin, nil, "kek", "status")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "DATABASE_URL") || !strings.Contains(string(out), "/v1/kek") {
 		t.Errorf("kek status without DATABASE_URL: %v\n%s", err, out)
+	}
+	// An out-of-range batch size is refused, not silently capped.
+	cmd = kekCommand(bin, env, "kek", "rotate", "--batch-size", "5000")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "--batch-size must be between 1 and 1000") {
+		t.Errorf("kek rotate --batch-size 5000: %v\n%s", err, out)
 	}
 }
 

@@ -39,6 +39,7 @@ type response struct {
 func newREST(t *testing.T) restClient {
 	t.Helper()
 	srv := testserver.Start(t, testserver.Options{})
+	loadServedDocument(t, srv.BaseURL)
 	return restClient{t: t, base: srv.BaseURL, hc: &http.Client{Timeout: 30 * time.Second}, token: srv.AdminToken}
 }
 
@@ -83,6 +84,7 @@ func (c restClient) send(req *http.Request) response {
 	if err != nil {
 		c.t.Fatalf("%s %s: reading body: %v", req.Method, req.URL.Path, err)
 	}
+	checkAgainstDocument(c.t, req, resp.StatusCode, resp.Header, raw)
 	out := response{status: resp.StatusCode, raw: string(raw)}
 	_ = json.Unmarshal(raw, &out.body)
 	return out

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"time"
 )
@@ -20,6 +21,11 @@ import (
 // connection to the gRPC listener.
 type tlsSetup struct {
 	server *tls.Config // nil: plaintext
+	// http is the HTTP listener's: under mutual TLS a client certificate is
+	// verified if given but not demanded at the handshake, so the public
+	// probes (/healthz, /readyz, /metrics, /openapi.json) answer without
+	// one; requireCert demands it for the API.
+	http *tls.Config
 	// gateway is the client side of the gateway's connection: it pins the
 	// server's own certificate and, under mutual TLS, presents an ephemeral
 	// certificate that identifies the gateway and grants no role.
@@ -28,6 +34,11 @@ type tlsSetup struct {
 }
 
 func loadTLS(cfg Config) (*tlsSetup, error) {
+	if cfg.CertIdentities != "" && cfg.ClientCA == "" {
+		// Without verified client certificates a mapping would grant roles
+		// to nobody, or to whoever presents an unverified name.
+		return nil, errors.New("--cert-identities needs --client-ca (mutual TLS)")
+	}
 	if cfg.TLSCert == "" && cfg.TLSKey == "" {
 		if cfg.ClientCA != "" {
 			return nil, errors.New("--client-ca needs --tls-cert and --tls-key")
@@ -79,7 +90,26 @@ func loadTLS(cfg Config) (*tlsSetup, error) {
 		setup.server.ClientCAs = pool
 		setup.server.ClientAuth = tls.RequireAndVerifyClientCert
 	}
+	setup.http = setup.server.Clone()
+	if cfg.ClientCA != "" {
+		setup.http.ClientAuth = tls.VerifyClientCertIfGiven
+	}
 	return setup, nil
+}
+
+// requireCert demands a verified client certificate for next under mutual
+// TLS (the handshake no longer does on the HTTP listener).
+func (t *tlsSetup) requireCert(next http.Handler) http.Handler {
+	if t.server == nil || t.server.ClientAuth != tls.RequireAndVerifyClientCert {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			writeJSON(w, http.StatusUnauthorized, map[string]any{"code": 16, "message": "a client certificate is required (mutual TLS)"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // selfSigned makes the gateway's ephemeral client certificate.

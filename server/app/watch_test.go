@@ -431,6 +431,25 @@ func TestRestartTracking(t *testing.T) {
 	}
 	_, err = srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: bot, LoadedRevision: 999})
 	wantCode(t, err, codes.InvalidArgument)
+	_, err = srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: bot, LoadedRevision: -1})
+	wantCode(t, err, codes.InvalidArgument)
+	// 0: the consumer runs on no value from the service (environment and
+	// defaults only), so every restart-required change to its keys is
+	// pending; a watch's loaded_revision 0 keeps that.
+	rep, err = srv.Secrets.ReportConsumerState(ctx, &pb.ReportConsumerStateRequest{Consumer: bot, Categories: []string{"slack"}})
+	if err != nil || rep.Consumer.LoadedRevision != 0 {
+		t.Fatalf("report of no loaded revision: %v, %v", rep, err)
+	}
+	st2, err := srv.Secrets.WatchChanges(ctx, &pb.WatchChangesRequest{Consumer: bot, Categories: []string{"slack"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st2.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, pending()); diff != "" {
+		t.Fatalf("pending of a consumer on fallbacks (-want +got):\n%s", diff)
+	}
 }
 
 // TestWatchREST: the gateway streams the same events as JSON lines, and a

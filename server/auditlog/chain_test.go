@@ -87,7 +87,7 @@ func TestConcurrentAppendersKeepOneChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := &Log{Store: replicas[0], Signer: signer, Public: signer.Public()}
+	log := &Log{Store: replicas[0], Signer: signer, Keys: NewKeys(signer.Public())}
 	res, err := log.Verify(ctx)
 	wantEvents := int64(len(want) + 3*tokens)
 	if err != nil || !res.Intact || res.Events != wantEvents {
@@ -193,7 +193,7 @@ func TestVerifyWhileAppending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := &Log{Store: st, Signer: signer, Public: pub}
+	log := &Log{Store: st, Signer: signer, Keys: NewKeys(pub)}
 	for i := range 5 {
 		if _, err := log.Checkpoint(ctx); err != nil {
 			t.Fatal(err)
@@ -206,7 +206,7 @@ func TestVerifyWhileAppending(t *testing.T) {
 		if _, err := log.Export(ctx, &buf, nil); err != nil {
 			t.Fatal(err)
 		}
-		if res, err := VerifyExport(&buf, pub); err != nil || !res.Intact {
+		if res, err := VerifyExport(&buf, Checks{Keys: NewKeys(pub)}); err != nil || !res.Intact {
 			t.Fatalf("export %d of a live log: %+v, %v", i, res, err)
 		}
 	}

@@ -60,6 +60,11 @@ func LoadSigner(file string) (*Signer, error) {
 	return &Signer{key: key, id: KeyID(key.Public().(ed25519.PublicKey))}, nil
 }
 
+// NewSigner signs with key (tests, and callers holding the key already).
+func NewSigner(key ed25519.PrivateKey) *Signer {
+	return &Signer{key: key, id: KeyID(key.Public().(ed25519.PublicKey))}
+}
+
 // GenerateSigner creates a signing key file (0600) unless it exists, then
 // loads it. For the embedded default only: in production keep the key
 // where the database's administrators cannot read it.

@@ -3,7 +3,6 @@ package auditlog
 import (
 	"bufio"
 	"context"
-	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -28,9 +27,13 @@ type Log struct {
 	Store Store
 	// Signer signs checkpoints; nil disables them.
 	Signer *Signer
-	// Public verifies checkpoints; nil skips them (the chain is still
-	// checked, but a rewrite of the whole chain is not detectable).
-	Public ed25519.PublicKey
+	// Keys verify checkpoints: the signer's and earlier signing keys. Empty
+	// skips the database's checkpoints (the chain is still checked, but a
+	// rewrite of the whole chain is not detectable).
+	Keys Keys
+	// Anchor receives every signed checkpoint and is checked by Verify;
+	// nil leaves the chain only self-attested.
+	Anchor *Anchor
 }
 
 func (l *Log) head(ctx context.Context) (Head, error) {
@@ -47,8 +50,10 @@ func (l *Log) checkpoints(ctx context.Context) ([]Checkpoint, error) {
 	return out, err
 }
 
-// Checkpoint signs the current head if it moved since the last checkpoint.
-// It reports the sequence it signed (0 when there was nothing new).
+// Checkpoint signs the current head if it moved since the last checkpoint,
+// writes it to the anchor (first: a checkpoint the anchor lacks is retried
+// with the next head) and then to the database. It reports the sequence it
+// signed (0 when there was nothing new).
 func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 	if l.Signer == nil {
 		return 0, nil
@@ -65,29 +70,42 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 		return 0, nil
 	}
 	c := l.Signer.Sign(h.Sequence, h.Hash, time.Now())
+	if l.Anchor != nil {
+		if err := l.Anchor.Put(ctx, c); err != nil {
+			return 0, err
+		}
+	}
 	return c.Sequence, l.Store.InsertCheckpoint(ctx, store.AuditCheckpoint(c))
 }
 
-// Verify checks the chain in the database.
+// Verify checks the chain in the database against its checkpoints and the
+// anchor's.
 func (l *Log) Verify(ctx context.Context) (Result, error) {
-	h, cps, err := l.snapshot(ctx)
+	h, checks, err := l.snapshot(ctx)
 	if err != nil {
 		return Result{}, err
 	}
-	return Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, cps, l.Public)
+	return Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, checks)
 }
 
-// snapshot reads the checkpoints, then the head: the chain only grows, so
-// the head covers every checkpoint read before it, and the events up to
+// snapshot reads the anchor's checkpoints, the database's, then the head:
+// the chain only grows and a checkpoint is written after the head it signs,
+// so the head covers every checkpoint read before it, and the events up to
 // the head are the chain as of that moment, whatever is appended meanwhile
 // (a live server's appends are not "inserted after the head").
-func (l *Log) snapshot(ctx context.Context) (Head, []Checkpoint, error) {
-	cps, err := l.checkpoints(ctx)
-	if err != nil {
-		return Head{}, nil, err
+func (l *Log) snapshot(ctx context.Context) (Head, Checks, error) {
+	checks := Checks{Keys: l.Keys, Anchored: l.Anchor != nil}
+	var err error
+	if l.Anchor != nil {
+		if checks.External, err = l.Anchor.List(ctx); err != nil {
+			return Head{}, checks, err
+		}
+	}
+	if checks.Checkpoints, err = l.checkpoints(ctx); err != nil {
+		return Head{}, checks, err
 	}
 	h, err := l.head(ctx)
-	return h, cps, err
+	return h, checks, err
 }
 
 // exportLine is one line of an export: a head, a checkpoint or an event.
@@ -115,7 +133,7 @@ type exportLine struct {
 // Export writes the head, the checkpoints and every chained event as JSON
 // lines, verifiable offline with VerifyExport. It reports the events written.
 func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (int64, error) {
-	h, cps, err := l.snapshot(ctx)
+	h, checks, err := l.snapshot(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -124,9 +142,8 @@ func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (
 	if err := enc.Encode(exportLine{Type: "head", ChainStart: h.ChainStart, Sequence: h.Sequence, Hash: hex.EncodeToString(h.Hash)}); err != nil {
 		return 0, err
 	}
-	for _, c := range cps {
-		if err := enc.Encode(exportLine{Type: "checkpoint", Sequence: c.Sequence, Time: c.Time.UTC().Format(time.RFC3339Nano),
-			Hash: hex.EncodeToString(c.Hash), KeyID: c.KeyID, Signature: hex.EncodeToString(c.Signature)}); err != nil {
+	for _, c := range checks.Checkpoints {
+		if err := enc.Encode(checkpointLine(c)); err != nil {
 			return 0, err
 		}
 	}
@@ -149,11 +166,12 @@ func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (
 	return n, bw.Flush()
 }
 
-// VerifyExport verifies an export read from r.
-func VerifyExport(r io.Reader, pub ed25519.PublicKey) (Result, error) {
+// VerifyExport verifies an export read from r against its own checkpoints
+// and checks (keys, and the anchor's checkpoints: an export cannot drop
+// those).
+func VerifyExport(r io.Reader, checks Checks) (Result, error) {
 	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
 	var head Head
-	var cps []Checkpoint
 	var first *store.AuditEvent
 	readHeader := func() error {
 		sawHead := false
@@ -176,7 +194,7 @@ func VerifyExport(r io.Reader, pub ed25519.PublicKey) (Result, error) {
 				if err != nil {
 					return err
 				}
-				cps = append(cps, c)
+				checks.Checkpoints = append(checks.Checkpoints, c)
 			case "event":
 				e, err := l.event()
 				if err != nil {
@@ -220,7 +238,7 @@ func VerifyExport(r io.Reader, pub ed25519.PublicKey) (Result, error) {
 			}
 		}
 	}
-	return Verify(events, head, cps, pub)
+	return Verify(events, head, checks)
 }
 
 func (l exportLine) event() (store.AuditEvent, error) {

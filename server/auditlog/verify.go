@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"iter"
+	"slices"
+	"strings"
 
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -17,6 +19,54 @@ type Head struct {
 	Hash       []byte
 }
 
+// Keys are the trusted checkpoint verification keys, by key id: the
+// current signing key and the ones it replaced (key rotation).
+type Keys map[string]ed25519.PublicKey
+
+// NewKeys indexes public keys by their id.
+func NewKeys(pubs ...ed25519.PublicKey) Keys {
+	k := make(Keys, len(pubs))
+	for _, p := range pubs {
+		if len(p) == ed25519.PublicKeySize {
+			k[KeyID(p)] = p
+		}
+	}
+	return k
+}
+
+// IDs lists the key ids, sorted.
+func (k Keys) IDs() []string {
+	ids := make([]string, 0, len(k))
+	for id := range k {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// valid reports whether a trusted key signed c.
+func (k Keys) valid(c Checkpoint) bool {
+	pub, ok := k[c.KeyID]
+	return ok && c.Valid(pub)
+}
+
+// Checks are what a chain is verified against besides itself.
+type Checks struct {
+	// Checkpoints are the signed checkpoints stored in the database: they
+	// prove the signer wrote them, but whoever owns the database can delete
+	// them, or the chain's tail with them.
+	Checkpoints []Checkpoint
+	// Anchored says external checkpoints were consulted (External may
+	// still be empty: an anchor with no checkpoint yet).
+	Anchored bool
+	// External are the checkpoints from the anchor: every one must match,
+	// and the chain must reach the newest.
+	External []Checkpoint
+	// Keys verify signatures; empty skips the database's checkpoints (the
+	// external ones need keys: see Verify).
+	Keys Keys
+}
+
 // Result is the outcome of a verification.
 type Result struct {
 	Intact bool
@@ -25,27 +75,90 @@ type Result struct {
 	// FirstBad is the first sequence that does not verify (0 when intact).
 	FirstBad int64
 	// Reason says why: edited, deleted, reordered, inserted, rewritten.
-	Reason      string
-	Events      int64
+	Reason string
+	Events int64
+	// Checkpoints counts the database's signed checkpoints that matched.
 	Checkpoints int
+	// Anchored says external checkpoints were checked; External counts
+	// those that matched, AnchoredThrough is the newest of them (events
+	// after it are only self-attested).
+	Anchored        bool
+	External        int
+	AnchoredThrough int64
+	// ChainStart: events up to it predate the chain.
+	ChainStart int64
+}
+
+// Summary says in one sentence what the result vouches for, and what it
+// cannot: a chain that only the database attests is never just "intact".
+func (r Result) Summary() string {
+	if !r.Intact {
+		return fmt.Sprintf("NOT INTACT: first bad sequence %d: %s (verified through %d)", r.FirstBad, r.Reason, r.VerifiedThrough)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "intact up to sequence %d (%d events, %d signed checkpoints in the database matched", r.VerifiedThrough, r.Events, r.Checkpoints)
+	switch {
+	case !r.Anchored:
+		b.WriteString("); no external checkpoints were checked, so all of it is only self-attested: whoever controls the database could have rewritten or cut back the whole chain")
+	case r.AnchoredThrough == 0 && r.VerifiedThrough > r.ChainStart:
+		fmt.Fprintf(&b, ", 0 external); the external checkpoints cover nothing yet: events %d to %d are only self-attested", r.ChainStart+1, r.VerifiedThrough)
+	case r.AnchoredThrough < r.VerifiedThrough:
+		fmt.Fprintf(&b, ", %d external); anchored through %d; events %d to %d are only self-attested until the next external checkpoint",
+			r.External, r.AnchoredThrough, r.AnchoredThrough+1, r.VerifiedThrough)
+	default:
+		fmt.Fprintf(&b, ", %d external); anchored through %d: every event is covered by an external checkpoint", r.External, r.AnchoredThrough)
+	}
+	return b.String()
 }
 
 // Verify walks events in sequence order and checks every link of the hash
-// chain, the head, and the signed checkpoints (when pub is given). It reads
-// one event ahead, to tell a reordering from an insertion.
-func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checkpoints []Checkpoint, pub ed25519.PublicKey) (Result, error) {
-	res := Result{VerifiedThrough: head.ChainStart}
+// chain, the head, the database's signed checkpoints (with keys), and every
+// external checkpoint: each must match the event at its sequence, and the
+// chain must reach the newest one (a chain cut back, or rewritten, behind
+// an anchor is not intact). It reads one event ahead, to tell a reordering
+// from an insertion.
+func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checks Checks) (Result, error) {
+	res := Result{VerifiedThrough: head.ChainStart, ChainStart: head.ChainStart, Anchored: checks.Anchored}
 	bad := func(seq int64, format string, args ...any) (Result, error) {
 		res.Intact, res.FirstBad, res.Reason = false, seq, fmt.Sprintf(format, args...)
 		return res, nil
 	}
-	byseq := make(map[int64]Checkpoint, len(checkpoints))
-	for _, c := range checkpoints {
-		if pub == nil {
+	if len(checks.External) > 0 && len(checks.Keys) == 0 {
+		return res, fmt.Errorf("external checkpoints need a public key to be checked")
+	}
+	// External checkpoints are the anchor: one that is not signed by a
+	// trusted key is a forgery in the anchor itself.
+	external := make(map[int64]Checkpoint, len(checks.External))
+	var newestExternal int64
+	for _, c := range checks.External {
+		if !checks.Keys.valid(c) {
+			return bad(c.Sequence, "rewritten: the external checkpoint at %d is not signed by a trusted key (key %q; trusted: %s)",
+				c.Sequence, c.KeyID, strings.Join(checks.Keys.IDs(), ", "))
+		}
+		if c.Sequence <= head.ChainStart {
+			return bad(c.Sequence, "rewritten: the chain claims to start after %d, but the external checkpoint at %d covers an event before that",
+				head.ChainStart, c.Sequence)
+		}
+		if o, dup := external[c.Sequence]; dup && !bytes.Equal(o.Hash, c.Hash) {
+			return bad(c.Sequence, "rewritten: two external checkpoints at %d disagree", c.Sequence)
+		}
+		external[c.Sequence] = c
+		newestExternal = max(newestExternal, c.Sequence)
+	}
+	// The database's checkpoints: one not signed by a trusted key (a
+	// replaced signing key) is reported unless the walk finds the damage
+	// first, with a better position.
+	byseq := make(map[int64]Checkpoint, len(checks.Checkpoints))
+	var untrusted *Checkpoint
+	for _, c := range checks.Checkpoints {
+		if len(checks.Keys) == 0 {
 			break
 		}
-		if !c.Valid(pub) {
-			return bad(c.Sequence, "rewritten: the checkpoint at %d has no valid signature by key %s", c.Sequence, KeyID(pub))
+		if !checks.Keys.valid(c) {
+			if untrusted == nil || c.Sequence < untrusted.Sequence {
+				untrusted = &c
+			}
+			continue
 		}
 		byseq[c.Sequence] = c
 	}
@@ -79,21 +192,42 @@ func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checkpoints []
 			}
 			return bad(cur.Sequence, "deleted: the event before %d is missing from the chain", cur.Sequence)
 		}
-		if c, ok := byseq[cur.Sequence]; ok {
-			if !bytes.Equal(c.Hash, cur.Hash) {
-				if nok && nerr == nil && bytes.Equal(nxt.Hash, c.Hash) {
+		matched := false
+		for _, cp := range []struct {
+			c     Checkpoint
+			found bool
+			where string
+		}{{byseq[cur.Sequence], byseq[cur.Sequence].Sequence != 0, "signed"}, {external[cur.Sequence], external[cur.Sequence].Sequence != 0, "external"}} {
+			if !cp.found {
+				continue
+			}
+			if !bytes.Equal(cp.c.Hash, cur.Hash) {
+				if nok && nerr == nil && bytes.Equal(nxt.Hash, cp.c.Hash) {
 					// The event signed at this sequence now sits one later.
 					return bad(cur.Sequence, "inserted: event %d is not part of the signed chain", cur.Sequence)
 				}
-				return bad(lastCheckpoint+1, "rewritten: the chain after event %d does not match the signed checkpoint at %d", lastCheckpoint, c.Sequence)
+				return bad(lastCheckpoint+1, "rewritten: the chain after event %d does not match the %s checkpoint at %d (the change is in events %d to %d)",
+					lastCheckpoint, cp.where, cp.c.Sequence, lastCheckpoint+1, cp.c.Sequence)
 			}
+			matched = true
+			if cp.where == "external" {
+				res.External++
+				res.AnchoredThrough = cur.Sequence
+			} else {
+				res.Checkpoints++
+			}
+		}
+		if matched {
 			lastCheckpoint = cur.Sequence
-			res.Checkpoints++
 		}
 		prevPrev, prev = prev, cur.Hash
 		res.VerifiedThrough = cur.Sequence
 		expect++
 		cur, err, ok = nxt, nerr, nok
+	}
+	if newestExternal > res.VerifiedThrough {
+		return bad(res.VerifiedThrough+1, "deleted: the chain ends at %d, but the external checkpoint at %d covers events %d to %d",
+			res.VerifiedThrough, newestExternal, res.VerifiedThrough+1, newestExternal)
 	}
 	if head.Sequence > res.VerifiedThrough {
 		return bad(res.VerifiedThrough+1, "deleted: events %d to %d are missing", res.VerifiedThrough+1, head.Sequence)
@@ -108,6 +242,10 @@ func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checkpoints []
 		if c.Sequence > res.VerifiedThrough {
 			return bad(res.VerifiedThrough+1, "deleted: a signed checkpoint covers event %d, past the last event", c.Sequence)
 		}
+	}
+	if untrusted != nil {
+		return bad(untrusted.Sequence, "rewritten: the checkpoint at %d is not signed by a trusted key (key %q; trusted: %s)",
+			untrusted.Sequence, untrusted.KeyID, strings.Join(checks.Keys.IDs(), ", "))
 	}
 	res.Intact = true
 	return res, nil

@@ -45,7 +45,7 @@ func TestVerifyLargeChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := &Log{Store: st, Signer: signer, Public: signer.Public()}
+	log := &Log{Store: st, Signer: signer, Keys: NewKeys(signer.Public())}
 	if _, err := log.Checkpoint(ctx); err != nil {
 		t.Fatal(err)
 	}

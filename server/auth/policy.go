@@ -1,16 +1,17 @@
 package auth
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 )
 
 // CertIdentity maps a client certificate (by its subject common name or a
-// DNS/URI SAN) to a principal, for service-to-service calls over mutual TLS
+// DNS, URI or email SAN) to a principal, for service-to-service calls over mutual TLS
 // without bearer tokens.
 type CertIdentity struct {
-	// Subject is the certificate's CN or one of its DNS or URI SANs.
+	// Subject is the certificate's CN or one of its DNS, URI or email SANs.
 	Subject string `json:"subject"`
 	// Name is the actor recorded in the audit log (default: "cert:"+Subject).
 	Name  string `json:"name,omitempty"`
@@ -24,9 +25,16 @@ func LoadCertIdentities(file string) ([]CertIdentity, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Strict: a misspelt field ("keyPatterns") must not silently yield an
+	// unscoped identity.
 	var ids []CertIdentity
-	if err := json.Unmarshal(b, &ids); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ids); err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%s: data after the JSON array", file)
 	}
 	for i, id := range ids {
 		if id.Subject == "" {

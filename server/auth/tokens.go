@@ -30,15 +30,31 @@ const RecheckInterval = time.Second
 // maxCache bounds the lookup cache.
 const maxCache = 10000
 
+// NegativeTTL is how long an unknown token is remembered as unknown, so a
+// client retrying a bad token costs no database lookup. Tokens are random
+// and shown once, so none becomes valid soon after being tried, except a
+// bootstrap token set on another replica (usable here within NegativeTTL).
+const NegativeTTL = 2 * time.Second
+
+// maxNegative bounds the unknown-token cache.
+const maxNegative = 10000
+
+// maxLookups bounds the token lookups in flight: a flood of distinct bad
+// tokens holds at most this many pool connections, not the pool.
+const maxLookups = 4
+
 // Authenticator resolves bearer tokens to principals.
 type Authenticator struct {
 	store TokenStore
 	log   *slog.Logger
 	now   func() time.Time
 
-	mu    sync.Mutex
-	cache map[string]cached // by hex hash
-	used  map[string]time.Time
+	lookups chan struct{} // semaphore of maxLookups
+
+	mu      sync.Mutex
+	cache   map[string]cached    // by hex hash
+	unknown map[string]time.Time // by hex hash: when it was found unknown
+	used    map[string]time.Time
 }
 
 type cached struct {
@@ -49,7 +65,8 @@ type cached struct {
 
 // NewAuthenticator returns an authenticator over st.
 func NewAuthenticator(st TokenStore, log *slog.Logger) *Authenticator {
-	return &Authenticator{store: st, log: log, now: time.Now, cache: map[string]cached{}, used: map[string]time.Time{}}
+	return &Authenticator{store: st, log: log, now: time.Now, lookups: make(chan struct{}, maxLookups),
+		cache: map[string]cached{}, unknown: map[string]time.Time{}, used: map[string]time.Time{}}
 }
 
 // Authenticate returns the principal of a bearer token.
@@ -62,10 +79,20 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 	now := a.now()
 	a.mu.Lock()
 	c, ok := a.cache[id]
+	missed, isUnknown := a.unknown[id]
 	a.mu.Unlock()
+	if !ok && isUnknown && now.Sub(missed) <= NegativeTTL {
+		return Principal{}, ErrUnknownToken
+	}
 	if !ok || now.Sub(c.fetched) > CacheTTL {
-		t, err := a.store.TokenByHash(ctx, hash)
+		t, err := a.lookup(ctx, hash)
 		if errors.Is(err, store.ErrNotFound) {
+			a.mu.Lock()
+			if len(a.unknown) >= maxNegative {
+				clear(a.unknown) // bounded; a flood of distinct tokens is not helped by any cache
+			}
+			a.unknown[id] = now
+			a.mu.Unlock()
 			return Principal{}, ErrUnknownToken
 		}
 		if err != nil {
@@ -94,6 +121,17 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 	a.used[t.Name] = now
 	a.mu.Unlock()
 	return Principal{Name: t.Name, Role: Role(t.Role), Scope: Scope{KeyPatterns: t.KeyPatterns, Categories: t.Categories}, ExpireTime: t.ExpireTime}, nil
+}
+
+// lookup reads a token by hash, at most maxLookups at once.
+func (a *Authenticator) lookup(ctx context.Context, hash []byte) (store.Token, error) {
+	select {
+	case a.lookups <- struct{}{}:
+	case <-ctx.Done():
+		return store.Token{}, ctx.Err()
+	}
+	defer func() { <-a.lookups }()
+	return a.store.TokenByHash(ctx, hash)
 }
 
 // Forget drops a token from the cache (after it is revoked here).

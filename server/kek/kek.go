@@ -1,6 +1,5 @@
 // Package kek owns key-encryption-key (KEK) rotation: re-wrapping every data
-// key under the primary KEK, online, in small batches each in its own short
-// transaction, with progress (done/total, rate, estimated time) readable at
+// key under the primary KEK, online, in small batches, with progress (done/total, rate, estimated time) readable at
 // any time; and the per-KEK counts that say when an old KEK can be removed.
 // The server's KeyService and `secretsd kek` both use it.
 //
@@ -8,8 +7,14 @@
 // wrapped data keys and their KEK ids change. It is resumable by
 // construction: the rows still to do are exactly those whose KEK is not the
 // primary, so a rotation killed at any point is finished by running it again.
-// Rows are locked with SKIP LOCKED, so writers are never blocked for long and
-// several workers (or replicas) can rotate at once without conflict.
+//
+// No lock is ever held across a KMS call: a batch is read without locks,
+// re-wrapped outside any transaction, and stored row by row only where the
+// row still holds the data key that was read (same KEK id and wrapped key);
+// a row that changed meanwhile (a writer destroyed or deleted it, another
+// replica re-wrapped it) is skipped and read again by the next pass. Writers
+// therefore wait on rotation for one short UPDATE at most, whatever the KMS's
+// latency, and several workers (or replicas) can rotate at once.
 package kek
 
 import (
@@ -31,7 +36,8 @@ import (
 // Store is what rotation needs from the database.
 type Store interface {
 	CountByKEK(ctx context.Context) ([]store.KEKCount, error)
-	RewrapBatch(ctx context.Context, primaryID string, limit int, rewrap func(store.Sealed) (store.Sealed, error)) (int, error)
+	KeysToRewrap(ctx context.Context, primaryID string, after store.WrappedKey, limit int) ([]store.WrappedKey, error)
+	ApplyRewrapped(ctx context.Context, keys []store.Rewrapped) (int, error)
 	RecordRotation(ctx context.Context, meta store.Meta, outcome, detail string) error
 }
 
@@ -60,17 +66,17 @@ const (
 
 // Options tune a rotation. Zero values take the defaults.
 type Options struct {
-	// BatchSize is how many data keys one transaction re-wraps (default
-	// 100, at most 1000). Smaller batches hold row locks for less time.
+	// BatchSize is how many data keys one batch reads, re-wraps and stores
+	// (default 100, at most 1000).
 	BatchSize int
-	// Workers is how many batches run at once (default 2). They never
-	// conflict: each locks rows the others skip.
+	// Workers is how many batches are re-wrapped at once (default 2). They
+	// never share a row: one reader hands each page to one worker.
 	Workers int
 	// Pause is slept by each worker between batches, to leave the database
 	// and the KMS to the service (default 0).
 	Pause time.Duration
-	// BatchTimeout bounds one batch, so a hung KMS call cannot hold row
-	// locks for long (default 30 s). A timed-out batch is retried.
+	// BatchTimeout bounds one batch, so a hung KMS call cannot stall a
+	// worker for long (default 30 s). A timed-out batch is retried.
 	BatchTimeout time.Duration
 	// Retries is how many times in a row a batch that failed for a
 	// transient reason (KMS or database unavailable) is retried, with
@@ -433,15 +439,16 @@ func (r *Rotator) run(ctx context.Context, meta store.Meta, opts Options, primar
 	return err
 }
 
-// loop runs the workers until a pass finds nothing left to re-wrap. Rows
-// locked by other transactions at that moment (a writer, another replica's
-// rotation) are skipped by the workers; the recount catches them and
-// another pass follows.
+// loop runs passes until one finds nothing left to re-wrap. Rows that
+// changed while their batch was at the KMS are skipped by the pass; the
+// recount catches them and another pass follows.
 func (r *Rotator) loop(ctx context.Context, opts Options, primary string) error {
 	const maxPasses = 50
 	lctx, stop := context.WithCancel(ctx)
+	var refresher sync.WaitGroup
+	defer refresher.Wait()
 	defer stop()
-	go r.refresh(lctx, opts, primary)
+	refresher.Go(func() { r.refresh(lctx, opts, primary) })
 	for pass := 0; ; pass++ {
 		if err := r.pass(ctx, opts, primary); err != nil {
 			return err
@@ -456,7 +463,7 @@ func (r *Rotator) loop(ctx context.Context, opts Options, primary string) error 
 			return nil
 		}
 		if pass == maxPasses {
-			return fmt.Errorf("%d data keys are still wrapped by an old KEK (rows kept locked, or a replica still "+
+			return fmt.Errorf("%d data keys are still wrapped by an old KEK (rows kept changing, or a replica still "+
 				"seals with an old primary KEK); run the rotation again", left)
 		}
 		select {
@@ -467,69 +474,117 @@ func (r *Rotator) loop(ctx context.Context, opts Options, primary string) error 
 	}
 }
 
-// pass runs opts.Workers workers until each finds no row left to lock, or
-// the first error (which stops the others).
+// pass reads every data key not wrapped by primary, page by page without
+// locks, and hands the pages to opts.Workers workers that re-wrap them (KMS
+// calls, outside any transaction) and store each one only if its row is
+// unchanged. It ends when the reader reaches the end, or at the first error
+// (which stops the others). Rows skipped because they changed meanwhile are
+// left for the next pass.
 func (r *Rotator) pass(ctx context.Context, opts Options, primary string) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	pages := make(chan []store.WrappedKey)
 	var wg sync.WaitGroup
 	for range opts.Workers {
 		wg.Go(func() {
-			if err := r.worker(ctx, opts, primary); err != nil {
-				cancel(err)
+			for page := range pages {
+				if err := r.retry(ctx, opts, func() error { return r.batch(ctx, opts, primary, page) }); err != nil {
+					cancel(err)
+					return
+				}
+				if opts.Pause > 0 && !sleep(ctx, opts.Pause) {
+					return
+				}
 			}
 		})
 	}
+	err := r.read(ctx, opts, primary, pages)
+	close(pages)
+	if err != nil {
+		cancel(err)
+	}
 	wg.Wait()
-	// The first worker's error, or the parent's cancellation; nil when every
-	// worker ran out of rows.
+	// The first error, or the parent's cancellation; nil when every page
+	// was handled.
 	return context.Cause(ctx)
 }
 
-func (r *Rotator) worker(ctx context.Context, opts Options, primary string) error {
-	failures := 0
+// read sends every page of data keys still to re-wrap to pages.
+func (r *Rotator) read(ctx context.Context, opts Options, primary string, pages chan<- []store.WrappedKey) error {
+	var after store.WrappedKey
 	for {
-		if err := ctx.Err(); err != nil {
+		var page []store.WrappedKey
+		err := r.retry(ctx, opts, func() (err error) {
+			page, err = r.store.KeysToRewrap(ctx, primary, after, opts.BatchSize)
+			return err
+		})
+		if err != nil || len(page) == 0 {
 			return err
 		}
-		n, err := r.batch(ctx, opts, primary)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if !transient(err) || failures >= opts.Retries {
-				return err
-			}
-			failures++
-			backoff := min(time.Duration(1<<failures)*50*time.Millisecond, 5*time.Second)
-			opts.Logger.WarnContext(ctx, "KEK rotation batch failed; retrying", "error", err, "attempt", failures, "backoff", backoff)
-			if !sleep(ctx, backoff) {
-				return ctx.Err()
-			}
-			continue
-		}
-		failures = 0
-		if n == 0 {
-			return nil
-		}
-		r.done.Add(int64(n))
-		if opts.Pause > 0 && !sleep(ctx, opts.Pause) {
+		after = page[len(page)-1]
+		select {
+		case pages <- page:
+		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-// batch re-wraps one batch in its own transaction.
-func (r *Rotator) batch(ctx context.Context, opts Options, primary string) (int, error) {
+// retry runs fn until it succeeds, retrying transient failures (KMS or
+// database unavailable) with backoff up to opts.Retries times in a row.
+func (r *Rotator) retry(ctx context.Context, opts Options, fn func() error) error {
+	for failures := 0; ; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !transient(err) || failures >= opts.Retries {
+			return err
+		}
+		failures++
+		backoff := min(time.Duration(1<<failures)*50*time.Millisecond, 5*time.Second)
+		opts.Logger.WarnContext(ctx, "KEK rotation step failed; retrying", "error", err, "attempt", failures, "backoff", backoff)
+		if !sleep(ctx, backoff) {
+			return ctx.Err()
+		}
+	}
+}
+
+// batch re-wraps one page with the KMS, outside any transaction, then
+// stores the rows still unchanged in one short transaction. A KMS failure
+// stores nothing of the page.
+func (r *Rotator) batch(ctx context.Context, opts Options, primary string, page []store.WrappedKey) error {
 	bctx, cancel := context.WithTimeout(ctx, opts.BatchTimeout)
 	defer cancel()
-	return r.store.RewrapBatch(bctx, primary, opts.BatchSize, func(s store.Sealed) (store.Sealed, error) {
-		out, err := r.keyring.Rewrap(bctx, seal.Sealed{Ciphertext: s.Ciphertext, WrappedDEK: s.WrappedDEK, KEKID: s.KEKID})
-		if err != nil {
-			return store.Sealed{}, err
+	out := make([]store.Rewrapped, 0, len(page))
+	for _, k := range page {
+		s, err := r.keyring.Rewrap(bctx, seal.Sealed{WrappedDEK: k.Sealed.WrappedDEK, KEKID: k.Sealed.KEKID})
+		if err == nil && (s.KEKID != primary || len(s.WrappedDEK) == 0) {
+			err = fmt.Errorf("re-wrapped under %q, want %q", s.KEKID, primary)
 		}
-		return store.Sealed{Ciphertext: out.Ciphertext, WrappedDEK: out.WrappedDEK, KEKID: out.KEKID}, nil
-	})
+		if err != nil {
+			if k.ServiceKey() {
+				return fmt.Errorf("re-wrap data key of service key %s: %w", k.Key, err)
+			}
+			return fmt.Errorf("re-wrap data key of %s version %d: %w", k.Key, k.Version, err)
+		}
+		out = append(out, store.Rewrapped{Old: k, New: store.Sealed{WrappedDEK: s.WrappedDEK, KEKID: s.KEKID}})
+	}
+	n, err := r.store.ApplyRewrapped(bctx, out)
+	if err != nil {
+		return err
+	}
+	r.done.Add(int64(n))
+	if skipped := len(out) - n; skipped > 0 {
+		opts.Logger.DebugContext(ctx, "KEK rotation skipped rows that changed while re-wrapping", "skipped", skipped)
+	}
+	return nil
 }
 
 // transient errors are retried: the KMS or the database may come back. A

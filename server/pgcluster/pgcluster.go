@@ -271,6 +271,13 @@ func (c *Cluster) ConnString(dbname string) string {
 		quoteValue(c.socketDir), c.port, quoteValue(dbname))
 }
 
+// ConnStringAs is ConnString for another role (trust authentication over
+// the socket: no password either).
+func (c *Cluster) ConnStringAs(user, dbname string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable",
+		quoteValue(c.socketDir), c.port, quoteValue(user), quoteValue(dbname))
+}
+
 // DataDir returns the absolute cluster directory.
 func (c *Cluster) DataDir() string { return c.dataDir }
 

@@ -78,38 +78,57 @@ func GenerateDevKEK(path string) (url string, created bool, err error) {
 // readDevKEK reads and validates an existing dev KEK file. It returns an
 // error wrapping fs.ErrNotExist if there is none.
 func readDevKEK(path string) (string, error) {
-	f, err := os.Open(path)
+	key, err := readKeyFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return "", err
 		}
-		return "", fmt.Errorf("seal: open dev KEK file: %w", err)
+		return "", fmt.Errorf("seal: dev KEK file %s: %w", path, err)
+	}
+	defer clear(key)
+	return localsecrets.Scheme + "://" + base64.URLEncoding.EncodeToString(key), nil
+}
+
+// readKeyFile reads a 32-byte key, base64-encoded, from a regular file (a
+// symbolic link to one is followed, as Kubernetes mounts secrets) that
+// group and others cannot access. Errors name neither the path nor the
+// content; a missing file wraps fs.ErrNotExist. The caller owns (and
+// should zero) the key.
+func readKeyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("key file does not exist: %w", fs.ErrNotExist)
+		}
+		if errors.Is(err, fs.ErrPermission) {
+			return nil, errors.New("key file is not readable by this process")
+		}
+		return nil, errors.New("cannot open the key file")
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", fmt.Errorf("seal: stat dev KEK file: %w", err)
+		return nil, errors.New("cannot stat the key file")
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("seal: dev KEK file %s is not a regular file", path)
+		return nil, errors.New("key file is not a regular file")
 	}
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("seal: dev KEK file %s is accessible by group or others (mode %04o); run chmod 600 on it", path, fi.Mode().Perm())
+		return nil, fmt.Errorf("key file is accessible by group or others (mode %04o); run chmod 600 (or 400) on it", fi.Mode().Perm())
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxDevKEKFileSize+1))
 	defer clear(data)
 	if err != nil {
-		return "", fmt.Errorf("seal: read dev KEK file: %w", err)
+		return nil, errors.New("cannot read the key file")
 	}
 	if len(data) > maxDevKEKFileSize {
-		return "", fmt.Errorf("seal: dev KEK file %s is too large to hold a key", path)
+		return nil, errors.New("key file is too large to hold a key")
 	}
 	key := decodeDevKey(bytes.TrimSpace(data))
 	if key == nil {
-		return "", fmt.Errorf("seal: dev KEK file %s does not hold a base64-encoded 32-byte key", path)
+		return nil, errors.New("key file does not hold a base64-encoded 32-byte key (e.g. `openssl rand -base64 32`)")
 	}
-	defer clear(key)
-	return localsecrets.Scheme + "://" + base64.URLEncoding.EncodeToString(key), nil
+	return key, nil
 }
 
 // decodeDevKey decodes a 32-byte key in any common base64 variant (e.g. the

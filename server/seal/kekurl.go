@@ -6,8 +6,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/url"
+	"path"
+	"slices"
 	"strings"
+	"sync"
 
+	"gocloud.dev/gcerrors"
 	"gocloud.dev/secrets"
 	"gocloud.dev/secrets/localsecrets"
 )
@@ -24,9 +28,12 @@ type kekSpec struct {
 	scheme     string // normalized scheme ("base64key", "awskms", ...)
 	rawURL     string // as configured; handed to secrets.OpenKeeper only
 	normalized string // canonical form that the fingerprint is computed from
-	local      bool   // base64key: the key is in the URL itself
+	local      bool   // base64key or file: the key is held in memory
 	localKey   [32]byte
 	id         string
+	// urlParts are spellings of the URL and of the key name a driver's
+	// message may quote (see redact).
+	urlParts []string
 }
 
 // ParseKEKURLs splits a comma-separated SECRETS_KEK_URL value into its
@@ -67,7 +74,7 @@ func normalizeScheme(s string) string {
 
 // parseKEKURL validates one configured KEK URL and computes its fingerprint.
 // No error it returns contains the URL or any part of it except the scheme.
-func parseKEKURL(index int, raw string) (kekSpec, error) {
+func parseKEKURL(index int, raw string, mux *secrets.URLMux) (kekSpec, error) {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		return kekSpec{}, invalidKEKURL(index, "empty URL")
@@ -88,7 +95,12 @@ func parseKEKURL(index int, raw string) (kekSpec, error) {
 	}
 	spec := kekSpec{index: index, scheme: scheme, rawURL: raw}
 
-	if scheme == localsecrets.Scheme {
+	switch {
+	case scheme == fileScheme:
+		if err := spec.readFile(u); err != nil {
+			return kekSpec{}, err
+		}
+	case scheme == localsecrets.Scheme:
 		switch {
 		case u.Host == "" && u.Path == "":
 			// gocloud would generate a NEW random key on every start, making
@@ -120,10 +132,10 @@ func parseKEKURL(index int, raw string) (kekSpec, error) {
 		// not change the id of the same key.
 		spec.normalized = localsecrets.Scheme + "://" + base64.URLEncoding.EncodeToString(key)
 		clear(key)
-	} else {
-		if !secrets.DefaultURLMux().ValidKeeperScheme(scheme) {
+	default:
+		if !mux.ValidKeeperScheme(scheme) {
 			return kekSpec{}, invalidKEKURL(index, "no KEK driver registered for scheme %q (registered: %s)",
-				scheme, strings.Join(secrets.DefaultURLMux().KeeperSchemes(), ", "))
+				scheme, strings.Join(append(mux.KeeperSchemes(), fileScheme), ", "))
 		}
 		q, err := url.ParseQuery(u.RawQuery)
 		if err != nil {
@@ -146,9 +158,66 @@ func parseKEKURL(index int, raw string) (kekSpec, error) {
 			b.WriteString(q.Encode())
 		}
 		spec.normalized = b.String()
+		spec.urlParts = urlParts(raw, u, spec.normalized)
 	}
 	spec.id = fingerprint(spec.normalized)
 	return spec, nil
+}
+
+// urlParts lists what of a KMS URL a driver's error message may quote: the
+// URL as written and normalized, and the key name (host and path, as the
+// drivers join them), longest first so that replacing one does not break
+// another. Parts shorter than 3 characters are left out: replacing them
+// would garble the message and hide nothing.
+func urlParts(raw string, u *url.URL, normalized string) []string {
+	keyName := strings.TrimPrefix(path.Join(u.Host, u.Path), "/")
+	cands := []string{raw, normalized, u.String(), keyName, strings.TrimPrefix(path.Join(u.Host, u.EscapedPath()), "/"),
+		"https://" + keyName}
+	if unesc, err := url.PathUnescape(keyName); err == nil {
+		cands = append(cands, unesc)
+	}
+	var parts []string
+	for _, c := range cands {
+		if len(c) >= 3 && !slices.Contains(parts, c) {
+			parts = append(parts, c)
+		}
+	}
+	slices.SortFunc(parts, func(a, b string) int { return len(b) - len(a) })
+	return parts
+}
+
+// redact replaces every part of a KEK's URL in a driver's message with the
+// KEK's fingerprint: errors name a KEK by its id, never by its URL.
+func redact(msg string, parts []string, id string) string {
+	for _, p := range parts {
+		msg = strings.ReplaceAll(msg, p, "<"+id+">")
+	}
+	return msg
+}
+
+// classifiers map the errors of drivers that do not classify their own
+// (gocloud's hashivault reports every failure as Unknown) to a code, by
+// scheme. The main package registers them next to its blank imports.
+var (
+	classifiersMu sync.RWMutex
+	classifiers   = map[string]func(error) gcerrors.ErrorCode{}
+)
+
+// RegisterErrorCode registers fn to classify the errors of the scheme's
+// keeper when the driver itself says Unknown: a refusal (PermissionDenied,
+// NotFound, FailedPrecondition) is then ErrKEKRefused and a rejected
+// ciphertext (InvalidArgument) ErrCorrupt rather than ErrKEKUnavailable. fn
+// receives the keeper's error (errors.As reaches the driver's own error).
+func RegisterErrorCode(scheme string, fn func(error) gcerrors.ErrorCode) {
+	classifiersMu.Lock()
+	defer classifiersMu.Unlock()
+	classifiers[normalizeScheme(scheme)] = fn
+}
+
+func classifier(scheme string) func(error) gcerrors.ErrorCode {
+	classifiersMu.RLock()
+	defer classifiersMu.RUnlock()
+	return classifiers[scheme]
 }
 
 // fingerprint derives the stable, non-reversible KEK id stored in each row:

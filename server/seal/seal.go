@@ -9,10 +9,12 @@
 // access to the database confirm guesses) and verified by Open.
 //
 // The DEK is wrapped by a KEK held outside the database and opened from a
-// gocloud.dev/secrets keeper URL. Only the base64key:// driver (development)
-// is linked in by this package; production drivers (awskms://, gcpkms://,
-// azurekeyvault://, hashivault://) are registered by blank imports in the
-// main package. Several KEKs can be configured: the first (primary) wraps new
+// gocloud.dev/secrets keeper URL. Only the base64key:// driver and file://
+// KEKs (a key file read once, see kekfile.go) are built into this package;
+// the KMS drivers (awskms://, gcpkms://, azurekeyvault://, hashivault://) are
+// registered by package seal/kmsdrivers, which secretsd imports for its side
+// effects (cmd/secretsd/drivers.go). Several KEKs can be configured: the
+// first (primary) wraps new
 // DEKs, the others only unwrap, which allows key rotation with Rewrap. A row
 // records the fingerprint (KEKID) of the KEK that wrapped its DEK, never its
 // URL: a base64key:// URL contains the key itself.
@@ -31,6 +33,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gocloud.dev/gcerrors"
 	"gocloud.dev/secrets"
@@ -49,6 +52,14 @@ var (
 	// ErrKEKUnavailable means the keeper failed (KMS down, network, timeout,
 	// request canceled, keyring closed). Retryable.
 	ErrKEKUnavailable = errors.New("seal: KEK unavailable")
+	// ErrKEKRefused means the KMS answered but refused to use the KEK:
+	// permission denied, key disabled or scheduled for deletion, key not
+	// found. Every row under that KEK is affected, not one: it is not data
+	// corruption, and retrying does not help until an operator fixes the key
+	// or its permissions. An ErrKEKRefused error also matches
+	// ErrKEKUnavailable (the KEK cannot be used now): callers that do not
+	// tell them apart treat both as an outage.
+	ErrKEKRefused = fmt.Errorf("%w: the KMS refused the KEK", ErrKEKUnavailable)
 	// ErrInvalidKEKURL means a configured KEK URL is unusable. The message
 	// never contains the URL.
 	ErrInvalidKEKURL = errors.New("seal: invalid KEK URL")
@@ -56,6 +67,11 @@ var (
 
 // DefaultDEKCacheSize is the default number of unwrapped DEKs kept in memory.
 const DefaultDEKCacheSize = 4096
+
+// DefaultKMSTimeout bounds one KMS call (wrap, unwrap, probe) when the
+// caller's context has no earlier deadline: client libraries retry an
+// unreachable KMS for up to a minute, and a REST request has no deadline.
+const DefaultKMSTimeout = 10 * time.Second
 
 // Sealed is what is stored for one secret version.
 type Sealed struct {
@@ -73,6 +89,22 @@ type Option func(*options)
 
 type options struct {
 	dekCacheSize int
+	kmsTimeout   time.Duration
+	mux          *secrets.URLMux
+}
+
+// WithKMSTimeout bounds each KMS call (default DefaultKMSTimeout; d <= 0
+// leaves only the caller's deadline). A call that times out is
+// ErrKEKUnavailable.
+func WithKMSTimeout(d time.Duration) Option {
+	return func(o *options) { o.kmsTimeout = d }
+}
+
+// WithKeeperMux opens KMS URLs through mux instead of gocloud's default URL
+// mux (where the main package's blank imports register the drivers). Tests
+// use it to point a driver's real client library at a local stand-in.
+func WithKeeperMux(mux *secrets.URLMux) Option {
+	return func(o *options) { o.mux = mux }
 }
 
 // WithDEKCache sets the capacity of the in-memory LRU of unwrapped DEKs
@@ -90,6 +122,9 @@ type kek struct {
 	// wrong key or altered data.
 	local  bool
 	keeper *secrets.Keeper
+	// urlParts are the spellings of the KEK's URL and key name that a
+	// driver's message may quote; keeperError replaces them with the id.
+	urlParts []string
 }
 
 // Keyring holds the configured KEKs. It is safe for concurrent use.
@@ -97,9 +132,13 @@ type Keyring struct {
 	keks    []*kek // configuration order; keks[0] is the primary
 	byID    map[string]*kek
 	cache   *dekCache // nil when disabled
-	closed  atomic.Bool
-	closeMu sync.Mutex
-	closeEr error
+	timeout time.Duration
+	// DEK cache outcomes of unwraps (reads and rewraps of other KEKs' rows
+	// do not count).
+	hits, misses atomic.Uint64
+	closed       atomic.Bool
+	closeMu      sync.Mutex
+	closeEr      error
 }
 
 // OpenKeyring validates and opens the KEKs named by urls. The first URL is
@@ -113,7 +152,7 @@ type Keyring struct {
 // the same KEK. Messages identify an entry by position and never contain the
 // URL. No KMS is called here (see Check).
 func OpenKeyring(ctx context.Context, urls []string, opts ...Option) (*Keyring, error) {
-	o := options{dekCacheSize: DefaultDEKCacheSize}
+	o := options{dekCacheSize: DefaultDEKCacheSize, kmsTimeout: DefaultKMSTimeout, mux: secrets.DefaultURLMux()}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -128,7 +167,7 @@ func OpenKeyring(ctx context.Context, urls []string, opts ...Option) (*Keyring, 
 	}()
 	seen := make(map[string]int, len(urls))
 	for i, raw := range urls {
-		spec, err := parseKEKURL(i+1, raw)
+		spec, err := parseKEKURL(i+1, raw, o.mux)
 		if err != nil {
 			return nil, err
 		}
@@ -140,9 +179,10 @@ func OpenKeyring(ctx context.Context, urls []string, opts ...Option) (*Keyring, 
 	}
 
 	k := &Keyring{
-		keks:  make([]*kek, 0, len(specs)),
-		byID:  make(map[string]*kek, len(specs)),
-		cache: newDEKCache(o.dekCacheSize),
+		keks:    make([]*kek, 0, len(specs)),
+		byID:    make(map[string]*kek, len(specs)),
+		cache:   newDEKCache(o.dekCacheSize),
+		timeout: o.kmsTimeout,
 	}
 	for i := range specs {
 		spec := &specs[i]
@@ -153,15 +193,17 @@ func OpenKeyring(ctx context.Context, urls []string, opts ...Option) (*Keyring, 
 			keeper = localsecrets.NewKeeper(spec.localKey)
 		} else {
 			var err error
-			keeper, err = secrets.OpenKeeper(ctx, spec.rawURL)
+			keeper, err = o.mux.OpenKeeper(ctx, spec.rawURL)
 			if err != nil {
 				_ = k.Close()
-				// Only non-base64key schemes get here; their URLs name a key
-				// but do not contain it, so the driver's message is kept.
-				return nil, fmt.Errorf("%w: SECRETS_KEK_URL entry %d: open %s keeper: %v", ErrInvalidKEKURL, spec.index, spec.scheme, err)
+				// Only KMS schemes get here; their URLs name a key but do
+				// not contain it. The driver's message is kept (it says what
+				// is wrong), with the URL and key name replaced by the id.
+				return nil, fmt.Errorf("%w: SECRETS_KEK_URL entry %d: open %s keeper: %s", ErrInvalidKEKURL, spec.index, spec.scheme,
+					redact(err.Error(), spec.urlParts, spec.id))
 			}
 		}
-		kk := &kek{id: spec.id, index: spec.index, scheme: spec.scheme, local: spec.local, keeper: keeper}
+		kk := &kek{id: spec.id, index: spec.index, scheme: spec.scheme, local: spec.local, keeper: keeper, urlParts: spec.urlParts}
 		k.keks = append(k.keks, kk)
 		k.byID[kk.id] = kk
 	}
@@ -221,9 +263,9 @@ func (k *Keyring) NewDataKey(ctx context.Context) (*DataKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	wrapped, err := primary.keeper.Encrypt(ctx, dek)
+	wrapped, err := k.encrypt(ctx, primary, dek)
 	if err != nil {
-		return nil, k.keeperError(primary, "wrap data key", err)
+		return nil, k.wrapError(ctx, primary, "wrap data key", err)
 	}
 	// A value is often read right after it is written.
 	k.cache.put(cacheKey(primary.id, wrapped), aead)
@@ -299,8 +341,10 @@ func (k *Keyring) dekAEAD(ctx context.Context, s Sealed) (cipher.AEAD, error) {
 	}
 	ck := cacheKey(kk.id, s.WrappedDEK)
 	if aead, ok := k.cache.get(ck); ok {
+		k.hits.Add(1)
 		return aead, nil
 	}
+	k.misses.Add(1)
 	dek, err := k.unwrap(ctx, kk, s.WrappedDEK)
 	if err != nil {
 		return nil, err
@@ -332,9 +376,9 @@ func (k *Keyring) Rewrap(ctx context.Context, s Sealed) (Sealed, error) {
 		return Sealed{}, err
 	}
 	defer clear(dek) // best effort
-	wrapped, err := primary.keeper.Encrypt(ctx, dek)
+	wrapped, err := k.encrypt(ctx, primary, dek)
 	if err != nil {
-		return Sealed{}, k.keeperError(primary, "wrap data key", err)
+		return Sealed{}, k.wrapError(ctx, primary, "wrap data key", err)
 	}
 	// Rewrap runs over cold rows during a rotation: do not let it evict the
 	// DEKs that serve reads.
@@ -362,7 +406,7 @@ func (k *Keyring) lookup(s Sealed) (*kek, error) {
 // unwrap decrypts a wrapped DEK with kk. The caller owns (and should zero)
 // the result.
 func (k *Keyring) unwrap(ctx context.Context, kk *kek, wrapped []byte) ([]byte, error) {
-	dek, err := kk.keeper.Decrypt(ctx, wrapped)
+	dek, err := k.decrypt(ctx, kk, wrapped)
 	if err != nil {
 		return nil, k.unwrapError(ctx, kk, err)
 	}
@@ -374,48 +418,146 @@ func (k *Keyring) unwrap(ctx context.Context, kk *kek, wrapped []byte) ([]byte, 
 	return dek, nil
 }
 
+// encrypt and decrypt call the keeper under the per-call KMS timeout.
+func (k *Keyring) encrypt(ctx context.Context, kk *kek, pt []byte) ([]byte, error) {
+	ctx, cancel := k.callContext(ctx, kk)
+	defer cancel()
+	return kk.keeper.Encrypt(ctx, pt)
+}
+
+func (k *Keyring) decrypt(ctx context.Context, kk *kek, ct []byte) ([]byte, error) {
+	ctx, cancel := k.callContext(ctx, kk)
+	defer cancel()
+	return kk.keeper.Decrypt(ctx, ct)
+}
+
+func (k *Keyring) callContext(ctx context.Context, kk *kek) (context.Context, context.CancelFunc) {
+	if k.timeout <= 0 || kk.local {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, k.timeout)
+}
+
+// errorCode is the keeper's gcerrors code for err or, when the driver does
+// not classify its errors (Unknown), the code a classifier registered for
+// the scheme gives.
+func errorCode(kk *kek, err error) gcerrors.ErrorCode {
+	code := gcerrors.Code(err)
+	if code == gcerrors.Unknown {
+		if fn := classifier(kk.scheme); fn != nil {
+			code = fn(err)
+		}
+	}
+	return code
+}
+
 // unwrapError classifies a Keeper.Decrypt failure:
 //
 //   - keyring closed, ctx done, or codes Canceled, DeadlineExceeded,
 //     Internal, ResourceExhausted: ErrKEKUnavailable (retryable);
-//   - codes NotFound, InvalidArgument, FailedPrecondition, PermissionDenied:
-//     the KMS refused this wrapped key (tampered, wrapped by another key, or
-//     key disabled/destroyed): ErrCorrupt;
+//   - InvalidArgument: the KMS rejected this wrapped key (tampered, or
+//     wrapped by another key): ErrCorrupt;
+//   - NotFound, FailedPrecondition, PermissionDenied: the KMS refused the KEK
+//     itself (no permission, key disabled, destroyed or misnamed), which
+//     affects every row under it: ErrKEKRefused;
 //   - anything else (mostly Unknown): ErrCorrupt for a local (base64key)
 //     keeper, which has no transport so a failure can only mean a wrong key
 //     or altered data; ErrKEKUnavailable for a remote keeper, since we cannot
 //     prove the data is bad. (gocloud has no Unavailable code: network
 //     errors and gRPC Unavailable surface as Unknown.)
 //
-// Note that a disabled or inaccessible KMS key (PermissionDenied,
-// FailedPrecondition) also fails Check, so /readyz reports it.
+// A refused KEK also fails Check, so /readyz reports it.
 func (k *Keyring) unwrapError(ctx context.Context, kk *kek, err error) error {
-	corrupt := false
-	switch gcerrors.Code(err) {
-	case gcerrors.Canceled, gcerrors.DeadlineExceeded, gcerrors.Internal, gcerrors.ResourceExhausted:
-	case gcerrors.NotFound, gcerrors.InvalidArgument, gcerrors.FailedPrecondition, gcerrors.PermissionDenied:
-		corrupt = true
-	default:
-		corrupt = kk.local
-	}
 	if k.closed.Load() || ctx.Err() != nil {
-		corrupt = false
+		return k.keeperError(kk, "unwrap data key", err)
 	}
-	if corrupt {
-		// The driver's message may describe the input; it is not needed.
-		return fmt.Errorf("%w: KEK %s cannot unwrap the data key", ErrCorrupt, kk.id)
+	switch errorCode(kk, err) {
+	case gcerrors.Canceled, gcerrors.DeadlineExceeded, gcerrors.Internal, gcerrors.ResourceExhausted:
+		return k.keeperError(kk, "unwrap data key", err)
+	case gcerrors.InvalidArgument:
+		return corruptError(kk)
+	case gcerrors.NotFound, gcerrors.FailedPrecondition, gcerrors.PermissionDenied:
+		if kk.local {
+			return corruptError(kk)
+		}
+		return k.refusedError(kk, "unwrap data key", err)
+	}
+	if kk.local {
+		return corruptError(kk)
 	}
 	return k.keeperError(kk, "unwrap data key", err)
 }
 
+func corruptError(kk *kek) error {
+	// The driver's message may describe the input; it is not needed.
+	return fmt.Errorf("%w: KEK %s cannot unwrap the data key", ErrCorrupt, kk.id)
+}
+
+// wrapError classifies a Keeper.Encrypt failure: the KMS refusing the KEK
+// (NotFound, FailedPrecondition, PermissionDenied, InvalidArgument, e.g. a
+// key that cannot encrypt) is ErrKEKRefused; anything else is
+// ErrKEKUnavailable.
+func (k *Keyring) wrapError(ctx context.Context, kk *kek, op string, err error) error {
+	if k.closed.Load() || ctx.Err() != nil {
+		return k.keeperError(kk, op, err)
+	}
+	switch errorCode(kk, err) {
+	case gcerrors.NotFound, gcerrors.FailedPrecondition, gcerrors.PermissionDenied, gcerrors.InvalidArgument:
+		return k.refusedError(kk, op, err)
+	}
+	return k.keeperError(kk, op, err)
+}
+
 // keeperError wraps a keeper failure as ErrKEKUnavailable. The driver's
-// message is kept (KMS errors carry no key material) but chained with %v so
-// that the driver's error types do not leak through errors.As.
+// message is kept (KMS errors carry no key material), with the KEK's URL
+// and key name replaced by its id, and chained with %s so that the driver's
+// error types do not leak through errors.As.
 func (k *Keyring) keeperError(kk *kek, op string, err error) error {
 	if k.closed.Load() {
 		return errClosed
 	}
-	return fmt.Errorf("%w: KEK %s (%s, entry %d): %s: %v", ErrKEKUnavailable, kk.id, kk.scheme, kk.index, op, err)
+	return kekError{id: kk.id, err: fmt.Errorf("%w: KEK %s (%s, entry %d): %s: %s", ErrKEKUnavailable, kk.id, kk.scheme, kk.index, op,
+		redact(err.Error(), kk.urlParts, kk.id))}
+}
+
+func (k *Keyring) refusedError(kk *kek, op string, err error) error {
+	return kekError{id: kk.id, err: fmt.Errorf("%w: KEK %s (%s, entry %d): %s: %s (check that the key exists, is enabled, "+
+		"and that this service may encrypt and decrypt with it): %s", ErrKEKRefused, kk.id, kk.scheme, kk.index, op,
+		codeWords(errorCode(kk, err)), redact(err.Error(), kk.urlParts, kk.id))}
+}
+
+// kekError carries the id of the KEK whose keeper failed.
+type kekError struct {
+	id  string
+	err error
+}
+
+func (e kekError) Error() string { return e.err.Error() }
+func (e kekError) Unwrap() error { return e.err }
+
+// FailedKEK returns the fingerprint of the KEK an ErrKEKUnavailable or
+// ErrKEKRefused error is about, so that callers can name it (a fingerprint
+// is not a secret).
+func FailedKEK(err error) (id string, ok bool) {
+	var ke kekError
+	if errors.As(err, &ke) {
+		return ke.id, true
+	}
+	return "", false
+}
+
+func codeWords(c gcerrors.ErrorCode) string {
+	switch c {
+	case gcerrors.NotFound:
+		return "key not found"
+	case gcerrors.PermissionDenied:
+		return "permission denied"
+	case gcerrors.FailedPrecondition:
+		return "key disabled or not usable"
+	case gcerrors.InvalidArgument:
+		return "request refused"
+	}
+	return c.String()
 }
 
 func newAEAD(dek []byte) (cipher.AEAD, error) {
@@ -432,7 +574,7 @@ func newAEAD(dek []byte) (cipher.AEAD, error) {
 
 // Check round-trips a random probe through each configured keeper (wrap,
 // unwrap, compare), for readiness probes. Every failing KEK is reported,
-// each as ErrKEKUnavailable. Note that this needs encrypt permission on
+// each as ErrKEKUnavailable or ErrKEKRefused. Note that this needs encrypt permission on
 // unwrap-only KEKs too.
 func (k *Keyring) Check(ctx context.Context) error {
 	if k.closed.Load() {
@@ -452,18 +594,33 @@ func (k *Keyring) probe(ctx context.Context, kk *kek) error {
 	if _, err := rand.Read(probe); err != nil {
 		return fmt.Errorf("seal: generate probe: %w", err)
 	}
-	ct, err := kk.keeper.Encrypt(ctx, probe)
+	ct, err := k.encrypt(ctx, kk, probe)
 	if err != nil {
-		return k.keeperError(kk, "probe encrypt", err)
+		return k.wrapError(ctx, kk, "probe encrypt", err)
 	}
-	pt, err := kk.keeper.Decrypt(ctx, ct)
+	pt, err := k.decrypt(ctx, kk, ct)
 	if err != nil {
+		if err := k.unwrapError(ctx, kk, err); !errors.Is(err, ErrCorrupt) {
+			return err
+		}
 		return k.keeperError(kk, "probe decrypt", err)
 	}
 	if !bytes.Equal(pt, probe) {
 		return fmt.Errorf("%w: KEK %s (%s, entry %d): probe round trip returned different bytes", ErrKEKUnavailable, kk.id, kk.scheme, kk.index)
 	}
 	return nil
+}
+
+// DEKCacheStats counts the unwrapped-DEK cache's outcomes since the keyring
+// opened: Hits were served from memory, Misses called the KMS.
+type DEKCacheStats struct {
+	Hits, Misses uint64
+	Entries      int
+}
+
+// DEKCacheStats returns the cache's counts (for /metrics).
+func (k *Keyring) DEKCacheStats() DEKCacheStats {
+	return DEKCacheStats{Hits: k.hits.Load(), Misses: k.misses.Load(), Entries: k.cache.len()}
 }
 
 // Close closes every keeper and drops the DEK cache. Afterwards every

@@ -528,7 +528,7 @@ func TestFingerprint(t *testing.T) {
 	seen := map[string]bool{id: true}
 	for range 100 {
 		u := newKeyURL(t)
-		spec, err := parseKEKURL(1, u)
+		spec, err := parseKEKURL(1, u, secrets.DefaultURLMux())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -541,9 +541,9 @@ func TestFingerprint(t *testing.T) {
 		}
 	}
 	// Remote URLs: query order is irrelevant, anything else is not.
-	a, err1 := parseKEKURL(1, "sealtest://k?b=2&a=1")
-	b, err2 := parseKEKURL(1, "SEALTEST://k?a=1&b=2#frag")
-	c, err3 := parseKEKURL(1, "sealtest://K?a=1&b=2")
+	a, err1 := parseKEKURL(1, "sealtest://k?b=2&a=1", secrets.DefaultURLMux())
+	b, err2 := parseKEKURL(1, "SEALTEST://k?a=1&b=2#frag", secrets.DefaultURLMux())
+	c, err3 := parseKEKURL(1, "sealtest://K?a=1&b=2", secrets.DefaultURLMux())
 	if err := errors.Join(err1, err2, err3); err != nil {
 		t.Fatal(err)
 	}
@@ -554,7 +554,7 @@ func TestFingerprint(t *testing.T) {
 
 func TestFingerprintPinned(t *testing.T) {
 	zero := "base64key://" + base64.URLEncoding.EncodeToString(make([]byte, 32))
-	spec, err := parseKEKURL(1, zero)
+	spec, err := parseKEKURL(1, zero, secrets.DefaultURLMux())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -764,9 +764,11 @@ func TestKeeperErrorClassification(t *testing.T) {
 		{"context deadline", context.DeadlineExceeded, nil, ErrKEKUnavailable},
 		{"canceled request", codedErr{gcerrors.InvalidArgument}, canceled, ErrKEKUnavailable},
 		{"invalid ciphertext", codedErr{gcerrors.InvalidArgument}, nil, ErrCorrupt},
-		{"not found", codedErr{gcerrors.NotFound}, nil, ErrCorrupt},
-		{"failed precondition", codedErr{gcerrors.FailedPrecondition}, nil, ErrCorrupt},
-		{"permission denied", codedErr{gcerrors.PermissionDenied}, nil, ErrCorrupt},
+		// The KMS refusing the KEK itself affects every row under it: not
+		// corruption of this one (issue 18).
+		{"not found", codedErr{gcerrors.NotFound}, nil, ErrKEKRefused},
+		{"failed precondition", codedErr{gcerrors.FailedPrecondition}, nil, ErrKEKRefused},
+		{"permission denied", codedErr{gcerrors.PermissionDenied}, nil, ErrKEKRefused},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

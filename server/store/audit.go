@@ -50,3 +50,17 @@ func scanAudit(r pgx.Row) (AuditEvent, error) {
 		&e.Revision, &e.Detail, &e.PrevHash, &e.Hash, &e.ValueHMAC)
 	return e, err
 }
+
+// WritesWithValueMAC returns the successful writes whose value HMAC is mac
+// (optionally of one key), oldest first, at most limit.
+func (s *Store) WritesWithValueMAC(ctx context.Context, mac []byte, key string, limit int) ([]AuditEvent, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+`
+		FROM audit_events
+		WHERE value_hmac = $1 AND ($2 = '' OR key = $2) AND outcome = $3
+		ORDER BY sequence LIMIT $4`, mac, key, OutcomeOK, limit)
+	if err != nil {
+		return nil, classify(err)
+	}
+	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditEvent, error) { return scanAudit(r) })
+	return events, classify(err)
+}

@@ -188,21 +188,28 @@ func upsertConsumer(ctx context.Context, tx pgx.Tx, r ConsumerReport) error {
 		}
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO consumers (service, instance, loaded_revision, keys, categories, first_seen, last_seen, owner)
-		VALUES ($1, $2, CASE WHEN $3 > 0 THEN $3 ELSE $4 END, $5, $6, now(), now(), $7)
+		VALUES ($1, $2, CASE WHEN $3 >= 0 THEN $3 ELSE $4 END, $5, $6, now(), now(), $7)
 		ON CONFLICT (service, instance) DO UPDATE SET last_seen = now(),
 			keys = CASE WHEN $8 THEN consumers.keys ELSE EXCLUDED.keys END,
 			categories = CASE WHEN $9 THEN consumers.categories ELSE EXCLUDED.categories END,
-			loaded_revision = CASE WHEN $3 > 0 THEN $3 ELSE consumers.loaded_revision END,
+			loaded_revision = CASE WHEN $3 >= 0 THEN $3 ELSE consumers.loaded_revision END,
 			owner = CASE WHEN consumers.owner = '' THEN EXCLUDED.owner ELSE consumers.owner END`,
 		r.ID.Service, r.ID.Instance, r.LoadedRevision, r.Fallback, keys, categories, r.Owner, r.KeepKeys, r.KeepCategories)
 	return err
 }
 
+// KeepLoadedRevision as a ConsumerReport's LoadedRevision keeps the
+// stored one (a watch that does not say what it loaded).
+const KeepLoadedRevision int64 = -1
+
 // ConsumerReport is one report of a consumer's state.
 type ConsumerReport struct {
 	ID ConsumerID
-	// LoadedRevision is the revision the consumer runs with; 0 keeps the
-	// stored one (Fallback for a new consumer).
+	// LoadedRevision is the revision the consumer runs with: 0 for none
+	// (it runs on environment and default values only, so every
+	// restart-required change to its keys is pending), or
+	// KeepLoadedRevision to keep the stored one (Fallback for a new
+	// consumer).
 	LoadedRevision, Fallback int64
 	Keys, Categories         []string
 	// KeepKeys and KeepCategories keep the stored lists of an existing

@@ -33,106 +33,116 @@ func (s *Store) CountByKEK(ctx context.Context) ([]KEKCount, error) {
 	return counts, classify(err)
 }
 
-// RewrapBatch re-wraps up to limit data keys that are not wrapped by
-// primaryID, in one short transaction: it locks the rows (skipping rows
-// other transactions hold, so concurrent writers and other rotation workers
-// are never waited on), calls rewrap for each and stores the new wrapped key
-// and KEK id. Only wrapped_dek and kek_id change: the ciphertext is neither
-// read (re-wrapping does not need it) nor written. Secret versions go first,
-// then service keys. It returns how many rows it re-wrapped; 0 means none
-// was left that it could lock.
-//
-// rewrap must return a Sealed wrapped by primaryID. An error from it rolls
-// the whole batch back and is returned, naming the row.
-func (s *Store) RewrapBatch(ctx context.Context, primaryID string, limit int, rewrap func(Sealed) (Sealed, error)) (int, error) {
+// WrappedKey is a data key as read for re-wrapping (no lock is taken): a
+// secret version's (Version > 0) or a service key's (Version 0, Key is its
+// name).
+type WrappedKey struct {
+	Key     string
+	Version int64
+	Sealed  Sealed // WrappedDEK and KEKID only: the ciphertext is not read
+}
+
+// ServiceKey reports whether k is a service key rather than a secret version.
+func (k WrappedKey) ServiceKey() bool { return k.Version == 0 }
+
+// KeysToRewrap returns up to limit data keys not wrapped by primaryID that
+// come after the cursor after (the zero WrappedKey: from the start), in
+// cursor order: secret versions by key and version, then service keys by
+// name. It is a plain read: no row is locked, so nothing waits on whatever
+// the caller does next (KMS calls) with what it returns.
+func (s *Store) KeysToRewrap(ctx context.Context, primaryID string, after WrappedKey, limit int) ([]WrappedKey, error) {
 	if limit <= 0 {
-		return 0, fmt.Errorf("%w: batch size must be positive", ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: batch size must be positive", ErrInvalidArgument)
+	}
+	var out []WrappedKey
+	if !after.ServiceKey() || after.Key == "" {
+		// Destroyed versions (state 3) have no data key (wrapped_dek NULL).
+		rows, err := s.pool.Query(ctx, `SELECT key, version, wrapped_dek, kek_id FROM secret_versions
+			WHERE kek_id <> $1 AND state <> 3 AND (key, version) > ($2, $3)
+			ORDER BY key, version LIMIT $4`, primaryID, after.Key, after.Version, limit)
+		if err != nil {
+			return nil, classify(err)
+		}
+		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (WrappedKey, error) {
+			var k WrappedKey
+			err := r.Scan(&k.Key, &k.Version, &k.Sealed.WrappedDEK, &k.Sealed.KEKID)
+			return k, err
+		})
+		if err != nil {
+			return nil, classify(err)
+		}
+		after = WrappedKey{}
+	}
+	if left := limit - len(out); left > 0 {
+		rows, err := s.pool.Query(ctx, `SELECT name, wrapped_dek, kek_id FROM service_keys
+			WHERE kek_id <> $1 AND name > $2 ORDER BY name LIMIT $3`, primaryID, after.Key, left)
+		if err != nil {
+			return nil, classify(err)
+		}
+		keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (WrappedKey, error) {
+			var k WrappedKey
+			err := r.Scan(&k.Key, &k.Sealed.WrappedDEK, &k.Sealed.KEKID)
+			return k, err
+		})
+		if err != nil {
+			return nil, classify(err)
+		}
+		out = append(out, keys...)
+	}
+	return out, nil
+}
+
+// Rewrapped is a data key re-wrapped under the primary KEK: Old as read by
+// KeysToRewrap, New its replacement.
+type Rewrapped struct {
+	Old WrappedKey
+	New Sealed
+}
+
+// ApplyRewrapped stores each re-wrapped data key whose row still holds
+// exactly the data key it was read with (same KEK id, same wrapped key), and
+// returns how many it stored. A row that changed meanwhile (destroyed,
+// deleted, re-wrapped by another worker or replica) is skipped, not
+// overwritten: a later pass reads it again. Only wrapped_dek and kek_id
+// change; the ciphertext is neither read nor written. No KMS call happens
+// here, so the row locks its updates take last one round trip.
+func (s *Store) ApplyRewrapped(ctx context.Context, keys []Rewrapped) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
 	}
 	var n int
 	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		n = 0
-		// Destroyed versions (state 3) have no data key (wrapped_dek NULL).
-		rows, err := tx.Query(ctx, `SELECT key, version, wrapped_dek, kek_id FROM secret_versions
-			WHERE kek_id <> $1 AND state <> 3
-			ORDER BY key, version LIMIT $2 FOR UPDATE SKIP LOCKED`, primaryID, limit)
-		if err != nil {
-			return err
-		}
-		type versionRow struct {
-			key     string
-			version int64
-			sealed  Sealed
-		}
-		versions, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (versionRow, error) {
-			var v versionRow
-			err := r.Scan(&v.key, &v.version, &v.sealed.WrappedDEK, &v.sealed.KEKID)
-			return v, err
-		})
-		if err != nil {
-			return err
-		}
 		b := &pgx.Batch{}
-		for _, v := range versions {
-			out, err := rewrapped(primaryID, v.sealed, rewrap)
-			if err != nil {
-				return fmt.Errorf("re-wrap data key of %s version %d: %w", v.key, v.version, err)
+		for _, k := range keys {
+			if len(k.New.WrappedDEK) == 0 || k.New.KEKID == "" {
+				return fmt.Errorf("%w: re-wrapped data key of %s has no KEK", ErrInvalidArgument, k.Old.Key)
 			}
-			b.Queue(`UPDATE secret_versions SET wrapped_dek = $3, kek_id = $4 WHERE key = $1 AND version = $2`,
-				v.key, v.version, out.WrappedDEK, out.KEKID)
+			if k.Old.ServiceKey() {
+				b.Queue(`UPDATE service_keys SET wrapped_dek = $2, kek_id = $3
+					WHERE name = $1 AND kek_id = $4 AND wrapped_dek = $5`,
+					k.Old.Key, k.New.WrappedDEK, k.New.KEKID, k.Old.Sealed.KEKID, k.Old.Sealed.WrappedDEK)
+				continue
+			}
+			b.Queue(`UPDATE secret_versions SET wrapped_dek = $3, kek_id = $4
+				WHERE key = $1 AND version = $2 AND kek_id = $5 AND wrapped_dek = $6`,
+				k.Old.Key, k.Old.Version, k.New.WrappedDEK, k.New.KEKID, k.Old.Sealed.KEKID, k.Old.Sealed.WrappedDEK)
 		}
-		if left := limit - len(versions); left > 0 {
-			rows, err := tx.Query(ctx, `SELECT name, wrapped_dek, kek_id FROM service_keys
-				WHERE kek_id <> $1 ORDER BY name LIMIT $2 FOR UPDATE SKIP LOCKED`, primaryID, left)
-			if err != nil {
-				return err
-			}
-			type keyRow struct {
-				name   string
-				sealed Sealed
-			}
-			keys, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (keyRow, error) {
-				var k keyRow
-				err := r.Scan(&k.name, &k.sealed.WrappedDEK, &k.sealed.KEKID)
-				return k, err
-			})
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		for range keys {
+			tag, err := br.Exec()
 			if err != nil {
 				return err
 			}
-			for _, k := range keys {
-				out, err := rewrapped(primaryID, k.sealed, rewrap)
-				if err != nil {
-					return fmt.Errorf("re-wrap data key of service key %s: %w", k.name, err)
-				}
-				b.Queue(`UPDATE service_keys SET wrapped_dek = $2, kek_id = $3 WHERE name = $1`,
-					k.name, out.WrappedDEK, out.KEKID)
-			}
+			n += int(tag.RowsAffected())
 		}
-		if b.Len() == 0 {
-			return nil
-		}
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-		n = b.Len()
-		return nil
+		return br.Close()
 	})
 	if err != nil {
 		return 0, err
 	}
 	return n, nil
-}
-
-// rewrapped calls rewrap on a row's wrapped data key (the ciphertext is not
-// needed to re-wrap it and is not loaded) and checks the result.
-func rewrapped(primaryID string, in Sealed, rewrap func(Sealed) (Sealed, error)) (Sealed, error) {
-	out, err := rewrap(in)
-	if err != nil {
-		return Sealed{}, err
-	}
-	if out.KEKID != primaryID || len(out.WrappedDEK) == 0 {
-		return Sealed{}, fmt.Errorf("re-wrapped under %q, want %q", out.KEKID, primaryID)
-	}
-	return out, nil
 }
 
 // RotationAuditAction is the audit action of KEK rotation events.

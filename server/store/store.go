@@ -55,6 +55,8 @@ type Options struct {
 	// when the URL does not set pool_max_conns. 0 keeps pgx's default.
 	MinMaxConns int32
 	Logger      *slog.Logger
+	// Tracer, if set, traces queries (OpenTelemetry); nil traces nothing.
+	Tracer pgx.QueryTracer
 }
 
 // Open connects a pool to connString. It does not fail when the database is
@@ -69,6 +71,9 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 		cfg.MaxConns = opts.MinMaxConns
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	if opts.Tracer != nil {
+		cfg.ConnConfig.Tracer = opts.Tracer
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", classify(err))

@@ -91,8 +91,8 @@ func startBrowser(path string) {
 	go func() { done <- chromedp.Do(ctx) }()
 	select {
 	case err = <-done:
-	case <-time.After(30 * time.Second):
-		err = fmt.Errorf("no answer in 30s")
+	case <-time.After(90 * time.Second):
+		err = fmt.Errorf("no answer in 90s")
 	}
 	if err != nil {
 		cancel()
@@ -108,6 +108,11 @@ func startBrowser(path string) {
 		os.RemoveAll(dir)
 	}
 }
+
+// actionTimeout bounds one browser action or wait. Generous: on a loaded
+// 2-core machine running many test binaries, a navigation can take tens of
+// seconds; the bound only catches a browser that hangs.
+const actionTimeout = 60 * time.Second
 
 // tab is one browser tab on a test server.
 type tab struct {
@@ -178,8 +183,8 @@ func newTab(t *testing.T, srv *testserver.Server) *tab {
 		if err != nil {
 			t.Fatalf("opening a tab: %v", err)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("opening a tab: no answer in 20s")
+	case <-time.After(actionTimeout):
+		t.Fatalf("opening a tab: no answer in %v", actionTimeout)
 	}
 	go func() {
 		for {
@@ -220,7 +225,7 @@ func (tb *tab) sub(st *testing.T) *tab {
 // do runs actions with a deadline.
 func (tb *tab) do(actions ...chromedp.Action[chromedp.Void]) {
 	tb.t.Helper()
-	ctx, cancel := context.WithTimeout(tb.ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(tb.ctx, actionTimeout)
 	defer cancel()
 	if err := chromedp.Do(ctx, actions...); err != nil {
 		tb.t.Fatalf("browser: %v", err)
@@ -230,7 +235,7 @@ func (tb *tab) do(actions ...chromedp.Action[chromedp.Void]) {
 // eval evaluates a JavaScript expression.
 func eval[T any](tb *tab, expr string) T {
 	tb.t.Helper()
-	ctx, cancel := context.WithTimeout(tb.ctx, 20*time.Second)
+	ctx, cancel := context.WithTimeout(tb.ctx, actionTimeout)
 	defer cancel()
 	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
 	if err != nil {
@@ -248,7 +253,7 @@ func js(s string) string {
 // waitFor polls a JavaScript expression until it is truthy.
 func (tb *tab) waitFor(what, expr string) {
 	tb.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(actionTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(tb.ctx, 5*time.Second)
 		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+expr+")"))

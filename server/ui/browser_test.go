@@ -150,6 +150,13 @@ func TestDashboard(t *testing.T) {
 		if invalid != "true" {
 			st.Errorf("value field aria-invalid = %q", invalid)
 		}
+		// The API's error is tied to the field, which takes the focus.
+		if a := p.ax("#sf-value"); !strings.Contains(a.Description, "SLACK_BOT_TOKEN must start with xoxb-") {
+			st.Errorf("value field's description = %q, want the API's error", a.Description)
+		}
+		if id := eval[string](p, `document.activeElement.id`); id != "sf-value" {
+			st.Errorf("focus after the API's field error on %q, want sf-value", id)
+		}
 	})
 
 	step("RestartBanner", func(st *testing.T) {
@@ -219,7 +226,14 @@ func TestDashboard(t *testing.T) {
 		p.fill("#sf-value", "harmless")
 		p.click("#secret-form-save")
 		p.waitFor("the probe's row", qs(row(xssKey)))
-		time.Sleep(300 * time.Millisecond) // give an injected handler time to run
+		// Deterministic instead of a sleep: an injected <img onerror> can only
+		// run once its image has failed to load. Wait until every image in the
+		// page has fired load or error, then one more task, so any handler
+		// that was going to run has run (an alert() it opened is counted by
+		// the tab's listener before this evaluation can finish).
+		evalAwait[bool](p, `Promise.all([...document.images].map((i) => i.complete ? null :
+			new Promise((r) => { i.addEventListener('load', r, {once: true}); i.addEventListener('error', r, {once: true}); })))
+			.then(() => new Promise((r) => setTimeout(() => r(true), 0)))`)
 		type rendered struct {
 			Desc   string `json:"desc"`
 			Images int    `json:"images"`

@@ -2,7 +2,7 @@
 // the change log (woken by LISTEN/NOTIFY, with a periodic poll as a safety
 // net) and hands every committed change, in revision order, to bounded
 // per-subscriber buffers. A subscriber that falls behind is cut loose and
-// catches up from the table (Backlog), never growing memory or blocking the
+// catches up from the table (Stream), never growing memory or blocking the
 // hub. The change_log table is the truth; notifications are only hints.
 package watch
 
@@ -30,7 +30,7 @@ type Source interface {
 // Errors a subscription ends with.
 var (
 	// ErrLagged: the subscriber's buffer overflowed; it must catch up from
-	// Backlog and subscribe again.
+	// the table and subscribe again (a Stream does both by itself).
 	ErrLagged = errors.New("watch: subscriber fell behind")
 	// ErrStopped: the hub is shutting down; clients resume elsewhere.
 	ErrStopped = errors.New("watch: server shutting down")
@@ -49,6 +49,9 @@ type Options struct {
 	// Ring is how many recent changes are kept in memory for catch-up, at
 	// least (up to twice as many).
 	Ring int
+	// Page is how many changes a catching-up stream reads at once (default
+	// 1000): its memory bound.
+	Page int
 	// NoListen turns LISTEN/NOTIFY off: changes arrive by polling only (for
 	// connection poolers in transaction mode, where LISTEN does not work).
 	NoListen bool
@@ -67,6 +70,9 @@ func (o *Options) defaults() {
 	}
 	if o.Ring <= 0 {
 		o.Ring = 4096
+	}
+	if o.Page <= 0 {
+		o.Page = fetchBatch
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -131,10 +137,12 @@ func (h *Hub) Stats() Stats {
 func (h *Hub) Run(ctx context.Context) {
 	defer h.stop()
 	listening := make(chan struct{})
+	var listener sync.WaitGroup
+	defer listener.Wait() // Run returns only once its LISTEN goroutine has
 	if h.opts.NoListen {
 		close(listening)
 	} else {
-		go h.listen(ctx, listening)
+		listener.Go(func() { h.listen(ctx, listening) })
 	}
 	// LISTEN first, then read where the log stands: a change committed in
 	// between is either notified or seen by the read. If LISTEN cannot be
@@ -393,13 +401,53 @@ func (s *Subscription) Close() {
 	s.hub.drop(s, ErrStopped)
 }
 
-// Backlog returns the changes with after < revision <= upTo, from memory when
-// the ring still holds them, else from the table. It fails with ErrCompacted
-// when the first of them is no longer in the log — judged by the table, so
-// every replica answers a resume the same way whatever its memory holds.
-func (h *Hub) Backlog(ctx context.Context, after, upTo int64) ([]store.Change, error) {
-	if after >= upTo {
-		return nil, nil
+// Current waits for the hub to be ready and returns the last revision it
+// published.
+func (h *Hub) Current(ctx context.Context) (int64, error) {
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped {
+		return 0, ErrStopped
+	}
+	return h.rev, nil
+}
+
+// Stream delivers every change after a revision, in revision order, each
+// once. Like etcd's unsynced watchers, a stream that starts behind the hub
+// catches up from the table one page at a time (its memory is one page,
+// whatever the backlog, and its first change leaves after one page read),
+// then joins the live fan-out; if it falls behind again it goes back to
+// the table from where it was. Progress marks come from the fan-out, and
+// after each full page of a catch-up (so a stream whose filter drops
+// everything still hears how far it got).
+type Stream struct {
+	hub      *Hub
+	consumer *store.ConsumerID
+	last     int64 // last revision returned
+	page     []store.Change
+	pos      int
+	// upTo, while a subscription is up, is the subscription's start: the
+	// changes up to it come from the ring or the table, later ones from
+	// the subscription.
+	upTo int64
+	sub  *Subscription
+	// progress is a mark to return once the page is drained (0: none).
+	progress int64
+}
+
+// Open starts a stream of the changes after `after`. It fails with
+// ErrCompacted when revision after+1 is no longer in the log — judged by
+// the table, so every replica answers a resume the same way whatever its
+// memory holds — and with ErrStopped when the hub is shutting down. It
+// reads no change yet: Next does, a page at a time.
+func (h *Hub) Open(ctx context.Context, after int64, consumer *store.ConsumerID) (*Stream, error) {
+	if _, err := h.Current(ctx); err != nil {
+		return nil, err
 	}
 	oldest, err := h.src.OldestRevision(ctx)
 	if err != nil {
@@ -408,31 +456,146 @@ func (h *Hub) Backlog(ctx context.Context, after, upTo int64) ([]store.Change, e
 	if oldest > after+1 {
 		return nil, fmt.Errorf("%w: revision %d is no longer in the change log (oldest kept: %d)", ErrCompacted, after+1, oldest)
 	}
-	h.mu.Lock()
-	if n := len(h.ring); n > 0 && h.ring[0].Revision <= after+1 && h.ring[n-1].Revision >= upTo {
-		first := int(after + 1 - h.ring[0].Revision)
-		out := make([]store.Change, 0, upTo-after)
-		for _, c := range h.ring[first:] {
-			if c.Revision > upTo {
-				break
+	return &Stream{hub: h, consumer: consumer, last: after}, nil
+}
+
+// Last is the last revision the stream returned (or started after).
+func (s *Stream) Last() int64 { return s.last }
+
+// Close ends the stream.
+func (s *Stream) Close() {
+	if s.sub != nil {
+		s.sub.Close()
+		s.sub = nil
+	}
+	s.page = nil
+}
+
+// Next returns the next item: a change (revision last+1, as the log is
+// gap-free) or a progress mark. It blocks until there is one or ctx ends,
+// and fails with ErrCompacted (the log no longer holds what comes next)
+// or ErrStopped (the hub is shutting down).
+func (s *Stream) Next(ctx context.Context) (Item, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return Item{}, err
+		}
+		if s.pos < len(s.page) {
+			c := &s.page[s.pos]
+			s.pos++
+			if c.Revision <= s.last {
+				continue
 			}
-			out = append(out, *c)
+			if c.Revision != s.last+1 {
+				return Item{}, fmt.Errorf("%w: revision %d is no longer in the change log", ErrCompacted, s.last+1)
+			}
+			s.last = c.Revision
+			return Item{Change: c}, nil
+		}
+		if s.progress > 0 {
+			p := s.progress
+			s.progress = 0
+			return Item{Progress: p}, nil
+		}
+		if s.sub == nil {
+			if err := s.catchUp(ctx); err != nil {
+				return Item{}, err
+			}
+			continue
+		}
+		if s.last < s.upTo {
+			// The changes between where the table read ended and where the
+			// subscription began.
+			if err := s.fill(ctx); err != nil {
+				return Item{}, err
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return Item{}, ctx.Err()
+		case item, ok := <-s.sub.C():
+			if !ok {
+				err := s.sub.Err()
+				s.sub = nil
+				if errors.Is(err, ErrLagged) {
+					continue // back to the table from s.last
+				}
+				return Item{}, err
+			}
+			if item.Change != nil {
+				if item.Change.Revision <= s.last {
+					continue // already read from the table
+				}
+				s.last = item.Change.Revision
+			}
+			return item, nil
+		}
+	}
+}
+
+// catchUp reads the next page from the table; once a page comes back short
+// (the table's end, as of that read) it subscribes to the fan-out.
+func (s *Stream) catchUp(ctx context.Context) error {
+	h := s.hub
+	h.mu.Lock()
+	stopped := h.stopped
+	h.mu.Unlock()
+	if stopped {
+		return ErrStopped
+	}
+	page, err := s.read(ctx, 0)
+	if err != nil {
+		return err
+	}
+	if len(page) == h.opts.Page {
+		s.progress = page[len(page)-1].Revision
+		return nil
+	}
+	sub, err := h.Subscribe(ctx, s.consumer)
+	if err != nil {
+		return err
+	}
+	s.sub, s.upTo = sub, sub.Start()
+	return nil
+}
+
+// fill reads the next page of (last, upTo], from the ring when it still
+// holds it, else from the table.
+func (s *Stream) fill(ctx context.Context) error {
+	h := s.hub
+	h.mu.Lock()
+	if n := len(h.ring); n > 0 && h.ring[0].Revision <= s.last+1 && h.ring[n-1].Revision >= s.upTo {
+		first := int(s.last + 1 - h.ring[0].Revision)
+		count := min(int(s.upTo-s.last), h.opts.Page)
+		s.page, s.pos = s.page[:0], 0
+		for _, c := range h.ring[first : first+count] {
+			s.page = append(s.page, *c)
 		}
 		h.mu.Unlock()
-		return out, nil
+		return nil
 	}
 	h.mu.Unlock()
-	var out []store.Change
-	for cursor := after; cursor < upTo; {
-		page, err := h.src.ChangesAfter(ctx, cursor, upTo, fetchBatch)
-		if err != nil {
-			return nil, err
-		}
-		if len(page) == 0 || page[0].Revision != cursor+1 {
-			return nil, fmt.Errorf("%w: revision %d is no longer in the change log", ErrCompacted, cursor+1)
-		}
-		out = append(out, page...)
-		cursor = page[len(page)-1].Revision
+	page, err := s.read(ctx, s.upTo)
+	if err != nil {
+		return err
 	}
-	return out, nil
+	if len(page) == 0 {
+		return fmt.Errorf("%w: revision %d is no longer in the change log", ErrCompacted, s.last+1)
+	}
+	return nil
+}
+
+// read loads the next page after s.last (up to upTo; 0: no bound) into
+// s.page, reusing its memory.
+func (s *Stream) read(ctx context.Context, upTo int64) ([]store.Change, error) {
+	page, err := s.hub.src.ChangesAfter(ctx, s.last, upTo, s.hub.opts.Page)
+	if err != nil {
+		return nil, err
+	}
+	if len(page) > 0 && page[0].Revision != s.last+1 {
+		return nil, fmt.Errorf("%w: revision %d is no longer in the change log", ErrCompacted, s.last+1)
+	}
+	s.page, s.pos = page, 0
+	return page, nil
 }

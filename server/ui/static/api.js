@@ -167,7 +167,9 @@ export const secrets = {
   versions: (key) => listAll(`/v1/secrets/${seg(key)}/versions`, 'versions'),
   versionAction: (key, version, action) =>
     request('POST', `/v1/secrets/${seg(key)}/versions/${seg(version)}:${action}`, { body: {} }),
-  consumers: () => get('/v1/consumers'),
+  // Consumers that still run changed values (gone ones left out), every page.
+  consumers: () => listAll('/v1/consumers', 'consumers', { pendingOnly: true }),
+  dismissConsumer: (consumer) => request('POST', '/v1/consumers:dismiss', { body: { consumer } }),
 };
 
 export const providers = {

@@ -2,14 +2,30 @@
 // top of the public REST gateway; see api.js for how it calls it.
 
 import { session, request, onAuthError } from './api.js';
-import { $, $$, setText } from './dom.js';
+import { $, $$, setText, describedBy, focusFirst } from './dom.js';
 import * as secretsTab from './secrets.js';
 import * as providersTab from './providers.js';
 import * as auditTab from './audit.js';
 import * as restart from './restart.js';
 
 const TABS = { secrets: secretsTab, providers: providersTab, audit: auditTab };
+const TITLES = { signin: 'Sign in', secrets: 'Secrets', providers: 'AI Providers', audit: 'Audit log' };
+const SERVICE = 'Orient Secrets';
 let current = '';
+let signingIn = false;
+
+// setTitle names the view in the document title (GOV.UK's "Page – Service").
+function setTitle(view) {
+  document.title = `${TITLES[view]} – ${SERVICE}`;
+}
+
+// signInError shows the sign-in form's error, tied to the token field.
+function signInError(message) {
+  setText($('#signin-error'), message || '');
+  describedBy($('#signin-token'), 'signin-error', !!message);
+  if (message) $('#signin-token').setAttribute('aria-invalid', 'true');
+  else $('#signin-token').removeAttribute('aria-invalid');
+}
 
 function showSignIn(message) {
   restart.stop();
@@ -18,7 +34,8 @@ function showSignIn(message) {
   $('#shell').hidden = true;
   $('#signin').hidden = false;
   document.body.dataset.view = 'signin';
-  setText($('#signin-error'), message || '');
+  setTitle('signin');
+  signInError(message);
   const input = $('#signin-token');
   input.value = '';
   input.focus();
@@ -31,14 +48,24 @@ function showShell() {
   setText($('#global-error'), '');
   restart.start();
   route();
+  focusHeading();
+}
+
+// focusHeading moves focus to the view's h1 (after sign-in and on a tab
+// change), so the next Tab starts in the view and a screen reader reads
+// where the user now is.
+function focusHeading() {
+  focusFirst(`#tab-${current} h1`);
 }
 
 function route() {
   if ($('#shell').hidden) return;
   let name = location.hash.replace(/^#/, '');
   if (!TABS[name]) name = 'secrets';
-  if (current && current !== name) TABS[current].hideTab();
+  const changed = current !== '' && current !== name;
+  if (changed) TABS[current].hideTab();
   current = name;
+  setTitle(name);
   document.body.dataset.tab = name;
   for (const a of $$('.nav-item')) {
     if (a.dataset.tab === name) a.setAttribute('aria-current', 'page');
@@ -47,20 +74,25 @@ function route() {
   for (const p of $$('[data-panel]')) p.hidden = p.dataset.panel !== name;
   setText($('#global-error'), '');
   TABS[name].show();
+  if (changed) focusHeading();
 }
 
 async function signIn(ev) {
   ev.preventDefault();
+  // The button is never disabled while signing in: a disabled button
+  // drops the keyboard focus to the page.
+  if (signingIn) return;
   const input = $('#signin-token');
   const token = input.value.trim();
-  const err = $('#signin-error');
   if (!token) {
-    setText(err, 'Enter a token.');
+    signInError('Enter a token.');
+    input.focus();
     return;
   }
   const btn = $('#signin-submit');
-  btn.disabled = true;
-  setText(err, '');
+  signingIn = true;
+  btn.setAttribute('aria-disabled', 'true');
+  signInError('');
   session.set(token);
   try {
     // Any call checks the token; listing one secret is cheap.
@@ -69,10 +101,12 @@ async function signIn(ev) {
     showShell();
   } catch (e) {
     session.clear();
-    setText(err, e.userMessage);
+    signInError(e.userMessage);
     document.body.dataset.view = 'signin';
+    input.focus();
   } finally {
-    btn.disabled = false;
+    signingIn = false;
+    btn.removeAttribute('aria-disabled');
   }
 }
 
@@ -95,11 +129,17 @@ function init() {
   for (const t of Object.values(TABS)) t.init();
   $('#signin-form').addEventListener('submit', signIn);
   $('#signout').addEventListener('click', signOut);
+  // The skip link focuses the view's heading; following its href would
+  // change the hash, which names the tab.
+  $('#skip-link').addEventListener('click', (e) => {
+    e.preventDefault();
+    focusHeading();
+  });
   window.addEventListener('hashchange', route);
   window.addEventListener('orient:edit-secret', async (e) => {
     location.hash = '#secrets';
     await secretsTab.load();
-    secretsTab.prefill(e.detail.key);
+    secretsTab.prefill(e.detail.key, e.detail.opener);
   });
   restart.onChange(() => secretsTab.onChange());
   if (session.token()) showShell();

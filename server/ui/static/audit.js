@@ -1,9 +1,10 @@
 // audit.js: the Audit log tab. Events newest first, filtered by key, actor,
 // action and time, paged with the API's page tokens. Events never hold a
-// value; every field is shown as text.
+// value; every field a caller could have chosen (key, actor, detail,
+// request id, peer) is shown as text with invisible characters escaped.
 
 import { audit as api } from './api.js';
-import { el, $, clear, setText, badge, timeEl } from './dom.js';
+import { el, $, clear, setText, badge, timeEl, shown, escapeControls, tableRoles, focusFirst } from './dom.js';
 
 const ACTIONS = [
   'PutSecret',
@@ -62,7 +63,16 @@ async function load() {
 }
 
 function outcomeBadge(outcome) {
-  return badge(outcome || '?', outcome === 'OK' ? 'ok' : 'danger');
+  return badge(escapeControls(outcome || '?'), outcome === 'OK' ? 'ok' : 'danger');
+}
+
+// detailCell holds the event's detail and, under it, the request id the
+// caller sent; the peer address is its title.
+function detailCell(e) {
+  const td = el('td', { className: 'muted small detail', dataset: { label: 'Detail' }, title: e.peer ? `from ${escapeControls(e.peer)}` : '' });
+  td.append(el('div', { className: 'detail-text' }, shown(e.detail || '')));
+  if (e.requestId) td.append(el('div', { className: 'request-id' }, 'Request ', el('span', { className: 'mono' }, shown(e.requestId))));
+  return td;
 }
 
 function render(events) {
@@ -72,17 +82,18 @@ function render(events) {
       el(
         'tr',
         { dataset: { sequence: e.sequence, action: e.action || '', key: e.key || '' } },
-        el('td', {}, timeEl(e.time)),
-        el('td', { className: 'actor', text: e.actor || '' }),
-        el('td', { className: 'action', text: e.action || '' }),
-        el('td', { className: 'mono key', text: e.key || '' }),
-        el('td', { className: 'mono version', text: Number(e.version) ? 'v' + e.version : '' }),
-        el('td', { className: 'outcome' }, outcomeBadge(e.outcome)),
-        el('td', { className: 'muted small detail', text: e.detail || '', title: e.peer ? `from ${e.peer}` : '' }),
+        el('td', { dataset: { label: 'Time' } }, timeEl(e.time)),
+        el('td', { className: 'actor', dataset: { label: 'Actor' } }, shown(e.actor || '')),
+        el('td', { className: 'action', dataset: { label: 'Action' } }, shown(e.action || '')),
+        el('td', { className: 'mono key', dataset: { label: 'Key' } }, shown(e.key || '')),
+        el('td', { className: 'mono version', dataset: { label: 'Version' }, text: Number(e.version) ? 'v' + e.version : '' }),
+        el('td', { className: 'outcome', dataset: { label: 'Outcome' } }, outcomeBadge(e.outcome)),
+        detailCell(e),
       ),
     );
   }
   if (!events.length) rows.append(el('tr', {}, el('td', { colSpan: 7, className: 'muted', text: 'No events match.' })));
+  tableRoles($('#audit-table'));
 }
 
 async function apply(ev) {
@@ -96,6 +107,13 @@ async function apply(ev) {
   pages = [''];
   page = 0;
   await load();
+}
+
+// keepPagerFocus: on the first or last page its button is disabled, which
+// drops the focus to the page; the other button (or the table) takes it.
+function keepPagerFocus(pressed, other) {
+  if (!$(pressed).disabled) return;
+  focusFirst(...[other, '#audit-scroll'].filter((sel) => !$(sel).disabled));
 }
 
 export function show() {
@@ -119,15 +137,17 @@ export function init() {
     $('#audit-form').reset();
     apply();
   });
-  $('#audit-older').addEventListener('click', () => {
+  $('#audit-older').addEventListener('click', async () => {
     if (!nextToken) return;
     pages[page + 1] = nextToken;
     page++;
-    load();
+    await load();
+    keepPagerFocus('#audit-older', '#audit-newer');
   });
-  $('#audit-newer').addEventListener('click', () => {
+  $('#audit-newer').addEventListener('click', async () => {
     if (page === 0) return;
     page--;
-    load();
+    await load();
+    keepPagerFocus('#audit-newer', '#audit-older');
   });
 }

@@ -68,8 +68,21 @@ export function setText(node, text) {
   node.hidden = !text;
 }
 
-export function button(label, onClick, className = 'btn btn-small', extra = {}) {
-  return el('button', { type: 'button', className, text: label, on: { click: onClick }, ...extra });
+// button is a button showing label. A context (e.g. the row's key) is added
+// for screen readers only, after the label, so "Edit" is announced as "Edit
+// SLACK_BOT_TOKEN" and the visible label stays the start of the name
+// (WCAG 2.5.3), as GOV.UK's summary list does.
+export function button(label, onClick, className = 'btn btn-small', extra = {}, context = '') {
+  const b = el('button', { type: 'button', className, on: { click: onClick }, ...extra });
+  setLabel(b, label, context);
+  return b;
+}
+
+// setLabel changes a button's visible label, keeping its hidden context.
+export function setLabel(b, label, context = b.dataset.context || '') {
+  b.dataset.context = context;
+  b.replaceChildren(label);
+  if (context) b.append(el('span', { className: 'visually-hidden' }, ' ', shown(context)));
 }
 
 export function badge(text, kind = '') {
@@ -122,6 +135,84 @@ export function confirmDialog({ title, text, ok = 'Confirm', danger = true }) {
     $('#confirm-cancel').addEventListener('click', onCancel);
     dlg.addEventListener('cancel', onCancel);
     dlg.showModal();
+    // The safe choice takes focus (GOV.UK's warning pattern).
     $('#confirm-cancel').focus();
   });
+}
+
+// Characters that change how text reads without being seen: C0 and C1
+// controls, DEL, bidirectional overrides and isolates, zero-width and other
+// invisible format characters, line and paragraph separators.
+const INVISIBLE = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufeff\ufff9-\ufffb]/gu;
+const NAMED = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+function escapeOne(ch) {
+  return NAMED[ch] || '\\u' + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0');
+}
+
+// escapeControls is s with every invisible character written out as an
+// escape (\n, \u202E): for attributes such as title and aria-label.
+export function escapeControls(s) {
+  return String(s ?? '').replace(INVISIBLE, escapeOne);
+}
+
+// shown renders caller-supplied text (keys, actors, descriptions, details,
+// request ids) as nodes to append: text nodes for the text, and each
+// invisible character as its escape in a marked span, so a right-to-left
+// override or a bell cannot disguise what an entry says. Never HTML.
+export function shown(s) {
+  const str = String(s ?? '');
+  const out = [];
+  let last = 0;
+  for (const m of str.matchAll(INVISIBLE)) {
+    if (m.index > last) out.push(document.createTextNode(str.slice(last, m.index)));
+    out.push(el('span', { className: 'ctrl', title: 'invisible character', text: escapeOne(m[0]) }));
+    last = m.index + m[0].length;
+  }
+  if (last < str.length || out.length === 0) out.push(document.createTextNode(str.slice(last)));
+  return out;
+}
+
+// announce says text in the page's one polite live region. The region is
+// emptied first so the same words said twice are announced twice.
+let announceTimer = 0;
+export function announce(text) {
+  const region = $('#announcer');
+  if (!region) return;
+  region.textContent = '';
+  clearTimeout(announceTimer);
+  announceTimer = setTimeout(() => {
+    region.textContent = text;
+  }, 50);
+}
+
+// describedBy adds (on) or removes an id from a field's aria-describedby.
+export function describedBy(field, id, on) {
+  const ids = new Set((field.getAttribute('aria-describedby') || '').split(/\s+/).filter(Boolean));
+  if (on) ids.add(id);
+  else ids.delete(id);
+  if (ids.size) field.setAttribute('aria-describedby', [...ids].join(' '));
+  else field.removeAttribute('aria-describedby');
+}
+
+// focus moves focus to the first of the candidates (elements or selectors)
+// that is in the page and can take it. Returns the element focused.
+export function focusFirst(...candidates) {
+  for (const c of candidates) {
+    const node = typeof c === 'string' ? $(c) : c;
+    if (!node || !node.isConnected || node.closest('[hidden]')) continue;
+    node.focus();
+    if (document.activeElement === node) return node;
+  }
+  return null;
+}
+
+// tableRoles restates a table's roles on its parts: narrow screens show rows
+// as stacked cards (CSS display: block), which drops the implicit table
+// semantics in some browsers.
+export function tableRoles(root) {
+  const roles = { TABLE: 'table', THEAD: 'rowgroup', TBODY: 'rowgroup', TR: 'row', TH: 'columnheader', TD: 'cell' };
+  const nodes = root.tagName in roles ? [root, ...root.querySelectorAll('thead, tbody, tr, th, td')] : root.querySelectorAll('thead, tbody, tr, th, td');
+  for (const n of nodes) if (!n.hasAttribute('role')) n.setAttribute('role', roles[n.tagName]);
+  return root;
 }

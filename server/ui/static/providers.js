@@ -2,7 +2,7 @@
 // "Not set"), and the default provider and model of each use case.
 
 import { providers as api } from './api.js';
-import { el, $, clear, setText, badge, button, timeEl } from './dom.js';
+import { el, $, clear, setText, badge, button, timeEl, shown, escapeControls, announce, describedBy, focusFirst } from './dom.js';
 
 const USE_CASES = {
   chat: 'Chat',
@@ -29,7 +29,7 @@ function renderProviders() {
   const list = clear($('#providers-list'));
   for (const p of providers) {
     const models = el('ul', { className: 'models' });
-    for (const m of p.models || []) models.append(el('li', { className: 'mono', text: m }));
+    for (const m of p.models || []) models.append(el('li', { className: 'mono' }, shown(m)));
     list.append(
       el(
         'section',
@@ -37,15 +37,15 @@ function renderProviders() {
         el(
           'div',
           { className: 'card-title-row' },
-          el('h3', { text: p.displayName || p.provider }),
+          el('h2', { className: 'h3' }, shown(p.displayName || p.provider)),
           p.configured ? badge('Configured', 'ok') : badge('Not set', 'muted'),
         ),
         el('div', { className: 'label', text: 'API key' }),
-        el('div', { className: 'mono key', text: p.key || '' }),
+        el('div', { className: 'mono key' }, shown(p.key || '')),
         el(
           'div',
           { className: 'actions' },
-          button(p.configured ? 'Change key' : 'Set key', () => openKey(p.key), 'btn btn-small' + (p.configured ? '' : ' btn-primary')),
+          button(p.configured ? 'Change key' : 'Set key', () => openKey(p.key), 'btn btn-small' + (p.configured ? '' : ' btn-primary'), {}, p.key || ''),
         ),
         el('hr', { className: 'sep' }),
         el('div', { className: 'label', text: 'Models' }),
@@ -76,7 +76,7 @@ function defaultRow(useCase, d) {
   for (const p of providers) {
     select.append(el('option', { value: p.provider, text: p.displayName || p.provider }));
   }
-  if (d.provider && !known) select.append(el('option', { value: d.provider, text: d.provider }));
+  if (d.provider && !known) select.append(el('option', { value: d.provider, text: escapeControls(d.provider) }));
   select.value = d.provider || '';
 
   const listId = `${id}-models`;
@@ -98,23 +98,32 @@ function defaultRow(useCase, d) {
   };
   fillModels();
 
-  const providerErr = el('p', { className: 'field-error', hidden: true, dataset: { errorFor: 'provider' } });
-  const modelErr = el('p', { className: 'field-error', hidden: true, dataset: { errorFor: 'model' } });
-  const formErr = el('p', { className: 'field-error', hidden: true, attrs: { role: 'alert' } });
-  const statusEl = el('span', { className: 'status', attrs: { role: 'status' } });
+  const providerErr = el('p', { className: 'field-error', id: `${id}-provider-error`, hidden: true, dataset: { errorFor: 'provider' } });
+  const modelErr = el('p', { className: 'field-error', id: `${id}-model-error`, hidden: true, dataset: { errorFor: 'model' } });
+  const formErr = el('p', { className: 'field-error', id: `${id}-error`, hidden: true, attrs: { role: 'alert' } });
+  const statusEl = el('span', { className: 'status' });
+  // fieldError shows an error under a field, tied to it, or clears it.
+  const fieldError = (input, p, text) => {
+    setText(p, text);
+    describedBy(input, p.id, !!text);
+    if (text) input.setAttribute('aria-invalid', 'true');
+    else input.removeAttribute('aria-invalid');
+  };
   const meta = el('div', { className: 'muted small meta' });
   const setMeta = (x) => {
     clear(meta);
-    if (x.updatedBy || x.updateTime) meta.append('Set by ', el('span', { className: 'actor', text: x.updatedBy || '?' }), ' at ', timeEl(x.updateTime));
+    if (x.updatedBy || x.updateTime) meta.append('Set by ', el('span', { className: 'actor' }, shown(x.updatedBy || '?')), ' at ', timeEl(x.updateTime));
     else meta.append('Built-in default');
   };
   setMeta(d);
 
-  const save = el('button', { type: 'submit', className: 'btn btn-primary', text: 'Save' });
+  const caseName = USE_CASES[useCase] || escapeControls(useCase);
+  const save = el('button', { type: 'submit', className: 'btn btn-primary' }, 'Save', el('span', { className: 'visually-hidden', text: ` ${caseName} default` }));
+  let saving = false;
   const form = el(
     'form',
-    { className: 'default-row', dataset: { useCase }, autocomplete: 'off', noValidate: true },
-    el('div', { className: 'label use-case', text: USE_CASES[useCase] || useCase }),
+    { className: 'default-row', dataset: { useCase }, autocomplete: 'off', noValidate: true, attrs: { 'aria-labelledby': `${id}-title` } },
+    el('h3', { className: 'label use-case', id: `${id}-title`, text: caseName }),
     el('div', { className: 'field' }, el('label', { className: 'label', htmlFor: select.id, text: 'Provider' }), select, providerErr),
     el('div', { className: 'field' }, el('label', { className: 'label', htmlFor: model.id, text: 'Model' }), model, datalist, modelErr),
     el('div', { className: 'default-actions' }, save, statusEl),
@@ -127,30 +136,31 @@ function defaultRow(useCase, d) {
   });
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    for (const p of [providerErr, modelErr, formErr]) setText(p, '');
+    // Never disabled while saving: that would drop the focus to the page.
+    if (saving) return;
+    fieldError(select, providerErr, '');
+    fieldError(model, modelErr, '');
+    setText(formErr, '');
     statusEl.textContent = '';
-    save.disabled = true;
+    saving = true;
+    save.setAttribute('aria-disabled', 'true');
     try {
       const r = await api.setDefault(useCase, select.value, model.value.trim());
       const pd = r.providerDefault || {};
       model.value = pd.model || model.value;
       setMeta(pd);
       statusEl.textContent = 'Saved';
+      announce(`Saved the ${caseName} default.`);
     } catch (e) {
-      let placed = false;
       for (const v of e.fieldViolations || []) {
         const name = v.field.split('.').pop();
-        if (name === 'provider') {
-          setText(providerErr, v.description);
-          placed = true;
-        } else if (name === 'model') {
-          setText(modelErr, v.description);
-          placed = true;
-        }
+        if (name === 'provider') fieldError(select, providerErr, v.description);
+        else if (name === 'model') fieldError(model, modelErr, v.description);
       }
-      if (!placed) setText(formErr, e.userMessage);
+      if (!focusFirst(...form.querySelectorAll('[aria-invalid="true"]'))) setText(formErr, e.userMessage);
     } finally {
-      save.disabled = false;
+      saving = false;
+      save.removeAttribute('aria-disabled');
     }
   });
   return form;

@@ -5,9 +5,13 @@
 // that needs a restart refreshes the list of consumers (GET /v1/consumers);
 // the list is also refreshed periodically, which is how the banner clears
 // once services report the new revision.
+//
+// The banner is redrawn only when what it shows changes, and it is not a
+// live region: the page's one polite live region (#announcer) says when the
+// set of services needing a restart changes, once, not on every refresh.
 
 import { watchChanges, secrets as api } from './api.js';
-import { el, $, clear, badge, fmtTime } from './dom.js';
+import { el, $, clear, badge, button, fmtTime, shown, escapeControls, announce, focusFirst } from './dom.js';
 
 const REFRESH_MS = 5000;
 const BACKOFF_MIN_MS = 500;
@@ -18,6 +22,9 @@ let timer = 0;
 let debounce = 0;
 let lastRevision = 0;
 let listeners = [];
+// What the banner shows, and the services it names, as last rendered.
+let shownSig = '';
+let shownServices = '';
 
 // onChange registers fn(event) for every change event.
 export function onChange(fn) {
@@ -39,7 +46,10 @@ export function stop() {
   clearInterval(timer);
   clearTimeout(debounce);
   setLive('offline');
+  // Signing out is not news: forget the set before emptying the banner.
+  shownServices = '';
   render([]);
+  shownSig = '';
 }
 
 function setLive(stateName) {
@@ -101,7 +111,7 @@ function handle(result) {
   } else if (result.event) {
     const ev = result.event;
     lastRevision = Math.max(lastRevision, Number(ev.revision) || 0);
-    if (ev.restartRequired) scheduleRefresh();
+    if (ev.restartRequired || ev.kind === 'CHANGE_KIND_CONSUMER_CHANGED') scheduleRefresh();
     notify(ev);
   } else if (result.progress) {
     lastRevision = Math.max(lastRevision, Number(result.progress.revision) || 0);
@@ -129,15 +139,29 @@ export async function refresh() {
   try {
     const r = await api.consumers();
     if (!ctrl) return;
-    render((r.consumers || []).filter((c) => (c.pending || []).length > 0));
+    render((r.items || []).filter((c) => (c.pending || []).length > 0 && !c.gone));
   } catch {
     // Keep the last state; the next refresh tries again.
   }
 }
 
+const serviceName = (c) => `${c.consumer?.service || '?'}/${c.consumer?.instance || '?'}`;
+
 function render(pending) {
   const banner = $('#restart-banner');
   if (!banner) return;
+  const sig = JSON.stringify(pending.map((c) => [serviceName(c), c.loadedRevision, c.stale, c.lastSeen, (c.pending || []).map((p) => [p.key, p.revision])]));
+  if (sig === shownSig) return;
+  shownSig = sig;
+  const names = [...new Set(pending.map(serviceName))].sort();
+  const services = names.join('\n');
+  if (services !== shownServices) {
+    // Only a change of the set is news; the first render after sign-in
+    // with nothing pending says nothing.
+    if (names.length) announce(`Restart needed: ${names.map(escapeControls).join(', ')} still ${names.length === 1 ? 'runs' : 'run'} changed values.`);
+    else if (shownServices) announce('No service needs a restart any more.');
+    shownServices = services;
+  }
   const list = clear($('#restart-list'));
   banner.hidden = pending.length === 0;
   for (const c of pending) {
@@ -147,17 +171,35 @@ function render(pending) {
     for (const p of c.pending) {
       if (seen.has(p.key)) continue;
       seen.add(p.key);
-      keys.append(el('code', { className: 'chip mono', text: p.key, title: `changed at revision ${p.revision}` }));
+      keys.append(el('code', { className: 'chip mono', title: `changed at revision ${p.revision}` }, shown(p.key)));
     }
     list.append(
       el(
         'li',
         { className: 'banner-item', dataset: { service: who.service || '', instance: who.instance || '' } },
-        el('span', { className: 'mono service', text: `${who.service || '?'}/${who.instance || '?'}` }),
+        el('span', { className: 'mono service' }, shown(serviceName(c))),
         el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
         keys,
         c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
+        button('Dismiss', () => dismiss(who, serviceName(c)), 'btn btn-small', { dataset: { action: 'dismiss' } }, serviceName(c)),
       ),
     );
   }
+}
+
+// dismiss forgets a consumer that will not report again (admins only; the
+// server answers 403 to others). Focus moves to the next service's Dismiss
+// button, else to the banner's heading, else the view's.
+async function dismiss(consumer, name) {
+  try {
+    await api.dismissConsumer({ service: consumer.service, instance: consumer.instance });
+  } catch (e) {
+    announce(`Could not dismiss ${escapeControls(name)}: ${e.userMessage || e.message}`);
+    return;
+  }
+  // After the refresh, so that this is what is said (not the banner's own
+  // change of set, which it would otherwise cut short).
+  await refresh();
+  announce(`Dismissed ${escapeControls(name)}.`);
+  focusFirst('#restart-list [data-action="dismiss"]', '#restart-title', 'main h1');
 }

@@ -1,9 +1,15 @@
-// secrets.js: the Secrets tab. Secrets grouped by category (configured ones
-// and the catalog's empty slots), the add / edit form, reveal on click,
-// version history and delete.
+// secrets.js: the Secrets tab's list. Secrets grouped by category
+// (configured ones and the catalog's empty slots), reveal on click and
+// delete. The form is secret-form.js, the history versions.js.
+//
+// The list is updated in place: a row is rebuilt only when its secret
+// changed, and rows stay where they are otherwise, so a change arriving on
+// the change stream never moves the keyboard focus or the reading position.
 
-import { secrets as api, encodeText, decodeText } from './api.js';
-import { el, $, clear, setText, button, badge, timeEl, confirmDialog } from './dom.js';
+import { secrets as api, decodeText, request } from './api.js';
+import { el, $, clear, setText, button, setLabel, badge, timeEl, confirmDialog, shown, tableRoles, focusFirst, announce } from './dom.js';
+import * as form from './secret-form.js';
+import { openVersions, init as initVersions } from './versions.js';
 
 export const CATEGORY_NAMES = {
   ai: 'AI Providers',
@@ -27,8 +33,10 @@ const state = {
   // key -> {version, value}: values the user chose to reveal. Dropped when
   // the secret gets a new version, and when the tab is left.
   revealed: new Map(),
-  form: { mode: 'add', key: '', etag: '', initial: { description: '', category: '', restartRequired: false } },
-  versionsKey: '',
+  // key -> {sig, tr}: the rows on screen and what they were built from.
+  rows: new Map(),
+  // key -> {sig, tr}: the reveal rows on screen.
+  reveals: new Map(),
 };
 
 // ---- list ----------------------------------------------------------------
@@ -46,7 +54,7 @@ export async function load() {
       if (!s || String(s.currentVersion) !== String(r.version) || !s.configured) state.revealed.delete(key);
     }
     render();
-    fillCategoryList();
+    form.fillCategoryList();
   } catch (e) {
     setText(errBox, 'Could not load secrets: ' + e.userMessage);
   }
@@ -58,7 +66,7 @@ function categoryRank(c) {
   return c === 'custom' ? [2, 0, c] : [1, 0, c];
 }
 
-function compareCategories(a, b) {
+export function compareCategories(a, b) {
   const ra = categoryRank(a);
   const rb = categoryRank(b);
   return ra[0] - rb[0] || ra[1] - rb[1] || ra[2].localeCompare(rb[2]);
@@ -79,70 +87,130 @@ function visibleItems() {
   });
 }
 
+// rowSelector is the CSS selector of a secret's row.
+export const rowSelector = (key) => `#secrets-list tr[data-key="${CSS.escape(key)}"]`;
+
+// focusInRow focuses the first of the row's controls named by actions
+// (data-action values) that exists; false when none does.
+export function focusInRow(key, ...actions) {
+  return !!focusFirst(...actions.map((a) => `${rowSelector(key)} [data-action="${a}"]`));
+}
+
+// focusedControl names the list control that has the focus, if any, so it
+// can be found again when its row is rebuilt.
+function focusedControl() {
+  const a = document.activeElement;
+  if (!a || !$('#secrets-list').contains(a)) return null;
+  const tr = a.closest('tr');
+  return { key: tr?.dataset.key || tr?.dataset.revealFor || '', action: a.dataset.action || '' };
+}
+
 function render() {
+  const memo = focusedControl();
+  const focused = document.activeElement;
   const groups = new Map();
-  const shown = visibleItems();
+  const shownItems = visibleItems();
   const configured = state.items.filter((s) => s.configured).length;
   $('#secrets-count').textContent =
-    `${configured} configured, ${state.items.length - configured} not set` + (shown.length < state.items.length ? ` · ${shown.length} shown` : '');
-  for (const s of shown) {
+    `${configured} configured, ${state.items.length - configured} not set` + (shownItems.length < state.items.length ? ` · ${shownItems.length} shown` : '');
+  for (const s of shownItems) {
     const c = s.category || 'custom';
     if (!groups.has(c)) groups.set(c, []);
     groups.get(c).push(s);
   }
-  const list = clear($('#secrets-list'));
-  if (groups.size === 0) {
-    list.append(el('div', { className: 'card muted', text: state.items.length ? 'No secrets match the filter.' : 'No secrets yet. Add one above.' }));
-    return;
-  }
+  const list = $('#secrets-list');
+  const sections = [];
+  const keep = new Set();
   for (const c of [...groups.keys()].sort(compareCategories)) {
     const items = groups.get(c);
-    const set = items.filter((s) => s.configured).length;
-    const tbody = el('tbody');
+    const section = list.querySelector(`:scope > section[data-category="${CSS.escape(c)}"]`) || categorySection(c);
+    section.querySelector('.set-count').textContent = `${items.filter((s) => s.configured).length} of ${items.length} set`;
+    const rows = [];
     for (const s of items) {
-      tbody.append(secretRow(s));
+      rows.push(rowFor(s));
+      keep.add(s.key);
       const r = state.revealed.get(s.key);
-      if (r) tbody.append(revealRow(s, r));
+      if (r) rows.push(revealRowFor(s, r));
+      else state.reveals.delete(s.key);
     }
-    list.append(
+    reconcile(section.querySelector('tbody'), rows);
+    sections.push(section);
+  }
+  for (const key of [...state.rows.keys()]) if (!keep.has(key)) state.rows.delete(key);
+  if (sections.length === 0) {
+    sections.push(el('div', { className: 'card muted', text: state.items.length ? 'No secrets match the filter.' : 'No secrets yet. Add one above.' }));
+  }
+  reconcile(list, sections);
+  // A rebuilt row takes the focus back to the same control in its new form.
+  if (memo && !focused.isConnected) {
+    focusFirst(memo.action && `${rowSelector(memo.key)} [data-action="${memo.action}"]`, `${rowSelector(memo.key)} button`, '#secrets-filter');
+  }
+}
+
+// reconcile makes parent's children exactly nodes, in order, moving only
+// the nodes that are out of place: a node that stays put keeps its focus.
+function reconcile(parent, nodes) {
+  const wanted = new Set(nodes);
+  for (const child of [...parent.children]) if (!wanted.has(child)) child.remove();
+  let ref = parent.firstElementChild;
+  for (const n of nodes) {
+    if (n === ref) ref = ref.nextElementSibling;
+    else parent.insertBefore(n, ref);
+  }
+}
+
+function categorySection(c) {
+  const titleId = `category-${c}-title`;
+  const table = tableRoles(
+    el(
+      'table',
+      { className: 'table table-secrets', attrs: { 'aria-labelledby': titleId } },
       el(
-        'section',
-        { className: 'card category', dataset: { category: c } },
+        'thead',
+        {},
         el(
-          'div',
-          { className: 'card-title-row' },
-          el('h3', { text: categoryName(c) }),
-          el('span', { className: 'label', text: `${set} of ${items.length} set` }),
-        ),
-        el(
-          'div',
-          { className: 'table-wrap' },
-          el(
-            'table',
-            { className: 'table table-fixed' },
-            el(
-              'thead',
-              {},
-              el(
-                'tr',
-                {},
-                el('th', { text: 'Key', className: 'col-key' }),
-                el('th', { text: 'Description' }),
-                el('th', { text: 'Version', className: 'col-narrow' }),
-                el('th', { text: 'Updated', className: 'col-updated' }),
-                el('th', { text: 'Actions', className: 'col-actions' }),
-              ),
-            ),
-            tbody,
-          ),
+          'tr',
+          {},
+          el('th', { text: 'Key', className: 'col-key', attrs: { scope: 'col' } }),
+          el('th', { text: 'Description', attrs: { scope: 'col' } }),
+          el('th', { text: 'Version', className: 'col-narrow', attrs: { scope: 'col' } }),
+          el('th', { text: 'Updated', className: 'col-updated', attrs: { scope: 'col' } }),
+          el('th', { text: 'Actions', className: 'col-actions', attrs: { scope: 'col' } }),
         ),
       ),
-    );
-  }
+      el('tbody'),
+    ),
+  );
+  return el(
+    'section',
+    { className: 'card category', dataset: { category: c }, attrs: { 'aria-labelledby': titleId } },
+    el('div', { className: 'card-title-row' }, el('h2', { className: 'h3', id: titleId, text: categoryName(c) }), el('span', { className: 'label set-count' })),
+    el('div', { className: 'table-wrap table-wrap-secrets' }, table),
+  );
 }
 
 function isEmptySlot(s) {
   return !s.configured && Number(s.currentVersion || 0) === 0;
+}
+
+// rowFor returns the row of s: the one on screen when s has not changed.
+function rowFor(s) {
+  const sig = JSON.stringify([s.key, s.description, s.category, s.configured, s.currentVersion, s.updateTime, s.updatedBy, s.restartRequired, s.valuePrefix, s.etag, checks.get(s.key)]);
+  let r = state.rows.get(s.key);
+  if (!r || r.sig !== sig) {
+    r = { sig, tr: secretRow(s) };
+    state.rows.set(s.key, r);
+  }
+  const toggle = r.tr.querySelector('[data-action="reveal"]');
+  if (toggle) {
+    const open = state.revealed.has(s.key);
+    if (toggle.dataset.open !== String(open)) {
+      toggle.dataset.open = String(open);
+      setLabel(toggle, open ? 'Hide' : 'Reveal');
+      toggle.setAttribute('aria-expanded', String(open));
+    }
+  }
+  return r.tr;
 }
 
 function secretRow(s) {
@@ -151,62 +219,96 @@ function secretRow(s) {
   if (empty) badges.append(badge('Empty slot', 'muted'));
   else if (!s.configured) badges.append(badge('No enabled version', 'warn'));
   if (s.restartRequired) badges.append(badge('Restart on change', 'outline'));
-
-  const desc = el('td', { className: 'desc' }, el('div', { className: 'desc-text', text: s.description || '' }));
-  if (s.valuePrefix) {
-    desc.append(el('div', { className: 'hint' }, 'Expected shape: starts with ', el('code', { className: 'mono', text: s.valuePrefix })));
+  const checked = checks.get(s.key);
+  if (checked && checked.version === String(s.currentVersion)) {
+    badges.append(el('div', { className: 'small check-result', dataset: { check: checked.result }, attrs: { role: 'status' }, text: checked.text }));
   }
 
-  const updated = el('td', { className: 'col-updated' });
+  const desc = el('td', { className: 'desc', dataset: { label: 'Description' } }, el('div', { className: 'desc-text' }, shown(s.description || '')));
+  if (s.valuePrefix) {
+    desc.append(el('div', { className: 'hint' }, 'Expected shape: starts with ', el('code', { className: 'mono' }, shown(s.valuePrefix))));
+  }
+
+  const updated = el('td', { className: 'col-updated', dataset: { label: 'Updated' } });
   if (s.updateTime) {
     updated.append(timeEl(s.updateTime));
-    if (s.updatedBy) updated.append(el('div', { className: 'muted small' }, 'by ', el('span', { className: 'actor', text: s.updatedBy })));
+    if (s.updatedBy) updated.append(el('div', { className: 'muted small' }, 'by ', el('span', { className: 'actor' }, shown(s.updatedBy))));
   } else {
     updated.append(el('span', { className: 'muted', text: '—' }));
   }
 
+  const key = s.key;
   const actions = el('div', { className: 'row-actions' });
+  const act = (label, action, fn, cls = 'btn btn-small') => button(label, fn, cls, { dataset: { action } }, key);
   if (empty) {
-    actions.append(button('Set value', () => editForm('fill', s), 'btn btn-small', { dataset: { action: 'set' } }));
+    actions.append(act('Set value', 'set', () => form.editForm('fill', s, 'set')));
   } else {
     if (s.configured) {
-      const shown = state.revealed.has(s.key);
-      actions.append(button(shown ? 'Hide' : 'Reveal', () => (shown ? hide(s.key) : reveal(s.key)), 'btn btn-small', { dataset: { action: 'reveal' } }));
+      const toggle = act('Reveal', 'reveal', () => (state.revealed.has(key) ? hide(key) : reveal(key)));
+      toggle.dataset.open = 'false';
+      toggle.setAttribute('aria-expanded', 'false');
+      actions.append(toggle);
     }
-    actions.append(button('Edit', () => editForm('edit', s), 'btn btn-small', { dataset: { action: 'edit' } }));
-    actions.append(button('Versions', () => openVersions(s.key), 'btn btn-small', { dataset: { action: 'versions' } }));
-    actions.append(button('Delete', () => remove(s), 'btn btn-small btn-danger-text', { dataset: { action: 'delete' } }));
+    // Every provider check is for a catalog key; the server says which have one.
+    if (s.configured && s.catalog) actions.append(act('Check', 'check', () => check(s)));
+    actions.append(act('Edit', 'edit', () => form.editForm('edit', s, 'edit')));
+    actions.append(act('Versions', 'versions', () => openVersions(key)));
+    actions.append(act('Delete', 'delete', () => remove(s), 'btn btn-small btn-danger-text'));
   }
 
-  return el(
-    'tr',
-    { dataset: { key: s.key, configured: s.configured ? 'true' : 'false' } },
-    el('td', { className: 'col-key' }, el('div', { className: 'mono key', text: s.key }), badges),
-    desc,
-    el('td', { className: 'col-narrow mono', text: empty ? '—' : 'v' + s.currentVersion }),
-    updated,
-    el('td', { className: 'col-actions' }, actions),
+  return tableRoles(
+    el(
+      'tr',
+      { dataset: { key, configured: s.configured ? 'true' : 'false' } },
+      el('td', { className: 'col-key' }, el('div', { className: 'mono key' }, shown(key)), badges),
+      desc,
+      el('td', { className: 'col-narrow mono', dataset: { label: 'Version' }, text: empty ? '—' : 'v' + s.currentVersion }),
+      updated,
+      el('td', { className: 'col-actions', dataset: { label: 'Actions' } }, actions),
+    ),
   );
 }
 
+function revealRowFor(s, r) {
+  const sig = `${r.version}\u0000${r.value}`;
+  let row = state.reveals.get(s.key);
+  if (!row || row.sig !== sig) {
+    row = { sig, tr: revealRow(s, r) };
+    state.reveals.set(s.key, row);
+  }
+  return row.tr;
+}
+
 function revealRow(s, r) {
-  const copy = button('Copy', async (e) => {
-    try {
-      await navigator.clipboard.writeText(r.value);
-      e.target.textContent = 'Copied';
-    } catch {
-      e.target.textContent = 'Copy failed';
-    }
-  });
-  return el(
-    'tr',
-    { className: 'reveal-row', dataset: { revealFor: s.key } },
+  const copy = button(
+    'Copy',
+    async (e) => {
+      const b = e.currentTarget;
+      try {
+        await navigator.clipboard.writeText(r.value);
+        setLabel(b, 'Copied');
+        announce(`Copied the value of ${s.key}.`);
+      } catch {
+        setLabel(b, 'Copy failed');
+        announce(`Could not copy the value of ${s.key}.`);
+      }
+    },
+    'btn btn-small',
+    { dataset: { action: 'copy' } },
+    s.key,
+  );
+  const id = `value-${s.key}`;
+  return tableRoles(
     el(
-      'td',
-      { colSpan: 5 },
-      el('div', { className: 'label', text: `Value (version ${r.version})` }),
-      el('pre', { className: 'mono value', dataset: { value: s.key }, text: r.value }),
-      el('div', { className: 'row-actions' }, copy, button('Hide', () => hide(s.key))),
+      'tr',
+      { className: 'reveal-row', dataset: { revealFor: s.key } },
+      el(
+        'td',
+        { colSpan: 5 },
+        el('div', { className: 'label', id: id + '-label', text: `Value of ${s.key} (version ${r.version})` }),
+        el('pre', { className: 'mono value', dataset: { value: s.key }, text: r.value, tabIndex: 0, attrs: { role: 'region', 'aria-labelledby': id + '-label' } }),
+        el('div', { className: 'row-actions' }, copy, button('Hide', () => hide(s.key), 'btn btn-small', { dataset: { action: 'hide' } }, s.key)),
+      ),
     ),
   );
 }
@@ -217,275 +319,72 @@ async function reveal(key) {
     state.revealed.set(key, { version: r.version, value: decodeText(r.value) });
     setText($('#secrets-error'), '');
     render();
+    announce(`Showing the value of ${key}.`);
   } catch (e) {
     setText($('#secrets-error'), `Could not reveal ${key}: ${e.userMessage}`);
   }
+  focusInRow(key, 'reveal');
+}
+
+// Provider checks (POST /v1/secrets/{key}:check): key -> {version, result,
+// text} of the last check, shown under the key while that version is current.
+const checks = new Map();
+const CHECK_LABELS = {
+  valid: 'Valid',
+  invalid: 'Invalid',
+  insufficient_permissions: 'Insufficient permissions',
+  unreachable: 'Provider unreachable',
+};
+
+async function check(s) {
+  const version = String(s.currentVersion);
+  checks.set(s.key, { version, result: 'pending', text: 'Checking…' });
+  render();
+  try {
+    const r = await request('POST', `/v1/secrets/${encodeURIComponent(s.key)}:check`, { body: {} });
+    const answer = r.httpStatus ? `HTTP ${r.httpStatus}` : 'no answer';
+    checks.set(s.key, { version, result: r.result, text: `${CHECK_LABELS[r.result] || r.result} — ${r.provider}: ${r.reason} (${answer})` });
+  } catch (e) {
+    checks.set(s.key, { version, result: 'error', text: `Not checked: ${e.userMessage}` });
+  }
+  render();
 }
 
 function hide(key) {
   state.revealed.delete(key);
   render();
+  announce(`Hid the value of ${key}.`);
+  focusInRow(key, 'reveal');
 }
 
 async function remove(s) {
+  // Where focus goes if the row goes: the next row, else the one before,
+  // else the view's heading.
+  const tr = $(rowSelector(s.key));
+  const around = [];
+  for (let n = tr?.nextElementSibling; n; n = n.nextElementSibling) if (n.dataset.key) { around.push(n.dataset.key); break; }
+  for (let n = tr?.previousElementSibling; n; n = n.previousElementSibling) if (n.dataset.key) { around.push(n.dataset.key); break; }
   const ok = await confirmDialog({
     title: `Delete ${s.key}?`,
     text: `This removes ${s.key} and all ${s.currentVersion} of its versions for good. Services reading it fall back to their environment or config file.`,
     ok: 'Delete secret',
   });
-  if (!ok) return;
+  if (!ok) {
+    focusInRow(s.key, 'delete');
+    return;
+  }
   try {
     await api.remove(s.key, s.etag);
     state.revealed.delete(s.key);
     setText($('#secrets-error'), '');
-    status(`Deleted ${s.key}.`);
+    form.status(`Deleted ${s.key}.`);
   } catch (e) {
     setText($('#secrets-error'), `Could not delete ${s.key}: ${e.userMessage}`);
   }
   await load();
-}
-
-function fillCategoryList() {
-  const cats = new Set([...Object.keys(CATEGORY_NAMES), ...state.items.map((s) => s.category).filter(Boolean)]);
-  clear($('#category-list')).append(...[...cats].sort(compareCategories).map((c) => el('option', { value: c })));
-}
-
-// ---- form ----------------------------------------------------------------
-
-const f = {
-  key: () => $('#sf-key'),
-  category: () => $('#sf-category'),
-  description: () => $('#sf-description'),
-  value: () => $('#sf-value'),
-  restart: () => $('#sf-restart'),
-};
-
-function status(text) {
-  $('#secret-form-status').textContent = text;
-}
-
-function clearErrors() {
-  for (const p of document.querySelectorAll('#secret-form .field-error')) setText(p, '');
-  for (const i of document.querySelectorAll('#secret-form [aria-invalid]')) i.removeAttribute('aria-invalid');
-}
-
-function fieldError(field, text) {
-  const p = document.querySelector(`#secret-form .field-error[data-error-for="${field}"]`);
-  if (!p) return false;
-  setText(p, text);
-  const input = p.closest('.field')?.querySelector('input');
-  if (input) input.setAttribute('aria-invalid', 'true');
-  return true;
-}
-
-// apiFieldName maps a BadRequest field ("value", "secret.description",
-// "restart_required") to the form's field names.
-function apiFieldName(field) {
-  const last = field.split('.').pop();
-  return last.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
-}
-
-function showApiError(e) {
-  let placed = false;
-  for (const v of e.fieldViolations || []) {
-    if (fieldError(apiFieldName(v.field), v.description)) placed = true;
-  }
-  if (!placed) {
-    const msg = e.status === 409 && e.reason === 'ETAG_MISMATCH' ? 'This secret changed since you opened it. Reload and try again.' : e.userMessage;
-    setText($('#secret-form-error'), msg);
-  }
-}
-
-function setMode(mode, s) {
-  clearErrors();
-  status('');
-  const form = state.form;
-  form.mode = mode;
-  form.key = s ? s.key : '';
-  form.etag = s && s.etag ? s.etag : '';
-  form.initial = {
-    description: s ? s.description || '' : '',
-    category: s ? s.category || '' : '',
-    restartRequired: s ? !!s.restartRequired : false,
-  };
-  const titles = { add: 'Add secret', fill: `Set ${form.key}`, edit: `Edit ${form.key}` };
-  $('#secret-form-title').textContent = titles[mode];
-  $('#secret-form').dataset.mode = mode;
-  f.key().value = form.key;
-  f.key().readOnly = mode !== 'add';
-  f.category().value = form.initial.category;
-  f.description().value = form.initial.description;
-  f.restart().checked = form.initial.restartRequired;
-  f.value().value = '';
-  f.value().type = 'password';
-  $('#sf-value-toggle').textContent = 'Show';
-  f.value().placeholder = mode === 'edit' ? 'Leave empty to keep the current value' : 'Enter secret value';
-  $('#secret-form-cancel').hidden = mode === 'add';
-  $('#secret-form-save').textContent = mode === 'edit' ? 'Save changes' : 'Save secret';
-  let hint = '';
-  if (s && s.valuePrefix) hint = `Expected shape: starts with ${s.valuePrefix}`;
-  if (mode === 'edit') hint = (hint ? hint + '. ' : '') + `A new value is saved as version ${Number(s.currentVersion || 0) + 1}.`;
-  setText($('#sf-value-hint'), hint);
-}
-
-function editForm(mode, s) {
-  setMode(mode, s);
-  $('#secret-form').scrollIntoView({ block: 'start' });
-  (mode === 'edit' ? f.description() : f.value()).focus();
-}
-
-// keyHint shows a catalog key's expected shape while a key is typed.
-function keyHint() {
-  if (state.form.mode !== 'add') return;
-  const s = state.items.find((x) => x.key === f.key().value.trim());
-  setText($('#sf-value-hint'), s && s.valuePrefix ? `Expected shape: starts with ${s.valuePrefix}` : '');
-}
-
-async function submit(ev) {
-  ev.preventDefault();
-  clearErrors();
-  status('');
-  const form = state.form;
-  const key = f.key().value.trim();
-  const value = f.value().value;
-  const description = f.description().value.trim();
-  const category = f.category().value.trim();
-  const restart = f.restart().checked;
-  if (!key) {
-    fieldError('key', 'Enter a key, e.g. SLACK_BOT_TOKEN.');
-    return;
-  }
-  if (form.mode !== 'edit' && !value) {
-    fieldError('value', 'Enter a value.');
-    return;
-  }
-  // Absent fields keep their current value (or the catalog's on create).
-  const meta = {};
-  if (description !== form.initial.description) meta.description = description;
-  if (category !== form.initial.category) meta.category = category;
-  if (restart !== form.initial.restartRequired) meta.restartRequired = restart;
-
-  const save = $('#secret-form-save');
-  save.disabled = true;
-  try {
-    let r;
-    if (value) {
-      const body = { value: encodeText(value), ...meta };
-      if (form.etag) body.etag = form.etag;
-      r = await api.put(key, body);
-    } else if (Object.keys(meta).length === 0) {
-      status('Nothing to change.');
-      return;
-    } else {
-      r = await api.update(key, { ...meta, etag: form.etag });
-    }
-    const sec = r.secret || {};
-    setMode('add');
-    status(value ? `Saved ${sec.key || key} as version ${sec.currentVersion}.` : `Updated ${sec.key || key}.`);
-    await load();
-  } catch (e) {
-    showApiError(e);
-  } finally {
-    save.disabled = false;
-  }
-}
-
-// ---- versions ------------------------------------------------------------
-
-const STATE_BADGES = {
-  VERSION_STATE_ENABLED: ['Enabled', 'ok'],
-  VERSION_STATE_DISABLED: ['Disabled', 'warn'],
-  VERSION_STATE_DESTROYED: ['Destroyed', 'danger'],
-};
-
-async function openVersions(key) {
-  state.versionsKey = key;
-  $('#versions-title').textContent = `Versions of ${key}`;
-  $('#versions-dialog').dataset.key = key;
-  setText($('#versions-error'), '');
-  clear($('#versions-rows'));
-  const dlg = $('#versions-dialog');
-  if (!dlg.open) dlg.showModal();
-  await loadVersions();
-}
-
-async function loadVersions() {
-  const key = state.versionsKey;
-  const errBox = $('#versions-error');
-  let versions;
-  try {
-    versions = (await api.versions(key)).items;
-  } catch (e) {
-    setText(errBox, 'Could not load versions: ' + e.userMessage);
-    return;
-  }
-  const newest = versions.length ? Number(versions[0].version) : 0;
-  const rows = clear($('#versions-rows'));
-  for (const v of versions) {
-    const n = Number(v.version);
-    const [label, kind] = STATE_BADGES[v.state] || [String(v.state || 'Unknown'), 'muted'];
-    const actions = el('div', { className: 'row-actions' });
-    if (v.state === 'VERSION_STATE_ENABLED') {
-      if (n !== newest) actions.append(button('Restore as new version', () => restore(key, n, newest), 'btn btn-small', { dataset: { action: 'restore' } }));
-      actions.append(button('Disable', () => versionAction(key, n, 'disable'), 'btn btn-small', { dataset: { action: 'disable' } }));
-    }
-    if (v.state === 'VERSION_STATE_DISABLED') {
-      actions.append(button('Enable', () => versionAction(key, n, 'enable'), 'btn btn-small', { dataset: { action: 'enable' } }));
-    }
-    if (v.state !== 'VERSION_STATE_DESTROYED') {
-      actions.append(button('Destroy', () => destroy(key, n), 'btn btn-small btn-danger-text', { dataset: { action: 'destroy' } }));
-    }
-    rows.append(
-      el(
-        'tr',
-        { dataset: { version: n, state: v.state } },
-        el('td', { className: 'mono' }, 'v' + n, n === newest ? el('span', { className: 'badge badge-outline', text: 'Newest' }) : null),
-        el('td', {}, badge(label, kind)),
-        el('td', {}, timeEl(v.createTime)),
-        el('td', { className: 'actor', text: v.createdBy || '' }),
-        el('td', {}, actions),
-      ),
-    );
-  }
-  if (!versions.length) rows.append(el('tr', {}, el('td', { colSpan: 5, className: 'muted', text: 'No versions.' })));
-}
-
-async function versionAction(key, n, action) {
-  try {
-    await api.versionAction(key, n, action);
-    setText($('#versions-error'), '');
-  } catch (e) {
-    setText($('#versions-error'), `Could not ${action} version ${n}: ${e.userMessage}`);
-  }
-  await Promise.all([loadVersions(), load()]);
-}
-
-async function destroy(key, n) {
-  const ok = await confirmDialog({
-    title: `Destroy version ${n} of ${key}?`,
-    text: 'Its value is erased for good and cannot be restored. The version stays in the history.',
-    ok: 'Destroy version',
-  });
-  if (ok) await versionAction(key, n, 'destroy');
-}
-
-// restore reads version n and writes its value as a new version.
-async function restore(key, n, newest) {
-  const ok = await confirmDialog({
-    title: `Restore version ${n} of ${key}?`,
-    text: `Its value is saved as a new version (${newest + 1}). Older versions are kept.`,
-    ok: 'Restore',
-    danger: false,
-  });
-  if (!ok) return;
-  try {
-    const r = await api.access(key, String(n));
-    await api.put(key, { value: r.value });
-    setText($('#versions-error'), '');
-  } catch (e) {
-    setText($('#versions-error'), `Could not restore version ${n}: ${e.userMessage}`);
-  }
-  await Promise.all([loadVersions(), load()]);
+  if (focusInRow(s.key, 'delete')) return; // still there: the delete failed
+  for (const k of around) if (focusFirst(`${rowSelector(k)} button`)) return;
+  focusFirst('#tab-secrets h1');
 }
 
 // ---- wiring --------------------------------------------------------------
@@ -513,30 +412,25 @@ export function hideTab() {
 export function reset() {
   state.items = [];
   state.revealed.clear();
+  checks.clear();
+  state.rows.clear();
+  state.reveals.clear();
   clear($('#secrets-list'));
-  setMode('add');
+  form.setMode('add');
 }
 
 // prefill opens the form for a key (from the Providers tab).
 export function prefill(key) {
   const s = state.items.find((x) => x.key === key);
-  if (s) editForm(isEmptySlot(s) ? 'fill' : 'edit', s);
+  if (s) form.editForm(isEmptySlot(s) ? 'fill' : 'edit', s, isEmptySlot(s) ? 'set' : 'edit');
 }
 
 export function init() {
-  $('#secret-form').addEventListener('submit', submit);
-  $('#secret-form-cancel').addEventListener('click', () => setMode('add'));
+  form.init();
+  initVersions();
   $('#secrets-refresh').addEventListener('click', load);
   $('#secrets-filter').addEventListener('input', render);
   $('#secrets-show-empty').addEventListener('change', render);
-  $('#sf-key').addEventListener('input', keyHint);
-  $('#sf-value-toggle').addEventListener('click', () => {
-    const v = f.value();
-    v.type = v.type === 'password' ? 'text' : 'password';
-    $('#sf-value-toggle').textContent = v.type === 'password' ? 'Show' : 'Hide';
-  });
-  $('#versions-close').addEventListener('click', () => $('#versions-dialog').close());
-  setMode('add');
 }
 
 export function items() {

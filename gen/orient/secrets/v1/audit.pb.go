@@ -398,7 +398,18 @@ type VerifyAuditLogResponse struct {
 	CheckpointsChecked int32 `protobuf:"varint,6,opt,name=checkpoints_checked,json=checkpointsChecked,proto3" json:"checkpoints_checked,omitempty"`
 	// Whether checkpoint signatures were checked (a signing key is
 	// configured); without them a rewrite of the whole chain goes unseen.
-	Signed        bool `protobuf:"varint,7,opt,name=signed,proto3" json:"signed,omitempty"`
+	Signed bool `protobuf:"varint,7,opt,name=signed,proto3" json:"signed,omitempty"`
+	// Whether external checkpoints (outside the database) were checked:
+	// without them the chain is only self-attested, and whoever controls the
+	// database could have rewritten or cut it back.
+	Anchored bool `protobuf:"varint,8,opt,name=anchored,proto3" json:"anchored,omitempty"`
+	// The newest sequence an external checkpoint vouches for; later events
+	// are only self-attested until the next checkpoint.
+	AnchoredThrough int64 `protobuf:"varint,9,opt,name=anchored_through,json=anchoredThrough,proto3" json:"anchored_through,omitempty"`
+	// How many external checkpoints matched the chain.
+	ExternalCheckpointsChecked int32 `protobuf:"varint,10,opt,name=external_checkpoints_checked,json=externalCheckpointsChecked,proto3" json:"external_checkpoints_checked,omitempty"`
+	// The verdict in one sentence, saying what is only self-attested.
+	Summary       string `protobuf:"bytes,11,opt,name=summary,proto3" json:"summary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -482,30 +493,242 @@ func (x *VerifyAuditLogResponse) GetSigned() bool {
 	return false
 }
 
+func (x *VerifyAuditLogResponse) GetAnchored() bool {
+	if x != nil {
+		return x.Anchored
+	}
+	return false
+}
+
+func (x *VerifyAuditLogResponse) GetAnchoredThrough() int64 {
+	if x != nil {
+		return x.AnchoredThrough
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetExternalCheckpointsChecked() int32 {
+	if x != nil {
+		return x.ExternalCheckpointsChecked
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+// Request for MatchValue.
+type MatchValueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The candidate value (at most 64 KiB). Never logged or stored.
+	Value []byte `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	// Only writes of this key; empty checks every key.
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MatchValueRequest) Reset() {
+	*x = MatchValueRequest{}
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MatchValueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MatchValueRequest) ProtoMessage() {}
+
+func (x *MatchValueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MatchValueRequest.ProtoReflect.Descriptor instead.
+func (*MatchValueRequest) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_audit_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MatchValueRequest) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *MatchValueRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// One recorded write whose value equals the candidate.
+type ValueMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The version the write created.
+	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// The audit event that recorded the write.
+	Sequence int64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// When the write happened.
+	Time *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// Who wrote it.
+	Actor         string `protobuf:"bytes,5,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValueMatch) Reset() {
+	*x = ValueMatch{}
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValueMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValueMatch) ProtoMessage() {}
+
+func (x *ValueMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
+func (*ValueMatch) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_audit_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ValueMatch) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ValueMatch) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ValueMatch) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *ValueMatch) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *ValueMatch) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// Response of MatchValue.
+type MatchValueResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every write of the candidate value, oldest first (at most 1000); empty
+	// when no recorded version held it.
+	Matches       []*ValueMatch `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MatchValueResponse) Reset() {
+	*x = MatchValueResponse{}
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MatchValueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MatchValueResponse) ProtoMessage() {}
+
+func (x *MatchValueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_audit_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MatchValueResponse.ProtoReflect.Descriptor instead.
+func (*MatchValueResponse) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_audit_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *MatchValueResponse) GetMatches() []*ValueMatch {
+	if x != nil {
+		return x.Matches
+	}
+	return nil
+}
+
 var File_orient_secrets_v1_audit_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\x83\x03\n" +
+	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\xd7\x03\n" +
 	"\n" +
-	"AuditEvent\x12\x1a\n" +
-	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
-	"\x05actor\x18\x03 \x01(\tR\x05actor\x12\x16\n" +
-	"\x06action\x18\x04 \x01(\tR\x06action\x12\x10\n" +
-	"\x03key\x18\x05 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x06 \x01(\x03R\aversion\x12\x18\n" +
-	"\aoutcome\x18\a \x01(\tR\aoutcome\x12\x1d\n" +
+	"AuditEvent\x12 \n" +
+	"\bsequence\x18\x01 \x01(\x03B\x04\xe2A\x01\x03R\bsequence\x124\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x04time\x12\x1a\n" +
+	"\x05actor\x18\x03 \x01(\tB\x04\xe2A\x01\x03R\x05actor\x12\x1c\n" +
+	"\x06action\x18\x04 \x01(\tB\x04\xe2A\x01\x03R\x06action\x12\x16\n" +
+	"\x03key\x18\x05 \x01(\tB\x04\xe2A\x01\x03R\x03key\x12\x1e\n" +
+	"\aversion\x18\x06 \x01(\x03B\x04\xe2A\x01\x03R\aversion\x12\x1e\n" +
+	"\aoutcome\x18\a \x01(\tB\x04\xe2A\x01\x03R\aoutcome\x12#\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\x12\x12\n" +
-	"\x04peer\x18\t \x01(\tR\x04peer\x12\x1a\n" +
+	"request_id\x18\b \x01(\tB\x04\xe2A\x01\x03R\trequestId\x12\x18\n" +
+	"\x04peer\x18\t \x01(\tB\x04\xe2A\x01\x03R\x04peer\x12 \n" +
 	"\brevision\x18\n" +
-	" \x01(\x03R\brevision\x12\x16\n" +
-	"\x06detail\x18\v \x01(\tR\x06detail\x12\x1d\n" +
+	" \x01(\x03B\x04\xe2A\x01\x03R\brevision\x12\x1c\n" +
+	"\x06detail\x18\v \x01(\tB\x04\xe2A\x01\x03R\x06detail\x12#\n" +
 	"\n" +
-	"value_hmac\x18\f \x01(\fR\tvalueHmac\x12\x1b\n" +
-	"\tprev_hash\x18\r \x01(\fR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\x0e \x01(\fR\x04hash\"\x86\x02\n" +
+	"value_hmac\x18\f \x01(\fB\x04\xe2A\x01\x03R\tvalueHmac\x12!\n" +
+	"\tprev_hash\x18\r \x01(\fB\x04\xe2A\x01\x03R\bprevHash\x12\x18\n" +
+	"\x04hash\x18\x0e \x01(\fB\x04\xe2A\x01\x03R\x04hash\"\x86\x02\n" +
 	"\x16ListAuditEventsRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x16\n" +
@@ -519,7 +742,7 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\x17ListAuditEventsResponse\x125\n" +
 	"\x06events\x18\x01 \x03(\v2\x1d.orient.secrets.v1.AuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x17\n" +
-	"\x15VerifyAuditLogRequest\"\x91\x02\n" +
+	"\x15VerifyAuditLogRequest\"\xb4\x03\n" +
 	"\x16VerifyAuditLogResponse\x12\x16\n" +
 	"\x06intact\x18\x01 \x01(\bR\x06intact\x12)\n" +
 	"\x10verified_through\x18\x02 \x01(\x03R\x0fverifiedThrough\x12,\n" +
@@ -527,14 +750,35 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12%\n" +
 	"\x0eevents_checked\x18\x05 \x01(\x03R\reventsChecked\x12/\n" +
 	"\x13checkpoints_checked\x18\x06 \x01(\x05R\x12checkpointsChecked\x12\x16\n" +
-	"\x06signed\x18\a \x01(\bR\x06signed2\xcf\x02\n" +
+	"\x06signed\x18\a \x01(\bR\x06signed\x12\x1a\n" +
+	"\banchored\x18\b \x01(\bR\banchored\x12)\n" +
+	"\x10anchored_through\x18\t \x01(\x03R\x0fanchoredThrough\x12@\n" +
+	"\x1cexternal_checkpoints_checked\x18\n" +
+	" \x01(\x05R\x1aexternalCheckpointsChecked\x12\x18\n" +
+	"\asummary\x18\v \x01(\tR\asummary\";\n" +
+	"\x11MatchValueRequest\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\fR\x05value\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"\x9a\x01\n" +
+	"\n" +
+	"ValueMatch\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x1a\n" +
+	"\bsequence\x18\x03 \x01(\x03R\bsequence\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05actor\x18\x05 \x01(\tR\x05actor\"M\n" +
+	"\x12MatchValueResponse\x127\n" +
+	"\amatches\x18\x01 \x03(\v2\x1d.orient.secrets.v1.ValueMatchR\amatches2\xe7\x03\n" +
 	"\fAuditService\x12\xa0\x01\n" +
 	"\x0fListAuditEvents\x12).orient.secrets.v1.ListAuditEventsRequest\x1a*.orient.secrets.v1.ListAuditEventsResponse\"6\xe2\xf9\x18\x17\n" +
 	"\x05admin\n" +
 	"\aauditor\x10\x02\x1a\x03key\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x90\x02\x01\x12\x9b\x01\n" +
 	"\x0eVerifyAuditLog\x12(.orient.secrets.v1.VerifyAuditLogRequest\x1a).orient.secrets.v1.VerifyAuditLogResponse\"4\xe2\xf9\x18\x12\n" +
 	"\x05admin\n" +
-	"\aauditor\x10\x04\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verify\x90\x02\x01B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\aauditor\x10\x04\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/audit:verify\x90\x02\x01\x12\x95\x01\n" +
+	"\n" +
+	"MatchValue\x12$.orient.secrets.v1.MatchValueRequest\x1a%.orient.secrets.v1.MatchValueResponse\":\xe2\xf9\x18\x14\n" +
+	"\x05admin\n" +
+	"\aauditor\x10\x040\x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/audit:matchValue\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_audit_proto_rawDescOnce sync.Once
@@ -548,29 +792,36 @@ func file_orient_secrets_v1_audit_proto_rawDescGZIP() []byte {
 	return file_orient_secrets_v1_audit_proto_rawDescData
 }
 
-var file_orient_secrets_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_orient_secrets_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_orient_secrets_v1_audit_proto_goTypes = []any{
 	(*AuditEvent)(nil),              // 0: orient.secrets.v1.AuditEvent
 	(*ListAuditEventsRequest)(nil),  // 1: orient.secrets.v1.ListAuditEventsRequest
 	(*ListAuditEventsResponse)(nil), // 2: orient.secrets.v1.ListAuditEventsResponse
 	(*VerifyAuditLogRequest)(nil),   // 3: orient.secrets.v1.VerifyAuditLogRequest
 	(*VerifyAuditLogResponse)(nil),  // 4: orient.secrets.v1.VerifyAuditLogResponse
-	(*timestamppb.Timestamp)(nil),   // 5: google.protobuf.Timestamp
+	(*MatchValueRequest)(nil),       // 5: orient.secrets.v1.MatchValueRequest
+	(*ValueMatch)(nil),              // 6: orient.secrets.v1.ValueMatch
+	(*MatchValueResponse)(nil),      // 7: orient.secrets.v1.MatchValueResponse
+	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
 }
 var file_orient_secrets_v1_audit_proto_depIdxs = []int32{
-	5, // 0: orient.secrets.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	5, // 1: orient.secrets.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	5, // 2: orient.secrets.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	8, // 0: orient.secrets.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	8, // 1: orient.secrets.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	8, // 2: orient.secrets.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0, // 3: orient.secrets.v1.ListAuditEventsResponse.events:type_name -> orient.secrets.v1.AuditEvent
-	1, // 4: orient.secrets.v1.AuditService.ListAuditEvents:input_type -> orient.secrets.v1.ListAuditEventsRequest
-	3, // 5: orient.secrets.v1.AuditService.VerifyAuditLog:input_type -> orient.secrets.v1.VerifyAuditLogRequest
-	2, // 6: orient.secrets.v1.AuditService.ListAuditEvents:output_type -> orient.secrets.v1.ListAuditEventsResponse
-	4, // 7: orient.secrets.v1.AuditService.VerifyAuditLog:output_type -> orient.secrets.v1.VerifyAuditLogResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 4: orient.secrets.v1.ValueMatch.time:type_name -> google.protobuf.Timestamp
+	6, // 5: orient.secrets.v1.MatchValueResponse.matches:type_name -> orient.secrets.v1.ValueMatch
+	1, // 6: orient.secrets.v1.AuditService.ListAuditEvents:input_type -> orient.secrets.v1.ListAuditEventsRequest
+	3, // 7: orient.secrets.v1.AuditService.VerifyAuditLog:input_type -> orient.secrets.v1.VerifyAuditLogRequest
+	5, // 8: orient.secrets.v1.AuditService.MatchValue:input_type -> orient.secrets.v1.MatchValueRequest
+	2, // 9: orient.secrets.v1.AuditService.ListAuditEvents:output_type -> orient.secrets.v1.ListAuditEventsResponse
+	4, // 10: orient.secrets.v1.AuditService.VerifyAuditLog:output_type -> orient.secrets.v1.VerifyAuditLogResponse
+	7, // 11: orient.secrets.v1.AuditService.MatchValue:output_type -> orient.secrets.v1.MatchValueResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_orient_secrets_v1_audit_proto_init() }
@@ -585,7 +836,7 @@ func file_orient_secrets_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orient_secrets_v1_audit_proto_rawDesc), len(file_orient_secrets_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

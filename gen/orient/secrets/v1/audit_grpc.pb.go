@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	AuditService_ListAuditEvents_FullMethodName = "/orient.secrets.v1.AuditService/ListAuditEvents"
 	AuditService_VerifyAuditLog_FullMethodName  = "/orient.secrets.v1.AuditService/VerifyAuditLog"
+	AuditService_MatchValue_FullMethodName      = "/orient.secrets.v1.AuditService/MatchValue"
 )
 
 // AuditServiceClient is the client API for AuditService service.
@@ -36,6 +37,11 @@ type AuditServiceClient interface {
 	// either "intact up to sequence N" or the first event that does not
 	// verify, with why (edited, deleted, reordered, inserted, rewritten).
 	VerifyAuditLog(ctx context.Context, in *VerifyAuditLogRequest, opts ...grpc.CallOption) (*VerifyAuditLogResponse, error)
+	// Answers which secret versions, if any, held a candidate value (a leak
+	// check): the value is fingerprinted with the audit log's sealed HMAC key
+	// and compared with the value_hmac of every recorded write. The value is
+	// never logged, stored or returned; the call itself is audited.
+	MatchValue(ctx context.Context, in *MatchValueRequest, opts ...grpc.CallOption) (*MatchValueResponse, error)
 }
 
 type auditServiceClient struct {
@@ -66,6 +72,16 @@ func (c *auditServiceClient) VerifyAuditLog(ctx context.Context, in *VerifyAudit
 	return out, nil
 }
 
+func (c *auditServiceClient) MatchValue(ctx context.Context, in *MatchValueRequest, opts ...grpc.CallOption) (*MatchValueResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MatchValueResponse)
+	err := c.cc.Invoke(ctx, AuditService_MatchValue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AuditServiceServer is the server API for AuditService service.
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
@@ -79,6 +95,11 @@ type AuditServiceServer interface {
 	// either "intact up to sequence N" or the first event that does not
 	// verify, with why (edited, deleted, reordered, inserted, rewritten).
 	VerifyAuditLog(context.Context, *VerifyAuditLogRequest) (*VerifyAuditLogResponse, error)
+	// Answers which secret versions, if any, held a candidate value (a leak
+	// check): the value is fingerprinted with the audit log's sealed HMAC key
+	// and compared with the value_hmac of every recorded write. The value is
+	// never logged, stored or returned; the call itself is audited.
+	MatchValue(context.Context, *MatchValueRequest) (*MatchValueResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }
 
@@ -94,6 +115,9 @@ func (UnimplementedAuditServiceServer) ListAuditEvents(context.Context, *ListAud
 }
 func (UnimplementedAuditServiceServer) VerifyAuditLog(context.Context, *VerifyAuditLogRequest) (*VerifyAuditLogResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyAuditLog not implemented")
+}
+func (UnimplementedAuditServiceServer) MatchValue(context.Context, *MatchValueRequest) (*MatchValueResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MatchValue not implemented")
 }
 func (UnimplementedAuditServiceServer) mustEmbedUnimplementedAuditServiceServer() {}
 func (UnimplementedAuditServiceServer) testEmbeddedByValue()                      {}
@@ -152,6 +176,24 @@ func _AuditService_VerifyAuditLog_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AuditService_MatchValue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MatchValueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AuditServiceServer).MatchValue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AuditService_MatchValue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AuditServiceServer).MatchValue(ctx, req.(*MatchValueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AuditService_ServiceDesc is the grpc.ServiceDesc for AuditService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,6 +208,10 @@ var AuditService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAuditLog",
 			Handler:    _AuditService_VerifyAuditLog_Handler,
+		},
+		{
+			MethodName: "MatchValue",
+			Handler:    _AuditService_MatchValue_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

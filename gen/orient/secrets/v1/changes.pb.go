@@ -7,6 +7,7 @@
 package secretsv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -851,7 +852,9 @@ type ReportConsumerStateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Who reports.
 	Consumer *Consumer `protobuf:"bytes,1,opt,name=consumer,proto3" json:"consumer,omitempty"`
-	// The revision whose values it now runs with (e.g. after a restart).
+	// The revision whose values it now runs with (e.g. after a restart); 0
+	// when it runs on no value from the service (environment and defaults
+	// only), so that every restart-required change to its keys is pending.
 	LoadedRevision int64 `protobuf:"varint,2,opt,name=loaded_revision,json=loadedRevision,proto3" json:"loaded_revision,omitempty"`
 	// Keys it uses (empty: all).
 	Keys []string `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
@@ -1073,18 +1076,18 @@ var File_orient_secrets_v1_changes_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/changes.proto\x12\x11orient.secrets.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n" +
-	"\vChangeEvent\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x121\n" +
-	"\x04kind\x18\x03 \x01(\x0e2\x1d.orient.secrets.v1.ChangeKindR\x04kind\x12\x10\n" +
-	"\x03key\x18\x04 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\x03R\aversion\x12\x1a\n" +
-	"\bcategory\x18\x06 \x01(\tR\bcategory\x12)\n" +
-	"\x10restart_required\x18\a \x01(\bR\x0frestartRequired\x12\x16\n" +
-	"\x06detail\x18\b \x01(\tR\x06detail\"@\n" +
-	"\bConsumer\x12\x18\n" +
-	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1a\n" +
+	"\x1forient/secrets/v1/changes.proto\x12\x11orient.secrets.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n" +
+	"\vChangeEvent\x12 \n" +
+	"\brevision\x18\x01 \x01(\x03B\x04\xe2A\x01\x03R\brevision\x124\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\x04time\x127\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x1d.orient.secrets.v1.ChangeKindB\x04\xe2A\x01\x03R\x04kind\x12\x16\n" +
+	"\x03key\x18\x04 \x01(\tB\x04\xe2A\x01\x03R\x03key\x12\x1e\n" +
+	"\aversion\x18\x05 \x01(\x03B\x04\xe2A\x01\x03R\aversion\x12 \n" +
+	"\bcategory\x18\x06 \x01(\tB\x04\xe2A\x01\x03R\bcategory\x12/\n" +
+	"\x10restart_required\x18\a \x01(\bB\x04\xe2A\x01\x03R\x0frestartRequired\x12\x1c\n" +
+	"\x06detail\x18\b \x01(\tB\x04\xe2A\x01\x03R\x06detail\"F\n" +
+	"\bConsumer\x12\x1e\n" +
+	"\aservice\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\aservice\x12\x1a\n" +
 	"\binstance\x18\x02 \x01(\tR\binstance\")\n" +
 	"\vWatchHeader\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"+\n" +
@@ -1105,13 +1108,13 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x06result\"=\n" +
 	"\rPendingChange\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xc4\x02\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xd6\x02\n" +
 	"\rConsumerState\x127\n" +
 	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerR\bconsumer\x12'\n" +
-	"\x0floaded_revision\x18\x02 \x01(\x03R\x0eloadedRevision\x127\n" +
-	"\tlast_seen\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x14\n" +
-	"\x05stale\x18\x04 \x01(\bR\x05stale\x12:\n" +
-	"\apending\x18\x05 \x03(\v2 .orient.secrets.v1.PendingChangeR\apending\x12\x12\n" +
+	"\x0floaded_revision\x18\x02 \x01(\x03R\x0eloadedRevision\x12=\n" +
+	"\tlast_seen\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\blastSeen\x12\x1a\n" +
+	"\x05stale\x18\x04 \x01(\bB\x04\xe2A\x01\x03R\x05stale\x12@\n" +
+	"\apending\x18\x05 \x03(\v2 .orient.secrets.v1.PendingChangeB\x04\xe2A\x01\x03R\apending\x12\x12\n" +
 	"\x04keys\x18\x06 \x03(\tR\x04keys\x12\x1e\n" +
 	"\n" +
 	"categories\x18\a \x03(\tR\n" +
@@ -1125,9 +1128,9 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x15ListConsumersResponse\x12>\n" +
 	"\tconsumers\x18\x01 \x03(\v2 .orient.secrets.v1.ConsumerStateR\tconsumers\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12&\n" +
-	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xef\x01\n" +
-	"\x1aReportConsumerStateRequest\x127\n" +
-	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerR\bconsumer\x12'\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"\xf5\x01\n" +
+	"\x1aReportConsumerStateRequest\x12=\n" +
+	"\bconsumer\x18\x01 \x01(\v2\x1b.orient.secrets.v1.ConsumerB\x04\xe2A\x01\x02R\bconsumer\x12'\n" +
 	"\x0floaded_revision\x18\x02 \x01(\x03R\x0eloadedRevision\x12\x12\n" +
 	"\x04keys\x18\x03 \x03(\tR\x04keys\x12\x1e\n" +
 	"\n" +

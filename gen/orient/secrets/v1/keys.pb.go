@@ -420,7 +420,7 @@ var File_orient_secrets_v1_keys_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_keys_proto_rawDesc = "" +
 	"\n" +
-	"\x1corient/secrets/v1/keys.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"1\n" +
+	"\x1corient/secrets/v1/keys.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"1\n" +
 	"\x10RotateKEKRequest\x12\x1d\n" +
 	"\n" +
 	"batch_size\x18\x01 \x01(\x05R\tbatchSize\"q\n" +
@@ -430,26 +430,26 @@ const file_orient_secrets_v1_keys_proto_rawDesc = "" +
 	"\x13GetKEKStatusRequest\"\x8a\x01\n" +
 	"\x14GetKEKStatusResponse\x12.\n" +
 	"\x04keks\x18\x01 \x03(\v2\x1a.orient.secrets.v1.KEKInfoR\x04keks\x12B\n" +
-	"\brotation\x18\x02 \x01(\v2&.orient.secrets.v1.KEKRotationProgressR\brotation\"w\n" +
-	"\aKEKInfo\x12\x15\n" +
-	"\x06kek_id\x18\x01 \x01(\tR\x05kekId\x12\x1b\n" +
-	"\tdata_keys\x18\x02 \x01(\x03R\bdataKeys\x12\x18\n" +
-	"\aprimary\x18\x03 \x01(\bR\aprimary\x12\x1e\n" +
+	"\brotation\x18\x02 \x01(\v2&.orient.secrets.v1.KEKRotationProgressR\brotation\"\x8f\x01\n" +
+	"\aKEKInfo\x12\x1b\n" +
+	"\x06kek_id\x18\x01 \x01(\tB\x04\xe2A\x01\x03R\x05kekId\x12!\n" +
+	"\tdata_keys\x18\x02 \x01(\x03B\x04\xe2A\x01\x03R\bdataKeys\x12\x1e\n" +
+	"\aprimary\x18\x03 \x01(\bB\x04\xe2A\x01\x03R\aprimary\x12$\n" +
 	"\n" +
-	"configured\x18\x04 \x01(\bR\n" +
-	"configured\"\xe5\x02\n" +
-	"\x13KEKRotationProgress\x12\x18\n" +
-	"\arunning\x18\x01 \x01(\bR\arunning\x12\x12\n" +
-	"\x04done\x18\x02 \x01(\x03R\x04done\x12\x14\n" +
-	"\x05total\x18\x03 \x01(\x03R\x05total\x12&\n" +
-	"\x0frate_per_second\x18\x04 \x01(\x01R\rratePerSecond\x12+\n" +
-	"\x03eta\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03eta\x12\x1d\n" +
+	"configured\x18\x04 \x01(\bB\x04\xe2A\x01\x03R\n" +
+	"configured\"\x9b\x03\n" +
+	"\x13KEKRotationProgress\x12\x1e\n" +
+	"\arunning\x18\x01 \x01(\bB\x04\xe2A\x01\x03R\arunning\x12\x18\n" +
+	"\x04done\x18\x02 \x01(\x03B\x04\xe2A\x01\x03R\x04done\x12\x1a\n" +
+	"\x05total\x18\x03 \x01(\x03B\x04\xe2A\x01\x03R\x05total\x12,\n" +
+	"\x0frate_per_second\x18\x04 \x01(\x01B\x04\xe2A\x01\x03R\rratePerSecond\x121\n" +
+	"\x03eta\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x03R\x03eta\x12#\n" +
 	"\n" +
-	"last_error\x18\x06 \x01(\tR\tlastError\x12$\n" +
-	"\x0eprimary_kek_id\x18\a \x01(\tR\fprimaryKekId\x129\n" +
+	"last_error\x18\x06 \x01(\tB\x04\xe2A\x01\x03R\tlastError\x12*\n" +
+	"\x0eprimary_kek_id\x18\a \x01(\tB\x04\xe2A\x01\x03R\fprimaryKekId\x12?\n" +
 	"\n" +
-	"start_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendTime2\x95\x02\n" +
+	"start_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\tstartTime\x12;\n" +
+	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\aendTime2\x95\x02\n" +
 	"\n" +
 	"KeyService\x12\x83\x01\n" +
 	"\tRotateKEK\x12#.orient.secrets.v1.RotateKEKRequest\x1a$.orient.secrets.v1.RotateKEKResponse\"+\xe2\xf9\x18\v\n" +

@@ -494,33 +494,33 @@ var File_orient_secrets_v1_providers_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_providers_proto_rawDesc = "" +
 	"\n" +
-	"!orient/secrets/v1/providers.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\x93\x01\n" +
-	"\bProvider\x12\x1a\n" +
-	"\bprovider\x18\x01 \x01(\tR\bprovider\x12!\n" +
-	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x10\n" +
-	"\x03key\x18\x03 \x01(\tR\x03key\x12\x1e\n" +
+	"!orient/secrets/v1/providers.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\xb1\x01\n" +
+	"\bProvider\x12 \n" +
+	"\bprovider\x18\x01 \x01(\tB\x04\xe2A\x01\x03R\bprovider\x12'\n" +
+	"\fdisplay_name\x18\x02 \x01(\tB\x04\xe2A\x01\x03R\vdisplayName\x12\x16\n" +
+	"\x03key\x18\x03 \x01(\tB\x04\xe2A\x01\x03R\x03key\x12$\n" +
 	"\n" +
-	"configured\x18\x04 \x01(\bR\n" +
-	"configured\x12\x16\n" +
-	"\x06models\x18\x05 \x03(\tR\x06models\"\xba\x01\n" +
-	"\x0fProviderDefault\x12\x19\n" +
-	"\buse_case\x18\x01 \x01(\tR\auseCase\x12\x1a\n" +
+	"configured\x18\x04 \x01(\bB\x04\xe2A\x01\x03R\n" +
+	"configured\x12\x1c\n" +
+	"\x06models\x18\x05 \x03(\tB\x04\xe2A\x01\x03R\x06models\"\xcc\x01\n" +
+	"\x0fProviderDefault\x12\x1f\n" +
+	"\buse_case\x18\x01 \x01(\tB\x04\xe2A\x01\x05R\auseCase\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x14\n" +
-	"\x05model\x18\x03 \x01(\tR\x05model\x12;\n" +
-	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x12\x1d\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12A\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"updateTime\x12#\n" +
 	"\n" +
-	"updated_by\x18\x05 \x01(\tR\tupdatedBy\"\x16\n" +
+	"updated_by\x18\x05 \x01(\tB\x04\xe2A\x01\x03R\tupdatedBy\"\x16\n" +
 	"\x14ListProvidersRequest\"R\n" +
 	"\x15ListProvidersResponse\x129\n" +
 	"\tproviders\x18\x01 \x03(\v2\x1b.orient.secrets.v1.ProviderR\tproviders\"\x1c\n" +
 	"\x1aGetProviderDefaultsRequest\"y\n" +
 	"\x1bGetProviderDefaultsResponse\x12>\n" +
 	"\bdefaults\x18\x01 \x03(\v2\".orient.secrets.v1.ProviderDefaultR\bdefaults\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x8a\x01\n" +
-	"\x1cUpdateProviderDefaultRequest\x12\x19\n" +
-	"\buse_case\x18\x01 \x01(\tR\auseCase\x12\x1a\n" +
-	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x14\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x96\x01\n" +
+	"\x1cUpdateProviderDefaultRequest\x12\x1f\n" +
+	"\buse_case\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\auseCase\x12 \n" +
+	"\bprovider\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\bprovider\x12\x14\n" +
 	"\x05model\x18\x03 \x01(\tR\x05model\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\x8a\x01\n" +

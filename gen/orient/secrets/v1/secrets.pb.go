@@ -1835,40 +1835,191 @@ func (x *DeleteSecretResponse) GetRevision() int64 {
 	return 0
 }
 
+// Request for CheckSecret.
+type CheckSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's key: a catalog key with a provider check (see the README).
+	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckSecretRequest) Reset() {
+	*x = CheckSecretRequest{}
+	mi := &file_orient_secrets_v1_secrets_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckSecretRequest) ProtoMessage() {}
+
+func (x *CheckSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_secrets_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckSecretRequest.ProtoReflect.Descriptor instead.
+func (*CheckSecretRequest) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_secrets_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CheckSecretRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// Response of CheckSecret. Never holds the value.
+type CheckSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The secret's key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The version whose value was checked.
+	Version int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// Who was asked: "anthropic", "openai", "google", "slack", "github" or
+	// "jira".
+	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
+	// "valid", "invalid" (the provider refused the credential),
+	// "insufficient_permissions" (accepted, but not allowed the check's
+	// read), or "unreachable" (no usable answer: timeout, network error, rate
+	// limit, server error, redirect to another host).
+	Result string `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	// The provider's HTTP status; 0 when no answer came.
+	HttpStatus int32 `protobuf:"varint,5,opt,name=http_status,json=httpStatus,proto3" json:"http_status,omitempty"`
+	// A short reason for people, e.g. "invalid_auth" or "timeout". Never the
+	// value.
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When the check ran.
+	CheckTime     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=check_time,json=checkTime,proto3" json:"check_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckSecretResponse) Reset() {
+	*x = CheckSecretResponse{}
+	mi := &file_orient_secrets_v1_secrets_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckSecretResponse) ProtoMessage() {}
+
+func (x *CheckSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_orient_secrets_v1_secrets_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckSecretResponse.ProtoReflect.Descriptor instead.
+func (*CheckSecretResponse) Descriptor() ([]byte, []int) {
+	return file_orient_secrets_v1_secrets_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CheckSecretResponse) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CheckSecretResponse) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CheckSecretResponse) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *CheckSecretResponse) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *CheckSecretResponse) GetHttpStatus() int32 {
+	if x != nil {
+		return x.HttpStatus
+	}
+	return 0
+}
+
+func (x *CheckSecretResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CheckSecretResponse) GetCheckTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CheckTime
+	}
+	return nil
+}
+
 var File_orient_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xb6\x03\n" +
-	"\x06Secret\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
+	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xe6\x03\n" +
+	"\x06Secret\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x05R\x03key\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12)\n" +
-	"\x10restart_required\x18\x04 \x01(\bR\x0frestartRequired\x12\x1e\n" +
+	"\x10restart_required\x18\x04 \x01(\bR\x0frestartRequired\x12$\n" +
 	"\n" +
-	"configured\x18\x05 \x01(\bR\n" +
-	"configured\x12'\n" +
-	"\x0fcurrent_version\x18\x06 \x01(\x03R\x0ecurrentVersion\x12\x12\n" +
-	"\x04etag\x18\a \x01(\tR\x04etag\x12;\n" +
-	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x12;\n" +
-	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x12\x1d\n" +
+	"configured\x18\x05 \x01(\bB\x04\xe2A\x01\x03R\n" +
+	"configured\x12-\n" +
+	"\x0fcurrent_version\x18\x06 \x01(\x03B\x04\xe2A\x01\x03R\x0ecurrentVersion\x12\x12\n" +
+	"\x04etag\x18\a \x01(\tR\x04etag\x12A\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"createTime\x12A\n" +
+	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"updateTime\x12#\n" +
 	"\n" +
 	"updated_by\x18\n" +
-	" \x01(\tR\tupdatedBy\x12\x18\n" +
-	"\acatalog\x18\v \x01(\bR\acatalog\x12!\n" +
-	"\fvalue_prefix\x18\f \x01(\tR\vvaluePrefix\"\xa4\x02\n" +
-	"\rSecretVersion\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\x03R\aversion\x125\n" +
-	"\x05state\x18\x03 \x01(\x0e2\x1f.orient.secrets.v1.VersionStateR\x05state\x12;\n" +
-	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x12=\n" +
-	"\fdestroy_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vdestroyTime\x12\x1d\n" +
+	" \x01(\tB\x04\xe2A\x01\x03R\tupdatedBy\x12\x1e\n" +
+	"\acatalog\x18\v \x01(\bB\x04\xe2A\x01\x03R\acatalog\x12'\n" +
+	"\fvalue_prefix\x18\f \x01(\tB\x04\xe2A\x01\x03R\vvaluePrefix\"\xce\x02\n" +
+	"\rSecretVersion\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x03R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\x03B\x04\xe2A\x01\x03R\aversion\x12;\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1f.orient.secrets.v1.VersionStateB\x04\xe2A\x01\x03R\x05state\x12A\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"createTime\x12C\n" +
+	"\fdestroy_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\vdestroyTime\x12#\n" +
 	"\n" +
-	"created_by\x18\x06 \x01(\tR\tcreatedBy\x12\x15\n" +
-	"\x06kek_id\x18\a \x01(\tR\x05kekId\"\x95\x01\n" +
+	"created_by\x18\x06 \x01(\tB\x04\xe2A\x01\x03R\tcreatedBy\x12\x1b\n" +
+	"\x06kek_id\x18\a \x01(\tB\x04\xe2A\x01\x03R\x05kekId\"\x95\x01\n" +
 	"\x12ListSecretsRequest\x12\x1a\n" +
 	"\bcategory\x18\x01 \x01(\tR\bcategory\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -1878,15 +2029,15 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x13ListSecretsResponse\x123\n" +
 	"\asecrets\x18\x01 \x03(\v2\x19.orient.secrets.v1.SecretR\asecrets\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"$\n" +
-	"\x10GetSecretRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"b\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"*\n" +
+	"\x10GetSecretRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\"b\n" +
 	"\x11GetSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\x97\x02\n" +
-	"\x10PutSecretRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\x12%\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa3\x02\n" +
+	"\x10PutSecretRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1a\n" +
+	"\x05value\x18\x02 \x01(\fB\x04\xe2A\x01\x02R\x05value\x12%\n" +
 	"\vdescription\x18\x03 \x01(\tH\x00R\vdescription\x88\x01\x01\x12\x1f\n" +
 	"\bcategory\x18\x04 \x01(\tH\x01R\bcategory\x88\x01\x01\x12.\n" +
 	"\x10restart_required\x18\x05 \x01(\bH\x02R\x0frestartRequired\x88\x01\x01\x12\x12\n" +
@@ -1898,19 +2049,19 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x11_restart_required\"b\n" +
 	"\x11PutSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa4\x01\n" +
-	"\x13UpdateSecretRequest\x121\n" +
-	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12;\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xaa\x01\n" +
+	"\x13UpdateSecretRequest\x127\n" +
+	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretB\x04\xe2A\x01\x02R\x06secret\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"e\n" +
 	"\x14UpdateSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"k\n" +
-	"\x1aAccessSecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"w\n" +
+	"\x1aAccessSecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12!\n" +
 	"\fmin_revision\x18\x03 \x01(\x03R\vminRevision\"\x9c\x01\n" +
 	"\x1bAccessSecretVersionResponse\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
@@ -1918,9 +2069,9 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x1f\n" +
 	"\vdata_crc32c\x18\x04 \x01(\x03R\n" +
 	"dataCrc32c\x12\x1a\n" +
-	"\brevision\x18\x05 \x01(\x03R\brevision\"R\n" +
-	"\x19BatchAccessSecretsRequest\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys\x12!\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\"X\n" +
+	"\x19BatchAccessSecretsRequest\x12\x18\n" +
+	"\x04keys\x18\x01 \x03(\tB\x04\xe2A\x01\x02R\x04keys\x12!\n" +
 	"\fmin_revision\x18\x02 \x01(\x03R\vminRevision\"\xa0\x01\n" +
 	"\x11BatchAccessResult\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
@@ -1931,57 +2082,69 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\v2\x12.google.rpc.StatusR\x05error\"x\n" +
 	"\x1aBatchAccessSecretsResponse\x12>\n" +
 	"\aresults\x18\x01 \x03(\v2$.orient.secrets.v1.BatchAccessResultR\aresults\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"i\n" +
-	"\x19ListSecretVersionsRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1b\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"o\n" +
+	"\x19ListSecretVersionsRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"\x82\x01\n" +
 	"\x1aListSecretVersionsResponse\x12<\n" +
 	"\bversions\x18\x01 \x03(\v2 .orient.secrets.v1.SecretVersionR\bversions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"|\n" +
-	"\x1bDisableSecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x88\x01\n" +
+	"\x1bDisableSecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12\x12\n" +
 	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\xa9\x01\n" +
 	"\x1cDisableSecretVersionResponse\x12:\n" +
 	"\aversion\x18\x01 \x01(\v2 .orient.secrets.v1.SecretVersionR\aversion\x121\n" +
 	"\x06secret\x18\x02 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"{\n" +
-	"\x1aEnableSecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\x87\x01\n" +
+	"\x1aEnableSecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12\x12\n" +
 	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\xa8\x01\n" +
 	"\x1bEnableSecretVersionResponse\x12:\n" +
 	"\aversion\x18\x01 \x01(\v2 .orient.secrets.v1.SecretVersionR\aversion\x121\n" +
 	"\x06secret\x18\x02 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"|\n" +
-	"\x1bDestroySecretVersionRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\x88\x01\n" +
+	"\x1bDestroySecretVersionRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1e\n" +
+	"\aversion\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\aversion\x12\x12\n" +
 	"\x04etag\x18\x03 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tR\trequestId\"\xa9\x01\n" +
 	"\x1cDestroySecretVersionResponse\x12:\n" +
 	"\aversion\x18\x01 \x01(\v2 .orient.secrets.v1.SecretVersionR\aversion\x121\n" +
 	"\x06secret\x18\x02 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"Z\n" +
-	"\x13DeleteSecretRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"`\n" +
+	"\x13DeleteSecretRequest\x12\x16\n" +
+	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tR\trequestId\"2\n" +
 	"\x14DeleteSecretResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision*\x81\x01\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"&\n" +
+	"\x12CheckSecretRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\"\xe9\x01\n" +
+	"\x13CheckSecretResponse\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x1a\n" +
+	"\bprovider\x18\x03 \x01(\tR\bprovider\x12\x16\n" +
+	"\x06result\x18\x04 \x01(\tR\x06result\x12\x1f\n" +
+	"\vhttp_status\x18\x05 \x01(\x05R\n" +
+	"httpStatus\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"check_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcheckTime*\x81\x01\n" +
 	"\fVersionState\x12\x1d\n" +
 	"\x19VERSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15VERSION_STATE_ENABLED\x10\x01\x12\x1a\n" +
 	"\x16VERSION_STATE_DISABLED\x10\x02\x12\x1b\n" +
-	"\x17VERSION_STATE_DESTROYED\x10\x032\x8d\x15\n" +
+	"\x17VERSION_STATE_DESTROYED\x10\x032\xaf\x16\n" +
 	"\rSecretService\x12\x91\x01\n" +
 	"\vListSecrets\x12%.orient.secrets.v1.ListSecretsRequest\x1a&.orient.secrets.v1.ListSecretsResponse\"3\xe2\xf9\x18\x19\n" +
 	"\x05admin\n" +
@@ -2035,7 +2198,10 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x06writer\n" +
 	"\x06reader\x10\x01\x1a\x04keys0\x01\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/consumers:report\x90\x02\x02\x12\x9c\x01\n" +
 	"\x0fDismissConsumer\x12).orient.secrets.v1.DismissConsumerRequest\x1a*.orient.secrets.v1.DismissConsumerResponse\"2\xe2\xf9\x18\v\n" +
-	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/consumers:dismiss\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x05admin\x10\x040\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/v1/consumers:dismiss\x90\x02\x02\x12\x9f\x01\n" +
+	"\vCheckSecret\x12%.orient.secrets.v1.CheckSecretRequest\x1a&.orient.secrets.v1.CheckSecretResponse\"A\xe2\xf9\x18\x18\n" +
+	"\x05admin\n" +
+	"\x06writer\x10\x01\x1a\x03key0\x01\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/secrets/{key}:check\x90\x02\x02B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_secrets_proto_rawDescOnce sync.Once
@@ -2050,7 +2216,7 @@ func file_orient_secrets_v1_secrets_proto_rawDescGZIP() []byte {
 }
 
 var file_orient_secrets_v1_secrets_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_orient_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_orient_secrets_v1_secrets_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_orient_secrets_v1_secrets_proto_goTypes = []any{
 	(VersionState)(0),                    // 0: orient.secrets.v1.VersionState
 	(*Secret)(nil),                       // 1: orient.secrets.v1.Secret
@@ -2078,31 +2244,33 @@ var file_orient_secrets_v1_secrets_proto_goTypes = []any{
 	(*DestroySecretVersionResponse)(nil), // 23: orient.secrets.v1.DestroySecretVersionResponse
 	(*DeleteSecretRequest)(nil),          // 24: orient.secrets.v1.DeleteSecretRequest
 	(*DeleteSecretResponse)(nil),         // 25: orient.secrets.v1.DeleteSecretResponse
-	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),        // 27: google.protobuf.FieldMask
-	(*status.Status)(nil),                // 28: google.rpc.Status
-	(*WatchChangesRequest)(nil),          // 29: orient.secrets.v1.WatchChangesRequest
-	(*ListConsumersRequest)(nil),         // 30: orient.secrets.v1.ListConsumersRequest
-	(*ReportConsumerStateRequest)(nil),   // 31: orient.secrets.v1.ReportConsumerStateRequest
-	(*DismissConsumerRequest)(nil),       // 32: orient.secrets.v1.DismissConsumerRequest
-	(*WatchChangesResponse)(nil),         // 33: orient.secrets.v1.WatchChangesResponse
-	(*ListConsumersResponse)(nil),        // 34: orient.secrets.v1.ListConsumersResponse
-	(*ReportConsumerStateResponse)(nil),  // 35: orient.secrets.v1.ReportConsumerStateResponse
-	(*DismissConsumerResponse)(nil),      // 36: orient.secrets.v1.DismissConsumerResponse
+	(*CheckSecretRequest)(nil),           // 26: orient.secrets.v1.CheckSecretRequest
+	(*CheckSecretResponse)(nil),          // 27: orient.secrets.v1.CheckSecretResponse
+	(*timestamppb.Timestamp)(nil),        // 28: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),        // 29: google.protobuf.FieldMask
+	(*status.Status)(nil),                // 30: google.rpc.Status
+	(*WatchChangesRequest)(nil),          // 31: orient.secrets.v1.WatchChangesRequest
+	(*ListConsumersRequest)(nil),         // 32: orient.secrets.v1.ListConsumersRequest
+	(*ReportConsumerStateRequest)(nil),   // 33: orient.secrets.v1.ReportConsumerStateRequest
+	(*DismissConsumerRequest)(nil),       // 34: orient.secrets.v1.DismissConsumerRequest
+	(*WatchChangesResponse)(nil),         // 35: orient.secrets.v1.WatchChangesResponse
+	(*ListConsumersResponse)(nil),        // 36: orient.secrets.v1.ListConsumersResponse
+	(*ReportConsumerStateResponse)(nil),  // 37: orient.secrets.v1.ReportConsumerStateResponse
+	(*DismissConsumerResponse)(nil),      // 38: orient.secrets.v1.DismissConsumerResponse
 }
 var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
-	26, // 0: orient.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	26, // 1: orient.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	28, // 0: orient.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	28, // 1: orient.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: orient.secrets.v1.SecretVersion.state:type_name -> orient.secrets.v1.VersionState
-	26, // 3: orient.secrets.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
-	26, // 4: orient.secrets.v1.SecretVersion.destroy_time:type_name -> google.protobuf.Timestamp
+	28, // 3: orient.secrets.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
+	28, // 4: orient.secrets.v1.SecretVersion.destroy_time:type_name -> google.protobuf.Timestamp
 	1,  // 5: orient.secrets.v1.ListSecretsResponse.secrets:type_name -> orient.secrets.v1.Secret
 	1,  // 6: orient.secrets.v1.GetSecretResponse.secret:type_name -> orient.secrets.v1.Secret
 	1,  // 7: orient.secrets.v1.PutSecretResponse.secret:type_name -> orient.secrets.v1.Secret
 	1,  // 8: orient.secrets.v1.UpdateSecretRequest.secret:type_name -> orient.secrets.v1.Secret
-	27, // 9: orient.secrets.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 9: orient.secrets.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
 	1,  // 10: orient.secrets.v1.UpdateSecretResponse.secret:type_name -> orient.secrets.v1.Secret
-	28, // 11: orient.secrets.v1.BatchAccessResult.error:type_name -> google.rpc.Status
+	30, // 11: orient.secrets.v1.BatchAccessResult.error:type_name -> google.rpc.Status
 	14, // 12: orient.secrets.v1.BatchAccessSecretsResponse.results:type_name -> orient.secrets.v1.BatchAccessResult
 	2,  // 13: orient.secrets.v1.ListSecretVersionsResponse.versions:type_name -> orient.secrets.v1.SecretVersion
 	2,  // 14: orient.secrets.v1.DisableSecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
@@ -2111,41 +2279,44 @@ var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	1,  // 17: orient.secrets.v1.EnableSecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
 	2,  // 18: orient.secrets.v1.DestroySecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
 	1,  // 19: orient.secrets.v1.DestroySecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
-	3,  // 20: orient.secrets.v1.SecretService.ListSecrets:input_type -> orient.secrets.v1.ListSecretsRequest
-	5,  // 21: orient.secrets.v1.SecretService.GetSecret:input_type -> orient.secrets.v1.GetSecretRequest
-	7,  // 22: orient.secrets.v1.SecretService.PutSecret:input_type -> orient.secrets.v1.PutSecretRequest
-	9,  // 23: orient.secrets.v1.SecretService.UpdateSecret:input_type -> orient.secrets.v1.UpdateSecretRequest
-	11, // 24: orient.secrets.v1.SecretService.AccessSecretVersion:input_type -> orient.secrets.v1.AccessSecretVersionRequest
-	13, // 25: orient.secrets.v1.SecretService.BatchAccessSecrets:input_type -> orient.secrets.v1.BatchAccessSecretsRequest
-	16, // 26: orient.secrets.v1.SecretService.ListSecretVersions:input_type -> orient.secrets.v1.ListSecretVersionsRequest
-	18, // 27: orient.secrets.v1.SecretService.DisableSecretVersion:input_type -> orient.secrets.v1.DisableSecretVersionRequest
-	20, // 28: orient.secrets.v1.SecretService.EnableSecretVersion:input_type -> orient.secrets.v1.EnableSecretVersionRequest
-	22, // 29: orient.secrets.v1.SecretService.DestroySecretVersion:input_type -> orient.secrets.v1.DestroySecretVersionRequest
-	24, // 30: orient.secrets.v1.SecretService.DeleteSecret:input_type -> orient.secrets.v1.DeleteSecretRequest
-	29, // 31: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
-	30, // 32: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
-	31, // 33: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
-	32, // 34: orient.secrets.v1.SecretService.DismissConsumer:input_type -> orient.secrets.v1.DismissConsumerRequest
-	4,  // 35: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
-	6,  // 36: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
-	8,  // 37: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
-	10, // 38: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
-	12, // 39: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
-	15, // 40: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
-	17, // 41: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
-	19, // 42: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
-	21, // 43: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
-	23, // 44: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
-	25, // 45: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
-	33, // 46: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
-	34, // 47: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
-	35, // 48: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
-	36, // 49: orient.secrets.v1.SecretService.DismissConsumer:output_type -> orient.secrets.v1.DismissConsumerResponse
-	35, // [35:50] is the sub-list for method output_type
-	20, // [20:35] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	28, // 20: orient.secrets.v1.CheckSecretResponse.check_time:type_name -> google.protobuf.Timestamp
+	3,  // 21: orient.secrets.v1.SecretService.ListSecrets:input_type -> orient.secrets.v1.ListSecretsRequest
+	5,  // 22: orient.secrets.v1.SecretService.GetSecret:input_type -> orient.secrets.v1.GetSecretRequest
+	7,  // 23: orient.secrets.v1.SecretService.PutSecret:input_type -> orient.secrets.v1.PutSecretRequest
+	9,  // 24: orient.secrets.v1.SecretService.UpdateSecret:input_type -> orient.secrets.v1.UpdateSecretRequest
+	11, // 25: orient.secrets.v1.SecretService.AccessSecretVersion:input_type -> orient.secrets.v1.AccessSecretVersionRequest
+	13, // 26: orient.secrets.v1.SecretService.BatchAccessSecrets:input_type -> orient.secrets.v1.BatchAccessSecretsRequest
+	16, // 27: orient.secrets.v1.SecretService.ListSecretVersions:input_type -> orient.secrets.v1.ListSecretVersionsRequest
+	18, // 28: orient.secrets.v1.SecretService.DisableSecretVersion:input_type -> orient.secrets.v1.DisableSecretVersionRequest
+	20, // 29: orient.secrets.v1.SecretService.EnableSecretVersion:input_type -> orient.secrets.v1.EnableSecretVersionRequest
+	22, // 30: orient.secrets.v1.SecretService.DestroySecretVersion:input_type -> orient.secrets.v1.DestroySecretVersionRequest
+	24, // 31: orient.secrets.v1.SecretService.DeleteSecret:input_type -> orient.secrets.v1.DeleteSecretRequest
+	31, // 32: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
+	32, // 33: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
+	33, // 34: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
+	34, // 35: orient.secrets.v1.SecretService.DismissConsumer:input_type -> orient.secrets.v1.DismissConsumerRequest
+	26, // 36: orient.secrets.v1.SecretService.CheckSecret:input_type -> orient.secrets.v1.CheckSecretRequest
+	4,  // 37: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
+	6,  // 38: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
+	8,  // 39: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
+	10, // 40: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
+	12, // 41: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
+	15, // 42: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
+	17, // 43: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
+	19, // 44: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
+	21, // 45: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
+	23, // 46: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
+	25, // 47: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
+	35, // 48: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
+	36, // 49: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
+	37, // 50: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
+	38, // 51: orient.secrets.v1.SecretService.DismissConsumer:output_type -> orient.secrets.v1.DismissConsumerResponse
+	27, // 52: orient.secrets.v1.SecretService.CheckSecret:output_type -> orient.secrets.v1.CheckSecretResponse
+	37, // [37:53] is the sub-list for method output_type
+	21, // [21:37] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_orient_secrets_v1_secrets_proto_init() }
@@ -2162,7 +2333,7 @@ func file_orient_secrets_v1_secrets_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_orient_secrets_v1_secrets_proto_rawDesc), len(file_orient_secrets_v1_secrets_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

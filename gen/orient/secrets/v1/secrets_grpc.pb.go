@@ -34,6 +34,7 @@ const (
 	SecretService_ListConsumers_FullMethodName        = "/orient.secrets.v1.SecretService/ListConsumers"
 	SecretService_ReportConsumerState_FullMethodName  = "/orient.secrets.v1.SecretService/ReportConsumerState"
 	SecretService_DismissConsumer_FullMethodName      = "/orient.secrets.v1.SecretService/DismissConsumer"
+	SecretService_CheckSecret_FullMethodName          = "/orient.secrets.v1.SecretService/CheckSecret"
 )
 
 // SecretServiceClient is the client API for SecretService service.
@@ -92,6 +93,12 @@ type SecretServiceClient interface {
 	// Forgets a consumer instance (e.g. one that exited for good), so it no
 	// longer shows as needing a restart. It reappears if it reports again.
 	DismissConsumer(ctx context.Context, in *DismissConsumerRequest, opts ...grpc.CallOption) (*DismissConsumerResponse, error)
+	// Asks the provider whether the stored credential (the newest version)
+	// works, with a harmless read-only call: list models (Anthropic, OpenAI,
+	// Google AI), auth.test (Slack), GET /user (GitHub), myself (JIRA). Never
+	// returns the value. The check is audited; a provider that says no is a
+	// successful call whose result is "invalid".
+	CheckSecret(ctx context.Context, in *CheckSecretRequest, opts ...grpc.CallOption) (*CheckSecretResponse, error)
 }
 
 type secretServiceClient struct {
@@ -261,6 +268,16 @@ func (c *secretServiceClient) DismissConsumer(ctx context.Context, in *DismissCo
 	return out, nil
 }
 
+func (c *secretServiceClient) CheckSecret(ctx context.Context, in *CheckSecretRequest, opts ...grpc.CallOption) (*CheckSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckSecretResponse)
+	err := c.cc.Invoke(ctx, SecretService_CheckSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SecretServiceServer is the server API for SecretService service.
 // All implementations must embed UnimplementedSecretServiceServer
 // for forward compatibility.
@@ -317,6 +334,12 @@ type SecretServiceServer interface {
 	// Forgets a consumer instance (e.g. one that exited for good), so it no
 	// longer shows as needing a restart. It reappears if it reports again.
 	DismissConsumer(context.Context, *DismissConsumerRequest) (*DismissConsumerResponse, error)
+	// Asks the provider whether the stored credential (the newest version)
+	// works, with a harmless read-only call: list models (Anthropic, OpenAI,
+	// Google AI), auth.test (Slack), GET /user (GitHub), myself (JIRA). Never
+	// returns the value. The check is audited; a provider that says no is a
+	// successful call whose result is "invalid".
+	CheckSecret(context.Context, *CheckSecretRequest) (*CheckSecretResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }
 
@@ -371,6 +394,9 @@ func (UnimplementedSecretServiceServer) ReportConsumerState(context.Context, *Re
 }
 func (UnimplementedSecretServiceServer) DismissConsumer(context.Context, *DismissConsumerRequest) (*DismissConsumerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DismissConsumer not implemented")
+}
+func (UnimplementedSecretServiceServer) CheckSecret(context.Context, *CheckSecretRequest) (*CheckSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckSecret not implemented")
 }
 func (UnimplementedSecretServiceServer) mustEmbedUnimplementedSecretServiceServer() {}
 func (UnimplementedSecretServiceServer) testEmbeddedByValue()                       {}
@@ -656,6 +682,24 @@ func _SecretService_DismissConsumer_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SecretService_CheckSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SecretServiceServer).CheckSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SecretService_CheckSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SecretServiceServer).CheckSecret(ctx, req.(*CheckSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SecretService_ServiceDesc is the grpc.ServiceDesc for SecretService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -718,6 +762,10 @@ var SecretService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DismissConsumer",
 			Handler:    _SecretService_DismissConsumer_Handler,
+		},
+		{
+			MethodName: "CheckSecret",
+			Handler:    _SecretService_CheckSecret_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -505,30 +505,30 @@ var File_orient_secrets_v1_tokens_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_tokens_proto_rawDesc = "" +
 	"\n" +
-	"\x1eorient/secrets/v1/tokens.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"O\n" +
+	"\x1eorient/secrets/v1/tokens.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"O\n" +
 	"\n" +
 	"TokenScope\x12!\n" +
 	"\fkey_patterns\x18\x01 \x03(\tR\vkeyPatterns\x12\x1e\n" +
 	"\n" +
 	"categories\x18\x02 \x03(\tR\n" +
-	"categories\"\x96\x03\n" +
-	"\tTokenInfo\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"categories\"\xae\x03\n" +
+	"\tTokenInfo\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x05R\x04name\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x123\n" +
 	"\x05scope\x18\x03 \x01(\v2\x1d.orient.secrets.v1.TokenScopeR\x05scope\x12;\n" +
 	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\x12;\n" +
-	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x12\x1d\n" +
+	"expireTime\x12A\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"createTime\x12#\n" +
 	"\n" +
-	"created_by\x18\x06 \x01(\tR\tcreatedBy\x12>\n" +
-	"\rlast_use_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastUseTime\x12;\n" +
+	"created_by\x18\x06 \x01(\tB\x04\xe2A\x01\x03R\tcreatedBy\x12D\n" +
+	"\rlast_use_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\vlastUseTime\x12;\n" +
 	"\vrevoke_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"revokeTime\x12\x16\n" +
-	"\x06prefix\x18\t \x01(\tR\x06prefix\"\xae\x01\n" +
-	"\x12CreateTokenRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04role\x18\x02 \x01(\tR\x04role\x123\n" +
+	"\x06prefix\x18\t \x01(\tR\x06prefix\"\xba\x01\n" +
+	"\x12CreateTokenRequest\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12\x18\n" +
+	"\x04role\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x04role\x123\n" +
 	"\x05scope\x18\x03 \x01(\v2\x1d.orient.secrets.v1.TokenScopeR\x05scope\x12;\n" +
 	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\"h\n" +
@@ -538,9 +538,9 @@ const file_orient_secrets_v1_tokens_proto_rawDesc = "" +
 	"token_info\x18\x02 \x01(\v2\x1c.orient.secrets.v1.TokenInfoR\ttokenInfo\"\x13\n" +
 	"\x11ListTokensRequest\"J\n" +
 	"\x12ListTokensResponse\x124\n" +
-	"\x06tokens\x18\x01 \x03(\v2\x1c.orient.secrets.v1.TokenInfoR\x06tokens\"(\n" +
-	"\x12RevokeTokenRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"R\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x1c.orient.secrets.v1.TokenInfoR\x06tokens\".\n" +
+	"\x12RevokeTokenRequest\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\"R\n" +
 	"\x13RevokeTokenResponse\x12;\n" +
 	"\n" +
 	"token_info\x18\x01 \x01(\v2\x1c.orient.secrets.v1.TokenInfoR\ttokenInfo2\x9b\x03\n" +

@@ -1,0 +1,485 @@
+// Package kubernetes holds the Kubernetes manifests (plain YAML, a kustomize
+// base) and their test. It is its own Go module so that k8s.io/api stays out
+// of the service's module.
+package kubernetes
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+)
+
+// kustomization is the part of kustomize's Kustomization this base uses.
+// Decoded strictly too: a misspelled field is an error here as in kustomize.
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Resources  []string `json:"resources"`
+	Labels     []struct {
+		Pairs            map[string]string `json:"pairs"`
+		IncludeSelectors bool              `json:"includeSelectors,omitempty"`
+	} `json:"labels,omitempty"`
+	Images []struct {
+		Name    string `json:"name"`
+		NewName string `json:"newName,omitempty"`
+		NewTag  string `json:"newTag,omitempty"`
+	} `json:"images,omitempty"`
+}
+
+// decodeStrict converts YAML to JSON (duplicate keys are errors) and decodes
+// it into out with unknown fields as errors.
+func decodeStrict(doc []byte, out any) error {
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	return dec.Decode(out)
+}
+
+// objects is every decoded manifest, by kind.
+type objects struct {
+	deployments []*appsv1.Deployment
+	services    []*corev1.Service
+	pdbs        []*policyv1.PodDisruptionBudget
+	netpols     []*networkingv1.NetworkPolicy
+	jobs        []*batchv1.Job
+	accounts    []*corev1.ServiceAccount
+	secrets     []*corev1.Secret
+}
+
+func load(t *testing.T, files ...string) *objects {
+	t.Helper()
+	o := &objects{}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(raw), -1) {
+			if strings.TrimSpace(stripComments(doc)) == "" {
+				continue
+			}
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
+				t.Fatalf("%s #%d: %v", f, i, err)
+			}
+			var obj any
+			switch tm.APIVersion + "/" + tm.Kind {
+			case "apps/v1/Deployment":
+				d := &appsv1.Deployment{}
+				o.deployments, obj = append(o.deployments, d), d
+			case "v1/Service":
+				s := &corev1.Service{}
+				o.services, obj = append(o.services, s), s
+			case "policy/v1/PodDisruptionBudget":
+				p := &policyv1.PodDisruptionBudget{}
+				o.pdbs, obj = append(o.pdbs, p), p
+			case "networking.k8s.io/v1/NetworkPolicy":
+				n := &networkingv1.NetworkPolicy{}
+				o.netpols, obj = append(o.netpols, n), n
+			case "batch/v1/Job":
+				j := &batchv1.Job{}
+				o.jobs, obj = append(o.jobs, j), j
+			case "v1/ServiceAccount":
+				a := &corev1.ServiceAccount{}
+				o.accounts, obj = append(o.accounts, a), a
+			case "v1/Secret":
+				s := &corev1.Secret{}
+				o.secrets, obj = append(o.secrets, s), s
+			default:
+				t.Fatalf("%s #%d: unexpected kind %s %s (add it to this test)", f, i, tm.APIVersion, tm.Kind)
+			}
+			if err := decodeStrict([]byte(doc), obj); err != nil {
+				t.Fatalf("%s #%d (%s): %v", f, i, tm.Kind, err)
+			}
+		}
+	}
+	return o
+}
+
+func stripComments(doc string) string {
+	var b strings.Builder
+	for line := range strings.Lines(doc) {
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
+// TestKustomization: every manifest in the folder is a resource of the base
+// (except the Secret example, which holds placeholders), and every resource
+// exists.
+func TestKustomization(t *testing.T) {
+	raw, err := os.ReadFile("kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k kustomization
+	if err := decodeStrict(raw, &k); err != nil {
+		t.Fatalf("kustomization.yaml: %v", err)
+	}
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		t.Errorf("kustomization.yaml: %s %s", k.APIVersion, k.Kind)
+	}
+	files, _ := filepath.Glob("*.yaml")
+	for _, f := range files {
+		if f == "kustomization.yaml" || strings.HasSuffix(f, ".example.yaml") {
+			continue
+		}
+		if !slices.Contains(k.Resources, f) {
+			t.Errorf("%s is not listed in kustomization.yaml's resources", f)
+		}
+	}
+	for _, r := range k.Resources {
+		if _, err := os.Stat(r); err != nil {
+			t.Errorf("resource %s: %v", r, err)
+		}
+	}
+	o := load(t, k.Resources...)
+	for _, img := range k.Images {
+		for _, c := range allContainers(o) {
+			if c.Image == img.Name {
+				return
+			}
+		}
+		t.Errorf("images: %s matches no container image", img.Name)
+	}
+}
+
+func allContainers(o *objects) []corev1.Container {
+	var cs []corev1.Container
+	for _, d := range o.deployments {
+		cs = append(cs, d.Spec.Template.Spec.Containers...)
+	}
+	for _, j := range o.jobs {
+		cs = append(cs, j.Spec.Template.Spec.Containers...)
+	}
+	return cs
+}
+
+// imageDefaults reads the Containerfile: its EXPOSEd ports and the
+// listener addresses it sets.
+func imageDefaults(t *testing.T) (exposed []int32, env map[string]string) {
+	t.Helper()
+	raw, err := os.ReadFile("../../Containerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Join continuation lines.
+	text := strings.ReplaceAll(string(raw), "\\\n", " ")
+	env = map[string]string{}
+	for line := range strings.Lines(text) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "EXPOSE":
+			for _, p := range f[1:] {
+				n, err := strconv.Atoi(strings.TrimSuffix(p, "/tcp"))
+				if err != nil {
+					t.Fatalf("Containerfile EXPOSE %s", p)
+				}
+				exposed = append(exposed, int32(n))
+			}
+		case "ENV":
+			for _, kv := range f[1:] {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					env[k] = v
+				}
+			}
+		}
+	}
+	return exposed, env
+}
+
+// containerPort resolves a probe or service port (number or name) against
+// the container's declared ports.
+func containerPort(c corev1.Container, p intstr.IntOrString) (corev1.ContainerPort, bool) {
+	for _, cp := range c.Ports {
+		if (p.Type == intstr.Int && cp.ContainerPort == p.IntVal) || (p.Type == intstr.String && cp.Name == p.StrVal) {
+			return cp, true
+		}
+	}
+	return corev1.ContainerPort{}, false
+}
+
+func listenPort(addr string) int32 {
+	_, port, ok := strings.Cut(addr, ":")
+	n, err := strconv.Atoi(port)
+	if !ok || err != nil {
+		return -1
+	}
+	return int32(n)
+}
+
+// TestDeployment checks what an operator relies on: replicas, probes that
+// point at ports the server listens on and paths it serves, security
+// context, resources, and settings from the Secret.
+func TestDeployment(t *testing.T) {
+	o := load(t, "deployment.yaml", "secret.example.yaml")
+	if len(o.deployments) != 1 || len(o.secrets) != 1 {
+		t.Fatalf("want one Deployment and one example Secret, got %d and %d", len(o.deployments), len(o.secrets))
+	}
+	d, secret := o.deployments[0], o.secrets[0]
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Errorf("replicas %v, want 2 or more", d.Spec.Replicas)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("the selector does not match the pod template's labels (%v)", err)
+	}
+	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("rolling update should keep every replica until its successor is ready (maxUnavailable 0)")
+	}
+	pod := d.Spec.Template.Spec
+	if pod.SecurityContext == nil || pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot {
+		t.Errorf("pod securityContext.runAsNonRoot must be true")
+	}
+	exposed, imageEnv := imageDefaults(t)
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	// The ports secretsd listens on: the Deployment's env, else the image's.
+	addr := func(name string) string {
+		if e, ok := env[name]; ok {
+			return e.Value
+		}
+		return imageEnv[name]
+	}
+	grpcPort, httpPort := listenPort(addr("SECRETS_GRPC_ADDR")), listenPort(addr("SECRETS_HTTP_ADDR"))
+	for _, p := range []int32{grpcPort, httpPort} {
+		if !slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.ContainerPort == p }) {
+			t.Errorf("secretsd listens on %d but the container declares no such port", p)
+		}
+		if !slices.Contains(exposed, p) {
+			t.Errorf("secretsd listens on %d but the Containerfile does not EXPOSE it", p)
+		}
+	}
+
+	// Liveness: the native gRPC probe (grpc.health.v1) on the gRPC port.
+	if lp := c.LivenessProbe; lp == nil || lp.GRPC == nil {
+		t.Errorf("livenessProbe must be a grpc probe")
+	} else if lp.GRPC.Port != grpcPort {
+		t.Errorf("livenessProbe grpc port %d, secretsd's gRPC port is %d", lp.GRPC.Port, grpcPort)
+	}
+	if sp := c.StartupProbe; sp != nil && (sp.GRPC == nil || sp.GRPC.Port != grpcPort) {
+		t.Errorf("startupProbe must probe gRPC health on %d", grpcPort)
+	}
+	// Readiness: /readyz on the HTTP port (database, migrations, KEKs).
+	if rp := c.ReadinessProbe; rp == nil || rp.HTTPGet == nil {
+		t.Errorf("readinessProbe must be an httpGet probe")
+	} else {
+		if rp.HTTPGet.Path != "/readyz" {
+			t.Errorf("readinessProbe path %q, want /readyz", rp.HTTPGet.Path)
+		}
+		if cp, ok := containerPort(c, rp.HTTPGet.Port); !ok || cp.ContainerPort != httpPort {
+			t.Errorf("readinessProbe port %v is not the HTTP port %d", rp.HTTPGet.Port.String(), httpPort)
+		}
+	}
+
+	sc := c.SecurityContext
+	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("readOnlyRootFilesystem must be true")
+	}
+	if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("allowPrivilegeEscalation must be false")
+	}
+	if sc == nil || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		t.Errorf("capabilities must drop ALL")
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+		t.Errorf("resource requests for cpu and memory must be set")
+	}
+	if c.Resources.Limits.Memory().IsZero() {
+		t.Errorf("a memory limit must be set")
+	}
+
+	// Secrets come from the Secret, by keys the example Secret has.
+	for _, name := range []string{"DATABASE_URL", "SECRETS_KEK_URL"} {
+		e, ok := env[name]
+		if !ok || e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			t.Errorf("%s must come from a Secret (valueFrom.secretKeyRef)", name)
+			continue
+		}
+		checkSecretRef(t, secret, e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
+	}
+	// The audit signing key: a file from the Secret, named by the flag.
+	mounted := false
+	for _, v := range pod.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		for _, it := range v.Secret.Items {
+			checkSecretRef(t, secret, v.Secret.SecretName, it.Key)
+			for _, m := range c.VolumeMounts {
+				if m.Name == v.Name && slices.Contains(c.Args, "--audit-signing-key="+filepath.Join(m.MountPath, it.Path)) {
+					mounted = true
+				}
+			}
+		}
+	}
+	if !mounted {
+		t.Errorf("--audit-signing-key must name the file mounted from the Secret")
+	}
+	if pod.TerminationGracePeriodSeconds == nil || *pod.TerminationGracePeriodSeconds <= 15 {
+		t.Errorf("terminationGracePeriodSeconds must exceed secretsd's 15s --shutdown-timeout")
+	}
+}
+
+func checkSecretRef(t *testing.T, s *corev1.Secret, name, key string) {
+	t.Helper()
+	if name != s.Name {
+		t.Errorf("Secret %q referenced, the example Secret is %q", name, s.Name)
+	}
+	if _, ok := s.StringData[key]; !ok {
+		t.Errorf("key %q referenced but absent from secret.example.yaml", key)
+	}
+}
+
+// TestServicePDBNetworkPolicy: the Service exposes both ports by the
+// container's port names, and the Service, PDB and NetworkPolicy all select
+// the Deployment's pods (and not the migration Job's).
+func TestServicePDBNetworkPolicy(t *testing.T) {
+	o := load(t, "deployment.yaml", "service.yaml", "pdb.yaml", "networkpolicy.yaml", "job-migrate.yaml")
+	d := o.deployments[0]
+	c := d.Spec.Template.Spec.Containers[0]
+	podLabels := labels.Set(d.Spec.Template.Labels)
+	jobLabels := labels.Set(o.jobs[0].Spec.Template.Labels)
+
+	if len(o.services) != 1 {
+		t.Fatalf("%d Services, want 1", len(o.services))
+	}
+	svc := o.services[0]
+	svcSel := labels.SelectorFromSet(svc.Spec.Selector)
+	if !svcSel.Matches(podLabels) || svcSel.Matches(jobLabels) {
+		t.Errorf("the Service must select the server pods and not the migration job")
+	}
+	var ports []int32
+	for _, p := range svc.Spec.Ports {
+		cp, ok := containerPort(c, p.TargetPort)
+		if !ok {
+			t.Errorf("Service port %s: targetPort %s is no container port", p.Name, p.TargetPort.String())
+			continue
+		}
+		ports = append(ports, cp.ContainerPort)
+	}
+	for _, cp := range c.Ports {
+		if !slices.Contains(ports, cp.ContainerPort) {
+			t.Errorf("container port %s (%d) is not in the Service", cp.Name, cp.ContainerPort)
+		}
+	}
+
+	if len(o.pdbs) != 1 {
+		t.Fatalf("%d PodDisruptionBudgets, want 1", len(o.pdbs))
+	}
+	pdb := o.pdbs[0]
+	if sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector); err != nil || !sel.Matches(podLabels) || sel.Matches(jobLabels) {
+		t.Errorf("the PDB must select the server pods only (%v)", err)
+	}
+	if pdb.Spec.MinAvailable == nil && pdb.Spec.MaxUnavailable == nil {
+		t.Errorf("the PDB sets neither minAvailable nor maxUnavailable")
+	}
+	if pdb.Spec.MinAvailable != nil && pdb.Spec.MinAvailable.IntValue() >= int(*d.Spec.Replicas) {
+		t.Errorf("PDB minAvailable %s would block every drain with %d replicas", pdb.Spec.MinAvailable.String(), *d.Spec.Replicas)
+	}
+
+	if len(o.netpols) != 1 {
+		t.Fatalf("%d NetworkPolicies, want 1", len(o.netpols))
+	}
+	np := o.netpols[0]
+	if sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector); err != nil || !sel.Matches(podLabels) {
+		t.Errorf("the NetworkPolicy must select the server pods (%v)", err)
+	}
+	for _, rule := range np.Spec.Ingress {
+		for _, p := range rule.Ports {
+			if p.Port == nil {
+				continue
+			}
+			if _, ok := containerPort(c, *p.Port); !ok {
+				t.Errorf("NetworkPolicy ingress port %s is no container port", p.Port.String())
+			}
+		}
+	}
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+		t.Errorf("the NetworkPolicy does not restrict ingress")
+	}
+}
+
+// TestMigrationJob: the Job runs `secretsd migrate` from the same image with
+// the database URL from the Secret, under the same restrictions.
+func TestMigrationJob(t *testing.T) {
+	o := load(t, "deployment.yaml", "job-migrate.yaml", "secret.example.yaml")
+	if len(o.jobs) != 1 {
+		t.Fatalf("%d Jobs, want 1", len(o.jobs))
+	}
+	j := o.jobs[0]
+	c := j.Spec.Template.Spec.Containers[0]
+	if c.Image != o.deployments[0].Spec.Template.Spec.Containers[0].Image {
+		t.Errorf("the Job's image %q differs from the Deployment's", c.Image)
+	}
+	if fmt.Sprint(c.Args) != "[migrate]" || len(c.Command) != 0 {
+		t.Errorf("the Job runs %v %v, want the image's entrypoint with [migrate]", c.Command, c.Args)
+	}
+	found := false
+	for _, e := range c.Env {
+		if e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			checkSecretRef(t, o.secrets[0], e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the Job needs DATABASE_URL from the Secret")
+	}
+	if rp := j.Spec.Template.Spec.RestartPolicy; rp != corev1.RestartPolicyOnFailure && rp != corev1.RestartPolicyNever {
+		t.Errorf("restartPolicy %q", rp)
+	}
+	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("the Job's container must have a read-only root filesystem")
+	}
+	if psc := j.Spec.Template.Spec.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Errorf("the Job must run as non-root")
+	}
+}
+
+// TestStrictDecoding proves the decoder refuses what kubectl would: an
+// unknown field (a typo such as "readinesProbe") and a duplicate key.
+func TestStrictDecoding(t *testing.T) {
+	raw, err := os.ReadFile("deployment.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	typo := strings.Replace(string(raw), "readinessProbe:", "readinesProbe:", 1)
+	if err := decodeStrict([]byte(typo), &appsv1.Deployment{}); err == nil || !strings.Contains(err.Error(), "readinesProbe") {
+		t.Errorf("a misspelled field decoded without error (%v)", err)
+	}
+	dup := strings.Replace(string(raw), "  replicas: 2\n", "  replicas: 2\n  replicas: 3\n", 1)
+	if err := decodeStrict([]byte(dup), &appsv1.Deployment{}); err == nil {
+		t.Errorf("a duplicate key decoded without error")
+	}
+}

@@ -1,0 +1,134 @@
+package migrations_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/orient-bot/secrets/internal/testdb"
+	"github.com/orient-bot/secrets/migrations"
+)
+
+// TestServiceRoleCannotRewriteAudit connects as the service role (as
+// secretsd runs) and tries every way to change history: each statement
+// fails, with the privilege error or the trigger's; what the service needs
+// (reading, appending, moving the head forward) works.
+func TestServiceRoleCannotRewriteAudit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	owner := testdb.New(t)
+	admin, err := pgx.Connect(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	// A short chain to attack, written as the service does.
+	for _, q := range []string{
+		`INSERT INTO audit_events (sequence, time, actor, action, key, outcome, prev_hash, hash) VALUES (1, now(), 'a', 'PutSecret', 'K', 'OK', '', '\x01')`,
+		`UPDATE audit_head SET sequence = 1, hash = '\x01'`,
+		`INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature) VALUES (1, '\x01', now(), 'k', '\x00')`,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc, err := pgx.Connect(ctx, testdb.ServiceURL(t, owner))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(ctx)
+	var who string
+	if err := svc.QueryRow(ctx, `SELECT current_user`).Scan(&who); err != nil || who != testdb.ServiceRole(t) {
+		t.Fatalf("connected as %q (%v)", who, err)
+	}
+	const denied, raised = "42501", "P0001" // insufficient_privilege; the triggers' RAISE
+	forbidden := []struct{ sql, code string }{
+		{`UPDATE audit_events SET actor = 'mallory' WHERE sequence = 1`, denied},
+		{`DELETE FROM audit_events WHERE sequence = 1`, denied},
+		{`TRUNCATE audit_events`, denied},
+		{`ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_change`, denied},
+		{`ALTER TABLE audit_events DISABLE TRIGGER ALL`, denied},
+		{`DROP TRIGGER audit_events_no_change ON audit_events`, denied},
+		{`ALTER TABLE audit_events OWNER TO CURRENT_USER`, denied},
+		{`DROP TABLE audit_events`, denied},
+		{`CREATE TRIGGER t BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_append_only()`, denied},
+		{`SET session_replication_role = replica`, denied},
+		{`UPDATE audit_checkpoints SET hash = '\x02'`, denied},
+		{`DELETE FROM audit_checkpoints`, denied},
+		{`TRUNCATE audit_checkpoints`, denied},
+		{`ALTER TABLE audit_checkpoints DISABLE TRIGGER ALL`, denied},
+		{`DELETE FROM audit_head`, denied},
+		{`TRUNCATE audit_head`, denied},
+		{`ALTER TABLE audit_head DISABLE TRIGGER audit_head_forward`, denied},
+		{`UPDATE audit_head SET sequence = 0, hash = ''`, raised},
+		{`UPDATE audit_head SET hash = '\x02'`, raised},
+		{`UPDATE audit_head SET chain_start = 1`, raised},
+		{`DELETE FROM goose_db_version`, denied},
+		{`INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, true)`, denied},
+		{`CREATE TABLE shadow (x int)`, denied},
+	}
+	// A GRANT without the grant option "succeeds" with a warning and
+	// grants nothing: the statements below run after it.
+	_, _ = svc.Exec(ctx, `GRANT UPDATE, DELETE, TRUNCATE ON audit_events, audit_checkpoints TO CURRENT_USER`)
+	for _, f := range forbidden {
+		_, err := svc.Exec(ctx, f.sql)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != f.code {
+			t.Errorf("%s: %v, want SQLSTATE %s", f.sql, err, f.code)
+		}
+	}
+	allowed := []string{
+		`SELECT count(*) FROM audit_events`,
+		`INSERT INTO audit_events (sequence, time, actor, action, key, outcome, prev_hash, hash) VALUES (2, now(), 'a', 'AccessSecretVersion', 'K', 'OK', '\x01', '\x02')`,
+		`UPDATE audit_head SET sequence = 2, hash = '\x02' WHERE sequence = 1`,
+		`INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature) VALUES (2, '\x02', now(), 'k', '\x00') ON CONFLICT (sequence) DO NOTHING`,
+		`SELECT max(version_id) FROM goose_db_version`,
+	}
+	for _, q := range allowed {
+		if _, err := svc.Exec(ctx, q); err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	info, err := migrations.CurrentRole(ctx, testdb.ServiceURL(t, owner))
+	if err != nil || info.Privileged() {
+		t.Errorf("service role: %+v, %v", info, err)
+	}
+	if info, err := migrations.CurrentRole(ctx, owner); err != nil || !info.Privileged() || !info.Superuser {
+		t.Errorf("owner role: %+v, %v", info, err)
+	}
+}
+
+// TestEnsureServiceRoleRefusesPrivilegedRoles: migrate will not make a
+// superuser or the owner the service role, nor keep extra grants.
+func TestEnsureServiceRoleRefusesPrivilegedRoles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	owner := testdb.New(t)
+	if _, err := migrations.EnsureServiceRole(ctx, owner, "postgres"); err == nil || !strings.Contains(err.Error(), "superuser") {
+		t.Errorf("postgres as the service role: %v", err)
+	}
+	if _, err := migrations.EnsureServiceRole(ctx, owner, "Robert'); DROP"); err == nil {
+		t.Error("a malformed role name was accepted")
+	}
+	// A grant made by hand is taken back by the next migrate.
+	admin, err := pgx.Connect(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	role := testdb.ServiceRole(t)
+	if _, err := admin.Exec(ctx, `GRANT UPDATE, DELETE, TRUNCATE ON audit_events TO `+pgx.Identifier{role}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.EnsureServiceRole(ctx, owner, role); err != nil {
+		t.Fatal(err)
+	}
+	var has bool
+	if err := admin.QueryRow(ctx, `SELECT has_table_privilege($1, 'audit_events', 'DELETE')`, role).Scan(&has); err != nil || has {
+		t.Errorf("DELETE on audit_events after migrate: %v, %v", has, err)
+	}
+}

@@ -1,0 +1,111 @@
+package app
+
+import (
+	"regexp"
+	"slices"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+)
+
+// route is one REST route of the API, from a google.api.http rule.
+type route struct {
+	method   string
+	template string // as in the proto, e.g. /v1/secrets/{key}
+	re       *regexp.Regexp
+}
+
+// routeTable is the REST API's routes, read from the proto's HTTP rules (the
+// gateway's own source), for the Allow header of a 405 and the route label
+// of the HTTP metrics.
+type routeTable []route
+
+// restRoutes holds every route of the services in package orient.secrets.v1.
+var restRoutes = loadRoutes()
+
+var routeVar = regexp.MustCompile(`\{[^}]+\}`)
+
+func loadRoutes() routeTable {
+	_ = pb.File_orient_secrets_v1_secrets_proto // registers the files
+	var out routeTable
+	protoregistry.GlobalFiles.RangeFilesByPackage("orient.secrets.v1", func(f protoreflect.FileDescriptor) bool {
+		for i := range f.Services().Len() {
+			methods := f.Services().Get(i).Methods()
+			for j := range methods.Len() {
+				rule, ok := proto.GetExtension(methods.Get(j).Options(), annotations.E_Http).(*annotations.HttpRule)
+				if !ok || rule == nil {
+					continue
+				}
+				for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+					out = append(out, newRoute(r))
+				}
+			}
+		}
+		return true
+	})
+	return out
+}
+
+func newRoute(r *annotations.HttpRule) route {
+	var method, tmpl string
+	switch p := r.GetPattern().(type) {
+	case *annotations.HttpRule_Get:
+		method, tmpl = "GET", p.Get
+	case *annotations.HttpRule_Put:
+		method, tmpl = "PUT", p.Put
+	case *annotations.HttpRule_Post:
+		method, tmpl = "POST", p.Post
+	case *annotations.HttpRule_Delete:
+		method, tmpl = "DELETE", p.Delete
+	case *annotations.HttpRule_Patch:
+		method, tmpl = "PATCH", p.Patch
+	case *annotations.HttpRule_Custom:
+		method, tmpl = p.Custom.GetKind(), p.Custom.GetPath()
+	}
+	// A variable is one path segment (no rule of ours uses ** or =).
+	var b strings.Builder
+	b.WriteString("^")
+	last := 0
+	for _, loc := range routeVar.FindAllStringIndex(tmpl, -1) {
+		b.WriteString(regexp.QuoteMeta(tmpl[last:loc[0]]))
+		b.WriteString(`[^/]+?`)
+		last = loc[1]
+	}
+	b.WriteString(regexp.QuoteMeta(tmpl[last:]))
+	b.WriteString("$")
+	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String())}
+}
+
+// shortVar names a variable by its last field: {secret.key} -> {key}, so
+// one resource has one route label.
+func shortVar(v string) string {
+	name := strings.Trim(v, "{}")
+	return "{" + name[strings.LastIndex(name, ".")+1:] + "}"
+}
+
+// allowed lists the methods that have a route for path, sorted.
+func (t routeTable) allowed(path string) []string {
+	var out []string
+	for _, r := range t {
+		if r.re.MatchString(path) && !slices.Contains(out, r.method) {
+			out = append(out, r.method)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// match returns the template of the route serving method and path, or "".
+func (t routeTable) match(method, path string) string {
+	for _, r := range t {
+		if r.method == method && r.re.MatchString(path) {
+			return r.template
+		}
+	}
+	return ""
+}
