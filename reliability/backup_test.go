@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/orient-bot/secrets/migrations"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,7 +148,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"--data-dir", t.TempDir(), "--audit-signing-key", keyFile, "--audit-checkpoint-interval", "100ms"}
-	p := startSecretsd(t, bin, serverEnv("DATABASE_URL="+src, "SECRETS_KEK_URL="+kek, "SECRETS_BOOTSTRAP_TOKEN="+adminToken), args...)
+	p := startSecretsd(t, bin, serverEnv("SECRETS_ALLOW_OWNER_ROLE=true", "DATABASE_URL="+src, "SECRETS_KEK_URL="+kek, "SECRETS_BOOTSTRAP_TOKEN="+adminToken), args...)
 	m := primaryKEKRe.FindStringSubmatch(string(p.stderr.Bytes()))
 	if m == nil {
 		t.Fatalf("no KEK fingerprint in the log:\n%s", p.stderr.Tail(20))
@@ -209,10 +210,20 @@ func TestBackupRestore(t *testing.T) {
 	}
 	restored := cluster.ConnString("secrets")
 	restoreStart := time.Now()
-	pgTool(t, "pg_restore", "--exit-on-error", "--no-owner", "--dbname="+restored, dump)
+	// Roles belong to the cluster, not the dump: restore without the
+	// grants, then `secretsd migrate` creates the service role and grants
+	// it again (the README's runbook), and the server connects as it.
+	pgTool(t, "pg_restore", "--exit-on-error", "--no-owner", "--no-acl", "--dbname="+restored, dump)
 	restoreTook := time.Since(restoreStart)
+	mig := exec.Command(bin, "migrate")
+	mig.Env = serverEnv("DATABASE_URL=" + restored)
+	if out, err := mig.CombinedOutput(); err != nil {
+		t.Fatalf("secretsd migrate on the restored database: %v\n%s", err, out)
+	}
+	restoredOwner := restored
+	restored = cluster.ConnStringAs(migrations.DefaultServiceRole, "secrets")
 	var backupRev, backupHead int64
-	if err := connect(t, restored).QueryRow(ctx, `SELECT (SELECT revision FROM revision_counter), (SELECT sequence FROM audit_head)`).Scan(&backupRev, &backupHead); err != nil {
+	if err := connect(t, restoredOwner).QueryRow(ctx, `SELECT (SELECT revision FROM revision_counter), (SELECT sequence FROM audit_head)`).Scan(&backupRev, &backupHead); err != nil {
 		t.Fatal(err)
 	}
 	if backupRev >= lastRev {

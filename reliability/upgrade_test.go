@@ -133,7 +133,7 @@ func TestRollingUpgrade(t *testing.T) {
 	if _, _, err := auditlog.GenerateSigner(keyFile); err != nil {
 		t.Fatal(err)
 	}
-	env := serverEnv("DATABASE_URL="+db, "SECRETS_KEK_URL="+kek, "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
+	env := serverEnv("SECRETS_ALLOW_OWNER_ROLE=true", "DATABASE_URL="+db, "SECRETS_KEK_URL="+kek, "SECRETS_BOOTSTRAP_TOKEN="+adminToken)
 
 	dry := exec.Command(newBin, "migrate", "--dry-run")
 	dry.Env = env

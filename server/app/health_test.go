@@ -90,8 +90,11 @@ func TestHealthFollowsReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin.Close(ctx)
-	srv := testserver.Start(t, testserver.Options{DatabaseURL: cluster.ConnString("secrets"), Configure: func(c *app.Config) {
+	// Its own cluster, not testdb's: the server connects as the owner
+	// (and migrates the fresh database itself).
+	srv := testserver.Start(t, testserver.Options{DatabaseURL: cluster.ConnString("secrets"), ServiceURL: cluster.ConnString("secrets"), Configure: func(c *app.Config) {
 		c.WatchPollInterval = 200 * time.Millisecond
+		c.AllowOwnerRole = true
 	}})
 	health := healthpb.NewHealthClient(srv.Conn)
 	bin := healthProbe(t)
