@@ -223,6 +223,10 @@ func (h *hostState) startApp(ctx context.Context, c hostCmd) (hostReply, error) 
 	cfg.DatabaseURL, cfg.KEKURL, cfg.BootstrapToken = c.DSN+" user="+migrations.DefaultServiceRole, c.KEK, c.Token
 	cfg.BootstrapOut = io.Discard
 	cfg.ShutdownTimeout = 5 * time.Second
+	// The fan-out phases open up to 10,000 streams with one token: the
+	// per-token bound (--max-streams-per-token, 100 by default) is lifted,
+	// as an operator serving that many watchers of one identity would.
+	cfg.MaxStreamsPerToken = 0
 	// A signing key, as the embedded default has: checkpoints are part of
 	// the production workload.
 	keyFile := filepath.Join(filepath.Dir(c.LogPath), "audit-signing.key")
