@@ -1,7 +1,6 @@
 package main
 
 import (
-	"path/filepath"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -11,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 

@@ -193,14 +193,14 @@ func TestMain(m *testing.M) {
 
 // secretsd is a running server process.
 type secretsd struct {
-	cmd     *exec.Cmd
-	dataDir string
-	stderr  *syncBuffer
+	cmd      *exec.Cmd
+	dataDir  string
+	stderr   *syncBuffer
 	httpURL  string
 	grpcAddr string
 	ready    time.Duration // from exec to a ready /readyz
-	exited  chan struct{}
-	waitErr error
+	exited   chan struct{}
+	waitErr  error
 }
 
 var servingRe = regexp.MustCompile(`msg="?secretsd serving"? .*\bgrpc=(\S+) .*\bhttp=(\S+)`)
