@@ -60,8 +60,8 @@ type Config struct {
 	// KEKMux, if set, opens KMS URLs instead of gocloud's default mux (for
 	// tests that point a driver's client library at a local stand-in).
 	KEKMux *secrets.URLMux
-	// HealthInterval is how often gRPC health follows the readiness checks
-	// (DefaultHealthInterval when zero).
+	// HealthInterval is how often a gRPC health Watch re-runs the readiness
+	// checks (1 s when zero); Check runs them on every call.
 	HealthInterval time.Duration
 	// Reflection enables gRPC server reflection (for grpcurl).
 	Reflection bool
@@ -497,7 +497,7 @@ func (s *Server) listen(ctx context.Context) error {
 			return err
 		}
 	}
-	s.health = newHealthServer(s.grpc, func(ctx context.Context) bool { _, ok := s.readiness(ctx); return ok })
+	s.health = newHealthServer(s.grpc, func(ctx context.Context) bool { _, ok := s.readiness(ctx); return ok }, s.cfg.HealthInterval)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	metrics.InitializeMetrics(s.grpc)
 

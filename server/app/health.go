@@ -54,8 +54,11 @@ type healthServer struct {
 	stop       chan struct{}
 }
 
-func newHealthServer(g *grpc.Server, ready func(context.Context) bool) *healthServer {
-	h := &healthServer{ready: ready, services: map[string]bool{"": true}, watchEvery: time.Second, stop: make(chan struct{})}
+func newHealthServer(g *grpc.Server, ready func(context.Context) bool, watchEvery time.Duration) *healthServer {
+	if watchEvery <= 0 {
+		watchEvery = time.Second
+	}
+	h := &healthServer{ready: ready, services: map[string]bool{"": true}, watchEvery: watchEvery, stop: make(chan struct{})}
 	for name := range g.GetServiceInfo() {
 		h.services[name] = true
 	}
