@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testserver"
@@ -407,3 +408,36 @@ func TestAttackStreamsAndOverride(t *testing.T) {
 }
 
 func mask(paths ...string) *fieldmaskpb.FieldMask { return &fieldmaskpb.FieldMask{Paths: paths} }
+
+// A watch ends with UNAUTHENTICATED at its token's expiry time.
+func TestAttackExpiredStream(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	ctx := context.Background()
+	expiry := time.Now().Add(2 * time.Second)
+	res, err := srv.Tokens.CreateToken(ctx, &pb.CreateTokenRequest{Name: "short-lived", Role: "reader", ExpireTime: timestamppb.New(expiry)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := startWatch(t, ctx, pb.NewSecretServiceClient(srv.Dial(t, res.Token)), &pb.WatchChangesRequest{})
+	end := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := st.Recv(); err != nil {
+				end <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-end:
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("watch ended with %v, want UNAUTHENTICATED", err)
+		}
+		if early := time.Until(expiry); early > 100*time.Millisecond {
+			t.Errorf("watch ended %v before its token expired", early)
+		}
+	case <-time.After(time.Until(expiry) + 5*time.Second):
+		t.Fatal("a watch kept running 5 s after its token expired")
+	}
+}
