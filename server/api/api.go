@@ -31,8 +31,8 @@ type Store interface {
 	BatchAccess(ctx context.Context, keys []string) ([]store.BatchItem, int64, error)
 	RecordFailure(ctx context.Context, meta store.Meta, key string, version int64, outcome, detail string) error
 	ListAudit(ctx context.Context, f store.AuditFilter) ([]store.AuditEvent, error)
-	// CategoryOf returns a stored secret's category ("" when not stored).
-	CategoryOf(ctx context.Context, key string) (string, error)
+	// CategoriesOf returns the categories of the stored secrets among keys.
+	CategoriesOf(ctx context.Context, keys []string) (map[string]string, error)
 	WritesWithValueMAC(ctx context.Context, mac []byte, key string, limit int) ([]store.AuditEvent, error)
 	ProviderDefaults(ctx context.Context) ([]store.ProviderDefault, int64, error)
 	SetProviderDefault(ctx context.Context, meta store.Meta, useCase, provider, model string) (store.ProviderDefaultResult, error)

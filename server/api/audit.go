@@ -110,22 +110,28 @@ func (s *AuditService) inScope(ctx context.Context, scope auth.Scope, events []s
 		}
 		return out, nil
 	}
-	categories := map[string]string{}
+	// The current categories of the page's keys, in one query.
+	var categories map[string]string
+	if scope.NeedsCategory() {
+		var keys []string
+		for _, e := range events {
+			if e.Key != "" && scope.AllowsKey(e.Key) {
+				keys = append(keys, e.Key)
+			}
+		}
+		var err error
+		if categories, err = s.Store.CategoriesOf(ctx, keys); err != nil {
+			return nil, err
+		}
+	}
 	for i, e := range events {
 		if e.Key == "" || !scope.AllowsKey(e.Key) {
 			continue
 		}
 		if scope.NeedsCategory() {
-			c, ok := categories[e.Key]
-			if !ok {
-				stored, err := s.Store.CategoryOf(ctx, e.Key)
-				if err != nil {
-					return nil, err
-				}
-				if c = stored; c == "" {
-					c = auth.DefaultCategory(e.Key)
-				}
-				categories[e.Key] = c
+			c, stored := categories[e.Key]
+			if !stored {
+				c = auth.DefaultCategory(e.Key)
 			}
 			if !scope.Allows(e.Key, c) {
 				continue

@@ -441,3 +441,28 @@ func TestAttackExpiredStream(t *testing.T) {
 		t.Fatal("a watch kept running 5 s after its token expired")
 	}
 }
+
+// An auditor scoped to a category sees the events of the keys now in that
+// category only (judged by each key's current category).
+func TestAttackCategoryAuditor(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{})
+	ctx := context.Background()
+	put(t, srv.Secrets, "SLACK_BOT_TOKEN", "xoxb-1")
+	put(t, srv.Secrets, "OPENAI_API_KEY", "sk-1")
+	aud := pb.NewAuditServiceClient(srv.Dial(t, scopedToken(t, srv, "slack-cat-auditor", "auditor", &pb.TokenScope{Categories: []string{"slack"}})))
+	res, err := aud.ListAuditEvents(ctx, &pb.ListAuditEventsRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, e := range res.Events {
+		if e.Key != "SLACK_BOT_TOKEN" {
+			t.Errorf("category-scoped auditor sees event %d of %q", e.Sequence, e.Key)
+		}
+		seen++
+	}
+	if seen == 0 {
+		t.Error("category-scoped auditor sees no event of its category")
+	}
+}

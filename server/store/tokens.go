@@ -160,6 +160,19 @@ func (s *Store) CategoryOf(ctx context.Context, key string) (string, error) {
 	return c, classify(err)
 }
 
+// CategoriesOf returns the categories of the stored secrets among keys, in
+// one query (a key not stored is absent from the map).
+func (s *Store) CategoriesOf(ctx context.Context, keys []string) (map[string]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT key, category FROM secrets WHERE key = ANY($1)`, keys)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out := map[string]string{}
+	var k, c string
+	_, err = pgx.ForEachRow(rows, []any{&k, &c}, func() error { out[k] = c; return nil })
+	return out, classify(err)
+}
+
 // RecordDenials appends denial audit events in one transaction.
 func (s *Store) RecordDenials(ctx context.Context, events []AuditEvent) error {
 	return s.AppendAudit(ctx, events)
