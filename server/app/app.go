@@ -426,7 +426,11 @@ func (s *Server) listen(ctx context.Context) error {
 	reg.MustRegister(denied)
 	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
 		categoryOf: s.store.CategoryOf, denials: s.denials, denied: denied,
-		streams: newStreamLimiter(s.cfg.MaxStreamsPerToken), recheck: auth.RecheckInterval, log: s.log}
+		streams: newStreamLimiter(s.cfg.MaxStreamsPerToken), log: s.log}
+	authz.creds = newCredentialWatch(auth.RecheckInterval, func(ctx context.Context) error {
+		_, err := authz.principal(ctx)
+		return err
+	})
 
 	pi := peerIdentifier{gatewaySecret: gatewaySecret, trustedProxies: s.cfg.TrustedProxies}
 	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -39,8 +40,8 @@ type authorizer struct {
 	denied *prometheus.CounterVec
 	// streams bounds each principal's concurrent streams.
 	streams *streamLimiter
-	// recheck is how often a stream's credentials are checked again.
-	recheck time.Duration
+	// creds ends streams whose credentials stop authenticating.
+	creds *credentialWatch
 	log     *slog.Logger
 }
 
@@ -86,7 +87,8 @@ func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerI
 // opens, checks the targets of each request message as it arrives (a
 // stream's request is not known before), and ends the stream with
 // UNAUTHENTICATED once its credentials stop being valid (revoked or
-// expired), re-checked every recheck interval.
+// expired), re-checked every recheck interval — once per credential for
+// all the streams open with it, not once per stream (see credentialWatch).
 func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, err := a.authorize(ss.Context(), info.FullMethod, nil)
 	if err != nil {
@@ -104,9 +106,7 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	defer release()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	done := make(chan struct{})
-	defer close(done)
-	go a.watchCredentials(ctx, cancel, done)
+	defer a.creds.join(ctx, credentialKey(ctx), p.ExpireTime, cancel)()
 	err = handler(srv, &checkedStream{ServerStream: ss, ctx: ctx, a: a})
 	if cause := context.Cause(ctx); errors.Is(cause, errCredentialsEnded) {
 		return errUnauthenticated
@@ -118,35 +118,119 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 // was revoked or expired.
 var errCredentialsEnded = errors.New("credentials no longer valid")
 
-// watchCredentials cancels ctx when the stream's credentials stop
-// authenticating: at a token's expiry time, and at the first re-check that
-// finds it revoked.
-func (a *authorizer) watchCredentials(ctx context.Context, cancel context.CancelCauseFunc, done <-chan struct{}) {
-	p, _ := auth.FromContext(ctx)
+// credentialKey identifies the credentials principal reads from ctx (a
+// digest: no token is kept as a map key).
+func credentialKey(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vals := md.Get("authorization"); len(vals) > 0 {
+		h := sha256.Sum256([]byte(strings.Join(vals, "\n")))
+		return "bearer:" + string(h[:])
+	}
+	if cert := peerCert(ctx); cert != nil {
+		h := sha256.Sum256(cert.Raw)
+		return "cert:" + string(h[:])
+	}
+	return ""
+}
+
+// credentialWatch ends open streams once their credentials stop
+// authenticating: at a token's expiry time, and at the first re-check
+// that finds it revoked. Streams open with the same credentials share one
+// re-check (one goroutine, one timer, one authentication per interval):
+// 10,000 watches of one token cost one token check a second, not 10,000
+// (each a lookup when the cache entry has just expired).
+type credentialWatch struct {
+	every time.Duration
+	// check authenticates the caller of ctx again.
+	check func(ctx context.Context) error
+
+	mu     sync.Mutex
+	groups map[string]*credGroup
+}
+
+// credGroup is the streams open with one credential.
+type credGroup struct {
+	members map[*context.CancelCauseFunc]struct{}
+	stop    context.CancelFunc // ends the group's re-check
+	ended   bool               // the credentials stopped authenticating
+}
+
+func newCredentialWatch(every time.Duration, check func(ctx context.Context) error) *credentialWatch {
+	return &credentialWatch{every: every, check: check, groups: map[string]*credGroup{}}
+}
+
+// join watches the credentials of ctx (identified by key, expiring at
+// expire if not zero) until leave is called, and cancels the stream with
+// errCredentialsEnded when they stop authenticating.
+func (w *credentialWatch) join(ctx context.Context, key string, expire time.Time, cancel context.CancelCauseFunc) (leave func()) {
+	member := &cancel
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	g := w.groups[key]
+	if g == nil {
+		// The group's re-check authenticates with the first stream's
+		// metadata and peer (the same credentials, by key), but outlives
+		// that stream: it ends with the group's last stream.
+		gctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		g = &credGroup{members: map[*context.CancelCauseFunc]struct{}{}, stop: stop}
+		w.groups[key] = g
+		go w.run(gctx, key, g, expire)
+	}
+	g.members[member] = struct{}{}
+	return func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		delete(g.members, member)
+		if len(g.members) == 0 && !g.ended {
+			delete(w.groups, key)
+			g.stop()
+		}
+	}
+}
+
+func (w *credentialWatch) run(ctx context.Context, key string, g *credGroup, expire time.Time) {
 	var expiry <-chan time.Time
-	if !p.ExpireTime.IsZero() {
-		t := time.NewTimer(time.Until(p.ExpireTime))
+	if !expire.IsZero() {
+		t := time.NewTimer(time.Until(expire))
 		defer t.Stop()
 		expiry = t.C
 	}
-	tick := time.NewTicker(a.recheck)
+	tick := time.NewTicker(w.every)
 	defer tick.Stop()
 	for {
 		select {
-		case <-done:
-			return
 		case <-ctx.Done():
 			return
 		case <-expiry:
-			cancel(errCredentialsEnded)
+			w.end(key, g)
 			return
 		case <-tick.C:
-			if _, err := a.principal(ctx); err != nil && !errors.Is(err, store.ErrUnavailable) {
-				cancel(errCredentialsEnded)
+			err := w.check(ctx)
+			if ctx.Err() != nil {
+				return // the last stream left during the check
+			}
+			if err != nil && !errors.Is(err, store.ErrUnavailable) {
+				w.end(key, g)
 				return
 			}
 		}
 	}
+}
+
+// end cancels every stream of the group; a stream opened later with the
+// same credentials (it authenticated at open) starts a new group.
+func (w *credentialWatch) end(key string, g *credGroup) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.groups[key] == g {
+		delete(w.groups, key)
+	}
+	g.ended = true
+	for m := range g.members {
+		(*m)(errCredentialsEnded)
+	}
+	clear(g.members)
+	g.stop()
 }
 
 // checkedStream authorizes each request message of a stream against the
