@@ -42,7 +42,7 @@ type authorizer struct {
 	streams *streamLimiter
 	// creds ends streams whose credentials stop authenticating.
 	creds *credentialWatch
-	log     *slog.Logger
+	log   *slog.Logger
 }
 
 // streamLimiter bounds the concurrent streams of each principal, so one
