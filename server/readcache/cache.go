@@ -178,19 +178,20 @@ func (c *Cache) Run(ctx context.Context) {
 }
 
 func (c *Cache) follow(ctx context.Context, sub *watch.Subscription) {
+	var items []watch.Item
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case item, ok := <-sub.C():
-			if !ok {
-				if err := sub.Err(); !errors.Is(err, watch.ErrStopped) {
-					c.log.Info("read cache: change stream ended; starting over", "error", err)
-				}
-				return
+		var err error
+		items, err = sub.Next(ctx, items[:0])
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, watch.ErrStopped) {
+				c.log.Info("read cache: change stream ended; starting over", "error", err)
 			}
+			return
+		}
+		for _, item := range items {
 			c.apply(item)
 		}
+		clear(items)
 	}
 }
 

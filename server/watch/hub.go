@@ -1,9 +1,13 @@
 // Package watch owns the change stream's fan-out: one Hub per process reads
 // the change log (woken by LISTEN/NOTIFY, with a periodic poll as a safety
-// net) and hands every committed change, in revision order, to bounded
-// per-subscriber buffers. A subscriber that falls behind is cut loose and
-// catches up from the table (Stream), never growing memory or blocking the
-// hub. The change_log table is the truth; notifications are only hints.
+// net) and hands every committed change, in revision order, to its
+// subscribers. Changes are kept once, in a ring shared by all subscribers;
+// a subscriber is a position in it and a wake-up signal, and takes every
+// change pending since its last read at each wake-up (not one wake-up per
+// change). A subscriber more than Options.Buffer changes behind is cut
+// loose and catches up from the table (Stream), never growing memory or
+// blocking the hub. The change_log table is the truth; notifications are
+// only hints.
 package watch
 
 import (
@@ -44,10 +48,12 @@ type Options struct {
 	PollInterval time.Duration
 	// ProgressInterval is how often idle subscribers get a progress mark.
 	ProgressInterval time.Duration
-	// Buffer is each subscriber's buffer, in items.
+	// Buffer is how many changes a subscriber may have pending (published,
+	// not yet read) before it is cut loose.
 	Buffer int
-	// Ring is how many recent changes are kept in memory for catch-up, at
-	// least (up to twice as many).
+	// Ring is how many recent changes are kept in memory for subscribers
+	// and catch-up, at least (up to twice as many; never fewer than
+	// Buffer).
 	Ring int
 	// Page is how many changes a catching-up stream reads at once (default
 	// 1000): its memory bound.
@@ -71,6 +77,7 @@ func (o *Options) defaults() {
 	if o.Ring <= 0 {
 		o.Ring = 4096
 	}
+	o.Ring = max(o.Ring, o.Buffer) // a subscriber's pending changes are in the ring
 	if o.Page <= 0 {
 		o.Page = fetchBatch
 	}
@@ -103,12 +110,16 @@ type Hub struct {
 	syncs, listenSync atomic.Int64
 	synced            atomic.Int64
 
-	mu       sync.Mutex
+	// mu guards what follows; subscribers read the ring under RLock.
+	mu       sync.RWMutex
 	rev      int64 // last revision published
 	ring     []*store.Change
 	subs     map[*Subscription]struct{}
 	stopped  bool
 	lagCount int64
+	// woken is publish's list of subscribers to signal once mu is
+	// released (reused).
+	woken []*Subscription
 }
 
 // New returns a hub; Run starts it.
@@ -269,7 +280,6 @@ func (h *Hub) publish(changes []store.Change) {
 		return
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	for i := range changes {
 		c := &changes[i]
 		if c.Revision != h.rev+1 {
@@ -292,28 +302,36 @@ func (h *Hub) publish(changes []store.Change) {
 			h.ring = h.ring[:n]
 		}
 		h.ring = append(h.ring, c)
-		for s := range h.subs {
-			select {
-			case s.c <- Item{Change: c}:
-			default:
-				h.lagCount++
-				h.drop(s, ErrLagged)
-			}
-		}
 	}
+	// One pass over the subscribers per batch of changes, not per change:
+	// the ones too far behind are cut loose, the others are signalled
+	// after the lock is released (a woken reader takes the read lock).
+	woken := h.woken[:0]
+	for s := range h.subs {
+		if h.rev-s.taken.Load() > int64(h.opts.Buffer) {
+			h.lagCount++
+			h.drop(s, ErrLagged)
+			continue
+		}
+		woken = append(woken, s)
+	}
+	h.mu.Unlock()
+	for _, s := range woken {
+		s.signal()
+	}
+	clear(woken)
+	h.woken = woken[:0]
 }
 
-// progress puts a progress mark into every subscriber's buffer (if there is
-// room: a full buffer has events to send anyway) and marks the consumers
-// behind open subscriptions as seen.
+// progress marks every subscriber as due a progress mark (the hub's
+// revision once it has read what is pending before it) and marks the
+// consumers behind open subscriptions as seen.
 func (h *Hub) progress(ctx context.Context) {
 	h.mu.Lock()
 	seen := map[store.ConsumerID]struct{}{}
 	for s := range h.subs {
-		select {
-		case s.c <- Item{Progress: h.rev}:
-		default:
-		}
+		s.progressDue.Store(true)
+		s.signal()
 		if s.consumer != nil {
 			seen[*s.consumer] = struct{}{}
 		}
@@ -340,7 +358,8 @@ func (h *Hub) drop(s *Subscription, err error) {
 	}
 	delete(h.subs, s)
 	s.err = err
-	close(s.c)
+	s.ended.Store(true)
+	s.signal()
 }
 
 func (h *Hub) stop() {
@@ -352,13 +371,33 @@ func (h *Hub) stop() {
 	}
 }
 
-// Subscription receives every change published after Start.
+// Subscription receives every change published after Start: a position
+// in the hub's ring and a wake-up signal.
 type Subscription struct {
 	hub      *Hub
-	c        chan Item
 	start    int64
-	err      error // set before c is closed
 	consumer *store.ConsumerID
+	// taken is the last revision read; the hub reads it to tell how far
+	// behind the subscriber is.
+	taken atomic.Int64
+	// progressDue: the hub asked for a progress mark.
+	progressDue atomic.Bool
+	// ended is set (and err, under hub.mu) when the hub drops it.
+	ended atomic.Bool
+	err   error
+	// wake (capacity 1) says there may be something to read.
+	wake chan struct{}
+	// waitCtx is the context Next last waited with, and stopWait ends
+	// the hook that wakes Next when it is done (used by the reader only).
+	waitCtx  context.Context
+	stopWait func() bool
+}
+
+func (s *Subscription) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Subscribe registers a subscriber. It waits for the hub to be ready.
@@ -374,31 +413,86 @@ func (h *Hub) Subscribe(ctx context.Context, consumer *store.ConsumerID) (*Subsc
 	if h.stopped {
 		return nil, ErrStopped
 	}
-	s := &Subscription{hub: h, c: make(chan Item, h.opts.Buffer), start: h.rev, consumer: consumer}
+	s := &Subscription{hub: h, start: h.rev, consumer: consumer, wake: make(chan struct{}, 1)}
+	s.taken.Store(h.rev)
 	h.subs[s] = struct{}{}
 	return s, nil
 }
 
 // Start is the hub's revision when the subscription began: every later
-// change arrives on C.
+// change is returned by Next.
 func (s *Subscription) Start() int64 { return s.start }
 
-// C delivers items in revision order. It is closed when the subscription
-// ends; Err then says why.
-func (s *Subscription) C() <-chan Item { return s.c }
+// Next appends to buf every item pending since the last call, in revision
+// order — the changes published since, then a progress mark if one is
+// due — waiting until there is one. Once the hub has dropped the
+// subscription it returns what was still pending, then Err's reason
+// (ErrLagged or ErrStopped); it returns ctx's error when ctx ends. One
+// reader at a time.
+func (s *Subscription) Next(ctx context.Context, buf []Item) ([]Item, error) {
+	for {
+		buf, err := s.take(buf)
+		if err != nil || len(buf) > 0 {
+			return buf, err
+		}
+		if err := ctx.Err(); err != nil {
+			return buf, err
+		}
+		if ctx != s.waitCtx {
+			// A hook on ctx instead of a select on ctx.Done() at every
+			// wait: the wait is a plain receive.
+			if s.stopWait != nil {
+				s.stopWait()
+			}
+			s.waitCtx, s.stopWait = ctx, context.AfterFunc(ctx, s.signal)
+		}
+		<-s.wake
+	}
+}
 
-// Err is why C was closed (ErrLagged or ErrStopped); nil while open.
+// take appends the pending items to buf.
+func (s *Subscription) take(buf []Item) ([]Item, error) {
+	h := s.hub
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	taken := s.taken.Load()
+	if s.ended.Load() && (s.err != ErrStopped || h.rev == taken) {
+		// A lagging subscriber's pending changes may have left the ring;
+		// a stopped one still gets what was published before the stop.
+		return buf, s.err
+	}
+	if taken < h.rev {
+		if len(h.ring) == 0 || h.ring[0].Revision > taken+1 {
+			return buf, ErrLagged
+		}
+		for _, c := range h.ring[taken+1-h.ring[0].Revision:] {
+			buf = append(buf, Item{Change: c})
+		}
+		s.taken.Store(h.rev)
+	}
+	if s.progressDue.Load() && s.progressDue.CompareAndSwap(true, false) {
+		buf = append(buf, Item{Progress: h.rev})
+	}
+	return buf, nil
+}
+
+// Err is why the subscription ended (ErrLagged or ErrStopped); nil while
+// open.
 func (s *Subscription) Err() error {
-	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
+	s.hub.mu.RLock()
+	defer s.hub.mu.RUnlock()
 	return s.err
 }
 
 // Close ends the subscription.
 func (s *Subscription) Close() {
 	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
 	s.hub.drop(s, ErrStopped)
+	s.hub.mu.Unlock()
+	if s.stopWait != nil {
+		s.stopWait()
+		s.stopWait, s.waitCtx = nil, nil
+	}
 }
 
 // Current waits for the hub to be ready and returns the last revision it
@@ -436,6 +530,10 @@ type Stream struct {
 	// the subscription.
 	upTo int64
 	sub  *Subscription
+	// batch holds what the subscription returned at its last wake-up,
+	// from bpos on (reused).
+	batch []Item
+	bpos  int
 	// progress is a mark to return once the page is drained (0: none).
 	progress int64
 }
@@ -468,7 +566,7 @@ func (s *Stream) Close() {
 		s.sub.Close()
 		s.sub = nil
 	}
-	s.page = nil
+	s.page, s.batch, s.bpos = nil, nil, 0
 }
 
 // Next returns the next item: a change (revision last+1, as the log is
@@ -511,26 +609,31 @@ func (s *Stream) Next(ctx context.Context) (Item, error) {
 			}
 			continue
 		}
-		select {
-		case <-ctx.Done():
-			return Item{}, ctx.Err()
-		case item, ok := <-s.sub.C():
-			if !ok {
-				err := s.sub.Err()
+		if s.bpos == len(s.batch) {
+			clear(s.batch)
+			batch, err := s.sub.Next(ctx, s.batch[:0])
+			s.batch, s.bpos = batch, 0
+			if err != nil {
+				if ctx.Err() != nil {
+					return Item{}, ctx.Err()
+				}
+				s.sub.Close()
 				s.sub = nil
 				if errors.Is(err, ErrLagged) {
 					continue // back to the table from s.last
 				}
 				return Item{}, err
 			}
-			if item.Change != nil {
-				if item.Change.Revision <= s.last {
-					continue // already read from the table
-				}
-				s.last = item.Change.Revision
-			}
-			return item, nil
 		}
+		item := s.batch[s.bpos]
+		s.bpos++
+		if item.Change != nil {
+			if item.Change.Revision <= s.last {
+				continue // already read from the table
+			}
+			s.last = item.Change.Revision
+		}
+		return item, nil
 	}
 }
 

@@ -309,3 +309,58 @@ func TestStreamStopped(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscriptionTakesPendingAtOnce: a subscriber woken once takes every
+// change published since its last read, in order (one wake-up for a burst,
+// not one per change), and is cut loose only past Buffer pending changes.
+func TestSubscriptionTakesPendingAtOnce(t *testing.T) {
+	log := newFakeLog(3)
+	h, _ := startHub(t, log, watch.Options{Buffer: 10})
+	ctx := context.Background()
+	sub, err := h.Subscribe(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	last := log.commit(7)
+	for h.Stats().Revision < last {
+		time.Sleep(time.Millisecond)
+	}
+	items, err := sub.Next(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var revs []int64
+	for _, it := range items {
+		if it.Change != nil {
+			revs = append(revs, it.Change.Revision)
+		}
+	}
+	if fmt.Sprint(revs) != "[4 5 6 7 8 9 10]" {
+		t.Fatalf("one read took %v, want [4 5 6 7 8 9 10]", revs)
+	}
+	// 11 pending changes with a buffer of 10: cut loose.
+	last = log.commit(11)
+	for h.Stats().Revision < last {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := sub.Next(ctx, nil); !errors.Is(err, watch.ErrLagged) {
+		t.Fatalf("11 pending changes with a buffer of 10: %v, want ErrLagged", err)
+	}
+}
+
+// TestSubscriptionNextEndsWithContext: a reader waiting for changes
+// returns when its context ends.
+func TestSubscriptionNextEndsWithContext(t *testing.T) {
+	h, _ := startHub(t, newFakeLog(1), watch.Options{})
+	sub, err := h.Subscribe(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := sub.Next(ctx, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Next after its deadline: %v", err)
+	}
+}
