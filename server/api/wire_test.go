@@ -18,14 +18,17 @@ func TestEventWire(t *testing.T) {
 	var w eventWire
 	c := &store.Change{Revision: 7, Time: time.Unix(1700000000, 0), Kind: store.ChangeValueAdded, Key: "SLACK_BOT_TOKEN",
 		Version: 3, Category: "slack", RestartRequired: true}
-	a, err := w.get(c)
+	msg, err := w.get(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := w.get(c)
-	if &a[0] != &b[0] {
+	if again, _ := w.get(c); again != msg {
 		t.Error("the same revision was marshalled twice")
 	}
+	if !PreEncoded(msg) || PreEncoded(&pb.WatchChangesResponse{}) {
+		t.Error("PreEncoded does not tell encoded events from messages")
+	}
+	a := msg.data.Materialize()
 	var got pb.WatchChangesResponse
 	if err := proto.Unmarshal(a, &got); err != nil {
 		t.Fatal(err)
@@ -38,12 +41,12 @@ func TestEventWire(t *testing.T) {
 	next := *c
 	next.Revision += int64(len(w.slots))
 	n, _ := w.get(&next)
-	if proto.Unmarshal(n, &got) != nil || got.GetEvent().GetRevision() != next.Revision {
+	if proto.Unmarshal(n.data.Materialize(), &got) != nil || got.GetEvent().GetRevision() != next.Revision {
 		t.Errorf("slot reuse: %v", &got)
 	}
 
 	inner := codec{protoCodec(t)}
-	out, err := inner.Marshal(a)
+	out, err := inner.Marshal(msg)
 	if err != nil || string(out.Materialize()) != string(a) {
 		t.Errorf("encoded bytes through the codec: %v", err)
 	}

@@ -427,6 +427,11 @@ func (s *Server) listen(ctx context.Context) error {
 	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
 		categoryOf: s.store.CategoryOf, denials: s.denials, denied: denied,
 		streams: newStreamLimiter(s.cfg.MaxStreamsPerToken), log: s.log}
+	authz.eventsSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "secrets_watch_events_sent_total",
+		Help: "Change events sent to watch streams (not in grpc_server_msg_sent_total: they skip the per-message stream wrappers).",
+	})
+	reg.MustRegister(authz.eventsSent)
 	authz.creds = newCredentialWatch(auth.RecheckInterval, func(ctx context.Context) error {
 		_, err := authz.principal(ctx)
 		return err

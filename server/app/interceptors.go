@@ -155,13 +155,18 @@ func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterc
 type callRecord struct {
 	mu          sync.Mutex
 	actor, peer string
+	// transport is a stream call's gRPC stream as the server made it,
+	// outside the metrics and logging wrappers (set before the handler
+	// runs, read-only after).
+	transport grpc.ServerStream
 }
 
 type callRecordKey struct{}
 
 // recordCalls gives each call a callRecord.
-func recordCalls(ctx context.Context) context.Context {
-	return context.WithValue(ctx, callRecordKey{}, &callRecord{actor: "anonymous"})
+func recordCalls(ctx context.Context) (context.Context, *callRecord) {
+	r := &callRecord{actor: "anonymous"}
+	return context.WithValue(ctx, callRecordKey{}, r), r
 }
 
 // noteIdentity writes the caller's identity into the call's record.
@@ -174,11 +179,24 @@ func noteIdentity(ctx context.Context, id api.Identity) {
 }
 
 func recordUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	return handler(recordCalls(ctx), req)
+	ctx, _ = recordCalls(ctx)
+	return handler(ctx, req)
 }
 
+// recordStream runs before the metrics and logging interceptors wrap the
+// stream, and keeps the stream as it is for checkedStream.SendMsg.
 func recordStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	return handler(srv, &wrappedStream{ServerStream: ss, ctx: recordCalls(ss.Context())})
+	ctx, r := recordCalls(ss.Context())
+	r.transport = ss
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: ctx})
+}
+
+// transportOf is the stream recordStream kept for the call of ctx, or nil.
+func transportOf(ctx context.Context) grpc.ServerStream {
+	if r, ok := ctx.Value(callRecordKey{}).(*callRecord); ok {
+		return r.transport
+	}
+	return nil
 }
 
 // slogAdapter lets go-grpc-middleware's logging interceptor write through

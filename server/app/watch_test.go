@@ -557,3 +557,35 @@ func TestAuditAppendMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchEventsSentPastWrappers: change events go to the transport
+// straight from the authorization stream (past the per-message metrics and
+// logging wrappers) and are counted in secrets_watch_events_sent_total;
+// they still arrive in order, filtered to the stream's request.
+func TestWatchEventsSentPastWrappers(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: fastWatch})
+	ctx := context.Background()
+	all, _ := startWatch(t, ctx, srv.Secrets, &pb.WatchChangesRequest{})
+	one, _ := startWatch(t, ctx, srv.Secrets, &pb.WatchChangesRequest{Keys: []string{"SENT_B"}})
+	for _, k := range []string{"SENT_A", "SENT_B", "SENT_C"} {
+		if _, err := srv.Secrets.PutSecret(ctx, &pb.PutSecretRequest{Key: k, Value: []byte("v")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := collect(all, 3, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := revisions(evs); !cmp.Equal(got, seq(evs[0].Revision, evs[0].Revision+2)) {
+		t.Errorf("revisions %v, want three in a row", got)
+	}
+	evs, err = collect(one, 1, 30*time.Second)
+	if err != nil || evs[0].GetKey() != "SENT_B" {
+		t.Fatalf("filtered watch got %v, %v", evs, err)
+	}
+	metrics := httpGet(t, srv.BaseURL+"/metrics")
+	if got := metricValue(metrics, "secrets_watch_events_sent_total"); got != 4 {
+		t.Errorf("secrets_watch_events_sent_total %v, want 4 (3 + 1 events sent); metrics:\n%s", got, grepLines(metrics, "secrets_watch"))
+	}
+}
