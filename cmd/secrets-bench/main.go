@@ -129,7 +129,8 @@ func parseFlags() config {
 	flag.IntVar(&c.idleConns, "idle-conns", c.idleConns, "idle connections of the per-connection memory phase")
 	flag.StringVar(&c.out, "out", c.out, "JSON output file")
 	flag.StringVar(&c.profileDir, "profile", c.profileDir, "save server CPU profiles (access c16, largest watch phase) here (also BENCH_PROFILE)")
-	skip := flag.String("skip", "", "comma-separated phases to skip: echo,pgbench,access,batch,rest,put,watch,catchup,rotation,cache,startup")
+	skip := flag.String("skip", "", "comma-separated phases to skip: "+strings.Join(phaseNames, ","))
+	only := flag.String("only", "", "comma-separated phases to run, skipping the others (e.g. -only watch for the change-stream phases alone)")
 	flag.Parse()
 	c.keys = max(c.keys, 20) // BatchAccessSecrets reads 20 distinct keys
 	c.conns = max(c.conns, 1)
@@ -142,8 +143,26 @@ func parseFlags() config {
 			c.skip[s] = true
 		}
 	}
+	if *only != "" {
+		run := map[string]bool{}
+		for _, s := range strings.Split(*only, ",") {
+			if s = strings.TrimSpace(s); !slices.Contains(phaseNames, s) {
+				fmt.Fprintf(os.Stderr, "secrets-bench: -only: unknown phase %q (phases: %s)\n", s, strings.Join(phaseNames, ","))
+				os.Exit(2)
+			}
+			run[s] = true
+		}
+		for _, p := range phaseNames {
+			if !run[p] {
+				c.skip[p] = true
+			}
+		}
+	}
 	return c
 }
+
+// phaseNames are the phases, in the order they run.
+var phaseNames = []string{"echo", "pgbench", "access", "batch", "rest", "put", "watch", "catchup", "rotation", "cache", "startup"}
 
 func run(cfg config) (err error) {
 	raiseNoFile()
