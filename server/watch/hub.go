@@ -387,9 +387,11 @@ type Subscription struct {
 	err   error
 	// wake (capacity 1) says there may be something to read.
 	wake chan struct{}
-	// waitCtx is the context Next last waited with, and stopWait ends
-	// the hook that wakes Next when it is done (used by the reader only).
-	waitCtx  context.Context
+	// waitDone is the Done channel of the context Next last waited with,
+	// and stopWait ends the hook that wakes Next when it is closed (set by
+	// the reader; Close may run on another goroutine).
+	waitDone <-chan struct{}
+	waitMu   sync.Mutex
 	stopWait func() bool
 }
 
@@ -438,13 +440,15 @@ func (s *Subscription) Next(ctx context.Context, buf []Item) ([]Item, error) {
 		if err := ctx.Err(); err != nil {
 			return buf, err
 		}
-		if ctx != s.waitCtx {
+		if done := ctx.Done(); done != nil && done != s.waitDone {
 			// A hook on ctx instead of a select on ctx.Done() at every
 			// wait: the wait is a plain receive.
+			s.waitMu.Lock()
 			if s.stopWait != nil {
 				s.stopWait()
 			}
-			s.waitCtx, s.stopWait = ctx, context.AfterFunc(ctx, s.signal)
+			s.waitDone, s.stopWait = done, context.AfterFunc(ctx, s.signal)
+			s.waitMu.Unlock()
 		}
 		<-s.wake
 	}
@@ -489,9 +493,11 @@ func (s *Subscription) Close() {
 	s.hub.mu.Lock()
 	s.hub.drop(s, ErrStopped)
 	s.hub.mu.Unlock()
+	s.waitMu.Lock()
+	defer s.waitMu.Unlock()
 	if s.stopWait != nil {
 		s.stopWait()
-		s.stopWait, s.waitCtx = nil, nil
+		s.stopWait = nil
 	}
 }
 

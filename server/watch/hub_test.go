@@ -364,3 +364,30 @@ func TestSubscriptionNextEndsWithContext(t *testing.T) {
 		t.Fatalf("Next after its deadline: %v", err)
 	}
 }
+
+// TestSubscriptionCloseWakesReader: Close from another goroutine ends a
+// reader waiting in Next with ErrStopped.
+func TestSubscriptionCloseWakesReader(t *testing.T) {
+	h, _ := startHub(t, newFakeLog(1), watch.Options{})
+	sub, err := h.Subscribe(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := sub.Next(ctx, nil)
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	sub.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, watch.ErrStopped) {
+			t.Fatalf("Next after Close: %v, want ErrStopped", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not wake the reader")
+	}
+}
