@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/orient-bot/secrets/server/auditlog"
-
-	_ "gocloud.dev/blob/fileblob" // file:// checkpoint anchors
 )
 
 // openAuditLog sets up checkpoint signing: the configured key, else (on the
