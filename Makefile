@@ -12,7 +12,7 @@ GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
 GNOSTIC_MODULE := github.com/google/gnostic@v0.7.1
 GO_TEST_FLAGS ?=
 
-.PHONY: help run build test lint generate proto-check postgres local-kms ui-tools bench reliability fuzz image image-test clean
+.PHONY: help run build test lint generate proto-check postgres local-kms ui-tools azurite bench reliability fuzz image image-test clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ build: ## Build secretsd and secretctl into bin/
 run: postgres build ## Run secretsd on the embedded default (private PostgreSQL in ./.secrets-data)
 	./bin/secretsd
 
-test: postgres local-kms ui-tools ## Run every test against a private throwaway PostgreSQL
+test: postgres local-kms ui-tools azurite ## Run every test against a private throwaway PostgreSQL
 	go test $(GO_TEST_FLAGS) -race -parallel 8 -timeout 20m ./...
 	cd deploy/kubernetes && go test $(GO_TEST_FLAGS) ./...
 
@@ -73,6 +73,11 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s; CI: make fuzz FUZ
 
 local-kms: ## Build local-kms (pinned) into .build/bin: the AWS KMS stand-in of the awskms:// KEK driver's tests
 	@./scripts/ensure-local-kms.sh
+
+# Without npm the azblob:// driver's tests skip (CI sets REQUIRE_API_TOOLS=1,
+# which turns that skip into a failure).
+azurite: ## Install Azurite (pinned in tools/azurite): the Azure Blob Storage emulator of the azblob:// driver's tests
+	@./scripts/ensure-azurite.sh || echo "Azurite not installed: the azblob:// driver's tests will skip" >&2
 
 # Without npm the dashboard's accessibility checks skip (CI sets
 # REQUIRE_BROWSER_TESTS=1, which turns that skip into a failure).

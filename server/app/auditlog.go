@@ -10,8 +10,7 @@ import (
 	"time"
 
 	"github.com/orient-bot/secrets/server/auditlog"
-
-	_ "gocloud.dev/blob/fileblob" // file:// checkpoint anchors
+	"github.com/orient-bot/secrets/server/blobstore"
 )
 
 // openAuditLog sets up checkpoint signing: the configured key, else (on the
@@ -77,7 +76,7 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 			return err
 		}
 		s.auditLog.Anchor = a
-		s.log.Info("audit checkpoints anchored outside the database")
+		s.log.Info("audit checkpoints anchored outside the database", "url", blobstore.Redact(anchorURL))
 	}
 	return nil
 }

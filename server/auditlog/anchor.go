@@ -13,6 +13,8 @@ import (
 
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
+
+	"github.com/orient-bot/secrets/server/blobstore"
 )
 
 // Anchor is the external, append-only series of signed checkpoints: one
@@ -37,13 +39,12 @@ const maxAnchorFile = 4 << 10
 const maxAnchorFiles = 10_000_000
 
 // OpenAnchor opens the bucket named by a gocloud.dev blob URL (file://,
-// s3://, gs://, azblob://: the drivers linked into the binary). Errors do
-// not echo the URL, which may carry credentials in its query.
+// s3://, gs://, azblob://) through blobstore, the service's one way to
+// open a bucket: errors name the URL only redacted.
 func OpenAnchor(ctx context.Context, url string) (*Anchor, error) {
-	b, err := blob.OpenBucket(ctx, url)
+	b, err := blobstore.Open(ctx, url)
 	if err != nil {
-		scheme, _, _ := strings.Cut(url, "://")
-		return nil, fmt.Errorf("audit checkpoint URL (%s://…): cannot open the bucket: %v", scheme, gcerrors.Code(err))
+		return nil, fmt.Errorf("audit checkpoint URL: %w", err)
 	}
 	return &Anchor{bucket: b}, nil
 }
@@ -63,13 +64,13 @@ func (a *Anchor) Put(ctx context.Context, c Checkpoint) error {
 	if err != nil {
 		return err
 	}
-	err = a.bucket.WriteAll(ctx, anchorKey(c.Sequence), append(b, '\n'), &blob.WriterOptions{
+	err = blobstore.WriteAll(ctx, a.bucket, anchorKey(c.Sequence), append(b, '\n'), &blob.WriterOptions{
 		ContentType: "application/json", IfNotExist: true})
 	if gcerrors.Code(err) == gcerrors.FailedPrecondition {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("audit checkpoint %d: external write: %w", c.Sequence, err)
+		return fmt.Errorf("audit checkpoint %d: external write: %w", c.Sequence, blobstore.RedactError(err))
 	}
 	return nil
 }
@@ -86,7 +87,7 @@ func (a *Anchor) List(ctx context.Context) ([]Checkpoint, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("audit checkpoints: list: %w", err)
+			return nil, fmt.Errorf("audit checkpoints: list: %w", blobstore.RedactError(err))
 		}
 		if obj.IsDir || !strings.HasSuffix(obj.Key, ".json") {
 			continue
@@ -106,12 +107,12 @@ func (a *Anchor) List(ctx context.Context) ([]Checkpoint, error) {
 func (a *Anchor) read(ctx context.Context, key string) (Checkpoint, error) {
 	r, err := a.bucket.NewReader(ctx, key, nil)
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("audit checkpoint %s: %w", key, err)
+		return Checkpoint{}, fmt.Errorf("audit checkpoint %s: %w", key, blobstore.RedactError(err))
 	}
 	defer r.Close()
 	b, err := io.ReadAll(io.LimitReader(r, maxAnchorFile+1))
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("audit checkpoint %s: %w", key, err)
+		return Checkpoint{}, fmt.Errorf("audit checkpoint %s: %w", key, blobstore.RedactError(err))
 	}
 	if len(b) > maxAnchorFile {
 		return Checkpoint{}, fmt.Errorf("audit checkpoint %s: larger than %d bytes", key, maxAnchorFile)
