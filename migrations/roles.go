@@ -30,6 +30,7 @@ var serviceGrants = []struct{ table, privileges string }{
 	{"audit_head", "SELECT, UPDATE"},
 	{"audit_partitions", "SELECT"},
 	{"audit_partitioning", "SELECT"},
+	{"audit_verified", "SELECT, INSERT"},
 	{"goose_db_version", "SELECT"},
 }
 
@@ -38,6 +39,7 @@ var serviceGrants = []struct{ table, privileges string }{
 var serviceFunctions = []string{
 	"audit_integrate(bigint[], bytea[], bigint, bytea)",
 	"audit_ensure_partitions(timestamptz, interval, timestamptz)",
+	"audit_sequenced_through()",
 }
 
 // auditPartitionsSQL lists audit_events' partitions: the service gets no

@@ -78,16 +78,6 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 	return c.Sequence, l.Store.InsertCheckpoint(ctx, store.AuditCheckpoint(c))
 }
 
-// Verify checks the chain in the database against its checkpoints and the
-// anchor's.
-func (l *Log) Verify(ctx context.Context) (Result, error) {
-	h, checks, err := l.snapshot(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	return Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, checks)
-}
-
 // snapshot reads the anchor's checkpoints, the database's, then the head:
 // the chain only grows and a checkpoint is written after the head it signs,
 // so the head covers every checkpoint read before it, and the events up to
