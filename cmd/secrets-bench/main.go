@@ -129,7 +129,7 @@ func parseFlags() config {
 	flag.IntVar(&c.idleConns, "idle-conns", c.idleConns, "idle connections of the per-connection memory phase")
 	flag.StringVar(&c.out, "out", c.out, "JSON output file")
 	flag.StringVar(&c.profileDir, "profile", c.profileDir, "save server CPU profiles (access c16, largest watch phase) here (also BENCH_PROFILE)")
-	skip := flag.String("skip", "", "comma-separated phases to skip: echo,pgbench,access,batch,rest,put,watch,catchup,rotation,cache,startup")
+	skip := flag.String("skip", "", "comma-separated phases to skip: echo,pgbench,access,batch,rest,put,watch,catchup,rotation,audit,cache,startup")
 	flag.Parse()
 	c.keys = max(c.keys, 20) // BatchAccessSecrets reads 20 distinct keys
 	c.conns = max(c.conns, 1)
@@ -207,7 +207,8 @@ func run(cfg config) (err error) {
 	closeClients()
 	b.phase(ctx, "watch", b.watchPhases)
 	b.phase(ctx, "catchup", b.catchUpPhase)
-	b.phase(ctx, "rotation", b.rotationPhase) // last: it re-wraps the database's data keys
+	b.phase(ctx, "rotation", b.rotationPhase) // it re-wraps the database's data keys
+	b.phase(ctx, "audit", b.auditPhase)       // on a database of its own, and the bench's audit table as the phases left it
 	closeHost()
 
 	b.phase(ctx, "cache", b.cachePhase)
