@@ -96,11 +96,21 @@ func measureAudit(ctx context.Context, adminDSN, tmp string, n int, progressf fu
 		return f, err
 	}
 	defer owner.Close(ctx)
-	// One-second partitions from now (the migration made a day-long one).
+	// Short partitions from now (the migration made a day-long one), long
+	// enough that the events fill a few of them: the export rate is then
+	// the rate of large partitions, as a day's are, not the fixed cost of
+	// each partition's commits. The current store appends straight into
+	// them (sequenced_at = the insert's clock), so they are created ahead
+	// for the whole run.
+	period, ahead := 30*time.Second, 20*time.Minute
+	if n < 100_000 {
+		period, ahead = 5*time.Second, 3*time.Minute
+	}
 	for _, q := range []string{
 		`DO $$ DECLARE r record; BEGIN FOR r IN SELECT name FROM audit_partitions LOOP EXECUTE format('DROP TABLE %I', r.name); END LOOP; END $$`,
 		`DELETE FROM audit_partitions`,
-		`SELECT audit_ensure_partitions(now() + interval '10 minutes', interval '1 second', now())`,
+		fmt.Sprintf(`SELECT audit_ensure_partitions(now() + interval '%d seconds', interval '%d seconds', now())`,
+			int(ahead.Seconds()), int(period.Seconds())),
 	} {
 		if _, err := owner.Exec(ctx, q); err != nil {
 			return f, err
@@ -160,8 +170,13 @@ func measureAudit(ctx context.Context, adminDSN, tmp string, n int, progressf fu
 	f.incrementalS = time.Since(began).Seconds()
 	progressf("  incremental verify: %d new events (of %d) in %.3fs", res.Events, n+f.incrementalNew, f.incrementalS)
 
-	// Retention: everything but the newest partition.
-	time.Sleep(1100 * time.Millisecond)
+	// Retention: everything but the newest partition, once the one that
+	// holds the last events has ended.
+	var end time.Time
+	if err := owner.QueryRow(ctx, `SELECT to_time FROM audit_partitions WHERE from_time <= now() AND now() < to_time`).Scan(&end); err != nil {
+		return f, err
+	}
+	time.Sleep(time.Until(end) + 100*time.Millisecond)
 	if err := appendN(1); err != nil {
 		return f, err
 	}

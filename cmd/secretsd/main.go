@@ -72,6 +72,7 @@ Environment (flags win over environment):
   SECRETS_AUDIT_ARCHIVE_URL  same as --audit-archive-url
   SECRETS_ALLOW_OWNER_ROLE   same as --allow-owner-role
   SECRETS_SERVICE_ROLE       the role secretsd migrate creates or checks
+  SECRETS_RETENTION_ROLE     the audit retention group role secretsd migrate creates or checks
   SECRETS_PROVIDER_CHECK_URLS same as --provider-check-urls
   SECRETS_PROVIDER_CHECK_JIRA_HOSTS same as --provider-check-jira-hosts
   OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) export OpenTelemetry spans over

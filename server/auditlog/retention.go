@@ -21,6 +21,7 @@ type RetentionStore interface {
 	AuditPartitions(ctx context.Context) ([]store.AuditPartition, error)
 	AuditSequencedThrough(ctx context.Context) (time.Time, error)
 	AuditPartitionEvents(ctx context.Context, from, to time.Time) iter.Seq2[store.AuditEvent, error]
+	AuditPartitionRange(ctx context.Context, from, to time.Time) (first, last int64, err error)
 	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
 	RecordAuditArchive(ctx context.Context, name, archive string, hash []byte, first, last *int64) error
 	DropAuditPartition(ctx context.Context, name string) error
@@ -232,21 +233,12 @@ func (r *Retention) export(ctx context.Context, p store.AuditPartition, chainSta
 // whose chain is broken is not archived (verification reports it).
 func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, object string, chainStart int64, prevSegment []byte, cps []Checkpoint) (int64, error) {
 	// The range first: the header states it.
-	var first, last int64
-	for e, err := range r.Store.AuditPartitionEvents(ctx, p.From, p.To) {
-		if err != nil {
-			return 0, err
-		}
-		if first == 0 {
-			first = e.Sequence
-		}
-		last = e.Sequence
-	}
-	if first == 0 {
-		return 0, nil
+	first, last, err := r.Store.AuditPartitionRange(ctx, p.From, p.To)
+	if err != nil || first == 0 {
+		return 0, err
 	}
 	var n int64
-	err := r.Archive.write(ctx, object, func(w io.Writer) error {
+	err = r.Archive.write(ctx, object, func(w io.Writer) error {
 		sw := newSegmentWriter(w)
 		if err := sw.enc.Encode(segmentHeader{Type: "segment", Version: 1, Name: p.Name,
 			From: p.From.UTC().Format(time.RFC3339Nano), To: p.To.UTC().Format(time.RFC3339Nano),

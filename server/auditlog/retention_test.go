@@ -176,11 +176,12 @@ func TestRetentionArchivesAndVerifies(t *testing.T) {
 	var progressed int64
 	r := e.retention()
 	r.Progress = func(_ string, rows int64) { progressed += rows }
+	began := time.Now()
 	res, err := r.Run(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("retention: %+v", res)
+	t.Logf("retention: %+v in %v", res, time.Since(began))
 	if res.Exported < 3 || res.Dropped < res.Exported || res.Rows == 0 || progressed != res.Rows {
 		t.Fatalf("retention: %+v (progress %d): want 3+ segments exported and dropped", res, progressed)
 	}
@@ -228,6 +229,7 @@ func TestRetentionArchivesAndVerifies(t *testing.T) {
 	verifyBroken := func(what, segment, want string) {
 		t.Helper()
 		got, err := e.log.VerifyArchives(ctx, e.archive, nil)
+		t.Logf("%s: %s", what, got.Summary())
 		if err != nil || got.Intact || !strings.Contains(got.Reason, segment) || !strings.Contains(got.Reason, want) {
 			t.Errorf("%s: %+v, %v; want not intact, naming %s (%s)", what, got, err, segment, want)
 		}

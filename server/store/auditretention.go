@@ -75,6 +75,14 @@ func (s *Store) AuditPartitionEvents(ctx context.Context, from, to time.Time) it
 	}
 }
 
+// AuditPartitionRange returns the first and last sequence sequenced in
+// [from, to) (0, 0 when none): two index probes of one partition.
+func (s *Store) AuditPartitionRange(ctx context.Context, from, to time.Time) (first, last int64, err error) {
+	err = s.pool.QueryRow(ctx, `SELECT coalesce(min(sequence), 0), coalesce(max(sequence), 0) FROM audit_events
+		WHERE sequenced_at >= $1 AND sequenced_at < $2`, from, to).Scan(&first, &last)
+	return first, last, classify(err)
+}
+
 // FirstAuditEvent returns the oldest event still in the table (ErrNotFound
 // when it is empty): after retention dropped partitions, the live chain
 // starts there.
