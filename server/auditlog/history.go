@@ -200,6 +200,11 @@ func (l *Log) recordVerified(ctx context.Context, hs historyStore, res Result, c
 	if best == nil {
 		return nil
 	}
+	if recs, err := hs.AuditVerifiedProgress(ctx, 1); err != nil {
+		return err
+	} else if len(recs) > 0 && recs[0].Sequence >= best.Sequence && checks.Keys.validProgress(recs[0]) {
+		return nil // recorded already
+	}
 	return hs.InsertAuditVerified(ctx, l.Signer.signProgress(best.Sequence, best.Hash, time.Now()))
 }
 

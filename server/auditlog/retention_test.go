@@ -1,6 +1,7 @@
 package auditlog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -217,6 +218,15 @@ func TestRetentionArchivesAndVerifies(t *testing.T) {
 	if err != nil || !tbl.Intact || tbl.ArchivedThrough != res.Rows || tbl.Events != int64(n)-res.Rows ||
 		!strings.Contains(tbl.Summary(), "archived and not checked here") {
 		t.Fatalf("table: %+v, %v", tbl, err)
+	}
+	// An export of the table says where the archived part ends, and
+	// verifies offline.
+	var buf bytes.Buffer
+	if _, err := e.log.Export(ctx, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ex, err := VerifyExport(&buf, Checks{Keys: e.log.Keys}); err != nil || !ex.Intact || ex.ArchivedThrough != res.Rows {
+		t.Fatalf("export of the table after retention: %+v, %v", ex, err)
 	}
 	inc, err := e.log.VerifyIncremental(ctx)
 	if err != nil || !inc.Intact || inc.Events >= tbl.Events {
