@@ -20,6 +20,9 @@ var RetentionFunctions = []string{
 	"audit_drop_partition(text)",
 }
 
+// retentionReads are the tables the retention job reads.
+var retentionReads = []string{"audit_events", "audit_head", "audit_checkpoints", "audit_partitions"}
+
 // EnsureRetentionRole creates the retention group role if it is missing
 // (NOLOGIN: it is granted to the role that runs retention, never connected
 // as) and grants it EXECUTE on RetentionFunctions and nothing else in the
@@ -70,9 +73,19 @@ func EnsureRetentionRole(ctx context.Context, ownerURL, role string) (bool, erro
 	if info.Superuser || info.Owner || login {
 		return false, fmt.Errorf("retention role %s can log in, is a superuser or is the tables' owner: use a NOLOGIN role of its own", role)
 	}
+	stmts := []string{`GRANT USAGE ON SCHEMA public TO ` + id}
 	for _, f := range RetentionFunctions {
-		if _, err := conn.Exec(ctx, `GRANT EXECUTE ON FUNCTION `+f+` TO `+id); err != nil {
-			return false, fmt.Errorf("retention role: %w", err)
+		stmts = append(stmts, `GRANT EXECUTE ON FUNCTION `+f+` TO `+id)
+	}
+	// What the job reads, so that an operator's login role needs only this
+	// role (secretsd audit prune): read-only, as the service has it.
+	for _, table := range retentionReads {
+		stmts = append(stmts, `GRANT SELECT ON `+table+` TO `+id)
+	}
+	stmts = append(stmts, `GRANT EXECUTE ON FUNCTION audit_sequenced_through() TO `+id)
+	for _, q := range stmts {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return false, fmt.Errorf("retention role: %s: %w", q, err)
 		}
 	}
 	return created, nil

@@ -75,12 +75,12 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 	exec(t, owner, `DELETE FROM audit_partitions`)
 	exec(t, owner, `SELECT audit_ensure_partitions(now() + interval '1 minute', interval '1 second', now())`)
 
-	if _, err := migrations.EnsureServiceRole(ctx, db, jobRole); err != nil {
-		t.Fatal(err)
-	}
+	// The job's role is an operator's login role holding nothing but
+	// membership of the retention role (what secretsd audit prune runs as).
 	if _, err := migrations.EnsureRetentionRole(ctx, db, retRole); err != nil {
 		t.Fatal(err)
 	}
+	exec(t, owner, `CREATE ROLE `+jobRole+` LOGIN`)
 	exec(t, owner, `GRANT `+retRole+` TO `+jobRole)
 	svc, err := store.Open(ctx, testdb.ServiceURL(t, db), store.Options{})
 	if err != nil {
