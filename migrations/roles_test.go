@@ -3,8 +3,10 @@ package migrations_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -153,5 +155,50 @@ func TestEnsureServiceRoleRefusesPrivilegedRoles(t *testing.T) {
 	var has bool
 	if err := admin.QueryRow(ctx, `SELECT has_table_privilege($1, 'audit_events', 'DELETE')`, role).Scan(&has); err != nil || has {
 		t.Errorf("DELETE on audit_events after migrate: %v, %v", has, err)
+	}
+}
+
+// TestRetentionRole: migrate creates the retention group role (idempotent)
+// and refuses one that can log in; only it may call the drop functions.
+func TestRetentionRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	role := fmt.Sprintf("ret_test_%x", time.Now().UnixNano())
+	login := role + "_login"
+	// Roles are server-wide: dropped after the database (cleanups run
+	// last-registered first).
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), testdb.Admin(t))
+		if err == nil {
+			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+login)
+			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+			c.Close(context.Background())
+		}
+	})
+	owner := testdb.New(t)
+	admin, err := pgx.Connect(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := migrations.EnsureRetentionRole(ctx, owner, role); err != nil {
+		t.Fatal(err)
+	}
+	if created, err := migrations.EnsureRetentionRole(ctx, owner, role); err != nil || created {
+		t.Fatalf("second run: created %v, %v", created, err)
+	}
+	var can, svc bool
+	if err := admin.QueryRow(ctx, `SELECT has_function_privilege($1, 'audit_drop_partition(text)', 'EXECUTE'),
+		has_function_privilege($2, 'audit_drop_partition(text)', 'EXECUTE')`, role, testdb.ServiceRole(t)).Scan(&can, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if !can || svc {
+		t.Errorf("audit_drop_partition: retention role %v, service role %v", can, svc)
+	}
+	if _, err := admin.Exec(ctx, `CREATE ROLE `+login+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.EnsureRetentionRole(ctx, owner, login); err == nil || !strings.Contains(err.Error(), "NOLOGIN") {
+		t.Errorf("a login role as the retention role: %v", err)
 	}
 }
