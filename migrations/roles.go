@@ -16,16 +16,36 @@ const DefaultServiceRole = "secrets_service"
 
 var roleName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
-// appendOnly are the tables the service may only read and append to, and
-// serviceGrants the privileges it gets on them: the audit log and its
-// checkpoints are never updated or deleted, the head only moves forward
-// (a trigger checks it), the migration history is read-only.
+// serviceGrants are the tables the service may only read and append to,
+// and the privileges it gets on them: the audit log, its intake and its
+// checkpoints are never updated or deleted (intake events leave only by
+// being chained, through audit_integrate), the head only moves forward (a
+// trigger checks it), the partition catalog and the migration history are
+// read-only. audit_events keeps INSERT for replicas of the previous
+// release, which chain their events themselves under the head lock.
 var serviceGrants = []struct{ table, privileges string }{
 	{"audit_events", "SELECT, INSERT"},
+	{"audit_intake", "SELECT, INSERT"},
 	{"audit_checkpoints", "SELECT, INSERT"},
 	{"audit_head", "SELECT, UPDATE"},
+	{"audit_partitions", "SELECT"},
+	{"audit_partitioning", "SELECT"},
+	{"audit_verified", "SELECT, INSERT"},
 	{"goose_db_version", "SELECT"},
 }
+
+// serviceFunctions are the SECURITY DEFINER functions the service may call:
+// they do, as the owner, the one thing each is for.
+var serviceFunctions = []string{
+	"audit_integrate(bigint[], bytea[], bigint, bytea)",
+	"audit_ensure_partitions(timestamptz, interval, timestamptz)",
+	"audit_sequenced_through()",
+}
+
+// auditPartitionsSQL lists audit_events' partitions: the service gets no
+// privilege on them (it reaches the rows through the parent only).
+const auditPartitionsSQL = `SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+	WHERE i.inhparent = to_regclass('audit_events')`
 
 // EnsureServiceRole creates the service role if it is missing (LOGIN, no
 // password: set one, or another authentication method) and resets its
@@ -98,6 +118,16 @@ func EnsureServiceRole(ctx context.Context, ownerURL, role string) (bool, error)
 	for _, g := range serviceGrants {
 		stmts = append(stmts, `REVOKE ALL ON `+g.table+` FROM `+id, `GRANT `+g.privileges+` ON `+g.table+` TO `+id)
 	}
+	for _, f := range serviceFunctions {
+		stmts = append(stmts, `GRANT EXECUTE ON FUNCTION `+f+` TO `+id)
+	}
+	partitions, err := tableNames(ctx, tx, auditPartitionsSQL)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range partitions {
+		stmts = append(stmts, `REVOKE ALL ON `+p+` FROM `+id)
+	}
 	for _, q := range stmts {
 		if _, err := tx.Exec(ctx, q); err != nil {
 			return false, fmt.Errorf("service role: %s: %w", q, err)
@@ -107,21 +137,40 @@ func EnsureServiceRole(ctx context.Context, ownerURL, role string) (bool, error)
 		return false, err
 	}
 	// Check what the role can do, PUBLIC's grants included.
+	checked := make([]string, 0, len(serviceGrants)+len(partitions))
 	for _, g := range serviceGrants {
+		checked = append(checked, g.table)
+	}
+	for _, table := range append(checked, partitions...) {
 		for _, p := range []string{"UPDATE", "DELETE", "TRUNCATE", "TRIGGER", "REFERENCES"} {
-			if p == "UPDATE" && g.table == "audit_head" {
+			if p == "UPDATE" && table == "audit_head" {
 				continue
 			}
 			var has bool
-			if err := conn.QueryRow(ctx, `SELECT has_table_privilege($1, $2, $3)`, role, g.table, p).Scan(&has); err != nil {
+			if err := conn.QueryRow(ctx, `SELECT has_table_privilege($1, $2, $3)`, role, table, p).Scan(&has); err != nil {
 				return false, err
 			}
 			if has {
-				return false, fmt.Errorf("service role %s still has %s on %s (granted to PUBLIC or through a group?): revoke it", role, p, g.table)
+				return false, fmt.Errorf("service role %s still has %s on %s (granted to PUBLIC or through a group?): revoke it", role, p, table)
 			}
 		}
 	}
 	return created, nil
+}
+
+func tableNames(ctx context.Context, tx pgx.Tx, query string) ([]string, error) {
+	rows, err := tx.Query(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("service role: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("service role: %w", err)
+	}
+	for i, n := range names {
+		names[i] = pgx.Identifier{n}.Sanitize()
+	}
+	return names, nil
 }
 
 // RoleInfo says how privileged a role is in the service's database.

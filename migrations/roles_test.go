@@ -3,8 +3,10 @@ package migrations_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -46,6 +48,10 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 		t.Fatalf("connected as %q (%v)", who, err)
 	}
 	const denied, raised = "42501", "P0001" // insufficient_privilege; the triggers' RAISE
+	var partition string
+	if err := admin.QueryRow(ctx, `SELECT tableoid::regclass::text FROM audit_events WHERE sequence = 1`).Scan(&partition); err != nil {
+		t.Fatal(err)
+	}
 	forbidden := []struct{ sql, code string }{
 		{`UPDATE audit_events SET actor = 'mallory' WHERE sequence = 1`, denied},
 		{`DELETE FROM audit_events WHERE sequence = 1`, denied},
@@ -70,6 +76,21 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 		{`DELETE FROM goose_db_version`, denied},
 		{`INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, true)`, denied},
 		{`CREATE TABLE shadow (x int)`, denied},
+		// The intake: events leave it only by being chained.
+		{`DELETE FROM audit_intake`, denied},
+		{`UPDATE audit_intake SET actor = 'mallory'`, denied},
+		{`TRUNCATE audit_intake`, denied},
+		// The partitions, reached directly rather than through the parent.
+		{`DELETE FROM ` + partition, denied},
+		{`UPDATE ` + partition + ` SET actor = 'mallory'`, denied},
+		{`TRUNCATE ` + partition, denied},
+		{`ALTER TABLE audit_events DETACH PARTITION ` + partition, denied},
+		{`DROP TABLE ` + partition, denied},
+		{`UPDATE audit_partitions SET state = 'dropped'`, denied},
+		{`DELETE FROM audit_partitions`, denied},
+		{`UPDATE audit_partitioning SET period = interval '1 hour'`, denied},
+		// audit_integrate refuses ids that are not in the intake.
+		{`SELECT * FROM audit_integrate(ARRAY[424242]::bigint[], ARRAY['\x03']::bytea[], 1, '\x01')`, "40001"},
 	}
 	// A GRANT without the grant option "succeeds" with a warning and
 	// grants nothing: the statements below run after it.
@@ -87,6 +108,10 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 		`UPDATE audit_head SET sequence = 2, hash = '\x02' WHERE sequence = 1`,
 		`INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature) VALUES (2, '\x02', now(), 'k', '\x00') ON CONFLICT (sequence) DO NOTHING`,
 		`SELECT max(version_id) FROM goose_db_version`,
+		`INSERT INTO audit_intake (actor, action, outcome) VALUES ('a', 'AccessSecretVersion', 'OK')`,
+		`SELECT * FROM audit_integrate(ARRAY(SELECT id FROM audit_intake), ARRAY['\x03']::bytea[], 2, '\x02')`,
+		`SELECT audit_ensure_partitions(now() + interval '2 days')`,
+		`SELECT count(*) FROM audit_partitions`,
 	}
 	for _, q := range allowed {
 		if _, err := svc.Exec(ctx, q); err != nil {
@@ -130,5 +155,50 @@ func TestEnsureServiceRoleRefusesPrivilegedRoles(t *testing.T) {
 	var has bool
 	if err := admin.QueryRow(ctx, `SELECT has_table_privilege($1, 'audit_events', 'DELETE')`, role).Scan(&has); err != nil || has {
 		t.Errorf("DELETE on audit_events after migrate: %v, %v", has, err)
+	}
+}
+
+// TestRetentionRole: migrate creates the retention group role (idempotent)
+// and refuses one that can log in; only it may call the drop functions.
+func TestRetentionRole(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	role := fmt.Sprintf("ret_test_%x", time.Now().UnixNano())
+	login := role + "_login"
+	// Roles are server-wide: dropped after the database (cleanups run
+	// last-registered first).
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), testdb.Admin(t))
+		if err == nil {
+			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+login)
+			_, _ = c.Exec(context.Background(), `DROP ROLE IF EXISTS `+role)
+			c.Close(context.Background())
+		}
+	})
+	owner := testdb.New(t)
+	admin, err := pgx.Connect(ctx, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := migrations.EnsureRetentionRole(ctx, owner, role); err != nil {
+		t.Fatal(err)
+	}
+	if created, err := migrations.EnsureRetentionRole(ctx, owner, role); err != nil || created {
+		t.Fatalf("second run: created %v, %v", created, err)
+	}
+	var can, svc bool
+	if err := admin.QueryRow(ctx, `SELECT has_function_privilege($1, 'audit_drop_partition(text)', 'EXECUTE'),
+		has_function_privilege($2, 'audit_drop_partition(text)', 'EXECUTE')`, role, testdb.ServiceRole(t)).Scan(&can, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if !can || svc {
+		t.Errorf("audit_drop_partition: retention role %v, service role %v", can, svc)
+	}
+	if _, err := admin.Exec(ctx, `CREATE ROLE `+login+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.EnsureRetentionRole(ctx, owner, login); err == nil || !strings.Contains(err.Error(), "NOLOGIN") {
+		t.Errorf("a login role as the retention role: %v", err)
 	}
 }

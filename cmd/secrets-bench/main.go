@@ -162,7 +162,7 @@ func parseFlags() config {
 }
 
 // phaseNames are the phases, in the order they run.
-var phaseNames = []string{"echo", "pgbench", "access", "batch", "rest", "put", "watch", "catchup", "rotation", "cache", "startup"}
+var phaseNames = []string{"echo", "pgbench", "access", "batch", "rest", "put", "watch", "catchup", "rotation", "audit", "cache", "startup"}
 
 func run(cfg config) (err error) {
 	raiseNoFile()
@@ -226,7 +226,8 @@ func run(cfg config) (err error) {
 	closeClients()
 	b.phase(ctx, "watch", b.watchPhases)
 	b.phase(ctx, "catchup", b.catchUpPhase)
-	b.phase(ctx, "rotation", b.rotationPhase) // last: it re-wraps the database's data keys
+	b.phase(ctx, "rotation", b.rotationPhase) // it re-wraps the database's data keys
+	b.phase(ctx, "audit", b.auditPhase)       // on a database of its own, and the bench's audit table as the phases left it
 	closeHost()
 
 	b.phase(ctx, "cache", b.cachePhase)

@@ -103,6 +103,24 @@ type results struct {
 	EmbeddedStartS *float64 `json:"embedded_start_s"`
 	RestartStartS  *float64 `json:"restart_start_s"`
 
+	// The audit log at scale (issue 17): bytes of database (audit_events'
+	// partitions with their indexes) per audited event, measured on the
+	// bench's database after the access phases (audit_events_measured
+	// events); the size of a day's partition at access_c16_rps; and, on a
+	// log of audit_verify_events synthetic events, the retention job's
+	// export rate and verify times (full and archives+table per million
+	// events; incremental: the walk after audit_verify_incremental_new
+	// new events, whatever the log's size).
+	AuditBytesPerEvent        *float64 `json:"audit_bytes_per_read"`
+	AuditEventsMeasured       int      `json:"audit_events_measured"`
+	AuditDayPartitionGiB      *float64 `json:"audit_day_partition_gib"`
+	AuditVerifyEvents         int      `json:"audit_verify_events"`
+	AuditRetentionRowsPerS    *float64 `json:"audit_retention_export_rows_per_s"`
+	AuditVerifyFullSPerM      *float64 `json:"audit_verify_full_s_per_million"`
+	AuditVerifyIncrementalS   *float64 `json:"audit_verify_incremental_s"`
+	AuditVerifyIncrementalNew int      `json:"audit_verify_incremental_new"`
+	AuditVerifyArchivesSPerM  *float64 `json:"audit_verify_archives_s_per_million"`
+
 	// Where the machine's CPU went during each measured run, in cores.
 	CPU map[string]cpuSplit `json:"cpu_cores"`
 
@@ -208,6 +226,14 @@ func (b *bench) printTable() {
 			{"p99 during rotation", "rotation_writes_p99_during_ms", r.RotationWritesP99DuringMs, "ms"},
 			{"  during / without", "rotation_writes_p99_ratio", r.RotationP99Ratio, ""},
 			{"data keys re-wrapped in the window", "rotation_rewrapped_in_window", r.RotationRewrappedInWindow, ""},
+		}},
+		{fmt.Sprintf("Audit log at scale (verify and retention over %d events)", r.AuditVerifyEvents), []row{
+			{"database bytes per audited read (table + indexes)", "audit_bytes_per_read", r.AuditBytesPerEvent, "B"},
+			{"a day's partition at access_c16_rps", "audit_day_partition_gib", r.AuditDayPartitionGiB, "GiB"},
+			{"retention export (write, read back, drop)", "audit_retention_export_rows_per_s", r.AuditRetentionRowsPerS, "rows/s"},
+			{"full verify, per million events", "audit_verify_full_s_per_million", r.AuditVerifyFullSPerM, "s"},
+			{"incremental verify (10k new events)", "audit_verify_incremental_s", r.AuditVerifyIncrementalS, "s"},
+			{"verify archives + table, per million events", "audit_verify_archives_s_per_million", r.AuditVerifyArchivesSPerM, "s"},
 		}},
 		{"Client cache (go test -bench BenchmarkCacheGet)", []row{
 			{"Get", "cache_get_ns", r.CacheGetNs, "ns/op"},

@@ -19,13 +19,23 @@ import (
 )
 
 const auditUsage = `Usage:
-  secretsd audit verify [--file EXPORT] [--checkpoints URL] [--public-key BASE64]... [--audit-signing-key FILE]
+  secretsd audit verify [--full] [--archives URL] [--file EXPORT] [--checkpoints URL] [--public-key BASE64]... [--audit-signing-key FILE]
       walk the audit hash chain (DATABASE_URL, or an export file), its
       signed checkpoints, and the external checkpoints at URL (every one
       must match, and the chain must reach the newest); exits 1 unless the
-      log is intact
+      log is intact. By default only the events after the last verified
+      point (a signed checkpoint the anchor holds too, recorded by a
+      verification that held the signing key) are walked; --full walks the
+      whole table; --archives URL also verifies every archived segment
+      (signature, digest, links, events) and the table after them as one
+      chain, naming a missing, reordered or altered segment
   secretsd audit export [--out FILE]
       write the chain (head, checkpoints, events with hashes) as JSON lines
+  secretsd audit prune --archives URL [--older-than DURATION] [--dry-run] [--audit-signing-key FILE]
+      archive audit partitions older than DURATION (default: --audit-retention)
+      as signed segments at URL, read them back, then drop them; needs a
+      DATABASE_URL role with the retention privilege (a member of
+      secrets_retention) and the signing key
   secretsd audit public-key [--audit-signing-key FILE]
       print the signing key's public half (base64), for --public-key and
       --audit-public-keys
@@ -35,7 +45,8 @@ separate keys with commas: the current signing key and the ones it
 replaced), or with the public half of --audit-signing-key /
 SECRETS_AUDIT_SIGNING_KEY. --checkpoints defaults to --audit-checkpoint-url
 (SECRETS_AUDIT_CHECKPOINT_URL); without external checkpoints the chain is
-only self-attested, and the verdict says so.
+only self-attested, and the verdict says so. --archives defaults to
+--audit-archive-url (SECRETS_AUDIT_ARCHIVE_URL) for prune only.
 
 Without DATABASE_URL both use the embedded default's database in
 --data-dir (SECRETS_DATA_DIR, .secrets-data): a running secretsd's, or the
@@ -57,7 +68,7 @@ func (k *keyList) Set(v string) error {
 	return nil
 }
 
-func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointURL string, log *slog.Logger, args []string) error {
+func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointURL, archiveURL string, log *slog.Logger, args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(os.Stderr, auditUsage)
 		if len(args) == 0 {
@@ -83,8 +94,16 @@ func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointU
 	fs.Var(&pubFlags, "public-key", "checkpoint verification key (base64 of 32 bytes); repeat or separate with commas")
 	fs.StringVar(&signingKey, "audit-signing-key", signingKey, "signing key file whose public half verifies checkpoints")
 	fs.StringVar(&checkpointURL, "checkpoints", checkpointURL, "external checkpoints (gocloud.dev blob URL: file://, s3://, gs://, azblob://)")
+	full := fs.Bool("full", false, "verify: walk every event in the table, not only those after the last verified point")
+	archives := fs.String("archives", "", "verify: also verify the archived segments at this blob URL; prune: archive to it")
+	var olderThan retentionFlag
+	fs.Var(&olderThan, "older-than", "prune: archive and drop partitions older than this (e.g. 90d; default: SECRETS_AUDIT_RETENTION)")
+	dryRun := fs.Bool("dry-run", false, "prune: list the partitions that are due, change nothing")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("audit %s: unexpected argument %q", args[0], fs.Arg(0))
 	}
 	if args[0] == "public-key" {
 		if signingKey == "" {
@@ -152,14 +171,51 @@ func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointU
 	}
 	defer st.Close()
 	l := &auditlog.Log{Store: st, Keys: checks.Keys, Anchor: anchor}
+	if signingKey != "" {
+		// A verification that holds the key records its progress.
+		if l.Signer, err = auditlog.LoadSigner(signingKey); err != nil {
+			return err
+		}
+	}
 	switch args[0] {
 	case "verify":
 		began := time.Now()
-		res, err := l.Verify(ctx)
+		var res auditlog.Result
+		switch {
+		case *archives != "":
+			a, err := auditlog.OpenArchive(ctx, *archives)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			res, err = l.VerifyArchives(ctx, a, func(segment string, n int64) {
+				fmt.Fprintf(os.Stderr, "\rverified %s: %d events", segment, n)
+			})
+			fmt.Fprintln(os.Stderr)
+			if err != nil {
+				return err
+			}
+		case *full:
+			res, err = l.Verify(ctx)
+		default:
+			res, err = l.VerifyIncremental(ctx)
+		}
 		if err == nil {
-			log.Info("audit chain walked", "events", res.Events, "elapsed", time.Since(began).Round(time.Millisecond))
+			log.Info("audit chain walked", "events", res.Events, "segments", res.Segments, "after", res.From, "elapsed", time.Since(began).Round(time.Millisecond))
 		}
 		return report(res, err)
+	case "prune":
+		keep := time.Duration(olderThan)
+		if keep == 0 {
+			var err error
+			if keep, err = parseRetention(env("SECRETS_AUDIT_RETENTION", "0")); err != nil {
+				return err
+			}
+		}
+		if *archives == "" {
+			*archives = archiveURL
+		}
+		return runPrune(ctx, st, l.Signer, *archives, keep, *dryRun)
 	case "export":
 		w := io.Writer(os.Stdout)
 		if *out != "" {

@@ -30,12 +30,12 @@ const usage = `secretsd serves Orient's secrets over gRPC and REST.
 
 Usage:
   secretsd [flags]            serve
-  secretsd migrate [--service-role NAME] [--dry-run]
+  secretsd migrate [--service-role NAME] [--retention-role NAME] [--dry-run]
                               apply database migrations to DATABASE_URL (as the owner
                               role) and create or check the service role; exit
                               (--dry-run: print what would run, change nothing)
   secretsd version            print the version
-  secretsd audit verify|export  check the tamper-evident audit log; export it (see secretsd audit -h)
+  secretsd audit verify|export|prune  check the tamper-evident audit log; export it; archive and drop old partitions (see secretsd audit -h)
   secretsd kek status|rotate  KEK rotation: data keys per KEK; re-wrap them under the primary (see secretsd kek -h)
 
 With no DATABASE_URL it runs a private PostgreSQL cluster in --data-dir and,
@@ -68,8 +68,11 @@ Environment (flags win over environment):
   SECRETS_AUDIT_CHECKPOINT_URL same as --audit-checkpoint-url
   SECRETS_AUDIT_PUBLIC_KEYS  same as --audit-public-keys
   SECRETS_AUDIT_UNSIGNED     same as --audit-unsigned
+  SECRETS_AUDIT_RETENTION    same as --audit-retention
+  SECRETS_AUDIT_ARCHIVE_URL  same as --audit-archive-url
   SECRETS_ALLOW_OWNER_ROLE   same as --allow-owner-role
   SECRETS_SERVICE_ROLE       the role secretsd migrate creates or checks
+  SECRETS_RETENTION_ROLE     the audit retention group role secretsd migrate creates or checks
   SECRETS_PROVIDER_CHECK_URLS same as --provider-check-urls
   SECRETS_PROVIDER_CHECK_JIRA_HOSTS same as --provider-check-jira-hosts
   OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) export OpenTelemetry spans over
@@ -123,6 +126,13 @@ func run(args []string) error {
 	_ = auditPublic.Set(env("SECRETS_AUDIT_PUBLIC_KEYS", ""))
 	fs.Var(&auditPublic, "audit-public-keys", "earlier audit signing keys' public halves (base64, comma-separated): their checkpoints still verify after a key rotation")
 	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envBool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
+	var retention retentionFlag
+	if err := retention.Set(env("SECRETS_AUDIT_RETENTION", "0")); err != nil {
+		return fmt.Errorf("SECRETS_AUDIT_RETENTION: %w", err)
+	}
+	fs.Var(&retention, "audit-retention", "how long audit events stay in the database (e.g. 90d, 720h); older partitions are archived to --audit-archive-url, read back, then dropped. 0: keep everything")
+	fs.StringVar(&cfg.AuditArchiveURL, "audit-archive-url", env("SECRETS_AUDIT_ARCHIVE_URL", ""), "blob URL (file://, s3://, gs://, azblob://) where --audit-retention writes signed archive segments before dropping partitions")
+	fs.DurationVar(&cfg.AuditRetentionInterval, "audit-retention-interval", 10*time.Minute, "how often the retention job looks for partitions that are due")
 	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envBool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
 	corsOrigins := fs.String("cors-origins", env("SECRETS_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the REST API (CORS), e.g. https://dash.example.com; none by default")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
@@ -168,6 +178,7 @@ func run(args []string) error {
 		}
 	}
 	cfg.AuditPublicKeys = auditPublic
+	cfg.AuditRetention = time.Duration(retention)
 	for _, o := range strings.Split(*corsOrigins, ",") {
 		if o = strings.TrimSpace(o); o != "" {
 			cfg.CORSOrigins = append(cfg.CORSOrigins, o)
@@ -192,7 +203,7 @@ func run(args []string) error {
 		fmt.Println(buildVersion())
 		return nil
 	case "audit":
-		return runAudit(ctx, cfg.DatabaseURL, cfg.DataDir, cfg.AuditSigningKey, cfg.AuditCheckpointURL, log, fs.Args()[1:])
+		return runAudit(ctx, cfg.DatabaseURL, cfg.DataDir, cfg.AuditSigningKey, cfg.AuditCheckpointURL, cfg.AuditArchiveURL, log, fs.Args()[1:])
 	case "kek":
 		return runKEK(ctx, cfg.DatabaseURL, cfg.KEKURL, cfg.KEKTimeout, log, fs.Args()[1:])
 	default:

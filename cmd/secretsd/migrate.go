@@ -17,8 +17,9 @@ func runMigrate(ctx context.Context, dsn string, log *slog.Logger, args []string
 	fs := flag.NewFlagSet("secretsd migrate", flag.ContinueOnError)
 	dryRun := fs.Bool("dry-run", false, "print the migrations that would run (and their SQL) without changing the database")
 	serviceRole := fs.String("service-role", env("SECRETS_SERVICE_ROLE", migrations.DefaultServiceRole), "the role the service connects as (created if missing, granted only what it needs)")
+	retentionRole := fs.String("retention-role", env("SECRETS_RETENTION_ROLE", migrations.DefaultRetentionRole), "the NOLOGIN group role that alone may archive and drop audit partitions (created if missing; GRANT it to the role that runs retention)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: secretsd migrate [--service-role NAME] [--dry-run]\n\nApplies the embedded migrations to DATABASE_URL (as the owner role), creates or checks the service role, and exits.\n\n")
+		fmt.Fprint(fs.Output(), "Usage: secretsd migrate [--service-role NAME] [--retention-role NAME] [--dry-run]\n\nApplies the embedded migrations to DATABASE_URL (as the owner role), creates or checks the service and retention roles, and exits.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -43,7 +44,12 @@ func runMigrate(ctx context.Context, dsn string, log *slog.Logger, args []string
 		if err != nil {
 			return err
 		}
-		log.Info("migrations applied; service role ready", "role", *serviceRole, "created", created)
+		retCreated, err := migrations.EnsureRetentionRole(mctx, dsn, *retentionRole)
+		if err != nil {
+			return err
+		}
+		log.Info("migrations applied; service role ready", "role", *serviceRole, "created", created,
+			"retention_role", *retentionRole, "retention_role_created", retCreated)
 		if created {
 			log.Warn("the service role was created without a password: set one (ALTER ROLE … PASSWORD) or another authentication method, and connect secretsd as it")
 		}

@@ -144,16 +144,25 @@ func (s *AuditService) inScope(ctx context.Context, scope auth.Scope, events []s
 
 // VerifyAuditLog walks the chain. Verification failures are answers, not
 // errors: the response says where and why.
-func (s *AuditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogRequest) (*pb.VerifyAuditLogResponse, error) {
-	res, err := s.Log.Verify(ctx)
+func (s *AuditService) VerifyAuditLog(ctx context.Context, req *pb.VerifyAuditLogRequest) (*pb.VerifyAuditLogResponse, error) {
+	verify := s.Log.VerifyIncremental
+	if req.GetFull() {
+		verify = s.Log.Verify
+	}
+	res, err := verify(ctx)
 	if err != nil {
 		return nil, toStatus(ctx, s.Logger, err)
+	}
+	var verifiedFrom int64
+	if res.From > res.ChainStart {
+		verifiedFrom = res.From
 	}
 	return &pb.VerifyAuditLogResponse{
 		Intact: res.Intact, VerifiedThrough: res.VerifiedThrough, FirstBadSequence: res.FirstBad, Reason: res.Reason,
 		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: len(s.Log.Keys) > 0,
 		Anchored: res.Anchored, AnchoredThrough: res.AnchoredThrough, ExternalCheckpointsChecked: int32(res.External),
-		Summary: res.Summary(),
+		Summary: res.Summary(), ArchivedThrough: res.ArchivedThrough,
+		VerifiedFrom: verifiedFrom,
 	}, nil
 }
 

@@ -138,6 +138,12 @@ type Config struct {
 	// AllowOwnerRole lets the service connect as the tables' owner or a
 	// superuser (who can rewrite the audit log), with a warning.
 	AllowOwnerRole bool
+	// AuditRetention is how long audit events stay in the database; older
+	// partitions are archived to AuditArchiveURL (a gocloud.dev blob URL)
+	// and dropped, every AuditRetentionInterval. 0 keeps everything.
+	AuditRetention         time.Duration
+	AuditArchiveURL        string
+	AuditRetentionInterval time.Duration
 }
 
 // MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
@@ -180,6 +186,7 @@ type Server struct {
 	kekCheck      cachedCheck
 	auditMACKey   []byte
 	auditLog      *auditlog.Log
+	retention     *auditlog.Retention
 	batcher       *auditlog.Batcher
 	authn         *auth.Authenticator
 	denials       *auditlog.DenialQueue
@@ -267,6 +274,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err := s.openAuditLog(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.openRetention(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.bootstrap(ctx); err != nil {
 		return nil, err
 	}
@@ -285,6 +295,16 @@ func (s *Server) migrateEmbedded(ctx context.Context, ownerDSN string) (string, 
 	}
 	if _, err := migrations.EnsureServiceRole(ctx, ownerDSN, migrations.DefaultServiceRole); err != nil {
 		return "", err
+	}
+	if _, err := migrations.EnsureRetentionRole(ctx, ownerDSN, migrations.DefaultRetentionRole); err != nil {
+		return "", err
+	}
+	if s.cfg.AuditRetention > 0 {
+		// The embedded default is one operator's: configuring retention is
+		// the decision to grant it.
+		if err := migrations.GrantRetention(ctx, ownerDSN, migrations.DefaultRetentionRole, migrations.DefaultServiceRole); err != nil {
+			return "", err
+		}
 	}
 	dsn := s.cluster.ConnStringAs(migrations.DefaultServiceRole, "postgres")
 	role, err := migrations.CurrentRole(ctx, dsn)
@@ -555,6 +575,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.jobs = newGroup(ctx)
 	s.jobs.Go(s.maintain)
 	s.jobs.Go(s.checkpoints)
+	s.jobs.Go(s.retain)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
 		"dashboard", s.dashboardURL(), "startup", time.Since(s.startedAt).Round(time.Millisecond))
 
@@ -655,6 +676,9 @@ func (s *Server) close(ctx context.Context) {
 		s.batcher.Close()
 	}
 	s.finalCheckpoint()
+	if s.retention != nil {
+		s.retention.Archive.Close()
+	}
 	if s.auditLog != nil && s.auditLog.Anchor != nil {
 		s.auditLog.Anchor.Close()
 	}

@@ -78,16 +78,6 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 	return c.Sequence, l.Store.InsertCheckpoint(ctx, store.AuditCheckpoint(c))
 }
 
-// Verify checks the chain in the database against its checkpoints and the
-// anchor's.
-func (l *Log) Verify(ctx context.Context) (Result, error) {
-	h, checks, err := l.snapshot(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	return Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, checks)
-}
-
 // snapshot reads the anchor's checkpoints, the database's, then the head:
 // the chain only grows and a checkpoint is written after the head it signs,
 // so the head covers every checkpoint read before it, and the events up to
@@ -147,8 +137,19 @@ func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (
 			return 0, err
 		}
 	}
+	// After retention dropped partitions the table's chain starts later:
+	// the export says where (the archives hold the rest).
+	start, err := l.liveStart(ctx, h)
+	if err != nil {
+		return 0, err
+	}
+	if start.Sequence > h.ChainStart {
+		if err := enc.Encode(exportLine{Type: "archived", Sequence: start.Sequence, Hash: hex.EncodeToString(start.Hash)}); err != nil {
+			return 0, err
+		}
+	}
 	var n int64
-	for e, err := range l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence) {
+	for e, err := range l.Store.AuditEvents(ctx, start.Sequence, h.Sequence) {
 		if err != nil {
 			return n, err
 		}
@@ -172,6 +173,7 @@ func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (
 func VerifyExport(r io.Reader, checks Checks) (Result, error) {
 	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
 	var head Head
+	var after Point // set by an "archived" line
 	var first *store.AuditEvent
 	readHeader := func() error {
 		sawHead := false
@@ -189,6 +191,12 @@ func VerifyExport(r io.Reader, checks Checks) (Result, error) {
 					return fmt.Errorf("export: head hash: %w", err)
 				}
 				head, sawHead = Head{ChainStart: l.ChainStart, Sequence: l.Sequence, Hash: h}, true
+			case "archived":
+				h, err := hex.DecodeString(l.Hash)
+				if err != nil || l.Sequence < 0 {
+					return fmt.Errorf("export: bad archived line")
+				}
+				after = Point{Sequence: l.Sequence, Hash: h}
 			case "checkpoint":
 				c, err := l.checkpoint()
 				if err != nil {
@@ -238,7 +246,12 @@ func VerifyExport(r io.Reader, checks Checks) (Result, error) {
 			}
 		}
 	}
-	return Verify(events, head, checks)
+	if after.Sequence <= head.ChainStart {
+		return Verify(events, head, checks)
+	}
+	res, err := VerifyAfter(events, after, head, checks)
+	res.From, res.ArchivedThrough = head.ChainStart, after.Sequence
+	return res, err
 }
 
 func (l exportLine) event() (store.AuditEvent, error) {

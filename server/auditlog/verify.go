@@ -87,6 +87,14 @@ type Result struct {
 	AnchoredThrough int64
 	// ChainStart: events up to it predate the chain.
 	ChainStart int64
+	// From: the walk started after this event, verified before (an
+	// incremental verification) or archived; 0 or ChainStart: the start.
+	From int64
+	// Segments counts the archived segments verified (with archives).
+	Segments int
+	// ArchivedThrough: events up to it were archived and dropped from the
+	// table, and not walked here (0: none).
+	ArchivedThrough int64
 }
 
 // Summary says in one sentence what the result vouches for, and what it
@@ -96,7 +104,17 @@ func (r Result) Summary() string {
 		return fmt.Sprintf("NOT INTACT: first bad sequence %d: %s (verified through %d)", r.FirstBad, r.Reason, r.VerifiedThrough)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "intact up to sequence %d (%d events, %d signed checkpoints in the database matched", r.VerifiedThrough, r.Events, r.Checkpoints)
+	fmt.Fprintf(&b, "intact up to sequence %d (%d events", r.VerifiedThrough, r.Events)
+	if r.Segments > 0 {
+		fmt.Fprintf(&b, " in %d archived segments and the table", r.Segments)
+	}
+	if r.From > r.ChainStart {
+		fmt.Fprintf(&b, " after %d, verified before", r.From)
+	}
+	fmt.Fprintf(&b, ", %d signed checkpoints in the database matched", r.Checkpoints)
+	if r.ArchivedThrough > 0 {
+		fmt.Fprintf(&b, ", events up to %d archived and not checked here: verify them with --archives", r.ArchivedThrough)
+	}
 	switch {
 	case !r.Anchored:
 		b.WriteString("); no external checkpoints were checked, so all of it is only self-attested: whoever controls the database could have rewritten or cut back the whole chain")
@@ -118,7 +136,23 @@ func (r Result) Summary() string {
 // an anchor is not intact). It reads one event ahead, to tell a reordering
 // from an insertion.
 func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checks Checks) (Result, error) {
-	res := Result{VerifiedThrough: head.ChainStart, ChainStart: head.ChainStart, Anchored: checks.Anchored}
+	return VerifyAfter(events, Point{Sequence: head.ChainStart}, head, checks)
+}
+
+// Point is a place in the chain: the event Sequence, whose hash is Hash
+// (empty at the chain's start).
+type Point struct {
+	Sequence int64
+	Hash     []byte
+}
+
+// VerifyAfter is Verify for the chain after a point already verified (an
+// incremental verification, or the live table after archived segments):
+// the first event must link to after.Hash; checkpoints up to after are not
+// checked again, except that one at after itself must match after.Hash.
+func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head Head, checks Checks) (Result, error) {
+	res := Result{VerifiedThrough: max(head.ChainStart, after.Sequence), ChainStart: head.ChainStart, Anchored: checks.Anchored,
+		From: after.Sequence}
 	bad := func(seq int64, format string, args ...any) (Result, error) {
 		res.Intact, res.FirstBad, res.Reason = false, seq, fmt.Sprintf(format, args...)
 		return res, nil
@@ -139,6 +173,12 @@ func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checks Checks)
 			return bad(c.Sequence, "rewritten: the chain claims to start after %d, but the external checkpoint at %d covers an event before that",
 				head.ChainStart, c.Sequence)
 		}
+		if c.Sequence <= after.Sequence {
+			if c.Sequence == after.Sequence && !bytes.Equal(c.Hash, after.Hash) {
+				return bad(c.Sequence, "rewritten: the verified event %d does not match the external checkpoint at %d", c.Sequence, c.Sequence)
+			}
+			continue
+		}
 		if o, dup := external[c.Sequence]; dup && !bytes.Equal(o.Hash, c.Hash) {
 			return bad(c.Sequence, "rewritten: two external checkpoints at %d disagree", c.Sequence)
 		}
@@ -154,6 +194,9 @@ func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checks Checks)
 		if len(checks.Keys) == 0 {
 			break
 		}
+		if c.Sequence <= after.Sequence {
+			continue
+		}
 		if !checks.Keys.valid(c) {
 			if untrusted == nil || c.Sequence < untrusted.Sequence {
 				untrusted = &c
@@ -167,13 +210,16 @@ func Verify(events iter.Seq2[store.AuditEvent, error], head Head, checks Checks)
 	var prev, prevPrev []byte // hashes of the last two verified events
 	lastCheckpoint := head.ChainStart
 	expect := head.ChainStart + 1
+	if after.Sequence > head.ChainStart {
+		prev, lastCheckpoint, expect = after.Hash, after.Sequence, after.Sequence+1
+	}
 	cur, err, ok := next()
 	for ok {
 		if err != nil {
 			return res, err
 		}
 		nxt, nerr, nok := next()
-		if cur.Sequence <= head.ChainStart {
+		if cur.Sequence <= head.ChainStart || cur.Sequence <= after.Sequence {
 			cur, err, ok = nxt, nerr, nok
 			continue
 		}

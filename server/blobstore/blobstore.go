@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"regexp"
 	"slices"
@@ -227,4 +228,39 @@ func WriteAll(ctx context.Context, b *blob.Bucket, key string, p []byte, opts *b
 	// the writer this function exists to avoid.
 	o.ContentMD5 = nil
 	return b.Upload(ctx, key, bytes.NewReader(p), &o)
+}
+
+// WriteStream writes what fill produces to key through Bucket.Upload (see
+// WriteAll for why not the streaming writer), piped, so an object of any
+// size is written in bounded memory. If fill fails the upload is aborted
+// and the object is not created.
+func WriteStream(ctx context.Context, b *blob.Bucket, key string, fill func(io.Writer) error, opts *blob.WriterOptions) error {
+	o := blob.WriterOptions{}
+	if opts != nil {
+		o = *opts
+	}
+	if o.ContentType == "" {
+		o.ContentType = "application/octet-stream"
+	}
+	o.ContentMD5 = nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	fillErr := make(chan error, 1)
+	go func() {
+		err := fill(pw)
+		if err != nil {
+			// Before the pipe ends: the upload must not see a clean EOF
+			// and commit a truncated object.
+			cancel()
+		}
+		pw.CloseWithError(err)
+		fillErr <- err
+	}()
+	err := b.Upload(ctx, key, pr, &o)
+	pr.CloseWithError(io.ErrClosedPipe) // unblocks fill if Upload stopped reading
+	if ferr := <-fillErr; ferr != nil {
+		return ferr
+	}
+	return err
 }

@@ -346,7 +346,10 @@ func (x *ListAuditEventsResponse) GetNextPageToken() string {
 
 // Request for VerifyAuditLog.
 type VerifyAuditLogRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Walk every event in the table, not only those after the last verified
+	// point (which also re-checks the content of events verified before).
+	Full          bool `protobuf:"varint,1,opt,name=full,proto3" json:"full,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -381,6 +384,13 @@ func (*VerifyAuditLogRequest) Descriptor() ([]byte, []int) {
 	return file_orient_secrets_v1_audit_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *VerifyAuditLogRequest) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
 // Response of VerifyAuditLog.
 type VerifyAuditLogResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -409,9 +419,15 @@ type VerifyAuditLogResponse struct {
 	// How many external checkpoints matched the chain.
 	ExternalCheckpointsChecked int32 `protobuf:"varint,10,opt,name=external_checkpoints_checked,json=externalCheckpointsChecked,proto3" json:"external_checkpoints_checked,omitempty"`
 	// The verdict in one sentence, saying what is only self-attested.
-	Summary       string `protobuf:"bytes,11,opt,name=summary,proto3" json:"summary,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Summary string `protobuf:"bytes,11,opt,name=summary,proto3" json:"summary,omitempty"`
+	// The walk started after this sequence, verified before (0: from the
+	// chain's start, or after the archived events).
+	VerifiedFrom int64 `protobuf:"varint,12,opt,name=verified_from,json=verifiedFrom,proto3" json:"verified_from,omitempty"`
+	// Events up to this sequence were archived and dropped from the table by
+	// retention, and are not checked here (0: none).
+	ArchivedThrough int64 `protobuf:"varint,13,opt,name=archived_through,json=archivedThrough,proto3" json:"archived_through,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *VerifyAuditLogResponse) Reset() {
@@ -519,6 +535,20 @@ func (x *VerifyAuditLogResponse) GetSummary() string {
 		return x.Summary
 	}
 	return ""
+}
+
+func (x *VerifyAuditLogResponse) GetVerifiedFrom() int64 {
+	if x != nil {
+		return x.VerifiedFrom
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetArchivedThrough() int64 {
+	if x != nil {
+		return x.ArchivedThrough
+	}
+	return 0
 }
 
 // Request for MatchValue.
@@ -741,8 +771,9 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"page_token\x18\a \x01(\tR\tpageToken\"x\n" +
 	"\x17ListAuditEventsResponse\x125\n" +
 	"\x06events\x18\x01 \x03(\v2\x1d.orient.secrets.v1.AuditEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x17\n" +
-	"\x15VerifyAuditLogRequest\"\xb4\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"+\n" +
+	"\x15VerifyAuditLogRequest\x12\x12\n" +
+	"\x04full\x18\x01 \x01(\bR\x04full\"\x84\x04\n" +
 	"\x16VerifyAuditLogResponse\x12\x16\n" +
 	"\x06intact\x18\x01 \x01(\bR\x06intact\x12)\n" +
 	"\x10verified_through\x18\x02 \x01(\x03R\x0fverifiedThrough\x12,\n" +
@@ -755,7 +786,9 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\x10anchored_through\x18\t \x01(\x03R\x0fanchoredThrough\x12@\n" +
 	"\x1cexternal_checkpoints_checked\x18\n" +
 	" \x01(\x05R\x1aexternalCheckpointsChecked\x12\x18\n" +
-	"\asummary\x18\v \x01(\tR\asummary\";\n" +
+	"\asummary\x18\v \x01(\tR\asummary\x12#\n" +
+	"\rverified_from\x18\f \x01(\x03R\fverifiedFrom\x12)\n" +
+	"\x10archived_through\x18\r \x01(\x03R\x0farchivedThrough\";\n" +
 	"\x11MatchValueRequest\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\fR\x05value\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"\x9a\x01\n" +

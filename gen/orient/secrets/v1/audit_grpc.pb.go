@@ -33,9 +33,14 @@ const (
 type AuditServiceClient interface {
 	// Lists audit events, newest first, filtered and paged.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
-	// Walks the whole hash chain and the signed checkpoints, and reports
-	// either "intact up to sequence N" or the first event that does not
-	// verify, with why (edited, deleted, reordered, inserted, rewritten).
+	// Walks the hash chain and the signed checkpoints, and reports either
+	// "intact up to sequence N" or the first event that does not verify,
+	// with why (edited, deleted, reordered, inserted, rewritten). By default
+	// it walks only the events after the last point a verifier recorded as
+	// verified (a signed checkpoint the external anchor holds too), so it
+	// takes seconds on a large log; full walks every event in the table.
+	// Events that retention archived and dropped are checked by
+	// `secretsd audit verify --archives`.
 	VerifyAuditLog(ctx context.Context, in *VerifyAuditLogRequest, opts ...grpc.CallOption) (*VerifyAuditLogResponse, error)
 	// Answers which secret versions, if any, held a candidate value (a leak
 	// check): the value is fingerprinted with the audit log's sealed HMAC key
@@ -91,9 +96,14 @@ func (c *auditServiceClient) MatchValue(ctx context.Context, in *MatchValueReque
 type AuditServiceServer interface {
 	// Lists audit events, newest first, filtered and paged.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
-	// Walks the whole hash chain and the signed checkpoints, and reports
-	// either "intact up to sequence N" or the first event that does not
-	// verify, with why (edited, deleted, reordered, inserted, rewritten).
+	// Walks the hash chain and the signed checkpoints, and reports either
+	// "intact up to sequence N" or the first event that does not verify,
+	// with why (edited, deleted, reordered, inserted, rewritten). By default
+	// it walks only the events after the last point a verifier recorded as
+	// verified (a signed checkpoint the external anchor holds too), so it
+	// takes seconds on a large log; full walks every event in the table.
+	// Events that retention archived and dropped are checked by
+	// `secretsd audit verify --archives`.
 	VerifyAuditLog(context.Context, *VerifyAuditLogRequest) (*VerifyAuditLogResponse, error)
 	// Answers which secret versions, if any, held a candidate value (a leak
 	// check): the value is fingerprinted with the audit log's sealed HMAC key

@@ -1,0 +1,368 @@
+package auditlog
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// historyStore is what verification needs besides Store once retention
+// has dropped partitions, and to verify incrementally.
+type historyStore interface {
+	AuditPartitions(ctx context.Context) ([]store.AuditPartition, error)
+	AuditEventAt(ctx context.Context, seq int64) (store.AuditEvent, error)
+	InsertAuditVerified(ctx context.Context, v store.AuditVerified) error
+	AuditVerifiedProgress(ctx context.Context, limit int) ([]store.AuditVerified, error)
+}
+
+// archivedThrough is the last sequence retention dropped from the table
+// (0: none): the live chain starts after it.
+func archivedThrough(parts []store.AuditPartition) int64 {
+	var through int64
+	for _, p := range parts {
+		if p.State == store.PartitionDropped && p.LastSeq != nil {
+			through = max(through, *p.LastSeq)
+		}
+	}
+	return through
+}
+
+// liveStart is where the table's chain starts: after the chain start, or
+// after the events retention dropped (then linked to the first live
+// event's previous hash, which only the archives can confirm).
+func (l *Log) liveStart(ctx context.Context, h Head) (Point, error) {
+	hs, ok := l.Store.(historyStore)
+	if !ok {
+		return Point{Sequence: h.ChainStart}, nil
+	}
+	parts, err := hs.AuditPartitions(ctx)
+	if err != nil {
+		return Point{}, err
+	}
+	through := archivedThrough(parts)
+	if through <= h.ChainStart {
+		return Point{Sequence: h.ChainStart}, nil
+	}
+	if through >= h.Sequence {
+		return Point{Sequence: h.Sequence, Hash: h.Hash}, nil
+	}
+	e, err := hs.AuditEventAt(ctx, through+1)
+	if errors.Is(err, store.ErrNotFound) {
+		// Verify reports the gap.
+		return Point{Sequence: through}, nil
+	}
+	if err != nil {
+		return Point{}, err
+	}
+	return Point{Sequence: through, Hash: e.PrevHash}, nil
+}
+
+// VerifyIncremental verifies the chain after the newest point a verifier
+// holding the signing key recorded as verified, when that point is still
+// trustworthy: its record is signed by a trusted key, a signed checkpoint
+// in the database (and, with an anchor, an external one) vouches for the
+// same hash at that sequence, and the table's event there still has it. So
+// the starting point is a signed checkpoint matching the external anchor,
+// and the walk covers only the events after it: seconds on a large log.
+// Otherwise it verifies everything (Verify). With a signer, an intact
+// result records the newest checkpoint it covered as the next start.
+//
+// What it does not re-check: the content of events before the starting
+// point (verified when the point was recorded). Verify (--full) does.
+func (l *Log) VerifyIncremental(ctx context.Context) (Result, error) {
+	hs, ok := l.Store.(historyStore)
+	if !ok {
+		return l.Verify(ctx)
+	}
+	h, checks, err := l.snapshot(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	start, err := l.liveStart(ctx, h)
+	if err != nil {
+		return Result{}, err
+	}
+	archived := start.Sequence
+	p, resumed, err := l.verifiedPoint(ctx, hs, checks, start)
+	if err != nil {
+		return Result{}, err
+	}
+	if resumed {
+		start = p
+	}
+	res, err := VerifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
+	if archived > h.ChainStart {
+		res.ArchivedThrough = archived
+		if !resumed {
+			res.From = h.ChainStart
+		}
+	}
+	if err != nil || !res.Intact {
+		return res, err
+	}
+	return res, l.recordVerified(ctx, hs, res, checks)
+}
+
+// Verify checks the chain in the database against its checkpoints and the
+// anchor's, all of it (after the events retention archived and dropped:
+// VerifyArchives checks those).
+func (l *Log) Verify(ctx context.Context) (Result, error) {
+	h, checks, err := l.snapshot(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	start, err := l.liveStart(ctx, h)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := VerifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
+	if start.Sequence > h.ChainStart {
+		res.From, res.ArchivedThrough = h.ChainStart, start.Sequence
+	}
+	if err == nil && res.Intact {
+		if hs, ok := l.Store.(historyStore); ok {
+			err = l.recordVerified(ctx, hs, res, checks)
+		}
+	}
+	return res, err
+}
+
+// maxProgressRecords bounds how many progress records are considered.
+const maxProgressRecords = 16
+
+// verifiedPoint finds the starting point of an incremental verification.
+func (l *Log) verifiedPoint(ctx context.Context, hs historyStore, checks Checks, live Point) (Point, bool, error) {
+	if len(checks.Keys) == 0 {
+		return Point{}, false, nil // nothing signed can be trusted
+	}
+	recs, err := hs.AuditVerifiedProgress(ctx, maxProgressRecords)
+	if err != nil {
+		return Point{}, false, err
+	}
+	for _, v := range recs {
+		if v.Sequence <= live.Sequence || !checks.Keys.validProgress(v) {
+			continue
+		}
+		if !hasCheckpoint(checks.Checkpoints, checks.Keys, v.Sequence, v.Hash) {
+			continue
+		}
+		if checks.Anchored && !hasCheckpoint(checks.External, checks.Keys, v.Sequence, v.Hash) {
+			continue
+		}
+		e, err := hs.AuditEventAt(ctx, v.Sequence)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return Point{}, false, err
+		}
+		if !bytes.Equal(e.Hash, v.Hash) || !bytes.Equal(store.EventHash(e.PrevHash, e), e.Hash) {
+			continue // the full walk will say what is wrong
+		}
+		return Point{Sequence: v.Sequence, Hash: v.Hash}, true, nil
+	}
+	return Point{}, false, nil
+}
+
+func hasCheckpoint(cps []Checkpoint, keys Keys, seq int64, hash []byte) bool {
+	for _, c := range cps {
+		if c.Sequence == seq && bytes.Equal(c.Hash, hash) && keys.valid(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// recordVerified records, with the signer, the newest checkpoint an intact
+// result covered: one the anchor holds too, if there is an anchor (the
+// starting point verifiedPoint accepts).
+func (l *Log) recordVerified(ctx context.Context, hs historyStore, res Result, checks Checks) error {
+	if l.Signer == nil || !res.Intact {
+		return nil
+	}
+	var best *Checkpoint
+	for i, c := range checks.Checkpoints {
+		if c.Sequence > res.VerifiedThrough || c.Sequence <= res.ChainStart || !checks.Keys.valid(c) || (best != nil && c.Sequence <= best.Sequence) {
+			continue
+		}
+		if checks.Anchored && !hasCheckpoint(checks.External, checks.Keys, c.Sequence, c.Hash) {
+			continue
+		}
+		best = &checks.Checkpoints[i]
+	}
+	if best == nil {
+		return nil
+	}
+	if recs, err := hs.AuditVerifiedProgress(ctx, 1); err != nil {
+		return err
+	} else if len(recs) > 0 && recs[0].Sequence >= best.Sequence && checks.Keys.validProgress(recs[0]) {
+		return nil // recorded already
+	}
+	return hs.InsertAuditVerified(ctx, l.Signer.signProgress(best.Sequence, best.Hash, time.Now()))
+}
+
+func progressMessage(seq int64, hash []byte, t time.Time) []byte {
+	msg := []byte("orient.secrets.audit-verified.v1\x00")
+	msg = binary.BigEndian.AppendUint64(msg, uint64(seq))
+	msg = binary.BigEndian.AppendUint64(msg, uint64(t.UnixMicro()))
+	return append(msg, hash...)
+}
+
+// signProgress signs "the chain verified through seq, whose hash is hash".
+func (s *Signer) signProgress(seq int64, hash []byte, t time.Time) store.AuditVerified {
+	t = t.Truncate(time.Microsecond).UTC()
+	return store.AuditVerified{Sequence: seq, Hash: hash, Time: t, KeyID: s.id,
+		Signature: ed25519.Sign(s.key, progressMessage(seq, hash, t))}
+}
+
+func (k Keys) validProgress(v store.AuditVerified) bool {
+	pub, ok := k[v.KeyID]
+	return ok && ed25519.Verify(pub, progressMessage(v.Sequence, v.Hash, v.Time), v.Signature)
+}
+
+// VerifyArchives verifies the whole history as one chain: the archived
+// segments the partition catalog records, in order (each one's digest and
+// signature, the segment-hash links between them, and that the bucket holds
+// no segment the catalog lost), then the live table. A missing, reordered
+// or altered segment is reported by name.
+func (l *Log) VerifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
+	hs, ok := l.Store.(historyStore)
+	if !ok {
+		return Result{}, errors.New("audit archives: the store has no partition catalog")
+	}
+	h, checks, err := l.snapshot(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	if len(checks.Keys) == 0 {
+		return Result{}, errors.New("audit archives: segments are signed; verifying them needs a public key")
+	}
+	res := Result{ChainStart: h.ChainStart, VerifiedThrough: h.ChainStart, Anchored: checks.Anchored}
+	bad := func(segment string, seq int64, format string, args ...any) (Result, error) {
+		res.Intact, res.FirstBad = false, seq
+		res.Reason = fmt.Sprintf("segment %s: ", segment) + fmt.Sprintf(format, args...)
+		return res, nil
+	}
+	parts, err := hs.AuditPartitions(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	inBucket, err := a.list(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	bucket := make(map[string]bool, len(inBucket))
+	for _, o := range inBucket {
+		bucket[o] = true
+	}
+	catalog := map[string]store.AuditPartition{}
+	var segs []Segment
+	var prev *Segment
+	for _, p := range parts {
+		catalog[SegmentObject(p.Name)] = p
+		if p.State == store.PartitionLive || p.Archive == "" {
+			continue
+		}
+		object := p.Archive
+		var next int64 = h.ChainStart + 1
+		if prev != nil {
+			next = prev.LastSeq + 1
+		}
+		seg, err := a.readSegment(ctx, object, checks.Keys, nil)
+		var se *SegmentError
+		if errors.As(err, &se) {
+			return bad(object, next, "%s", se.Problem)
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		switch {
+		case seg.Name != p.Name || object != SegmentObject(seg.Name):
+			return bad(object, next, "reordered: it holds partition %s, not %s", seg.Name, p.Name)
+		case !bytes.Equal(seg.Hash, p.ArchiveHash):
+			return bad(object, next, "replaced: it is not the segment the catalog recorded for %s", p.Name)
+		case prev == nil && len(seg.PrevSegmentHash) != 0:
+			return bad(object, next, "missing: it links to a segment before it that is not in the archive")
+		case prev != nil && !bytes.Equal(seg.PrevSegmentHash, prev.Hash):
+			return bad(object, next, "missing or reordered: it does not follow segment %s (a segment between them is missing, or they are out of order)", prev.Object)
+		case seg.FirstSeq != next && !(prev == nil && seg.FirstSeq <= next):
+			return bad(object, next, "missing: events %d to %d are in no segment before it", next, seg.FirstSeq-1)
+		}
+		segs = append(segs, seg)
+		prev = &segs[len(segs)-1]
+		checks.Checkpoints = append(checks.Checkpoints, seg.Checkpoints...)
+	}
+	// A segment the catalog does not know (deleted from the catalog, or
+	// written by an export that never got recorded) is reported unless its
+	// partition is still live (an export in progress).
+	for _, o := range inBucket {
+		if _, known := catalog[o]; !known {
+			return bad(o, res.VerifiedThrough+1, "not in the partition catalog (the catalog lost it, or the segment is foreign)")
+		}
+	}
+	// One walk over segments and table: the segments' events as read
+	// (their digests were checked above; a change between the two reads is
+	// caught by the event hashes), then the table after the last segment.
+	var tableAfter int64 = h.ChainStart
+	if prev != nil {
+		tableAfter = prev.LastSeq
+	}
+	owner := func(seq int64) string {
+		for _, s := range segs {
+			if seq >= s.FirstSeq && seq <= s.LastSeq {
+				return s.Object
+			}
+		}
+		return ""
+	}
+	events := func(yield func(store.AuditEvent, error) bool) {
+		stopped := errors.New("stopped")
+		for _, s := range segs {
+			var n int64
+			_, err := a.readSegment(ctx, s.Object, checks.Keys, func(e store.AuditEvent) error {
+				n++
+				if progress != nil && n%100_000 == 0 {
+					progress(s.Object, n)
+				}
+				if !yield(e, nil) {
+					return stopped
+				}
+				return nil
+			})
+			if errors.Is(err, stopped) {
+				return
+			}
+			if err != nil {
+				yield(store.AuditEvent{}, err)
+				return
+			}
+			if progress != nil {
+				progress(s.Object, n)
+			}
+		}
+		for e, err := range l.Store.AuditEvents(ctx, tableAfter, h.Sequence) {
+			if !yield(e, err) || err != nil {
+				return
+			}
+		}
+	}
+	res, err = Verify(iter.Seq2[store.AuditEvent, error](events), h, checks)
+	res.Segments = len(segs)
+	var se *SegmentError
+	if errors.As(err, &se) {
+		return bad(se.Segment, res.VerifiedThrough+1, "altered while being read: %s", se.Problem)
+	}
+	if err == nil && !res.Intact {
+		if o := owner(res.FirstBad); o != "" {
+			res.Reason = fmt.Sprintf("segment %s: %s", o, res.Reason)
+		}
+	}
+	return res, err
+}
