@@ -164,6 +164,7 @@ func TestDrivers(t *testing.T) {
 			}
 			defer b.Close()
 			roundTrip(t, ctx, b)
+			streamed(t, ctx, b)
 		})
 	}
 }
@@ -207,5 +208,44 @@ func roundTrip(t *testing.T, ctx context.Context, b *blob.Bucket) {
 	}
 	if _, err := b.ReadAll(ctx, "p-1.json"); gcerrors.Code(err) != gcerrors.NotFound {
 		t.Errorf("read after delete: %v", err)
+	}
+}
+
+// streamed exercises WriteStream: a large object in pieces, written once;
+// a fill that fails leaves no object behind.
+func streamed(t *testing.T, ctx context.Context, b *blob.Bucket) {
+	t.Helper()
+	once := &blob.WriterOptions{ContentType: "application/jsonl", IfNotExist: true}
+	line := strings.Repeat("x", 1023) + "\n"
+	fill := func(w io.Writer) error {
+		for range 3 << 10 { // 3 MiB, several of any driver's buffers
+			if _, err := io.WriteString(w, line); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := blobstore.WriteStream(ctx, b, "seg.jsonl", fill, once); err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	got, err := b.ReadAll(ctx, "seg.jsonl")
+	if err != nil || len(got) != 3<<20 {
+		t.Fatalf("read back: %d bytes, %v", len(got), err)
+	}
+	if err := blobstore.WriteStream(ctx, b, "seg.jsonl", fill, once); gcerrors.Code(err) != gcerrors.FailedPrecondition {
+		t.Errorf("second stream of seg.jsonl: %v (code %v), want FailedPrecondition", err, gcerrors.Code(err))
+	}
+	boom := errors.New("export failed")
+	err = blobstore.WriteStream(ctx, b, "broken.jsonl", func(w io.Writer) error {
+		if _, err := io.WriteString(w, line); err != nil {
+			return err
+		}
+		return boom
+	}, once)
+	if !errors.Is(err, boom) {
+		t.Errorf("failing fill: %v, want its error", err)
+	}
+	if ok, err := b.Exists(ctx, "broken.jsonl"); err != nil || ok {
+		t.Errorf("a failed stream left an object: %v, %v", ok, err)
 	}
 }
