@@ -42,8 +42,10 @@ func nextAfterNewVersion(cur Secret, now time.Time) time.Time {
 // whether the next rotation time was set (so its reminder may be published
 // again).
 func applySchedule(cur *Secret, p UpdateParams, now time.Time) (bool, error) {
+	// A field sent back unchanged (a client returning what it read with
+	// another field edited) changes nothing: the schedule stays.
 	rescheduled := false
-	if p.RotationPeriod != nil {
+	if p.RotationPeriod != nil && *p.RotationPeriod != cur.RotationPeriod {
 		cur.RotationPeriod = *p.RotationPeriod
 		if p.NextRotationTime == nil {
 			// A new period starts now; no period, no recurring reminder.
@@ -54,7 +56,7 @@ func applySchedule(cur *Secret, p UpdateParams, now time.Time) (bool, error) {
 			rescheduled = true
 		}
 	}
-	if p.NextRotationTime != nil {
+	if p.NextRotationTime != nil && !p.NextRotationTime.Equal(cur.NextRotationTime) {
 		cur.NextRotationTime = *p.NextRotationTime
 		rescheduled = true
 	}
