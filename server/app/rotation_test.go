@@ -179,6 +179,17 @@ func TestRotationDueAcrossReplicas(t *testing.T) {
 	if len(list.GetSecrets()) != 1 || list.GetSecrets()[0].GetKey() != "CUSTOM_DUE" || !list.GetSecrets()[0].GetRotationDue() {
 		t.Fatalf("rotation_due list %v, want CUSTOM_DUE only", list.GetSecrets())
 	}
+	// The same over REST, and a PATCH that sets a period.
+	loadServedDocument(t, a.BaseURL)
+	rc := restClient{t: t, base: a.BaseURL, hc: &http.Client{Timeout: 30 * time.Second}, token: a.AdminToken}
+	got := rc.must(http.StatusOK, "GET", "/v1/secrets?rotationDue=true", nil)
+	if due := arr(t, got["secrets"], "secrets"); len(due) != 1 || obj(t, due[0], "secrets[0]")["key"] != "CUSTOM_DUE" || obj(t, due[0], "secrets[0]")["rotationDue"] != true {
+		t.Fatalf("REST rotationDue list: %v", got)
+	}
+	patched := obj(t, rc.must(http.StatusOK, "PATCH", "/v1/secrets/CUSTOM_FRESH", map[string]any{"rotationPeriod": "7776000s"})["secret"], "secret")
+	if patched["rotationPeriod"] != "7776000s" || patched["nextRotationTime"] == nil || patched["rotationDue"] != false {
+		t.Fatalf("REST PATCH rotationPeriod: %v", patched)
+	}
 	// The due secret's state sent back unchanged with an edit is accepted
 	// (its past next_rotation_time is the stored one).
 	sec := list.GetSecrets()[0]
