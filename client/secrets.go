@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"hash/crc32"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 )
@@ -22,6 +25,9 @@ type writeOptions struct {
 	description     *string
 	category        *string
 	restartRequired *bool
+	rotationPeriod  *time.Duration
+	nextRotation    *time.Time
+	expireTime      *time.Time
 }
 
 func writeOpts(opts []WriteOption) writeOptions {
@@ -55,12 +61,44 @@ func WithRestartRequired(b bool) WriteOption {
 	return func(w *writeOptions) { w.restartRequired = &b }
 }
 
+// WithRotationPeriod sets the rotation period, 1 hour to 10 years; 0
+// clears the schedule (PutSecret, UpdateSecret).
+func WithRotationPeriod(d time.Duration) WriteOption {
+	return func(w *writeOptions) { w.rotationPeriod = &d }
+}
+
+// WithNextRotationTime sets when the secret is next due for rotation; the
+// zero time clears it (UpdateSecret).
+func WithNextRotationTime(t time.Time) WriteOption {
+	return func(w *writeOptions) { w.nextRotation = &t }
+}
+
+// WithExpireTime sets when access stops; the zero time clears it
+// (PutSecret, UpdateSecret).
+func WithExpireTime(t time.Time) WriteOption { return func(w *writeOptions) { w.expireTime = &t } }
+
+func durationOpt(d *time.Duration) *durationpb.Duration {
+	if d == nil {
+		return nil
+	}
+	return durationpb.New(*d)
+}
+
+func timeOpt(t *time.Time) *timestamppb.Timestamp {
+	if t == nil || t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(*t)
+}
+
 // ListSecretsOptions filter ListSecrets.
 type ListSecretsOptions struct {
 	// Category keeps one category; empty for all.
 	Category string
 	// ConfiguredOnly leaves out the catalog's empty slots.
 	ConfiguredOnly bool
+	// RotationDue keeps only secrets whose rotation is due.
+	RotationDue bool
 	// OnPage, if set, is called after each page with the count so far (for
 	// progress displays).
 	OnPage func(count int)
@@ -71,7 +109,7 @@ type ListSecretsOptions struct {
 func (c *Client) ListSecrets(ctx context.Context, o ListSecretsOptions) ([]Secret, int64, error) {
 	var out []Secret
 	var rev int64
-	req := &pb.ListSecretsRequest{Category: o.Category, ConfiguredOnly: o.ConfiguredOnly, PageSize: 1000}
+	req := &pb.ListSecretsRequest{Category: o.Category, ConfiguredOnly: o.ConfiguredOnly, RotationDue: o.RotationDue, PageSize: 1000}
 	for {
 		res, err := c.secrets.ListSecrets(ctx, req)
 		if err != nil {
@@ -110,6 +148,7 @@ func (c *Client) PutSecret(ctx context.Context, key string, value []byte, opts .
 	res, err := c.secrets.PutSecret(ctx, &pb.PutSecretRequest{
 		Key: key, Value: value, Description: w.description, Category: w.category,
 		RestartRequired: w.restartRequired, Etag: w.etag, RequestId: w.requestID,
+		RotationPeriod: durationOpt(w.rotationPeriod), ExpireTime: timeOpt(w.expireTime),
 	})
 	if err != nil {
 		return Secret{}, fromRPC("PutSecret", err)
@@ -132,9 +171,18 @@ func (c *Client) UpdateSecret(ctx context.Context, key string, opts ...WriteOpti
 	if w.restartRequired != nil {
 		s.RestartRequired, mask = *w.restartRequired, append(mask, "restart_required")
 	}
+	if w.rotationPeriod != nil {
+		s.RotationPeriod, mask = durationOpt(w.rotationPeriod), append(mask, "rotation_period")
+	}
+	if w.nextRotation != nil {
+		s.NextRotationTime, mask = timeOpt(w.nextRotation), append(mask, "next_rotation_time")
+	}
+	if w.expireTime != nil {
+		s.ExpireTime, mask = timeOpt(w.expireTime), append(mask, "expire_time")
+	}
 	if len(mask) == 0 {
 		return Secret{}, &Error{Op: "UpdateSecret", Code: codes.InvalidArgument, Reason: ReasonInvalidArgument,
-			Message: "nothing to update: give a description, category or restart flag"}
+			Message: "nothing to update: give a description, category, restart flag, rotation period, next rotation or expire time"}
 	}
 	res, err := c.secrets.UpdateSecret(ctx, &pb.UpdateSecretRequest{
 		Secret: s, UpdateMask: &fieldmaskpb.FieldMask{Paths: mask}, RequestId: w.requestID,

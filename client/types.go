@@ -37,6 +37,18 @@ type Secret struct {
 	// Revision is the revision the answer reflects (GetSecret) or the
 	// revision of the change (writes).
 	Revision int64
+	// RotationPeriod is the interval between rotations (0: none);
+	// NextRotationTime when the secret is next due (zero: none);
+	// ExpireTime when access stops (zero: never).
+	RotationPeriod   time.Duration
+	NextRotationTime time.Time
+	ExpireTime       time.Time
+	// RotationDue and Expired: those times have passed (server's clock).
+	RotationDue bool
+	Expired     bool
+	// SuggestedRotationPeriod is the catalog's proposal for a well-known
+	// key (0: none); never applied by itself.
+	SuggestedRotationPeriod time.Duration
 }
 
 // VersionState is the state of a secret version.
@@ -115,10 +127,15 @@ const (
 	ChangeSecretDeleted
 	ChangeMetadataChanged
 	ChangeProviderDefaultChanged
+	ChangeConsumerChanged
+	// ChangeRotationDue: the secret's next rotation time passed (published
+	// once per due time).
+	ChangeRotationDue
 )
 
 var changeKindNames = [...]string{"unspecified", "value_added", "version_disabled", "version_enabled",
-	"version_destroyed", "secret_deleted", "metadata_changed", "provider_default_changed"}
+	"version_destroyed", "secret_deleted", "metadata_changed", "provider_default_changed", "consumer_changed",
+	"rotation_due"}
 
 func (k ChangeKind) String() string {
 	if k >= 0 && int(k) < len(changeKindNames) {
@@ -239,6 +256,9 @@ func secretFrom(s *pb.Secret, rev int64) Secret {
 		RestartRequired: s.GetRestartRequired(), Configured: s.GetConfigured(), CurrentVersion: s.GetCurrentVersion(),
 		Etag: s.GetEtag(), CreateTime: timeOf(s.GetCreateTime()), UpdateTime: timeOf(s.GetUpdateTime()),
 		UpdatedBy: s.GetUpdatedBy(), Catalog: s.GetCatalog(), ValuePrefix: s.GetValuePrefix(), Revision: rev,
+		RotationPeriod: s.GetRotationPeriod().AsDuration(), NextRotationTime: timeOf(s.GetNextRotationTime()),
+		ExpireTime: timeOf(s.GetExpireTime()), RotationDue: s.GetRotationDue(), Expired: s.GetExpired(),
+		SuggestedRotationPeriod: s.GetSuggestedRotationPeriod().AsDuration(),
 	}
 }
 

@@ -121,7 +121,7 @@ Environment:
 		}
 		return nil
 	}
-	root.AddCommand(a.tokensCommand(), a.auditVerifyCommand(), a.importCommand(), a.exportCommand(), a.checkCommand())
+	root.AddCommand(a.tokensCommand(), a.auditVerifyCommand(), a.importCommand(), a.exportCommand(), a.checkCommand(), a.rotationCommand())
 	root.AddCommand(a.getCommand(), a.putCommand(), a.listCommand(), a.versionsCommand(),
 		a.versionStateCommand("disable"), a.versionStateCommand("enable"), a.versionStateCommand("destroy"),
 		a.deleteCommand(), a.providersCommand(), a.auditCommand(), a.watchCommand(), a.consumersCommand(),

@@ -28,12 +28,29 @@ type secretJSON struct {
 	UpdateTime      *time.Time `json:"updateTime,omitempty"`
 	UpdatedBy       string     `json:"updatedBy,omitempty"`
 	Revision        int64      `json:"revision,omitempty"`
+	// Rotation, as the REST API writes durations ("7776000s").
+	RotationPeriod          string     `json:"rotationPeriod,omitempty"`
+	NextRotationTime        *time.Time `json:"nextRotationTime,omitempty"`
+	ExpireTime              *time.Time `json:"expireTime,omitempty"`
+	RotationDue             bool       `json:"rotationDue,omitempty"`
+	Expired                 bool       `json:"expired,omitempty"`
+	SuggestedRotationPeriod string     `json:"suggestedRotationPeriod,omitempty"`
+}
+
+func jsonDuration(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 }
 
 func toSecretJSON(s client.Secret) secretJSON {
 	return secretJSON{Key: s.Key, Category: s.Category, Description: s.Description, Configured: s.Configured,
 		CurrentVersion: s.CurrentVersion, RestartRequired: s.RestartRequired, Catalog: s.Catalog, Etag: s.Etag,
-		UpdateTime: timePtr(s.UpdateTime), UpdatedBy: s.UpdatedBy, Revision: s.Revision}
+		UpdateTime: timePtr(s.UpdateTime), UpdatedBy: s.UpdatedBy, Revision: s.Revision,
+		RotationPeriod: jsonDuration(s.RotationPeriod), NextRotationTime: timePtr(s.NextRotationTime),
+		ExpireTime: timePtr(s.ExpireTime), RotationDue: s.RotationDue, Expired: s.Expired,
+		SuggestedRotationPeriod: jsonDuration(s.SuggestedRotationPeriod)}
 }
 
 type versionJSON struct {

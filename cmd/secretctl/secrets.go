@@ -50,7 +50,7 @@ func (a *app) getCommand() *cobra.Command {
 }
 
 func (a *app) putCommand() *cobra.Command {
-	var fromFile, description, category, etag string
+	var fromFile, description, category, etag, period, expire string
 	var restart bool
 	cmd := &cobra.Command{
 		Use:   "put KEY",
@@ -95,6 +95,20 @@ argument: it would stay in shell history and show in process lists.`,
 			if cmd.Flags().Changed("restart-required") {
 				opts = append(opts, client.WithRestartRequired(restart))
 			}
+			if period != "" {
+				d, err := parsePeriod("rotation-period", period)
+				if err != nil {
+					return err
+				}
+				opts = append(opts, client.WithRotationPeriod(d))
+			}
+			if expire != "" {
+				t, err := parseTime("expire", expire)
+				if err != nil {
+					return err
+				}
+				opts = append(opts, client.WithExpireTime(t))
+			}
 			if etag != "" {
 				opts = append(opts, client.WithEtag(etag))
 			}
@@ -120,12 +134,14 @@ argument: it would stay in shell history and show in process lists.`,
 	f.StringVar(&category, "category", "", "set the category")
 	f.BoolVar(&restart, "restart-required", false, "set whether consumers must restart on a change")
 	f.StringVar(&etag, "etag", "", "write only if the secret still has this etag")
+	f.StringVar(&period, "rotation-period", "", "remind to rotate every period: days (90d) or a duration (720h)")
+	f.StringVar(&expire, "expire", "", "refuse access after this time: RFC 3339 or from now (30d)")
 	return cmd
 }
 
 func (a *app) listCommand() *cobra.Command {
 	var category string
-	var configured bool
+	var configured, due bool
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List secrets (configured ones and the catalog's empty slots)",
@@ -136,7 +152,7 @@ func (a *app) listCommand() *cobra.Command {
 				return err
 			}
 			update, done := a.progress("secrets")
-			list, _, err := c.ListSecrets(cmd.Context(), client.ListSecretsOptions{Category: category, ConfiguredOnly: configured, OnPage: update})
+			list, _, err := c.ListSecrets(cmd.Context(), client.ListSecretsOptions{Category: category, ConfiguredOnly: configured, RotationDue: due, OnPage: update})
 			done()
 			if err != nil {
 				return err
@@ -148,15 +164,16 @@ func (a *app) listCommand() *cobra.Command {
 				}
 				return writeJSON(a.stdout, map[string]any{"secrets": out})
 			}
-			t := newTable(a.stdout, "KEY", "CATEGORY", "CONFIGURED", "VERSION", "RESTART", "UPDATED")
+			t := newTable(a.stdout, "KEY", "CATEGORY", "CONFIGURED", "VERSION", "RESTART", "UPDATED", "ROTATION")
 			for _, s := range list {
-				t.row(s.Key, s.Category, s.Configured, s.CurrentVersion, s.RestartRequired, s.UpdateTime)
+				t.row(s.Key, s.Category, s.Configured, s.CurrentVersion, s.RestartRequired, s.UpdateTime, rotationCell(s))
 			}
 			return t.flush()
 		},
 	}
 	cmd.Flags().StringVar(&category, "category", "", "only this category")
 	cmd.Flags().BoolVar(&configured, "configured", false, "leave out the catalog's empty slots")
+	cmd.Flags().BoolVar(&due, "rotation-due", false, "only secrets whose rotation is due")
 	return cmd
 }
 

@@ -67,7 +67,9 @@ func minRevision(req interface{ GetMinRevision() int64 }) (int64, error) {
 func (s *SecretService) accessVersion(ctx context.Context, key string, version, minRevision int64) (store.SealedVersion, int64, error) {
 	if version == 0 && s.ReadCache != nil {
 		if sv, rev, ok := s.ReadCache.Get(key, minRevision); ok {
-			return sv, rev, nil
+			// The cache is kept exact by changes; an expiry is no change,
+			// so the copy carries the time and is refused after it.
+			return sv, rev, sv.ExpiredAt(time.Now())
 		}
 	}
 	if err := s.reachRevision(ctx, minRevision); err != nil {
@@ -87,8 +89,9 @@ func (s *SecretService) batchAccess(ctx context.Context, keys []string, minRevis
 	if s.ReadCache != nil {
 		if svs, rev, ok := s.ReadCache.GetAll(keys, minRevision); ok {
 			items := make([]store.BatchItem, len(svs))
+			now := time.Now()
 			for i, sv := range svs {
-				items[i] = store.BatchItem{SealedVersion: sv}
+				items[i] = store.BatchItem{SealedVersion: sv, Err: sv.ExpiredAt(now)}
 			}
 			return items, rev, nil
 		}

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
@@ -47,11 +48,26 @@ func toSecret(s store.Secret) *pb.Secret {
 		UpdateTime:      ts(s.UpdateTime),
 		UpdatedBy:       s.UpdatedBy,
 	}
+	if s.RotationPeriod > 0 {
+		out.RotationPeriod = durationpb.New(s.RotationPeriod)
+	}
+	out.NextRotationTime = ts(s.NextRotationTime)
+	out.ExpireTime = ts(s.ExpireTime)
+	out.RotationDue, out.Expired = s.RotationDue, s.Expired
 	if e, ok := catalog.Lookup(s.Key); ok {
 		out.Catalog = true
 		out.ValuePrefix = e.Prefix
+		out.SuggestedRotationPeriod = suggestedRotation(e)
 	}
 	return out
+}
+
+// suggestedRotation is the catalog's proposed period, nil when it has none.
+func suggestedRotation(e catalog.Entry) *durationpb.Duration {
+	if e.SuggestedRotation <= 0 {
+		return nil
+	}
+	return durationpb.New(e.SuggestedRotation)
 }
 
 // emptySlot is a catalog key that has no stored secret.
@@ -63,6 +79,8 @@ func emptySlot(e catalog.Entry) *pb.Secret {
 		RestartRequired: e.RestartRequired,
 		Catalog:         true,
 		ValuePrefix:     e.Prefix,
+
+		SuggestedRotationPeriod: suggestedRotation(e),
 	}
 }
 

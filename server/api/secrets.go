@@ -5,8 +5,10 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/catalog"
@@ -44,7 +46,10 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 	if err != nil {
 		return nil, err
 	}
-	filter := filterKey(category, boolString(req.GetConfiguredOnly()))
+	// Empty slots have no schedule: a rotation_due list holds stored
+	// secrets only.
+	configuredOnly := req.GetConfiguredOnly() || req.GetRotationDue()
+	filter := filterKey(category, boolString(req.GetConfiguredOnly()), boolString(req.GetRotationDue()))
 	tok, err := s.decodeToken(ctx, req.GetPageToken(), filter)
 	if err != nil {
 		return nil, err
@@ -56,7 +61,8 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 	out := &pb.ListSecretsResponse{}
 	after := tok.After
 	for {
-		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, After: after, Limit: size + 1, AlsoKeys: slotKeysAfter(after, category, req.GetConfiguredOnly())})
+		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, RotationDue: req.GetRotationDue(), After: after, Limit: size + 1,
+			AlsoKeys: slotKeysAfter(after, category, configuredOnly)})
 		if err != nil {
 			return nil, s.fail(ctx, err)
 		}
@@ -74,7 +80,7 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 		for _, sec := range res.Page {
 			merged = append(merged, toSecret(sec))
 		}
-		if !req.GetConfiguredOnly() {
+		if !configuredOnly {
 			for _, e := range catalog.Entries() {
 				if e.Key > after && (upTo == "" || e.Key <= upTo) && (category == "" || e.Category == category) {
 					if _, stored := res.Also[e.Key]; !stored {
@@ -171,7 +177,8 @@ func (s *SecretService) PutSecret(ctx context.Context, req *pb.PutSecretRequest)
 
 func withoutValue(req *pb.PutSecretRequest) *pb.PutSecretRequest {
 	c := &pb.PutSecretRequest{Key: req.Key, Description: req.Description, Category: req.Category,
-		RestartRequired: req.RestartRequired, Etag: req.Etag, RequestId: req.RequestId}
+		RestartRequired: req.RestartRequired, Etag: req.Etag, RequestId: req.RequestId,
+		RotationPeriod: req.RotationPeriod, ExpireTime: req.ExpireTime}
 	return c
 }
 
@@ -206,6 +213,20 @@ func (s *SecretService) putParams(req *pb.PutSecretRequest) (store.PutParams, er
 		}
 		p.Category = &c
 	}
+	if req.RotationPeriod != nil {
+		d, err := rotationPeriod("rotation_period", req.GetRotationPeriod())
+		if err != nil {
+			return store.PutParams{}, err
+		}
+		p.RotationPeriod = &d
+	}
+	if req.ExpireTime != nil {
+		t, err := scheduleTime("expire_time", req.GetExpireTime(), time.Now())
+		if err != nil {
+			return store.PutParams{}, err
+		}
+		p.ExpireTime = &t
+	}
 	p.Defaults = store.Defaults{Category: catalog.CategoryCustom}
 	if e, ok := catalog.Lookup(key); ok {
 		p.Defaults = store.Defaults{Category: e.Category, Description: e.Description, RestartRequired: e.RestartRequired}
@@ -217,7 +238,7 @@ func (s *SecretService) putParams(req *pb.PutSecretRequest) (store.PutParams, er
 	return p, nil // PutSecret sets p.Seal
 }
 
-var updatableFields = []string{"description", "category", "restart_required"}
+var updatableFields = []string{"description", "category", "restart_required", "rotation_period", "next_rotation_time", "expire_time"}
 
 func (s *SecretService) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRequest) (*pb.UpdateSecretResponse, error) {
 	sec := req.GetSecret()
@@ -239,6 +260,7 @@ func (s *SecretService) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRe
 		return nil, invalidArg("update_mask", "required: name the fields to update ("+strings.Join(updatableFields, ", ")+") or \"*\"")
 	}
 	p := store.UpdateParams{Key: sec.GetKey(), Expect: expect}
+	now := time.Now()
 	updates := 0
 	for _, path := range paths {
 		// The gateway fills the mask from every field in a PATCH body; key
@@ -268,6 +290,27 @@ func (s *SecretService) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRe
 			r := sec.GetRestartRequired()
 			p.RestartRequired = &r
 		}
+		if all || path == "rotation_period" {
+			d, err := rotationPeriod("secret.rotation_period", sec.GetRotationPeriod())
+			if err != nil {
+				return nil, err
+			}
+			p.RotationPeriod = &d
+		}
+		if all || path == "next_rotation_time" {
+			t, err := s.scheduleUpdate(ctx, sec, "next_rotation_time", sec.GetNextRotationTime(), now)
+			if err != nil {
+				return nil, err
+			}
+			p.NextRotationTime = &t
+		}
+		if all || path == "expire_time" {
+			t, err := s.scheduleUpdate(ctx, sec, "expire_time", sec.GetExpireTime(), now)
+			if err != nil {
+				return nil, err
+			}
+			p.ExpireTime = &t
+		}
 		if !all && !slices.Contains(updatableFields, path) {
 			return nil, invalidArg("update_mask", "field "+path+" cannot be updated; updatable: "+strings.Join(updatableFields, ", "))
 		}
@@ -280,6 +323,29 @@ func (s *SecretService) UpdateSecret(ctx context.Context, req *pb.UpdateSecretRe
 		return nil, s.fail(ctx, err)
 	}
 	return &pb.UpdateSecretResponse{Secret: toSecret(res.Secret), Revision: res.Revision}, nil
+}
+
+// scheduleUpdate validates a time an update sets. A time in the past is
+// accepted only when it is the stored one sent back unchanged (a due or
+// expired secret edited from what was read).
+func (s *SecretService) scheduleUpdate(ctx context.Context, sec *pb.Secret, name string, t *timestamppb.Timestamp, now time.Time) (time.Time, error) {
+	field := "secret." + name
+	v, err := scheduleTime(field, t, now)
+	if err == nil || !t.IsValid() || !t.AsTime().Before(now) {
+		return v, err
+	}
+	stored, _, gerr := s.Store.GetSecret(ctx, sec.GetKey())
+	if gerr != nil {
+		return time.Time{}, err
+	}
+	cur := stored.NextRotationTime
+	if name == "expire_time" {
+		cur = stored.ExpireTime
+	}
+	if cur.Equal(t.AsTime()) {
+		return cur, nil
+	}
+	return time.Time{}, err
 }
 
 func (s *SecretService) ListSecretVersions(ctx context.Context, req *pb.ListSecretVersionsRequest) (*pb.ListSecretVersionsResponse, error) {

@@ -6,11 +6,16 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/orient-bot/secrets/server/catalog"
 )
@@ -135,3 +140,48 @@ func (d Deps) decodeToken(ctx context.Context, s, filter string) (pageToken, err
 }
 
 func filterKey(parts ...string) string { return strings.Join(parts, "\x1f") }
+
+// Bounds of the rotation schedule and expiry (GCP Secret Manager allows a
+// period of 1 hour to 100 years; ten years is plenty for a reminder).
+const (
+	minRotationPeriod = time.Hour
+	maxRotationPeriod = 10 * 365 * 24 * time.Hour
+	maxScheduleAhead  = 10 * 365 * 24 * time.Hour
+)
+
+// rotationPeriod validates a rotation period: nil (or zero) clears it.
+func rotationPeriod(field string, d *durationpb.Duration) (time.Duration, error) {
+	if d == nil || (d.GetSeconds() == 0 && d.GetNanos() == 0) {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, invalidArg(field, "malformed duration")
+	}
+	if d.GetNanos() != 0 {
+		return 0, invalidArg(field, "must be whole seconds")
+	}
+	p := d.AsDuration()
+	if p < minRotationPeriod || p > maxRotationPeriod {
+		return 0, invalidArg(field, fmt.Sprintf("must be between %s and 10 years (87600h), got %s", minRotationPeriod, p))
+	}
+	return p, nil
+}
+
+// scheduleTime validates a next rotation or expiry time: nil clears it; a
+// set time must not be in the past nor more than 10 years ahead of now.
+func scheduleTime(field string, t *timestamppb.Timestamp, now time.Time) (time.Time, error) {
+	if t == nil {
+		return time.Time{}, nil
+	}
+	if err := t.CheckValid(); err != nil {
+		return time.Time{}, invalidArg(field, "malformed timestamp")
+	}
+	v := t.AsTime()
+	if v.Before(now) {
+		return time.Time{}, invalidArg(field, "must not be in the past")
+	}
+	if v.After(now.Add(maxScheduleAhead)) {
+		return time.Time{}, invalidArg(field, "must be at most 10 years ahead")
+	}
+	return v, nil
+}

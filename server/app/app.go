@@ -98,6 +98,10 @@ type Config struct {
 	ConsumerGoneAfter time.Duration
 	// MaintenanceInterval is how often compaction and clean-up run.
 	MaintenanceInterval time.Duration
+	// RotationCheckInterval is how often due rotations are published
+	// (ROTATION_DUE, once per due time across replicas) and the rotation
+	// gauge is refreshed.
+	RotationCheckInterval time.Duration
 
 	// TLSCert and TLSKey enable TLS on both listeners; ClientCA requires
 	// client certificates (mutual TLS), mapped to roles by CertIdentities.
@@ -170,6 +174,7 @@ func DefaultConfig() Config {
 		ConsumerDropAfter:     7 * 24 * time.Hour,
 		ConsumerGoneAfter:     6 * time.Hour,
 		MaintenanceInterval:   time.Minute,
+		RotationCheckInterval: time.Minute,
 
 		AuditCheckpointInterval: time.Minute,
 	}
@@ -193,6 +198,7 @@ type Server struct {
 	tls           *tlsSetup
 	hub           *watch.Hub
 	rotator       *kek.Rotator
+	rotationGauge *prometheus.GaugeVec
 	stopAuth      context.CancelFunc
 	authDone      sync.WaitGroup
 	stopRotation  context.CancelFunc
@@ -437,6 +443,10 @@ func (s *Server) listen(ctx context.Context) error {
 		Name: "secrets_denials_unaudited_total", Help: "Denied requests not audited: the denial queue was full or their batch could not be written.",
 	})
 	reg.MustRegister(deniedDropped)
+	s.rotationGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "secrets_rotation_secrets", Help: "Secrets whose rotation is due (state=due) or whose expire time has passed (state=expired), as of the last rotation check.",
+	}, []string{"state"})
+	reg.MustRegister(s.rotationGauge)
 	s.httpMetrics = newHTTPMetrics(reg)
 	s.authn = auth.NewAuthenticator(s.store, s.log)
 	s.denials = auditlog.NewDenialQueue(s.store.RecordDenials, func(n int) { deniedDropped.Add(float64(n)) }, s.log)
@@ -576,6 +586,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.jobs.Go(s.maintain)
 	s.jobs.Go(s.checkpoints)
 	s.jobs.Go(s.retain)
+	s.jobs.Go(s.rotationReminders)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
 		"dashboard", s.dashboardURL(), "startup", time.Since(s.startedAt).Round(time.Millisecond))
 

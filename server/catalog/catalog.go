@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Category ids. Keys outside the catalog default to CategoryCustom.
@@ -34,29 +35,44 @@ type Entry struct {
 	// Prefix is the value's required prefix, or "" when any value is accepted.
 	// Only prefix checks: real tokens change format, so nothing stricter.
 	Prefix string
+	// SuggestedRotation is the rotation period the catalog proposes for
+	// the key (0: none, e.g. identifiers that are not credentials). A
+	// proposal shown to people, never applied or enforced.
+	SuggestedRotation time.Duration
 }
 
+// Proposed rotation periods: personal and API tokens rotate often (90 days,
+// the usual policy for personal access tokens); WhatsApp's long-lived user
+// tokens last 60 days; credentials whose rotation means reinstalling an app
+// or redeploying (Slack, OAuth client secrets, signing keys) yearly.
+const (
+	day           = 24 * time.Hour
+	rotateToken   = 90 * day
+	rotateYearly  = 365 * day
+	rotateDBCreds = 180 * day
+)
+
 var entries = []Entry{
-	{Key: "ANTHROPIC_API_KEY", Category: CategoryAI, Description: "Anthropic API key (Claude models)", Prefix: "sk-ant-"},
-	{Key: "OPENAI_API_KEY", Category: CategoryAI, Description: "OpenAI API key", Prefix: "sk-"},
-	{Key: "GOOGLE_AI_API_KEY", Category: CategoryAI, Description: "Google AI (Gemini) API key"},
-	{Key: "SLACK_BOT_TOKEN", Category: CategorySlack, Description: "Slack bot token (xoxb-)", RestartRequired: true, Prefix: "xoxb-"},
-	{Key: "SLACK_APP_TOKEN", Category: CategorySlack, Description: "Slack app-level token for Socket Mode (xapp-)", RestartRequired: true, Prefix: "xapp-"},
-	{Key: "SLACK_SIGNING_SECRET", Category: CategorySlack, Description: "Slack request signing secret", RestartRequired: true},
-	{Key: "SLACK_USER_TOKEN", Category: CategorySlack, Description: "Slack user token (xoxp-)", RestartRequired: true, Prefix: "xoxp-"},
-	{Key: "WHATSAPP_ACCESS_TOKEN", Category: CategoryWhatsApp, Description: "WhatsApp Business API access token", RestartRequired: true},
+	{Key: "ANTHROPIC_API_KEY", Category: CategoryAI, Description: "Anthropic API key (Claude models)", Prefix: "sk-ant-", SuggestedRotation: rotateToken},
+	{Key: "OPENAI_API_KEY", Category: CategoryAI, Description: "OpenAI API key", Prefix: "sk-", SuggestedRotation: rotateToken},
+	{Key: "GOOGLE_AI_API_KEY", Category: CategoryAI, Description: "Google AI (Gemini) API key", SuggestedRotation: rotateToken},
+	{Key: "SLACK_BOT_TOKEN", Category: CategorySlack, Description: "Slack bot token (xoxb-)", RestartRequired: true, Prefix: "xoxb-", SuggestedRotation: rotateYearly},
+	{Key: "SLACK_APP_TOKEN", Category: CategorySlack, Description: "Slack app-level token for Socket Mode (xapp-)", RestartRequired: true, Prefix: "xapp-", SuggestedRotation: rotateYearly},
+	{Key: "SLACK_SIGNING_SECRET", Category: CategorySlack, Description: "Slack request signing secret", RestartRequired: true, SuggestedRotation: rotateYearly},
+	{Key: "SLACK_USER_TOKEN", Category: CategorySlack, Description: "Slack user token (xoxp-)", RestartRequired: true, Prefix: "xoxp-", SuggestedRotation: rotateYearly},
+	{Key: "WHATSAPP_ACCESS_TOKEN", Category: CategoryWhatsApp, Description: "WhatsApp Business API access token", RestartRequired: true, SuggestedRotation: 60 * day},
 	{Key: "GOOGLE_OAUTH_CLIENT_ID", Category: CategoryGoogle, Description: "Google OAuth client id", RestartRequired: true},
-	{Key: "GOOGLE_OAUTH_CLIENT_SECRET", Category: CategoryGoogle, Description: "Google OAuth client secret", RestartRequired: true},
-	{Key: "GITHUB_TOKEN", Category: CategoryGitHub, Description: "GitHub personal access or installation token"},
+	{Key: "GOOGLE_OAUTH_CLIENT_SECRET", Category: CategoryGoogle, Description: "Google OAuth client secret", RestartRequired: true, SuggestedRotation: rotateYearly},
+	{Key: "GITHUB_TOKEN", Category: CategoryGitHub, Description: "GitHub personal access or installation token", SuggestedRotation: rotateToken},
 	{Key: "GITHUB_APP_ID", Category: CategoryGitHub, Description: "GitHub App id", RestartRequired: true},
-	{Key: "GITHUB_APP_PRIVATE_KEY", Category: CategoryGitHub, Description: "GitHub App private key (PEM)", RestartRequired: true},
-	{Key: "JIRA_API_TOKEN", Category: CategoryJIRA, Description: "JIRA API token"},
+	{Key: "GITHUB_APP_PRIVATE_KEY", Category: CategoryGitHub, Description: "GitHub App private key (PEM)", RestartRequired: true, SuggestedRotation: rotateYearly},
+	{Key: "JIRA_API_TOKEN", Category: CategoryJIRA, Description: "JIRA API token", SuggestedRotation: rotateToken},
 	{Key: "JIRA_EMAIL", Category: CategoryJIRA, Description: "Email of the JIRA account the token belongs to"},
 	{Key: "JIRA_BASE_URL", Category: CategoryJIRA, Description: "JIRA site URL, e.g. https://example.atlassian.net", RestartRequired: true},
-	{Key: "GITHUB_WEBHOOK_SECRET", Category: CategoryWebhooks, Description: "Secret that signs GitHub webhook deliveries"},
-	{Key: "ORIENT_WEBHOOK_SECRET", Category: CategoryWebhooks, Description: "Secret that signs incoming Orient webhooks"},
-	{Key: "DATABASE_URL", Category: CategoryDatabase, Description: "Orient's PostgreSQL connection URL", RestartRequired: true},
-	{Key: "DATABASE_PASSWORD", Category: CategoryDatabase, Description: "Password of Orient's database user", RestartRequired: true},
+	{Key: "GITHUB_WEBHOOK_SECRET", Category: CategoryWebhooks, Description: "Secret that signs GitHub webhook deliveries", SuggestedRotation: rotateYearly},
+	{Key: "ORIENT_WEBHOOK_SECRET", Category: CategoryWebhooks, Description: "Secret that signs incoming Orient webhooks", SuggestedRotation: rotateYearly},
+	{Key: "DATABASE_URL", Category: CategoryDatabase, Description: "Orient's PostgreSQL connection URL", RestartRequired: true, SuggestedRotation: rotateDBCreds},
+	{Key: "DATABASE_PASSWORD", Category: CategoryDatabase, Description: "Password of Orient's database user", RestartRequired: true, SuggestedRotation: rotateDBCreds},
 }
 
 var byKey = func() map[string]Entry {

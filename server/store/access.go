@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -20,13 +21,15 @@ func (s *Store) AccessVersion(ctx context.Context, key string, version int64) (S
 		rev     int64
 		current int64
 		vnum    *int64
+		expire  *time.Time
+		expired bool
 	)
 	err := s.pool.QueryRow(ctx, `SELECT s.current_version, v.version, v.state, v.ciphertext, v.wrapped_dek, v.kek_id,
-			(SELECT revision FROM revision_counter)
+			(SELECT revision FROM revision_counter), s.expire_time, COALESCE(s.expire_time <= now(), false)
 		FROM secrets s LEFT JOIN secret_versions v
 			ON v.key = s.key AND v.version = CASE WHEN $2 = 0 THEN s.current_version ELSE $2 END
 		WHERE s.key = $1`, key, version,
-	).Scan(&current, &vnum, &state, &v.Sealed.Ciphertext, &v.Sealed.WrappedDEK, &kekID, &rev)
+	).Scan(&current, &vnum, &state, &v.Sealed.Ciphertext, &v.Sealed.WrappedDEK, &kekID, &rev, &expire, &expired)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		exists = false
@@ -42,16 +45,24 @@ func (s *Store) AccessVersion(ctx context.Context, key string, version int64) (S
 		return SealedVersion{}, rev, fmt.Errorf("version %d of secret %s: %w", version, key, ErrNotFound)
 	}
 	v.Key, v.Version = key, *vnum
-	if err := accessible(key, v.Version, *state); err != nil {
+	if expire != nil {
+		v.ExpireTime = *expire
+	}
+	if err := accessible(key, v.Version, *state, v.ExpireTime, expired); err != nil {
 		return SealedVersion{}, rev, err
 	}
 	v.Sealed.KEKID = *kekID
 	return v, rev, nil
 }
 
-func accessible(key string, version int64, state VersionState) error {
+// accessible refuses a version that is not enabled, or a secret past its
+// expire time (expired, by the database's clock), alike.
+func accessible(key string, version int64, state VersionState, expireTime time.Time, expired bool) error {
 	if state != StateEnabled {
 		return fmt.Errorf("version %d of secret %s is %s: %w", version, key, state, ErrFailedPrecondition)
+	}
+	if expired {
+		return expiredError(key, expireTime)
 	}
 	return nil
 }
@@ -66,7 +77,7 @@ type BatchItem struct {
 // snapshot), in the order asked.
 func (s *Store) BatchAccess(ctx context.Context, keys []string) ([]BatchItem, int64, error) {
 	rows, err := s.pool.Query(ctx, `SELECT k.key, s.current_version, v.state, v.ciphertext, v.wrapped_dek, v.kek_id,
-			(SELECT revision FROM revision_counter)
+			(SELECT revision FROM revision_counter), s.expire_time, COALESCE(s.expire_time <= now(), false)
 		FROM unnest($1::text[]) AS k(key)
 		LEFT JOIN secrets s ON s.key = k.key
 		LEFT JOIN secret_versions v ON v.key = s.key AND v.version = s.current_version`, keys)
@@ -83,8 +94,10 @@ func (s *Store) BatchAccess(ctx context.Context, keys []string) ([]BatchItem, in
 			state   *VersionState
 			kekID   *string
 			item    BatchItem
+			expire  *time.Time
+			expired bool
 		)
-		if err := rows.Scan(&key, &current, &state, &item.Sealed.Ciphertext, &item.Sealed.WrappedDEK, &kekID, &rev); err != nil {
+		if err := rows.Scan(&key, &current, &state, &item.Sealed.Ciphertext, &item.Sealed.WrappedDEK, &kekID, &rev, &expire, &expired); err != nil {
 			return nil, 0, classify(err)
 		}
 		item.Key = key
@@ -93,7 +106,10 @@ func (s *Store) BatchAccess(ctx context.Context, keys []string) ([]BatchItem, in
 			item.Err = fmt.Errorf("secret %s: %w", key, ErrNotFound)
 		default:
 			item.Version = *current
-			item.Err = accessible(key, item.Version, *state)
+			if expire != nil {
+				item.ExpireTime = *expire
+			}
+			item.Err = accessible(key, item.Version, *state, item.ExpireTime, expired)
 			if item.Err == nil {
 				item.Sealed.KEKID = *kekID
 			}

@@ -11,17 +11,52 @@ import (
 
 // secretColumns is the select list scanned by scanSecret.
 const secretColumns = `s.key, s.category, s.description, s.restart_required, s.current_version,
-	COALESCE(v.state, 0), s.revision, s.create_time, s.update_time, s.updated_by`
+	COALESCE(v.state, 0), s.revision, s.create_time, s.update_time, s.updated_by,
+	COALESCE(s.rotation_period_seconds, 0), s.next_rotation_time, s.expire_time,
+	COALESCE(s.next_rotation_time <= now(), false), COALESCE(s.expire_time <= now(), false)`
 
 // secretFrom joins a secret with its newest version.
 const secretFrom = `secrets s LEFT JOIN secret_versions v ON v.key = s.key AND v.version = s.current_version`
 
 func scanSecret(row pgx.Row, extra ...any) (Secret, error) {
 	var sec Secret
+	var periodSeconds int64
+	var next, expire *time.Time
 	dest := append([]any{&sec.Key, &sec.Category, &sec.Description, &sec.RestartRequired, &sec.CurrentVersion,
-		&sec.CurrentState, &sec.Revision, &sec.CreateTime, &sec.UpdateTime, &sec.UpdatedBy}, extra...)
+		&sec.CurrentState, &sec.Revision, &sec.CreateTime, &sec.UpdateTime, &sec.UpdatedBy,
+		&periodSeconds, &next, &expire, &sec.RotationDue, &sec.Expired}, extra...)
 	err := row.Scan(dest...)
+	sec.RotationPeriod = time.Duration(periodSeconds) * time.Second
+	if next != nil {
+		sec.NextRotationTime = *next
+	}
+	if expire != nil {
+		sec.ExpireTime = *expire
+	}
 	return sec, err
+}
+
+// nullTime is a time for a nullable column: NULL for the zero time.
+func nullTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// nullSeconds is a period for rotation_period_seconds: NULL for none.
+func nullSeconds(d time.Duration) *int64 {
+	if d <= 0 {
+		return nil
+	}
+	n := int64(d / time.Second)
+	return &n
+}
+
+// setFlags recomputes the derived flags of a secret written at now.
+func (sec *Secret) setFlags(now time.Time) {
+	sec.RotationDue = !sec.NextRotationTime.IsZero() && !sec.NextRotationTime.After(now)
+	sec.Expired = !sec.ExpireTime.IsZero() && !sec.ExpireTime.After(now)
 }
 
 // Defaults are what a new secret gets for the metadata a write leaves out
@@ -55,6 +90,10 @@ type PutParams struct {
 	// ValueHMAC is recorded in the write's audit event: it lets an operator
 	// holding the HMAC key check a leaked value against a version.
 	ValueHMAC []byte
+	// RotationPeriod and ExpireTime are nil to keep the current ones (none
+	// on create). The API has validated them.
+	RotationPeriod *time.Duration
+	ExpireTime     *time.Time
 }
 
 // WriteResult is the outcome of a write to a secret.
@@ -88,6 +127,14 @@ func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteRes
 		if p.RestartRequired != nil {
 			cur.RestartRequired = *p.RestartRequired
 		}
+		if p.RotationPeriod != nil {
+			cur.RotationPeriod = *p.RotationPeriod
+		}
+		if p.ExpireTime != nil {
+			cur.ExpireTime = *p.ExpireTime
+		}
+		cur.NextRotationTime = nextAfterNewVersion(cur, w.now)
+		cur.setFlags(w.now)
 		cur.CurrentVersion++
 		cur.CurrentState = StateEnabled
 		cur.Revision = w.rev
@@ -99,13 +146,19 @@ func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteRes
 			return WriteResult{}, change{}, err
 		}
 		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO secrets (key, category, description, restart_required, current_version, revision, create_time, update_time, updated_by)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		// A new version answers the rotation reminder: the schedule moves on
+		// and the next due time may be notified again.
+		b.Queue(`INSERT INTO secrets (key, category, description, restart_required, current_version, revision, create_time, update_time, updated_by,
+				rotation_period_seconds, next_rotation_time, expire_time, rotation_notified_for)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)
 			ON CONFLICT (key) DO UPDATE SET category = EXCLUDED.category, description = EXCLUDED.description,
 				restart_required = EXCLUDED.restart_required, current_version = EXCLUDED.current_version,
-				revision = EXCLUDED.revision, update_time = EXCLUDED.update_time, updated_by = EXCLUDED.updated_by`,
+				revision = EXCLUDED.revision, update_time = EXCLUDED.update_time, updated_by = EXCLUDED.updated_by,
+				rotation_period_seconds = EXCLUDED.rotation_period_seconds, next_rotation_time = EXCLUDED.next_rotation_time,
+				expire_time = EXCLUDED.expire_time, rotation_notified_for = NULL`,
 			cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.CurrentVersion, cur.Revision,
-			cur.CreateTime, cur.UpdateTime, cur.UpdatedBy)
+			cur.CreateTime, cur.UpdateTime, cur.UpdatedBy,
+			nullSeconds(cur.RotationPeriod), nullTime(cur.NextRotationTime), nullTime(cur.ExpireTime))
 		b.Queue(`INSERT INTO secret_versions (key, version, state, ciphertext, wrapped_dek, kek_id, create_time, created_by)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 			cur.Key, cur.CurrentVersion, StateEnabled, sealed.Ciphertext, sealed.WrappedDEK, sealed.KEKID, w.now, w.meta.Actor)
@@ -133,6 +186,13 @@ type UpdateParams struct {
 	Description     *string
 	Category        *string
 	RestartRequired *bool
+	// RotationPeriod, NextRotationTime and ExpireTime point to 0 or the
+	// zero time to clear. A period set without a next rotation time starts
+	// the schedule now; clearing the period clears the next time too
+	// unless this update sets it.
+	RotationPeriod   *time.Duration
+	NextRotationTime *time.Time
+	ExpireTime       *time.Time
 }
 
 // UpdateSecret changes a secret's metadata.
@@ -151,10 +211,17 @@ func (s *Store) UpdateSecret(ctx context.Context, meta Meta, p UpdateParams) (Wr
 		if p.RestartRequired != nil {
 			cur.RestartRequired = *p.RestartRequired
 		}
+		rescheduled, err := applySchedule(&cur, p, w.now)
+		if err != nil {
+			return WriteResult{}, change{}, err
+		}
 		cur.Revision, cur.UpdateTime, cur.UpdatedBy = w.rev, w.now, w.meta.Actor
 		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET category = $2, description = $3, restart_required = $4,
-			revision = $5, update_time = $6, updated_by = $7 WHERE key = $1`,
-			cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.Revision, cur.UpdateTime, cur.UpdatedBy); err != nil {
+			revision = $5, update_time = $6, updated_by = $7,
+			rotation_period_seconds = $8, next_rotation_time = $9, expire_time = $10,
+			rotation_notified_for = CASE WHEN $11 THEN NULL ELSE rotation_notified_for END WHERE key = $1`,
+			cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.Revision, cur.UpdateTime, cur.UpdatedBy,
+			nullSeconds(cur.RotationPeriod), nullTime(cur.NextRotationTime), nullTime(cur.ExpireTime), rescheduled); err != nil {
 			return WriteResult{}, change{}, err
 		}
 		return WriteResult{Secret: cur, Revision: w.rev},
@@ -279,6 +346,8 @@ func (s *Store) GetSecret(ctx context.Context, key string) (Secret, int64, error
 type ListParams struct {
 	// Category filters by category; "" for all.
 	Category string
+	// RotationDue keeps only secrets whose next rotation time has passed.
+	RotationDue bool
 	// After is the last key of the previous page; "" to start.
 	After string
 	Limit int
@@ -304,7 +373,8 @@ func (s *Store) ListSecrets(ctx context.Context, p ListParams) (ListResult, erro
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT `+secretColumns+` FROM `+secretFrom+`
-			WHERE s.key > $1 AND ($2 = '' OR s.category = $2) ORDER BY s.key LIMIT $3`, p.After, p.Category, p.Limit)
+			WHERE s.key > $1 AND ($2 = '' OR s.category = $2) AND (NOT $4 OR s.next_rotation_time <= now())
+			ORDER BY s.key LIMIT $3`, p.After, p.Category, p.Limit, p.RotationDue)
 		if err != nil {
 			return err
 		}

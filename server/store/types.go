@@ -39,6 +39,7 @@ const (
 	ChangeMetadataChanged        ChangeKind = 6
 	ChangeProviderDefaultChanged ChangeKind = 7
 	ChangeConsumerChanged        ChangeKind = 8
+	ChangeRotationDue            ChangeKind = 9
 )
 
 // Secret is a secret's metadata as stored.
@@ -56,6 +57,17 @@ type Secret struct {
 	CreateTime time.Time
 	UpdateTime time.Time
 	UpdatedBy  string
+	// RotationPeriod is the interval between rotations; 0 for none.
+	RotationPeriod time.Duration
+	// NextRotationTime is when the secret is next due for rotation; zero
+	// for none.
+	NextRotationTime time.Time
+	// ExpireTime is when access stops; zero for never.
+	ExpireTime time.Time
+	// RotationDue and Expired say whether those times had passed when the
+	// secret was read (the database's clock).
+	RotationDue bool
+	Expired     bool
 }
 
 // Version is one version's metadata.
@@ -81,6 +93,18 @@ type SealedVersion struct {
 	Key     string
 	Version int64
 	Sealed  Sealed
+	// ExpireTime is the secret's expiry (zero: never). A copy served from
+	// memory must be refused after it, as the database read would be.
+	ExpireTime time.Time
+}
+
+// ExpiredAt reports whether the secret had expired at now; if so, the
+// error to answer, the same as for a disabled version.
+func (v SealedVersion) ExpiredAt(now time.Time) error {
+	if v.ExpireTime.IsZero() || now.Before(v.ExpireTime) {
+		return nil
+	}
+	return expiredError(v.Key, v.ExpireTime)
 }
 
 // Meta describes who asks and how, for the audit log and idempotency.

@@ -105,14 +105,37 @@ function focusedControl() {
   return { key: tr?.dataset.key || tr?.dataset.revealFor || '', action: a.dataset.action || '' };
 }
 
+// attention ranks a secret for the list's order: expired first, then due
+// for rotation, then the rest (each group keeps the key order).
+function attention(s) {
+  if (s.expired) return 0;
+  if (s.rotationDue) return 1;
+  return 2;
+}
+
+// periodText renders a protobuf JSON duration ("7776000s") for people.
+function periodText(d) {
+  const secs = parseFloat(d || '0');
+  if (!secs) return '';
+  const days = secs / 86400;
+  if (Number.isInteger(days)) return days === 1 ? '1 day' : `${days} days`;
+  const hours = Math.round(secs / 3600);
+  return hours === 1 ? '1 hour' : `${hours} hours`;
+}
+
 function render() {
   const memo = focusedControl();
   const focused = document.activeElement;
   const groups = new Map();
   const shownItems = visibleItems();
   const configured = state.items.filter((s) => s.configured).length;
+  const due = state.items.filter((s) => s.rotationDue && !s.expired).length;
+  const expired = state.items.filter((s) => s.expired).length;
   $('#secrets-count').textContent =
-    `${configured} configured, ${state.items.length - configured} not set` + (shownItems.length < state.items.length ? ` · ${shownItems.length} shown` : '');
+    `${configured} configured, ${state.items.length - configured} not set` +
+    (expired ? ` · ${expired} expired` : '') +
+    (due ? ` · ${due} due for rotation` : '') +
+    (shownItems.length < state.items.length ? ` · ${shownItems.length} shown` : '');
   for (const s of shownItems) {
     const c = s.category || 'custom';
     if (!groups.has(c)) groups.set(c, []);
@@ -122,7 +145,7 @@ function render() {
   const sections = [];
   const keep = new Set();
   for (const c of [...groups.keys()].sort(compareCategories)) {
-    const items = groups.get(c);
+    const items = groups.get(c).sort((a, b) => attention(a) - attention(b));
     const section = list.querySelector(`:scope > section[data-category="${CSS.escape(c)}"]`) || categorySection(c);
     section.querySelector('.set-count').textContent = `${items.filter((s) => s.configured).length} of ${items.length} set`;
     const rows = [];
@@ -195,7 +218,8 @@ function isEmptySlot(s) {
 
 // rowFor returns the row of s: the one on screen when s has not changed.
 function rowFor(s) {
-  const sig = JSON.stringify([s.key, s.description, s.category, s.configured, s.currentVersion, s.updateTime, s.updatedBy, s.restartRequired, s.valuePrefix, s.etag, checks.get(s.key)]);
+  const sig = JSON.stringify([s.key, s.description, s.category, s.configured, s.currentVersion, s.updateTime, s.updatedBy, s.restartRequired, s.valuePrefix, s.etag, checks.get(s.key),
+    s.rotationDue, s.expired, s.rotationPeriod, s.nextRotationTime, s.expireTime, s.suggestedRotationPeriod]);
   let r = state.rows.get(s.key);
   if (!r || r.sig !== sig) {
     r = { sig, tr: secretRow(s) };
@@ -218,6 +242,8 @@ function secretRow(s) {
   const badges = el('div', { className: 'badges' });
   if (empty) badges.append(badge('Empty slot', 'muted'));
   else if (!s.configured) badges.append(badge('No enabled version', 'warn'));
+  if (s.expired) badges.append(badge('Expired', 'danger'));
+  else if (s.rotationDue) badges.append(badge('Rotation due', 'warn'));
   if (s.restartRequired) badges.append(badge('Restart on change', 'outline'));
   const checked = checks.get(s.key);
   if (checked && checked.version === String(s.currentVersion)) {
@@ -228,6 +254,7 @@ function secretRow(s) {
   if (s.valuePrefix) {
     desc.append(el('div', { className: 'hint' }, 'Expected shape: starts with ', el('code', { className: 'mono' }, shown(s.valuePrefix))));
   }
+  desc.append(...rotationHints(s, empty));
 
   const updated = el('td', { className: 'col-updated', dataset: { label: 'Updated' } });
   if (s.updateTime) {
@@ -259,7 +286,7 @@ function secretRow(s) {
   return tableRoles(
     el(
       'tr',
-      { dataset: { key, configured: s.configured ? 'true' : 'false' } },
+      { dataset: { key, configured: s.configured ? 'true' : 'false', rotation: s.expired ? 'expired' : s.rotationDue ? 'due' : '' } },
       el('td', { className: 'col-key' }, el('div', { className: 'mono key' }, shown(key)), badges),
       desc,
       el('td', { className: 'col-narrow mono', dataset: { label: 'Version' }, text: empty ? '—' : 'v' + s.currentVersion }),
@@ -267,6 +294,23 @@ function secretRow(s) {
       el('td', { className: 'col-actions', dataset: { label: 'Actions' } }, actions),
     ),
   );
+}
+
+// rotationHints describe a secret's rotation schedule and expiry, or the
+// catalog's proposed period when none is set (a proposal, never applied).
+function rotationHints(s, empty) {
+  const hints = [];
+  const every = periodText(s.rotationPeriod);
+  if (s.nextRotationTime) {
+    const when = s.rotationDue ? 'was due ' : 'next ';
+    hints.push(el('div', { className: 'hint rotation-hint' }, (every ? `Rotate every ${every}; ` : 'Rotate: ') + when, timeEl(s.nextRotationTime)));
+  } else if (!empty && s.suggestedRotationPeriod) {
+    hints.push(el('div', { className: 'hint rotation-hint' }, `Suggested rotation: every ${periodText(s.suggestedRotationPeriod)} (not set)`));
+  }
+  if (s.expireTime) {
+    hints.push(el('div', { className: 'hint expire-hint' }, s.expired ? 'Expired ' : 'Expires ', timeEl(s.expireTime)));
+  }
+  return hints;
 }
 
 function revealRowFor(s, r) {

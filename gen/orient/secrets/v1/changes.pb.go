@@ -48,6 +48,10 @@ const (
 	// dismissed it (key empty, category "consumers", detail names it): the
 	// restart banner can refresh at once.
 	ChangeKind_CHANGE_KIND_CONSUMER_CHANGED ChangeKind = 8
+	// The secret's next_rotation_time passed: it is due for rotation. Published
+	// once per due time, whatever the number of replicas; version is the
+	// current one, detail names the due time.
+	ChangeKind_CHANGE_KIND_ROTATION_DUE ChangeKind = 9
 )
 
 // Enum value maps for ChangeKind.
@@ -62,6 +66,7 @@ var (
 		6: "CHANGE_KIND_METADATA_CHANGED",
 		7: "CHANGE_KIND_PROVIDER_DEFAULT_CHANGED",
 		8: "CHANGE_KIND_CONSUMER_CHANGED",
+		9: "CHANGE_KIND_ROTATION_DUE",
 	}
 	ChangeKind_value = map[string]int32{
 		"CHANGE_KIND_UNSPECIFIED":              0,
@@ -73,6 +78,7 @@ var (
 		"CHANGE_KIND_METADATA_CHANGED":         6,
 		"CHANGE_KIND_PROVIDER_DEFAULT_CHANGED": 7,
 		"CHANGE_KIND_CONSUMER_CHANGED":         8,
+		"CHANGE_KIND_ROTATION_DUE":             9,
 	}
 )
 
@@ -1143,7 +1149,7 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x17DismissConsumerResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"[\n" +
 	"\x1bReportConsumerStateResponse\x12<\n" +
-	"\bconsumer\x18\x01 \x01(\v2 .orient.secrets.v1.ConsumerStateR\bconsumer*\xba\x02\n" +
+	"\bconsumer\x18\x01 \x01(\v2 .orient.secrets.v1.ConsumerStateR\bconsumer*\xd8\x02\n" +
 	"\n" +
 	"ChangeKind\x12\x1b\n" +
 	"\x17CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
@@ -1154,7 +1160,8 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x1aCHANGE_KIND_SECRET_DELETED\x10\x05\x12 \n" +
 	"\x1cCHANGE_KIND_METADATA_CHANGED\x10\x06\x12(\n" +
 	"$CHANGE_KIND_PROVIDER_DEFAULT_CHANGED\x10\a\x12 \n" +
-	"\x1cCHANGE_KIND_CONSUMER_CHANGED\x10\bB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x1cCHANGE_KIND_CONSUMER_CHANGED\x10\b\x12\x1c\n" +
+	"\x18CHANGE_KIND_ROTATION_DUE\x10\tB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_changes_proto_rawDescOnce sync.Once

@@ -11,6 +11,7 @@ import (
 	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -111,9 +112,31 @@ type Secret struct {
 	Catalog bool `protobuf:"varint,11,opt,name=catalog,proto3" json:"catalog,omitempty"`
 	// The value's expected prefix for a catalog key (e.g. "xoxb-"); empty when
 	// any value is accepted.
-	ValuePrefix   string `protobuf:"bytes,12,opt,name=value_prefix,json=valuePrefix,proto3" json:"value_prefix,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ValuePrefix string `protobuf:"bytes,12,opt,name=value_prefix,json=valuePrefix,proto3" json:"value_prefix,omitempty"`
+	// Rotation reminders (numbered from 20 to leave room for other fields).
+	// The interval between rotations: at least 1 hour, at most 10 years,
+	// whole seconds. A new version moves next_rotation_time to its time plus
+	// this period. Absent: no recurring reminder.
+	RotationPeriod *durationpb.Duration `protobuf:"bytes,20,opt,name=rotation_period,json=rotationPeriod,proto3" json:"rotation_period,omitempty"`
+	// When the secret is next due for rotation. Set from now + rotation_period
+	// when the period is set without it; when set, not in the past and at most
+	// 10 years ahead. Once it passes, one ROTATION_DUE change event is
+	// published and the secret shows rotation_due until a new version.
+	NextRotationTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=next_rotation_time,json=nextRotationTime,proto3" json:"next_rotation_time,omitempty"`
+	// After this time the secret cannot be accessed: access fails as for a
+	// disabled version (FAILED_PRECONDITION, VERSION_NOT_ENABLED) until the
+	// time is cleared or moved. When set, in the future and at most 10 years
+	// ahead.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Whether next_rotation_time has passed (the server's clock).
+	RotationDue bool `protobuf:"varint,23,opt,name=rotation_due,json=rotationDue,proto3" json:"rotation_due,omitempty"`
+	// Whether expire_time has passed: the value cannot be accessed.
+	Expired bool `protobuf:"varint,24,opt,name=expired,proto3" json:"expired,omitempty"`
+	// The catalog's proposed rotation period for this well-known key (e.g.
+	// 90 days for a personal access token); a proposal only, never applied.
+	SuggestedRotationPeriod *durationpb.Duration `protobuf:"bytes,25,opt,name=suggested_rotation_period,json=suggestedRotationPeriod,proto3" json:"suggested_rotation_period,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Secret) Reset() {
@@ -230,6 +253,48 @@ func (x *Secret) GetValuePrefix() string {
 	return ""
 }
 
+func (x *Secret) GetRotationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RotationPeriod
+	}
+	return nil
+}
+
+func (x *Secret) GetNextRotationTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRotationTime
+	}
+	return nil
+}
+
+func (x *Secret) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Secret) GetRotationDue() bool {
+	if x != nil {
+		return x.RotationDue
+	}
+	return false
+}
+
+func (x *Secret) GetExpired() bool {
+	if x != nil {
+		return x.Expired
+	}
+	return false
+}
+
+func (x *Secret) GetSuggestedRotationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.SuggestedRotationPeriod
+	}
+	return nil
+}
+
 // One version of a secret's value (metadata only).
 type SecretVersion struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -341,8 +406,10 @@ type ListSecretsRequest struct {
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Leave out the catalog's empty slots.
 	ConfiguredOnly bool `protobuf:"varint,4,opt,name=configured_only,json=configuredOnly,proto3" json:"configured_only,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Only secrets whose rotation is due (next_rotation_time has passed).
+	RotationDue   bool `protobuf:"varint,5,opt,name=rotation_due,json=rotationDue,proto3" json:"rotation_due,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSecretsRequest) Reset() {
@@ -399,6 +466,13 @@ func (x *ListSecretsRequest) GetPageToken() string {
 func (x *ListSecretsRequest) GetConfiguredOnly() bool {
 	if x != nil {
 		return x.ConfiguredOnly
+	}
+	return false
+}
+
+func (x *ListSecretsRequest) GetRotationDue() bool {
+	if x != nil {
+		return x.RotationDue
 	}
 	return false
 }
@@ -589,7 +663,14 @@ type PutSecretRequest struct {
 	Etag string `protobuf:"bytes,6,opt,name=etag,proto3" json:"etag,omitempty"`
 	// Idempotency key (AIP-155): a retry with the same id returns the first
 	// attempt's result instead of writing again.
-	RequestId     string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,7,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// New rotation period (1 hour to 10 years); absent keeps the current one
+	// (none on create). The new version's time plus the period becomes
+	// next_rotation_time.
+	RotationPeriod *durationpb.Duration `protobuf:"bytes,8,opt,name=rotation_period,json=rotationPeriod,proto3" json:"rotation_period,omitempty"`
+	// New expiry time (in the future, at most 10 years ahead); absent keeps
+	// the current one (none on create).
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -673,6 +754,20 @@ func (x *PutSecretRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *PutSecretRequest) GetRotationPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.RotationPeriod
+	}
+	return nil
+}
+
+func (x *PutSecretRequest) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 // Response of PutSecret.
 type PutSecretResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -734,8 +829,9 @@ type UpdateSecretRequest struct {
 	// The secret with its key, the new field values and optionally the etag
 	// read (compare-and-set).
 	Secret *Secret `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
-	// Fields to update: description, category, restart_required, or "*" for
-	// all three. Required over gRPC; over REST (PATCH) the gateway fills it
+	// Fields to update: description, category, restart_required,
+	// rotation_period, next_rotation_time, expire_time, or "*" for all of
+	// them (a named field left unset is cleared). Required over gRPC; over REST (PATCH) the gateway fills it
 	// with the fields present in the body.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// Idempotency key (AIP-155).
@@ -1990,7 +2086,7 @@ var File_orient_secrets_v1_secrets_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\n" +
-	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1forient/secrets/v1/changes.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xe6\x03\n" +
+	"\x1forient/secrets/v1/secrets.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1forient/secrets/v1/changes.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\x1a\x17google/rpc/status.proto\"\xd7\x06\n" +
 	"\x06Secret\x12\x16\n" +
 	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x05R\x03key\x12\x1a\n" +
 	"\bcategory\x18\x02 \x01(\tR\bcategory\x12 \n" +
@@ -2009,7 +2105,14 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"updated_by\x18\n" +
 	" \x01(\tB\x04\xe2A\x01\x03R\tupdatedBy\x12\x1e\n" +
 	"\acatalog\x18\v \x01(\bB\x04\xe2A\x01\x03R\acatalog\x12'\n" +
-	"\fvalue_prefix\x18\f \x01(\tB\x04\xe2A\x01\x03R\vvaluePrefix\"\xce\x02\n" +
+	"\fvalue_prefix\x18\f \x01(\tB\x04\xe2A\x01\x03R\vvaluePrefix\x12B\n" +
+	"\x0frotation_period\x18\x14 \x01(\v2\x19.google.protobuf.DurationR\x0erotationPeriod\x12H\n" +
+	"\x12next_rotation_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\x10nextRotationTime\x12;\n" +
+	"\vexpire_time\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12'\n" +
+	"\frotation_due\x18\x17 \x01(\bB\x04\xe2A\x01\x03R\vrotationDue\x12\x1e\n" +
+	"\aexpired\x18\x18 \x01(\bB\x04\xe2A\x01\x03R\aexpired\x12[\n" +
+	"\x19suggested_rotation_period\x18\x19 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x03R\x17suggestedRotationPeriod\"\xce\x02\n" +
 	"\rSecretVersion\x12\x16\n" +
 	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x03R\x03key\x12\x1e\n" +
 	"\aversion\x18\x02 \x01(\x03B\x04\xe2A\x01\x03R\aversion\x12;\n" +
@@ -2019,13 +2122,14 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\fdestroy_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\vdestroyTime\x12#\n" +
 	"\n" +
 	"created_by\x18\x06 \x01(\tB\x04\xe2A\x01\x03R\tcreatedBy\x12\x1b\n" +
-	"\x06kek_id\x18\a \x01(\tB\x04\xe2A\x01\x03R\x05kekId\"\x95\x01\n" +
+	"\x06kek_id\x18\a \x01(\tB\x04\xe2A\x01\x03R\x05kekId\"\xb8\x01\n" +
 	"\x12ListSecretsRequest\x12\x1a\n" +
 	"\bcategory\x18\x01 \x01(\tR\bcategory\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\x12'\n" +
-	"\x0fconfigured_only\x18\x04 \x01(\bR\x0econfiguredOnly\"\x8e\x01\n" +
+	"\x0fconfigured_only\x18\x04 \x01(\bR\x0econfiguredOnly\x12!\n" +
+	"\frotation_due\x18\x05 \x01(\bR\vrotationDue\"\x8e\x01\n" +
 	"\x13ListSecretsResponse\x123\n" +
 	"\asecrets\x18\x01 \x03(\v2\x19.orient.secrets.v1.SecretR\asecrets\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
@@ -2034,7 +2138,7 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\"b\n" +
 	"\x11GetSecretResponse\x121\n" +
 	"\x06secret\x18\x01 \x01(\v2\x19.orient.secrets.v1.SecretR\x06secret\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa3\x02\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa4\x03\n" +
 	"\x10PutSecretRequest\x12\x16\n" +
 	"\x03key\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x03key\x12\x1a\n" +
 	"\x05value\x18\x02 \x01(\fB\x04\xe2A\x01\x02R\x05value\x12%\n" +
@@ -2043,7 +2147,10 @@ const file_orient_secrets_v1_secrets_proto_rawDesc = "" +
 	"\x10restart_required\x18\x05 \x01(\bH\x02R\x0frestartRequired\x88\x01\x01\x12\x12\n" +
 	"\x04etag\x18\x06 \x01(\tR\x04etag\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\a \x01(\tR\trequestIdB\x0e\n" +
+	"request_id\x18\a \x01(\tR\trequestId\x12B\n" +
+	"\x0frotation_period\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0erotationPeriod\x12;\n" +
+	"\vexpire_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTimeB\x0e\n" +
 	"\f_descriptionB\v\n" +
 	"\t_categoryB\x13\n" +
 	"\x11_restart_required\"b\n" +
@@ -2247,76 +2354,83 @@ var file_orient_secrets_v1_secrets_proto_goTypes = []any{
 	(*CheckSecretRequest)(nil),           // 26: orient.secrets.v1.CheckSecretRequest
 	(*CheckSecretResponse)(nil),          // 27: orient.secrets.v1.CheckSecretResponse
 	(*timestamppb.Timestamp)(nil),        // 28: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),        // 29: google.protobuf.FieldMask
-	(*status.Status)(nil),                // 30: google.rpc.Status
-	(*WatchChangesRequest)(nil),          // 31: orient.secrets.v1.WatchChangesRequest
-	(*ListConsumersRequest)(nil),         // 32: orient.secrets.v1.ListConsumersRequest
-	(*ReportConsumerStateRequest)(nil),   // 33: orient.secrets.v1.ReportConsumerStateRequest
-	(*DismissConsumerRequest)(nil),       // 34: orient.secrets.v1.DismissConsumerRequest
-	(*WatchChangesResponse)(nil),         // 35: orient.secrets.v1.WatchChangesResponse
-	(*ListConsumersResponse)(nil),        // 36: orient.secrets.v1.ListConsumersResponse
-	(*ReportConsumerStateResponse)(nil),  // 37: orient.secrets.v1.ReportConsumerStateResponse
-	(*DismissConsumerResponse)(nil),      // 38: orient.secrets.v1.DismissConsumerResponse
+	(*durationpb.Duration)(nil),          // 29: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 30: google.protobuf.FieldMask
+	(*status.Status)(nil),                // 31: google.rpc.Status
+	(*WatchChangesRequest)(nil),          // 32: orient.secrets.v1.WatchChangesRequest
+	(*ListConsumersRequest)(nil),         // 33: orient.secrets.v1.ListConsumersRequest
+	(*ReportConsumerStateRequest)(nil),   // 34: orient.secrets.v1.ReportConsumerStateRequest
+	(*DismissConsumerRequest)(nil),       // 35: orient.secrets.v1.DismissConsumerRequest
+	(*WatchChangesResponse)(nil),         // 36: orient.secrets.v1.WatchChangesResponse
+	(*ListConsumersResponse)(nil),        // 37: orient.secrets.v1.ListConsumersResponse
+	(*ReportConsumerStateResponse)(nil),  // 38: orient.secrets.v1.ReportConsumerStateResponse
+	(*DismissConsumerResponse)(nil),      // 39: orient.secrets.v1.DismissConsumerResponse
 }
 var file_orient_secrets_v1_secrets_proto_depIdxs = []int32{
 	28, // 0: orient.secrets.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
 	28, // 1: orient.secrets.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 2: orient.secrets.v1.SecretVersion.state:type_name -> orient.secrets.v1.VersionState
-	28, // 3: orient.secrets.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
-	28, // 4: orient.secrets.v1.SecretVersion.destroy_time:type_name -> google.protobuf.Timestamp
-	1,  // 5: orient.secrets.v1.ListSecretsResponse.secrets:type_name -> orient.secrets.v1.Secret
-	1,  // 6: orient.secrets.v1.GetSecretResponse.secret:type_name -> orient.secrets.v1.Secret
-	1,  // 7: orient.secrets.v1.PutSecretResponse.secret:type_name -> orient.secrets.v1.Secret
-	1,  // 8: orient.secrets.v1.UpdateSecretRequest.secret:type_name -> orient.secrets.v1.Secret
-	29, // 9: orient.secrets.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
-	1,  // 10: orient.secrets.v1.UpdateSecretResponse.secret:type_name -> orient.secrets.v1.Secret
-	30, // 11: orient.secrets.v1.BatchAccessResult.error:type_name -> google.rpc.Status
-	14, // 12: orient.secrets.v1.BatchAccessSecretsResponse.results:type_name -> orient.secrets.v1.BatchAccessResult
-	2,  // 13: orient.secrets.v1.ListSecretVersionsResponse.versions:type_name -> orient.secrets.v1.SecretVersion
-	2,  // 14: orient.secrets.v1.DisableSecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
-	1,  // 15: orient.secrets.v1.DisableSecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
-	2,  // 16: orient.secrets.v1.EnableSecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
-	1,  // 17: orient.secrets.v1.EnableSecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
-	2,  // 18: orient.secrets.v1.DestroySecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
-	1,  // 19: orient.secrets.v1.DestroySecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
-	28, // 20: orient.secrets.v1.CheckSecretResponse.check_time:type_name -> google.protobuf.Timestamp
-	3,  // 21: orient.secrets.v1.SecretService.ListSecrets:input_type -> orient.secrets.v1.ListSecretsRequest
-	5,  // 22: orient.secrets.v1.SecretService.GetSecret:input_type -> orient.secrets.v1.GetSecretRequest
-	7,  // 23: orient.secrets.v1.SecretService.PutSecret:input_type -> orient.secrets.v1.PutSecretRequest
-	9,  // 24: orient.secrets.v1.SecretService.UpdateSecret:input_type -> orient.secrets.v1.UpdateSecretRequest
-	11, // 25: orient.secrets.v1.SecretService.AccessSecretVersion:input_type -> orient.secrets.v1.AccessSecretVersionRequest
-	13, // 26: orient.secrets.v1.SecretService.BatchAccessSecrets:input_type -> orient.secrets.v1.BatchAccessSecretsRequest
-	16, // 27: orient.secrets.v1.SecretService.ListSecretVersions:input_type -> orient.secrets.v1.ListSecretVersionsRequest
-	18, // 28: orient.secrets.v1.SecretService.DisableSecretVersion:input_type -> orient.secrets.v1.DisableSecretVersionRequest
-	20, // 29: orient.secrets.v1.SecretService.EnableSecretVersion:input_type -> orient.secrets.v1.EnableSecretVersionRequest
-	22, // 30: orient.secrets.v1.SecretService.DestroySecretVersion:input_type -> orient.secrets.v1.DestroySecretVersionRequest
-	24, // 31: orient.secrets.v1.SecretService.DeleteSecret:input_type -> orient.secrets.v1.DeleteSecretRequest
-	31, // 32: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
-	32, // 33: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
-	33, // 34: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
-	34, // 35: orient.secrets.v1.SecretService.DismissConsumer:input_type -> orient.secrets.v1.DismissConsumerRequest
-	26, // 36: orient.secrets.v1.SecretService.CheckSecret:input_type -> orient.secrets.v1.CheckSecretRequest
-	4,  // 37: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
-	6,  // 38: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
-	8,  // 39: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
-	10, // 40: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
-	12, // 41: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
-	15, // 42: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
-	17, // 43: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
-	19, // 44: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
-	21, // 45: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
-	23, // 46: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
-	25, // 47: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
-	35, // 48: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
-	36, // 49: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
-	37, // 50: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
-	38, // 51: orient.secrets.v1.SecretService.DismissConsumer:output_type -> orient.secrets.v1.DismissConsumerResponse
-	27, // 52: orient.secrets.v1.SecretService.CheckSecret:output_type -> orient.secrets.v1.CheckSecretResponse
-	37, // [37:53] is the sub-list for method output_type
-	21, // [21:37] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	29, // 2: orient.secrets.v1.Secret.rotation_period:type_name -> google.protobuf.Duration
+	28, // 3: orient.secrets.v1.Secret.next_rotation_time:type_name -> google.protobuf.Timestamp
+	28, // 4: orient.secrets.v1.Secret.expire_time:type_name -> google.protobuf.Timestamp
+	29, // 5: orient.secrets.v1.Secret.suggested_rotation_period:type_name -> google.protobuf.Duration
+	0,  // 6: orient.secrets.v1.SecretVersion.state:type_name -> orient.secrets.v1.VersionState
+	28, // 7: orient.secrets.v1.SecretVersion.create_time:type_name -> google.protobuf.Timestamp
+	28, // 8: orient.secrets.v1.SecretVersion.destroy_time:type_name -> google.protobuf.Timestamp
+	1,  // 9: orient.secrets.v1.ListSecretsResponse.secrets:type_name -> orient.secrets.v1.Secret
+	1,  // 10: orient.secrets.v1.GetSecretResponse.secret:type_name -> orient.secrets.v1.Secret
+	29, // 11: orient.secrets.v1.PutSecretRequest.rotation_period:type_name -> google.protobuf.Duration
+	28, // 12: orient.secrets.v1.PutSecretRequest.expire_time:type_name -> google.protobuf.Timestamp
+	1,  // 13: orient.secrets.v1.PutSecretResponse.secret:type_name -> orient.secrets.v1.Secret
+	1,  // 14: orient.secrets.v1.UpdateSecretRequest.secret:type_name -> orient.secrets.v1.Secret
+	30, // 15: orient.secrets.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	1,  // 16: orient.secrets.v1.UpdateSecretResponse.secret:type_name -> orient.secrets.v1.Secret
+	31, // 17: orient.secrets.v1.BatchAccessResult.error:type_name -> google.rpc.Status
+	14, // 18: orient.secrets.v1.BatchAccessSecretsResponse.results:type_name -> orient.secrets.v1.BatchAccessResult
+	2,  // 19: orient.secrets.v1.ListSecretVersionsResponse.versions:type_name -> orient.secrets.v1.SecretVersion
+	2,  // 20: orient.secrets.v1.DisableSecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
+	1,  // 21: orient.secrets.v1.DisableSecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
+	2,  // 22: orient.secrets.v1.EnableSecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
+	1,  // 23: orient.secrets.v1.EnableSecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
+	2,  // 24: orient.secrets.v1.DestroySecretVersionResponse.version:type_name -> orient.secrets.v1.SecretVersion
+	1,  // 25: orient.secrets.v1.DestroySecretVersionResponse.secret:type_name -> orient.secrets.v1.Secret
+	28, // 26: orient.secrets.v1.CheckSecretResponse.check_time:type_name -> google.protobuf.Timestamp
+	3,  // 27: orient.secrets.v1.SecretService.ListSecrets:input_type -> orient.secrets.v1.ListSecretsRequest
+	5,  // 28: orient.secrets.v1.SecretService.GetSecret:input_type -> orient.secrets.v1.GetSecretRequest
+	7,  // 29: orient.secrets.v1.SecretService.PutSecret:input_type -> orient.secrets.v1.PutSecretRequest
+	9,  // 30: orient.secrets.v1.SecretService.UpdateSecret:input_type -> orient.secrets.v1.UpdateSecretRequest
+	11, // 31: orient.secrets.v1.SecretService.AccessSecretVersion:input_type -> orient.secrets.v1.AccessSecretVersionRequest
+	13, // 32: orient.secrets.v1.SecretService.BatchAccessSecrets:input_type -> orient.secrets.v1.BatchAccessSecretsRequest
+	16, // 33: orient.secrets.v1.SecretService.ListSecretVersions:input_type -> orient.secrets.v1.ListSecretVersionsRequest
+	18, // 34: orient.secrets.v1.SecretService.DisableSecretVersion:input_type -> orient.secrets.v1.DisableSecretVersionRequest
+	20, // 35: orient.secrets.v1.SecretService.EnableSecretVersion:input_type -> orient.secrets.v1.EnableSecretVersionRequest
+	22, // 36: orient.secrets.v1.SecretService.DestroySecretVersion:input_type -> orient.secrets.v1.DestroySecretVersionRequest
+	24, // 37: orient.secrets.v1.SecretService.DeleteSecret:input_type -> orient.secrets.v1.DeleteSecretRequest
+	32, // 38: orient.secrets.v1.SecretService.WatchChanges:input_type -> orient.secrets.v1.WatchChangesRequest
+	33, // 39: orient.secrets.v1.SecretService.ListConsumers:input_type -> orient.secrets.v1.ListConsumersRequest
+	34, // 40: orient.secrets.v1.SecretService.ReportConsumerState:input_type -> orient.secrets.v1.ReportConsumerStateRequest
+	35, // 41: orient.secrets.v1.SecretService.DismissConsumer:input_type -> orient.secrets.v1.DismissConsumerRequest
+	26, // 42: orient.secrets.v1.SecretService.CheckSecret:input_type -> orient.secrets.v1.CheckSecretRequest
+	4,  // 43: orient.secrets.v1.SecretService.ListSecrets:output_type -> orient.secrets.v1.ListSecretsResponse
+	6,  // 44: orient.secrets.v1.SecretService.GetSecret:output_type -> orient.secrets.v1.GetSecretResponse
+	8,  // 45: orient.secrets.v1.SecretService.PutSecret:output_type -> orient.secrets.v1.PutSecretResponse
+	10, // 46: orient.secrets.v1.SecretService.UpdateSecret:output_type -> orient.secrets.v1.UpdateSecretResponse
+	12, // 47: orient.secrets.v1.SecretService.AccessSecretVersion:output_type -> orient.secrets.v1.AccessSecretVersionResponse
+	15, // 48: orient.secrets.v1.SecretService.BatchAccessSecrets:output_type -> orient.secrets.v1.BatchAccessSecretsResponse
+	17, // 49: orient.secrets.v1.SecretService.ListSecretVersions:output_type -> orient.secrets.v1.ListSecretVersionsResponse
+	19, // 50: orient.secrets.v1.SecretService.DisableSecretVersion:output_type -> orient.secrets.v1.DisableSecretVersionResponse
+	21, // 51: orient.secrets.v1.SecretService.EnableSecretVersion:output_type -> orient.secrets.v1.EnableSecretVersionResponse
+	23, // 52: orient.secrets.v1.SecretService.DestroySecretVersion:output_type -> orient.secrets.v1.DestroySecretVersionResponse
+	25, // 53: orient.secrets.v1.SecretService.DeleteSecret:output_type -> orient.secrets.v1.DeleteSecretResponse
+	36, // 54: orient.secrets.v1.SecretService.WatchChanges:output_type -> orient.secrets.v1.WatchChangesResponse
+	37, // 55: orient.secrets.v1.SecretService.ListConsumers:output_type -> orient.secrets.v1.ListConsumersResponse
+	38, // 56: orient.secrets.v1.SecretService.ReportConsumerState:output_type -> orient.secrets.v1.ReportConsumerStateResponse
+	39, // 57: orient.secrets.v1.SecretService.DismissConsumer:output_type -> orient.secrets.v1.DismissConsumerResponse
+	27, // 58: orient.secrets.v1.SecretService.CheckSecret:output_type -> orient.secrets.v1.CheckSecretResponse
+	43, // [43:59] is the sub-list for method output_type
+	27, // [27:43] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_orient_secrets_v1_secrets_proto_init() }
