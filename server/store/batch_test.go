@@ -258,7 +258,9 @@ func TestGroupCommitSameKey(t *testing.T) {
 	q.add(func() {
 		res[2], errs[2] = s.UpdateSecret(ctx, bmeta("UpdateSecret", "", ""), store.UpdateParams{Key: "CUSTOM_K", Description: &desc})
 	})
-	q.add(func() { res[3], errs[3] = s.SetVersionState(ctx, bmeta("DisableSecretVersion", "", ""), "CUSTOM_K", 1, nil, store.StateDisabled) })
+	q.add(func() {
+		res[3], errs[3] = s.SetVersionState(ctx, bmeta("DisableSecretVersion", "", ""), "CUSTOM_K", 1, nil, store.StateDisabled)
+	})
 	q.add(func() { _, errs[5] = s.DeleteSecret(ctx, bmeta("DeleteSecret", "", ""), "CUSTOM_K", nil) })
 	q.add(func() { res[4], errs[4] = s.PutSecret(ctx, m, p("again")) })
 	release()
