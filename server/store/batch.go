@@ -19,8 +19,8 @@ import (
 //     serializes batches across replicas, so revision order is commit
 //     order, and reads in the same round trip the idempotency records of
 //     its request ids.
-//   - Each write then runs in turn under a savepoint, with the next free
-//     revision. A write that fails (stale etag, missing key, a failed
+//   - Each write then runs in turn under a savepoint (savepoint.go), with
+//     the next free revision. A write that fails (stale etag, missing key, a failed
 //     check, any SQL error) is rolled back to its savepoint and fails
 //     alone; it takes no revision, so revisions stay gap-free. A later
 //     write sees the earlier ones: two writes to one key apply in order.
@@ -68,6 +68,12 @@ type writeBatcher struct {
 	stopOnce sync.Once
 
 	batches, writes atomic.Int64
+
+	// hold, when set (tests only), stops the batcher before it gathers a
+	// batch until the channel closes; held is 1 while it waits with a
+	// write in hand.
+	hold atomic.Pointer[chan struct{}]
+	held atomic.Int32
 }
 
 // writeBatcher returns the store's batcher, started on first use.
@@ -129,6 +135,11 @@ func (b *writeBatcher) run() {
 	for {
 		select {
 		case j := <-b.in:
+			if h := b.hold.Load(); h != nil {
+				b.held.Store(1)
+				<-*h
+				b.held.Store(0)
+			}
 			b.commit(b.gather(j))
 		case <-b.stop:
 			for {
@@ -236,15 +247,6 @@ type idemRecord struct {
 	response []byte
 }
 
-// savepoint statements: a write runs under "w"; after a success the next
-// write releases it and takes a fresh one in the same round trip, after a
-// failure "w" is still there, empty, for the next write.
-const (
-	sqlSavepoint           = `SAVEPOINT w`
-	sqlReleaseAndSavepoint = `RELEASE SAVEPOINT w; SAVEPOINT w`
-	sqlRollbackToSavepoint = `ROLLBACK TO SAVEPOINT w`
-)
-
 // runBatch runs jobs in one transaction (see maxWriteBatch) and commits it
 // if any write succeeded.
 func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, error) {
@@ -291,16 +293,17 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	// transaction goes.
 	useSavepoints := len(jobs) > 1
 	if useSavepoints {
-		b.Queue(sqlSavepoint)
+		b.Queue(`SAVEPOINT w`)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return batchResult{}, err
 	}
 	var (
-		pending string // statement to send before the next write
-		cols    changeColumns
-		events  []AuditEvent
-		idem    idemColumns
+		sp     = spClean
+		stx    = &savepointTx{Tx: tx}
+		cols   changeColumns
+		events []AuditEvent
+		idem   idemColumns
 	)
 	for i, j := range jobs {
 		if id := j.meta.RequestID; id != "" {
@@ -314,21 +317,23 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				continue
 			}
 		}
-		if pending != "" {
-			if _, err := tx.Exec(ctx, pending); err != nil {
-				return batchResult{}, err
-			}
-			pending = ""
+		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta}
+		if useSavepoints {
+			stx.begin(sp.prefix())
 		}
-		w := &writer{tx: tx, rev: rev + 1, now: now, meta: j.meta}
 		c, response, err := runJob(ctx, j, w)
-		if err != nil && useSavepoints && retryable(err) {
+		if err != nil && useSavepoints && retryable(err) && stx.used {
 			// A deadlock or serialization failure in this write's own
 			// statements: once more from its savepoint.
-			if _, rerr := tx.Exec(ctx, sqlRollbackToSavepoint); rerr != nil {
-				return batchResult{}, rerr
-			}
+			sp = spFailed
+			stx.begin(sp.prefix())
 			c, response, err = runJob(ctx, j, w)
+		}
+		if stx.used {
+			sp = spKept
+			if err != nil {
+				sp = spFailed
+			}
 		}
 		if err != nil {
 			if !useSavepoints {
@@ -338,14 +343,8 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				res.outcomes[i] = err
 				return res, nil // the deferred rollback undoes it
 			}
-			if _, rerr := tx.Exec(ctx, sqlRollbackToSavepoint); rerr != nil {
-				return batchResult{}, rerr
-			}
 			res.outcomes[i] = err
 			continue
-		}
-		if useSavepoints {
-			pending = sqlReleaseAndSavepoint
 		}
 		rev = w.rev
 		res.committed++
@@ -363,11 +362,13 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	}
 
 	// One round trip for the bookkeeping of every write, at the top level
-	// (the last savepoint released), then the audit events, then the
-	// commit.
+	// (the last write's savepoint settled), then the audit events, then
+	// the commit.
 	b = &pgx.Batch{}
 	if useSavepoints {
-		b.Queue(`RELEASE SAVEPOINT w`)
+		for _, q := range sp.final() {
+			b.Queue(q)
+		}
 	}
 	b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
 		SELECT u.revision, $2::timestamptz, u.kind, u.key, u.version, u.category, u.restart_required, u.detail
