@@ -251,13 +251,13 @@ type idemRecord struct {
 // if any write succeeded.
 func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, error) {
 	res := batchResult{outcomes: make([]error, len(jobs))}
-	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return batchResult{}, err
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	defer conn.Release()
 
-	// The counter lock first (the idempotency read must see every batch
+	// BEGIN, the counter lock (the idempotency read must see every batch
 	// committed before ours), then the records of this batch's request ids,
 	// in one round trip.
 	var ids []string
@@ -272,6 +272,7 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	)
 	seen := map[string]idemRecord{}
 	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
 	b.Queue(`SELECT revision, now() FROM revision_counter FOR UPDATE`).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&rev, &now)
 	})
@@ -295,7 +296,16 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	if useSavepoints {
 		b.Queue(`SAVEPOINT w`)
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	br := conn.Conn().SendBatch(ctx, b)
+	tx := br.Tx()
+	// Before the connection goes back to the pool (deferred calls run last
+	// first); a no-op after the commit.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = tx.Rollback(rctx)
+		cancel()
+	}()
+	if err := br.Close(); err != nil {
 		return batchResult{}, err
 	}
 	var (
