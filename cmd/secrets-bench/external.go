@@ -53,7 +53,8 @@ func asPostgres(cmd *exec.Cmd) error {
 var tpsRe = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
 
 // pgbenchPhase runs `pgbench -S` (select-only, one primary-key read per
-// transaction) on the same durable cluster, over the unix socket, after
+// transaction) and then pgbench's TPC-B-like default script (the write
+// ceiling) on the same durable cluster, over the unix socket, after
 // `pgbench -i -s 10` (1 in the quick run) in its own database.
 func (b *bench) pgbenchPhase(ctx context.Context) error {
 	bin := ""
@@ -65,7 +66,7 @@ func (b *bench) pgbenchPhase(ctx context.Context) error {
 	if bin == "" {
 		p, err := exec.LookPath("pgbench")
 		if err != nil {
-			b.note("pgbench not found (apt-get install -y postgresql-15): pgbench_select_tps skipped")
+			b.note("pgbench not found (apt-get install -y postgresql-15): pgbench_select_tps and pgbench_tpcb_c16_tps skipped")
 			return nil
 		}
 		bin = p
@@ -106,6 +107,27 @@ func (b *bench) pgbenchPhase(ctx context.Context) error {
 	tps, _ := strconv.ParseFloat(m[1], 64)
 	b.progressf("  pgbench -S: %.0f tps", tps)
 	b.res.PgbenchSelectTPS = num1(tps)
+
+	// The write ceiling: pgbench's built-in TPC-B-like script (three
+	// updates, a select and an insert per durable commit) at the
+	// concurrency of the PutSecret c16 phase. At a scale below 16 the
+	// clients also queue on the branch rows.
+	b.progress("ceiling: pgbench (TPC-B) -c 16 -j 2 -T " + secs + " over the unix socket, scale " + scale)
+	if b.cfg.warmup > 0 {
+		if _, err := run("-c", "16", "-j", "2", "-T", strconv.Itoa(wholeSeconds(b.cfg.warmup))); err != nil {
+			return err
+		}
+	}
+	out, err = run("-c", "16", "-j", "2", "-T", secs)
+	if err != nil {
+		return err
+	}
+	if m = tpsRe.FindStringSubmatch(out); m == nil {
+		return fmt.Errorf("pgbench: no tps line in: %s", lastLines([]byte(out), 5))
+	}
+	tps, _ = strconv.ParseFloat(m[1], 64)
+	b.progressf("  pgbench TPC-B: %.0f tps", tps)
+	b.res.PgbenchTPCBTPS = num1(tps)
 	return nil
 }
 

@@ -40,6 +40,9 @@ type results struct {
 	EchoP50ms        *float64 `json:"echo_p50_ms"`
 	EchoP99ms        *float64 `json:"echo_p99_ms"`
 	PgbenchSelectTPS *float64 `json:"pgbench_select_tps"`
+	// pgbench's default TPC-B-like script at c16: the cluster's write
+	// ceiling, at scale pgbench_scale.
+	PgbenchTPCBTPS *float64 `json:"pgbench_tpcb_c16_tps"`
 
 	AccessC16RPS      *float64 `json:"access_c16_rps"`
 	AccessC16P50ms    *float64 `json:"access_c16_p50_ms"`
@@ -66,6 +69,11 @@ type results struct {
 	PutC16P99ms        *float64 `json:"put_c16_p99_ms"`
 	PutC16WALSyncsPerS *float64 `json:"put_c16_wal_fsyncs_per_s"`
 	PutC16WALSyncAvgMs *float64 `json:"put_c16_wal_fsync_avg_ms"`
+	// PutSecret c16 ÷ pgbench TPC-B c16.
+	PutToTPCBRatio *float64 `json:"put_c16_to_pgbench_tpcb_ratio"`
+	PutC64RPS      *float64 `json:"put_c64_rps"`
+	PutC64P50ms    *float64 `json:"put_c64_p50_ms"`
+	PutC64P99ms    *float64 `json:"put_c64_p99_ms"`
 
 	Watch1kP50ms                  *float64 `json:"watch_1k_p50_ms"`
 	Watch1kP99ms                  *float64 `json:"watch_1k_p99_ms"`
@@ -184,6 +192,7 @@ func (b *bench) printTable() {
 			{"no-op gRPC (health Check), c16", "echo_rps", r.EchoRPS, "req/s"},
 			{"  p99", "echo_p99_ms", r.EchoP99ms, "ms"},
 			{"pgbench -S -c 16 -j 2 (unix socket)", "pgbench_select_tps", r.PgbenchSelectTPS, "tps"},
+			{fmt.Sprintf("pgbench TPC-B -c 16 -j 2 (scale %d)", r.PgbenchScale), "pgbench_tpcb_c16_tps", r.PgbenchTPCBTPS, "tps"},
 		}},
 		{"Access (AccessSecretVersion, random key, audited)", []row{
 			{"c16", "access_c16_rps", r.AccessC16RPS, "req/s"},
@@ -205,6 +214,10 @@ func (b *bench) printTable() {
 			{"  p99", "put_c16_p99_ms", r.PutC16P99ms, "ms"},
 			{"WAL fsyncs during c16", "put_c16_wal_fsyncs_per_s", r.PutC16WALSyncsPerS, "/s"},
 			{"  mean fsync", "put_c16_wal_fsync_avg_ms", r.PutC16WALSyncAvgMs, "ms"},
+			{"c16 / pgbench TPC-B c16", "put_c16_to_pgbench_tpcb_ratio", r.PutToTPCBRatio, ""},
+			{"c64", "put_c64_rps", r.PutC64RPS, "req/s"},
+			{"  p50", "put_c64_p50_ms", r.PutC64P50ms, "ms"},
+			{"  p99", "put_c64_p99_ms", r.PutC64P99ms, "ms"},
 		}},
 		{"Change stream (2 replicas, PutSecret returned → event received)", []row{
 			{wl(r.WatchSmallN) + " streams p50", "watch_1k_p50_ms", r.Watch1kP50ms, "ms"},
@@ -259,7 +272,7 @@ func (b *bench) printTable() {
 	if len(r.CPU) > 0 {
 		fmt.Printf("\nCPU during the measured runs, in cores of %d (cpu_cores)\n", r.Cores)
 		fmt.Printf("  %-14s %8s %9s %9s %7s %6s\n", "", "server", "postgres", "load gen", "other", "idle")
-		for _, name := range []string{"echo_c16", "access_c16", "access_c64", "batch20_c16", "rest_c16", "put_c16", "watch_1k", "watch_10k"} {
+		for _, name := range []string{"echo_c16", "access_c16", "access_c64", "batch20_c16", "rest_c16", "put_c16", "put_c64", "watch_1k", "watch_10k"} {
 			if c, ok := r.CPU[name]; ok {
 				fmt.Printf("  %-14s %8.2f %9.2f %9.2f %7.2f %6.2f\n", name, c.Server, c.Postgres, c.LoadGen, c.Other, c.Idle)
 			}

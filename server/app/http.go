@@ -118,10 +118,12 @@ func (c countingRecorder) RecordAccess(ctx context.Context, events []store.Audit
 	return err
 }
 
-// poolCollector exports the store's pool and audit-append figures.
+// poolCollector exports the store's pool, audit-append and group-commit
+// figures.
 type poolCollector struct {
 	store                                    *store.Store
 	total, idle, acquired, acquires, appends *prometheus.Desc
+	writeBatches, writes                     *prometheus.Desc
 }
 
 func newPoolCollector(s *store.Store) *poolCollector {
@@ -135,6 +137,10 @@ func newPoolCollector(s *store.Store) *poolCollector {
 			"Audit groups appended outside a write's transaction, by path: one_trip (chained after this replica's last head), "+
 				"missed (another writer moved the head first; nothing inserted), locked (appended under the head lock).",
 			[]string{"path"}, nil),
+		writeBatches: prometheus.NewDesc("secrets_write_batches_total",
+			"Write transactions committed by group commit (each holds one or more writes).", nil, nil),
+		writes: prometheus.NewDesc("secrets_writes_committed_total",
+			"Writes committed; divided by secrets_write_batches_total, the mean batch size.", nil, nil),
 	}
 }
 
@@ -144,6 +150,8 @@ func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- p.acquired
 	ch <- p.acquires
 	ch <- p.appends
+	ch <- p.writeBatches
+	ch <- p.writes
 }
 
 func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -156,6 +164,9 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(p.appends, prometheus.CounterValue, float64(a.OneTrip), "one_trip")
 	ch <- prometheus.MustNewConstMetric(p.appends, prometheus.CounterValue, float64(a.Missed), "missed")
 	ch <- prometheus.MustNewConstMetric(p.appends, prometheus.CounterValue, float64(a.Locked), "locked")
+	w := p.store.WriteBatchStats()
+	ch <- prometheus.MustNewConstMetric(p.writeBatches, prometheus.CounterValue, float64(w.Batches))
+	ch <- prometheus.MustNewConstMetric(p.writes, prometheus.CounterValue, float64(w.Writes))
 }
 
 // hubCollector exports the change-stream hub's figures.

@@ -2,7 +2,8 @@
 // transaction. It never sees a gRPC type or a plaintext value: values arrive
 // and leave sealed. Writes run through one helper (write) that takes the next
 // revision from the counter row, applies the change, and records its change-log
-// entry and audit event in the same transaction.
+// entry and audit event in the same transaction — concurrent writes share
+// one transaction (group commit, batch.go).
 package store
 
 import (
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +49,9 @@ type Store struct {
 	appends appendCounters
 	// lastWrite is the highest revision a write here has taken.
 	lastWrite atomic.Int64
+	// writes gathers concurrent writes into batches (group commit).
+	writes     *writeBatcher
+	writesOnce sync.Once
 }
 
 // Options tune the pool.
@@ -87,8 +92,12 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 
 func hasParam(connString, name string) bool { return strings.Contains(connString, name) }
 
-// Close closes the pool.
-func (s *Store) Close() { s.pool.Close() }
+// Close commits the writes already queued, then closes the pool. Writes
+// submitted afterwards fail with ErrStoreClosed.
+func (s *Store) Close() {
+	s.writeBatcher().close()
+	s.pool.Close()
+}
 
 // Pool exposes the pool for metrics (stat) only.
 func (s *Store) Stat() *pgxpool.Stat { return s.pool.Stat() }
@@ -183,9 +192,4 @@ func classify(err error) error {
 		return fmt.Errorf("%w: connection lost", ErrUnavailable)
 	}
 	return err
-}
-
-func isUniqueViolation(err error, constraint string) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505" && (constraint == "" || pgErr.ConstraintName == constraint)
 }

@@ -23,7 +23,9 @@ type change struct {
 }
 
 // writer is handed to a write's body: the open transaction, the revision the
-// change commits as, and the transaction's time.
+// change commits as, and the transaction's time. The transaction is its
+// batch's: the body runs after the writes before it in the batch and sees
+// their changes.
 type writer struct {
 	tx   pgx.Tx
 	rev  int64
@@ -31,12 +33,18 @@ type writer struct {
 	meta Meta
 }
 
-// write runs body in one transaction that first takes the next revision from
-// the counter row (serializing writers, so revision order is commit order),
-// then records the change-log entry, the audit event and, with a request id,
-// the idempotency record, and wakes watchers — all committed together or not
-// at all. A retry carrying a request id already committed returns the first
-// result (R is stored as JSON; it never holds a value).
+// write queues body for the store's write batcher (group commit: see
+// writeBatcher) and returns its own outcome once the batch holding it has
+// committed. In the batch's transaction the write takes the next revision,
+// applies the change, and gets its change-log entry, audit event,
+// notification and, with a request id, idempotency record — all committed
+// together with its batch or not at all. A write that fails fails alone and
+// takes no revision. A retry carrying a request id already committed returns
+// the first result (R is stored as JSON; it never holds a value).
+//
+// pre runs first, in the caller's goroutine and outside the batch: cheap
+// checks that can refuse a write without queueing it (a stale etag), and
+// slow work such as a KMS wrap, which must never hold up the batch.
 func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx context.Context, w *writer) (R, change, error), pre ...func(context.Context) error) (R, error) {
 	var zero R
 	if meta.RequestID != "" {
@@ -44,73 +52,44 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 			return r, err
 		}
 	}
-	// Cheap checks that can fail a write without taking the revision
-	// counter (a stale etag under contention would otherwise queue behind
-	// every writer just to be refused). The body checks again under the lock.
+	// Cheap checks that can fail a write without queueing it (a stale etag
+	// under contention would otherwise wait for a batch just to be
+	// refused). The body checks again in the batch.
 	for _, check := range pre {
 		if err := check(ctx); err != nil {
 			return zero, classify(err)
 		}
 	}
-	var result R
-	var committed int64
-	var auditHead chainHead
-	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		w := &writer{tx: tx, meta: meta}
-		if err := tx.QueryRow(ctx,
-			`UPDATE revision_counter SET revision = revision + 1 RETURNING revision, now()`,
-		).Scan(&w.rev, &w.now); err != nil {
-			return err
-		}
-		r, c, err := body(ctx, w)
-		if err != nil {
-			return err
-		}
-		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			w.rev, w.now, c.kind, c.key, c.version, c.category, c.restartRequired, c.detail)
-		if meta.RequestID != "" {
-			encoded, err := json.Marshal(r)
-			if err != nil {
-				return fmt.Errorf("encode idempotent result: %w", err)
-			}
-			b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
-				VALUES ($1, $2, $3, $4, $5)`, meta.RequestID, meta.Action, meta.RequestHash, encoded, w.now)
-		}
-		b.Queue(`SELECT pg_notify($1, ($2::bigint)::text)`, NotifyChannel, w.rev)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-		// Last: the chain head lock is held only until the commit.
-		head, err := appendAudit(ctx, tx, []AuditEvent{{Time: w.now, Actor: meta.Actor, Action: meta.Action, Key: c.key,
-			Version: c.version, Outcome: OutcomeOK, RequestID: meta.RequestID, Peer: meta.Peer, Revision: w.rev,
-			Detail: c.detail, ValueHMAC: c.valueHMAC}})
-		if err != nil {
-			return err
-		}
-		result, committed, auditHead = r, w.rev, head
-		return nil
-	})
-	if err == nil {
-		// Before the answer leaves, so that a read on this replica waits
-		// for the change (a failed write notes nothing: its revision is
-		// reused by the next write).
-		s.noteWrite(committed)
-		// The chain head moved with this write: the next access group
-		// chains after it instead of missing.
-		s.head.appended(auditHead, false)
-	}
-	if err != nil {
-		if meta.RequestID != "" && isUniqueViolation(err, "idempotency_pkey") {
-			// A concurrent attempt with the same request id committed first.
-			if r, ok, rerr := replay[R](ctx, s, meta); rerr != nil || ok {
-				return r, rerr
-			}
-		}
+	j, result := newWriteJob(ctx, meta, body)
+	if err := s.writeBatcher().submit(ctx, j); err != nil {
 		return zero, err
 	}
-	return result, nil
+	return *result, nil
+}
+
+// newWriteJob wraps a typed body as a batch job; *result holds the write's
+// result once the job succeeded.
+func newWriteJob[R any](ctx context.Context, meta Meta, body func(ctx context.Context, w *writer) (R, change, error)) (*writeJob, *R) {
+	result := new(R)
+	j := &writeJob{ctx: ctx, meta: meta, done: make(chan error, 1)}
+	j.run = func(ctx context.Context, w *writer) (change, error) {
+		r, c, err := body(ctx, w)
+		if err != nil {
+			return change{}, err
+		}
+		*result = r
+		return c, nil
+	}
+	j.encode = func() ([]byte, error) { return json.Marshal(*result) }
+	j.replay = func(response []byte) error {
+		var r R
+		if err := json.Unmarshal(response, &r); err != nil {
+			return fmt.Errorf("decode idempotent result: %w", err)
+		}
+		*result = r
+		return nil
+	}
+	return j, result
 }
 
 func (s *Store) noteWrite(rev int64) {

@@ -1,0 +1,466 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Group commit for writes. Concurrent writes on a replica are gathered by
+// one goroutine per store and committed together, in one transaction and
+// one fsync, the way etcd's backend batches its transactions:
+//
+//   - The batch takes the revision counter row first (FOR UPDATE), which
+//     serializes batches across replicas, so revision order is commit
+//     order, and reads in the same round trip the idempotency records of
+//     its request ids.
+//   - Each write then runs in turn under a savepoint (savepoint.go), with
+//     the next free revision. A write that fails (stale etag, missing key, a failed
+//     check, any SQL error) is rolled back to its savepoint and fails
+//     alone; it takes no revision, so revisions stay gap-free. A later
+//     write sees the earlier ones: two writes to one key apply in order.
+//   - The change-log rows, idempotency records and notifications of every
+//     successful write go in one round trip, the counter moves once by the
+//     number of successes, and the audit events go in one appendAudit call,
+//     last before the commit.
+//   - Each caller gets its own outcome only after the commit.
+//
+// While one batch commits the next gathers, so a busy replica makes bigger
+// batches rather than longer queues. A batch is at most maxWriteBatch
+// writes: each successful write is a subtransaction, and PostgreSQL keeps
+// only 64 of them per transaction in shared memory before every snapshot
+// taken meanwhile gets slower.
+const maxWriteBatch = 64
+
+// writeBatchTimeout bounds one batch's transaction.
+const writeBatchTimeout = 30 * time.Second
+
+// ErrStoreClosed is returned by a write submitted after Close.
+var ErrStoreClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
+
+// writeJob is one write waiting for, or running in, a batch.
+type writeJob struct {
+	// ctx is the caller's: its values (trace spans) reach the body's
+	// queries, its cancellation does not (the transaction is the batch's).
+	// A caller gone before its write starts is dropped from the batch.
+	ctx  context.Context
+	meta Meta
+	// run applies the write and keeps its typed result.
+	run func(ctx context.Context, w *writer) (change, error)
+	// encode is the result as the idempotency record stores it; replay
+	// sets the result from such a record.
+	encode func() ([]byte, error)
+	replay func(response []byte) error
+	// done receives the write's outcome once its batch is over.
+	done chan error
+}
+
+type writeBatcher struct {
+	s        *Store
+	in       chan *writeJob
+	stop     chan struct{}
+	finished chan struct{}
+	stopOnce sync.Once
+
+	batches, writes atomic.Int64
+
+	// hold, when set (tests only), stops the batcher before it gathers a
+	// batch until the channel closes; held is 1 while it waits with a
+	// write in hand.
+	hold atomic.Pointer[chan struct{}]
+	held atomic.Int32
+}
+
+// writeBatcher returns the store's batcher, started on first use.
+func (s *Store) writeBatcher() *writeBatcher {
+	s.writesOnce.Do(func() {
+		s.writes = &writeBatcher{s: s, in: make(chan *writeJob, 1024), stop: make(chan struct{}), finished: make(chan struct{})}
+		go s.writes.run()
+	})
+	return s.writes
+}
+
+// WriteStats counts group commits since the store opened.
+type WriteStats struct {
+	// Batches is how many batch transactions committed; Writes how many
+	// writes they committed between them.
+	Batches, Writes int64
+}
+
+// WriteBatchStats reports group commit (for metrics and tests).
+func (s *Store) WriteBatchStats() WriteStats {
+	b := s.writeBatcher()
+	return WriteStats{Batches: b.batches.Load(), Writes: b.writes.Load()}
+}
+
+// submit queues j and waits for its outcome. When ctx ends first the caller
+// gets ctx's error; a write already in a batch may still commit (as a
+// write whose commit reply was lost would).
+func (b *writeBatcher) submit(ctx context.Context, j *writeJob) error {
+	select {
+	case <-b.stop:
+		return ErrStoreClosed
+	default:
+	}
+	select {
+	case b.in <- j:
+	case <-b.stop:
+		return ErrStoreClosed
+	case <-ctx.Done():
+		return classify(ctx.Err())
+	}
+	select {
+	case err := <-j.done:
+		return err
+	case <-b.finished:
+		// Closed while queued: the batcher may have drained it first.
+		select {
+		case err := <-j.done:
+			return err
+		default:
+			return ErrStoreClosed
+		}
+	case <-ctx.Done():
+		return classify(ctx.Err())
+	}
+}
+
+func (b *writeBatcher) run() {
+	defer close(b.finished)
+	for {
+		select {
+		case j := <-b.in:
+			if h := b.hold.Load(); h != nil {
+				b.held.Store(1)
+				<-*h
+				b.held.Store(0)
+			}
+			b.commit(b.gather(j))
+		case <-b.stop:
+			for {
+				select {
+				case j := <-b.in:
+					b.commit(b.gather(j))
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// gather takes first and the writes already waiting, up to maxWriteBatch.
+func (b *writeBatcher) gather(first *writeJob) []*writeJob {
+	jobs := []*writeJob{first}
+	for len(jobs) < maxWriteBatch {
+		select {
+		case j := <-b.in:
+			jobs = append(jobs, j)
+			continue
+		default:
+		}
+		break
+	}
+	return jobs
+}
+
+// close commits what is queued and stops the batcher.
+func (b *writeBatcher) close() {
+	b.stopOnce.Do(func() { close(b.stop) })
+	<-b.finished
+}
+
+// commit runs jobs as one batch and answers each of them. A batch-level
+// failure (serialization failure, deadlock on a shared statement) reruns the
+// whole batch; any other fails every write in it.
+func (b *writeBatcher) commit(jobs []*writeJob) {
+	live := jobs[:0]
+	for _, j := range jobs {
+		if err := j.ctx.Err(); err != nil {
+			j.done <- classify(err)
+			continue
+		}
+		live = append(live, j)
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeBatchTimeout)
+	defer cancel()
+	const attempts = 5
+	var (
+		res batchResult
+		err error
+	)
+	for i := range attempts {
+		res, err = b.s.runBatch(ctx, live)
+		if !retryable(err) {
+			break
+		}
+		b.s.log.DebugContext(ctx, "retrying write batch", "attempt", i+1, "writes", len(live), "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(i+1) * 5 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		err = classify(err)
+		for _, j := range live {
+			j.done <- err
+		}
+		return
+	}
+	if res.committed > 0 {
+		// Before any answer leaves, so that a read on this replica waits
+		// for the change.
+		b.s.noteWrite(res.last)
+		// The chain head moved with the batch: the next access group
+		// chains after it instead of missing.
+		b.s.head.appended(res.head, false)
+		b.batches.Add(1)
+		b.writes.Add(int64(res.committed))
+	}
+	for i, j := range live {
+		j.done <- res.outcomes[i]
+	}
+}
+
+// batchResult is what a batch did: each job's outcome (nil: committed or
+// replayed), how many writes committed, the last revision, the new chain
+// head.
+type batchResult struct {
+	outcomes  []error
+	committed int
+	last      int64
+	head      chainHead
+}
+
+// idemRecord is an idempotency record as a batch sees it.
+type idemRecord struct {
+	method   string
+	hash     []byte
+	response []byte
+}
+
+// runBatch runs jobs in one transaction (see maxWriteBatch) and commits it
+// if any write succeeded.
+func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, error) {
+	res := batchResult{outcomes: make([]error, len(jobs))}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return batchResult{}, err
+	}
+	defer conn.Release()
+
+	// BEGIN, the counter lock (the idempotency read must see every batch
+	// committed before ours), then the records of this batch's request ids,
+	// in one round trip.
+	var ids []string
+	for _, j := range jobs {
+		if j.meta.RequestID != "" {
+			ids = append(ids, j.meta.RequestID)
+		}
+	}
+	var (
+		rev int64
+		now time.Time
+	)
+	seen := map[string]idemRecord{}
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	b.Queue(`SELECT revision, now() FROM revision_counter FOR UPDATE`).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&rev, &now)
+	})
+	if len(ids) > 0 {
+		b.Queue(`SELECT request_id, method, request_hash, response FROM idempotency WHERE request_id = ANY($1)`, ids).
+			Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var id string
+					var r idemRecord
+					if err := rows.Scan(&id, &r.method, &r.hash, &r.response); err != nil {
+						return err
+					}
+					seen[id] = r
+				}
+				return rows.Err()
+			})
+	}
+	// A batch of one needs no savepoint: if it fails, the whole
+	// transaction goes.
+	useSavepoints := len(jobs) > 1
+	if useSavepoints {
+		b.Queue(`SAVEPOINT w`)
+	}
+	br := conn.Conn().SendBatch(ctx, b)
+	tx := br.Tx()
+	// Before the connection goes back to the pool (deferred calls run last
+	// first); a no-op after the commit.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		_ = tx.Rollback(rctx)
+		cancel()
+	}()
+	if err := br.Close(); err != nil {
+		return batchResult{}, err
+	}
+	var (
+		sp     = spClean
+		stx    = &savepointTx{Tx: tx}
+		cols   changeColumns
+		events []AuditEvent
+		idem   idemColumns
+	)
+	for i, j := range jobs {
+		if id := j.meta.RequestID; id != "" {
+			if r, ok := seen[id]; ok {
+				// Committed before this batch, or earlier in it.
+				if r.method != j.meta.Action || !bytes.Equal(r.hash, j.meta.RequestHash) {
+					res.outcomes[i] = ErrRequestIDReused
+				} else {
+					res.outcomes[i] = j.replay(r.response)
+				}
+				continue
+			}
+		}
+		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta}
+		if useSavepoints {
+			stx.begin(sp.prefix())
+		}
+		c, response, err := runJob(ctx, j, w)
+		if err != nil && useSavepoints && retryable(err) && stx.used {
+			// A deadlock or serialization failure in this write's own
+			// statements: once more from its savepoint.
+			sp = spFailed
+			stx.begin(sp.prefix())
+			c, response, err = runJob(ctx, j, w)
+		}
+		if stx.used {
+			sp = spKept
+			if err != nil {
+				sp = spFailed
+			}
+		}
+		if err != nil {
+			if !useSavepoints {
+				if retryable(err) {
+					return batchResult{}, err
+				}
+				res.outcomes[i] = err
+				return res, nil // the deferred rollback undoes it
+			}
+			res.outcomes[i] = err
+			continue
+		}
+		rev = w.rev
+		res.committed++
+		cols.add(w.rev, now, c)
+		events = append(events, AuditEvent{Time: now, Actor: j.meta.Actor, Action: j.meta.Action, Key: c.key,
+			Version: c.version, Outcome: OutcomeOK, RequestID: j.meta.RequestID, Peer: j.meta.Peer, Revision: w.rev,
+			Detail: c.detail, ValueHMAC: c.valueHMAC})
+		if j.meta.RequestID != "" {
+			seen[j.meta.RequestID] = idemRecord{method: j.meta.Action, hash: j.meta.RequestHash, response: response}
+			idem.add(j.meta, response)
+		}
+	}
+	if res.committed == 0 {
+		return res, nil
+	}
+
+	// One round trip for the bookkeeping of every write, at the top level
+	// (the last write's savepoint settled), then the audit events, then
+	// the commit.
+	b = &pgx.Batch{}
+	if useSavepoints {
+		for _, q := range sp.final() {
+			b.Queue(q)
+		}
+	}
+	b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
+		SELECT u.revision, $2::timestamptz, u.kind, u.key, u.version, u.category, u.restart_required, u.detail
+		FROM unnest($1::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::text[])
+			AS u(revision, kind, key, version, category, restart_required, detail)`, cols.args()...)
+	if len(idem.ids) > 0 {
+		b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
+			SELECT u.*, $5::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS u`,
+			idem.ids, idem.methods, idem.hashes, idem.responses, now)
+	}
+	b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
+	b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return batchResult{}, err
+	}
+	head, err := appendAudit(ctx, tx, events)
+	if err != nil {
+		return batchResult{}, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return batchResult{}, err
+	}
+	res.last, res.head = rev, head
+	return res, nil
+}
+
+// runJob runs one write's body with the caller's context values under the
+// batch's deadline, and encodes its result when it has a request id.
+func runJob(ctx context.Context, j *writeJob, w *writer) (change, []byte, error) {
+	jctx := context.WithoutCancel(j.ctx)
+	if deadline, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		jctx, cancel = context.WithDeadline(jctx, deadline)
+		defer cancel()
+	}
+	c, err := j.run(jctx, w)
+	if err != nil {
+		return change{}, nil, err
+	}
+	if w.meta.RequestID == "" {
+		return c, nil, nil
+	}
+	response, err := j.encode()
+	if err != nil {
+		return change{}, nil, fmt.Errorf("encode idempotent result: %w", err)
+	}
+	return c, response, nil
+}
+
+// changeColumns are the columns of the batch's change-log insert.
+type changeColumns struct {
+	revision, version     []int64
+	now                   time.Time
+	kind                  []int16
+	key, category, detail []string
+	restartRequired       []bool
+}
+
+func (c *changeColumns) add(rev int64, now time.Time, ch change) {
+	c.now = now
+	c.revision = append(c.revision, rev)
+	c.kind = append(c.kind, int16(ch.kind))
+	c.key = append(c.key, ch.key)
+	c.version = append(c.version, ch.version)
+	c.category = append(c.category, ch.category)
+	c.restartRequired = append(c.restartRequired, ch.restartRequired)
+	c.detail = append(c.detail, ch.detail)
+}
+
+func (c *changeColumns) args() []any {
+	return []any{c.revision, c.now, c.kind, c.key, c.version, c.category, c.restartRequired, c.detail}
+}
+
+// idemColumns are the columns of the batch's idempotency insert.
+type idemColumns struct {
+	ids, methods      []string
+	hashes, responses [][]byte
+}
+
+func (c *idemColumns) add(meta Meta, response []byte) {
+	c.ids = append(c.ids, meta.RequestID)
+	c.methods = append(c.methods, meta.Action)
+	c.hashes = append(c.hashes, meta.RequestHash)
+	c.responses = append(c.responses, response)
+}

@@ -1,0 +1,377 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/orient-bot/secrets/internal/testdb"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+func openStore(t *testing.T, url string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), url, store.Options{MinMaxConns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func bmeta(action, requestID, hash string) store.Meta {
+	m := store.Meta{Actor: "batchtest", Action: action, Peer: "127.0.0.1", RequestID: requestID}
+	if requestID != "" {
+		m.RequestHash = []byte(hash)
+	}
+	return m
+}
+
+func seal(value string) func(context.Context, int64) (store.Sealed, error) {
+	return func(_ context.Context, version int64) (store.Sealed, error) {
+		return store.Sealed{Ciphertext: fmt.Appendf(nil, "%s@%d", value, version), WrappedDEK: []byte("dek"), KEKID: "kek-test"}, nil
+	}
+}
+
+// queue runs write in a goroutine and waits until it waits for the held
+// batcher, so writes queue (and run in the batch) in call order.
+type queue struct {
+	t  *testing.T
+	s  *store.Store
+	wg sync.WaitGroup
+}
+
+func (q *queue) add(write func()) {
+	q.t.Helper()
+	n := q.s.QueuedWrites()
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		write()
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for q.s.QueuedWrites() != n+1 {
+		if time.Now().After(deadline) {
+			q.t.Fatalf("write %d never queued", n+1)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// transactions is how many transactions wrote the change-log entries after
+// rev (each batch inserts its entries at its top level, so one xmin per
+// batch).
+func transactions(t *testing.T, url string, after int64) (entries, txs int) {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(context.Background(),
+		`SELECT count(*), count(DISTINCT xmin::text) FROM change_log WHERE revision > $1`, after).Scan(&entries, &txs); err != nil {
+		t.Fatal(err)
+	}
+	return entries, txs
+}
+
+func changeRevisions(t *testing.T, s *store.Store, after int64) (revs []int64, keys []string) {
+	t.Helper()
+	cs, err := s.ChangesAfter(context.Background(), after, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		revs = append(revs, c.Revision)
+		keys = append(keys, c.Key)
+	}
+	return revs, keys
+}
+
+func auditRevisions(t *testing.T, s *store.Store, afterRev int64) []int64 {
+	t.Helper()
+	var revs []int64
+	for e, err := range s.AuditEvents(context.Background(), 0, math.MaxInt64) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Revision > afterRev {
+			revs = append(revs, e.Revision)
+		}
+	}
+	return revs
+}
+
+func consecutive(from int64, n int) []int64 {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = from + int64(i)
+	}
+	return out
+}
+
+// TestGroupCommitMixedBatch: one batch of good and failing writes — a stale
+// etag, a missing key, a duplicate request id (in the batch and committed by
+// another replica while the write queued), a reused request id, a body
+// error, a SQL error after a change — fails only the failing writes; the
+// others commit in queue order with gap-free revisions, one change-log entry
+// and audit event each, in one transaction.
+func TestGroupCommitMixedBatch(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s, s2 := openStore(t, url), openStore(t, url)
+	x, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_X", Defaults: store.Defaults{Category: "custom"}, Seal: seal("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_A", Defaults: store.Defaults{Category: "custom"}, Seal: seal("a")}); err != nil {
+		t.Fatal(err)
+	}
+
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	type outcome struct {
+		res store.WriteResult
+		err error
+	}
+	out := make([]outcome, 11)
+	put := func(i int, m store.Meta, p store.PutParams) {
+		q.add(func() {
+			if p.Seal == nil {
+				p.Seal = seal(fmt.Sprint(i))
+			}
+			p.Defaults.Category = "custom"
+			out[i].res, out[i].err = s.PutSecret(ctx, m, p)
+		})
+	}
+	errSeal := errors.New("seal failed")
+	put(0, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_A"})
+	put(1, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_X", Expect: &x.Revision})
+	put(2, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_X", Expect: &x.Revision})
+	q.add(func() {
+		_, out[3].err = s.UpdateSecret(ctx, bmeta("UpdateSecret", "", ""), store.UpdateParams{Key: "CUSTOM_MISSING"})
+	})
+	put(4, bmeta("PutSecret", "req-1", "h1"), store.PutParams{Key: "CUSTOM_B"})
+	put(5, bmeta("PutSecret", "req-1", "h1"), store.PutParams{Key: "CUSTOM_B"})
+	put(6, bmeta("PutSecret", "req-1", "h2"), store.PutParams{Key: "CUSTOM_C"})
+	put(7, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_D", Seal: func(context.Context, int64) (store.Sealed, error) { return store.Sealed{}, errSeal }})
+	q.add(func() { out[8].err = s.FailingWrite(ctx, bmeta("UpdateSecret", "", ""), "CUSTOM_A") })
+	put(9, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_X"})
+	put(10, bmeta("PutSecret", "req-z", "hz"), store.PutParams{Key: "CUSTOM_Z"})
+
+	// Another replica commits req-z while this one's write with it waits.
+	z, err := s2.PutSecret(ctx, bmeta("PutSecret", "req-z", "hz"), store.PutParams{Key: "CUSTOM_Z2", Defaults: store.Defaults{Category: "custom"}, Seal: seal("z")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := z.Revision
+	release()
+	q.wg.Wait()
+
+	for i, o := range out {
+		var want error
+		switch i {
+		case 2:
+			want = store.ErrEtagMismatch
+		case 3:
+			want = store.ErrNotFound
+		case 6:
+			want = store.ErrRequestIDReused
+		case 7:
+			want = errSeal
+		}
+		switch {
+		case i == 8:
+			if o.err == nil || errors.Is(o.err, store.ErrBodyFailed) {
+				t.Errorf("write 8 (SQL error): %v, want the division by zero", o.err)
+			}
+		case want == nil && o.err != nil:
+			t.Errorf("write %d failed: %v", i, o.err)
+		case want != nil && !errors.Is(o.err, want):
+			t.Errorf("write %d: %v, want %v", i, o.err, want)
+		}
+	}
+	gotRevs := []int64{out[0].res.Revision, out[1].res.Revision, out[4].res.Revision, out[5].res.Revision, out[9].res.Revision, out[10].res.Revision}
+	if want := []int64{base + 1, base + 2, base + 3, base + 3, base + 4, base}; !slices.Equal(gotRevs, want) {
+		t.Fatalf("revisions of writes 0,1,4,5,9,10: %v, want %v", gotRevs, want)
+	}
+	if out[1].res.Version.Version != 2 || out[9].res.Version.Version != 3 || out[9].res.Secret.Revision != base+4 {
+		t.Errorf("writes to CUSTOM_X: %+v then %+v", out[1].res.Version, out[9].res)
+	}
+	if out[5].res.Secret.Key != "CUSTOM_B" || out[5].res.Version.Version != 1 || out[10].res.Secret.Key != "CUSTOM_Z2" {
+		t.Errorf("replays: %+v, %+v", out[5].res.Secret, out[10].res.Secret)
+	}
+	if rev, err := s.Revision(ctx); err != nil || rev != base+4 {
+		t.Fatalf("revision %d, %v; want %d", rev, err, base+4)
+	}
+	if got := s.LastWriteRevision(); got != base+4 {
+		t.Errorf("LastWriteRevision %d, want %d", got, base+4)
+	}
+	revs, keys := changeRevisions(t, s, base)
+	if !slices.Equal(revs, consecutive(base+1, 4)) || !slices.Equal(keys, []string{"CUSTOM_A", "CUSTOM_X", "CUSTOM_B", "CUSTOM_X"}) {
+		t.Fatalf("change log after %d: %v %v", base, revs, keys)
+	}
+	if got := auditRevisions(t, s, base); !slices.Equal(got, consecutive(base+1, 4)) {
+		t.Fatalf("audit events of revisions %v, want %v", got, consecutive(base+1, 4))
+	}
+	if _, txs := transactions(t, url, base); txs != 1 {
+		t.Errorf("the batch's writes committed in %d transactions, want 1", txs)
+	}
+	if a, _, err := s.GetSecret(ctx, "CUSTOM_A"); err != nil || a.Description != "" || a.CurrentVersion != 2 {
+		t.Errorf("CUSTOM_A after the failed write: %+v, %v", a, err)
+	}
+	for _, key := range []string{"CUSTOM_C", "CUSTOM_D", "CUSTOM_MISSING", "CUSTOM_Z"} {
+		if _, _, err := s.GetSecret(ctx, key); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s written by a failed or replayed write: %v", key, err)
+		}
+	}
+}
+
+// TestGroupCommitSameKey: writes to one key in one batch apply in order,
+// each seeing the one before and carrying its own etag.
+func TestGroupCommitSameKey(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	base, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	res := make([]store.WriteResult, 5)
+	errs := make([]error, 6)
+	m := bmeta("PutSecret", "", "")
+	p := func(v string) store.PutParams {
+		return store.PutParams{Key: "CUSTOM_K", Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	desc := "second"
+	q.add(func() { res[0], errs[0] = s.PutSecret(ctx, m, p("one")) })
+	q.add(func() { res[1], errs[1] = s.PutSecret(ctx, m, p("two")) })
+	q.add(func() {
+		res[2], errs[2] = s.UpdateSecret(ctx, bmeta("UpdateSecret", "", ""), store.UpdateParams{Key: "CUSTOM_K", Description: &desc})
+	})
+	q.add(func() {
+		res[3], errs[3] = s.SetVersionState(ctx, bmeta("DisableSecretVersion", "", ""), "CUSTOM_K", 1, nil, store.StateDisabled)
+	})
+	q.add(func() { _, errs[5] = s.DeleteSecret(ctx, bmeta("DeleteSecret", "", ""), "CUSTOM_K", nil) })
+	q.add(func() { res[4], errs[4] = s.PutSecret(ctx, m, p("again")) })
+	release()
+	q.wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	for i, r := range res[:4] {
+		if want := base + int64(i) + 1; r.Revision != want || r.Secret.Revision != want {
+			t.Errorf("write %d: revision %d, etag %d; want %d", i, r.Revision, r.Secret.Revision, want)
+		}
+	}
+	if res[0].Version.Version != 1 || res[1].Version.Version != 2 || res[1].Secret.CurrentVersion != 2 {
+		t.Errorf("versions %d, %d", res[0].Version.Version, res[1].Version.Version)
+	}
+	if res[2].Secret.Description != desc || res[2].Secret.CurrentVersion != 2 {
+		t.Errorf("update: %+v", res[2].Secret)
+	}
+	if res[3].Version.State != store.StateDisabled || res[3].Secret.Description != desc {
+		t.Errorf("disable: %+v %+v", res[3].Version, res[3].Secret)
+	}
+	// Deleted, then created afresh: version 1 again.
+	if res[4].Revision != base+6 || res[4].Version.Version != 1 || res[4].Secret.Description != "" {
+		t.Errorf("put after delete: %+v", res[4])
+	}
+	if entries, txs := transactions(t, url, base); entries != 6 || txs != 1 {
+		t.Errorf("%d change-log entries in %d transactions, want 6 in 1", entries, txs)
+	}
+}
+
+// TestGroupCommitConcurrentWriters: N concurrent writers get N consecutive
+// revisions, each with its change-log entry, and share transactions (on a
+// store committing each write alone, N writes are N transactions).
+func TestGroupCommitConcurrentWriters(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	base, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 32
+	revs := make([]int64, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: fmt.Sprintf("CUSTOM_%d", i%8),
+				Defaults: store.Defaults{Category: "custom"}, Seal: seal("v")})
+			if err != nil {
+				t.Error(err)
+			}
+			revs[i] = r.Revision
+		}()
+	}
+	close(start)
+	wg.Wait()
+	slices.Sort(revs)
+	if !slices.Equal(revs, consecutive(base+1, n)) {
+		t.Fatalf("revisions %v, want %d..%d", revs, base+1, base+n)
+	}
+	if got, _ := changeRevisions(t, s, base); !slices.Equal(got, revs) {
+		t.Fatalf("change log %v", got)
+	}
+	entries, txs := transactions(t, url, base)
+	t.Logf("%d writes committed in %d transactions", entries, txs)
+	if entries != n || txs >= n {
+		t.Fatalf("%d writes committed in %d transactions: not batched", entries, txs)
+	}
+}
+
+// TestGroupCommitConcurrentRequestID: concurrent retries of one request on
+// two replicas all get the first result; the write happens once.
+func TestGroupCommitConcurrentRequestID(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	replicas := []*store.Store{openStore(t, url), openStore(t, url)}
+	base, err := replicas[0].Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	res := make([]store.WriteResult, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			r, err := replicas[i%2].PutSecret(ctx, bmeta("PutSecret", "req-same", "h"), store.PutParams{Key: "CUSTOM_SAME",
+				Defaults: store.Defaults{Category: "custom"}, Seal: seal(fmt.Sprint(i))})
+			if err != nil {
+				t.Error(err)
+			}
+			res[i] = r
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, r := range res {
+		if r.Revision != base+1 || r.Version == nil || r.Version.Version != 1 {
+			t.Errorf("attempt %d: %+v, want revision %d version 1", i, r, base+1)
+		}
+	}
+	if revs, _ := changeRevisions(t, replicas[0], base); !slices.Equal(revs, []int64{base + 1}) {
+		t.Fatalf("change log %v: the request was written more than once", revs)
+	}
+}

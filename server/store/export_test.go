@@ -1,0 +1,44 @@
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// HoldWrites stops the write batcher before its next batch until release is
+// called: writes submitted meanwhile queue, and go in one batch together.
+func (s *Store) HoldWrites() (release func()) {
+	b := s.writeBatcher()
+	h := make(chan struct{})
+	b.hold.Store(&h)
+	return func() {
+		b.hold.Store(nil)
+		close(h)
+	}
+}
+
+// QueuedWrites is how many writes wait for the held batcher.
+func (s *Store) QueuedWrites() int {
+	b := s.writeBatcher()
+	return len(b.in) + int(b.held.Load())
+}
+
+// ErrBodyFailed is what FailingWrite's body fails with when it did not fail
+// on its SQL error.
+var ErrBodyFailed = errors.New("body failed")
+
+// FailingWrite is a write whose body changes key's description and then
+// runs a statement that fails (division by zero), aborting what the
+// transaction does until a rollback.
+func (s *Store) FailingWrite(ctx context.Context, meta Meta, key string) error {
+	_, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (struct{}, change, error) {
+		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET description = 'clobbered' WHERE key = $1`, key); err != nil {
+			return struct{}{}, change{}, err
+		}
+		if _, err := w.tx.Exec(ctx, `SELECT 1/0`); err != nil {
+			return struct{}{}, change{}, err
+		}
+		return struct{}{}, change{}, ErrBodyFailed
+	})
+	return err
+}

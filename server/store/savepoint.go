@@ -1,0 +1,198 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// A write in a batch runs under savepoint "w". Setting it up (or rolling
+// back the write before) would cost a round trip of its own per write, with
+// every other write of the batch waiting behind it; instead the statements
+// ride in front of the write's first statement, in the same round trip
+// (savepointTx). spState says what the next write must send first.
+type spState int
+
+const (
+	// spClean: "w" is set and holds nothing.
+	spClean spState = iota
+	// spKept: "w" holds a successful write: release it, set a fresh one.
+	spKept
+	// spFailed: "w" holds a failed write: roll back to it.
+	spFailed
+)
+
+// prefix is what the next write sends before its first statement.
+func (s spState) prefix() []string {
+	switch s {
+	case spKept:
+		return []string{`RELEASE SAVEPOINT w`, `SAVEPOINT w`}
+	case spFailed:
+		return []string{`ROLLBACK TO SAVEPOINT w`}
+	}
+	return nil
+}
+
+// final is what the batch sends before its bookkeeping, so that it runs at
+// the transaction's top level with the last write's fate settled.
+func (s spState) final() []string {
+	if s == spFailed {
+		return []string{`ROLLBACK TO SAVEPOINT w`, `RELEASE SAVEPOINT w`}
+	}
+	return []string{`RELEASE SAVEPOINT w`}
+}
+
+// savepointTx is the transaction a write's body sees: the batch's, sending
+// prefix in the same round trip as the body's first statement.
+type savepointTx struct {
+	pgx.Tx
+	prefix []string
+	// used: the body sent a statement (and with it the prefix).
+	used bool
+}
+
+func (t *savepointTx) begin(prefix []string) { t.prefix, t.used = prefix, false }
+
+func (t *savepointTx) take() []string {
+	p := t.prefix
+	t.prefix, t.used = nil, true
+	return p
+}
+
+// flush sends the prefix on its own (before a statement that cannot share
+// a pipeline with it).
+func (t *savepointTx) flush(ctx context.Context) error {
+	p := t.take()
+	if len(p) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, q := range p {
+		b.Queue(q)
+	}
+	return t.Tx.SendBatch(ctx, b).Close()
+}
+
+// send pipelines the prefix and then the queries of b.
+func (t *savepointTx) send(ctx context.Context, p []string, b *pgx.Batch) (pgx.BatchResults, error) {
+	nb := &pgx.Batch{}
+	for _, q := range p {
+		nb.Queue(q)
+	}
+	nb.QueuedQueries = append(nb.QueuedQueries, b.QueuedQueries...)
+	br := t.Tx.SendBatch(ctx, nb)
+	for range p {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return nil, err
+		}
+	}
+	return br, nil
+}
+
+func (t *savepointTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if len(args) == 0 && strings.Contains(sql, ";") {
+		// Possibly several statements: the simple protocol only.
+		if err := t.flush(ctx); err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		return t.Tx.Exec(ctx, sql)
+	}
+	p := t.take()
+	if len(p) == 0 {
+		return t.Tx.Exec(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	br, err := t.send(ctx, p, b)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
+}
+
+func (t *savepointTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	p := t.take()
+	if len(p) == 0 {
+		return t.Tx.QueryRow(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	br, err := t.send(ctx, p, b)
+	if err != nil {
+		return errRow{err}
+	}
+	return batchRow{row: br.QueryRow(), br: br}
+}
+
+func (t *savepointTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	p := t.take()
+	if len(p) == 0 {
+		return t.Tx.SendBatch(ctx, b)
+	}
+	br, err := t.send(ctx, p, b)
+	if err != nil {
+		return errBatch{err}
+	}
+	return br
+}
+
+func (t *savepointTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := t.flush(ctx); err != nil {
+		return nil, err
+	}
+	return t.Tx.Query(ctx, sql, args...)
+}
+
+func (t *savepointTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if err := t.flush(ctx); err != nil {
+		return 0, err
+	}
+	return t.Tx.CopyFrom(ctx, table, columns, src)
+}
+
+func (t *savepointTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if err := t.flush(ctx); err != nil {
+		return nil, err
+	}
+	return t.Tx.Prepare(ctx, name, sql)
+}
+
+var errBodyEndsTx = errors.New("store: a write's body must not begin, commit or roll back its batch's transaction")
+
+func (t *savepointTx) Begin(context.Context) (pgx.Tx, error) { return nil, errBodyEndsTx }
+func (t *savepointTx) Commit(context.Context) error          { return errBodyEndsTx }
+func (t *savepointTx) Rollback(context.Context) error        { return errBodyEndsTx }
+
+// batchRow is a row read in a pipeline: scanning it ends the pipeline.
+type batchRow struct {
+	row pgx.Row
+	br  pgx.BatchResults
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	err := r.row.Scan(dest...)
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
+type errBatch struct{ err error }
+
+func (b errBatch) Exec() (pgconn.CommandTag, error) { return pgconn.CommandTag{}, b.err }
+func (b errBatch) Query() (pgx.Rows, error)         { return nil, b.err }
+func (b errBatch) QueryRow() pgx.Row                { return errRow(b) }
+func (b errBatch) Close() error                     { return b.err }
+func (b errBatch) Tx() pgx.Tx                       { return nil }
