@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -414,7 +415,7 @@ func runJob(ctx context.Context, j *writeJob, w *writer) (change, []byte, error)
 		jctx, cancel = context.WithDeadline(jctx, deadline)
 		defer cancel()
 	}
-	c, err := j.run(jctx, w)
+	c, err := runRecovering(jctx, j, w)
 	if err != nil {
 		return change{}, nil, err
 	}
@@ -426,6 +427,21 @@ func runJob(ctx context.Context, j *writeJob, w *writer) (change, []byte, error)
 		return change{}, nil, fmt.Errorf("encode idempotent result: %w", err)
 	}
 	return c, response, nil
+}
+
+// ErrWritePanicked is the outcome of a write whose body panicked: the
+// batch runs on the batcher's goroutine, out of reach of the gRPC recovery
+// interceptor, so the panic fails that write alone instead of the process.
+var ErrWritePanicked = errors.New("internal error in a write")
+
+func runRecovering(ctx context.Context, j *writeJob, w *writer) (c change, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			// The panic's value may hold request data: not in the error.
+			err = fmt.Errorf("%w (%s)", ErrWritePanicked, j.meta.Action)
+		}
+	}()
+	return j.run(ctx, w)
 }
 
 // changeColumns are the columns of the batch's change-log insert.

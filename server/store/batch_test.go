@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -373,5 +374,41 @@ func TestGroupCommitConcurrentRequestID(t *testing.T) {
 	}
 	if revs, _ := changeRevisions(t, replicas[0], base); !slices.Equal(revs, []int64{base + 1}) {
 		t.Fatalf("change log %v: the request was written more than once", revs)
+	}
+}
+
+// TestGroupCommitPanickingWrite: a write body that panics runs on the
+// batcher's goroutine, beyond the gRPC recovery interceptor; it fails that
+// write alone (undone to its savepoint) instead of the process and its
+// neighbours.
+func TestGroupCommitPanickingWrite(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, testdb.New(t))
+	if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_A", Defaults: store.Defaults{Category: "custom"}, Seal: seal("a")}); err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	errs := make([]error, 3)
+	q.add(func() {
+		_, errs[0] = s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_B", Defaults: store.Defaults{Category: "custom"}, Seal: seal("b")})
+	})
+	q.add(func() { errs[1] = s.PanickingWrite(ctx, bmeta("UpdateSecret", "", ""), "CUSTOM_A") })
+	q.add(func() {
+		_, errs[2] = s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_C", Defaults: store.Defaults{Category: "custom"}, Seal: seal("c")})
+	})
+	release()
+	q.wg.Wait()
+	if errs[0] != nil || errs[2] != nil || !errors.Is(errs[1], store.ErrWritePanicked) {
+		t.Fatalf("outcomes %v, want nil, ErrWritePanicked, nil", errs)
+	}
+	if strings.Contains(errs[1].Error(), "a bug in a write body") {
+		t.Errorf("the panic's value reached the error: %v", errs[1])
+	}
+	if a, _, err := s.GetSecret(ctx, "CUSTOM_A"); err != nil || a.Description != "" {
+		t.Errorf("CUSTOM_A after the panicking write: %+v, %v", a, err)
+	}
+	if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_D", Defaults: store.Defaults{Category: "custom"}, Seal: seal("d")}); err != nil {
+		t.Errorf("a write after the panic: %v", err)
 	}
 }

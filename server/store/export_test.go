@@ -42,3 +42,15 @@ func (s *Store) FailingWrite(ctx context.Context, meta Meta, key string) error {
 	})
 	return err
 }
+
+// PanickingWrite is a write whose body changes key's description and then
+// panics.
+func (s *Store) PanickingWrite(ctx context.Context, meta Meta, key string) error {
+	_, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (struct{}, change, error) {
+		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET description = 'clobbered' WHERE key = $1`, key); err != nil {
+			return struct{}{}, change{}, err
+		}
+		panic("a bug in a write body")
+	})
+	return err
+}
