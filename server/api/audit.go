@@ -22,6 +22,22 @@ type AuditService struct {
 	Deps
 	// Log verifies the hash chain.
 	Log *auditlog.Log
+	// Sequencer, if set, chains this replica's committed audit events
+	// before a listing or a value match reads the chain, so a caller sees
+	// its own events at once (other replicas' appear within the merge
+	// delay).
+	Sequencer interface{ Flush(ctx context.Context) error }
+}
+
+// flush chains what this replica committed to the audit intake; a failure
+// only means the answer may miss events still waiting (logged).
+func (s *AuditService) flush(ctx context.Context) {
+	if s.Sequencer == nil {
+		return
+	}
+	if err := s.Sequencer.Flush(ctx); err != nil && ctx.Err() == nil {
+		s.Logger.WarnContext(ctx, "audit sequencer flush", "error", err)
+	}
 }
 
 func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEventsRequest) (*pb.ListAuditEventsResponse, error) {
@@ -69,6 +85,9 @@ func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEve
 	out := &pb.ListAuditEventsResponse{}
 	bytes := 0
 	f.Before, f.Limit = tok.Before, size+1
+	if tok.Before == 0 {
+		s.flush(ctx)
+	}
 	for {
 		events, err := s.Store.ListAudit(ctx, f)
 		if err != nil {
@@ -178,6 +197,7 @@ func (s *AuditService) MatchValue(ctx context.Context, req *pb.MatchValueRequest
 			return nil, err
 		}
 	}
+	s.flush(ctx)
 	mac := s.AuditMAC(value)
 	events, err := s.Store.WritesWithValueMAC(ctx, mac, req.GetKey(), maxValueMatches)
 	clear(mac)

@@ -20,6 +20,8 @@ type Store interface {
 	AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[store.AuditEvent, error]
 	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
 	InsertCheckpoint(ctx context.Context, c store.AuditCheckpoint) error
+	// AuditIntake reports the events committed but not yet chained.
+	AuditIntake(ctx context.Context) (waiting int64, oldest time.Duration, err error)
 }
 
 // Log checkpoints, verifies and exports the audit chain.
@@ -79,13 +81,21 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 }
 
 // Verify checks the chain in the database against its checkpoints and the
-// anchor's.
+// anchor's: every sequenced event. Events committed but not yet sequenced
+// are not part of the chain yet; it reports how many wait in the intake,
+// and how long the oldest has waited (read after the walk, so an event
+// committed before Verify started is either verified or counted).
 func (l *Log) Verify(ctx context.Context) (Result, error) {
 	h, checks, err := l.snapshot(ctx)
 	if err != nil {
 		return Result{}, err
 	}
-	return Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, checks)
+	res, err := Verify(l.Store.AuditEvents(ctx, h.ChainStart, h.Sequence), h, checks)
+	if err != nil {
+		return res, err
+	}
+	res.Waiting, res.OldestWaiting, err = l.Store.AuditIntake(ctx)
+	return res, err
 }
 
 // snapshot reads the anchor's checkpoints, the database's, then the head:

@@ -54,7 +54,6 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 	}
 	var result R
 	var committed int64
-	var auditHead chainHead
 	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		w := &writer{tx: tx, meta: meta}
 		if err := tx.QueryRow(ctx,
@@ -82,14 +81,13 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		if err := tx.SendBatch(ctx, b).Close(); err != nil {
 			return err
 		}
-		// Last: the chain head lock is held only until the commit.
-		head, err := appendAudit(ctx, tx, []AuditEvent{{Time: w.now, Actor: meta.Actor, Action: meta.Action, Key: c.key,
+		// Into the audit intake: no lock, the sequencer chains it.
+		if err := appendAudit(ctx, tx, []AuditEvent{{Time: w.now, Actor: meta.Actor, Action: meta.Action, Key: c.key,
 			Version: c.version, Outcome: OutcomeOK, RequestID: meta.RequestID, Peer: meta.Peer, Revision: w.rev,
-			Detail: c.detail, ValueHMAC: c.valueHMAC}})
-		if err != nil {
+			Detail: c.detail, ValueHMAC: c.valueHMAC}}); err != nil {
 			return err
 		}
-		result, committed, auditHead = r, w.rev, head
+		result, committed = r, w.rev
 		return nil
 	})
 	if err == nil {
@@ -97,9 +95,6 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		// for the change (a failed write notes nothing: its revision is
 		// reused by the next write).
 		s.noteWrite(committed)
-		// The chain head moved with this write: the next access group
-		// chains after it instead of missing.
-		s.head.appended(auditHead, false)
 	}
 	if err != nil {
 		if meta.RequestID != "" && isUniqueViolation(err, "idempotency_pkey") {
