@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/orient-bot/secrets/server/auth"
@@ -26,7 +27,9 @@ type AuditService struct {
 	// before a listing or a value match reads the chain, so a caller sees
 	// its own events at once (other replicas' appear within the merge
 	// delay).
-	Sequencer interface{ Flush(ctx context.Context) error }
+	Sequencer interface {
+		Flush(ctx context.Context) error
+	}
 }
 
 // flush chains what this replica committed to the audit intake; a failure
@@ -168,12 +171,16 @@ func (s *AuditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogR
 	if err != nil {
 		return nil, toStatus(ctx, s.Logger, err)
 	}
-	return &pb.VerifyAuditLogResponse{
+	out := &pb.VerifyAuditLogResponse{
 		Intact: res.Intact, VerifiedThrough: res.VerifiedThrough, FirstBadSequence: res.FirstBad, Reason: res.Reason,
 		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: len(s.Log.Keys) > 0,
 		Anchored: res.Anchored, AnchoredThrough: res.AnchoredThrough, ExternalCheckpointsChecked: int32(res.External),
-		Summary: res.Summary(),
-	}, nil
+		Summary: res.Summary(), EventsWaiting: res.Waiting,
+	}
+	if res.Waiting > 0 {
+		out.OldestWaiting = durationpb.New(res.OldestWaiting)
+	}
+	return out, nil
 }
 
 // maxValueMatches bounds a MatchValue answer.

@@ -155,13 +155,13 @@ func (q *Sequencer) Round(ctx context.Context) (store.Sequenced, error) {
 		return r, err
 	}
 	if r.Events > 0 {
-		q.rounds.Add(1)
-		q.events.Add(int64(r.Events))
 		if q.opts.Observe != nil {
 			for _, t := range r.Times {
 				q.opts.Observe(max(r.SequencedAt.Sub(t), 0))
 			}
 		}
+		q.rounds.Add(1)
+		q.events.Add(int64(r.Events))
 	}
 	return r, nil
 }

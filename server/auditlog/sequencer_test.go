@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -316,4 +317,25 @@ func TestPartitionsAhead(t *testing.T) {
 		t.Errorf("events in %d partitions, sequencing time non-decreasing: %v; want several partitions, in order", parts, ordered)
 	}
 	verified(t, st, 50)
+}
+
+// TestVerifyReportsWaiting: verification covers the sequenced events and
+// reports those still waiting in the intake, with the oldest one's age.
+func TestVerifyReportsWaiting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t, testdb.ServiceURL(t, testdb.New(t)))
+	appendKeys(t, st, "S", 5, 5)
+	flush(t, st)
+	appendKeys(t, st, "W", 3, 1)
+	time.Sleep(20 * time.Millisecond)
+	res, err := (&Log{Store: st}).Verify(ctx)
+	if err != nil || !res.Intact || res.Events != 5 || res.Waiting != 3 || res.OldestWaiting < 20*time.Millisecond {
+		t.Fatalf("verify: %+v, %v; want 5 events intact, 3 waiting for at least 20ms", res, err)
+	}
+	if s := res.Summary(); !strings.Contains(s, "3 events committed but not yet sequenced") {
+		t.Errorf("summary does not report the waiting events: %s", s)
+	}
+	flush(t, st)
+	verified(t, st, 8)
 }
