@@ -116,7 +116,7 @@ func (s *Server) newSequencer(reg prometheus.Registerer) *auditlog.Sequencer {
 	delay := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "secrets_audit_sequencing_delay_seconds",
 		Help:    "Time from an audit event's time (its commit to the intake, for accesses) to its chaining by this replica's sequencer, on the database's clock.",
-		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		Buckets: []float64{.001, .002, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5, 10},
 	})
 	reg.MustRegister(delay)
 	q := auditlog.NewSequencer(s.store, auditlog.SequencerOptions{
