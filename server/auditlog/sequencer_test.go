@@ -339,3 +339,34 @@ func TestVerifyReportsWaiting(t *testing.T) {
 	flush(t, st)
 	verified(t, st, 8)
 }
+
+// TestIntegrateRefusesDuplicateIDs: audit_integrate, called as the service
+// role, refuses an intake id given twice (which would chain one event
+// twice) and changes nothing.
+func TestIntegrateRefusesDuplicateIDs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testdb.New(t)
+	st := openStore(t, testdb.ServiceURL(t, db))
+	appendKeys(t, st, "D", 1, 1)
+	conn, err := pgx.Connect(ctx, testdb.ServiceURL(t, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var id, seq int64
+	var hash []byte
+	if err := conn.QueryRow(ctx, `SELECT (SELECT id FROM audit_intake), sequence, hash FROM audit_head`).Scan(&id, &seq, &hash); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2 := []byte("one"), []byte("two")
+	_, err = conn.Exec(ctx, `SELECT * FROM audit_integrate($1, $2, $3, $4)`, []int64{id, id}, [][]byte{h1, h2}, seq, hash)
+	if err == nil || !strings.Contains(err.Error(), "22023") {
+		t.Fatalf("integrating one intake id twice: %v; want SQLSTATE 22023", err)
+	}
+	if n := waiting(t, st); n != 1 {
+		t.Fatalf("%d events waiting, want the one still there", n)
+	}
+	flush(t, st)
+	verified(t, st, 1)
+}
