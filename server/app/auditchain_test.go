@@ -27,12 +27,14 @@ func waitCheckpoint(t *testing.T, conn *pgx.Conn) int64 {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		// The head once the sequencer chained every committed event.
 		var head, cp int64
+		var waiting bool
 		if err := conn.QueryRow(context.Background(), `SELECT (SELECT sequence FROM audit_head),
-			COALESCE((SELECT max(sequence) FROM audit_checkpoints), 0)`).Scan(&head, &cp); err != nil {
+			COALESCE((SELECT max(sequence) FROM audit_checkpoints), 0), EXISTS (SELECT FROM audit_intake)`).Scan(&head, &cp, &waiting); err != nil {
 			t.Fatal(err)
 		}
-		if cp == head && head > 0 {
+		if !waiting && cp == head && head > 0 {
 			return cp
 		}
 		if time.Now().After(deadline) {
