@@ -94,6 +94,11 @@ type AuditVerification struct {
 	AnchoredThrough            int64  `json:"anchored_through"`
 	ExternalCheckpointsChecked int32  `json:"external_checkpoints_checked"`
 	Summary                    string `json:"summary"`
+	// EventsWaiting were committed but not yet sequenced into the chain
+	// (verified once they are); OldestWaiting is how long the oldest of
+	// them has waited.
+	EventsWaiting int64         `json:"events_waiting"`
+	OldestWaiting time.Duration `json:"oldest_waiting_ns,omitempty"`
 }
 
 // VerifyAuditLog walks the audit hash chain (admin or auditor).
@@ -106,5 +111,5 @@ func (c *Client) VerifyAuditLog(ctx context.Context) (AuditVerification, error) 
 		FirstBadSequence: res.GetFirstBadSequence(), Reason: res.GetReason(), EventsChecked: res.GetEventsChecked(),
 		CheckpointsChecked: res.GetCheckpointsChecked(), Signed: res.GetSigned(), Anchored: res.GetAnchored(),
 		AnchoredThrough: res.GetAnchoredThrough(), ExternalCheckpointsChecked: res.GetExternalCheckpointsChecked(),
-		Summary: res.GetSummary()}, nil
+		Summary: res.GetSummary(), EventsWaiting: res.GetEventsWaiting(), OldestWaiting: res.GetOldestWaiting().AsDuration()}, nil
 }

@@ -160,6 +160,11 @@ BEGIN
         RAISE EXCEPTION 'audit_integrate: % ids and % hashes', v_n, coalesce(array_length(p_hashes, 1), 0)
             USING ERRCODE = '22023';
     END IF;
+    -- An id twice would chain one intake event twice (the join below
+    -- would match both).
+    IF (SELECT count(DISTINCT u) FROM unnest(p_ids) AS u) <> v_n THEN
+        RAISE EXCEPTION 'audit_integrate: an intake id appears more than once' USING ERRCODE = '22023';
+    END IF;
     SELECT * INTO v_head FROM audit_head FOR UPDATE;
     IF v_head.sequence <> p_after_seq OR v_head.hash <> p_after_hash THEN
         RETURN;

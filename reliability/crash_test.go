@@ -98,6 +98,7 @@ func TestCrashKill9(t *testing.T) {
 			t.Errorf("round %d: writes cut off by the kill failed with %v; want UNAVAILABLE only", round, others)
 		}
 		all = append(all, acks...)
+		sequenceLeftovers(t, db)
 		checkAcks(t, conn, acks)
 		c := checkConsistency(t, db, signer.Public())
 		t.Logf("round %d: consistent at revision %d (%d secrets, %d versions, %d audit events, %d signed checkpoints)",

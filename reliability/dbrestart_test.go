@@ -313,6 +313,9 @@ func TestDatabaseRestart(t *testing.T) {
 	// Writes that failed around the outage, retried with their request ids,
 	// succeed exactly once (some had committed before the connection broke).
 	conn := connect(t, url)
+	// The replica's sequencer, which lived through the outage, chains
+	// every audit event committed before and after it.
+	t.Logf("audit intake drained %v after recovery", waitIntakeEmpty(t, conn, 30*time.Second).Round(time.Millisecond))
 	wasCommitted := committed(t, conn, failed)
 	for _, op := range failed {
 		a, err := op.send(ctx, srv.Secrets)
@@ -323,6 +326,7 @@ func TestDatabaseRestart(t *testing.T) {
 		acks = append(acks, a)
 	}
 	t.Logf("%d failed writes retried with their request ids (%d had committed)", len(failed), wasCommitted)
+	waitIntakeEmpty(t, conn, 30*time.Second)
 	checkAcks(t, conn, acks)
 	c := checkConsistency(t, url, nil)
 	t.Logf("%d acknowledged writes durable; consistent at revision %d", len(acks), c.Revision)

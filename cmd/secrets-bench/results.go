@@ -57,6 +57,10 @@ type results struct {
 	AccessC16WALSyncAvgMs *float64 `json:"access_c16_wal_fsync_avg_ms"`
 	AccessC64WALSyncsPerS *float64 `json:"access_c64_wal_fsyncs_per_s"`
 	AccessC64WALSyncAvgMs *float64 `json:"access_c64_wal_fsync_avg_ms"`
+	// Audit sequencing delay under the c64 read load: an access event's
+	// commit to the intake until the sequencer chained it.
+	AuditSequencingC64P50ms *float64 `json:"audit_sequencing_c64_p50_ms"`
+	AuditSequencingC64P99ms *float64 `json:"audit_sequencing_c64_p99_ms"`
 
 	RestAccessC16RPS   *float64 `json:"rest_access_c16_rps"`
 	RestAccessC16P50ms *float64 `json:"rest_access_c16_p50_ms"`
@@ -202,6 +206,8 @@ func (b *bench) printTable() {
 			{"  p50", "access_c64_p50_ms", r.AccessC64P50ms, "ms"},
 			{"  p99", "access_c64_p99_ms", r.AccessC64P99ms, "ms"},
 			{"c16 / no-op ceiling", "access_to_echo_ratio", r.AccessToEchoRatio, ""},
+			{"audit sequencing delay under c64, p50", "audit_sequencing_c64_p50_ms", r.AuditSequencingC64P50ms, "ms"},
+			{"  p99 (target ≤ 100)", "audit_sequencing_c64_p99_ms", r.AuditSequencingC64P99ms, "ms"},
 			{"WAL fsyncs during c16", "access_c16_wal_fsyncs_per_s", r.AccessC16WALSyncsPerS, "/s"},
 			{"  mean fsync", "access_c16_wal_fsync_avg_ms", r.AccessC16WALSyncAvgMs, "ms"},
 			{"REST (wrk -c16) GET …/versions/latest:access", "rest_access_c16_rps", r.RestAccessC16RPS, "req/s"},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/orient-bot/secrets/server/auth"
@@ -22,6 +23,24 @@ type AuditService struct {
 	Deps
 	// Log verifies the hash chain.
 	Log *auditlog.Log
+	// Sequencer, if set, chains this replica's committed audit events
+	// before a listing or a value match reads the chain, so a caller sees
+	// its own events at once (other replicas' appear within the merge
+	// delay).
+	Sequencer interface {
+		Flush(ctx context.Context) error
+	}
+}
+
+// flush chains what this replica committed to the audit intake; a failure
+// only means the answer may miss events still waiting (logged).
+func (s *AuditService) flush(ctx context.Context) {
+	if s.Sequencer == nil {
+		return
+	}
+	if err := s.Sequencer.Flush(ctx); err != nil && ctx.Err() == nil {
+		s.Logger.WarnContext(ctx, "audit sequencer flush", "error", err)
+	}
 }
 
 func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEventsRequest) (*pb.ListAuditEventsResponse, error) {
@@ -69,6 +88,9 @@ func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEve
 	out := &pb.ListAuditEventsResponse{}
 	bytes := 0
 	f.Before, f.Limit = tok.Before, size+1
+	if tok.Before == 0 {
+		s.flush(ctx)
+	}
 	for {
 		events, err := s.Store.ListAudit(ctx, f)
 		if err != nil {
@@ -157,13 +179,17 @@ func (s *AuditService) VerifyAuditLog(ctx context.Context, req *pb.VerifyAuditLo
 	if res.From > res.ChainStart {
 		verifiedFrom = res.From
 	}
-	return &pb.VerifyAuditLogResponse{
+	out := &pb.VerifyAuditLogResponse{
 		Intact: res.Intact, VerifiedThrough: res.VerifiedThrough, FirstBadSequence: res.FirstBad, Reason: res.Reason,
 		EventsChecked: res.Events, CheckpointsChecked: int32(res.Checkpoints), Signed: len(s.Log.Keys) > 0,
 		Anchored: res.Anchored, AnchoredThrough: res.AnchoredThrough, ExternalCheckpointsChecked: int32(res.External),
-		Summary: res.Summary(), ArchivedThrough: res.ArchivedThrough,
-		VerifiedFrom: verifiedFrom,
-	}, nil
+		Summary: res.Summary(), ArchivedThrough: res.ArchivedThrough, VerifiedFrom: verifiedFrom,
+		EventsWaiting: res.Waiting,
+	}
+	if res.Waiting > 0 {
+		out.OldestWaiting = durationpb.New(res.OldestWaiting)
+	}
+	return out, nil
 }
 
 // maxValueMatches bounds a MatchValue answer.
@@ -187,6 +213,7 @@ func (s *AuditService) MatchValue(ctx context.Context, req *pb.MatchValueRequest
 			return nil, err
 		}
 	}
+	s.flush(ctx)
 	mac := s.AuditMAC(value)
 	events, err := s.Store.WritesWithValueMAC(ctx, mac, req.GetKey(), maxValueMatches)
 	clear(mac)

@@ -124,6 +124,10 @@ type Config struct {
 	AuditSigningKey string
 	// AuditCheckpointInterval is how often the chain head is signed.
 	AuditCheckpointInterval time.Duration
+	// AuditPartitionPeriod is the length of audit_events' time partitions
+	// (1s to 366 days): the sequencer keeps two periods of them created
+	// ahead. A new period applies to partitions created from then on.
+	AuditPartitionPeriod time.Duration
 	// TracerProvider, if set, receives OpenTelemetry spans for gRPC, REST
 	// and PostgreSQL (see tracing.go); nil leaves tracing out entirely.
 	TracerProvider trace.TracerProvider
@@ -177,6 +181,7 @@ func DefaultConfig() Config {
 		RotationCheckInterval: time.Minute,
 
 		AuditCheckpointInterval: time.Minute,
+		AuditPartitionPeriod:    24 * time.Hour,
 	}
 }
 
@@ -193,6 +198,7 @@ type Server struct {
 	auditLog      *auditlog.Log
 	retention     *auditlog.Retention
 	batcher       *auditlog.Batcher
+	sequencer     *auditlog.Sequencer
 	authn         *auth.Authenticator
 	denials       *auditlog.DenialQueue
 	tls           *tlsSetup
@@ -506,6 +512,7 @@ func (s *Server) listen(ctx context.Context) error {
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
 	s.batcher = auditlog.NewBatcher(s.store, 512)
+	s.sequencer = s.newSequencer(reg)
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}
@@ -528,7 +535,7 @@ func (s *Server) listen(ctx context.Context) error {
 	}
 	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
 	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
-	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog})
+	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog, Sequencer: s.sequencer})
 	pb.RegisterTokenServiceServer(s.grpc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
 	pb.RegisterKeyServiceServer(s.grpc, s.keyService(ctx, deps))
 	if s.cfg.Reflection {
@@ -587,6 +594,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.jobs.Go(s.checkpoints)
 	s.jobs.Go(s.retain)
 	s.jobs.Go(s.rotationReminders)
+	s.jobs.Go(s.sequencer.Run)
 	s.log.Info("secretsd serving", "grpc", s.GRPCAddr(), "http", s.HTTPAddr(),
 		"dashboard", s.dashboardURL(), "startup", time.Since(s.startedAt).Round(time.Millisecond))
 
@@ -686,6 +694,7 @@ func (s *Server) close(ctx context.Context) {
 	if s.batcher != nil {
 		s.batcher.Close()
 	}
+	s.finalSequence()
 	s.finalCheckpoint()
 	if s.retention != nil {
 		s.retention.Archive.Close()

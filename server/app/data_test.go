@@ -41,6 +41,26 @@ func exec(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	}
 }
 
+// waitSequenced waits until the server's audit sequencer has chained every
+// event committed to the intake.
+func waitSequenced(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var waiting bool
+		if err := conn.QueryRow(context.Background(), `SELECT EXISTS (SELECT FROM audit_intake)`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if !waiting {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("audit events still waiting in the intake after 20s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func access(c pb.SecretServiceClient, key, version string) (string, error) {
 	res, err := c.AccessSecretVersion(context.Background(), &pb.AccessSecretVersionRequest{Key: key, Version: version})
 	if err != nil {
@@ -237,6 +257,7 @@ func TestConcurrentCompareAndSet(t *testing.T) {
 		t.Fatalf("current version = %d, want %d", got.Secret.CurrentVersion, writers*each+1)
 	}
 	conn := dbConn(t, srv.DatabaseURL)
+	waitSequenced(t, conn)
 	var versions, events, changes int64
 	if err := conn.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM secret_versions WHERE key = 'COUNTER'),

@@ -118,12 +118,11 @@ func (c countingRecorder) RecordAccess(ctx context.Context, events []store.Audit
 	return err
 }
 
-// poolCollector exports the store's pool, audit-append and group-commit
-// figures.
+// poolCollector exports the store's pool and group-commit figures.
 type poolCollector struct {
-	store                                    *store.Store
-	total, idle, acquired, acquires, appends *prometheus.Desc
-	writeBatches, writes                     *prometheus.Desc
+	store                           *store.Store
+	total, idle, acquired, acquires *prometheus.Desc
+	writeBatches, writes            *prometheus.Desc
 }
 
 func newPoolCollector(s *store.Store) *poolCollector {
@@ -133,10 +132,6 @@ func newPoolCollector(s *store.Store) *poolCollector {
 		idle:     prometheus.NewDesc("secrets_db_pool_idle_connections", "Idle database connections.", nil, nil),
 		acquired: prometheus.NewDesc("secrets_db_pool_acquired_connections", "Database connections in use.", nil, nil),
 		acquires: prometheus.NewDesc("secrets_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil),
-		appends: prometheus.NewDesc("secrets_audit_appends_total",
-			"Audit groups appended outside a write's transaction, by path: one_trip (chained after this replica's last head), "+
-				"missed (another writer moved the head first; nothing inserted), locked (appended under the head lock).",
-			[]string{"path"}, nil),
 		writeBatches: prometheus.NewDesc("secrets_write_batches_total",
 			"Write transactions committed by group commit (each holds one or more writes).", nil, nil),
 		writes: prometheus.NewDesc("secrets_writes_committed_total",
@@ -149,7 +144,6 @@ func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- p.idle
 	ch <- p.acquired
 	ch <- p.acquires
-	ch <- p.appends
 	ch <- p.writeBatches
 	ch <- p.writes
 }
@@ -160,10 +154,6 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(p.idle, prometheus.GaugeValue, float64(st.IdleConns()))
 	ch <- prometheus.MustNewConstMetric(p.acquired, prometheus.GaugeValue, float64(st.AcquiredConns()))
 	ch <- prometheus.MustNewConstMetric(p.acquires, prometheus.CounterValue, float64(st.AcquireCount()))
-	a := p.store.AuditAppendStats()
-	ch <- prometheus.MustNewConstMetric(p.appends, prometheus.CounterValue, float64(a.OneTrip), "one_trip")
-	ch <- prometheus.MustNewConstMetric(p.appends, prometheus.CounterValue, float64(a.Missed), "missed")
-	ch <- prometheus.MustNewConstMetric(p.appends, prometheus.CounterValue, float64(a.Locked), "locked")
 	w := p.store.WriteBatchStats()
 	ch <- prometheus.MustNewConstMetric(p.writeBatches, prometheus.CounterValue, float64(w.Batches))
 	ch <- prometheus.MustNewConstMetric(p.writes, prometheus.CounterValue, float64(w.Writes))

@@ -534,10 +534,10 @@ func grepLines(body, prefix string) string {
 	return strings.Join(out, "\n")
 }
 
-// TestAuditAppendMetrics: access audits are group-committed in one round
-// trip once the replica knows the chain head (here from its own write),
-// and /metrics says so.
-func TestAuditAppendMetrics(t *testing.T) {
+// TestAuditSequencerMetrics: a write's and the accesses' audit events are
+// chained by the replica's sequencer shortly after they commit, and
+// /metrics counts them and their sequencing delay.
+func TestAuditSequencerMetrics(t *testing.T) {
 	t.Parallel()
 	srv := testserver.Start(t, testserver.Options{})
 	put(t, srv.Secrets, "METRIC_KEY", "v")
@@ -546,15 +546,26 @@ func TestAuditAppendMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The write told the replica where the chain head is: every access
-	// group after it takes one trip, none misses or needs the lock.
-	body := httpGet(t, srv.BaseURL+"/metrics")
-	want := map[string]bool{"one_trip": true, "missed": false, "locked": false}
-	for path, nonZero := range want {
-		name := `secrets_audit_appends_total{path="` + path + `"}`
-		if !strings.Contains(body, name+" ") || containsMetric(body, name) != nonZero {
-			t.Errorf("%s: want non-zero = %v:\n%s", name, nonZero, grepLines(body, "secrets_audit_appends_total"))
+	var body string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		body = httpGet(t, srv.BaseURL+"/metrics")
+		if (metricValue(body, "secrets_audit_sequenced_events_total") >= 6 && metricValue(body, "secrets_audit_sequencing_delay_seconds_count") >= 6) ||
+			time.Now().After(deadline) {
+			break
 		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for name, want := range map[string]float64{
+		"secrets_audit_sequenced_events_total":         6,
+		"secrets_audit_sequencing_delay_seconds_count": 6,
+	} {
+		if got := metricValue(body, name); got < want {
+			t.Errorf("%s = %v, want at least %v:\n%s", name, got, want, grepLines(body, "secrets_audit_"))
+		}
+	}
+	if metricValue(body, "secrets_audit_sequencer_rounds_total") < 1 {
+		t.Errorf("no sequencer round counted:\n%s", grepLines(body, "secrets_audit_"))
 	}
 }
 

@@ -77,9 +77,13 @@ func (l *Log) liveStart(ctx context.Context, h Head) (Point, error) {
 // What it does not re-check: the content of events before the starting
 // point (verified when the point was recorded). Verify (--full) does.
 func (l *Log) VerifyIncremental(ctx context.Context) (Result, error) {
+	return l.withWaiting(ctx)(l.verifyIncremental(ctx))
+}
+
+func (l *Log) verifyIncremental(ctx context.Context) (Result, error) {
 	hs, ok := l.Store.(historyStore)
 	if !ok {
-		return l.Verify(ctx)
+		return l.verify(ctx)
 	}
 	h, checks, err := l.snapshot(ctx)
 	if err != nil {
@@ -114,6 +118,10 @@ func (l *Log) VerifyIncremental(ctx context.Context) (Result, error) {
 // anchor's, all of it (after the events retention archived and dropped:
 // VerifyArchives checks those).
 func (l *Log) Verify(ctx context.Context) (Result, error) {
+	return l.withWaiting(ctx)(l.verify(ctx))
+}
+
+func (l *Log) verify(ctx context.Context) (Result, error) {
 	h, checks, err := l.snapshot(ctx)
 	if err != nil {
 		return Result{}, err
@@ -233,6 +241,10 @@ func (k Keys) validProgress(v store.AuditVerified) bool {
 // no segment the catalog lost), then the live table. A missing, reordered
 // or altered segment is reported by name.
 func (l *Log) VerifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
+	return l.withWaiting(ctx)(l.verifyArchives(ctx, a, progress))
+}
+
+func (l *Log) verifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
 	hs, ok := l.Store.(historyStore)
 	if !ok {
 		return Result{}, errors.New("audit archives: the store has no partition catalog")
@@ -365,4 +377,18 @@ func (l *Log) VerifyArchives(ctx context.Context, a *Archive, progress func(segm
 		}
 	}
 	return res, err
+}
+
+// withWaiting completes a verification's result with the events committed
+// but not yet sequenced into the chain: how many wait in the intake and how
+// long the oldest has waited (read after the walk, so an event committed
+// before the verification started is either verified or counted).
+func (l *Log) withWaiting(ctx context.Context) func(Result, error) (Result, error) {
+	return func(res Result, err error) (Result, error) {
+		if err != nil {
+			return res, err
+		}
+		res.Waiting, res.OldestWaiting, err = l.Store.AuditIntake(ctx)
+		return res, err
+	}
 }

@@ -20,6 +20,8 @@ type Store interface {
 	AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[store.AuditEvent, error]
 	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
 	InsertCheckpoint(ctx context.Context, c store.AuditCheckpoint) error
+	// AuditIntake reports the events committed but not yet chained.
+	AuditIntake(ctx context.Context) (waiting int64, oldest time.Duration, err error)
 }
 
 // Log checkpoints, verifies and exports the audit chain.

@@ -7,6 +7,7 @@ import (
 	"iter"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -95,6 +96,11 @@ type Result struct {
 	// ArchivedThrough: events up to it were archived and dropped from the
 	// table, and not walked here (0: none).
 	ArchivedThrough int64
+	// Waiting counts the events committed to the intake but not yet
+	// sequenced into the chain (verified once they are); OldestWaiting is
+	// how long the oldest of them has waited. Zero for an export.
+	Waiting       int64
+	OldestWaiting time.Duration
 }
 
 // Summary says in one sentence what the result vouches for, and what it
@@ -125,6 +131,9 @@ func (r Result) Summary() string {
 			r.External, r.AnchoredThrough, r.AnchoredThrough+1, r.VerifiedThrough)
 	default:
 		fmt.Fprintf(&b, ", %d external); anchored through %d: every event is covered by an external checkpoint", r.External, r.AnchoredThrough)
+	}
+	if r.Waiting > 0 {
+		fmt.Fprintf(&b, "; %d events committed but not yet sequenced into the chain (the oldest waiting %s)", r.Waiting, r.OldestWaiting.Round(time.Millisecond))
 	}
 	return b.String()
 }

@@ -41,6 +41,9 @@ func TestVerifyLargeChain(t *testing.T) {
 		}
 	}
 	t.Logf("appended %d events in %v", n, time.Since(began).Round(time.Millisecond))
+	began = time.Now()
+	flush(t, st)
+	t.Logf("sequenced %d events in %v", n, time.Since(began).Round(time.Millisecond))
 	signer, _, err := GenerateSigner(t.TempDir() + "/k")
 	if err != nil {
 		t.Fatal(err)

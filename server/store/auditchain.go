@@ -4,11 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"hash"
 	"iter"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -38,240 +37,245 @@ func field(h hash.Hash, b []byte) {
 	h.Write(b)
 }
 
-// appendAudit appends events to the chain inside tx: it locks the chain
-// head, numbers the events after it, links their hashes and moves the head.
-// Events without a time get the transaction's. It returns the head after
-// them, for knownHead once the transaction commits.
-func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) (chainHead, error) {
+// appendAudit commits events to the audit intake inside tx: one insert, no
+// lock, so concurrent transactions' audit commits overlap. The sequencer
+// chains them after the commit (SequenceAudit). Each event is bounded first,
+// so the intake holds exactly what will be hashed; an event without a time
+// gets the transaction's.
+func appendAudit(ctx context.Context, tx pgx.Tx, events []AuditEvent) error {
 	if len(events) == 0 {
-		return chainHead{}, nil
+		return nil
 	}
-	var head chainHead
-	if err := tx.QueryRow(ctx, lockHeadSQL).Scan(&head.seq, &head.hash, &head.now); err != nil {
-		return chainHead{}, err
-	}
-	b := &pgx.Batch{}
-	next := queueAppend(b, head, events)
-	return next, tx.SendBatch(ctx, b).Close()
+	_, err := tx.Exec(ctx, insertIntakeSQL, intakeArgs(events)...)
+	return err
 }
 
-const lockHeadSQL = `SELECT sequence, hash, now() FROM audit_head FOR UPDATE`
+// insertIntakeSQL inserts events into the intake in one statement; a NULL
+// time is the transaction's (now(), microseconds like every timestamptz).
+const insertIntakeSQL = `INSERT INTO audit_intake (time, actor, action, key, version, outcome, request_id, peer, revision, detail, value_hmac)
+		SELECT coalesce(u.time, now()), u.actor, u.action, u.key, u.version, u.outcome, u.request_id, u.peer, u.revision, u.detail, u.value_hmac
+		FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[],
+			$9::bigint[], $10::text[], $11::bytea[])
+			AS u(time, actor, action, key, version, outcome, request_id, peer, revision, detail, value_hmac)`
 
-type chainHead struct {
-	seq  int64
-	hash []byte
-	now  time.Time
-}
-
-// chainEvents numbers and links events after head, giving those without a
-// time the head's, and returns the columns of their insert and the new head.
-func chainEvents(head chainHead, events []AuditEvent) (auditColumnsArgs, chainHead) {
-	seq, prev := head.seq, head.hash
-	var cols auditColumnsArgs
+// intakeArgs bounds events (in place) and returns the columns of their
+// intake insert. A time is truncated to microseconds (PostgreSQL would
+// round it) so that the stored time is the hashed one.
+func intakeArgs(events []AuditEvent) []any {
+	n := len(events)
+	times := make([]*time.Time, n)
+	actor, action, key, outcome := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	requestID, peer, detail := make([]string, n), make([]string, n), make([]string, n)
+	version, revision := make([]int64, n), make([]int64, n)
+	hmac := make([][]byte, n)
 	for i := range events {
 		e := &events[i]
 		boundEvent(e)
-		if e.Time.IsZero() {
-			e.Time = head.now
+		if !e.Time.IsZero() {
+			e.Time = e.Time.Truncate(time.Microsecond).UTC()
+			times[i] = &e.Time
 		}
-		e.Time = e.Time.Truncate(time.Microsecond).UTC()
-		seq++
-		e.Sequence, e.PrevHash = seq, prev
-		e.Hash = EventHash(prev, *e)
-		prev = e.Hash
-		cols.seq = append(cols.seq, e.Sequence)
-		cols.times = append(cols.times, e.Time)
-		cols.actor = append(cols.actor, e.Actor)
-		cols.action = append(cols.action, e.Action)
-		cols.key = append(cols.key, e.Key)
-		cols.version = append(cols.version, e.Version)
-		cols.outcome = append(cols.outcome, e.Outcome)
-		cols.requestID = append(cols.requestID, e.RequestID)
-		cols.peer = append(cols.peer, e.Peer)
-		cols.revision = append(cols.revision, e.Revision)
-		cols.detail = append(cols.detail, e.Detail)
-		cols.prev = append(cols.prev, e.PrevHash)
-		cols.hash = append(cols.hash, e.Hash)
-		cols.hmac = append(cols.hmac, e.ValueHMAC)
+		actor[i], action[i], key[i], outcome[i] = e.Actor, e.Action, e.Key, e.Outcome
+		requestID[i], peer[i], detail[i] = e.RequestID, e.Peer, e.Detail
+		version[i], revision[i], hmac[i] = e.Version, e.Revision, e.ValueHMAC
 	}
-	return cols, chainHead{seq: seq, hash: prev, now: head.now}
+	return []any{times, actor, action, key, version, outcome, requestID, peer, revision, detail, hmac}
 }
 
-// auditColumnsArgs are the columns of a multi-row audit insert.
-type auditColumnsArgs struct {
-	seq, version, revision      []int64
-	times                       []time.Time
-	actor, action, key, outcome []string
-	requestID, peer, detail     []string
-	prev, hash, hmac            [][]byte
-}
-
-func (c auditColumnsArgs) args() []any {
-	return []any{c.seq, c.times, c.actor, c.action, c.key, c.version, c.outcome, c.requestID, c.peer,
-		c.revision, c.detail, c.prev, c.hash, c.hmac}
-}
-
-const insertAuditColumns = `INSERT INTO audit_events (sequence, time, actor, action, key, version, outcome, request_id, peer, revision, detail,
-			prev_hash, hash, value_hmac)
-		SELECT u.* FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-			$8::text[], $9::text[], $10::bigint[], $11::text[], $12::bytea[], $13::bytea[], $14::bytea[]) AS u`
-
-// queueAppend numbers and links events after head and queues their insert
-// and the head's move.
-func queueAppend(b *pgx.Batch, head chainHead, events []AuditEvent) chainHead {
-	cols, next := chainEvents(head, events)
-	b.Queue(insertAuditColumns, cols.args()...)
-	b.Queue(`UPDATE audit_head SET sequence = $1, hash = $2`, next.seq, next.hash)
-	return next
-}
-
-// appendIfHeadSQL appends a chained group in one statement, and so in one
-// round trip and one commit: it moves the head only if the head is still
-// the one the group was chained after, and inserts the events only if it
-// moved it. A concurrent appender holding the head waits us out, and
-// PostgreSQL re-checks the condition against the head it committed, so a
-// stale head inserts nothing and is never a fork.
-const appendIfHeadSQL = `WITH moved AS (
-			UPDATE audit_head SET sequence = $15, hash = $16 WHERE sequence = $17 AND hash = $18 RETURNING 1)
-		` + insertAuditColumns + ` WHERE EXISTS (SELECT FROM moved)`
-
-// knownHead is this process's last known chain head: a guess that saves the
-// head lock's round trip, checked by the database on every append. When
-// guesses keep missing (another replica appends as busily), it stops
-// guessing for a while, doubling the pause on each consecutive miss.
-type knownHead struct {
-	mu     sync.Mutex
-	head   chainHead
-	valid  bool
-	skip   int // appends left that go straight to the lock
-	streak int // consecutive misses
-}
-
-// maxGuessPause bounds the appends that skip guessing after misses.
-const maxGuessPause = 64
-
-func (k *knownHead) guess() (chainHead, bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.skip > 0 {
-		k.skip--
-		return chainHead{}, false
-	}
-	return k.head, k.valid
-}
-
-// appended records the head after a successful append; hit says whether
-// it was a guess that held.
-func (k *knownHead) appended(h chainHead, hit bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if !k.valid || h.seq > k.head.seq { // never back to an older head of ours
-		k.head, k.valid = h, true
-	}
-	if hit {
-		k.streak = 0
-	}
-}
-
-func (k *knownHead) forget(missed bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.valid = false
-	if missed {
-		k.streak++
-		k.skip = min(1<<min(k.streak, 6), maxGuessPause)
-	}
-}
-
-// AppendAudit appends events in a transaction of their own: one commit
-// makes the whole group durable (group commit for access audits). The
-// common case is one round trip: the group is chained after the head this
-// process last appended and sent as appendIfHeadSQL. When another writer
-// moved the head first (a write's audit event, another replica) nothing is
-// inserted and the group goes the locked way, which always succeeds.
+// AppendAudit commits events to the audit intake in a transaction of their
+// own (one statement, one round trip, one commit for the group): once it
+// returns they are durable, and the sequencer chains them shortly after.
+// Commits of concurrent groups overlap: nothing here waits for the chain.
 func (s *Store) AppendAudit(ctx context.Context, events []AuditEvent) error {
 	if len(events) == 0 {
 		return nil
 	}
-	if head, ok := s.head.guess(); ok {
-		head.now = time.Now()
-		cols, next := chainEvents(head, events)
-		tag, err := s.pool.Exec(ctx, appendIfHeadSQL, append(cols.args(), next.seq, next.hash, head.seq, head.hash)...)
-		if err != nil {
-			s.head.forget(false)
-			return classify(err)
-		}
-		if tag.RowsAffected() == int64(len(events)) {
-			s.head.appended(next, true)
-			s.appends.oneTrip.Add(1)
-			return nil
-		}
-		s.head.forget(true)
-		s.appends.missed.Add(1)
+	if _, err := s.pool.Exec(ctx, insertIntakeSQL, intakeArgs(events)...); err != nil {
+		return classify(err)
 	}
-	s.appends.locked.Add(1)
-	next, err := s.appendAuditLocked(ctx, events)
-	if err != nil {
-		s.head.forget(false)
-		return err
-	}
-	s.head.appended(next, false)
+	s.intakeCommitted()
 	return nil
 }
 
-// appendAuditLocked appends under the head lock in two round trips —
-// BEGIN with the head lock, then the inserts with the COMMIT — because the
-// lock is held until the commit and every round trip under it delays every
-// other appender. It returns the new head.
-func (s *Store) appendAuditLocked(ctx context.Context, events []AuditEvent) (chainHead, error) {
+// intakeCommitted wakes this process's sequencer: events were committed to
+// the intake. Other replicas' events are found by its poll.
+func (s *Store) intakeCommitted() {
+	select {
+	case s.intakeSignal <- struct{}{}:
+	default:
+	}
+}
+
+// IntakeSignal receives a value after events were committed to the intake
+// through this store (coalesced: one value may stand for many commits).
+func (s *Store) IntakeSignal() <-chan struct{} { return s.intakeSignal }
+
+// SequenceOptions tune one sequencing round.
+type SequenceOptions struct {
+	// Limit is the most intake events chained in the round (default 1000).
+	Limit int
+	// BeforeIntegrate, if set, runs after the intake was read and hashed,
+	// before the events are integrated, with the backend pid of the
+	// round's connection (tests: kill the sequencer mid-round). An error
+	// abandons the round.
+	BeforeIntegrate func(ctx context.Context, pid uint32) error
+}
+
+// Sequenced is what one round chained.
+type Sequenced struct {
+	// Events chained, and the head after them.
+	Events   int
+	Head     int64
+	HeadHash []byte
+	// SequencedAt is when the database chained them (its clock); Times are
+	// the events' own times (its clock too, unless the caller set one):
+	// SequencedAt - Time is each event's sequencing delay.
+	SequencedAt time.Time
+	Times       []time.Time
+	// More says the round was full: more events may be waiting.
+	More bool
+}
+
+// SequenceAudit runs one sequencing round: under the chain head's row lock
+// (so one sequencer at a time, across replicas, and after any writer of the
+// previous release that appends under it) it reads up to Limit intake
+// events in id order, links them after the head in Go, and integrates them
+// (audit_integrate moves them into audit_events and moves the head) in the
+// same transaction. Two round trips: [BEGIN, lock, read] and [integrate,
+// COMMIT]. A round killed at any point either committed whole or left the
+// events in the intake for the next round; none is chained twice (an id
+// integrated already fails the round with 40001).
+func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequenced, error) {
+	limit := opts.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return chainHead{}, classify(err)
+		return Sequenced{}, classify(err)
 	}
 	defer conn.Release()
-	var next chainHead
+	var out Sequenced
 	err = func() error {
 		b := &pgx.Batch{}
 		b.Queue(`BEGIN`)
-		b.Queue(lockHeadSQL)
+		b.Queue(`SELECT sequence, hash FROM audit_head FOR UPDATE`)
+		b.Queue(`SELECT id, `+intakeColumns+` FROM audit_intake ORDER BY id LIMIT $1`, limit)
 		br := conn.SendBatch(ctx, b)
-		var head chainHead
 		if _, err := br.Exec(); err != nil {
 			br.Close()
 			return err
 		}
-		if err := br.QueryRow().Scan(&head.seq, &head.hash, &head.now); err != nil {
+		var headSeq int64
+		var headHash []byte
+		if err := br.QueryRow().Scan(&headSeq, &headHash); err != nil {
+			br.Close()
+			return err
+		}
+		rows, err := br.Query()
+		if err != nil {
+			br.Close()
+			return err
+		}
+		var ids []int64
+		var events []AuditEvent
+		for rows.Next() {
+			var id int64
+			var e AuditEvent
+			if err := rows.Scan(&id, &e.Time, &e.Actor, &e.Action, &e.Key, &e.Version, &e.Outcome, &e.RequestID, &e.Peer,
+				&e.Revision, &e.Detail, &e.ValueHMAC); err != nil {
+				rows.Close()
+				br.Close()
+				return err
+			}
+			ids, events = append(ids, id), append(events, e)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
 			br.Close()
 			return err
 		}
 		if err := br.Close(); err != nil {
 			return err
 		}
+		if len(events) == 0 {
+			_, err := conn.Exec(ctx, `ROLLBACK`)
+			out.Head, out.HeadHash = headSeq, headHash
+			return err
+		}
+		hashes := make([][]byte, len(events))
+		prev := headHash
+		for i := range events {
+			e := events[i]
+			e.Time = e.Time.UTC()
+			hashes[i] = EventHash(prev, e)
+			prev = hashes[i]
+			out.Times = append(out.Times, e.Time)
+		}
+		if opts.BeforeIntegrate != nil {
+			if err := opts.BeforeIntegrate(ctx, conn.Conn().PgConn().PID()); err != nil {
+				return err
+			}
+		}
 		b = &pgx.Batch{}
-		next = queueAppend(b, head, events)
+		b.Queue(`SELECT head_sequence, head_hash, head_sequenced_at FROM audit_integrate($1, $2, $3, $4)`, ids, hashes, headSeq, headHash)
 		b.Queue(`COMMIT`)
-		return conn.SendBatch(ctx, b).Close()
+		br = conn.SendBatch(ctx, b)
+		err = br.QueryRow().Scan(&out.Head, &out.HeadHash, &out.SequencedAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Impossible while we hold the head's lock; say so rather
+			// than commit nothing silently.
+			err = errors.New("audit_integrate: the chain head moved under its lock")
+		}
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+		out.Events, out.More = len(events), len(events) == limit
+		return br.Close()
 	}()
-	if err != nil && conn.Conn().PgConn().TxStatus() != 'I' {
-		// Leave no transaction open on a pooled connection (the pool would
-		// discard it anyway; a ROLLBACK keeps it usable).
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_, _ = conn.Exec(rctx, `ROLLBACK`)
-		cancel()
+	if err != nil {
+		out = Sequenced{}
+		if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, _ = conn.Exec(rctx, `ROLLBACK`)
+			cancel()
+		}
 	}
-	return next, classify(err)
+	return out, classify(err)
 }
 
-type appendCounters struct{ oneTrip, missed, locked atomic.Int64 }
+const intakeColumns = `time, actor, action, key, version, outcome, request_id, peer, revision, detail, value_hmac`
 
-// AppendStats counts AppendAudit's paths since the store opened: groups
-// appended in one round trip, guesses of the head that another writer
-// beat, and groups that fell back to the head lock.
-type AppendStats struct{ OneTrip, Missed, Locked int64 }
+// AuditIntake reports how many committed events wait in the intake to be
+// chained, and how long the oldest has waited (the database's clock; 0
+// when none waits).
+func (s *Store) AuditIntake(ctx context.Context) (waiting int64, oldest time.Duration, err error) {
+	var age float64
+	err = s.pool.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(time)), 0)::float8 FROM audit_intake`).
+		Scan(&waiting, &age)
+	return waiting, time.Duration(age * float64(time.Second)), classify(err)
+}
 
-// AuditAppendStats reports AppendAudit's paths (for metrics and tests).
-func (s *Store) AuditAppendStats() AppendStats {
-	return AppendStats{s.appends.oneTrip.Load(), s.appends.missed.Load(), s.appends.locked.Load()}
+// AuditIntakeWaiting reports whether any committed event waits in the
+// intake (one index probe; the sequencer's poll).
+func (s *Store) AuditIntakeWaiting(ctx context.Context) (bool, error) {
+	var waiting bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT id FROM audit_intake ORDER BY id LIMIT 1)`).Scan(&waiting)
+	return waiting, classify(err)
+}
+
+// EnsureAuditPartitions creates audit_events' partitions up to until, each
+// period long (a new period applies to partitions created from now on). It
+// reports how many it created.
+func (s *Store) EnsureAuditPartitions(ctx context.Context, until time.Time, period time.Duration) (int, error) {
+	var n int
+	err := s.pool.QueryRow(ctx, `SELECT audit_ensure_partitions($1, make_interval(secs => $2), NULL)`, until, period.Seconds()).Scan(&n)
+	return n, classify(err)
 }
 
 // AuditHead returns the chain's start (events before it predate the chain),

@@ -220,9 +220,8 @@ func (b *writeBatcher) commit(jobs []*writeJob) {
 		// Before any answer leaves, so that a read on this replica waits
 		// for the change.
 		b.s.noteWrite(res.last)
-		// The chain head moved with the batch: the next access group
-		// chains after it instead of missing.
-		b.s.head.appended(res.head, false)
+		// Its audit events are in the intake: the sequencer chains them.
+		b.s.intakeCommitted()
 		b.batches.Add(1)
 		b.writes.Add(int64(res.committed))
 	}
@@ -232,13 +231,11 @@ func (b *writeBatcher) commit(jobs []*writeJob) {
 }
 
 // batchResult is what a batch did: each job's outcome (nil: committed or
-// replayed), how many writes committed, the last revision, the new chain
-// head.
+// replayed), how many writes committed, the last revision.
 type batchResult struct {
 	outcomes  []error
 	committed int
 	last      int64
-	head      chainHead
 }
 
 // idemRecord is an idempotency record as a batch sees it.
@@ -395,14 +392,13 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return batchResult{}, err
 	}
-	head, err := appendAudit(ctx, tx, events)
-	if err != nil {
+	if err := appendAudit(ctx, tx, events); err != nil {
 		return batchResult{}, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return batchResult{}, err
 	}
-	res.last, res.head = rev, head
+	res.last = rev
 	return res, nil
 }
 

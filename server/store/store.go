@@ -44,9 +44,8 @@ const NotifyChannel = "orient_secrets_changes"
 type Store struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
-	// head is the audit chain head as this process last saw it.
-	head    knownHead
-	appends appendCounters
+	// intakeSignal wakes the audit sequencer after an intake commit.
+	intakeSignal chan struct{}
 	// lastWrite is the highest revision a write here has taken.
 	lastWrite atomic.Int64
 	// writes gathers concurrent writes into batches (group commit).
@@ -87,7 +86,7 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, log: log}, nil
+	return &Store{pool: pool, log: log, intakeSignal: make(chan struct{}, 1)}, nil
 }
 
 func hasParam(connString, name string) bool { return strings.Contains(connString, name) }
@@ -124,6 +123,10 @@ func (s *Store) inTx(ctx context.Context, opts pgx.TxOptions, fn func(tx pgx.Tx)
 	var err error
 	for i := range attempts {
 		err = pgx.BeginTxFunc(ctx, s.pool, opts, fn)
+		if err == nil && opts.AccessMode != pgx.ReadOnly {
+			// It may have committed audit events to the intake.
+			s.intakeCommitted()
+		}
 		if !retryable(err) {
 			break
 		}

@@ -86,10 +86,10 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// insertAudit appends a token change's event in its transaction (tokens
-// change rarely: the next access group may miss its guess of the head once).
+// insertAudit commits a token change's event to the audit intake in its
+// transaction.
 func insertAudit(ctx context.Context, tx pgx.Tx, meta Meta, key, detail string) error {
-	_, err := appendAudit(ctx, tx, []AuditEvent{{Actor: meta.Actor, Action: meta.Action, Key: key, Outcome: OutcomeOK,
+	err := appendAudit(ctx, tx, []AuditEvent{{Actor: meta.Actor, Action: meta.Action, Key: key, Outcome: OutcomeOK,
 		RequestID: meta.RequestID, Peer: meta.Peer, Detail: detail}})
 	return err
 }

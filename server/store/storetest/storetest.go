@@ -215,8 +215,9 @@ func testCompaction(t *testing.T, s *store.Store) {
 	}
 }
 
-// testAuditChain: every write's audit event links to the previous one, the
-// head names the last, and a failure audit joins the same chain.
+// testAuditChain: every write's audit event, and every other append, is
+// committed to the intake; the sequencer's rounds chain them in commit
+// order, each linking to the previous one, and the head names the last.
 func testAuditChain(t *testing.T, s *store.Store) {
 	ctx := context.Background()
 	for i := range 5 {
@@ -227,6 +228,27 @@ func testAuditChain(t *testing.T, s *store.Store) {
 	}
 	if err := s.AppendAudit(ctx, []store.AuditEvent{{Actor: "a", Action: "AccessSecretVersion", Key: "CUSTOM_A1", Version: 1, Outcome: store.OutcomeOK}}); err != nil {
 		t.Fatal(err)
+	}
+	if waiting, _, err := s.AuditIntake(ctx); err != nil || waiting != 7 {
+		t.Fatalf("%d events waiting in the intake, %v; want 7", waiting, err)
+	}
+	if events, err := s.ListAudit(ctx, store.AuditFilter{Limit: 10}); err != nil || len(events) != 0 {
+		t.Fatalf("listed before sequencing: %d events, %v; want none (not chained yet)", len(events), err)
+	}
+	for limit := 3; ; {
+		r, err := s.SequenceAudit(ctx, store.SequenceOptions{Limit: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Events == 0 {
+			break
+		}
+		if len(r.Times) != r.Events || r.SequencedAt.IsZero() {
+			t.Fatalf("round %+v: want a time per event and the sequencing time", r)
+		}
+	}
+	if waiting, _, err := s.AuditIntake(ctx); err != nil || waiting != 0 {
+		t.Fatalf("%d events waiting after sequencing, %v", waiting, err)
 	}
 	var prev []byte
 	var n, lastSeq int64

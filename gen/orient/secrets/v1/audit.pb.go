@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -426,8 +427,14 @@ type VerifyAuditLogResponse struct {
 	// Events up to this sequence were archived and dropped from the table by
 	// retention, and are not checked here (0: none).
 	ArchivedThrough int64 `protobuf:"varint,13,opt,name=archived_through,json=archivedThrough,proto3" json:"archived_through,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Events committed (durable) but not yet sequenced into the chain: the
+	// sequencer chains them within its merge delay, and they are verified
+	// from then on.
+	EventsWaiting int64 `protobuf:"varint,14,opt,name=events_waiting,json=eventsWaiting,proto3" json:"events_waiting,omitempty"`
+	// How long the oldest waiting event has waited (unset when none waits).
+	OldestWaiting *durationpb.Duration `protobuf:"bytes,15,opt,name=oldest_waiting,json=oldestWaiting,proto3" json:"oldest_waiting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyAuditLogResponse) Reset() {
@@ -549,6 +556,20 @@ func (x *VerifyAuditLogResponse) GetArchivedThrough() int64 {
 		return x.ArchivedThrough
 	}
 	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetEventsWaiting() int64 {
+	if x != nil {
+		return x.EventsWaiting
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetOldestWaiting() *durationpb.Duration {
+	if x != nil {
+		return x.OldestWaiting
+	}
+	return nil
 }
 
 // Request for MatchValue.
@@ -739,7 +760,7 @@ var File_orient_secrets_v1_audit_proto protoreflect.FileDescriptor
 
 const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\xd7\x03\n" +
+	"\x1dorient/secrets/v1/audit.proto\x12\x11orient.secrets.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eorient/secrets/v1/policy.proto\"\xd7\x03\n" +
 	"\n" +
 	"AuditEvent\x12 \n" +
 	"\bsequence\x18\x01 \x01(\x03B\x04\xe2A\x01\x03R\bsequence\x124\n" +
@@ -773,7 +794,7 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x1d.orient.secrets.v1.AuditEventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"+\n" +
 	"\x15VerifyAuditLogRequest\x12\x12\n" +
-	"\x04full\x18\x01 \x01(\bR\x04full\"\x84\x04\n" +
+	"\x04full\x18\x01 \x01(\bR\x04full\"\xed\x04\n" +
 	"\x16VerifyAuditLogResponse\x12\x16\n" +
 	"\x06intact\x18\x01 \x01(\bR\x06intact\x12)\n" +
 	"\x10verified_through\x18\x02 \x01(\x03R\x0fverifiedThrough\x12,\n" +
@@ -788,7 +809,9 @@ const file_orient_secrets_v1_audit_proto_rawDesc = "" +
 	" \x01(\x05R\x1aexternalCheckpointsChecked\x12\x18\n" +
 	"\asummary\x18\v \x01(\tR\asummary\x12#\n" +
 	"\rverified_from\x18\f \x01(\x03R\fverifiedFrom\x12)\n" +
-	"\x10archived_through\x18\r \x01(\x03R\x0farchivedThrough\";\n" +
+	"\x10archived_through\x18\r \x01(\x03R\x0farchivedThrough\x12%\n" +
+	"\x0eevents_waiting\x18\x0e \x01(\x03R\reventsWaiting\x12@\n" +
+	"\x0eoldest_waiting\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\roldestWaiting\";\n" +
 	"\x11MatchValueRequest\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\fR\x05value\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"\x9a\x01\n" +
@@ -836,25 +859,27 @@ var file_orient_secrets_v1_audit_proto_goTypes = []any{
 	(*ValueMatch)(nil),              // 6: orient.secrets.v1.ValueMatch
 	(*MatchValueResponse)(nil),      // 7: orient.secrets.v1.MatchValueResponse
 	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 9: google.protobuf.Duration
 }
 var file_orient_secrets_v1_audit_proto_depIdxs = []int32{
-	8, // 0: orient.secrets.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	8, // 1: orient.secrets.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	8, // 2: orient.secrets.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
-	0, // 3: orient.secrets.v1.ListAuditEventsResponse.events:type_name -> orient.secrets.v1.AuditEvent
-	8, // 4: orient.secrets.v1.ValueMatch.time:type_name -> google.protobuf.Timestamp
-	6, // 5: orient.secrets.v1.MatchValueResponse.matches:type_name -> orient.secrets.v1.ValueMatch
-	1, // 6: orient.secrets.v1.AuditService.ListAuditEvents:input_type -> orient.secrets.v1.ListAuditEventsRequest
-	3, // 7: orient.secrets.v1.AuditService.VerifyAuditLog:input_type -> orient.secrets.v1.VerifyAuditLogRequest
-	5, // 8: orient.secrets.v1.AuditService.MatchValue:input_type -> orient.secrets.v1.MatchValueRequest
-	2, // 9: orient.secrets.v1.AuditService.ListAuditEvents:output_type -> orient.secrets.v1.ListAuditEventsResponse
-	4, // 10: orient.secrets.v1.AuditService.VerifyAuditLog:output_type -> orient.secrets.v1.VerifyAuditLogResponse
-	7, // 11: orient.secrets.v1.AuditService.MatchValue:output_type -> orient.secrets.v1.MatchValueResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	8,  // 0: orient.secrets.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	8,  // 1: orient.secrets.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	8,  // 2: orient.secrets.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,  // 3: orient.secrets.v1.ListAuditEventsResponse.events:type_name -> orient.secrets.v1.AuditEvent
+	9,  // 4: orient.secrets.v1.VerifyAuditLogResponse.oldest_waiting:type_name -> google.protobuf.Duration
+	8,  // 5: orient.secrets.v1.ValueMatch.time:type_name -> google.protobuf.Timestamp
+	6,  // 6: orient.secrets.v1.MatchValueResponse.matches:type_name -> orient.secrets.v1.ValueMatch
+	1,  // 7: orient.secrets.v1.AuditService.ListAuditEvents:input_type -> orient.secrets.v1.ListAuditEventsRequest
+	3,  // 8: orient.secrets.v1.AuditService.VerifyAuditLog:input_type -> orient.secrets.v1.VerifyAuditLogRequest
+	5,  // 9: orient.secrets.v1.AuditService.MatchValue:input_type -> orient.secrets.v1.MatchValueRequest
+	2,  // 10: orient.secrets.v1.AuditService.ListAuditEvents:output_type -> orient.secrets.v1.ListAuditEventsResponse
+	4,  // 11: orient.secrets.v1.AuditService.VerifyAuditLog:output_type -> orient.secrets.v1.VerifyAuditLogResponse
+	7,  // 12: orient.secrets.v1.AuditService.MatchValue:output_type -> orient.secrets.v1.MatchValueResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_orient_secrets_v1_audit_proto_init() }

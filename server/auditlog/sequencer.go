@@ -1,0 +1,183 @@
+package auditlog
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// SequencerStore is what the sequencer needs from the store.
+type SequencerStore interface {
+	SequenceAudit(ctx context.Context, opts store.SequenceOptions) (store.Sequenced, error)
+	AuditIntakeWaiting(ctx context.Context) (bool, error)
+	EnsureAuditPartitions(ctx context.Context, until time.Time, period time.Duration) (int, error)
+	IntakeSignal() <-chan struct{}
+}
+
+// SequencerOptions tune a Sequencer; zero values take the defaults.
+type SequencerOptions struct {
+	// PartitionPeriod is the length of audit_events' partitions (default
+	// 24h): the sequencer keeps two periods of them created ahead.
+	PartitionPeriod time.Duration
+	// Poll is how often the intake is checked for events this process was
+	// not told about: other replicas', and those of a replica that died
+	// before its sequencer chained them (default 50ms). It bounds their
+	// sequencing delay.
+	Poll time.Duration
+	// Batch is the most events chained in one round (default 1000).
+	Batch int
+	// Observe receives each chained event's sequencing delay (the
+	// database's clock: the time it was chained minus its time).
+	Observe func(delay time.Duration)
+	Logger  *slog.Logger
+}
+
+// Sequencer chains the audit intake into the hash chain: woken by this
+// process's intake commits and by a short poll, it runs rounds of
+// store.SequenceAudit until the intake is empty. Every replica runs one;
+// the chain head's row lock makes them take turns (a round is two round
+// trips under it), so there is no leader to elect and none to wait for when
+// one dies: whichever replica polls next chains what the dead one left.
+type Sequencer struct {
+	st   SequencerStore
+	opts SequencerOptions
+	// mu makes this process's rounds (the loop's and Flush's) take turns
+	// here rather than on the head lock, each holding a connection.
+	mu              sync.Mutex
+	rounds, events  atomic.Int64
+	failures        atomic.Int64
+	lastPartitioned atomic.Int64 // unix nanoseconds of the last partition check
+}
+
+// SequencerStats count the rounds that chained something, the events they
+// chained and the rounds that failed, since the sequencer started.
+type SequencerStats struct{ Rounds, Events, Failures int64 }
+
+// NewSequencer returns a sequencer; Run runs it.
+func NewSequencer(st SequencerStore, opts SequencerOptions) *Sequencer {
+	if opts.PartitionPeriod <= 0 {
+		opts.PartitionPeriod = 24 * time.Hour
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 50 * time.Millisecond
+	}
+	if opts.Batch <= 0 {
+		opts.Batch = 1000
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Sequencer{st: st, opts: opts}
+}
+
+// Stats reports the sequencer's counters.
+func (q *Sequencer) Stats() SequencerStats {
+	return SequencerStats{Rounds: q.rounds.Load(), Events: q.events.Load(), Failures: q.failures.Load()}
+}
+
+// EnsurePartitions creates audit_events' partitions two periods ahead.
+func (q *Sequencer) EnsurePartitions(ctx context.Context) error {
+	n, err := q.st.EnsureAuditPartitions(ctx, time.Now().Add(2*q.opts.PartitionPeriod), q.opts.PartitionPeriod)
+	if err != nil {
+		return err
+	}
+	q.lastPartitioned.Store(time.Now().UnixNano())
+	if n > 0 {
+		q.opts.Logger.Debug("audit partitions created", "count", n, "period", q.opts.PartitionPeriod)
+	}
+	return nil
+}
+
+// partitionCheck is how often partitions are checked: often enough that
+// two periods ahead never runs out, at most once a minute.
+func (q *Sequencer) partitionCheck() time.Duration {
+	return min(q.opts.PartitionPeriod/2, time.Minute)
+}
+
+// Run chains the intake until ctx ends. It creates the partitions ahead
+// first, and keeps them ahead.
+func (q *Sequencer) Run(ctx context.Context) {
+	if err := q.EnsurePartitions(ctx); err != nil && ctx.Err() == nil {
+		q.opts.Logger.Warn("audit partitions", "error", err)
+	}
+	poll := time.NewTicker(q.opts.Poll)
+	defer poll.Stop()
+	parts := time.NewTicker(q.partitionCheck())
+	defer parts.Stop()
+	// Events left by a previous run or a dead replica.
+	q.drain(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.st.IntakeSignal():
+			q.drain(ctx)
+		case <-poll.C:
+			if waiting, err := q.st.AuditIntakeWaiting(ctx); err == nil && waiting {
+				q.drain(ctx)
+			}
+		case <-parts.C:
+			if err := q.EnsurePartitions(ctx); err != nil && ctx.Err() == nil {
+				q.opts.Logger.Warn("audit partitions", "error", err)
+			}
+		}
+	}
+}
+
+// drain runs rounds until one is not full (the intake is empty as of its
+// start) or fails.
+func (q *Sequencer) drain(ctx context.Context) {
+	for {
+		r, err := q.Round(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				q.opts.Logger.Warn("audit sequencer round", "error", err)
+			}
+			return
+		}
+		if !r.More {
+			return
+		}
+	}
+}
+
+// Round runs one sequencing round and records its figures.
+func (q *Sequencer) Round(ctx context.Context) (store.Sequenced, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r, err := q.st.SequenceAudit(ctx, store.SequenceOptions{Limit: q.opts.Batch})
+	if err != nil {
+		q.failures.Add(1)
+		return r, err
+	}
+	if r.Events > 0 {
+		if q.opts.Observe != nil {
+			for _, t := range r.Times {
+				q.opts.Observe(max(r.SequencedAt.Sub(t), 0))
+			}
+		}
+		q.rounds.Add(1)
+		q.events.Add(int64(r.Events))
+	}
+	return r, nil
+}
+
+// Flush chains what was committed to the intake before it was called
+// (and whatever more arrives meanwhile, a bounded number of rounds), so
+// that a reader on this replica sees its own audit events in the chain.
+func (q *Sequencer) Flush(ctx context.Context) error {
+	for range 8 {
+		r, err := q.Round(ctx)
+		if err != nil {
+			return err
+		}
+		if !r.More {
+			return nil
+		}
+	}
+	return nil
+}
