@@ -20,6 +20,7 @@ import (
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/store/storetest"
 )
 
 // retentionEnv is a database with one-second partitions, the service role's
@@ -34,6 +35,9 @@ type retentionEnv struct {
 	archive    *Archive
 	signer     *Signer
 	log        *Log
+	// previous appends as a replica of the previous release does,
+	// straight into audit_events under the head lock.
+	previous previousRelease
 }
 
 func newRetentionEnv(t *testing.T) *retentionEnv {
@@ -107,8 +111,13 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { anchor.Close() })
+	oldConn, err := pgx.Connect(ctx, testdb.ServiceURL(t, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { oldConn.Close(context.Background()) })
 	return &retentionEnv{owner: owner, service: svc, job: job, jobRole: jobRole, archiveDir: dir, archive: a, signer: signer,
-		log: &Log{Store: svc, Signer: signer, Keys: NewKeys(signer.Public()), Anchor: anchor}}
+		log: &Log{Store: svc, Signer: signer, Keys: NewKeys(signer.Public()), Anchor: anchor}, previous: previousRelease{conn: oldConn}}
 }
 
 func exec(t *testing.T, c *pgx.Conn, q string, args ...any) {
@@ -118,9 +127,12 @@ func exec(t *testing.T, c *pgx.Conn, q string, args ...any) {
 	}
 }
 
-// appendAcross appends events with the current release's store (straight
-// into audit_events, sequenced_at = the insert's clock) for a while,
-// crossing one-second partition boundaries, signing checkpoints as it goes.
+// appendAcross appends events for a while, crossing one-second partition
+// boundaries, signing checkpoints as it goes: mostly through this release's
+// intake and sequencer (sequenced_at = the sequencer's clock), every third
+// batch as a replica of the previous release does (straight into
+// audit_events, sequenced_at = the insert's clock), so both keep appending
+// across partition boundaries.
 func (e *retentionEnv) appendAcross(t *testing.T, seconds int) int {
 	t.Helper()
 	ctx := context.Background()
@@ -131,8 +143,19 @@ func (e *retentionEnv) appendAcross(t *testing.T, seconds int) int {
 		for i := range batch {
 			batch[i] = store.AuditEvent{Actor: "reader", Action: "AccessSecretVersion", Key: fmt.Sprintf("K%d", n+i), Version: 1, Outcome: store.OutcomeOK}
 		}
-		if err := e.service.AppendAudit(ctx, batch); err != nil {
-			t.Fatal(err)
+		if (n/len(batch))%3 == 2 {
+			keys := make([]string, len(batch))
+			for i := range batch {
+				keys[i] = batch[i].Key
+			}
+			if err := e.previous.locked(ctx, keys); err != nil {
+				t.Fatalf("previous release: %v", err)
+			}
+		} else {
+			if err := e.service.AppendAudit(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+			storetest.SequenceAll(t, e.service)
 		}
 		n += len(batch)
 		if n%50 == 0 {

@@ -45,11 +45,15 @@ func (s *Store) AuditPartitions(ctx context.Context) ([]AuditPartition, error) {
 }
 
 // AuditSequencedThrough is the time up to which the chain is complete: no
-// event can still arrive with an earlier sequencing time.
+// event can still arrive with an earlier sequencing time. Zero before the
+// first event is sequenced.
 func (s *Store) AuditSequencedThrough(ctx context.Context) (time.Time, error) {
-	var t time.Time
-	err := s.pool.QueryRow(ctx, `SELECT audit_sequenced_through()`).Scan(&t)
-	return t, classify(err)
+	var t *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT nullif(audit_sequenced_through(), '-infinity')`).Scan(&t)
+	if err != nil || t == nil {
+		return time.Time{}, classify(err)
+	}
+	return *t, nil
 }
 
 // AuditPartitionEvents yields the events sequenced in [from, to) in

@@ -15,6 +15,7 @@ import (
 
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/store/storetest"
 )
 
 func openStore(t *testing.T, url string) *store.Store {
@@ -98,6 +99,7 @@ func changeRevisions(t *testing.T, s *store.Store, after int64) (revs []int64, k
 
 func auditRevisions(t *testing.T, s *store.Store, afterRev int64) []int64 {
 	t.Helper()
+	storetest.SequenceAll(t, s)
 	var revs []int64
 	for e, err := range s.AuditEvents(context.Background(), 0, math.MaxInt64) {
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/store/storetest"
 )
 
 func openStores(t *testing.T, n int) []*store.Store {
@@ -103,6 +104,7 @@ func TestRotationDueExactlyOnce(t *testing.T) {
 	if len(evs) != 1 || evs[0].Key != "CUSTOM_DUE" || evs[0].Version != 1 || evs[0].RestartRequired {
 		t.Fatalf("ROTATION_DUE changes %+v, want one for CUSTOM_DUE version 1 without restart", evs)
 	}
+	storetest.SequenceAll(t, a)
 	audit, err := a.ListAudit(ctx, store.AuditFilter{Action: store.RotationDueAction, Limit: 10})
 	if err != nil {
 		t.Fatal(err)

@@ -281,3 +281,20 @@ func testAuditChain(t *testing.T, s *store.Store) {
 		t.Fatalf("head %d %x, %v; want %d %x", seq, hash, err, lastSeq, prev)
 	}
 }
+
+// SequenceAll chains every event waiting in the audit intake, as a
+// replica's sequencer would, so a test can read the chain.
+func SequenceAll(t testing.TB, s *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	for range 10_000 {
+		r, err := s.SequenceAudit(ctx, store.SequenceOptions{})
+		if err != nil {
+			t.Fatalf("sequence the audit intake: %v", err)
+		}
+		if r.Events == 0 {
+			return
+		}
+	}
+	t.Fatal("sequence the audit intake: it never emptied")
+}
