@@ -33,9 +33,33 @@ CREATE TABLE audit_intake (
     value_hmac bytea
 );
 
--- The chain head also remembers when it last moved (sequenced_at only
--- grows), and the partitioning's period.
+-- The chain head also remembers when it last moved: sequenced_at only
+-- grows, and never runs ahead of the clock (a head set into the future
+-- would make every later event land past the partitions, or let retention
+-- take a partition that can still receive events). The service role may
+-- update only sequence and hash (a previous release moves them); only
+-- audit_integrate moves sequenced_at.
 ALTER TABLE audit_head ADD COLUMN sequenced_at timestamptz NOT NULL DEFAULT '-infinity';
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' THEN
+        RAISE EXCEPTION 'audit_head cannot be deleted or truncated';
+    END IF;
+    IF NEW.sequence < OLD.sequence OR NEW.chain_start <> OLD.chain_start OR NOT NEW.singleton THEN
+        RAISE EXCEPTION 'audit_head only moves forward';
+    END IF;
+    IF NEW.sequence = OLD.sequence AND NEW.hash <> OLD.hash THEN
+        RAISE EXCEPTION 'audit_head only moves forward';
+    END IF;
+    IF NEW.sequenced_at < OLD.sequenced_at
+            OR (NEW.sequenced_at <> OLD.sequenced_at AND NEW.sequenced_at > clock_timestamp() + interval '1 minute') THEN
+        RAISE EXCEPTION 'audit_head sequencing time only moves forward, and not past the clock';
+    END IF;
+    RETURN NEW;
+END
+$$;
+-- +goose StatementEnd
 
 CREATE TABLE audit_partitions (
     name         text        PRIMARY KEY,
@@ -54,8 +78,11 @@ CREATE TABLE audit_partitions (
 CREATE UNIQUE INDEX audit_partitions_from ON audit_partitions (from_time);
 
 CREATE TABLE audit_partitioning (
-    singleton boolean  PRIMARY KEY DEFAULT true CHECK (singleton),
-    period    interval NOT NULL CHECK (period >= interval '1 second' AND period <= interval '366 days')
+    singleton     boolean  PRIMARY KEY DEFAULT true CHECK (singleton),
+    period        interval NOT NULL CHECK (period >= interval '1 second' AND period <= interval '366 days'),
+    -- Retention can archive and drop only partitions at least this old,
+    -- whatever its caller asks: the owner's floor (UPDATE it as the owner).
+    min_retention interval NOT NULL DEFAULT interval '1 day' CHECK (min_retention >= interval '0')
 );
 INSERT INTO audit_partitioning (period) VALUES (interval '1 day');
 
@@ -99,7 +126,7 @@ CREATE INDEX audit_events_value_hmac ON audit_events (value_hmac) WHERE value_hm
 -- created from now on. It reports how many it created.
 -- +goose StatementBegin
 CREATE FUNCTION audit_ensure_partitions(p_until timestamptz, p_period interval DEFAULT NULL, p_from timestamptz DEFAULT NULL)
-RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
     v_period  interval;
     v_start   timestamptz;
@@ -126,7 +153,7 @@ BEGIN
     END IF;
     WHILE v_start <= p_until LOOP
         v_name := 'audit_events_' || to_char(v_start AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
-        EXECUTE format('CREATE TABLE %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
+        EXECUTE format('CREATE TABLE public.%I PARTITION OF public.audit_events FOR VALUES FROM (%L) TO (%L)',
             v_name, v_start, v_start + v_period);
         EXECUTE format('REVOKE ALL ON %I FROM PUBLIC', v_name);
         INSERT INTO audit_partitions (name, from_time, to_time) VALUES (v_name, v_start, v_start + v_period);
@@ -149,7 +176,7 @@ $$;
 -- +goose StatementBegin
 CREATE FUNCTION audit_integrate(p_ids bigint[], p_hashes bytea[], p_after_seq bigint, p_after_hash bytea)
 RETURNS TABLE (head_sequence bigint, head_hash bytea, head_sequenced_at timestamptz)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_head audit_head%ROWTYPE;
     v_n    integer := coalesce(array_length(p_ids, 1), 0);
@@ -166,7 +193,7 @@ BEGIN
         RAISE EXCEPTION 'audit_integrate: an intake id appears more than once' USING ERRCODE = '22023';
     END IF;
     SELECT * INTO v_head FROM audit_head FOR UPDATE;
-    IF v_head.sequence <> p_after_seq OR v_head.hash <> p_after_hash THEN
+    IF v_head.sequence IS DISTINCT FROM p_after_seq OR v_head.hash IS DISTINCT FROM p_after_hash THEN
         RETURN;
     END IF;
     v_at := greatest(v_head.sequenced_at, clock_timestamp());
@@ -247,6 +274,22 @@ DROP FUNCTION audit_ensure_partitions(timestamptz, interval, timestamptz);
 DROP TABLE audit_partitioning;
 DROP TABLE audit_partitions;
 DROP TABLE audit_intake;
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' THEN
+        RAISE EXCEPTION 'audit_head cannot be deleted or truncated';
+    END IF;
+    IF NEW.sequence < OLD.sequence OR NEW.chain_start <> OLD.chain_start OR NOT NEW.singleton THEN
+        RAISE EXCEPTION 'audit_head only moves forward';
+    END IF;
+    IF NEW.sequence = OLD.sequence AND NEW.hash <> OLD.hash THEN
+        RAISE EXCEPTION 'audit_head only moves forward';
+    END IF;
+    RETURN NEW;
+END
+$$;
+-- +goose StatementEnd
 ALTER TABLE audit_head DROP COLUMN sequenced_at;
 ALTER TABLE audit_events_plain RENAME TO audit_events;
 ALTER INDEX audit_events_plain_pkey RENAME TO audit_events_pkey;

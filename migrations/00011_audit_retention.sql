@@ -14,7 +14,7 @@
 -- count and sequence range.
 -- +goose StatementBegin
 CREATE FUNCTION audit_partition_rows(p_from timestamptz, p_to timestamptz, OUT n bigint, OUT first_seq bigint, OUT last_seq bigint)
-LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT count(*), min(sequence), max(sequence) FROM audit_events WHERE sequenced_at >= p_from AND sequenced_at < p_to
 $$;
 -- +goose StatementEnd
@@ -25,7 +25,7 @@ $$;
 -- bounds every event before it and every later one sequences after it).
 -- +goose StatementBegin
 CREATE FUNCTION audit_sequenced_through() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = public, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, public, pg_temp AS $$
     SELECT greatest(h.sequenced_at,
         (SELECT max(e.sequenced_at) FROM audit_events e WHERE e.sequence = h.sequence))
     FROM audit_head h
@@ -40,7 +40,7 @@ $$;
 -- Recording the same archive again is a no-op (a retried run).
 -- +goose StatementBegin
 CREATE FUNCTION audit_record_archive(p_name text, p_archive text, p_archive_hash bytea, p_first_seq bigint, p_last_seq bigint)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
     v_p    audit_partitions%ROWTYPE;
     v_rows record;
@@ -65,12 +65,24 @@ BEGIN
     IF v_p.to_time > audit_sequenced_through() THEN
         RAISE EXCEPTION 'audit partition % is not fully sequenced yet', p_name USING ERRCODE = '55000';
     END IF;
+    -- A floor the service cannot lower: whoever holds the retention
+    -- privilege can only archive (and so drop) partitions at least this old.
+    IF v_p.to_time > now() - (SELECT min_retention FROM audit_partitioning) THEN
+        RAISE EXCEPTION 'audit partition % is younger than the minimum retention (%)', p_name,
+            (SELECT min_retention FROM audit_partitioning) USING ERRCODE = '55000';
+    END IF;
+    -- No insert in flight or to come: the rows are counted under the lock,
+    -- and from now on the partition refuses rows (an insert naming its
+    -- time, or a clock stepped back, fails instead of being dropped
+    -- unarchived).
+    EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', p_name);
     v_rows := audit_partition_rows(v_p.from_time, v_p.to_time);
     IF v_rows.first_seq IS DISTINCT FROM p_first_seq OR v_rows.last_seq IS DISTINCT FROM p_last_seq
             OR v_rows.n <> coalesce(p_last_seq - p_first_seq + 1, 0) THEN
         RAISE EXCEPTION 'audit partition % holds % events (% to %), not the archived % to %',
             p_name, v_rows.n, v_rows.first_seq, v_rows.last_seq, p_first_seq, p_last_seq USING ERRCODE = '55000';
     END IF;
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (false) NOT VALID', p_name, p_name || '_archived');
     UPDATE audit_partitions SET state = 'archived', archive = p_archive, archive_hash = p_archive_hash,
         first_seq = p_first_seq, last_seq = p_last_seq, archived_at = now()
     WHERE name = p_name;
@@ -83,7 +95,7 @@ $$;
 -- (through the intake, like every event; actor: the session's role).
 -- +goose StatementBegin
 CREATE FUNCTION audit_drop_partition(p_name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET lock_timeout = '5s' AS $$
 DECLARE
     v_p    audit_partitions%ROWTYPE;
     v_rows record;
@@ -99,6 +111,10 @@ BEGIN
     IF v_p.state <> 'archived' THEN
         RAISE EXCEPTION 'audit partition % is not archived: it cannot be dropped', p_name USING ERRCODE = '55000';
     END IF;
+    IF v_p.to_time > now() - (SELECT min_retention FROM audit_partitioning) THEN
+        RAISE EXCEPTION 'audit partition % is younger than the minimum retention', p_name USING ERRCODE = '55000';
+    END IF;
+    EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', p_name);
     v_rows := audit_partition_rows(v_p.from_time, v_p.to_time);
     IF v_rows.first_seq IS DISTINCT FROM v_p.first_seq OR v_rows.last_seq IS DISTINCT FROM v_p.last_seq
             OR v_rows.n <> coalesce(v_p.last_seq - v_p.first_seq + 1, 0) THEN

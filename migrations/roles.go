@@ -27,7 +27,7 @@ var serviceGrants = []struct{ table, privileges string }{
 	{"audit_events", "SELECT, INSERT"},
 	{"audit_intake", "SELECT, INSERT"},
 	{"audit_checkpoints", "SELECT, INSERT"},
-	{"audit_head", "SELECT, UPDATE"},
+	{"audit_head", "SELECT, UPDATE (sequence, hash)"},
 	{"audit_partitions", "SELECT"},
 	{"audit_partitioning", "SELECT"},
 	{"audit_verified", "SELECT, INSERT"},
@@ -111,6 +111,9 @@ func EnsureServiceRole(ctx context.Context, ownerURL, role string) (bool, error)
 	defer tx.Rollback(ctx)
 	stmts := []string{
 		`GRANT USAGE ON SCHEMA public TO ` + id,
+		// The SECURITY DEFINER functions resolve names in public: a role
+		// that could create there could plant an overload.
+		`REVOKE CREATE ON SCHEMA public FROM ` + id,
 		`REVOKE ALL ON ALL TABLES IN SCHEMA public FROM ` + id,
 		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ` + id,
 		`GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO ` + id,
@@ -137,6 +140,13 @@ func EnsureServiceRole(ctx context.Context, ownerURL, role string) (bool, error)
 		return false, err
 	}
 	// Check what the role can do, PUBLIC's grants included.
+	var canCreate bool
+	if err := conn.QueryRow(ctx, `SELECT has_schema_privilege($1, 'public', 'CREATE')`, role).Scan(&canCreate); err != nil {
+		return false, err
+	}
+	if canCreate {
+		return false, fmt.Errorf("service role %s may CREATE in schema public (granted to PUBLIC, as before PostgreSQL 15?): REVOKE CREATE ON SCHEMA public FROM PUBLIC", role)
+	}
 	checked := make([]string, 0, len(serviceGrants)+len(partitions))
 	for _, g := range serviceGrants {
 		checked = append(checked, g.table)

@@ -72,7 +72,12 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 		{`ALTER TABLE audit_head DISABLE TRIGGER audit_head_forward`, denied},
 		{`UPDATE audit_head SET sequence = 0, hash = ''`, raised},
 		{`UPDATE audit_head SET hash = '\x02'`, raised},
-		{`UPDATE audit_head SET chain_start = 1`, raised},
+		{`UPDATE audit_head SET chain_start = 1`, denied},
+		// Only audit_integrate moves the sequencing time (a head set into
+		// the future would stop the sequencer, or let retention take a
+		// partition that can still receive events).
+		{`UPDATE audit_head SET sequenced_at = 'infinity'`, denied},
+		{`CREATE FUNCTION public.lag(bytea) RETURNS bytea LANGUAGE sql AS 'SELECT $1'`, denied},
 		{`DELETE FROM goose_db_version`, denied},
 		{`INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, true)`, denied},
 		{`CREATE TABLE shadow (x int)`, denied},
@@ -116,6 +121,21 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 	for _, q := range allowed {
 		if _, err := svc.Exec(ctx, q); err != nil {
 			t.Errorf("%s: %v", q, err)
+		}
+	}
+	// Even the owner cannot move the sequencing time back or past the clock
+	// (the trigger; the owner could drop it, which the external
+	// checkpoints catch).
+	for _, q := range []string{
+		`UPDATE audit_head SET sequenced_at = now() + interval '1 day'`,
+		`UPDATE audit_head SET sequenced_at = '-infinity'`,
+	} {
+		var pe *pgconn.PgError
+		if _, err := admin.Exec(ctx, `UPDATE audit_head SET sequenced_at = now()`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Exec(ctx, q); !errors.As(err, &pe) || pe.Code != raised {
+			t.Errorf("owner: %s: %v, want SQLSTATE %s", q, err, raised)
 		}
 	}
 	info, err := migrations.CurrentRole(ctx, testdb.ServiceURL(t, owner))

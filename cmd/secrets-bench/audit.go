@@ -109,6 +109,7 @@ func measureAudit(ctx context.Context, adminDSN, tmp string, n int, progressf fu
 	for _, q := range []string{
 		`DO $$ DECLARE r record; BEGIN FOR r IN SELECT name FROM audit_partitions LOOP EXECUTE format('DROP TABLE %I', r.name); END LOOP; END $$`,
 		`DELETE FROM audit_partitions`,
+		`UPDATE audit_partitioning SET min_retention = interval '0'`,
 		fmt.Sprintf(`SELECT audit_ensure_partitions(now() + interval '%d seconds', interval '%d seconds', now())`,
 			int(ahead.Seconds()), int(period.Seconds())),
 	} {

@@ -103,6 +103,7 @@ func TestAuditPruneCommand(t *testing.T) {
 	owner := dbConn(t, db)
 	exec(t, owner, `DO $$ DECLARE r record; BEGIN FOR r IN SELECT name FROM audit_partitions LOOP EXECUTE format('DROP TABLE %I', r.name); END LOOP; END $$`)
 	exec(t, owner, `DELETE FROM audit_partitions`)
+	exec(t, owner, `UPDATE audit_partitioning SET min_retention = interval '0'`) // the owner's floor, lowered for seconds-long retention
 	exec(t, owner, `SELECT audit_ensure_partitions(now() + interval '1 minute', interval '1 second', now())`)
 	anchorDir, archiveDir := t.TempDir(), t.TempDir()
 	anchorURL := (&url.URL{Scheme: "file", Path: anchorDir}).String()

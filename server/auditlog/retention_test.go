@@ -77,6 +77,7 @@ func newRetentionEnv(t *testing.T) *retentionEnv {
 		exec(t, owner, `DROP TABLE `+pgx.Identifier{n}.Sanitize())
 	}
 	exec(t, owner, `DELETE FROM audit_partitions`)
+	exec(t, owner, `UPDATE audit_partitioning SET min_retention = interval '0'`) // the owner's floor, lowered for seconds-long retention
 	exec(t, owner, `SELECT audit_ensure_partitions(now() + interval '1 minute', interval '1 second', now())`)
 
 	// The job's role is an operator's login role holding nothing but
@@ -427,5 +428,54 @@ func TestRetentionPrivilege(t *testing.T) {
 	var count int64
 	if err := e.owner.QueryRow(ctx, `SELECT count(*) FROM audit_events`).Scan(&count); err != nil || count == 0 {
 		t.Fatalf("events: %d, %v", count, err)
+	}
+}
+
+// TestRetentionFloorAndSealedPartition: whoever holds the retention
+// privilege can archive (and so drop) only partitions older than the
+// owner's floor, whatever archive it claims; and a partition recorded as
+// archived refuses rows from then on (an insert naming its time, as the
+// service role may, or a clock stepped back), so nothing lands in it that
+// its archive lacks.
+func TestRetentionFloorAndSealedPartition(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newRetentionEnv(t)
+	e.appendAcross(t, 1)
+	time.Sleep(1100 * time.Millisecond)
+	e.appendAcross(t, 0) // the head moves past the full partitions
+	var name string
+	var first, last int64
+	if err := e.owner.QueryRow(ctx, `SELECT p.name, r.first_seq, r.last_seq FROM audit_partitions p,
+			audit_partition_rows(p.from_time, p.to_time) r
+		WHERE r.n > 0 ORDER BY p.from_time LIMIT 1`).Scan(&name, &first, &last); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, e.owner, `UPDATE audit_partitioning SET min_retention = interval '1 day'`)
+	err := e.job.RecordAuditArchive(ctx, name, "forged.jsonl", make([]byte, 32), &first, &last)
+	if err == nil || !strings.Contains(err.Error(), "minimum retention") {
+		t.Fatalf("recording an archive of a partition younger than the floor: %v, want refused", err)
+	}
+	exec(t, e.owner, `UPDATE audit_partitioning SET min_retention = interval '0'`)
+	if err := e.job.RecordAuditArchive(ctx, name, name+".jsonl", make([]byte, 32), &first, &last); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := pgx.Connect(ctx, testdb.ServiceURL(t, e.owner.Config().ConnString()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close(ctx)
+	var from time.Time
+	if err := e.owner.QueryRow(ctx, `SELECT from_time FROM audit_partitions WHERE name = $1`, name).Scan(&from); err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.Exec(ctx, `INSERT INTO audit_events (sequence, time, actor, action, outcome, sequenced_at)
+		VALUES ($1, now(), 'mallory', 'AccessSecretVersion', 'OK', $2)`, last+1_000_000, from)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23514" {
+		t.Fatalf("insert into an archived partition: %v, want a check violation", err)
+	}
+	if err := e.job.DropAuditPartition(ctx, name); err != nil {
+		t.Fatalf("drop of the archived partition: %v", err)
 	}
 }

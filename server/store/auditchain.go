@@ -159,12 +159,19 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 	err = func() error {
 		b := &pgx.Batch{}
 		b.Queue(`BEGIN`)
+		// A round holds the head lock across two round trips: a sequencer
+		// that stalls (a paused process, a lost network) must not hold every
+		// other replica's sequencer until TCP gives up.
+		b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '30s'`)
+		b.Queue(`SET LOCAL lock_timeout = '30s'`)
 		b.Queue(`SELECT sequence, hash FROM audit_head FOR UPDATE`)
 		b.Queue(`SELECT id, `+intakeColumns+` FROM audit_intake ORDER BY id LIMIT $1`, limit)
 		br := conn.SendBatch(ctx, b)
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return err
+		for range 3 { // BEGIN and the two settings
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return err
+			}
 		}
 		var headSeq int64
 		var headHash []byte

@@ -153,10 +153,13 @@ func (s *Store) InsertAuditVerified(ctx context.Context, v AuditVerified) error 
 	return classify(err)
 }
 
-// AuditVerifiedProgress returns the newest progress records, newest first
-// (at most limit).
+// AuditVerifiedProgress returns the newest progress records within the
+// chain, newest first (at most limit).
 func (s *Store) AuditVerifiedProgress(ctx context.Context, limit int) ([]AuditVerified, error) {
+	// Only records within the chain: rows claiming events beyond the head
+	// (the service role may insert any) cannot crowd out the real ones.
 	rows, err := s.pool.Query(ctx, `SELECT sequence, hash, verified_at, key_id, signature FROM audit_verified
+		WHERE sequence <= (SELECT sequence FROM audit_head)
 		ORDER BY sequence DESC, verified_at DESC LIMIT $1`, limit)
 	if err != nil {
 		return nil, classify(err)

@@ -59,7 +59,16 @@ type writeJob struct {
 	replay func(response []byte) error
 	// done receives the write's outcome once its batch is over.
 	done chan error
+	// state settles who decides the outcome: the batcher takes a queued
+	// job (jobTaken) or its caller abandons it first (jobAbandoned).
+	state atomic.Int32
 }
+
+const (
+	jobQueued int32 = iota
+	jobTaken
+	jobAbandoned
+)
 
 type writeBatcher struct {
 	s        *Store
@@ -99,9 +108,9 @@ func (s *Store) WriteBatchStats() WriteStats {
 	return WriteStats{Batches: b.batches.Load(), Writes: b.writes.Load()}
 }
 
-// submit queues j and waits for its outcome. When ctx ends first the caller
-// gets ctx's error; a write already in a batch may still commit (as a
-// write whose commit reply was lost would).
+// submit queues j and waits for its outcome. When ctx ends before the
+// write's batch took it, the caller gets ctx's error and the write never
+// runs; once taken, the caller gets the batch's outcome.
 func (b *writeBatcher) submit(ctx context.Context, j *writeJob) error {
 	select {
 	case <-b.stop:
@@ -127,7 +136,14 @@ func (b *writeBatcher) submit(ctx context.Context, j *writeJob) error {
 			return ErrStoreClosed
 		}
 	case <-ctx.Done():
-		return classify(ctx.Err())
+		if j.state.CompareAndSwap(jobQueued, jobAbandoned) {
+			// Not started, and now never will: the error is the truth.
+			return classify(ctx.Err())
+		}
+		// Its batch is running: the answer is the batch's outcome (bounded
+		// by writeBatchTimeout), never a "cancelled" for a write that
+		// committed.
+		return <-j.done
 	}
 }
 
@@ -183,8 +199,13 @@ func (b *writeBatcher) commit(jobs []*writeJob) {
 	live := jobs[:0]
 	for _, j := range jobs {
 		if err := j.ctx.Err(); err != nil {
-			j.done <- classify(err)
+			if j.state.CompareAndSwap(jobQueued, jobAbandoned) {
+				j.done <- classify(err)
+			}
 			continue
+		}
+		if !j.state.CompareAndSwap(jobQueued, jobTaken) {
+			continue // its caller gave up and was told so
 		}
 		live = append(live, j)
 	}

@@ -414,3 +414,22 @@ func TestGroupCommitPanickingWrite(t *testing.T) {
 		t.Errorf("a write after the panic: %v", err)
 	}
 }
+
+// TestGroupCommitAnswerIsTheOutcome: a caller whose context ends while its
+// write's batch runs is told the batch's outcome (the write committed), not
+// "cancelled" — a caller told "cancelled" might write again.
+func TestGroupCommitAnswerIsTheOutcome(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, testdb.New(t))
+	if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_A", Defaults: store.Defaults{Category: "custom"}, Seal: seal("a")}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := s.WriteCancellingCaller(cctx, cancel, bmeta("UpdateSecret", "", ""), "CUSTOM_A"); err != nil {
+		t.Fatalf("a write that committed answered %v", err)
+	}
+	if a, _, err := s.GetSecret(ctx, "CUSTOM_A"); err != nil || a.Description != "written" {
+		t.Fatalf("CUSTOM_A: %+v, %v", a, err)
+	}
+}

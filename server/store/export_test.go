@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // HoldWrites stops the write batcher before its next batch until release is
@@ -51,6 +52,21 @@ func (s *Store) PanickingWrite(ctx context.Context, meta Meta, key string) error
 			return struct{}{}, change{}, err
 		}
 		panic("a bug in a write body")
+	})
+	return err
+}
+
+// WriteCancellingCaller is a write whose body cancels its caller's context
+// (as a client giving up mid-batch would) and then changes key's
+// description.
+func (s *Store) WriteCancellingCaller(ctx context.Context, cancel context.CancelFunc, meta Meta, key string) error {
+	_, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (struct{}, change, error) {
+		cancel()
+		time.Sleep(50 * time.Millisecond) // the caller's select sees ctx.Done first
+		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET description = 'written' WHERE key = $1`, key); err != nil {
+			return struct{}{}, change{}, err
+		}
+		return struct{}{}, change{kind: ChangeMetadataChanged, key: key}, nil
 	})
 	return err
 }
