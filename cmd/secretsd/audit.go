@@ -215,7 +215,7 @@ func runAudit(ctx context.Context, databaseURL, dataDir, signingKey, checkpointU
 		if *archives == "" {
 			*archives = archiveURL
 		}
-		return runPrune(ctx, st, l.Signer, *archives, keep, *dryRun)
+		return runPrune(ctx, st, l.Signer, checks.Keys, *archives, keep, *dryRun)
 	case "export":
 		w := io.Writer(os.Stdout)
 		if *out != "" {

@@ -13,7 +13,7 @@ import (
 
 // runPrune is `secretsd audit prune`: the retention job, run once by an
 // operator whose database role holds the retention privilege.
-func runPrune(ctx context.Context, st *store.Store, signer *auditlog.Signer, archiveURL string, keep time.Duration, dryRun bool) error {
+func runPrune(ctx context.Context, st *store.Store, signer *auditlog.Signer, keys auditlog.Keys, archiveURL string, keep time.Duration, dryRun bool) error {
 	switch {
 	case archiveURL == "":
 		return errors.New("audit prune: needs --archives URL (or --audit-archive-url): partitions are archived there before they are dropped")
@@ -36,7 +36,7 @@ func runPrune(ctx context.Context, st *store.Store, signer *auditlog.Signer, arc
 		return err
 	}
 	defer a.Close()
-	r := &auditlog.Retention{Store: st, Archive: a, Signer: signer, Keep: keep, DryRun: dryRun,
+	r := &auditlog.Retention{Store: st, Archive: a, Signer: signer, Keys: keys, Keep: keep, DryRun: dryRun,
 		Progress: func(p string, n int64) { fmt.Fprintf(os.Stderr, "\r%s: exported %d events", p, n) }}
 	began := time.Now()
 	res, err := r.Run(ctx)

@@ -32,7 +32,7 @@ func (s *Server) openRetention(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.retention = &auditlog.Retention{Store: s.store, Archive: a, Signer: s.auditLog.Signer, Keep: s.cfg.AuditRetention}
+	s.retention = &auditlog.Retention{Store: s.store, Archive: a, Signer: s.auditLog.Signer, Keys: s.auditLog.Keys, Keep: s.cfg.AuditRetention}
 	return nil
 }
 

@@ -39,6 +39,9 @@ type Retention struct {
 	Store   RetentionStore
 	Archive *Archive
 	Signer  *Signer
+	// Keys verify the checkpoints a segment carries (earlier signing keys
+	// too); empty: the signer's own.
+	Keys Keys
 	// Keep is how long events stay in the database (by sequencing time).
 	Keep time.Duration
 	// DryRun lists what would be archived and dropped, and changes nothing.
@@ -245,8 +248,20 @@ func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, ob
 			FirstSeq: first, LastSeq: last, ChainStart: chainStart, PrevSegmentHash: hex.EncodeToString(prevSegment)}); err != nil {
 			return err
 		}
+		keys := r.Keys
+		if len(keys) == 0 {
+			keys = NewKeys(r.Signer.Public())
+		}
+		// The checkpoints it carries must be genuine and match its events:
+		// the segment is signed with the trusted key and the database's copy
+		// is then dropped, so nothing rewritten may be archived as if sound.
+		inRange := map[int64]Checkpoint{}
 		for _, c := range cps {
 			if c.Sequence >= first && c.Sequence <= last {
+				if !keys.valid(c) {
+					return fmt.Errorf("audit partition %s: checkpoint %d is not signed by a trusted key: not archived (run secretsd audit verify)", p.Name, c.Sequence)
+				}
+				inRange[c.Sequence] = c
 				if err := sw.enc.Encode(checkpointLine(c)); err != nil {
 					return err
 				}
@@ -265,6 +280,9 @@ func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, ob
 				if !bytes.Equal(store.EventHash(e.PrevHash, e), e.Hash) || (prev != nil && !bytes.Equal(e.PrevHash, prev)) {
 					return fmt.Errorf("audit partition %s: the chain is broken at event %d: not archived (run secretsd audit verify)", p.Name, e.Sequence)
 				}
+			}
+			if c, ok := inRange[e.Sequence]; ok && !bytes.Equal(c.Hash, e.Hash) {
+				return fmt.Errorf("audit partition %s: event %d does not match its signed checkpoint: not archived (run secretsd audit verify)", p.Name, e.Sequence)
 			}
 			if err := sw.enc.Encode(eventLine(e)); err != nil {
 				return err

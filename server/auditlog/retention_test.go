@@ -479,3 +479,52 @@ func TestRetentionFloorAndSealedPartition(t *testing.T) {
 		t.Fatalf("drop of the archived partition: %v", err)
 	}
 }
+
+// TestRetentionRefusesUntrustedCheckpoints: retention signs a segment with
+// the trusted key and then drops the database's copy, so a partition whose
+// checkpoints are forged, or do not match its events, is not archived.
+func TestRetentionRefusesUntrustedCheckpoints(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, want string
+		forge      func(e *retentionEnv, seq int64) store.AuditCheckpoint
+	}{
+		{"unsigned", "not signed by a trusted key", func(e *retentionEnv, seq int64) store.AuditCheckpoint {
+			other, _, err := GenerateSigner(filepath.Join(t.TempDir(), "other"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return store.AuditCheckpoint(other.Sign(seq, make([]byte, 32), time.Now()))
+		}},
+		{"mismatched", "does not match its signed checkpoint", func(e *retentionEnv, seq int64) store.AuditCheckpoint {
+			return store.AuditCheckpoint(e.signer.Sign(seq, make([]byte, 32), time.Now()))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRetentionEnv(t)
+			e.appendAcross(t, 1)
+			time.Sleep(1100 * time.Millisecond)
+			e.appendAcross(t, 0)
+			// An event of the first non-empty partition without a checkpoint.
+			var seq int64
+			if err := e.owner.QueryRow(ctx, `SELECT min(e.sequence) + 1 FROM audit_events e
+				WHERE e.sequenced_at < (SELECT min(to_time) FROM audit_partitions p, audit_partition_rows(p.from_time, p.to_time) r WHERE r.n > 1)
+				AND NOT EXISTS (SELECT FROM audit_checkpoints c WHERE c.sequence = e.sequence + 1)`).Scan(&seq); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.service.InsertCheckpoint(ctx, tc.forge(e, seq)); err != nil {
+				t.Fatal(err)
+			}
+			_, err := e.retention().Run(ctx)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("retention over a forged checkpoint: %v, want %q", err, tc.want)
+			}
+			var archived int
+			if err := e.owner.QueryRow(ctx, `SELECT count(*) FROM audit_partitions WHERE state <> 'live'`).Scan(&archived); err != nil || archived != 0 {
+				t.Errorf("%d partitions archived or dropped, %v; want none", archived, err)
+			}
+		})
+	}
+}
