@@ -21,6 +21,7 @@ import (
 	"github.com/orient-bot/secrets/server/kek"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
+	"github.com/orient-bot/secrets/server/store/storetest"
 )
 
 func TestMain(m *testing.M) { os.Exit(testdb.Main(m)) }
@@ -372,6 +373,7 @@ func TestRotateResumes(t *testing.T) {
 	}
 	f.checkAll(t, openKeyring(t, newURL))
 
+	storetest.SequenceAll(t, f.store) // as the server's sequencer would
 	events, err := f.store.ListAudit(context.Background(), store.AuditFilter{Action: store.RotationAuditAction, Limit: 10})
 	if err != nil {
 		t.Fatal(err)
@@ -410,6 +412,7 @@ func TestStartJoins(t *testing.T) {
 	if p := r.Progress(); p.Err != nil || p.Done != 601 || p.Running {
 		t.Fatalf("progress %+v", p)
 	}
+	storetest.SequenceAll(t, f.store)
 	events, err := f.store.ListAudit(ctx, store.AuditFilter{Action: store.RotationAuditAction, Limit: 10})
 	if err != nil || len(events) != 3 || events[1].Actor != "b" || events[1].Outcome != "JOINED" {
 		t.Fatalf("audit: %+v, %v", events, err)
