@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/client"
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/app"
 )
 
