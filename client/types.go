@@ -131,11 +131,16 @@ const (
 	// ChangeRotationDue: the secret's next rotation time passed (published
 	// once per due time).
 	ChangeRotationDue
+	// ChangeSecretExpired: the secret's expire time passed, its value can
+	// no longer be read (published once per expire time). A Cache drops
+	// the value and resolves the key as for a disabled version
+	// (environment, then default); RestartRequired is the secret's flag.
+	ChangeSecretExpired
 )
 
 var changeKindNames = [...]string{"unspecified", "value_added", "version_disabled", "version_enabled",
 	"version_destroyed", "secret_deleted", "metadata_changed", "provider_default_changed", "consumer_changed",
-	"rotation_due"}
+	"rotation_due", "secret_expired"}
 
 func (k ChangeKind) String() string {
 	if k >= 0 && int(k) < len(changeKindNames) {
@@ -148,7 +153,8 @@ func (k ChangeKind) String() string {
 // value (so a cache re-fetches it).
 func (k ChangeKind) affectsValue() bool {
 	switch k {
-	case ChangeValueAdded, ChangeVersionDisabled, ChangeVersionEnabled, ChangeVersionDestroyed, ChangeSecretDeleted:
+	case ChangeValueAdded, ChangeVersionDisabled, ChangeVersionEnabled, ChangeVersionDestroyed, ChangeSecretDeleted,
+		ChangeSecretExpired:
 		return true
 	}
 	return false

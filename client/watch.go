@@ -243,6 +243,11 @@ func (w *watcher) stream(ctx context.Context) (connected bool, err error) {
 			}
 		case *pb.WatchChangesResponse_Event:
 			ev := changeFrom(m.Event)
+			if ev.Kind == ChangeSecretExpired {
+				// An expired value must not stand in for the database
+				// during a later outage (Resolve's last-known value).
+				w.c.forget(ev.Key)
+			}
 			if ev.Revision > w.last {
 				w.last = ev.Revision
 				r, deliver = WatchResponse{Revision: ev.Revision, Events: []ChangeEvent{ev}}, true

@@ -111,7 +111,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.ConsumerGoneAfter, "consumer-gone-after", cfg.ConsumerGoneAfter, "a consumer not seen for this long is shown as gone and leaves the restart banner")
 	fs.IntVar(&cfg.MaxStreamsPerToken, "max-streams-per-token", cfg.MaxStreamsPerToken, "concurrent streams (watches) one token may hold on this replica; 0: no bound")
 	fs.DurationVar(&cfg.ConsumerDropAfter, "consumer-drop-after", cfg.ConsumerDropAfter, "a consumer not seen for this long is forgotten")
-	fs.DurationVar(&cfg.RotationCheckInterval, "rotation-check-interval", cfg.RotationCheckInterval, "how often due rotations are looked for (one ROTATION_DUE event each) and the rotation metric is refreshed")
+	fs.DurationVar(&cfg.RotationCheckInterval, "rotation-check-interval", cfg.RotationCheckInterval, "how often due rotations and expired secrets are looked for (one ROTATION_DUE or SECRET_EXPIRED event each) and the rotation metric is refreshed")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", env("SECRETS_TLS_CERT", ""), "TLS certificate (PEM) for both listeners")
 	fs.StringVar(&cfg.TLSKey, "tls-key", env("SECRETS_TLS_KEY", ""), "TLS private key (PEM) for both listeners")
 	fs.StringVar(&cfg.ClientCA, "client-ca", env("SECRETS_CLIENT_CA", ""), "CA bundle (PEM): require client certificates signed by it (mutual TLS)")

@@ -99,8 +99,9 @@ type Config struct {
 	// MaintenanceInterval is how often compaction and clean-up run.
 	MaintenanceInterval time.Duration
 	// RotationCheckInterval is how often due rotations are published
-	// (ROTATION_DUE, once per due time across replicas) and the rotation
-	// gauge is refreshed.
+	// (ROTATION_DUE, once per due time across replicas), expired secrets
+	// are published (SECRET_EXPIRED, once per expire time) and the
+	// rotation gauge is refreshed.
 	RotationCheckInterval time.Duration
 
 	// TLSCert and TLSKey enable TLS on both listeners; ClientCA requires

@@ -10,7 +10,8 @@ import (
 const rotationBatch = 1000
 
 // rotationReminders publishes a ROTATION_DUE change for every rotation that
-// fell due (the store makes each one exactly-once across replicas) and
+// fell due and a SECRET_EXPIRED change for every secret whose expire time
+// passed (the store makes each one exactly-once across replicas), and
 // refreshes the due/expired gauge, every RotationCheckInterval.
 func (s *Server) rotationReminders(ctx context.Context) {
 	interval := s.cfg.RotationCheckInterval
@@ -25,6 +26,13 @@ func (s *Server) rotationReminders(ctx context.Context) {
 		} else {
 			for _, r := range sent {
 				s.log.Info("rotation due", "key", r.Key, "due", r.Due, "revision", r.Revision)
+			}
+		}
+		if sent, err := s.store.NotifyExpired(ctx, rotationBatch); err != nil && ctx.Err() == nil {
+			s.log.Warn("expiry notices failed", "error", err)
+		} else {
+			for _, n := range sent {
+				s.log.Info("secret expired", "key", n.Key, "expire_time", n.Expired, "revision", n.Revision)
 			}
 		}
 		if c, err := s.store.CountRotation(ctx); err != nil && ctx.Err() == nil {

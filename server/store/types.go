@@ -40,6 +40,7 @@ const (
 	ChangeProviderDefaultChanged ChangeKind = 7
 	ChangeConsumerChanged        ChangeKind = 8
 	ChangeRotationDue            ChangeKind = 9
+	ChangeSecretExpired          ChangeKind = 10
 )
 
 // Secret is a secret's metadata as stored.

@@ -52,21 +52,28 @@ const (
 	// once per due time, whatever the number of replicas; version is the
 	// current one, detail names the due time.
 	ChangeKind_CHANGE_KIND_ROTATION_DUE ChangeKind = 9
+	// The secret's expire_time passed: its value can no longer be read (access
+	// fails as for a disabled version). Published once per expire time,
+	// whatever the number of replicas; version is the current one, detail
+	// names the expire time, restart_required is the secret's restart flag (a
+	// value change for its consumers). Clients drop their cached value.
+	ChangeKind_CHANGE_KIND_SECRET_EXPIRED ChangeKind = 10
 )
 
 // Enum value maps for ChangeKind.
 var (
 	ChangeKind_name = map[int32]string{
-		0: "CHANGE_KIND_UNSPECIFIED",
-		1: "CHANGE_KIND_VALUE_ADDED",
-		2: "CHANGE_KIND_VERSION_DISABLED",
-		3: "CHANGE_KIND_VERSION_ENABLED",
-		4: "CHANGE_KIND_VERSION_DESTROYED",
-		5: "CHANGE_KIND_SECRET_DELETED",
-		6: "CHANGE_KIND_METADATA_CHANGED",
-		7: "CHANGE_KIND_PROVIDER_DEFAULT_CHANGED",
-		8: "CHANGE_KIND_CONSUMER_CHANGED",
-		9: "CHANGE_KIND_ROTATION_DUE",
+		0:  "CHANGE_KIND_UNSPECIFIED",
+		1:  "CHANGE_KIND_VALUE_ADDED",
+		2:  "CHANGE_KIND_VERSION_DISABLED",
+		3:  "CHANGE_KIND_VERSION_ENABLED",
+		4:  "CHANGE_KIND_VERSION_DESTROYED",
+		5:  "CHANGE_KIND_SECRET_DELETED",
+		6:  "CHANGE_KIND_METADATA_CHANGED",
+		7:  "CHANGE_KIND_PROVIDER_DEFAULT_CHANGED",
+		8:  "CHANGE_KIND_CONSUMER_CHANGED",
+		9:  "CHANGE_KIND_ROTATION_DUE",
+		10: "CHANGE_KIND_SECRET_EXPIRED",
 	}
 	ChangeKind_value = map[string]int32{
 		"CHANGE_KIND_UNSPECIFIED":              0,
@@ -79,6 +86,7 @@ var (
 		"CHANGE_KIND_PROVIDER_DEFAULT_CHANGED": 7,
 		"CHANGE_KIND_CONSUMER_CHANGED":         8,
 		"CHANGE_KIND_ROTATION_DUE":             9,
+		"CHANGE_KIND_SECRET_EXPIRED":           10,
 	}
 )
 
@@ -1149,7 +1157,7 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x17DismissConsumerResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\"[\n" +
 	"\x1bReportConsumerStateResponse\x12<\n" +
-	"\bconsumer\x18\x01 \x01(\v2 .orient.secrets.v1.ConsumerStateR\bconsumer*\xd8\x02\n" +
+	"\bconsumer\x18\x01 \x01(\v2 .orient.secrets.v1.ConsumerStateR\bconsumer*\xf8\x02\n" +
 	"\n" +
 	"ChangeKind\x12\x1b\n" +
 	"\x17CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
@@ -1161,7 +1169,9 @@ const file_orient_secrets_v1_changes_proto_rawDesc = "" +
 	"\x1cCHANGE_KIND_METADATA_CHANGED\x10\x06\x12(\n" +
 	"$CHANGE_KIND_PROVIDER_DEFAULT_CHANGED\x10\a\x12 \n" +
 	"\x1cCHANGE_KIND_CONSUMER_CHANGED\x10\b\x12\x1c\n" +
-	"\x18CHANGE_KIND_ROTATION_DUE\x10\tB?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
+	"\x18CHANGE_KIND_ROTATION_DUE\x10\t\x12\x1e\n" +
+	"\x1aCHANGE_KIND_SECRET_EXPIRED\x10\n" +
+	"B?Z=github.com/orient-bot/secrets/gen/orient/secrets/v1;secretsv1b\x06proto3"
 
 var (
 	file_orient_secrets_v1_changes_proto_rawDescOnce sync.Once
