@@ -137,6 +137,16 @@ func measureAudit(ctx context.Context, adminDSN, tmp string, n int, progressf fu
 			if err := st.AppendAudit(ctx, events); err != nil {
 				return err
 			}
+			// Chained as a server's sequencer would (none runs here).
+			for {
+				r, err := st.SequenceAudit(ctx, store.SequenceOptions{Limit: group})
+				if err != nil {
+					return err
+				}
+				if r.Events == 0 {
+					break
+				}
+			}
 			if (done/group)%4 == 3 { // a checkpoint every 20,000 events
 				if _, err := l.Checkpoint(ctx); err != nil {
 					return err

@@ -171,8 +171,18 @@ func boolNum(b *bool) *float64 {
 
 func round1(x float64) float64 { return math.Round(x*10) / 10 }
 func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
-func num1(x float64) *float64  { v := round1(x); return &v }
-func num3(x float64) *float64  { v := round3(x); return &v }
+
+// num1 and num3 round a figure; one that could not be measured (a division
+// by zero: NaN or infinite) is absent, not a value JSON cannot hold.
+func num1(x float64) *float64 { return finite(round1(x)) }
+func num3(x float64) *float64 { return finite(round3(x)) }
+
+func finite(v float64) *float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return nil
+	}
+	return &v
+}
 
 // printTable prints the figures, grouped, on stdout.
 func (b *bench) printTable() {
