@@ -297,9 +297,14 @@ func (s *Store) AuditHead(ctx context.Context) (chainStart, sequence int64, hash
 // in sequence order, streamed
 // from one query (a million events need not fit in memory).
 func (s *Store) AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[AuditEvent, error] {
+	return s.streamAudit(ctx, `sequence > $1 AND sequence <= $2`, after, upTo)
+}
+
+// streamAudit yields the events matching where, in sequence order, streamed
+// from one query.
+func (s *Store) streamAudit(ctx context.Context, where string, args ...any) iter.Seq2[AuditEvent, error] {
 	return func(yield func(AuditEvent, error) bool) {
-		rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+` FROM audit_events
-			WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence`, after, upTo)
+		rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+` FROM audit_events WHERE `+where+` ORDER BY sequence`, args...)
 		if err != nil {
 			yield(AuditEvent{}, classify(err))
 			return

@@ -59,24 +59,7 @@ func (s *Store) AuditSequencedThrough(ctx context.Context) (time.Time, error) {
 // AuditPartitionEvents yields the events sequenced in [from, to) in
 // sequence order (one partition's), streamed.
 func (s *Store) AuditPartitionEvents(ctx context.Context, from, to time.Time) iter.Seq2[AuditEvent, error] {
-	return func(yield func(AuditEvent, error) bool) {
-		rows, err := s.pool.Query(ctx, `SELECT `+auditColumns+` FROM audit_events
-			WHERE sequenced_at >= $1 AND sequenced_at < $2 ORDER BY sequence`, from, to)
-		if err != nil {
-			yield(AuditEvent{}, classify(err))
-			return
-		}
-		defer rows.Close()
-		for rows.Next() {
-			e, err := scanAudit(rows)
-			if !yield(e, classify(err)) || err != nil {
-				return
-			}
-		}
-		if err := rows.Err(); err != nil {
-			yield(AuditEvent{}, classify(err))
-		}
-	}
+	return s.streamAudit(ctx, `sequenced_at >= $1 AND sequenced_at < $2`, from, to)
 }
 
 // AuditPartitionRange returns the first and last sequence sequenced in

@@ -21,10 +21,6 @@ const (
 	RotationActor     = "secretsd"
 )
 
-// errNotDue rolls back a reminder that another replica (or an earlier run)
-// already published, or whose schedule moved meanwhile.
-var errNotDue = errors.New("rotation not due or already notified")
-
 // nextAfterNewVersion is the next rotation time once a new version is
 // written at now: now plus the period; without a period, a one-off
 // reminder that has passed is answered (cleared), a future one is kept.
@@ -83,15 +79,55 @@ type RotationReminder struct {
 
 // NotifyRotationsDue publishes one ROTATION_DUE change (audited, on the
 // change stream) for each secret whose next rotation time has passed and
-// was not notified yet, at most limit per call. It is safe to run on every
-// replica at once: each reminder commits only by moving the secret's
-// rotation_notified_for marker to its due time in a conditional UPDATE
-// inside the write's transaction, so whichever replica commits first
-// publishes and the others roll back.
+// was not notified yet, at most limit per call (see notifySchedule for why
+// every replica may run it at once).
 func (s *Store) NotifyRotationsDue(ctx context.Context, limit int) ([]RotationReminder, error) {
+	ns, err := s.notifySchedule(ctx, limit, rotationSchedule)
+	out := make([]RotationReminder, len(ns))
+	for i, n := range ns {
+		out[i] = RotationReminder{Key: n.key, Due: n.at, Revision: n.revision}
+	}
+	return out, err
+}
+
+// schedule is a time column of secrets whose passing is published once:
+// its marker column holds the time last published. The names are
+// constants of this package, never input.
+type schedule struct {
+	column, marker string
+	action         string
+	kind           ChangeKind
+	// restart: the event carries the secret's restart flag (a value
+	// change for its consumers) rather than none.
+	restart bool
+}
+
+var (
+	rotationSchedule = schedule{column: "next_rotation_time", marker: "rotation_notified_for", action: RotationDueAction, kind: ChangeRotationDue}
+	expirySchedule   = schedule{column: "expire_time", marker: "expiry_notified_for", action: SecretExpiredAction, kind: ChangeSecretExpired, restart: true}
+)
+
+type scheduleNotice struct {
+	key      string
+	at       time.Time
+	revision int64
+}
+
+// errAlreadyNotified rolls back an event that another replica (or an
+// earlier run) already published, or whose time moved meanwhile.
+var errAlreadyNotified = errors.New("not due or already notified")
+
+// notifySchedule publishes one change of sched's kind, audited, for each
+// secret whose sched time has passed and was not published yet, at most
+// limit per call. It is safe on every replica at once: each event commits
+// only by moving the secret's marker to its time in a conditional UPDATE
+// inside the write's transaction, so whichever replica commits first
+// publishes and the others roll back. A different time that passes later
+// is published again.
+func (s *Store) notifySchedule(ctx context.Context, limit int, sched schedule) ([]scheduleNotice, error) {
 	rows, err := s.pool.Query(ctx, `SELECT key FROM secrets
-		WHERE next_rotation_time <= now() AND rotation_notified_for IS DISTINCT FROM next_rotation_time
-		ORDER BY next_rotation_time, key LIMIT $1`, limit)
+		WHERE `+sched.column+` <= now() AND `+sched.marker+` IS DISTINCT FROM `+sched.column+`
+		ORDER BY `+sched.column+`, key LIMIT $1`, limit)
 	if err != nil {
 		return nil, classify(err)
 	}
@@ -99,36 +135,37 @@ func (s *Store) NotifyRotationsDue(ctx context.Context, limit int) ([]RotationRe
 	if err != nil {
 		return nil, classify(err)
 	}
-	var out []RotationReminder
-	meta := Meta{Actor: RotationActor, Action: RotationDueAction}
+	var out []scheduleNotice
+	meta := Meta{Actor: RotationActor, Action: sched.action}
 	for _, key := range keys {
-		r, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (RotationReminder, change, error) {
+		n, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (scheduleNotice, change, error) {
 			var (
 				category string
 				version  int64
-				due      time.Time
+				restart  bool
+				at       time.Time
 			)
-			err := w.tx.QueryRow(ctx, `UPDATE secrets SET rotation_notified_for = next_rotation_time
-				WHERE key = $1 AND next_rotation_time <= $2 AND rotation_notified_for IS DISTINCT FROM next_rotation_time
-				RETURNING category, current_version, next_rotation_time`, key, w.now).Scan(&category, &version, &due)
+			err := w.tx.QueryRow(ctx, `UPDATE secrets SET `+sched.marker+` = `+sched.column+`
+				WHERE key = $1 AND `+sched.column+` <= $2 AND `+sched.marker+` IS DISTINCT FROM `+sched.column+`
+				RETURNING category, current_version, restart_required, `+sched.column, key, w.now).Scan(&category, &version, &restart, &at)
 			if errors.Is(err, pgx.ErrNoRows) {
-				return RotationReminder{}, change{}, errNotDue
+				return scheduleNotice{}, change{}, errAlreadyNotified
 			}
 			if err != nil {
-				return RotationReminder{}, change{}, err
+				return scheduleNotice{}, change{}, err
 			}
-			return RotationReminder{Key: key, Due: due, Revision: w.rev},
-				change{kind: ChangeRotationDue, key: key, version: version, category: category,
-					detail: "next_rotation_time=" + due.UTC().Format(time.RFC3339)},
+			return scheduleNotice{key: key, at: at, revision: w.rev},
+				change{kind: sched.kind, key: key, version: version, category: category, restartRequired: sched.restart && restart,
+					detail: sched.column + "=" + at.UTC().Format(time.RFC3339)},
 				nil
 		})
-		if errors.Is(err, errNotDue) {
+		if errors.Is(err, errAlreadyNotified) {
 			continue
 		}
 		if err != nil {
 			return out, err
 		}
-		out = append(out, r)
+		out = append(out, n)
 	}
 	return out, nil
 }
