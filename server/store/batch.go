@@ -369,10 +369,10 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				if retryable(err) {
 					return batchResult{}, err
 				}
-				res.outcomes[i] = err
+				res.outcomes[i] = classify(err)
 				return res, nil // the deferred rollback undoes it
 			}
-			res.outcomes[i] = err
+			res.outcomes[i] = classify(err) // a lost connection is UNAVAILABLE, as outside a batch
 			continue
 		}
 		rev = w.rev

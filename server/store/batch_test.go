@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/orient-bot/secrets/internal/testdb"
 	"github.com/orient-bot/secrets/server/store"
 	"github.com/orient-bot/secrets/server/store/storetest"
@@ -431,5 +433,27 @@ func TestGroupCommitAnswerIsTheOutcome(t *testing.T) {
 	}
 	if a, _, err := s.GetSecret(ctx, "CUSTOM_A"); err != nil || a.Description != "written" {
 		t.Fatalf("CUSTOM_A: %+v, %v", a, err)
+	}
+}
+
+// TestGroupCommitLostConnectionIsUnavailable: a write in a batch whose
+// statement fails because the database is going away is UNAVAILABLE (retry
+// with the request id), as outside a batch — not an internal error.
+func TestGroupCommitLostConnectionIsUnavailable(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, testdb.New(t))
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	errs := make([]error, 2)
+	q.add(func() {
+		_, errs[0] = s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: "CUSTOM_A", Defaults: store.Defaults{Category: "custom"}, Seal: seal("a")})
+	})
+	q.add(func() {
+		errs[1] = s.WriteFailingWith(ctx, bmeta("UpdateSecret", "", ""), &pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"})
+	})
+	release()
+	q.wg.Wait()
+	if errs[0] != nil || !errors.Is(errs[1], store.ErrUnavailable) {
+		t.Fatalf("outcomes %v, want nil and ErrUnavailable", errs)
 	}
 }

@@ -70,3 +70,11 @@ func (s *Store) WriteCancellingCaller(ctx context.Context, cancel context.Cancel
 	})
 	return err
 }
+
+// WriteFailingWith is a write whose body fails with err.
+func (s *Store) WriteFailingWith(ctx context.Context, meta Meta, err error) error {
+	_, werr := write(ctx, s, meta, func(ctx context.Context, w *writer) (struct{}, change, error) {
+		return struct{}{}, change{}, err
+	})
+	return werr
+}
