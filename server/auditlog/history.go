@@ -77,14 +77,21 @@ func (l *Log) liveStart(ctx context.Context, h Head) (Point, error) {
 // What it does not re-check: the content of events before the starting
 // point (verified when the point was recorded). Verify (--full) does.
 func (l *Log) VerifyIncremental(ctx context.Context) (Result, error) {
-	return l.withWaiting(ctx)(l.verifyIncremental(ctx))
+	return l.withWaiting(ctx)(l.verifyLive(ctx, true))
 }
 
-func (l *Log) verifyIncremental(ctx context.Context) (Result, error) {
-	hs, ok := l.Store.(historyStore)
-	if !ok {
-		return l.verify(ctx)
-	}
+// Verify checks the chain in the database against its checkpoints and the
+// anchor's, all of it (after the events retention archived and dropped:
+// VerifyArchives checks those).
+func (l *Log) Verify(ctx context.Context) (Result, error) {
+	return l.withWaiting(ctx)(l.verifyLive(ctx, false))
+}
+
+// verifyLive walks the table after the archived events — incremental: after
+// the newest trusted progress record instead, when there is one — and
+// records its progress when the chain holds.
+func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) {
+	hs, canRecord := l.Store.(historyStore)
 	h, checks, err := l.snapshot(ctx)
 	if err != nil {
 		return Result{}, err
@@ -94,12 +101,15 @@ func (l *Log) verifyIncremental(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 	archived := start.Sequence
-	p, resumed, err := l.verifiedPoint(ctx, hs, checks, start)
-	if err != nil {
-		return Result{}, err
-	}
-	if resumed {
-		start = p
+	resumed := false
+	if incremental && canRecord {
+		p, ok, err := l.verifiedPoint(ctx, hs, checks, start)
+		if err != nil {
+			return Result{}, err
+		}
+		if ok {
+			start, resumed = p, true
+		}
 	}
 	res, err := VerifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
 	if archived > h.ChainStart {
@@ -108,36 +118,8 @@ func (l *Log) verifyIncremental(ctx context.Context) (Result, error) {
 			res.From = h.ChainStart
 		}
 	}
-	if err != nil || !res.Intact {
-		return res, err
-	}
-	return res, l.recordVerified(ctx, hs, res, checks)
-}
-
-// Verify checks the chain in the database against its checkpoints and the
-// anchor's, all of it (after the events retention archived and dropped:
-// VerifyArchives checks those).
-func (l *Log) Verify(ctx context.Context) (Result, error) {
-	return l.withWaiting(ctx)(l.verify(ctx))
-}
-
-func (l *Log) verify(ctx context.Context) (Result, error) {
-	h, checks, err := l.snapshot(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	start, err := l.liveStart(ctx, h)
-	if err != nil {
-		return Result{}, err
-	}
-	res, err := VerifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
-	if start.Sequence > h.ChainStart {
-		res.From, res.ArchivedThrough = h.ChainStart, start.Sequence
-	}
-	if err == nil && res.Intact {
-		if hs, ok := l.Store.(historyStore); ok {
-			err = l.recordVerified(ctx, hs, res, checks)
-		}
+	if err == nil && res.Intact && canRecord {
+		err = l.recordVerified(ctx, hs, res, checks)
 	}
 	return res, err
 }

@@ -217,6 +217,13 @@ func (e *redactedError) Unwrap() error { return e.err }
 // ContentType is required (Upload does not sniff); it defaults to
 // application/octet-stream.
 func WriteAll(ctx context.Context, b *blob.Bucket, key string, p []byte, opts *blob.WriterOptions) error {
+	return b.Upload(ctx, key, bytes.NewReader(p), uploadOptions(opts))
+}
+
+// uploadOptions completes opts for Bucket.Upload: a content type (Upload
+// does not sniff) and no MD5 (with one, Upload falls back to the writer
+// WriteAll exists to avoid).
+func uploadOptions(opts *blob.WriterOptions) *blob.WriterOptions {
 	o := blob.WriterOptions{}
 	if opts != nil {
 		o = *opts
@@ -224,10 +231,8 @@ func WriteAll(ctx context.Context, b *blob.Bucket, key string, p []byte, opts *b
 	if o.ContentType == "" {
 		o.ContentType = "application/octet-stream"
 	}
-	// Upload refuses to stream when an MD5 is asked for, and falls back to
-	// the writer this function exists to avoid.
 	o.ContentMD5 = nil
-	return b.Upload(ctx, key, bytes.NewReader(p), &o)
+	return &o
 }
 
 // WriteStream writes what fill produces to key through Bucket.Upload (see
@@ -235,14 +240,7 @@ func WriteAll(ctx context.Context, b *blob.Bucket, key string, p []byte, opts *b
 // size is written in bounded memory. If fill fails the upload is aborted
 // and the object is not created.
 func WriteStream(ctx context.Context, b *blob.Bucket, key string, fill func(io.Writer) error, opts *blob.WriterOptions) error {
-	o := blob.WriterOptions{}
-	if opts != nil {
-		o = *opts
-	}
-	if o.ContentType == "" {
-		o.ContentType = "application/octet-stream"
-	}
-	o.ContentMD5 = nil
+	o := uploadOptions(opts)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -257,7 +255,7 @@ func WriteStream(ctx context.Context, b *blob.Bucket, key string, fill func(io.W
 		pw.CloseWithError(err)
 		fillErr <- err
 	}()
-	err := b.Upload(ctx, key, pr, &o)
+	err := b.Upload(ctx, key, pr, o)
 	pr.CloseWithError(io.ErrClosedPipe) // unblocks fill if Upload stopped reading
 	if ferr := <-fillErr; ferr != nil {
 		return ferr
