@@ -53,11 +53,16 @@ func (s *KeyService) RotateKEK(ctx context.Context, req *pb.RotateKEKRequest) (*
 
 // GetKEKStatus counts data keys per KEK and reports the rotation's progress.
 func (s *KeyService) GetKEKStatus(ctx context.Context, _ *pb.GetKEKStatusRequest) (*pb.GetKEKStatusResponse, error) {
+	// The progress first, then the counts: a rotation that shows as over
+	// ended before the counts were read, so they show its result (read the
+	// other way round, a rotation ending in between showed as over with
+	// the counts from before it).
+	progress := s.Rotator.Progress()
 	status, err := s.Rotator.Status(ctx)
 	if err != nil {
 		return nil, toStatus(ctx, s.Logger, err)
 	}
-	out := &pb.GetKEKStatusResponse{Rotation: toRotationProgress(s.Rotator.Progress())}
+	out := &pb.GetKEKStatusResponse{Rotation: toRotationProgress(progress)}
 	for _, k := range status {
 		out.Keks = append(out.Keks, &pb.KEKInfo{KekId: k.ID, DataKeys: k.DataKeys, Primary: k.Primary, Configured: k.Configured})
 	}
