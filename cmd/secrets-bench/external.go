@@ -172,8 +172,17 @@ func (b *bench) restPhase(ctx context.Context) error {
 			return err
 		}
 	}
+	var stopProfile func()
+	if b.cfg.profileDir != "" {
+		if stopProfile, err = b.startProfile("rest-c16", "REST access c16", min(10*time.Second, b.cfg.duration)); err != nil {
+			return err
+		}
+	}
 	var out string
 	cpu := b.cpuDuring(func() { out, err = run(b.cfg.duration, true) })
+	if stopProfile != nil {
+		stopProfile()
+	}
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,6 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -32,6 +31,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/migrations"
@@ -219,8 +219,12 @@ type Server struct {
 	http          *http.Server
 	gwConn        interface{ Close() error }
 	grpcLis       net.Listener
-	httpLis       net.Listener
-	startedAt     time.Time
+	// gatewayLis is the gRPC server's in-process listener that only the
+	// REST gateway dials: its calls skip the loopback TCP hop (two socket
+	// writes and reads per call each way) but pass every interceptor.
+	gatewayLis *bufconn.Listener
+	httpLis    net.Listener
+	startedAt  time.Time
 }
 
 // GRPCAddr and HTTPAddr return the bound addresses (useful with port 0).
@@ -475,7 +479,7 @@ func (s *Server) listen(ctx context.Context) error {
 	})
 
 	pi := peerIdentifier{gatewaySecret: gatewaySecret, trustedProxies: s.cfg.TrustedProxies}
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall), logging.WithFieldsFromContext(identityFields)}
+	calls := callLog{s.log}
 	recoverOpt := recovery.WithRecoveryHandlerContext(recovered(s.log))
 	serverOpts := []grpc.ServerOption{
 		api.Codec(),
@@ -495,7 +499,7 @@ func (s *Server) listen(ctx context.Context) error {
 			recovery.UnaryServerInterceptor(recoverOpt),
 			recordUnary,
 			metrics.UnaryServerInterceptor(),
-			logging.UnaryServerInterceptor(slogAdapter(s.log), logOpts...),
+			calls.unary,
 			pi.unary,
 			authz.unary,
 			auditFailures(s.store, s.log),
@@ -504,7 +508,7 @@ func (s *Server) listen(ctx context.Context) error {
 			recovery.StreamServerInterceptor(recoverOpt),
 			recordStream,
 			metrics.StreamServerInterceptor(),
-			logging.StreamServerInterceptor(slogAdapter(s.log), logOpts...),
+			calls.stream,
 			pi.stream,
 			authz.stream,
 		),
@@ -548,7 +552,8 @@ func (s *Server) listen(ctx context.Context) error {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	metrics.InitializeMetrics(s.grpc)
 
-	gw, conn, err := newGateway(ctx, s.grpcLis.Addr().String(), gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
+	s.gatewayLis = bufconn.Listen(gatewayBuffer)
+	gw, conn, err := newGateway(ctx, s.gatewayLis.DialContext, gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
 	if err != nil {
 		return err
 	}
@@ -573,6 +578,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.feed.Go(s.readCache.Run)
 	}
 	go func() { errc <- s.grpc.Serve(s.grpcLis) }()
+	// Ends with the server (GracefulStop closes every listener); its error
+	// would be the same as the TCP listener's.
+	go func() { _ = s.grpc.Serve(s.gatewayLis) }()
 	// Token last-use times and denial audits are flushed when these end,
 	// which close does before the store closes.
 	authCtx, stopAuth := context.WithCancel(context.WithoutCancel(ctx))
@@ -681,6 +689,9 @@ func (s *Server) close(ctx context.Context) {
 		}
 	} else if s.grpcLis != nil {
 		s.grpcLis.Close()
+	}
+	if s.gatewayLis != nil {
+		s.gatewayLis.Close()
 	}
 	if s.gwConn != nil {
 		s.gwConn.Close()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -54,9 +55,14 @@ type ndjsonStreams struct{ runtime.Marshaler }
 // StreamContentType implements runtime.StreamContentType.
 func (ndjsonStreams) StreamContentType(any) string { return "application/x-ndjson" }
 
-// newGateway builds the REST/JSON gateway. It dials the gRPC listener like
-// any client, so every interceptor runs once and streaming works.
-func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
+// gatewayBuffer is the in-process connection's buffer in each direction.
+const gatewayBuffer = 1 << 20
+
+// newGateway builds the REST/JSON gateway. It is a gRPC client of the
+// server like any other, over a connection that dial opens to the server's
+// in-process listener (no socket), so every interceptor runs once and
+// streaming works.
+func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error), gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayMarshaler()),
 		runtime.WithMetadata(func(context.Context, *http.Request) metadata.MD {
@@ -78,9 +84,10 @@ func newGateway(ctx context.Context, grpcAddr, gatewaySecret string, tlsConf *tl
 	if tlsConf != nil {
 		creds = credentials.NewTLS(tlsConf)
 	}
-	conn, err := grpc.NewClient(grpcAddr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, dialOpts...)...)
+	conn, err := grpc.NewClient("passthrough:///secretsd", append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) })}, dialOpts...)...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("gateway: dial %s: %w", grpcAddr, err)
+		return nil, nil, fmt.Errorf("gateway: %w", err)
 	}
 	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 		pb.RegisterSecretServiceHandler,

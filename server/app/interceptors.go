@@ -199,24 +199,65 @@ func transportOf(ctx context.Context) grpc.ServerStream {
 	return nil
 }
 
-// slogAdapter lets go-grpc-middleware's logging interceptor write through
-// slog: one line per finished call, with no payloads (they may hold values).
-func slogAdapter(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
+// callLog writes one line per finished call, with no payloads (they may
+// hold values): method, code, error, duration, actor and peer, at the level
+// go-grpc-middleware's logging gives the code. Written here rather than
+// through that interceptor: it built, merged and formatted a field list per
+// call whether or not the line was wanted (12% of the server's CPU under
+// audited reads).
+type callLog struct{ log *slog.Logger }
+
+func (l callLog) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	l.finished(ctx, info.FullMethod, "unary", start, err)
+	return resp, err
 }
 
-// identityFields adds the actor and peer to each request's log line.
-func identityFields(ctx context.Context) logging.Fields {
+func (l callLog) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	err := handler(srv, ss)
+	kind := "server_stream"
+	switch {
+	case info.IsClientStream && info.IsServerStream:
+		kind = "bidi_stream"
+	case info.IsClientStream:
+		kind = "client_stream"
+	}
+	l.finished(ss.Context(), info.FullMethod, kind, start, err)
+	return err
+}
+
+func (l callLog) finished(ctx context.Context, fullMethod, kind string, start time.Time, err error) {
+	code := status.Code(err)
+	level := slog.Level(logging.DefaultServerCodeToLevel(code))
+	if !l.log.Enabled(ctx, level) {
+		return
+	}
+	service, method, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
+	actor, peer := callIdentity(ctx)
+	attrs := make([]slog.Attr, 0, 9)
+	attrs = append(attrs, slog.String("grpc.service", service), slog.String("grpc.method", method),
+		slog.String("grpc.method_type", kind), slog.String("grpc.code", code.String()))
+	if err != nil {
+		attrs = append(attrs, slog.String("grpc.error", err.Error()))
+	}
+	attrs = append(attrs, slog.Float64("grpc.time_ms", float64(time.Since(start).Microseconds())/1000),
+		slog.String("actor", actor), slog.String("peer", peer))
+	l.log.LogAttrs(ctx, level, "finished call", attrs...)
+}
+
+// callIdentity is the actor and peer of the call of ctx, as far as they
+// were established.
+func callIdentity(ctx context.Context) (actor, peer string) {
 	r, ok := ctx.Value(callRecordKey{}).(*callRecord)
 	if !ok {
 		id := api.IdentityFrom(ctx)
-		return logging.Fields{"actor", id.Actor, "peer", id.Peer}
+		return id.Actor, id.Peer
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return logging.Fields{"actor", r.actor, "peer", r.peer}
+	return r.actor, r.peer
 }
 
 // recovered turns a panic into INTERNAL without logging the panic value (it
