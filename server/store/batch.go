@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Group commit for writes. Concurrent writes on a replica are gathered by
@@ -19,16 +20,16 @@ import (
 //   - The batch takes the revision counter row first (FOR UPDATE), which
 //     serializes batches across replicas, so revision order is commit
 //     order, and reads in the same round trip the idempotency records of
-//     its request ids.
+//     its request ids and the secrets its writes read first (writeReading).
 //   - Each write then runs in turn under a savepoint (savepoint.go), with
 //     the next free revision. A write that fails (stale etag, missing key, a failed
 //     check, any SQL error) is rolled back to its savepoint and fails
 //     alone; it takes no revision, so revisions stay gap-free. A later
 //     write sees the earlier ones: two writes to one key apply in order.
 //   - The change-log rows, idempotency records and notifications of every
-//     successful write go in one round trip, the counter moves once by the
-//     number of successes, and the audit events go in one appendAudit call,
-//     last before the commit.
+//     successful write, the counter moved once by the number of successes,
+//     the audit events (one appendAudit call) and the COMMIT go in one
+//     round trip.
 //   - Each caller gets its own outcome only after the commit.
 //
 // While one batch commits the next gathers, so a busy replica makes bigger
@@ -51,6 +52,9 @@ type writeJob struct {
 	// A caller gone before its write starts is dropped from the batch.
 	ctx  context.Context
 	meta Meta
+	// reads, if set, is the secret the body reads first: the batch reads
+	// it in its first round trip (writeReading).
+	reads string
 	// run applies the write and keeps its typed result.
 	run func(ctx context.Context, w *writer) (change, error)
 	// encode is the result as the idempotency record stores it; replay
@@ -285,6 +289,14 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 			ids = append(ids, j.meta.RequestID)
 		}
 	}
+	var reads []string
+	read := map[string]*Secret{}
+	for _, j := range jobs {
+		if j.reads != "" {
+			reads = append(reads, j.reads)
+			read[j.reads] = nil
+		}
+	}
 	var (
 		rev int64
 		now time.Time
@@ -309,6 +321,18 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				return rows.Err()
 			})
 	}
+	if len(reads) > 0 {
+		b.Queue(`SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = ANY($1)`, reads).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				sec, err := scanSecret(rows)
+				if err != nil {
+					return err
+				}
+				read[sec.Key] = &sec
+			}
+			return rows.Err()
+		})
+	}
 	// A batch of one needs no savepoint: if it fails, the whole
 	// transaction goes.
 	useSavepoints := len(jobs) > 1
@@ -318,8 +342,12 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	br := conn.Conn().SendBatch(ctx, b)
 	tx := br.Tx()
 	// Before the connection goes back to the pool (deferred calls run last
-	// first); a no-op after the commit.
+	// first).
+	committed := false
 	defer func() {
+		if committed {
+			return // by a COMMIT in the last pipeline, which tx does not know of
+		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_ = tx.Rollback(rctx)
 		cancel()
@@ -346,7 +374,7 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				continue
 			}
 		}
-		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta}
+		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta, read: read}
 		if useSavepoints {
 			stx.begin(sp.prefix())
 		}
@@ -391,8 +419,9 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	}
 
 	// One round trip for the bookkeeping of every write, at the top level
-	// (the last write's savepoint settled), then the audit events, then
-	// the commit.
+	// (the last write's savepoint settled), the audit events and the
+	// commit. A failing statement skips the rest of the pipeline, COMMIT
+	// included: the deferred rollback ends the transaction.
 	b = &pgx.Batch{}
 	if useSavepoints {
 		for _, q := range sp.final() {
@@ -410,15 +439,14 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	}
 	b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
 	b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
+	if err := appendAudit(ctx, queuedTx{Tx: tx, b: b}, events); err != nil {
+		return batchResult{}, err
+	}
+	b.Queue(`COMMIT`)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return batchResult{}, err
 	}
-	if err := appendAudit(ctx, tx, events); err != nil {
-		return batchResult{}, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return batchResult{}, err
-	}
+	committed = true
 	res.last = rev
 	return res, nil
 }
@@ -483,6 +511,20 @@ func (c *changeColumns) add(rev int64, now time.Time, ch change) {
 
 func (c *changeColumns) args() []any {
 	return []any{c.revision, c.now, c.kind, c.key, c.version, c.category, c.restartRequired, c.detail}
+}
+
+// queuedTx is the batch's transaction with Exec queued on b, the batch's
+// last pipeline, instead of sent: appendAudit's insert rides in the same
+// round trip as the bookkeeping and the commit. Its errors come from the
+// pipeline; it returns no command tag.
+type queuedTx struct {
+	pgx.Tx
+	b *pgx.Batch
+}
+
+func (t queuedTx) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	t.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
 }
 
 // idemColumns are the columns of the batch's idempotency insert.

@@ -457,3 +457,161 @@ func TestGroupCommitLostConnectionIsUnavailable(t *testing.T) {
 		t.Fatalf("outcomes %v, want nil and ErrUnavailable", errs)
 	}
 }
+
+// TestGroupCommitPutAfterChangeInBatch: a PutSecret starts from the secret
+// as its batch read it at the start; when an earlier write of the batch
+// changed or deleted it, the put sees the change (the description an update
+// set, a fresh secret after a delete, the etag an earlier put made stale),
+// never the row read at the start.
+func TestGroupCommitPutAfterChangeInBatch(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	m := bmeta("PutSecret", "", "")
+	p := func(key, v string) store.PutParams {
+		return store.PutParams{Key: key, Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	first := map[string]store.WriteResult{}
+	for _, k := range []string{"CUSTOM_U", "CUSTOM_D", "CUSTOM_E"} {
+		r, err := s.PutSecret(ctx, m, p(k, "one"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[k] = r
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	res := make([]store.WriteResult, 6)
+	errs := make([]error, 6)
+	desc := "updated"
+	q.add(func() {
+		res[0], errs[0] = s.UpdateSecret(ctx, bmeta("UpdateSecret", "", ""), store.UpdateParams{Key: "CUSTOM_U", Description: &desc})
+	})
+	q.add(func() { res[1], errs[1] = s.PutSecret(ctx, m, p("CUSTOM_U", "two")) })
+	q.add(func() { _, errs[2] = s.DeleteSecret(ctx, bmeta("DeleteSecret", "", ""), "CUSTOM_D", nil) })
+	q.add(func() { res[3], errs[3] = s.PutSecret(ctx, m, p("CUSTOM_D", "again")) })
+	q.add(func() { res[4], errs[4] = s.PutSecret(ctx, m, p("CUSTOM_E", "two")) })
+	q.add(func() {
+		pp := p("CUSTOM_E", "three")
+		etag := first["CUSTOM_E"].Revision
+		pp.Expect = &etag // the read at the batch's start matches; the put before made it stale
+		res[5], errs[5] = s.PutSecret(ctx, m, pp)
+	})
+	release()
+	q.wg.Wait()
+	for i, err := range errs[:5] {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if !errors.Is(errs[5], store.ErrEtagMismatch) {
+		t.Errorf("put with the etag an earlier write of the batch made stale: %v, want ErrEtagMismatch", errs[5])
+	}
+	if r := res[1]; r.Secret.Description != desc || r.Version.Version != 2 || r.Secret.Revision != res[0].Revision+1 {
+		t.Errorf("put after update: %+v %+v", r.Secret, r.Version)
+	}
+	if r := res[3]; r.Version.Version != 1 || !r.Secret.CreateTime.After(first["CUSTOM_D"].Secret.CreateTime) {
+		t.Errorf("put after delete: %+v %+v, want a new secret", r.Secret, r.Version)
+	}
+	for _, k := range []string{"CUSTOM_U", "CUSTOM_D", "CUSTOM_E"} {
+		got, _, err := s.GetSecret(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int64{"CUSTOM_U": res[1].Revision, "CUSTOM_D": res[3].Revision, "CUSTOM_E": res[4].Revision}[k]
+		if got.Revision != want {
+			t.Errorf("%s: revision %d, want %d", k, got.Revision, want)
+		}
+	}
+}
+
+// roundTrips counts the round trips of the connection that runs a write
+// batch (the one taking the revision lock), from that batch to its commit.
+type roundTrips struct {
+	mu    sync.Mutex
+	conn  *pgx.Conn
+	n     int
+	ended bool
+}
+
+func (r *roundTrips) count(conn *pgx.Conn, sqls ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, q := range sqls {
+		if r.conn == nil && strings.Contains(q, "revision_counter FOR UPDATE") {
+			r.conn, r.n, r.ended = conn, 0, false
+		}
+	}
+	if conn != r.conn || r.ended {
+		return
+	}
+	r.n++
+	for _, q := range sqls {
+		if strings.EqualFold(strings.TrimSpace(q), "commit") {
+			r.ended = true
+		}
+	}
+}
+
+func (r *roundTrips) reset() (n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n = r.n
+	r.conn, r.n, r.ended = nil, 0, false
+	return n
+}
+
+func (r *roundTrips) TraceQueryStart(ctx context.Context, conn *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	r.count(conn, d.SQL)
+	return ctx
+}
+func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *roundTrips) TraceBatchStart(ctx context.Context, conn *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	var sqls []string
+	for _, q := range d.Batch.QueuedQueries {
+		sqls = append(sqls, q.SQL)
+	}
+	r.count(conn, sqls...)
+	return ctx
+}
+func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// TestGroupCommitRoundTrips: a batch of n PutSecrets costs n+2 round trips
+// to PostgreSQL, the batch's lock held for all of them: one to begin (the
+// lock, the request ids and the secrets read), one per write, one for the
+// bookkeeping, the audit events and the commit. (It was 2n+4: each put
+// read its secret in a round trip of its own, and the audit insert and the
+// commit had one each.)
+func TestGroupCommitRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	rt := &roundTrips{}
+	s, err := store.Open(ctx, testdb.New(t), store.Options{MinMaxConns: 8, Tracer: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	const n = 4
+	batch := func() int {
+		t.Helper()
+		rt.reset()
+		release := s.HoldWrites()
+		q := &queue{t: t, s: s}
+		for i := range n {
+			q.add(func() {
+				if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: fmt.Sprintf("CUSTOM_%d", i),
+					Defaults: store.Defaults{Category: "custom"}, Seal: seal("v")}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		release()
+		q.wg.Wait()
+		return rt.reset()
+	}
+	batch() // creates the secrets
+	batch() // prepares the statements of new versions
+	if got := batch(); got != n+2 {
+		t.Fatalf("a batch of %d puts took %d round trips, want %d", n, got, n+2)
+	}
+}

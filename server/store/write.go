@@ -31,6 +31,21 @@ type writer struct {
 	rev  int64
 	now  time.Time
 	meta Meta
+	// read holds the secrets the batch read at its start (writeReading),
+	// absent ones as nil.
+	read map[string]*Secret
+}
+
+// prefetched is key's secret as the batch read it at its start, after
+// taking the revision lock: ok false when the batch did not read it. An
+// earlier write of the batch may have changed it since: a body using it
+// must check that the row is still as read (the revision) when it writes.
+func (w *writer) prefetched(key string) (sec Secret, exists, ok bool) {
+	p, ok := w.read[key]
+	if !ok || p == nil {
+		return Secret{}, false, ok
+	}
+	return *p, true, true
 }
 
 // write queues body for the store's write batcher (group commit: see
@@ -46,6 +61,14 @@ type writer struct {
 // checks that can refuse a write without queueing it (a stale etag), and
 // slow work such as a KMS wrap, which must never hold up the batch.
 func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx context.Context, w *writer) (R, change, error), pre ...func(context.Context) error) (R, error) {
+	return writeReading(ctx, s, meta, "", body, pre...)
+}
+
+// writeReading is write for a body that starts by reading secret key: its
+// batch reads the secrets of all such writes in its first round trip, and
+// the body finds key's there (writer.prefetched) instead of spending a
+// round trip of its own, with every other write of the batch waiting.
+func writeReading[R any](ctx context.Context, s *Store, meta Meta, key string, body func(ctx context.Context, w *writer) (R, change, error), pre ...func(context.Context) error) (R, error) {
 	var zero R
 	if meta.RequestID != "" {
 		if r, ok, err := replay[R](ctx, s, meta); err != nil || ok {
@@ -61,6 +84,7 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		}
 	}
 	j, result := newWriteJob(ctx, meta, body)
+	j.reads = key
 	if err := s.writeBatcher().submit(ctx, j); err != nil {
 		return zero, err
 	}
