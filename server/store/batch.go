@@ -33,7 +33,8 @@ import (
 //   - Each caller gets its own outcome only after the commit.
 //
 // While one batch commits the next gathers, so a busy replica makes bigger
-// batches rather than longer queues. A batch is at most maxWriteBatch
+// batches rather than longer queues; it is sent as soon as the commit is,
+// and waits for the lock in PostgreSQL (dispatch). A batch is at most maxWriteBatch
 // writes: each successful write is a subtransaction, and PostgreSQL keeps
 // only 64 of them per transaction in shared memory before every snapshot
 // taken meanwhile gets slower.
@@ -153,6 +154,8 @@ func (b *writeBatcher) submit(ctx context.Context, j *writeJob) error {
 
 func (b *writeBatcher) run() {
 	defer close(b.finished)
+	var inflight sync.WaitGroup
+	defer inflight.Wait() // before finished closes
 	for {
 		select {
 		case j := <-b.in:
@@ -161,18 +164,31 @@ func (b *writeBatcher) run() {
 				<-*h
 				b.held.Store(0)
 			}
-			b.commit(b.gather(j))
+			b.dispatch(&inflight, b.gather(j))
 		case <-b.stop:
 			for {
 				select {
 				case j := <-b.in:
-					b.commit(b.gather(j))
+					b.dispatch(&inflight, b.gather(j))
 				default:
 					return
 				}
 			}
 		}
 	}
+}
+
+// dispatch starts a batch of jobs and returns once its last round trip
+// (bookkeeping and COMMIT) is sent, or it is over: the next batch then
+// gathers, and its first round trip waits in PostgreSQL for the revision
+// lock while this one's commit is flushed, instead of being sent after.
+// At most two batches are in flight, and the lock still orders them: the
+// second takes its revisions, reads the secrets and runs its writes only
+// once the first has committed (or rolled back).
+func (b *writeBatcher) dispatch(inflight *sync.WaitGroup, jobs []*writeJob) {
+	committing := make(chan struct{})
+	inflight.Go(func() { b.commit(jobs, sync.OnceFunc(func() { close(committing) })) })
+	<-committing
 }
 
 // gather takes first and the writes already waiting, up to maxWriteBatch.
@@ -199,7 +215,11 @@ func (b *writeBatcher) close() {
 // commit runs jobs as one batch and answers each of them. A batch-level
 // failure (serialization failure, deadlock on a shared statement) reruns the
 // whole batch; any other fails every write in it.
-func (b *writeBatcher) commit(jobs []*writeJob) {
+//
+// committing is called once the batch's commit is under way (or the batch
+// is over without one).
+func (b *writeBatcher) commit(jobs []*writeJob, committing func()) {
+	defer committing()
 	live := jobs[:0]
 	for _, j := range jobs {
 		if err := j.ctx.Err(); err != nil {
@@ -224,7 +244,7 @@ func (b *writeBatcher) commit(jobs []*writeJob) {
 		err error
 	)
 	for i := range attempts {
-		res, err = b.s.runBatch(ctx, live)
+		res, err = b.s.runBatch(ctx, live, committing)
 		if !retryable(err) {
 			break
 		}
@@ -272,7 +292,7 @@ type idemRecord struct {
 
 // runBatch runs jobs in one transaction (see maxWriteBatch) and commits it
 // if any write succeeded.
-func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, error) {
+func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func()) (batchResult, error) {
 	res := batchResult{outcomes: make([]error, len(jobs))}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -443,7 +463,9 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 		return batchResult{}, err
 	}
 	b.Queue(`COMMIT`)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+	br = tx.SendBatch(ctx, b)
+	committing()
+	if err := br.Close(); err != nil {
 		return batchResult{}, err
 	}
 	committed = true

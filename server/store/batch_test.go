@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -613,5 +614,96 @@ func TestGroupCommitRoundTrips(t *testing.T) {
 	batch() // prepares the statements of new versions
 	if got := batch(); got != n+2 {
 		t.Fatalf("a batch of %d puts took %d round trips, want %d", n, got, n+2)
+	}
+}
+
+// lockTakers counts the batches that began by taking the revision lock.
+type lockTakers struct{ n atomic.Int32 }
+
+func (l *lockTakers) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+func (l *lockTakers) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (l *lockTakers) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	for _, q := range d.Batch.QueuedQueries {
+		if strings.Contains(q.SQL, "revision_counter FOR UPDATE") {
+			l.n.Add(1)
+		}
+	}
+	return ctx
+}
+func (l *lockTakers) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (l *lockTakers) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// TestGroupCommitNextBatchWaitsOnTheLock: while a batch commits, the next
+// one is already sent and waits in PostgreSQL for the revision lock (the
+// two overlap); it still runs after the first commits, sees its writes and
+// takes the next revisions.
+func TestGroupCommitNextBatchWaitsOnTheLock(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	lt := &lockTakers{}
+	s, err := store.Open(ctx, url, store.Options{MinMaxConns: 8, Tracer: lt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	m := bmeta("PutSecret", "", "")
+	p := func(v string) store.PutParams {
+		return store.PutParams{Key: "CUSTOM_K", Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	if _, err := s.PutSecret(ctx, m, p("zero")); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the first batch in its last round trip: its change-log insert
+	// waits for this lock.
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE change_log IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				_ = tx.Rollback(ctx)
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	res := make([]store.WriteResult, 2)
+	errs := make([]error, 2)
+	wg.Go(func() { res[0], errs[0] = s.PutSecret(ctx, m, p("one")) })
+	waitFor("the first batch's commit", func() bool {
+		var waiting int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE relation = 'change_log'::regclass AND NOT granted`).Scan(&waiting); err != nil {
+			t.Error(err)
+		}
+		return waiting == 1
+	})
+	begun := lt.n.Load()
+	wg.Go(func() { res[1], errs[1] = s.PutSecret(ctx, m, p("two")) })
+	waitFor("the second batch to be sent while the first commits", func() bool { return lt.n.Load() > begun })
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	if res[1].Revision != res[0].Revision+1 || res[0].Version.Version != 2 || res[1].Version.Version != 3 {
+		t.Fatalf("revisions %d, %d; versions %d, %d: want consecutive revisions and versions 2, 3",
+			res[0].Revision, res[1].Revision, res[0].Version.Version, res[1].Version.Version)
+	}
+	if entries, txs := transactions(t, url, res[0].Revision-1); entries != 2 || txs != 2 {
+		t.Fatalf("%d change-log entries in %d transactions, want 2 in 2", entries, txs)
 	}
 }
