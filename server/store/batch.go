@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,12 +31,18 @@ import (
 //     successful write, the counter moved once by the number of successes,
 //     the audit events (one appendAudit call) and the COMMIT go in one
 //     round trip.
+//   - A batch of writes that each write one secret the batch read, no two
+//     the same (PutSecret under load), is planned instead (runPlanned):
+//     every write's one statement and the bookkeeping go in one round trip
+//     and the COMMIT in the next, three round trips in all; if any plan or
+//     statement falls through, the batch rolls back to before its writes
+//     and runs them in turn as above.
 //   - Each caller gets its own outcome only after the commit.
 //
 // While one batch commits the next gathers, so a busy replica makes bigger
 // batches rather than longer queues; it is sent as soon as the commit is,
-// and waits for the lock in PostgreSQL (dispatch). A batch is at most maxWriteBatch
-// writes: each successful write is a subtransaction, and PostgreSQL keeps
+// and waits for the lock in PostgreSQL (dispatch). A batch is at most
+// maxWriteBatch writes: each successful write is a subtransaction, and PostgreSQL keeps
 // only 64 of them per transaction in shared memory before every snapshot
 // taken meanwhile gets slower.
 const maxWriteBatch = 64
@@ -381,8 +388,23 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 		cols   changeColumns
 		events []AuditEvent
 		idem   idemColumns
+		first  = rev
 	)
-	for i, j := range jobs {
+	// succeeded records what write i did, for the bookkeeping.
+	succeeded := func(j *writeJob, w *writer, c change, response []byte) {
+		rev = w.rev
+		res.committed++
+		cols.add(w.rev, now, c)
+		events = append(events, AuditEvent{Time: now, Actor: j.meta.Actor, Action: j.meta.Action, Key: c.key,
+			Version: c.version, Outcome: OutcomeOK, RequestID: j.meta.RequestID, Peer: j.meta.Peer, Revision: w.rev,
+			Detail: c.detail, ValueHMAC: c.valueHMAC})
+		if j.meta.RequestID != "" {
+			seen[j.meta.RequestID] = idemRecord{method: j.meta.Action, hash: j.meta.RequestHash, response: response}
+			idem.add(j.meta, response)
+		}
+	}
+	// replayed settles write i from an earlier record of its request id.
+	replayed := func(i int, j *writeJob) bool {
 		if id := j.meta.RequestID; id != "" {
 			if r, ok := seen[id]; ok {
 				// Committed before this batch, or earlier in it.
@@ -391,8 +413,66 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 				} else {
 					res.outcomes[i] = j.replay(r.response)
 				}
-				continue
+				return true
 			}
+		}
+		return false
+	}
+	// bookkeeping queues the change-log rows, idempotency records and
+	// notifications of every successful write, the counter's move and
+	// the audit events.
+	bookkeeping := func(b *pgx.Batch) error {
+		b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
+			SELECT u.revision, $2::timestamptz, u.kind, u.key, u.version, u.category, u.restart_required, u.detail
+			FROM unnest($1::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::text[])
+				AS u(revision, kind, key, version, category, restart_required, detail)`, cols.args()...)
+		if len(idem.ids) > 0 {
+			b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
+				SELECT u.*, $5::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS u`,
+				idem.ids, idem.methods, idem.hashes, idem.responses, now)
+		}
+		b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
+		b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
+		return appendAudit(ctx, queuedTx{Tx: tx, b: b}, events)
+	}
+	// commit sends the last pipeline, ending with COMMIT. A failing
+	// statement skips the rest of the pipeline, COMMIT included: the
+	// deferred rollback ends the transaction.
+	commit := func(b *pgx.Batch) (batchResult, error) {
+		b.Queue(`COMMIT`)
+		br := tx.SendBatch(ctx, b)
+		committing()
+		if err := br.Close(); err != nil {
+			return batchResult{}, err
+		}
+		committed = true
+		res.last = rev
+		return res, nil
+	}
+
+	if useSavepoints && plannable(jobs) {
+		seenBefore := maps.Clone(seen)
+		ok, err := s.runPlanned(ctx, tx, jobs, rev, now, read, replayed, succeeded, bookkeeping)
+		if err != nil {
+			return batchResult{}, err
+		}
+		if ok {
+			if res.committed == 0 {
+				return res, nil
+			}
+			b := &pgx.Batch{}
+			b.Queue(`RELEASE SAVEPOINT w`)
+			return commit(b)
+		}
+		// Back to where the writes began, and one write after another.
+		res = batchResult{outcomes: make([]error, len(jobs))}
+		rev, cols, events, idem, seen = first, changeColumns{}, nil, idemColumns{}, seenBefore
+		sp = spFailed
+	}
+
+	for i, j := range jobs {
+		if replayed(i, j) {
+			continue
 		}
 		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta, read: read}
 		if useSavepoints {
@@ -423,16 +503,10 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 			res.outcomes[i] = classify(err) // a lost connection is UNAVAILABLE, as outside a batch
 			continue
 		}
-		rev = w.rev
-		res.committed++
-		cols.add(w.rev, now, c)
-		events = append(events, AuditEvent{Time: now, Actor: j.meta.Actor, Action: j.meta.Action, Key: c.key,
-			Version: c.version, Outcome: OutcomeOK, RequestID: j.meta.RequestID, Peer: j.meta.Peer, Revision: w.rev,
-			Detail: c.detail, ValueHMAC: c.valueHMAC})
-		if j.meta.RequestID != "" {
-			seen[j.meta.RequestID] = idemRecord{method: j.meta.Action, hash: j.meta.RequestHash, response: response}
-			idem.add(j.meta, response)
-		}
+		succeeded(j, w, c, response)
+		// A later write of the secret reads it afresh, not as the batch
+		// read it before this one.
+		delete(read, c.key)
 	}
 	if res.committed == 0 {
 		return res, nil
@@ -440,37 +514,86 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 
 	// One round trip for the bookkeeping of every write, at the top level
 	// (the last write's savepoint settled), the audit events and the
-	// commit. A failing statement skips the rest of the pipeline, COMMIT
-	// included: the deferred rollback ends the transaction.
+	// commit.
 	b = &pgx.Batch{}
 	if useSavepoints {
-		for _, q := range sp.final() {
-			b.Queue(q)
+		if sp == spFailed {
+			// On its own, as savepointTx.take does.
+			if _, err := tx.Exec(ctx, rollbackToSavepoint); err != nil {
+				return batchResult{}, err
+			}
+		}
+		b.Queue(`RELEASE SAVEPOINT w`)
+	}
+	if err := bookkeeping(b); err != nil {
+		return batchResult{}, err
+	}
+	return commit(b)
+}
+
+// plannable reports whether every write of jobs may be planned: each reads
+// a secret the batch read (writeReading), and no two the same one (the
+// second would find the first's change, not the row read).
+func plannable(jobs []*writeJob) bool {
+	keys := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		if j.reads == "" || keys[j.reads] {
+			return false
+		}
+		keys[j.reads] = true
+	}
+	return true
+}
+
+// runPlanned runs the bodies of jobs as plans (writer.apply): each body,
+// working from the secrets the batch read, queues its one statement instead
+// of sending it, and the statements of every write and the bookkeeping go
+// in one round trip, under savepoint "w". ok is false, with that
+// savepoint still to roll back to, when any body cannot be planned (it
+// wants to read, or fails: a stale etag) or any statement failed or did
+// not apply: the batch then runs its writes one after another, as if the
+// plans had never been.
+func (s *Store) runPlanned(ctx context.Context, tx pgx.Tx, jobs []*writeJob, rev int64, now time.Time, read map[string]*Secret,
+	replayed func(int, *writeJob) bool, succeeded func(*writeJob, *writer, change, []byte), bookkeeping func(*pgx.Batch) error,
+) (ok bool, err error) {
+	b := &pgx.Batch{}
+	planned := 0
+	for i, j := range jobs {
+		if replayed(i, j) {
+			continue
+		}
+		w := &writer{tx: planTx{}, rev: rev + 1, now: now, meta: j.meta, read: read, plan: &plan{}}
+		c, response, err := runJob(ctx, j, w)
+		if err != nil || w.plan.sql == "" {
+			return false, nil
+		}
+		b.Queue(w.plan.sql, w.plan.args...)
+		planned++
+		rev = w.rev
+		succeeded(j, w, c, response)
+	}
+	if planned == 0 {
+		return true, nil
+	}
+	if err := bookkeeping(b); err != nil {
+		return false, err
+	}
+	br := tx.SendBatch(ctx, b)
+	applied := true
+	for range planned {
+		if tag, err := br.Exec(); err != nil || tag.RowsAffected() == 0 {
+			applied = false
+			break
 		}
 	}
-	b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
-		SELECT u.revision, $2::timestamptz, u.kind, u.key, u.version, u.category, u.restart_required, u.detail
-		FROM unnest($1::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::text[])
-			AS u(revision, kind, key, version, category, restart_required, detail)`, cols.args()...)
-	if len(idem.ids) > 0 {
-		b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
-			SELECT u.*, $5::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS u`,
-			idem.ids, idem.methods, idem.hashes, idem.responses, now)
-	}
-	b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
-	b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
-	if err := appendAudit(ctx, queuedTx{Tx: tx, b: b}, events); err != nil {
-		return batchResult{}, err
-	}
-	b.Queue(`COMMIT`)
-	br = tx.SendBatch(ctx, b)
-	committing()
 	if err := br.Close(); err != nil {
-		return batchResult{}, err
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return false, err // the connection, not a statement
+		}
+		return false, nil
 	}
-	committed = true
-	res.last = rev
-	return res, nil
+	return applied, nil
 }
 
 // runJob runs one write's body with the caller's context values under the

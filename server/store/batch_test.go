@@ -578,12 +578,14 @@ func (r *roundTrips) TraceBatchStart(ctx context.Context, conn *pgx.Conn, d pgx.
 func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
 func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
 
-// TestGroupCommitRoundTrips: a batch of n PutSecrets costs n+2 round trips
-// to PostgreSQL, the batch's lock held for all of them: one to begin (the
-// lock, the request ids and the secrets read), one per write, one for the
-// bookkeeping, the audit events and the commit. (It was 2n+4: each put
-// read its secret in a round trip of its own, and the audit insert and the
-// commit had one each.)
+// TestGroupCommitRoundTrips: a batch of n PutSecrets of distinct secrets
+// costs 3 round trips to PostgreSQL, the batch's lock held for all of them:
+// one to begin (the lock, the request ids and the secrets read), one for the
+// writes' statements with the bookkeeping and the audit events (runPlanned),
+// one to commit. Two puts of one secret run one after another: n+3 round
+// trips (the second put reads the secret again). It was 2n+4 in both cases:
+// each put read its secret in a round trip of its own, and the audit insert
+// and the commit had one each.
 func TestGroupCommitRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	rt := &roundTrips{}
@@ -593,14 +595,14 @@ func TestGroupCommitRoundTrips(t *testing.T) {
 	}
 	t.Cleanup(s.Close)
 	const n = 4
-	batch := func() int {
+	batch := func(keys ...string) int {
 		t.Helper()
 		rt.reset()
 		release := s.HoldWrites()
 		q := &queue{t: t, s: s}
-		for i := range n {
+		for _, k := range keys {
 			q.add(func() {
-				if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: fmt.Sprintf("CUSTOM_%d", i),
+				if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: k,
 					Defaults: store.Defaults{Category: "custom"}, Seal: seal("v")}); err != nil {
 					t.Error(err)
 				}
@@ -610,10 +612,82 @@ func TestGroupCommitRoundTrips(t *testing.T) {
 		q.wg.Wait()
 		return rt.reset()
 	}
-	batch() // creates the secrets
-	batch() // prepares the statements of new versions
-	if got := batch(); got != n+2 {
-		t.Fatalf("a batch of %d puts took %d round trips, want %d", n, got, n+2)
+	distinct := []string{"CUSTOM_0", "CUSTOM_1", "CUSTOM_2", "CUSTOM_3"}
+	sameKey := []string{"CUSTOM_0", "CUSTOM_1", "CUSTOM_2", "CUSTOM_2"}
+	batch(distinct...) // creates the secrets
+	batch(distinct...) // prepares the statements of new versions
+	batch(sameKey...)
+	if got := batch(distinct...); got != 3 {
+		t.Errorf("a batch of %d puts took %d round trips, want 3", n, got)
+	}
+	if got := batch(sameKey...); got != n+3 {
+		t.Errorf("a batch of %d puts, two of one secret, took %d round trips, want %d", n, got, n+3)
+	}
+}
+
+// TestGroupCommitPlannedBatchFallsBack: when a statement of a planned batch
+// fails, the batch runs its writes again one after another: the failing
+// write fails alone, the others commit with consecutive revisions, each
+// secret's version once.
+func TestGroupCommitPlannedBatchFallsBack(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	m := bmeta("PutSecret", "", "")
+	p := func(key, v string) store.PutParams {
+		return store.PutParams{Key: key, Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	for _, k := range []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"} {
+		if _, err := s.PutSecret(ctx, m, p(k, "one")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF convert_from(NEW.ciphertext, 'UTF8') LIKE 'boom@%' THEN RAISE EXCEPTION 'boom'; END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER boom BEFORE INSERT ON secret_versions FOR EACH ROW EXECUTE FUNCTION boom()`); err != nil {
+		t.Fatal(err)
+	}
+	base, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	res := make([]store.WriteResult, 3)
+	errs := make([]error, 3)
+	for i, v := range []string{"two", "boom", "two"} {
+		k := []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"}[i]
+		q.add(func() { res[i], errs[i] = s.PutSecret(ctx, m, p(k, v)) })
+	}
+	release()
+	q.wg.Wait()
+	if errs[0] != nil || errs[1] == nil || errs[2] != nil {
+		t.Fatalf("outcomes %v, want only the second to fail", errs)
+	}
+	if res[0].Revision != base+1 || res[2].Revision != base+2 || res[0].Version.Version != 2 || res[2].Version.Version != 2 {
+		t.Fatalf("revisions %d, %d, versions %d, %d; want %d, %d and 2, 2",
+			res[0].Revision, res[2].Revision, res[0].Version.Version, res[2].Version.Version, base+1, base+2)
+	}
+	var versions int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM secret_versions`).Scan(&versions); err != nil {
+		t.Fatal(err)
+	}
+	if versions != 5 {
+		t.Errorf("%d versions, want 5", versions)
+	}
+	if revs, _ := changeRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) {
+		t.Errorf("change log %v", revs)
+	}
+	if revs := auditRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) {
+		t.Errorf("audit %v", revs)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // change is what one write did: it becomes the change-log entry and the audit
@@ -34,6 +35,49 @@ type writer struct {
 	// read holds the secrets the batch read at its start (writeReading),
 	// absent ones as nil.
 	read map[string]*Secret
+	// plan, when set, is where apply puts the write's one statement: the
+	// batch sends the statements of all its writes together (runPlanned),
+	// and tx refuses any other statement.
+	plan *plan
+}
+
+// plan is a write's one statement, to be sent with the other writes'.
+type plan struct {
+	sql  string
+	args []any
+}
+
+// apply runs a write's statement that changes rows only if what the body
+// read is still so (a guard in the statement): applied is false, with
+// nothing changed, when the guard found otherwise. A planned write's
+// statement is queued for its batch and counts as applied: the batch
+// checks it, and runs the write again one at a time if it was not.
+func (w *writer) apply(ctx context.Context, sql string, args ...any) (applied bool, err error) {
+	if w.plan != nil {
+		if w.plan.sql != "" {
+			return false, errNotPlanned
+		}
+		w.plan.sql, w.plan.args = sql, args
+		return true, nil
+	}
+	tag, err := w.tx.Exec(ctx, sql, args...)
+	return err == nil && tag.RowsAffected() > 0, err
+}
+
+// errNotPlanned fails a planned write that sends more than apply's one
+// statement: its batch runs it again, one write at a time.
+var errNotPlanned = errors.New("store: a planned write sends one statement, through apply")
+
+// planTx is a planned write's transaction: it sends nothing.
+type planTx struct{ pgx.Tx }
+
+func (planTx) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
+	return pgconn.CommandTag{}, errNotPlanned
+}
+func (planTx) Query(context.Context, string, ...any) (pgx.Rows, error) { return nil, errNotPlanned }
+func (planTx) QueryRow(context.Context, string, ...any) pgx.Row        { return errRow{errNotPlanned} }
+func (planTx) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults {
+	return errBatch{errNotPlanned}
 }
 
 // prefetched is key's secret as the batch read it at its start, after
