@@ -42,9 +42,9 @@ import (
 // While one batch commits the next gathers, so a busy replica makes bigger
 // batches rather than longer queues; it is sent as soon as the commit is,
 // and waits for the lock in PostgreSQL (dispatch). A batch is at most
-// maxWriteBatch writes: each successful write is a subtransaction, and PostgreSQL keeps
-// only 64 of them per transaction in shared memory before every snapshot
-// taken meanwhile gets slower.
+// maxWriteBatch writes: each successful write is a subtransaction, and
+// PostgreSQL keeps only 64 of them per transaction in shared memory before
+// every snapshot taken meanwhile gets slower.
 const maxWriteBatch = 64
 
 // writeBatchTimeout bounds one batch's transaction.
