@@ -14,8 +14,8 @@
 //
 // BENCH_QUICK=1 runs the same phases with small counts (under a minute);
 // BENCH_PROFILE=dir saves CPU profiles of the servers during the access c16
-// phase (10 s) and the largest change-stream phase (writes and delivery) and
-// prints their top functions.
+// and put c16 phases (10 s each) and the largest change-stream phase (writes
+// and delivery) and prints their top functions.
 package main
 
 import (
@@ -128,7 +128,7 @@ func parseFlags() config {
 	flag.DurationVar(&c.watchSpacing, "watch-spacing", c.watchSpacing, "time between those writes")
 	flag.IntVar(&c.idleConns, "idle-conns", c.idleConns, "idle connections of the per-connection memory phase")
 	flag.StringVar(&c.out, "out", c.out, "JSON output file")
-	flag.StringVar(&c.profileDir, "profile", c.profileDir, "save server CPU profiles (access c16, REST access c16, largest watch phase) here (also BENCH_PROFILE)")
+	flag.StringVar(&c.profileDir, "profile", c.profileDir, "save server CPU profiles (access c16, REST access c16, put c16, largest watch phase) here (also BENCH_PROFILE)")
 	skip := flag.String("skip", "", "comma-separated phases to skip: "+strings.Join(phaseNames, ","))
 	only := flag.String("only", "", "comma-separated phases to run, skipping the others (e.g. -only watch for the change-stream phases alone)")
 	flag.Parse()

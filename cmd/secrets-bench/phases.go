@@ -219,8 +219,18 @@ func (b *bench) putPhase(ctx context.Context, clients []pb.SecretServiceClient) 
 		return err
 	}
 	runLoad(ctx, 16, b.cfg.warmup/2, put)
+	var stopProfile func()
+	if b.cfg.profileDir != "" {
+		var err error
+		if stopProfile, err = b.startProfile("put-c16", "put c16", min(10*time.Second, b.cfg.duration)); err != nil {
+			return err
+		}
+	}
 	var res loadResult
 	wal := b.observe("put_c16", func() { res = runLoad(ctx, 16, b.cfg.duration, put) })
+	if stopProfile != nil {
+		stopProfile()
+	}
 	b.detail("put c16", res)
 	b.walDetail("put c16", wal, res.RPS)
 	b.res.PutC16WALSyncsPerS, b.res.PutC16WALSyncAvgMs = wal.num()

@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Group commit for writes. Concurrent writes on a replica are gathered by
@@ -19,23 +21,30 @@ import (
 //   - The batch takes the revision counter row first (FOR UPDATE), which
 //     serializes batches across replicas, so revision order is commit
 //     order, and reads in the same round trip the idempotency records of
-//     its request ids.
+//     its request ids and the secrets its writes read first (writeReading).
 //   - Each write then runs in turn under a savepoint (savepoint.go), with
 //     the next free revision. A write that fails (stale etag, missing key, a failed
 //     check, any SQL error) is rolled back to its savepoint and fails
 //     alone; it takes no revision, so revisions stay gap-free. A later
 //     write sees the earlier ones: two writes to one key apply in order.
 //   - The change-log rows, idempotency records and notifications of every
-//     successful write go in one round trip, the counter moves once by the
-//     number of successes, and the audit events go in one appendAudit call,
-//     last before the commit.
+//     successful write, the counter moved once by the number of successes,
+//     the audit events (one appendAudit call) and the COMMIT go in one
+//     round trip.
+//   - A batch of writes that each write one secret the batch read, no two
+//     the same (PutSecret under load), is planned instead (runPlanned):
+//     every write's one statement and the bookkeeping go in one round trip
+//     and the COMMIT in the next, three round trips in all; if any plan or
+//     statement falls through, the batch rolls back to before its writes
+//     and runs them in turn as above.
 //   - Each caller gets its own outcome only after the commit.
 //
 // While one batch commits the next gathers, so a busy replica makes bigger
-// batches rather than longer queues. A batch is at most maxWriteBatch
-// writes: each successful write is a subtransaction, and PostgreSQL keeps
-// only 64 of them per transaction in shared memory before every snapshot
-// taken meanwhile gets slower.
+// batches rather than longer queues; it is sent as soon as the commit is,
+// and waits for the lock in PostgreSQL (dispatch). A batch is at most
+// maxWriteBatch writes: each successful write is a subtransaction, and
+// PostgreSQL keeps only 64 of them per transaction in shared memory before
+// every snapshot taken meanwhile gets slower.
 const maxWriteBatch = 64
 
 // writeBatchTimeout bounds one batch's transaction.
@@ -51,6 +60,9 @@ type writeJob struct {
 	// A caller gone before its write starts is dropped from the batch.
 	ctx  context.Context
 	meta Meta
+	// reads, if set, is the secret the body reads first: the batch reads
+	// it in its first round trip (writeReading).
+	reads string
 	// run applies the write and keeps its typed result.
 	run func(ctx context.Context, w *writer) (change, error)
 	// encode is the result as the idempotency record stores it; replay
@@ -149,6 +161,8 @@ func (b *writeBatcher) submit(ctx context.Context, j *writeJob) error {
 
 func (b *writeBatcher) run() {
 	defer close(b.finished)
+	var inflight sync.WaitGroup
+	defer inflight.Wait() // before finished closes
 	for {
 		select {
 		case j := <-b.in:
@@ -157,18 +171,31 @@ func (b *writeBatcher) run() {
 				<-*h
 				b.held.Store(0)
 			}
-			b.commit(b.gather(j))
+			b.dispatch(&inflight, b.gather(j))
 		case <-b.stop:
 			for {
 				select {
 				case j := <-b.in:
-					b.commit(b.gather(j))
+					b.dispatch(&inflight, b.gather(j))
 				default:
 					return
 				}
 			}
 		}
 	}
+}
+
+// dispatch starts a batch of jobs and returns once its last round trip
+// (bookkeeping and COMMIT) is sent, or it is over: the next batch then
+// gathers, and its first round trip waits in PostgreSQL for the revision
+// lock while this one's commit is flushed, instead of being sent after.
+// At most two batches are in flight, and the lock still orders them: the
+// second takes its revisions, reads the secrets and runs its writes only
+// once the first has committed (or rolled back).
+func (b *writeBatcher) dispatch(inflight *sync.WaitGroup, jobs []*writeJob) {
+	committing := make(chan struct{})
+	inflight.Go(func() { b.commit(jobs, sync.OnceFunc(func() { close(committing) })) })
+	<-committing
 }
 
 // gather takes first and the writes already waiting, up to maxWriteBatch.
@@ -195,7 +222,11 @@ func (b *writeBatcher) close() {
 // commit runs jobs as one batch and answers each of them. A batch-level
 // failure (serialization failure, deadlock on a shared statement) reruns the
 // whole batch; any other fails every write in it.
-func (b *writeBatcher) commit(jobs []*writeJob) {
+//
+// committing is called once the batch's commit is under way (or the batch
+// is over without one).
+func (b *writeBatcher) commit(jobs []*writeJob, committing func()) {
+	defer committing()
 	live := jobs[:0]
 	for _, j := range jobs {
 		if err := j.ctx.Err(); err != nil {
@@ -220,7 +251,7 @@ func (b *writeBatcher) commit(jobs []*writeJob) {
 		err error
 	)
 	for i := range attempts {
-		res, err = b.s.runBatch(ctx, live)
+		res, err = b.s.runBatch(ctx, live, committing)
 		if !retryable(err) {
 			break
 		}
@@ -268,7 +299,7 @@ type idemRecord struct {
 
 // runBatch runs jobs in one transaction (see maxWriteBatch) and commits it
 // if any write succeeded.
-func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, error) {
+func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func()) (batchResult, error) {
 	res := batchResult{outcomes: make([]error, len(jobs))}
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -283,6 +314,14 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	for _, j := range jobs {
 		if j.meta.RequestID != "" {
 			ids = append(ids, j.meta.RequestID)
+		}
+	}
+	var reads []string
+	read := map[string]*Secret{}
+	for _, j := range jobs {
+		if j.reads != "" {
+			reads = append(reads, j.reads)
+			read[j.reads] = nil
 		}
 	}
 	var (
@@ -309,6 +348,18 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				return rows.Err()
 			})
 	}
+	if len(reads) > 0 {
+		b.Queue(`SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = ANY($1)`, reads).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				sec, err := scanSecret(rows)
+				if err != nil {
+					return err
+				}
+				read[sec.Key] = &sec
+			}
+			return rows.Err()
+		})
+	}
 	// A batch of one needs no savepoint: if it fails, the whole
 	// transaction goes.
 	useSavepoints := len(jobs) > 1
@@ -318,8 +369,12 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 	br := conn.Conn().SendBatch(ctx, b)
 	tx := br.Tx()
 	// Before the connection goes back to the pool (deferred calls run last
-	// first); a no-op after the commit.
+	// first).
+	committed := false
 	defer func() {
+		if committed {
+			return // by a COMMIT in the last pipeline, which tx does not know of
+		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_ = tx.Rollback(rctx)
 		cancel()
@@ -333,8 +388,23 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 		cols   changeColumns
 		events []AuditEvent
 		idem   idemColumns
+		first  = rev
 	)
-	for i, j := range jobs {
+	// succeeded records what write i did, for the bookkeeping.
+	succeeded := func(j *writeJob, w *writer, c change, response []byte) {
+		rev = w.rev
+		res.committed++
+		cols.add(w.rev, now, c)
+		events = append(events, AuditEvent{Time: now, Actor: j.meta.Actor, Action: j.meta.Action, Key: c.key,
+			Version: c.version, Outcome: OutcomeOK, RequestID: j.meta.RequestID, Peer: j.meta.Peer, Revision: w.rev,
+			Detail: c.detail, ValueHMAC: c.valueHMAC})
+		if j.meta.RequestID != "" {
+			seen[j.meta.RequestID] = idemRecord{method: j.meta.Action, hash: j.meta.RequestHash, response: response}
+			idem.add(j.meta, response)
+		}
+	}
+	// replayed settles write i from an earlier record of its request id.
+	replayed := func(i int, j *writeJob) bool {
 		if id := j.meta.RequestID; id != "" {
 			if r, ok := seen[id]; ok {
 				// Committed before this batch, or earlier in it.
@@ -343,10 +413,68 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 				} else {
 					res.outcomes[i] = j.replay(r.response)
 				}
-				continue
+				return true
 			}
 		}
-		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta}
+		return false
+	}
+	// bookkeeping queues the change-log rows, idempotency records and
+	// notifications of every successful write, the counter's move and
+	// the audit events.
+	bookkeeping := func(b *pgx.Batch) error {
+		b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
+			SELECT u.revision, $2::timestamptz, u.kind, u.key, u.version, u.category, u.restart_required, u.detail
+			FROM unnest($1::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::text[])
+				AS u(revision, kind, key, version, category, restart_required, detail)`, cols.args()...)
+		if len(idem.ids) > 0 {
+			b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
+				SELECT u.*, $5::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS u`,
+				idem.ids, idem.methods, idem.hashes, idem.responses, now)
+		}
+		b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
+		b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
+		return appendAudit(ctx, queuedTx{Tx: tx, b: b}, events)
+	}
+	// commit sends the last pipeline, ending with COMMIT. A failing
+	// statement skips the rest of the pipeline, COMMIT included: the
+	// deferred rollback ends the transaction.
+	commit := func(b *pgx.Batch) (batchResult, error) {
+		b.Queue(`COMMIT`)
+		br := tx.SendBatch(ctx, b)
+		committing()
+		if err := br.Close(); err != nil {
+			return batchResult{}, err
+		}
+		committed = true
+		res.last = rev
+		return res, nil
+	}
+
+	if useSavepoints && plannable(jobs) {
+		seenBefore := maps.Clone(seen)
+		ok, err := s.runPlanned(ctx, tx, jobs, rev, now, read, replayed, succeeded, bookkeeping)
+		if err != nil {
+			return batchResult{}, err
+		}
+		if ok {
+			if res.committed == 0 {
+				return res, nil
+			}
+			b := &pgx.Batch{}
+			b.Queue(`RELEASE SAVEPOINT w`)
+			return commit(b)
+		}
+		// Back to where the writes began, and one write after another.
+		res = batchResult{outcomes: make([]error, len(jobs))}
+		rev, cols, events, idem, seen = first, changeColumns{}, nil, idemColumns{}, seenBefore
+		sp = spFailed
+	}
+
+	for i, j := range jobs {
+		if replayed(i, j) {
+			continue
+		}
+		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta, read: read}
 		if useSavepoints {
 			stx.begin(sp.prefix())
 		}
@@ -375,52 +503,97 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob) (batchResult, er
 			res.outcomes[i] = classify(err) // a lost connection is UNAVAILABLE, as outside a batch
 			continue
 		}
-		rev = w.rev
-		res.committed++
-		cols.add(w.rev, now, c)
-		events = append(events, AuditEvent{Time: now, Actor: j.meta.Actor, Action: j.meta.Action, Key: c.key,
-			Version: c.version, Outcome: OutcomeOK, RequestID: j.meta.RequestID, Peer: j.meta.Peer, Revision: w.rev,
-			Detail: c.detail, ValueHMAC: c.valueHMAC})
-		if j.meta.RequestID != "" {
-			seen[j.meta.RequestID] = idemRecord{method: j.meta.Action, hash: j.meta.RequestHash, response: response}
-			idem.add(j.meta, response)
-		}
+		succeeded(j, w, c, response)
+		// A later write of the secret reads it afresh, not as the batch
+		// read it before this one.
+		delete(read, c.key)
 	}
 	if res.committed == 0 {
 		return res, nil
 	}
 
 	// One round trip for the bookkeeping of every write, at the top level
-	// (the last write's savepoint settled), then the audit events, then
-	// the commit.
+	// (the last write's savepoint settled), the audit events and the
+	// commit.
 	b = &pgx.Batch{}
 	if useSavepoints {
-		for _, q := range sp.final() {
-			b.Queue(q)
+		if sp == spFailed {
+			// On its own, as savepointTx.take does.
+			if _, err := tx.Exec(ctx, rollbackToSavepoint); err != nil {
+				return batchResult{}, err
+			}
+		}
+		b.Queue(`RELEASE SAVEPOINT w`)
+	}
+	if err := bookkeeping(b); err != nil {
+		return batchResult{}, err
+	}
+	return commit(b)
+}
+
+// plannable reports whether every write of jobs may be planned: each reads
+// a secret the batch read (writeReading), and no two the same one (the
+// second would find the first's change, not the row read).
+func plannable(jobs []*writeJob) bool {
+	keys := make(map[string]bool, len(jobs))
+	for _, j := range jobs {
+		if j.reads == "" || keys[j.reads] {
+			return false
+		}
+		keys[j.reads] = true
+	}
+	return true
+}
+
+// runPlanned runs the bodies of jobs as plans (writer.apply): each body,
+// working from the secrets the batch read, queues its one statement instead
+// of sending it, and the statements of every write and the bookkeeping go
+// in one round trip, under savepoint "w". ok is false, with that
+// savepoint still to roll back to, when any body cannot be planned (it
+// wants to read, or fails: a stale etag) or any statement failed or did
+// not apply: the batch then runs its writes one after another, as if the
+// plans had never been.
+func (s *Store) runPlanned(ctx context.Context, tx pgx.Tx, jobs []*writeJob, rev int64, now time.Time, read map[string]*Secret,
+	replayed func(int, *writeJob) bool, succeeded func(*writeJob, *writer, change, []byte), bookkeeping func(*pgx.Batch) error,
+) (ok bool, err error) {
+	b := &pgx.Batch{}
+	planned := 0
+	for i, j := range jobs {
+		if replayed(i, j) {
+			continue
+		}
+		w := &writer{tx: planTx{}, rev: rev + 1, now: now, meta: j.meta, read: read, plan: &plan{}}
+		c, response, err := runJob(ctx, j, w)
+		if err != nil || w.plan.sql == "" {
+			return false, nil
+		}
+		b.Queue(w.plan.sql, w.plan.args...)
+		planned++
+		rev = w.rev
+		succeeded(j, w, c, response)
+	}
+	if planned == 0 {
+		return true, nil
+	}
+	if err := bookkeeping(b); err != nil {
+		return false, err
+	}
+	br := tx.SendBatch(ctx, b)
+	applied := true
+	for range planned {
+		if tag, err := br.Exec(); err != nil || tag.RowsAffected() == 0 {
+			applied = false
+			break
 		}
 	}
-	b.Queue(`INSERT INTO change_log (revision, time, kind, key, version, category, restart_required, detail)
-		SELECT u.revision, $2::timestamptz, u.kind, u.key, u.version, u.category, u.restart_required, u.detail
-		FROM unnest($1::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::text[], $7::boolean[], $8::text[])
-			AS u(revision, kind, key, version, category, restart_required, detail)`, cols.args()...)
-	if len(idem.ids) > 0 {
-		b.Queue(`INSERT INTO idempotency (request_id, method, request_hash, response, create_time)
-			SELECT u.*, $5::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS u`,
-			idem.ids, idem.methods, idem.hashes, idem.responses, now)
+	if err := br.Close(); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return false, err // the connection, not a statement
+		}
+		return false, nil
 	}
-	b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
-	b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return batchResult{}, err
-	}
-	if err := appendAudit(ctx, tx, events); err != nil {
-		return batchResult{}, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return batchResult{}, err
-	}
-	res.last = rev
-	return res, nil
+	return applied, nil
 }
 
 // runJob runs one write's body with the caller's context values under the
@@ -483,6 +656,20 @@ func (c *changeColumns) add(rev int64, now time.Time, ch change) {
 
 func (c *changeColumns) args() []any {
 	return []any{c.revision, c.now, c.kind, c.key, c.version, c.category, c.restartRequired, c.detail}
+}
+
+// queuedTx is the batch's transaction with Exec queued on b, the batch's
+// last pipeline, instead of sent: appendAudit's insert rides in the same
+// round trip as the bookkeeping and the commit. Its errors come from the
+// pipeline; it returns no command tag.
+type queuedTx struct {
+	pgx.Tx
+	b *pgx.Batch
+}
+
+func (t queuedTx) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	t.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
 }
 
 // idemColumns are the columns of the batch's idempotency insert.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -455,5 +456,328 @@ func TestGroupCommitLostConnectionIsUnavailable(t *testing.T) {
 	q.wg.Wait()
 	if errs[0] != nil || !errors.Is(errs[1], store.ErrUnavailable) {
 		t.Fatalf("outcomes %v, want nil and ErrUnavailable", errs)
+	}
+}
+
+// TestGroupCommitPutAfterChangeInBatch: a PutSecret starts from the secret
+// as its batch read it at the start; when an earlier write of the batch
+// changed or deleted it, the put sees the change (the description an update
+// set, a fresh secret after a delete, the etag an earlier put made stale),
+// never the row read at the start.
+func TestGroupCommitPutAfterChangeInBatch(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	m := bmeta("PutSecret", "", "")
+	p := func(key, v string) store.PutParams {
+		return store.PutParams{Key: key, Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	first := map[string]store.WriteResult{}
+	for _, k := range []string{"CUSTOM_U", "CUSTOM_D", "CUSTOM_E"} {
+		r, err := s.PutSecret(ctx, m, p(k, "one"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[k] = r
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	res := make([]store.WriteResult, 6)
+	errs := make([]error, 6)
+	desc := "updated"
+	q.add(func() {
+		res[0], errs[0] = s.UpdateSecret(ctx, bmeta("UpdateSecret", "", ""), store.UpdateParams{Key: "CUSTOM_U", Description: &desc})
+	})
+	q.add(func() { res[1], errs[1] = s.PutSecret(ctx, m, p("CUSTOM_U", "two")) })
+	q.add(func() { _, errs[2] = s.DeleteSecret(ctx, bmeta("DeleteSecret", "", ""), "CUSTOM_D", nil) })
+	q.add(func() { res[3], errs[3] = s.PutSecret(ctx, m, p("CUSTOM_D", "again")) })
+	q.add(func() { res[4], errs[4] = s.PutSecret(ctx, m, p("CUSTOM_E", "two")) })
+	q.add(func() {
+		pp := p("CUSTOM_E", "three")
+		etag := first["CUSTOM_E"].Revision
+		pp.Expect = &etag // the read at the batch's start matches; the put before made it stale
+		res[5], errs[5] = s.PutSecret(ctx, m, pp)
+	})
+	release()
+	q.wg.Wait()
+	for i, err := range errs[:5] {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if !errors.Is(errs[5], store.ErrEtagMismatch) {
+		t.Errorf("put with the etag an earlier write of the batch made stale: %v, want ErrEtagMismatch", errs[5])
+	}
+	if r := res[1]; r.Secret.Description != desc || r.Version.Version != 2 || r.Secret.Revision != res[0].Revision+1 {
+		t.Errorf("put after update: %+v %+v", r.Secret, r.Version)
+	}
+	if r := res[3]; r.Version.Version != 1 || !r.Secret.CreateTime.After(first["CUSTOM_D"].Secret.CreateTime) {
+		t.Errorf("put after delete: %+v %+v, want a new secret", r.Secret, r.Version)
+	}
+	for _, k := range []string{"CUSTOM_U", "CUSTOM_D", "CUSTOM_E"} {
+		got, _, err := s.GetSecret(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int64{"CUSTOM_U": res[1].Revision, "CUSTOM_D": res[3].Revision, "CUSTOM_E": res[4].Revision}[k]
+		if got.Revision != want {
+			t.Errorf("%s: revision %d, want %d", k, got.Revision, want)
+		}
+	}
+}
+
+// roundTrips counts the round trips of the connection that runs a write
+// batch (the one taking the revision lock), from that batch to its commit.
+type roundTrips struct {
+	mu    sync.Mutex
+	conn  *pgx.Conn
+	n     int
+	ended bool
+}
+
+func (r *roundTrips) count(conn *pgx.Conn, sqls ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, q := range sqls {
+		if r.conn == nil && strings.Contains(q, "revision_counter FOR UPDATE") {
+			r.conn, r.n, r.ended = conn, 0, false
+		}
+	}
+	if conn != r.conn || r.ended {
+		return
+	}
+	r.n++
+	for _, q := range sqls {
+		if strings.EqualFold(strings.TrimSpace(q), "commit") {
+			r.ended = true
+		}
+	}
+}
+
+func (r *roundTrips) reset() (n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n = r.n
+	r.conn, r.n, r.ended = nil, 0, false
+	return n
+}
+
+func (r *roundTrips) TraceQueryStart(ctx context.Context, conn *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	r.count(conn, d.SQL)
+	return ctx
+}
+func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *roundTrips) TraceBatchStart(ctx context.Context, conn *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	var sqls []string
+	for _, q := range d.Batch.QueuedQueries {
+		sqls = append(sqls, q.SQL)
+	}
+	r.count(conn, sqls...)
+	return ctx
+}
+func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// TestGroupCommitRoundTrips: a batch of n PutSecrets of distinct secrets
+// costs 3 round trips to PostgreSQL, the batch's lock held for all of them:
+// one to begin (the lock, the request ids and the secrets read), one for the
+// writes' statements with the bookkeeping and the audit events (runPlanned),
+// one to commit. Two puts of one secret run one after another: n+3 round
+// trips (the second put reads the secret again). It was 2n+4 in both cases:
+// each put read its secret in a round trip of its own, and the audit insert
+// and the commit had one each.
+func TestGroupCommitRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	rt := &roundTrips{}
+	s, err := store.Open(ctx, testdb.New(t), store.Options{MinMaxConns: 8, Tracer: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	const n = 4
+	batch := func(keys ...string) int {
+		t.Helper()
+		rt.reset()
+		release := s.HoldWrites()
+		q := &queue{t: t, s: s}
+		for _, k := range keys {
+			q.add(func() {
+				if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: k,
+					Defaults: store.Defaults{Category: "custom"}, Seal: seal("v")}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		release()
+		q.wg.Wait()
+		return rt.reset()
+	}
+	distinct := []string{"CUSTOM_0", "CUSTOM_1", "CUSTOM_2", "CUSTOM_3"}
+	sameKey := []string{"CUSTOM_0", "CUSTOM_1", "CUSTOM_2", "CUSTOM_2"}
+	batch(distinct...) // creates the secrets
+	batch(distinct...) // prepares the statements of new versions
+	batch(sameKey...)
+	if got := batch(distinct...); got != 3 {
+		t.Errorf("a batch of %d puts took %d round trips, want 3", n, got)
+	}
+	if got := batch(sameKey...); got != n+3 {
+		t.Errorf("a batch of %d puts, two of one secret, took %d round trips, want %d", n, got, n+3)
+	}
+}
+
+// TestGroupCommitPlannedBatchFallsBack: when a statement of a planned batch
+// fails, the batch runs its writes again one after another: the failing
+// write fails alone, the others commit with consecutive revisions, each
+// secret's version once.
+func TestGroupCommitPlannedBatchFallsBack(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	m := bmeta("PutSecret", "", "")
+	p := func(key, v string) store.PutParams {
+		return store.PutParams{Key: key, Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	for _, k := range []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"} {
+		if _, err := s.PutSecret(ctx, m, p(k, "one")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF convert_from(NEW.ciphertext, 'UTF8') LIKE 'boom@%' THEN RAISE EXCEPTION 'boom'; END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER boom BEFORE INSERT ON secret_versions FOR EACH ROW EXECUTE FUNCTION boom()`); err != nil {
+		t.Fatal(err)
+	}
+	base, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	res := make([]store.WriteResult, 3)
+	errs := make([]error, 3)
+	for i, v := range []string{"two", "boom", "two"} {
+		k := []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"}[i]
+		q.add(func() { res[i], errs[i] = s.PutSecret(ctx, m, p(k, v)) })
+	}
+	release()
+	q.wg.Wait()
+	if errs[0] != nil || errs[1] == nil || errs[2] != nil {
+		t.Fatalf("outcomes %v, want only the second to fail", errs)
+	}
+	if res[0].Revision != base+1 || res[2].Revision != base+2 || res[0].Version.Version != 2 || res[2].Version.Version != 2 {
+		t.Fatalf("revisions %d, %d, versions %d, %d; want %d, %d and 2, 2",
+			res[0].Revision, res[2].Revision, res[0].Version.Version, res[2].Version.Version, base+1, base+2)
+	}
+	var versions int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM secret_versions`).Scan(&versions); err != nil {
+		t.Fatal(err)
+	}
+	if versions != 5 {
+		t.Errorf("%d versions, want 5", versions)
+	}
+	if revs, _ := changeRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) {
+		t.Errorf("change log %v", revs)
+	}
+	if revs := auditRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) {
+		t.Errorf("audit %v", revs)
+	}
+}
+
+// lockTakers counts the batches that began by taking the revision lock.
+type lockTakers struct{ n atomic.Int32 }
+
+func (l *lockTakers) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+func (l *lockTakers) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (l *lockTakers) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	for _, q := range d.Batch.QueuedQueries {
+		if strings.Contains(q.SQL, "revision_counter FOR UPDATE") {
+			l.n.Add(1)
+		}
+	}
+	return ctx
+}
+func (l *lockTakers) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (l *lockTakers) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// TestGroupCommitNextBatchWaitsOnTheLock: while a batch commits, the next
+// one is already sent and waits in PostgreSQL for the revision lock (the
+// two overlap); it still runs after the first commits, sees its writes and
+// takes the next revisions.
+func TestGroupCommitNextBatchWaitsOnTheLock(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	lt := &lockTakers{}
+	s, err := store.Open(ctx, url, store.Options{MinMaxConns: 8, Tracer: lt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	m := bmeta("PutSecret", "", "")
+	p := func(v string) store.PutParams {
+		return store.PutParams{Key: "CUSTOM_K", Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	if _, err := s.PutSecret(ctx, m, p("zero")); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the first batch in its last round trip: its change-log insert
+	// waits for this lock.
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE change_log IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				_ = tx.Rollback(ctx)
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	res := make([]store.WriteResult, 2)
+	errs := make([]error, 2)
+	wg.Go(func() { res[0], errs[0] = s.PutSecret(ctx, m, p("one")) })
+	waitFor("the first batch's commit", func() bool {
+		var waiting int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE relation = 'change_log'::regclass AND NOT granted`).Scan(&waiting); err != nil {
+			t.Error(err)
+		}
+		return waiting == 1
+	})
+	begun := lt.n.Load()
+	wg.Go(func() { res[1], errs[1] = s.PutSecret(ctx, m, p("two")) })
+	waitFor("the second batch to be sent while the first commits", func() bool { return lt.n.Load() > begun })
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	if res[1].Revision != res[0].Revision+1 || res[0].Version.Version != 2 || res[1].Version.Version != 3 {
+		t.Fatalf("revisions %d, %d; versions %d, %d: want consecutive revisions and versions 2, 3",
+			res[0].Revision, res[1].Revision, res[0].Version.Version, res[1].Version.Version)
+	}
+	if entries, txs := transactions(t, url, res[0].Revision-1); entries != 2 || txs != 2 {
+		t.Fatalf("%d change-log entries in %d transactions, want 2 in 2", entries, txs)
 	}
 }

@@ -16,6 +16,8 @@ import (
 // (savepointTx). spState says what the next write must send first.
 type spState int
 
+const rollbackToSavepoint = `ROLLBACK TO SAVEPOINT w`
+
 const (
 	// spClean: "w" is set and holds nothing.
 	spClean spState = iota
@@ -31,18 +33,9 @@ func (s spState) prefix() []string {
 	case spKept:
 		return []string{`RELEASE SAVEPOINT w`, `SAVEPOINT w`}
 	case spFailed:
-		return []string{`ROLLBACK TO SAVEPOINT w`}
+		return []string{rollbackToSavepoint}
 	}
 	return nil
-}
-
-// final is what the batch sends before its bookkeeping, so that it runs at
-// the transaction's top level with the last write's fate settled.
-func (s spState) final() []string {
-	if s == spFailed {
-		return []string{`ROLLBACK TO SAVEPOINT w`, `RELEASE SAVEPOINT w`}
-	}
-	return []string{`RELEASE SAVEPOINT w`}
 }
 
 // savepointTx is the transaction a write's body sees: the batch's, sending
@@ -56,18 +49,29 @@ type savepointTx struct {
 
 func (t *savepointTx) begin(prefix []string) { t.prefix, t.used = prefix, false }
 
-func (t *savepointTx) take() []string {
+// take returns the prefix to send with the body's first statement. A
+// rollback to the savepoint goes first, on its own: after a failed
+// statement pgx prepares anew every statement of the failed pipeline,
+// which the aborted transaction refuses until the rollback ran (the simple
+// protocol, which prepares nothing, is accepted).
+func (t *savepointTx) take(ctx context.Context) ([]string, error) {
 	p := t.prefix
 	t.prefix, t.used = nil, true
-	return p
+	if len(p) > 0 && p[0] == rollbackToSavepoint {
+		if _, err := t.Tx.Exec(ctx, p[0]); err != nil {
+			return nil, err
+		}
+		p = p[1:]
+	}
+	return p, nil
 }
 
 // flush sends the prefix on its own (before a statement that cannot share
 // a pipeline with it).
 func (t *savepointTx) flush(ctx context.Context) error {
-	p := t.take()
-	if len(p) == 0 {
-		return nil
+	p, err := t.take(ctx)
+	if err != nil || len(p) == 0 {
+		return err
 	}
 	b := &pgx.Batch{}
 	for _, q := range p {
@@ -101,7 +105,10 @@ func (t *savepointTx) Exec(ctx context.Context, sql string, args ...any) (pgconn
 		}
 		return t.Tx.Exec(ctx, sql)
 	}
-	p := t.take()
+	p, err := t.take(ctx)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
 	if len(p) == 0 {
 		return t.Tx.Exec(ctx, sql, args...)
 	}
@@ -119,7 +126,10 @@ func (t *savepointTx) Exec(ctx context.Context, sql string, args ...any) (pgconn
 }
 
 func (t *savepointTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	p := t.take()
+	p, err := t.take(ctx)
+	if err != nil {
+		return errRow{err}
+	}
 	if len(p) == 0 {
 		return t.Tx.QueryRow(ctx, sql, args...)
 	}
@@ -133,7 +143,10 @@ func (t *savepointTx) QueryRow(ctx context.Context, sql string, args ...any) pgx
 }
 
 func (t *savepointTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	p := t.take()
+	p, err := t.take(ctx)
+	if err != nil {
+		return errBatch{err}
+	}
 	if len(p) == 0 {
 		return t.Tx.SendBatch(ctx, b)
 	}

@@ -104,8 +104,20 @@ type WriteResult struct {
 }
 
 // PutSecret creates the secret or adds version n+1.
+//
+// Its batch reads the secret in its first round trip (writeReading), so the
+// write is one round trip of its own: the new row and version, guarded by
+// the revision read. When the guard misses (an earlier write of the same
+// batch changed the secret) or the etag does not match what the batch read,
+// the write reads the secret again and proceeds from that.
 func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteResult, error) {
-	return write(ctx, s, meta, func(ctx context.Context, w *writer) (WriteResult, change, error) {
+	return writeReading(ctx, s, meta, p.Key, func(ctx context.Context, w *writer) (WriteResult, change, error) {
+		if cur, exists, ok := w.prefetched(p.Key); ok && (p.Expect == nil || exists && cur.Revision == *p.Expect) {
+			res, c, applied, err := putSecret(ctx, w, p, cur, exists)
+			if err != nil || applied {
+				return res, c, err
+			}
+		}
 		cur, err := scanSecret(w.tx.QueryRow(ctx, `SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = $1`, p.Key))
 		exists := err == nil
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -114,69 +126,89 @@ func (s *Store) PutSecret(ctx context.Context, meta Meta, p PutParams) (WriteRes
 		if p.Expect != nil && (!exists || cur.Revision != *p.Expect) {
 			return WriteResult{}, change{}, fmt.Errorf("secret %s changed since it was read: %w", p.Key, ErrEtagMismatch)
 		}
-		if !exists {
-			cur = Secret{Key: p.Key, Category: p.Defaults.Category, Description: p.Defaults.Description,
-				RestartRequired: p.Defaults.RestartRequired, CreateTime: w.now}
+		res, c, applied, err := putSecret(ctx, w, p, cur, exists)
+		if err == nil && !applied {
+			// Read in this transaction under the revision lock: only a
+			// writer that bypassed the lock could have changed it.
+			err = fmt.Errorf("secret %s changed while it was written: %w", p.Key, ErrEtagMismatch)
 		}
-		if p.Description != nil {
-			cur.Description = *p.Description
-		}
-		if p.Category != nil {
-			cur.Category = *p.Category
-		}
-		if p.RestartRequired != nil {
-			cur.RestartRequired = *p.RestartRequired
-		}
-		if p.RotationPeriod != nil {
-			cur.RotationPeriod = *p.RotationPeriod
-		}
-		if p.ExpireTime != nil {
-			cur.ExpireTime = *p.ExpireTime
-		}
-		cur.NextRotationTime = nextAfterNewVersion(cur, w.now)
-		cur.setFlags(w.now)
-		cur.CurrentVersion++
-		cur.CurrentState = StateEnabled
-		cur.Revision = w.rev
-		cur.UpdateTime = w.now
-		cur.UpdatedBy = w.meta.Actor
-
-		sealed, err := p.Seal(ctx, cur.CurrentVersion)
-		if err != nil {
-			return WriteResult{}, change{}, err
-		}
-		b := &pgx.Batch{}
-		// A new version answers the rotation reminder: the schedule moves on
-		// and the next due time may be notified again.
-		b.Queue(`INSERT INTO secrets (key, category, description, restart_required, current_version, revision, create_time, update_time, updated_by,
-				rotation_period_seconds, next_rotation_time, expire_time, rotation_notified_for)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)
-			ON CONFLICT (key) DO UPDATE SET category = EXCLUDED.category, description = EXCLUDED.description,
-				restart_required = EXCLUDED.restart_required, current_version = EXCLUDED.current_version,
-				revision = EXCLUDED.revision, update_time = EXCLUDED.update_time, updated_by = EXCLUDED.updated_by,
-				rotation_period_seconds = EXCLUDED.rotation_period_seconds, next_rotation_time = EXCLUDED.next_rotation_time,
-				expire_time = EXCLUDED.expire_time, rotation_notified_for = NULL`,
-			cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.CurrentVersion, cur.Revision,
-			cur.CreateTime, cur.UpdateTime, cur.UpdatedBy,
-			nullSeconds(cur.RotationPeriod), nullTime(cur.NextRotationTime), nullTime(cur.ExpireTime))
-		b.Queue(`INSERT INTO secret_versions (key, version, state, ciphertext, wrapped_dek, kek_id, create_time, created_by)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			cur.Key, cur.CurrentVersion, StateEnabled, sealed.Ciphertext, sealed.WrappedDEK, sealed.KEKID, w.now, w.meta.Actor)
-		if err := w.tx.SendBatch(ctx, b).Close(); err != nil {
-			return WriteResult{}, change{}, err
-		}
-		v := &Version{Key: cur.Key, Version: cur.CurrentVersion, State: StateEnabled, CreateTime: w.now,
-			CreatedBy: w.meta.Actor, KEKID: sealed.KEKID}
-		return WriteResult{Secret: cur, Version: v, Revision: w.rev},
-			change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category,
-				restartRequired: cur.RestartRequired, valueHMAC: p.ValueHMAC},
-			nil
+		return res, c, err
 	}, s.etagCheck(p.Key, p.Expect, false), func(ctx context.Context) error {
 		if p.Prepare == nil {
 			return nil
 		}
 		return p.Prepare(ctx)
 	})
+}
+
+// putSecret writes version n+1 of cur (as read: exists false for a new
+// secret) in one statement, provided the secret is still as read (same
+// revision, or still absent); applied is false, with nothing written,
+// when it is not.
+func putSecret(ctx context.Context, w *writer, p PutParams, cur Secret, exists bool) (res WriteResult, c change, applied bool, err error) {
+	read := cur.Revision
+	if !exists {
+		cur = Secret{Key: p.Key, Category: p.Defaults.Category, Description: p.Defaults.Description,
+			RestartRequired: p.Defaults.RestartRequired, CreateTime: w.now}
+	}
+	if p.Description != nil {
+		cur.Description = *p.Description
+	}
+	if p.Category != nil {
+		cur.Category = *p.Category
+	}
+	if p.RestartRequired != nil {
+		cur.RestartRequired = *p.RestartRequired
+	}
+	if p.RotationPeriod != nil {
+		cur.RotationPeriod = *p.RotationPeriod
+	}
+	if p.ExpireTime != nil {
+		cur.ExpireTime = *p.ExpireTime
+	}
+	cur.NextRotationTime = nextAfterNewVersion(cur, w.now)
+	cur.setFlags(w.now)
+	cur.CurrentVersion++
+	cur.CurrentState = StateEnabled
+	cur.Revision = w.rev
+	cur.UpdateTime = w.now
+	cur.UpdatedBy = w.meta.Actor
+
+	sealed, err := p.Seal(ctx, cur.CurrentVersion)
+	if err != nil {
+		return WriteResult{}, change{}, false, err
+	}
+	args := []any{cur.Key, cur.Category, cur.Description, cur.RestartRequired, cur.CurrentVersion, cur.Revision,
+		cur.CreateTime, cur.UpdateTime, cur.UpdatedBy,
+		nullSeconds(cur.RotationPeriod), nullTime(cur.NextRotationTime), nullTime(cur.ExpireTime),
+		StateEnabled, sealed.Ciphertext, sealed.WrappedDEK, sealed.KEKID}
+	row := `INSERT INTO secrets (key, category, description, restart_required, current_version, revision, create_time, update_time, updated_by,
+			rotation_period_seconds, next_rotation_time, expire_time, rotation_notified_for)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)
+		ON CONFLICT (key) DO NOTHING
+		RETURNING key`
+	if exists {
+		row = `UPDATE secrets SET category = $2, description = $3, restart_required = $4, current_version = $5,
+				revision = $6, update_time = $8, updated_by = $9, rotation_period_seconds = $10,
+				next_rotation_time = $11, expire_time = $12, rotation_notified_for = NULL
+			WHERE key = $1 AND revision = $17 AND create_time = $7
+			RETURNING key`
+		args = append(args, read)
+	}
+	// A new version answers the rotation reminder: the schedule moves on
+	// and the next due time may be notified again.
+	applied, err = w.apply(ctx, `WITH s AS (`+row+`)
+		INSERT INTO secret_versions (key, version, state, ciphertext, wrapped_dek, kek_id, create_time, created_by)
+		SELECT s.key, $5, $13, $14, $15, $16, $8, $9 FROM s`, args...)
+	if err != nil || !applied {
+		return WriteResult{}, change{}, false, err
+	}
+	v := &Version{Key: cur.Key, Version: cur.CurrentVersion, State: StateEnabled, CreateTime: w.now,
+		CreatedBy: w.meta.Actor, KEKID: sealed.KEKID}
+	return WriteResult{Secret: cur, Version: v, Revision: w.rev},
+		change{kind: ChangeValueAdded, key: cur.Key, version: cur.CurrentVersion, category: cur.Category,
+			restartRequired: cur.RestartRequired, valueHMAC: p.ValueHMAC},
+		true, nil
 }
 
 // UpdateParams describe an UpdateSecret: nil fields are left alone.

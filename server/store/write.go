@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // change is what one write did: it becomes the change-log entry and the audit
@@ -31,6 +32,64 @@ type writer struct {
 	rev  int64
 	now  time.Time
 	meta Meta
+	// read holds the secrets the batch read at its start (writeReading),
+	// absent ones as nil.
+	read map[string]*Secret
+	// plan, when set, is where apply puts the write's one statement: the
+	// batch sends the statements of all its writes together (runPlanned),
+	// and tx refuses any other statement.
+	plan *plan
+}
+
+// plan is a write's one statement, to be sent with the other writes'.
+type plan struct {
+	sql  string
+	args []any
+}
+
+// apply runs a write's statement that changes rows only if what the body
+// read is still so (a guard in the statement): applied is false, with
+// nothing changed, when the guard found otherwise. A planned write's
+// statement is queued for its batch and counts as applied: the batch
+// checks it, and runs the write again one at a time if it was not.
+func (w *writer) apply(ctx context.Context, sql string, args ...any) (applied bool, err error) {
+	if w.plan != nil {
+		if w.plan.sql != "" {
+			return false, errNotPlanned
+		}
+		w.plan.sql, w.plan.args = sql, args
+		return true, nil
+	}
+	tag, err := w.tx.Exec(ctx, sql, args...)
+	return err == nil && tag.RowsAffected() > 0, err
+}
+
+// errNotPlanned fails a planned write that sends more than apply's one
+// statement: its batch runs it again, one write at a time.
+var errNotPlanned = errors.New("store: a planned write sends one statement, through apply")
+
+// planTx is a planned write's transaction: it sends nothing.
+type planTx struct{ pgx.Tx }
+
+func (planTx) Exec(context.Context, string, ...any) (pgconn.CommandTag, error) {
+	return pgconn.CommandTag{}, errNotPlanned
+}
+func (planTx) Query(context.Context, string, ...any) (pgx.Rows, error) { return nil, errNotPlanned }
+func (planTx) QueryRow(context.Context, string, ...any) pgx.Row        { return errRow{errNotPlanned} }
+func (planTx) SendBatch(context.Context, *pgx.Batch) pgx.BatchResults {
+	return errBatch{errNotPlanned}
+}
+
+// prefetched is key's secret as the batch read it at its start, after
+// taking the revision lock: ok false when the batch did not read it. An
+// earlier write of the batch may have changed it since: a body using it
+// must check that the row is still as read (the revision) when it writes.
+func (w *writer) prefetched(key string) (sec Secret, exists, ok bool) {
+	p, ok := w.read[key]
+	if !ok || p == nil {
+		return Secret{}, false, ok
+	}
+	return *p, true, true
 }
 
 // write queues body for the store's write batcher (group commit: see
@@ -46,6 +105,14 @@ type writer struct {
 // checks that can refuse a write without queueing it (a stale etag), and
 // slow work such as a KMS wrap, which must never hold up the batch.
 func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx context.Context, w *writer) (R, change, error), pre ...func(context.Context) error) (R, error) {
+	return writeReading(ctx, s, meta, "", body, pre...)
+}
+
+// writeReading is write for a body that starts by reading secret key: its
+// batch reads the secrets of all such writes in its first round trip, and
+// the body finds key's there (writer.prefetched) instead of spending a
+// round trip of its own, with every other write of the batch waiting.
+func writeReading[R any](ctx context.Context, s *Store, meta Meta, key string, body func(ctx context.Context, w *writer) (R, change, error), pre ...func(context.Context) error) (R, error) {
 	var zero R
 	if meta.RequestID != "" {
 		if r, ok, err := replay[R](ctx, s, meta); err != nil || ok {
@@ -61,6 +128,7 @@ func write[R any](ctx context.Context, s *Store, meta Meta, body func(ctx contex
 		}
 	}
 	j, result := newWriteJob(ctx, meta, body)
+	j.reads = key
 	if err := s.writeBatcher().submit(ctx, j); err != nil {
 		return zero, err
 	}
