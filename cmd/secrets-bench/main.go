@@ -13,8 +13,8 @@
 // phase runs for a fixed duration after a warm-up.
 //
 // BENCH_QUICK=1 runs the same phases with small counts (under a minute);
-// BENCH_PROFILE=dir saves CPU profiles of the servers during the access c16
-// and put c16 phases (10 s each) and the largest change-stream phase (writes
+// BENCH_PROFILE=dir saves CPU profiles of the servers during the access c16,
+// REST access c16 and put c16 phases (10 s each) and the largest change-stream phase (writes
 // and delivery) and prints their top functions.
 package main
 
