@@ -170,6 +170,19 @@ func (h *hostState) do(c hostCmd) (hostReply, error) {
 		err := h.prof.Close()
 		h.prof = nil
 		return hostReply{}, err
+	case "heap-profile":
+		// What the live heap holds (after a GC), e.g. with every watch
+		// stream open and idle.
+		runtime.GC()
+		f, err := os.Create(c.Path)
+		if err != nil {
+			return hostReply{}, err
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			f.Close()
+			return hostReply{}, err
+		}
+		return hostReply{}, f.Close()
 	case "quit":
 		h.shutdown()
 		return hostReply{}, nil

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -240,6 +242,16 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	}
 	res.BytesPerStream = (float64(mem1) - float64(mem0)) / float64(n)
 	stackPerStream := (float64(stack1) - float64(stack0)) / float64(n)
+	if b.cfg.profileDir != "" && n == b.cfg.watchLarge {
+		path, _ := filepath.Abs(filepath.Join(b.cfg.profileDir, fmt.Sprintf("server-heap-watch-%d-idle.pprof", n)))
+		if err := os.MkdirAll(b.cfg.profileDir, 0o755); err != nil {
+			b.note("heap profile: " + err.Error())
+		} else if _, err := b.host.call(hostCmd{Op: "heap-profile", Path: path}); err != nil {
+			b.note("heap profile: " + err.Error())
+		} else {
+			b.progress("  server heap with the streams idle -> " + path)
+		}
+	}
 
 	written := map[int64]int64{} // revision -> PutSecret returned (ns since base)
 	rng := rand.New(rand.NewPCG(2, 3))

@@ -162,13 +162,21 @@ type Stats struct {
 	Subscribers int
 	Revision    int64
 	Lagged      int64
+	// SendStalls counts the streams whose send held a sender for longer
+	// than Options.SendStall (a client not reading): they went back to a
+	// goroutine of their own.
+	SendStalls int64
 }
 
 // Stats returns current figures.
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return Stats{Subscribers: len(h.subs), Revision: h.rev, Lagged: h.lagCount}
+	st := Stats{Subscribers: len(h.subs), Revision: h.rev, Lagged: h.lagCount}
+	if h.senders != nil {
+		st.SendStalls = h.senders.stalls.Load()
+	}
+	return st
 }
 
 // Run reads the log and publishes until ctx ends, then ends every
@@ -640,8 +648,13 @@ func (h *Hub) Open(ctx context.Context, after int64, consumer *store.ConsumerID)
 // Last is the last revision the stream returned (or started after).
 func (s *Stream) Last() int64 { return s.last }
 
-// Close ends the stream.
+// Close ends the stream, once Next or Serve has returned.
 func (s *Stream) Close() {
+	// No sender may take from the subscription once it is gone (Serve
+	// has handed the stream back by now: this only guards misuse).
+	s.d.mu.Lock()
+	s.d.active = false
+	s.d.mu.Unlock()
 	if s.sub != nil {
 		s.sub.Close()
 		s.sub = nil

@@ -118,6 +118,8 @@ type senders struct {
 	running map[*sender]struct{}
 	// watching: the stall monitor is running.
 	watching bool
+	// stalls counts the sends that stalled a sender.
+	stalls atomic.Int64
 }
 
 type sender struct {
@@ -205,6 +207,7 @@ func (p *senders) watch() {
 				continue
 			}
 			w.current.slow.Store(true)
+			p.stalls.Add(1)
 			delete(p.running, w)
 			if len(p.queue) > 0 {
 				r := &sender{}

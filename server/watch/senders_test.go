@@ -39,11 +39,15 @@ func (r *served) count() (n, away int) {
 }
 
 // serve runs s.Serve on a goroutine of its own, recording what it sends;
-// block, if set, runs (unlocked) before each send.
-func serve(ctx context.Context, s *watch.Stream, block func(rev int64)) (*served, chan error) {
+// block, if set, runs (unlocked) before each send. The test waits for
+// Serve to return (ctx must end) before its earlier cleanups (s.Close).
+func serve(t *testing.T, ctx context.Context, s *watch.Stream, block func(rev int64)) (*served, chan error) {
 	r := &served{notify: make(chan struct{}, 1)}
 	done := make(chan error, 1)
+	exited := make(chan struct{})
+	t.Cleanup(func() { <-exited })
 	go func() {
+		defer close(exited)
 		me := goid()
 		done <- s.Serve(ctx, func(item watch.Item) error {
 			if item.Change == nil {
@@ -116,7 +120,7 @@ func TestServeFromSenders(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer s.Close()
-		r, done := serve(ctx, s, nil)
+		r, done := serve(t, ctx, s, nil)
 		rs, dones = append(rs, r), append(dones, done)
 	}
 	for _, r := range rs {
@@ -167,7 +171,7 @@ func TestServeStalledSendDoesNotHoldOthers(t *testing.T) {
 	}
 	release := make(chan struct{})
 	var once sync.Once
-	stuck, stuckDone := serve(ctx, open(), func(rev int64) {
+	stuck, stuckDone := serve(t, ctx, open(), func(rev int64) {
 		if rev == 2 {
 			<-release // the client stops reading at revision 2
 		}
@@ -176,7 +180,7 @@ func TestServeStalledSendDoesNotHoldOthers(t *testing.T) {
 	// before some of them, whatever the queue's order.
 	var healthy []*served
 	for range 4 {
-		r, _ := serve(ctx, open(), nil)
+		r, _ := serve(t, ctx, open(), nil)
 		healthy = append(healthy, r)
 	}
 	defer once.Do(func() { close(release) })
@@ -202,6 +206,9 @@ func TestServeStalledSendDoesNotHoldOthers(t *testing.T) {
 	if away == 0 {
 		t.Fatal("no change went out from the senders; the test proves nothing")
 	}
+	if st := h.Stats().SendStalls; st != 1 {
+		t.Fatalf("SendStalls = %d, want 1", st)
+	}
 	once.Do(func() { close(release) })
 	waitFor(t, stuck, writes, 10*time.Second)
 	checkInOrder(t, stuck, 1, writes)
@@ -222,7 +229,8 @@ func TestServeEnds(t *testing.T) {
 	}
 	defer s.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	r, done := serve(ctx, s, nil)
+	defer cancel()
+	r, done := serve(t, ctx, s, nil)
 	for h.Stats().Subscribers != 1 {
 		time.Sleep(time.Millisecond)
 	}
@@ -240,6 +248,8 @@ func TestServeEnds(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Serve did not end with its context")
 	}
+
+	s.Close()
 
 	s2, err := h.Open(context.Background(), log.commit(0), nil)
 	if err != nil {
