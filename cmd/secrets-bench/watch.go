@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -106,10 +104,7 @@ type watchResult struct {
 }
 
 // hubLagged sums secrets_watch_lagged_total over the replicas' /metrics.
-func (b *bench) hubLagged() float64 { return b.hubCounter("secrets_watch_lagged_total") }
-
-// hubCounter sums a counter over the replicas' /metrics (-1: unreadable).
-func (b *bench) hubCounter(name string) float64 {
+func (b *bench) hubLagged() float64 {
 	var sum float64
 	for _, r := range b.replicas {
 		resp, err := http.Get("http://" + r.HTTP + "/metrics")
@@ -119,7 +114,7 @@ func (b *bench) hubCounter(name string) float64 {
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			if v, ok := strings.CutPrefix(sc.Text(), "secrets_watch_lagged_total "); ok {
 				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 				sum += f
 			}
@@ -162,7 +157,7 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	if _, err := writer.PutSecret(ctx, &pb.PutSecretRequest{Key: watchKey, Value: []byte("initial")}); err != nil {
 		return res, err
 	}
-	mem0, stack0, err := b.host.memStack()
+	mem0, err := b.host.mem()
 	if err != nil {
 		return res, err
 	}
@@ -173,11 +168,9 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait(); closeAll(conns); b.settle(baseG) }()
 	base := time.Now()
-	var delivered [64]paddedCount
-	var failed atomic.Int64
+	var delivered, failed atomic.Int64
 	var firstErr firstError
 	lagged0 := b.hubLagged()
-	stalls0 := b.hubCounter("secrets_watch_send_stalls_total")
 	opened := make(chan struct{}, n)
 	sem := make(chan struct{}, 256)
 	for i := range n {
@@ -205,14 +198,9 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 			opened <- struct{}{}
 			l := &logs[i]
 			l.revs, l.at = make([]int64, 0, b.cfg.watchWrites), make([]int64, 0, b.cfg.watchWrites)
-			// As an efficient client receives: the header's message reused
-			// for every event (each is still decoded whole), the clock read once per
-			// event, and a delivery counter shared by few streams (one
-			// counter for all 10,000 bounces its cache line between the
-			// cores at every event).
-			count := &delivered[i%len(delivered)]
 			for {
-				if err := stream.RecvMsg(m); err != nil {
+				m, err := stream.Recv()
+				if err != nil {
 					if sctx.Err() == nil {
 						failed.Add(1)
 						firstErr.set(err)
@@ -220,9 +208,9 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 					return
 				}
 				if ev := m.GetEvent(); ev != nil {
-					l.at = append(l.at, int64(time.Since(base)))
 					l.revs = append(l.revs, ev.GetRevision())
-					count.Add(1)
+					l.at = append(l.at, int64(time.Since(base)))
+					delivered.Add(1)
 				}
 			}
 		}()
@@ -240,22 +228,11 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	}
 	b.progressf("  %d streams open in %.1fs", n, time.Since(base).Seconds())
 	time.Sleep(200 * time.Millisecond) // let the hub register the last ones
-	mem1, stack1, err := b.host.memStack()
+	mem1, err := b.host.mem()
 	if err != nil {
 		return res, err
 	}
 	res.BytesPerStream = (float64(mem1) - float64(mem0)) / float64(n)
-	stackPerStream := (float64(stack1) - float64(stack0)) / float64(n)
-	if b.cfg.profileDir != "" && n == b.cfg.watchLarge {
-		path, _ := filepath.Abs(filepath.Join(b.cfg.profileDir, fmt.Sprintf("server-heap-watch-%d-idle.pprof", n)))
-		if err := os.MkdirAll(b.cfg.profileDir, 0o755); err != nil {
-			b.note("heap profile: " + err.Error())
-		} else if _, err := b.host.call(hostCmd{Op: "heap-profile", Path: path}); err != nil {
-			b.note("heap profile: " + err.Error())
-		} else {
-			b.progress("  server heap with the streams idle -> " + path)
-		}
-	}
 
 	written := map[int64]int64{} // revision -> PutSecret returned (ns since base)
 	rng := rand.New(rand.NewPCG(2, 3))
@@ -282,7 +259,7 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 		}
 		res.Expected = n * len(written)
 		lastWrite := time.Now()
-		for deadline := time.Now().Add(30 * time.Second); sumCounts(delivered[:]) < int64(res.Expected) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(30 * time.Second); delivered.Load() < int64(res.Expected) && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)
 		}
 		drained = time.Since(lastWrite)
@@ -295,11 +272,6 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	}
 	res.CPU = cpu
 	res.Lagged = b.hubLagged() - lagged0
-	if stalls := b.hubCounter("secrets_watch_send_stalls_total") - stalls0; stalls > 0 {
-		// A stream taken off the shared senders (a send held one for
-		// 50 ms): these bench clients all read, so it was the machine.
-		b.note(fmt.Sprintf("watch %d: %.0f streams stalled a sender and went back to their own goroutines", n, stalls))
-	}
 	cancel()
 	wg.Wait()
 	if f := failed.Load(); f > 0 {
@@ -322,8 +294,8 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	slices.Sort(lat)
 	res.P50, res.P99 = time.Duration(percentile(lat, 0.5)), time.Duration(percentile(lat, 0.99))
 	b.progressf("  watch %d: p50 %s, p99 %s over %d pairs (delivery ended %.1fs after the last write returned; "+
-		"%.0f subscriptions overflowed and caught up from the log); server heap +%.0f B per idle stream (goroutine stacks %.0f B of it)",
-		n, ms(res.P50), ms(res.P99), res.Pairs, drained.Seconds(), res.Lagged, res.BytesPerStream, stackPerStream)
+		"%.0f subscriptions overflowed and caught up from the log); server heap +%.0f B per idle stream",
+		n, ms(res.P50), ms(res.P99), res.Pairs, drained.Seconds(), res.Lagged, res.BytesPerStream)
 	b.progressf("  watch %d (writes and delivery): %s", n, res.CPU)
 	return res, nil
 }
@@ -351,20 +323,6 @@ func (b *bench) idleConnPhase(ctx context.Context, n int) (float64, error) {
 	per := (float64(mem1) - float64(mem0)) / float64(n)
 	b.progressf("  idle connections: server heap +%.0f B per connection", per)
 	return per, nil
-}
-
-// paddedCount is a counter alone on its cache line.
-type paddedCount struct {
-	atomic.Int64
-	_ [56]byte
-}
-
-func sumCounts(cs []paddedCount) int64 {
-	var n int64
-	for i := range cs {
-		n += cs[i].Load()
-	}
-	return n
 }
 
 // firstError keeps the first error set.
