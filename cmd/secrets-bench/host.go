@@ -67,7 +67,8 @@ type hostReply struct {
 	Port       int    `json:"port,omitempty"`
 	GRPC       string `json:"grpc,omitempty"`
 	HTTP       string `json:"http,omitempty"`
-	Heap       uint64 `json:"heap,omitempty"` // HeapInuse+StackInuse after GC
+	Heap       uint64 `json:"heap,omitempty"`  // HeapInuse+StackInuse after GC
+	Stack      uint64 `json:"stack,omitempty"` // StackInuse (goroutine stacks), part of Heap
 	Goroutines int    `json:"goroutines,omitempty"`
 	// WAL fsyncs so far and their total time (pg_stat_wal).
 	WALSyncs  int64   `json:"walSyncs,omitempty"`
@@ -137,7 +138,7 @@ func (h *hostState) do(c hostCmd) (hostReply, error) {
 		runtime.GC()
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
-		return hostReply{Heap: m.HeapInuse + m.StackInuse, Goroutines: runtime.NumGoroutine()}, nil
+		return hostReply{Heap: m.HeapInuse + m.StackInuse, Stack: m.StackInuse, Goroutines: runtime.NumGoroutine()}, nil
 	case "wal":
 		if h.cluster == nil {
 			return hostReply{}, errors.New("no cluster")
@@ -364,6 +365,12 @@ func (h *host) call(c hostCmd) (hostReply, error) {
 func (h *host) mem() (uint64, error) {
 	r, err := h.call(hostCmd{Op: "mem"})
 	return r.Heap, err
+}
+
+// memStack is mem and the part of it that is goroutine stacks.
+func (h *host) memStack() (total, stack uint64, err error) {
+	r, err := h.call(hostCmd{Op: "mem"})
+	return r.Heap, r.Stack, err
 }
 
 // close stops everything in the host and waits for it to exit.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -309,8 +310,10 @@ func (b *bench) check(phase string, rs ...loadResult) {
 }
 
 // startProfile starts a CPU profile of the server host, saved as
-// server-cpu-<name>.pprof, for at most d (0: no limit) or until the returned
-// stop is called.
+// server-cpu-<name>.pprof, and one of this process (the load generator:
+// on 2 shared cores its cost delays the servers as much as their own), saved
+// as loadgen-cpu-<name>.pprof, for at most d (0: no limit) or until the
+// returned stop is called.
 func (b *bench) startProfile(name, title string, d time.Duration) (stop func(), err error) {
 	if err := os.MkdirAll(b.cfg.profileDir, 0o755); err != nil {
 		return nil, err
@@ -320,9 +323,24 @@ func (b *bench) startProfile(name, title string, d time.Duration) (stop func(), 
 		return nil, err
 	}
 	b.progress(fmt.Sprintf("  profiling the server (%s) -> %s", title, path))
+	local := strings.Replace(path, "server-cpu-", "loadgen-cpu-", 1)
+	f, err := os.Create(local)
+	if err == nil {
+		if err = pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			f = nil
+		}
+	}
+	if err != nil {
+		b.note("load generator profile: " + err.Error())
+	}
 	var once sync.Once
 	stopNow := func() {
 		once.Do(func() {
+			if f != nil {
+				pprof.StopCPUProfile()
+				f.Close()
+			}
 			if _, err := b.host.call(hostCmd{Op: "profile-stop"}); err != nil {
 				b.note("profile: " + err.Error())
 				return
