@@ -330,7 +330,10 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 	)
 	seen := map[string]idemRecord{}
 	b := &pgx.Batch{}
-	b.BeginTx(pgx.TxOptions{})
+	// READ COMMITTED whatever the server's default: a batch sent while the
+	// previous one commits waits for the counter lock and must then see
+	// that commit (under REPEATABLE READ its FOR UPDATE would fail 40001).
+	b.BeginTx(pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
 	b.Queue(`SELECT revision, now() FROM revision_counter FOR UPDATE`).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&rev, &now)
 	})
