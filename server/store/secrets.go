@@ -151,15 +151,7 @@ func putSecret(ctx context.Context, w *writer, p PutParams, cur Secret, exists b
 		cur = Secret{Key: p.Key, Category: p.Defaults.Category, Description: p.Defaults.Description,
 			RestartRequired: p.Defaults.RestartRequired, CreateTime: w.now}
 	}
-	if p.Description != nil {
-		cur.Description = *p.Description
-	}
-	if p.Category != nil {
-		cur.Category = *p.Category
-	}
-	if p.RestartRequired != nil {
-		cur.RestartRequired = *p.RestartRequired
-	}
+	cur.setMetadata(p.Description, p.Category, p.RestartRequired)
 	if p.RotationPeriod != nil {
 		cur.RotationPeriod = *p.RotationPeriod
 	}
@@ -211,6 +203,20 @@ func putSecret(ctx context.Context, w *writer, p PutParams, cur Secret, exists b
 		true, nil
 }
 
+// setMetadata sets the metadata a write gives (nil: keep the current);
+// PutSecret and UpdateSecret take the same three.
+func (cur *Secret) setMetadata(description, category *string, restartRequired *bool) {
+	if description != nil {
+		cur.Description = *description
+	}
+	if category != nil {
+		cur.Category = *category
+	}
+	if restartRequired != nil {
+		cur.RestartRequired = *restartRequired
+	}
+}
+
 // UpdateParams describe an UpdateSecret: nil fields are left alone.
 type UpdateParams struct {
 	Key             string
@@ -234,15 +240,7 @@ func (s *Store) UpdateSecret(ctx context.Context, meta Meta, p UpdateParams) (Wr
 		if err != nil {
 			return WriteResult{}, change{}, err
 		}
-		if p.Description != nil {
-			cur.Description = *p.Description
-		}
-		if p.Category != nil {
-			cur.Category = *p.Category
-		}
-		if p.RestartRequired != nil {
-			cur.RestartRequired = *p.RestartRequired
-		}
+		cur.setMetadata(p.Description, p.Category, p.RestartRequired)
 		rescheduled, err := applySchedule(&cur, p, w.now)
 		if err != nil {
 			return WriteResult{}, change{}, err
