@@ -128,7 +128,11 @@ func TestCredentialWatchGroupLifecycle(t *testing.T) {
 		t.Fatalf("%d groups for one credential", n)
 	}
 	leave1()
-	time.Sleep(30 * time.Millisecond)
+	// Re-checks every 5 ms while stream 2 is open; a loaded machine may
+	// run the first one late, so wait for it rather than a fixed time.
+	for deadline := time.Now().Add(5 * time.Second); checks.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if checks.Load() == 0 {
 		t.Error("no re-check while a stream is open")
 	}
