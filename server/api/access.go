@@ -124,6 +124,10 @@ const answerMargin = 150 * time.Millisecond
 // where this replica reads, or a database restored from a backup) is
 // waited for within the request's deadline, at most MinRevisionWait; then
 // it is OUT_OF_RANGE with reason REVISION_AHEAD, never an older value.
+//
+// Each probe of the database is bounded by that wait too: a database slow
+// to answer (a loaded replica) is a revision not reached in time, answered
+// REVISION_AHEAD before the caller's deadline, not DEADLINE_EXCEEDED after.
 func (s *SecretService) reachRevision(ctx context.Context, minRevision int64) error {
 	if minRevision == 0 {
 		return nil
@@ -137,25 +141,46 @@ func (s *SecretService) reachRevision(ctx context.Context, minRevision int64) er
 		// Leave time to answer before the caller gives up.
 		deadline = d.Add(-answerMargin)
 	}
+	wctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	ahead := func(rev int64) error {
+		current := "has not answered in time"
+		if rev > 0 {
+			current = fmt.Sprintf("is %d", rev)
+		}
+		return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
+			fmt.Sprintf("min_revision %d is ahead of the database, whose revision %s; retry later, or read without it after a database restore", minRevision, current))
+	}
+	var rev int64
 	pause := 10 * time.Millisecond
-	for {
-		rev, err := s.Consumers.Revision(ctx)
-		if err != nil {
+	for probe := wctx; ; probe = wctx {
+		if wctx.Err() != nil && rev == 0 {
+			// Less time left than the margin: the first probe may use it
+			// all (a reached revision is never answered AHEAD).
+			probe = ctx
+		}
+		r, err := s.Consumers.Revision(probe)
+		switch {
+		case err == nil:
+			rev = r
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case wctx.Err() != nil:
+			return ahead(rev)
+		default:
 			return err
 		}
 		if rev >= minRevision {
 			return nil
 		}
-		wait := min(pause, time.Until(deadline))
-		if wait <= 0 {
-			return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
-				fmt.Sprintf("min_revision %d is ahead of the current revision %d; retry later, or read without it after a database restore", minRevision, rev))
-		}
-		t := time.NewTimer(wait)
+		t := time.NewTimer(pause)
 		select {
-		case <-ctx.Done():
+		case <-wctx.Done():
 			t.Stop()
-			return ctx.Err()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return ahead(rev)
 		case <-t.C:
 		}
 		pause = min(2*pause, 200*time.Millisecond)
