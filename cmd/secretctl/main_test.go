@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,6 +54,18 @@ func testChild(mode string) int {
 	logf("start %d %s", os.Getpid(), strings.Join(vals, " "))
 	if mode == "exit3" {
 		return 3
+	}
+	if mode == "zombie-parent" {
+		// Leaves a child in group ZOMBIE_PGID that exits and is never
+		// reaped: a zombie whose parent is outside the group.
+		pg, _ := strconv.Atoi(os.Getenv("ZOMBIE_PGID"))
+		z := exec.Command("true")
+		z.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pg}
+		if err := z.Start(); err != nil {
+			logf("error %v", err)
+			return 1
+		}
+		logf("zombie %d", z.Process.Pid)
 	}
 	deadline := time.After(60 * time.Second) // never outlive a failed test by much
 	for {

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -253,6 +254,7 @@ func (a *app) supervise(ctx context.Context, argv []string, envFn func() []strin
 		for {
 			select {
 			case err := <-c.exited:
+				c.err, c.done = err, true
 				if reloaded && !stopping && diedOf(err, reloadSig) {
 					fmt.Fprintf(a.stderr, "secretctl: %s ended on %s; restarting it\n", argv[0], signalName(reloadSig))
 					a.reapGroup(c, grace)
@@ -318,9 +320,70 @@ func (c *child) signal(sig syscall.Signal) {
 	_ = c.cmd.Process.Signal(sig)
 }
 
-// groupAlive reports whether any process is left in the child's group.
+// groupAlive reports whether any process of the child's group still runs.
+//
+// A member that has exited but is not yet reaped (a zombie) has stopped:
+// once the shell in front of it is gone it waits for init, which in a
+// container may reap it seconds late, or, when run itself is PID 1 (the
+// container's entrypoint), never. Counting it would hold every restart for
+// the grace period and a SIGKILL. Zombies that are run's own children (run
+// is PID 1 or a subreaper) are reaped here, once the child itself has
+// been, so its status is never taken from exec's Wait.
 func (c *child) groupAlive() bool {
-	return c.group && syscall.Kill(-c.cmd.Process.Pid, 0) == nil
+	if !c.group {
+		return false
+	}
+	pg := c.cmd.Process.Pid
+	if c.done {
+		reapOrphans(pg)
+	}
+	if syscall.Kill(-pg, 0) != nil {
+		return false
+	}
+	running, known := groupRunning(pg)
+	return running || !known
+}
+
+// reapOrphans reaps the exited members of group pg that are run's children.
+func reapOrphans(pg int) {
+	for {
+		var ws syscall.WaitStatus
+		if pid, err := syscall.Wait4(-pg, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+			return
+		}
+	}
+}
+
+// groupRunning reports whether a process of group pg is running (not a
+// zombie), from /proc; known is false where /proc cannot tell.
+func groupRunning(pg int) (running, known bool) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false, false
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if name[0] < '1' || name[0] > '9' {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + name + "/stat")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			return false, false
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 3 {
+			return false, false
+		}
+		if f[2] == strconv.Itoa(pg) && f[0] != "Z" && f[0] != "X" {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 // wait waits for the child itself to exit, at most until deadline.

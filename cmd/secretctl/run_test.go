@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -233,13 +234,8 @@ func TestRunForwardsSignals(t *testing.T) {
 
 // alive reports whether pid is a running process (not gone, not a zombie).
 func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// pid (comm) S ...: the state follows the last ')'.
-	st := string(b[strings.LastIndexByte(string(b), ')')+1:])
-	return !strings.HasPrefix(strings.TrimSpace(st), "Z")
+	st := procState(pid)
+	return st != "" && st != "Z"
 }
 
 // pidOf returns the pid logged on the n-th (from 1) line starting with prefix.
@@ -323,7 +319,7 @@ func TestRunWatchRestartsWholeGroup(t *testing.T) {
 	}
 	second := pidOf(t, lines, "start", 2)
 	r := stop()
-	if !alive(second) && countPrefix(childLog(t, log), "term") == 2 {
+	if !alive(second) && countPrefix(childLog(t, log), "term") == 2 && !strings.Contains(r.stderr, "did not stop within") {
 		return
 	}
 	t.Fatalf("stopping run left the grandchild %d running (alive %v); run: %+v; log:\n%s", second, alive(second), r,
@@ -352,7 +348,9 @@ func TestRunWatchReloadSignalKillsShell(t *testing.T) {
 	if alive(first) {
 		t.Fatalf("the first instance %d is still running", first)
 	}
-	if r := stop(); !strings.Contains(r.stderr, "ended on SIGHUP; restarting it") {
+	// The shell's child, orphaned when the shell died, is stopped without
+	// waiting for init to reap it: no grace period, no SIGKILL.
+	if r := stop(); !strings.Contains(r.stderr, "ended on SIGHUP; restarting it") || strings.Contains(r.stderr, "did not stop within") {
 		t.Fatalf("run: %+v", r)
 	}
 }
@@ -397,4 +395,92 @@ func TestRunLeavesNoOrphans(t *testing.T) {
 	if got := events(lines); got != "start term" || alive(pidOf(t, lines, "start", 1)) {
 		t.Fatalf("background child not stopped when the command exited:\n%s", strings.Join(lines, "\n"))
 	}
+}
+
+// TestGroupAliveIgnoresZombies: a group whose members have all exited is
+// gone, though one of them is not reaped yet: its parent is alive outside
+// the group and does not reap it (as an init that reaps late does), or it
+// is run's own (run is PID 1 in a container, or a subreaper), and run
+// reaps it. Either way a restart does not wait out the grace period.
+func TestGroupAliveIgnoresZombies(t *testing.T) {
+	t.Parallel()
+	// newGroup starts a leader in a group of its own.
+	newGroup := func(t *testing.T) *exec.Cmd {
+		leader := exec.Command("sleep", "60")
+		leader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := leader.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = syscall.Kill(-leader.Process.Pid, syscall.SIGKILL) })
+		return leader
+	}
+	// endLeader kills and reaps the leader, leaving zombie the only member.
+	endLeader := func(t *testing.T, leader *exec.Cmd, zombie int) *child {
+		t.Helper()
+		c := &child{cmd: leader, group: true}
+		if !c.groupAlive() {
+			t.Fatal("a group with a running leader is not alive")
+		}
+		_ = leader.Process.Kill()
+		_ = leader.Wait()
+		c.done = true
+		deadline := time.Now().Add(10 * time.Second)
+		for procState(zombie) != "Z" {
+			if time.Now().After(deadline) {
+				t.Fatalf("process %d never became a zombie (state %q)", zombie, procState(zombie))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return c
+	}
+
+	t.Run("parent outside the group", func(t *testing.T) {
+		t.Parallel()
+		leader := newGroup(t)
+		log := filepath.Join(t.TempDir(), "parent.log")
+		parent := exec.Command(os.Args[0])
+		parent.Env = append(os.Environ(), "SECRETCTL_TEST_CHILD=zombie-parent", "CHILD_LOG="+log,
+			"ZOMBIE_PGID="+strconv.Itoa(leader.Process.Pid))
+		if err := parent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = parent.Process.Kill(); _ = parent.Wait() })
+		lines := waitLog(t, log, 10*time.Second, "no zombie made", func(l []string) bool { return countPrefix(l, "zombie") == 1 })
+		zombie := pidOf(t, lines, "zombie", 1)
+		c := endLeader(t, leader, zombie)
+		if c.groupAlive() {
+			t.Errorf("a group of one zombie (%d, its parent outside the group) is alive", zombie)
+		}
+	})
+
+	t.Run("run's own orphan", func(t *testing.T) {
+		t.Parallel()
+		leader := newGroup(t)
+		z := exec.Command("true")
+		z.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: leader.Process.Pid}
+		if err := z.Start(); err != nil {
+			t.Fatal(err)
+		}
+		c := endLeader(t, leader, z.Process.Pid)
+		if c.groupAlive() {
+			t.Errorf("a group of one zombie (%d, run's child) is alive", z.Process.Pid)
+		}
+		if st := procState(z.Process.Pid); st != "" {
+			t.Errorf("run's zombie %d not reaped (state %q)", z.Process.Pid, st)
+		}
+	})
+}
+
+// procState is a process's state letter from /proc ("" once it is gone).
+func procState(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
