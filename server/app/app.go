@@ -223,8 +223,10 @@ type Server struct {
 	// REST gateway dials: its calls skip the loopback TCP hop (two socket
 	// writes and reads per call each way) but pass every interceptor.
 	gatewayLis *bufconn.Listener
-	httpLis    net.Listener
-	startedAt  time.Time
+	// gwDirect is the gateway's in-process connection (unary calls).
+	gwDirect  *inProcessConn
+	httpLis   net.Listener
+	startedAt time.Time
 }
 
 // GRPCAddr and HTTPAddr return the bound addresses (useful with port 0).
@@ -488,22 +490,26 @@ func (s *Server) listen(ctx context.Context) error {
 		// for its request message before any interceptor runs).
 		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 	}
-	serverOpts = append(serverOpts, s.tracingServerOptions()...)
+	statsHandlers := s.tracingServerHandlers()
+	for _, h := range statsHandlers {
+		serverOpts = append(serverOpts, grpc.StatsHandler(h))
+	}
 	if s.tls.server != nil {
 		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(s.tls.server)))
 	}
 	// Refusals pass through metrics and logging like every other answer;
 	// the failure audit sees the authorized caller and the method's policy.
+	unary := chainUnary(
+		recovery.UnaryServerInterceptor(recoverOpt),
+		recordUnary,
+		metrics.UnaryServerInterceptor(),
+		calls.unary,
+		pi.unary,
+		authz.unary,
+		auditFailures(s.store, s.log),
+	)
 	s.grpc = grpc.NewServer(append(serverOpts,
-		grpc.ChainUnaryInterceptor(
-			recovery.UnaryServerInterceptor(recoverOpt),
-			recordUnary,
-			metrics.UnaryServerInterceptor(),
-			calls.unary,
-			pi.unary,
-			authz.unary,
-			auditFailures(s.store, s.log),
-		),
+		grpc.UnaryInterceptor(unary),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoverOpt),
 			recordStream,
@@ -513,6 +519,7 @@ func (s *Server) listen(ctx context.Context) error {
 			authz.stream,
 		),
 	)...)
+	svc := newServices(s.grpc)
 	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
@@ -538,11 +545,11 @@ func (s *Server) listen(ctx context.Context) error {
 				Name: "secrets_read_cache_misses_total", Help: "Reads the read cache could not answer (not held, or not fresh enough).",
 			}, func() float64 { return float64(s.readCache.Stats().Misses) }))
 	}
-	pb.RegisterSecretServiceServer(s.grpc, api.NewSecretService(deps))
-	pb.RegisterProviderServiceServer(s.grpc, api.NewProviderService(deps))
-	pb.RegisterAuditServiceServer(s.grpc, &api.AuditService{Deps: deps, Log: s.auditLog, Sequencer: s.sequencer})
-	pb.RegisterTokenServiceServer(s.grpc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
-	pb.RegisterKeyServiceServer(s.grpc, s.keyService(ctx, deps))
+	pb.RegisterSecretServiceServer(svc, api.NewSecretService(deps))
+	pb.RegisterProviderServiceServer(svc, api.NewProviderService(deps))
+	pb.RegisterAuditServiceServer(svc, &api.AuditService{Deps: deps, Log: s.auditLog, Sequencer: s.sequencer})
+	pb.RegisterTokenServiceServer(svc, &api.TokenService{Deps: deps, Tokens: s.store, Forget: s.authn.Forget})
+	pb.RegisterKeyServiceServer(svc, s.keyService(ctx, deps))
 	if s.cfg.Reflection {
 		if err := registerReflection(s.grpc); err != nil {
 			return err
@@ -553,7 +560,10 @@ func (s *Server) listen(ctx context.Context) error {
 	metrics.InitializeMetrics(s.grpc)
 
 	s.gatewayLis = bufconn.Listen(gatewayBuffer)
-	gw, conn, err := newGateway(ctx, s.gatewayLis.DialContext, gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
+	gw, conn, err := newGateway(ctx, s.gatewayLis.DialContext, func(streams *grpc.ClientConn) grpc.ClientConnInterface {
+		s.gwDirect = newInProcessConn(streams, svc, unary, statsHandlers)
+		return s.gwDirect
+	}, gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
 	if err != nil {
 		return err
 	}
@@ -675,9 +685,15 @@ func (s *Server) close(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if s.http != nil {
-		_ = s.http.Shutdown(dctx)
+		if s.http.Shutdown(dctx) != nil {
+			// Out of time: closing the connections cancels the calls.
+			s.http.Close()
+		}
 	} else if s.httpLis != nil {
 		s.httpLis.Close()
+	}
+	if s.gwDirect != nil {
+		s.gwDirect.drain(dctx)
 	}
 	if s.grpc != nil {
 		done := make(chan struct{})

@@ -58,11 +58,11 @@ func (ndjsonStreams) StreamContentType(any) string { return "application/x-ndjso
 // gatewayBuffer is the in-process connection's buffer in each direction.
 const gatewayBuffer = 1 << 20
 
-// newGateway builds the REST/JSON gateway. It is a gRPC client of the
-// server like any other, over a connection that dial opens to the server's
-// in-process listener (no socket), so every interceptor runs once and
-// streaming works.
-func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error), gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
+// newGateway builds the REST/JSON gateway. Its unary calls go through
+// inProcess (the server's handlers and interceptors, called directly); its
+// streams through a gRPC connection that dial opens to the server's
+// in-process listener (no socket). Either way every interceptor runs once.
+func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error), inProcess func(*grpc.ClientConn) grpc.ClientConnInterface, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayMarshaler()),
 		runtime.WithMetadata(func(context.Context, *http.Request) metadata.MD {
@@ -89,14 +89,17 @@ func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("gateway: %w", err)
 	}
-	for _, register := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		pb.RegisterSecretServiceHandler,
-		pb.RegisterProviderServiceHandler,
-		pb.RegisterAuditServiceHandler,
-		pb.RegisterTokenServiceHandler,
-		pb.RegisterKeyServiceHandler,
+	cc := inProcess(conn)
+	for _, register := range []func() error{
+		func() error { return pb.RegisterSecretServiceHandlerClient(ctx, mux, pb.NewSecretServiceClient(cc)) },
+		func() error {
+			return pb.RegisterProviderServiceHandlerClient(ctx, mux, pb.NewProviderServiceClient(cc))
+		},
+		func() error { return pb.RegisterAuditServiceHandlerClient(ctx, mux, pb.NewAuditServiceClient(cc)) },
+		func() error { return pb.RegisterTokenServiceHandlerClient(ctx, mux, pb.NewTokenServiceClient(cc)) },
+		func() error { return pb.RegisterKeyServiceHandlerClient(ctx, mux, pb.NewKeyServiceClient(cc)) },
 	} {
-		if err := register(ctx, mux, conn); err != nil {
+		if err := register(); err != nil {
 			conn.Close()
 			return nil, nil, fmt.Errorf("gateway: %w", err)
 		}

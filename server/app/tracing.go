@@ -14,19 +14,23 @@ import (
 )
 
 // Tracing is wired here and only here: a gRPC stats handler on the server
-// (not an interceptor, so the interceptor chain is untouched), one on the
-// gateway's client connection (which carries the REST request's trace
-// context to the gRPC handler), otelhttp around the REST gateway, and the pgx
-// query tracer. With no Config.TracerProvider all of it is left out.
+// (not an interceptor, so the interceptor chain is untouched), the same one
+// run by the gateway's in-process unary calls (the REST span is in their
+// context), one on the gateway's stream connection (which carries the REST
+// request's trace context to the watch handler), otelhttp around the REST
+// gateway, and the pgx query tracer. With no Config.TracerProvider all of
+// it is left out.
 
-func (s *Server) tracingServerOptions() []grpc.ServerOption {
+// tracingServerHandlers are the stats handlers of the gRPC server and of
+// the gateway's in-process calls.
+func (s *Server) tracingServerHandlers() []stats.Handler {
 	tp := s.cfg.TracerProvider
 	if tp == nil {
 		return nil
 	}
-	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(
+	return []stats.Handler{otelgrpc.NewServerHandler(
 		otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(tracing.Propagator()),
-		otelgrpc.WithFilter(notHealth)))}
+		otelgrpc.WithFilter(notHealth))}
 }
 
 func (s *Server) tracingDialOptions() []grpc.DialOption {
