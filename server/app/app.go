@@ -220,8 +220,8 @@ type Server struct {
 	gwConn        interface{ Close() error }
 	grpcLis       net.Listener
 	// gatewayLis is the gRPC server's in-process listener that only the
-	// REST gateway dials: its calls skip the loopback TCP hop (two socket
-	// writes and reads per call each way) but pass every interceptor.
+	// REST gateway's streams (the watch) dial: they skip the loopback TCP
+	// hop but pass every interceptor.
 	gatewayLis *bufconn.Listener
 	// gwDirect is the gateway's in-process connection (unary calls).
 	gwDirect  *inProcessConn
