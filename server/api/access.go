@@ -125,9 +125,13 @@ const answerMargin = 150 * time.Millisecond
 // waited for within the request's deadline, at most MinRevisionWait; then
 // it is OUT_OF_RANGE with reason REVISION_AHEAD, never an older value.
 //
-// Each probe of the database is bounded by that wait too: a database slow
-// to answer (a loaded replica) is a revision not reached in time, answered
-// REVISION_AHEAD before the caller's deadline, not DEADLINE_EXCEEDED after.
+// The wait ends on time also when the database is slow to answer (a loaded
+// replica), 150 ms before the caller's deadline rather than
+// DEADLINE_EXCEEDED after it: REVISION_AHEAD if a probe found the database
+// behind, UNAVAILABLE (DATABASE_UNAVAILABLE, retry) if none answered. A
+// probe still running then is not interrupted (pgx closes a connection
+// whose query is cancelled, which a loaded database can least afford); it
+// ends on its own, within minRevisionProbeTimeout.
 func (s *SecretService) reachRevision(ctx context.Context, minRevision int64) error {
 	if minRevision == 0 {
 		return nil
@@ -143,32 +147,29 @@ func (s *SecretService) reachRevision(ctx context.Context, minRevision int64) er
 	}
 	wctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	ahead := func(rev int64) error {
-		current := "has not answered in time"
-		if rev > 0 {
-			current = fmt.Sprintf("is %d", rev)
-		}
-		return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
-			fmt.Sprintf("min_revision %d is ahead of the database, whose revision %s; retry later, or read without it after a database restore", minRevision, current))
-	}
 	var rev int64
+	answered := false
 	pause := 10 * time.Millisecond
-	for probe := wctx; ; probe = wctx {
-		if wctx.Err() != nil && rev == 0 {
-			// Less time left than the margin: the first probe may use it
-			// all (a reached revision is never answered AHEAD).
-			probe = ctx
+	for {
+		// With less time left than the margin, the first probe may use it
+		// all: a reached revision is never answered AHEAD.
+		limit := wctx
+		if !answered && wctx.Err() != nil {
+			limit = ctx
 		}
-		r, err := s.Consumers.Revision(probe)
+		r, err := s.probeRevision(ctx, limit)
 		switch {
 		case err == nil:
-			rev = r
+			rev, answered = r, true
 		case ctx.Err() != nil:
 			return ctx.Err()
-		case wctx.Err() != nil:
-			return ahead(rev)
+		case limit.Err() == nil:
+			return err // the database's own error
+		case !answered:
+			return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_DATABASE_UNAVAILABLE,
+				fmt.Sprintf("the database did not say in time whether it has reached min_revision %d; retry later", minRevision))
 		default:
-			return err
+			return revisionAhead(minRevision, rev)
 		}
 		if rev >= minRevision {
 			return nil
@@ -180,11 +181,43 @@ func (s *SecretService) reachRevision(ctx context.Context, minRevision int64) er
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return ahead(rev)
+			return revisionAhead(minRevision, rev)
 		case <-t.C:
 		}
 		pause = min(2*pause, 200*time.Millisecond)
 	}
+}
+
+// minRevisionProbeTimeout bounds a revision probe left running after its
+// read stopped waiting for it.
+const minRevisionProbeTimeout = 10 * time.Second
+
+// probeRevision reads the database's revision, waiting at most until limit
+// ends (then limit's error); the query itself runs on, bounded by
+// minRevisionProbeTimeout, not by the caller.
+func (s *SecretService) probeRevision(ctx, limit context.Context) (int64, error) {
+	type answer struct {
+		rev int64
+		err error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), minRevisionProbeTimeout)
+		defer cancel()
+		r, err := s.Consumers.Revision(pctx)
+		ch <- answer{r, err}
+	}()
+	select {
+	case a := <-ch:
+		return a.rev, a.err
+	case <-limit.Done():
+		return 0, limit.Err()
+	}
+}
+
+func revisionAhead(minRevision, rev int64) error {
+	return withInfo(codes.OutOfRange, pb.ErrorReason_ERROR_REASON_REVISION_AHEAD,
+		fmt.Sprintf("min_revision %d is ahead of the current revision %d; retry later, or read without it after a database restore", minRevision, rev))
 }
 
 // Outcome is the audit outcome of a status code: "OK" or its canonical name
