@@ -354,13 +354,16 @@ func reapOrphans(pg int) {
 	}
 }
 
-// groupRunning reports whether a process of group pg is running (not a
-// zombie), from /proc; known is false where /proc cannot tell.
+// groupRunning reports whether a process of group pg is running, from
+// /proc; known is false where /proc cannot tell: it is not mounted, or it
+// shows no member at all (hidepid hides other users' processes). A zombie
+// whose threads still run (its main thread exited first) is running.
 func groupRunning(pg int) (running, known bool) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return false, false
 	}
+	seen := false
 	for _, e := range entries {
 		name := e.Name()
 		if name[0] < '1' || name[0] > '9' {
@@ -379,11 +382,18 @@ func groupRunning(pg int) (running, known bool) {
 		if len(f) < 3 {
 			return false, false
 		}
-		if f[2] == strconv.Itoa(pg) && f[0] != "Z" && f[0] != "X" {
+		if f[2] != strconv.Itoa(pg) {
+			continue
+		}
+		seen = true
+		if f[0] != "Z" && f[0] != "X" {
+			return true, true
+		}
+		if tasks, err := os.ReadDir("/proc/" + name + "/task"); err == nil && len(tasks) > 1 {
 			return true, true
 		}
 	}
-	return false, true
+	return false, seen
 }
 
 // wait waits for the child itself to exit, at most until deadline.

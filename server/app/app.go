@@ -704,7 +704,15 @@ func (s *Server) close(ctx context.Context) {
 		s.httpLis.Close()
 	}
 	if s.gwDirect != nil {
-		s.gwDirect.drain(dctx)
+		// The gateway's in-process calls end before the store closes; out
+		// of time, they were just cancelled: a moment to return.
+		gctx := dctx
+		if dctx.Err() != nil {
+			var cancel context.CancelFunc
+			gctx, cancel = context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+		}
+		s.gwDirect.drain(gctx)
 	}
 	if s.grpc != nil {
 		done := make(chan struct{})

@@ -3,13 +3,19 @@ package app
 import (
 	"context"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/api"
 )
 
 // services registers each service with the gRPC server and keeps its unary
@@ -72,6 +78,12 @@ func (c *inProcessConn) Invoke(ctx context.Context, method string, args, reply a
 	m, ok := c.methods[method]
 	if !ok {
 		return c.streams.Invoke(ctx, method, args, reply, opts...)
+	}
+	// What a gRPC client refuses to encode never reaches a handler: path
+	// and query parameters arrive as raw bytes.
+	if field := invalidUTF8(args.(proto.Message).ProtoReflect()); field != "" {
+		return api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+			field+": not valid UTF-8").Err()
 	}
 	select {
 	case c.slots <- struct{}{}:
@@ -178,4 +190,55 @@ func chainUnary(ics ...grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor 
 		}
 		return next(0)(ctx, req)
 	}
+}
+
+// invalidUTF8 names the first string field of m (nested messages, lists
+// and maps included) that is not valid UTF-8, or returns "".
+func invalidUTF8(m protoreflect.Message) string {
+	var bad string
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		bad = invalidUTF8Value(fd, v)
+		return bad == ""
+	})
+	return bad
+}
+
+func invalidUTF8Value(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
+	name := fd.JSONName()
+	one := func(v protoreflect.Value) string {
+		switch fd.Kind() {
+		case protoreflect.StringKind:
+			if !utf8.ValidString(v.String()) {
+				return name
+			}
+		case protoreflect.MessageKind, protoreflect.GroupKind:
+			if inner := invalidUTF8(v.Message()); inner != "" {
+				return name + "." + inner
+			}
+		}
+		return ""
+	}
+	switch {
+	case fd.IsList():
+		l := v.List()
+		for i := range l.Len() {
+			if bad := one(l.Get(i)); bad != "" {
+				return bad
+			}
+		}
+	case fd.IsMap():
+		var bad string
+		v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+			if fd.MapKey().Kind() == protoreflect.StringKind && !utf8.ValidString(k.String()) {
+				bad = name
+				return false
+			}
+			bad = invalidUTF8Value(fd.MapValue(), mv)
+			return bad == ""
+		})
+		return bad
+	default:
+		return one(v)
+	}
+	return ""
 }

@@ -11,6 +11,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 )
 
 // probeHealth is a unary service whose handler reports what it saw.
@@ -82,6 +85,15 @@ func TestInProcessCall(t *testing.T) {
 		t.Errorf("header %v", header)
 	}
 
+	// Invalid UTF-8 (a path or query parameter's raw bytes) never reaches
+	// the chain or the handler: a gRPC client would not have encoded it.
+	order = nil
+	called := false
+	probe.seen = func(context.Context) { called = true }
+	if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{Service: "bad\xff"}); status.Code(err) != codes.InvalidArgument || called || len(order) != 0 {
+		t.Errorf("invalid UTF-8: %v (handler called %v, interceptors %v), want INVALID_ARGUMENT before both", err, called, order)
+	}
+
 	for _, c := range []struct {
 		err  error
 		want codes.Code
@@ -95,6 +107,22 @@ func TestInProcessCall(t *testing.T) {
 		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
 		if st, ok := status.FromError(err); !ok || st.Code() != c.want {
 			t.Errorf("handler error %v: got %v, want %v", c.err, err, c.want)
+		}
+	}
+}
+
+func TestInvalidUTF8(t *testing.T) {
+	for _, c := range []struct {
+		msg  proto.Message
+		want string
+	}{
+		{&pb.BatchAccessSecretsRequest{Keys: []string{"OK", "B\xffD"}}, "keys"},
+		{&pb.BatchAccessSecretsRequest{Keys: []string{"OK", "ÄÖ"}}, ""},
+		{&pb.PutSecretRequest{Key: "K", Value: []byte{0xff}}, ""}, // bytes are not text
+		{&pb.PutSecretRequest{Key: "K", Description: proto.String("\xc3")}, "description"},
+	} {
+		if got := invalidUTF8(c.msg.ProtoReflect()); got != c.want {
+			t.Errorf("%v: %q, want %q", c.msg, got, c.want)
 		}
 	}
 }
