@@ -104,7 +104,10 @@ type watchResult struct {
 }
 
 // hubLagged sums secrets_watch_lagged_total over the replicas' /metrics.
-func (b *bench) hubLagged() float64 {
+func (b *bench) hubLagged() float64 { return b.hubCounter("secrets_watch_lagged_total") }
+
+// hubCounter sums a counter over the replicas' /metrics (-1: unreadable).
+func (b *bench) hubCounter(name string) float64 {
 	var sum float64
 	for _, r := range b.replicas {
 		resp, err := http.Get("http://" + r.HTTP + "/metrics")
@@ -114,7 +117,7 @@ func (b *bench) hubLagged() float64 {
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "secrets_watch_lagged_total "); ok {
+			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 				f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 				sum += f
 			}
@@ -172,6 +175,7 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	var failed atomic.Int64
 	var firstErr firstError
 	lagged0 := b.hubLagged()
+	stalls0 := b.hubCounter("secrets_watch_send_stalls_total")
 	opened := make(chan struct{}, n)
 	sem := make(chan struct{}, 256)
 	for i := range n {
@@ -279,6 +283,11 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	}
 	res.CPU = cpu
 	res.Lagged = b.hubLagged() - lagged0
+	if stalls := b.hubCounter("secrets_watch_send_stalls_total") - stalls0; stalls > 0 {
+		// A stream taken off the shared senders (a send held one for
+		// 50 ms): these bench clients all read, so it was the machine.
+		b.note(fmt.Sprintf("watch %d: %.0f streams stalled a sender and went back to their own goroutines", n, stalls))
+	}
 	cancel()
 	wg.Wait()
 	if f := failed.Load(); f > 0 {

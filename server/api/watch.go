@@ -169,22 +169,30 @@ func (s *SecretService) WatchChanges(req *pb.WatchChangesRequest, stream grpc.Se
 		return err
 	}
 	w := &watcher{stream: stream, wire: s.wire, filter: filter, last: last}
-	for {
-		item, err := changes.Next(ctx)
-		switch {
-		case ctx.Err() != nil:
-			// The call's deadline or cancellation, as such: a watch never
-			// ends with OK, which a client would read as a clean end of
-			// stream (the server can see the deadline before the client).
-			return status.FromContextError(ctx.Err()).Err()
-		case err != nil:
-			return s.watchErr(ctx, err)
-		}
+	// Once live, the stream's events are sent by the hub's few sender
+	// goroutines rather than by this one (see watch.Stream.Serve).
+	err = changes.Serve(ctx, func(item watch.Item) error {
 		if err := w.handle(item); err != nil {
-			return err
+			return sendError{err}
 		}
+		return nil
+	})
+	var sent sendError
+	switch {
+	case errors.As(err, &sent):
+		return sent.error
+	case ctx.Err() != nil:
+		// The call's deadline or cancellation, as such: a watch never
+		// ends with OK, which a client would read as a clean end of
+		// stream (the server can see the deadline before the client).
+		return status.FromContextError(ctx.Err()).Err()
 	}
+	return s.watchErr(ctx, err)
 }
+
+// sendError is a failed send to the watch stream, returned as it is (not
+// as a hub error).
+type sendError struct{ error }
 
 // watcher is one stream's delivery state.
 type watcher struct {

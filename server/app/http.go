@@ -161,8 +161,8 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 
 // hubCollector exports the change-stream hub's figures.
 type hubCollector struct {
-	hub                   *watch.Hub
-	watchers, rev, lagged *prometheus.Desc
+	hub                           *watch.Hub
+	watchers, rev, lagged, stalls *prometheus.Desc
 }
 
 func newHubCollector(h *watch.Hub) *hubCollector {
@@ -171,6 +171,8 @@ func newHubCollector(h *watch.Hub) *hubCollector {
 		watchers: prometheus.NewDesc("secrets_watch_subscribers", "Open change-stream subscriptions on this replica.", nil, nil),
 		rev:      prometheus.NewDesc("secrets_watch_revision", "Last revision the hub published.", nil, nil),
 		lagged:   prometheus.NewDesc("secrets_watch_lagged_total", "Subscriptions that overflowed their buffer and caught up from the log.", nil, nil),
+		stalls: prometheus.NewDesc("secrets_watch_send_stalls_total",
+			"Watch streams taken off the shared senders because one send to them stalled (a client not reading); each then has a goroutine of its own.", nil, nil),
 	}
 }
 
@@ -178,6 +180,7 @@ func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.watchers
 	ch <- c.rev
 	ch <- c.lagged
+	ch <- c.stalls
 }
 
 func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
@@ -185,6 +188,7 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.watchers, prometheus.GaugeValue, float64(st.Subscribers))
 	ch <- prometheus.MustNewConstMetric(c.rev, prometheus.GaugeValue, float64(st.Revision))
 	ch <- prometheus.MustNewConstMetric(c.lagged, prometheus.CounterValue, float64(st.Lagged))
+	ch <- prometheus.MustNewConstMetric(c.stalls, prometheus.CounterValue, float64(st.SendStalls))
 }
 
 // cachedCheck remembers a successful check for a while: a KMS round trip

@@ -35,14 +35,19 @@ func (nullSource) TouchConsumers(context.Context, []store.ConsumerID) error {
 // apart. One op is one (change, stream) delivery: ns/op and allocs/op are
 // per stream per change, the figure 10,000 watchers multiply. cpu-ns/op is
 // the process's CPU time per op (user + system, all threads): unlike ns/op
-// it does not grow when other processes take the cores.
+// it does not grow when other processes take the cores. With serve=own
+// each stream's goroutine takes and delivers its changes (Next); with
+// serve=senders the streams are served as WatchChanges serves them
+// (Serve): the hub's sender goroutines deliver.
 func BenchmarkFanout(b *testing.B) {
-	for _, streams := range []int{100, 1000, 5000} {
-		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) { benchFanout(b, streams) })
+	for _, serve := range []string{"own", "senders"} {
+		for _, streams := range []int{100, 1000, 5000} {
+			b.Run(fmt.Sprintf("serve=%s/streams=%d", serve, streams), func(b *testing.B) { benchFanout(b, streams, serve == "senders") })
+		}
 	}
 }
 
-func benchFanout(b *testing.B, streams int) {
+func benchFanout(b *testing.B, streams int, serve bool) {
 	h := New(nullSource{}, Options{NoListen: true, PollInterval: 1 << 40, ProgressInterval: 1 << 40})
 	ctx, cancel := context.WithCancel(context.Background())
 	var run sync.WaitGroup
@@ -64,6 +69,15 @@ func benchFanout(b *testing.B, streams int) {
 		}
 		readers.Go(func() {
 			defer s.Close()
+			if serve {
+				s.Serve(rctx, func(item Item) error {
+					if item.Change != nil && delivered.Add(1) == target.Load() {
+						done <- struct{}{}
+					}
+					return nil
+				})
+				return
+			}
 			for {
 				item, err := s.Next(rctx)
 				if err != nil {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,7 +62,15 @@ type Options struct {
 	// NoListen turns LISTEN/NOTIFY off: changes arrive by polling only (for
 	// connection poolers in transaction mode, where LISTEN does not work).
 	NoListen bool
-	Logger   *slog.Logger
+	// Senders is how many goroutines at most send to the live streams
+	// served with Stream.Serve (default GOMAXPROCS; negative: none, each
+	// stream's own goroutine sends). See senders.go.
+	Senders int
+	// SendStall is how long one send may hold a sender before another
+	// replaces it and the stream goes back to its own goroutine (default
+	// 50ms).
+	SendStall time.Duration
+	Logger    *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -83,6 +92,12 @@ func (o *Options) defaults() {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Senders == 0 {
+		o.Senders = runtime.GOMAXPROCS(0)
+	}
+	if o.SendStall <= 0 {
+		o.SendStall = 50 * time.Millisecond
 	}
 }
 
@@ -110,6 +125,12 @@ type Hub struct {
 	syncs, listenSync atomic.Int64
 	synced            atomic.Int64
 
+	// published mirrors rev for readers that only need to know whether
+	// anything is pending (a woken stream, once it has sent what it took,
+	// looks again before it waits: without the lock). Set under mu,
+	// before the subscribers are signalled.
+	published atomic.Int64
+
 	// mu guards what follows; subscribers read the ring under RLock.
 	mu       sync.RWMutex
 	rev      int64 // last revision published
@@ -118,15 +139,22 @@ type Hub struct {
 	stopped  bool
 	lagCount int64
 	// woken is publish's list of subscribers to signal once mu is
-	// released (reused).
-	woken []*Subscription
+	// released, and direct its list of streams for the senders (reused).
+	woken  []*Subscription
+	direct []*delivery
+	// senders serve the live streams (nil: none).
+	senders *senders
 }
 
 // New returns a hub; Run starts it.
 func New(src Source, opts Options) *Hub {
 	opts.defaults()
-	return &Hub{src: src, opts: opts, wake: make(chan struct{}, 1), ready: make(chan struct{}),
+	h := &Hub{src: src, opts: opts, wake: make(chan struct{}, 1), ready: make(chan struct{}),
 		subs: make(map[*Subscription]struct{})}
+	if opts.Senders > 0 {
+		h.senders = newSenders(opts.Senders, opts.SendStall)
+	}
+	return h
 }
 
 // Stats are the hub's figures, for metrics.
@@ -134,13 +162,21 @@ type Stats struct {
 	Subscribers int
 	Revision    int64
 	Lagged      int64
+	// SendStalls counts the streams whose send held a sender for longer
+	// than Options.SendStall (a client not reading): they went back to a
+	// goroutine of their own.
+	SendStalls int64
 }
 
 // Stats returns current figures.
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return Stats{Subscribers: len(h.subs), Revision: h.rev, Lagged: h.lagCount}
+	st := Stats{Subscribers: len(h.subs), Revision: h.rev, Lagged: h.lagCount}
+	if h.senders != nil {
+		st.SendStalls = h.senders.stalls.Load()
+	}
+	return st
 }
 
 // Run reads the log and publishes until ctx ends, then ends every
@@ -169,6 +205,7 @@ func (h *Hub) Run(ctx context.Context) {
 		if err == nil {
 			h.mu.Lock()
 			h.rev = rev
+			h.published.Store(rev)
 			h.mu.Unlock()
 			break
 		}
@@ -303,6 +340,7 @@ func (h *Hub) publish(changes []store.Change) {
 		}
 		h.ring = append(h.ring, c)
 	}
+	h.published.Store(h.rev)
 	// One pass over the subscribers per batch of changes, not per change:
 	// the ones too far behind are cut loose, the others are signalled
 	// after the lock is released (a woken reader takes the read lock).
@@ -316,11 +354,24 @@ func (h *Hub) publish(changes []store.Change) {
 		woken = append(woken, s)
 	}
 	h.mu.Unlock()
+	direct := h.direct[:0]
 	for _, s := range woken {
+		if d := s.direct.Load(); d != nil {
+			// Served by the senders: queued all at once, below.
+			if d.queued.CompareAndSwap(false, true) {
+				direct = append(direct, d)
+			}
+			continue
+		}
 		s.signal()
+	}
+	if len(direct) > 0 {
+		h.senders.schedule(direct...)
 	}
 	clear(woken)
 	h.woken = woken[:0]
+	clear(direct)
+	h.direct = direct[:0]
 }
 
 // progress marks every subscriber as due a progress mark (the hub's
@@ -385,8 +436,13 @@ type Subscription struct {
 	// ended is set (and err, under hub.mu) when the hub drops it.
 	ended atomic.Bool
 	err   error
-	// wake (capacity 1) says there may be something to read.
+	// wake (capacity 1) says there may be something to read, or, while
+	// the senders serve the stream (direct is set), that they handed it
+	// back or that the reader's context ended.
 	wake chan struct{}
+	// direct is set while the hub's senders serve the subscription's
+	// stream: it is signalled by queueing it for them.
+	direct atomic.Pointer[delivery]
 	// waitDone is the Done channel of the context Next last waited with,
 	// and stopWait ends the hook that wakes Next when it is closed (set by
 	// the reader; Close may run on another goroutine).
@@ -395,7 +451,17 @@ type Subscription struct {
 	stopWait func() bool
 }
 
+// signal says there may be something to read: to the senders while they
+// serve the stream, else to its reader.
 func (s *Subscription) signal() {
+	if d := s.direct.Load(); d != nil {
+		s.hub.senders.enqueue(d)
+		return
+	}
+	s.wakeReader()
+}
+
+func (s *Subscription) wakeReader() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -440,23 +506,34 @@ func (s *Subscription) Next(ctx context.Context, buf []Item) ([]Item, error) {
 		if err := ctx.Err(); err != nil {
 			return buf, err
 		}
-		if done := ctx.Done(); done != nil && done != s.waitDone {
-			// A hook on ctx instead of a select on ctx.Done() at every
-			// wait: the wait is a plain receive.
-			s.waitMu.Lock()
-			if s.stopWait != nil {
-				s.stopWait()
-			}
-			s.waitDone, s.stopWait = done, context.AfterFunc(ctx, s.signal)
-			s.waitMu.Unlock()
-		}
-		<-s.wake
+		s.wait(ctx)
 	}
+}
+
+// wait blocks until the subscription's reader is woken or ctx ends.
+func (s *Subscription) wait(ctx context.Context) {
+	if done := ctx.Done(); done != nil && done != s.waitDone {
+		// A hook on ctx instead of a select on ctx.Done() at every
+		// wait: the wait is a plain receive.
+		s.waitMu.Lock()
+		if s.stopWait != nil {
+			s.stopWait()
+		}
+		s.waitDone, s.stopWait = done, context.AfterFunc(ctx, s.wakeReader)
+		s.waitMu.Unlock()
+	}
+	<-s.wake
 }
 
 // take appends the pending items to buf.
 func (s *Subscription) take(buf []Item) ([]Item, error) {
 	h := s.hub
+	if !s.ended.Load() && !s.progressDue.Load() && s.taken.Load() == h.published.Load() {
+		// Nothing pending, and no reader-count traffic on the hub's lock
+		// (shared by every stream): what is published or ended after
+		// these loads signals s.wake, so the wait that follows returns.
+		return buf, nil
+	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	taken := s.taken.Load()
@@ -542,6 +619,11 @@ type Stream struct {
 	bpos  int
 	// progress is a mark to return once the page is drained (0: none).
 	progress int64
+	// d is the stream's state while the hub's senders serve it (Serve);
+	// slow: a send to it once stalled a sender, it is not handed to them
+	// again.
+	d    delivery
+	slow bool
 }
 
 // Open starts a stream of the changes after `after`. It fails with
@@ -566,8 +648,13 @@ func (h *Hub) Open(ctx context.Context, after int64, consumer *store.ConsumerID)
 // Last is the last revision the stream returned (or started after).
 func (s *Stream) Last() int64 { return s.last }
 
-// Close ends the stream.
+// Close ends the stream, once Next or Serve has returned.
 func (s *Stream) Close() {
+	// No sender may take from the subscription once it is gone (Serve
+	// has handed the stream back by now: this only guards misuse).
+	s.d.mu.Lock()
+	s.d.active = false
+	s.d.mu.Unlock()
 	if s.sub != nil {
 		s.sub.Close()
 		s.sub = nil
@@ -580,6 +667,16 @@ func (s *Stream) Close() {
 // and fails with ErrCompacted (the log no longer holds what comes next)
 // or ErrStopped (the hub is shutting down).
 func (s *Stream) Next(ctx context.Context) (Item, error) {
+	return s.next(ctx, true)
+}
+
+// errLive: the stream is caught up and would wait on its subscription,
+// which the senders can do for it (Serve).
+var errLive = errors.New("watch: stream live")
+
+// next is Next; unless wait, it returns errLive instead of waiting on the
+// subscription when the senders can serve the stream.
+func (s *Stream) next(ctx context.Context, wait bool) (Item, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return Item{}, err
@@ -616,6 +713,9 @@ func (s *Stream) Next(ctx context.Context) (Item, error) {
 			continue
 		}
 		if s.bpos == len(s.batch) {
+			if !wait && s.live() {
+				return Item{}, errLive
+			}
 			clear(s.batch)
 			batch, err := s.sub.Next(ctx, s.batch[:0])
 			s.batch, s.bpos = batch, 0

@@ -1,0 +1,281 @@
+package watch_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"runtime"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orient-bot/secrets/server/watch"
+)
+
+// goid is the calling goroutine's id (tests only: to tell which goroutine
+// sent).
+func goid() int64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b, _ = bytes.CutPrefix(b, []byte("goroutine "))
+	id, _ := strconv.ParseInt(string(b[:bytes.IndexByte(b, ' ')]), 10, 64)
+	return id
+}
+
+// served is one Serve call's record: the changes sent, in order, and how
+// many were sent from another goroutine than Serve's.
+type served struct {
+	mu     sync.Mutex
+	revs   []int64
+	away   int
+	notify chan struct{}
+}
+
+func (r *served) count() (n, away int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.revs), r.away
+}
+
+// serve runs s.Serve on a goroutine of its own, recording what it sends;
+// block, if set, runs (unlocked) before each send. The test waits for
+// Serve to return (ctx must end) before its earlier cleanups (s.Close).
+func serve(t *testing.T, ctx context.Context, s *watch.Stream, block func(rev int64)) (*served, chan error) {
+	r := &served{notify: make(chan struct{}, 1)}
+	done := make(chan error, 1)
+	exited := make(chan struct{})
+	t.Cleanup(func() { <-exited })
+	go func() {
+		defer close(exited)
+		me := goid()
+		done <- s.Serve(ctx, func(item watch.Item) error {
+			if item.Change == nil {
+				return nil
+			}
+			if block != nil {
+				block(item.Change.Revision)
+			}
+			r.mu.Lock()
+			r.revs = append(r.revs, item.Change.Revision)
+			if goid() != me {
+				r.away++
+			}
+			r.mu.Unlock()
+			select {
+			case r.notify <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+	}()
+	return r, done
+}
+
+// waitFor waits until r holds n changes.
+func waitFor(t *testing.T, r *served, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
+	for {
+		if got, _ := r.count(); got >= n {
+			return
+		}
+		select {
+		case <-r.notify:
+		case <-deadline:
+			got, _ := r.count()
+			t.Fatalf("%d of %d changes after %s", got, n, within)
+		}
+	}
+}
+
+func checkInOrder(t *testing.T, r *served, from int64, n int) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.revs) != n {
+		t.Fatalf("got %d changes, want %d", len(r.revs), n)
+	}
+	for i, rev := range r.revs {
+		if rev != from+int64(i) {
+			t.Fatalf("change %d is revision %d, want %d (in order, each once)", i, rev, from+int64(i))
+		}
+	}
+}
+
+// TestServeFromSenders: live streams are sent to by the hub's senders, not
+// by their own goroutines, every change once and in order, one change at
+// a time spaced apart as writes are.
+func TestServeFromSenders(t *testing.T) {
+	log := newFakeLog(3)
+	h, _ := startHub(t, log, watch.Options{Senders: 2})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const streams, writes = 50, 20
+	var rs []*served
+	var dones []chan error
+	for range streams {
+		s, err := h.Open(ctx, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		r, done := serve(t, ctx, s, nil)
+		rs, dones = append(rs, r), append(dones, done)
+	}
+	for _, r := range rs {
+		waitFor(t, r, 3, 10*time.Second)
+	}
+	for i := range writes {
+		log.commit(1)
+		for _, r := range rs {
+			waitFor(t, r, 3+i+1, 10*time.Second)
+		}
+	}
+	away := 0
+	for _, r := range rs {
+		checkInOrder(t, r, 1, 3+writes)
+		_, a := r.count()
+		away += a
+	}
+	// The first changes may go out from the streams' own goroutines (they
+	// hand over once caught up); the live ones from the senders.
+	if away < streams*writes/2 {
+		t.Fatalf("%d of %d live sends came from the senders; want most", away, streams*writes)
+	}
+	cancel()
+	for _, done := range dones {
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Serve ended with %v, want context.Canceled", err)
+		}
+	}
+}
+
+// TestServeStalledSendDoesNotHoldOthers: a stream whose send blocks (a
+// client that stops reading) holds up no other stream, even with a single
+// sender: the sender is replaced, the stalled stream goes back to its own
+// goroutine, falls behind, and once unblocked catches up from the log with
+// every change in order.
+func TestServeStalledSendDoesNotHoldOthers(t *testing.T) {
+	log := newFakeLog(0)
+	h, _ := startHub(t, log, watch.Options{Senders: 1, SendStall: 20 * time.Millisecond, Buffer: 4, Ring: 8, Page: 16})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func() *watch.Stream {
+		s, err := h.Open(ctx, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		return s
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	stuck, stuckDone := serve(t, ctx, open(), func(rev int64) {
+		if rev == 2 {
+			<-release // the client stops reading at revision 2
+		}
+	})
+	// Several healthy streams: the one sender meets the stuck stream
+	// before some of them, whatever the queue's order.
+	var healthy []*served
+	for range 4 {
+		r, _ := serve(t, ctx, open(), nil)
+		healthy = append(healthy, r)
+	}
+	defer once.Do(func() { close(release) })
+	for h.Stats().Subscribers != 5 {
+		time.Sleep(time.Millisecond)
+	}
+	const writes = 40
+	for i := range writes {
+		log.commit(1)
+		for _, r := range healthy {
+			waitFor(t, r, i+1, 5*time.Second)
+		}
+	}
+	if n, _ := stuck.count(); n != 1 {
+		t.Fatalf("the stalled stream sent %d changes; want 1 (the test proves nothing)", n)
+	}
+	var away int
+	for _, r := range healthy {
+		checkInOrder(t, r, 1, writes)
+		_, a := r.count()
+		away += a
+	}
+	if away == 0 {
+		t.Fatal("no change went out from the senders; the test proves nothing")
+	}
+	if st := h.Stats().SendStalls; st != 1 {
+		t.Fatalf("SendStalls = %d, want 1", st)
+	}
+	once.Do(func() { close(release) })
+	waitFor(t, stuck, writes, 10*time.Second)
+	checkInOrder(t, stuck, 1, writes)
+	cancel()
+	if err := <-stuckDone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Serve ended with %v, want context.Canceled", err)
+	}
+}
+
+// TestServeEnds: Serve returns the send's error, and ctx's error when ctx
+// ends while the senders serve the stream.
+func TestServeEnds(t *testing.T) {
+	log := newFakeLog(0)
+	h, _ := startHub(t, log, watch.Options{Senders: 2})
+	s, err := h.Open(context.Background(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, done := serve(t, ctx, s, nil)
+	for h.Stats().Subscribers != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	log.commit(1)
+	waitFor(t, r, 1, 5*time.Second)
+	if _, away := r.count(); away != 1 {
+		t.Fatal("the change did not go out from a sender; the test proves nothing")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Serve ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not end with its context")
+	}
+
+	s.Close()
+
+	s2, err := h.Open(context.Background(), log.commit(0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	failed := errors.New("client gone")
+	done2 := make(chan error, 1)
+	go func() {
+		done2 <- s2.Serve(context.Background(), func(item watch.Item) error {
+			if item.Change != nil {
+				return failed
+			}
+			return nil
+		})
+	}()
+	for h.Stats().Subscribers != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	log.commit(1)
+	select {
+	case err := <-done2:
+		if !errors.Is(err, failed) {
+			t.Fatalf("Serve ended with %v, want the send's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not end with the send's error")
+	}
+}
