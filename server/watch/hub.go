@@ -358,7 +358,7 @@ func (h *Hub) publish(changes []store.Change) {
 	for _, s := range woken {
 		if d := s.direct.Load(); d != nil {
 			// Served by the senders: queued all at once, below.
-			if d.queued.CompareAndSwap(false, true) {
+			if d.mark() {
 				direct = append(direct, d)
 			}
 			continue

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,14 +28,16 @@ import (
 type delivery struct {
 	s    *Stream
 	send func(Item) error
-	// queued: the stream is in the senders' queue, or the sender serving
-	// it will look again once done (see run).
-	queued atomic.Bool
+	// state says where the stream is with the senders (see mark and run):
+	// one queue entry at most, one sender at a time, and a change
+	// published while a sender serves it is never lost.
+	state atomic.Int32
 	// slow: a send to this stream stalled a sender; hand it back.
 	slow atomic.Bool
-	// mu is held by the one sender serving the stream; what follows and
-	// the Stream's fields are guarded by it while the stream is handed
-	// over.
+	// mu is held by the sender serving the stream (and briefly by the
+	// stream's own goroutine, to see whether it was handed back); what
+	// follows and the Stream's fields are guarded by it while the stream
+	// is handed over.
 	mu     sync.Mutex
 	active bool
 	// back: the senders handed the stream back, with err: nil (the
@@ -44,22 +47,52 @@ type delivery struct {
 	err  error
 }
 
-// run serves d if no other sender is, and again while more was published
-// meanwhile.
-func (d *delivery) run(w *sender) {
-	if !d.mu.TryLock() {
-		// Another sender serves it; it looks at queued once done.
-		return
-	}
+// A delivery's states.
+const (
+	idle    int32 = iota // not queued, no sender on it
+	queued               // in the senders' queue, once
+	running              // a sender serves it
+	dirty                // a sender serves it, and more was published meanwhile
+)
+
+// mark notes that the stream has something pending. It reports whether
+// the caller must queue it (it was idle); a stream queued already, or
+// being served (the sender looks again once done), needs nothing more.
+func (d *delivery) mark() bool {
 	for {
-		d.queued.Store(false)
+		switch st := d.state.Load(); st {
+		case idle:
+			if d.state.CompareAndSwap(idle, queued) {
+				return true
+			}
+		case running:
+			if d.state.CompareAndSwap(running, dirty) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// run serves d, taken from the queue, and again while more was published
+// meanwhile. Only this sender serves d until it returns (the state
+// machine), so the lock can be waited for: its only other holder is the
+// stream's goroutine, for a moment. (A try-lock that gave up when that
+// goroutine held it left the stream marked queued in no queue: no later
+// change queued it again, and a live stream went silent.)
+func (d *delivery) run(w *sender) {
+	d.state.Store(running)
+	for {
+		d.mu.Lock()
 		if d.active {
 			d.step(w)
 		}
 		d.mu.Unlock()
-		if !d.queued.Load() || !d.mu.TryLock() {
+		if d.state.CompareAndSwap(running, idle) {
 			return
 		}
+		d.state.Store(running) // was dirty
 	}
 }
 
@@ -81,7 +114,7 @@ func (d *delivery) step(w *sender) {
 			s.last = item.Change.Revision
 		}
 		w.since.Store(time.Now().UnixNano())
-		serr := d.send(item)
+		serr := d.sendOne(item)
 		w.since.Store(0)
 		if serr != nil {
 			clear(batch)
@@ -97,6 +130,20 @@ func (d *delivery) step(w *sender) {
 		// error again and acts on it (catch up, or stop).
 		d.handBack(nil)
 	}
+}
+
+// errSendPanicked ends a stream whose send panicked on a sender's
+// goroutine, where no handler's recovery would catch it.
+var errSendPanicked = errors.New("watch: sending to the stream panicked")
+
+// sendOne sends one item; a panic in send ends the stream, not the process.
+func (d *delivery) sendOne(item Item) (err error) {
+	defer func() {
+		if recover() != nil {
+			err = errSendPanicked
+		}
+	}()
+	return d.send(item)
 }
 
 // handBack returns the stream to its goroutine; d.mu is held.
@@ -133,7 +180,7 @@ func newSenders(max int, stall time.Duration) *senders {
 	return &senders{max: max, stall: stall, running: map[*sender]struct{}{}}
 }
 
-// schedule queues the given streams (already marked queued) and starts
+// schedule queues the given streams (marked queued by mark) and starts
 // senders as needed.
 func (p *senders) schedule(ds ...*delivery) {
 	if len(ds) == 0 {
@@ -153,9 +200,9 @@ func (p *senders) schedule(ds ...*delivery) {
 	p.mu.Unlock()
 }
 
-// enqueue queues d unless it is queued already.
+// enqueue queues d if it needs it (see mark).
 func (p *senders) enqueue(d *delivery) {
-	if d.queued.CompareAndSwap(false, true) {
+	if d.mark() {
 		p.schedule(d)
 	}
 }

@@ -279,3 +279,45 @@ func TestServeEnds(t *testing.T) {
 		t.Fatal("Serve did not end with the send's error")
 	}
 }
+
+// TestServeSenderMeetsHeldStream: a sender that takes a live stream from
+// the queue while the stream's own goroutine holds its lock (it woke to
+// see whether it was handed back) serves it once the lock is free. It
+// used to give up on it with the stream still marked queued, so no later
+// change queued it again: the stream went silent for good.
+func TestServeSenderMeetsHeldStream(t *testing.T) {
+	log := newFakeLog(1)
+	h, _ := startHub(t, log, watch.Options{Senders: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := h.Open(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last first: cancel, wait for Serve, close.
+	t.Cleanup(s.Close)
+	r, done := serve(t, ctx, s, nil)
+	t.Cleanup(cancel)
+	// Live and handed over: a change arrives from a sender.
+	for n := 2; ; n++ {
+		log.commit(1)
+		waitFor(t, r, n, 10*time.Second)
+		if _, away := r.count(); away > 0 {
+			break
+		}
+		if n > 50 {
+			t.Fatal("the stream was never handed to the senders")
+		}
+	}
+	have, _ := r.count()
+	release := watch.HoldStream(s)
+	log.commit(1)
+	time.Sleep(100 * time.Millisecond) // the hub publishes, a sender takes the stream
+	release()
+	log.commit(1)
+	waitFor(t, r, have+2, 5*time.Second)
+	checkInOrder(t, r, 1, have+2)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Serve ended with %v", err)
+	}
+}
