@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,10 +137,12 @@ func (d *delivery) step(w *sender) {
 // goroutine, where no handler's recovery would catch it.
 var errSendPanicked = errors.New("watch: sending to the stream panicked")
 
-// sendOne sends one item; a panic in send ends the stream, not the process.
+// sendOne sends one item; a panic in send ends the stream, not the
+// process, and is logged (its type only: the value may hold the item).
 func (d *delivery) sendOne(item Item) (err error) {
 	defer func() {
-		if recover() != nil {
+		if p := recover(); p != nil {
+			d.s.hub.opts.Logger.Error("panic sending to a watch stream; the stream ends", "type", fmt.Sprintf("%T", p))
 			err = errSendPanicked
 		}
 	}()
@@ -238,7 +241,7 @@ func (p *senders) work(w *sender) {
 // watch replaces the senders stuck in one send for longer than p.stall,
 // while any sender runs.
 func (p *senders) watch() {
-	tick := time.NewTicker(p.stall / 4)
+	tick := time.NewTicker(max(p.stall/4, time.Millisecond))
 	defer tick.Stop()
 	for range tick.C {
 		now := time.Now().UnixNano()
@@ -250,7 +253,8 @@ func (p *senders) watch() {
 		}
 		for w := range p.running {
 			since := w.since.Load()
-			if since == 0 || now-since < int64(p.stall) || w.current == nil {
+			if since == 0 || now-since < int64(p.stall) || w.current == nil || w.since.Load() != since {
+				// No send, a short one, or it just ended.
 				continue
 			}
 			w.current.slow.Store(true)
@@ -306,9 +310,11 @@ func (s *Stream) Serve(ctx context.Context, send func(Item) error) error {
 func (s *Stream) handOver(ctx context.Context, send func(Item) error) error {
 	d, sub := &s.d, s.sub
 	d.mu.Lock()
+	// slow is cleared before a sender can see the stream active: a stall
+	// marked from then on stays marked.
+	d.slow.Store(false)
 	d.s, d.send, d.active, d.back, d.err = s, send, true, false, nil
 	d.mu.Unlock()
-	d.slow.Store(false)
 	sub.direct.Store(d)
 	// Whatever was published before the hand-over signalled the reader:
 	// one look from a sender.

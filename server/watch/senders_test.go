@@ -6,7 +6,9 @@ import (
 	"errors"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -319,5 +321,74 @@ func TestServeSenderMeetsHeldStream(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Serve ended with %v", err)
+	}
+}
+
+// TestServeSendPanics: a send that panics on a sender's goroutine (where
+// no handler's recovery runs) ends that stream with an error, not the
+// process, and the other streams go on.
+func TestServeSendPanics(t *testing.T) {
+	log := newFakeLog(1)
+	h, _ := startHub(t, log, watch.Options{Senders: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	bad, err := h.Open(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(bad.Close)
+	var armed atomic.Bool
+	badDone := make(chan error, 1)
+	go func() {
+		me := goid()
+		badDone <- bad.Serve(ctx, func(item watch.Item) error {
+			// Only on a sender's goroutine: on Serve's own, a panic is
+			// the caller's (the gRPC handler's recovery).
+			if armed.Load() && item.Change != nil && goid() != me {
+				panic("boom")
+			}
+			return nil
+		})
+	}()
+	good, err := h.Open(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(good.Close)
+	r, done := serve(t, ctx, good, nil)
+	t.Cleanup(cancel)
+	// Both live: changes reach the good stream from a sender.
+	for n := 2; ; n++ {
+		log.commit(1)
+		waitFor(t, r, n, 10*time.Second)
+		if _, away := r.count(); away > 0 {
+			break
+		}
+		if n > 50 {
+			t.Fatal("the streams were never handed to the senders")
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // the bad stream handed over too
+	have, _ := r.count()
+	armed.Store(true)
+	commits := 0
+	for ended := false; !ended; {
+		log.commit(1)
+		commits++
+		select {
+		case err := <-badDone:
+			if err == nil || !strings.Contains(err.Error(), "panicked") {
+				t.Fatalf("the panicking stream's Serve ended with %v", err)
+			}
+			ended = true
+		case <-time.After(100 * time.Millisecond):
+			if commits > 100 {
+				t.Fatal("the panicking stream's Serve did not end")
+			}
+		}
+	}
+	waitFor(t, r, have+commits, 10*time.Second)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the other stream's Serve ended with %v", err)
 	}
 }
