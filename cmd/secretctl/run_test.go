@@ -30,6 +30,11 @@ func childLog(t *testing.T, path string) []string {
 	return strings.Split(strings.TrimSpace(string(b)), "\n")
 }
 
+// childStart bounds a wait for the test child to (re)start: an exec of
+// this test binary, which under the race detector and CI's parallel
+// packages has taken several seconds on two cores.
+const childStart = 30 * time.Second
+
 func waitLog(t *testing.T, path string, within time.Duration, what string, cond func(lines []string) bool) []string {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -122,7 +127,7 @@ func TestRunWatchRestartsOnRestartRequiredChange(t *testing.T) {
 		done <- cli(t, ctx, srv.GRPCAddr(), "", env, "run", "--watch", "--signal", "HUP", "--keys", "SLACK_SIGNING_SECRET,GITHUB_TOKEN",
 			"--consumer", "test-bot/host-1", "--", os.Args[0])
 	}()
-	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	lines := waitLog(t, log, childStart, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
 	if !strings.HasSuffix(lines[0], "SLACK_SIGNING_SECRET=sign-1 GITHUB_TOKEN=gh-1") {
 		t.Fatalf("first start: %q", lines[0])
 	}
@@ -137,7 +142,7 @@ func TestRunWatchRestartsOnRestartRequiredChange(t *testing.T) {
 
 	// Restart-required: SIGTERM, then a new process with the new value.
 	putValue(t, c, "SLACK_SIGNING_SECRET", "sign-2")
-	lines = waitLog(t, log, 5*time.Second, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	lines = waitLog(t, log, childStart, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
 	want := []string{"start", "hangup", "term", "start"}
 	var got []string
 	for _, l := range lines {
@@ -179,9 +184,9 @@ func TestRunWatchKillsChildThatWillNotStop(t *testing.T) {
 		done <- cli(t, ctx, srv.GRPCAddr(), "", env, "run", "--watch", "--grace", "300ms", "--signal", "none",
 			"--keys", "SLACK_SIGNING_SECRET", "--", os.Args[0])
 	}()
-	waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	waitLog(t, log, childStart, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
 	putValue(t, c, "SLACK_SIGNING_SECRET", "sign-2")
-	lines := waitLog(t, log, 5*time.Second, "stubborn child not replaced", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	lines := waitLog(t, log, childStart, "stubborn child not replaced", func(l []string) bool { return countPrefix(l, "start") == 2 })
 	if countPrefix(lines, "term ignored") != 1 || !strings.HasSuffix(lines[len(lines)-1], "sign-2") {
 		t.Fatalf("child log:\n%s", strings.Join(lines, "\n"))
 	}
@@ -213,7 +218,7 @@ func TestRunForwardsSignals(t *testing.T) {
 	go func() {
 		done <- cli(t, context.Background(), srv.GRPCAddr(), "", env, "run", "--keys", "CHILD_LOG", "--", os.Args[0])
 	}()
-	waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	waitLog(t, log, childStart, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
 	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
@@ -306,11 +311,11 @@ func TestRunWatchRestartsWholeGroup(t *testing.T) {
 	putValue(t, c, "GITHUB_TOKEN", "gh-1")
 	env, log := childEnvFor(t, "serve", "GITHUB_TOKEN")
 	stop := runWatch(t, srv, env, append([]string{"--keys", "GITHUB_TOKEN", "--"}, shell()...)...)
-	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	lines := waitLog(t, log, childStart, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
 	first := pidOf(t, lines, "start", 1)
 
 	putValue(t, c, "GITHUB_TOKEN", "gh-2")
-	lines = waitLog(t, log, 5*time.Second, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	lines = waitLog(t, log, childStart, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
 	if got := events(lines); got != "start term start" || !strings.HasSuffix(lines[2], "GITHUB_TOKEN=gh-2") {
 		t.Fatalf("child log:\n%s", strings.Join(lines, "\n"))
 	}
@@ -337,11 +342,11 @@ func TestRunWatchReloadSignalKillsShell(t *testing.T) {
 	putValue(t, c, "GITHUB_TOKEN", "gh-1")
 	env, log := childEnvFor(t, "serve", "GITHUB_TOKEN")
 	stop := runWatch(t, srv, env, append([]string{"--signal", "HUP", "--keys", "GITHUB_TOKEN", "--"}, shell()...)...)
-	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	lines := waitLog(t, log, childStart, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
 	first := pidOf(t, lines, "start", 1)
 
 	putValue(t, c, "GITHUB_TOKEN", "gh-2")
-	lines = waitLog(t, log, 5*time.Second, "no restart after the shell died of SIGHUP", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	lines = waitLog(t, log, childStart, "no restart after the shell died of SIGHUP", func(l []string) bool { return countPrefix(l, "start") == 2 })
 	if got := events(lines); got != "start hangup term start" || !strings.HasSuffix(lines[3], "GITHUB_TOKEN=gh-2") {
 		t.Fatalf("child log:\n%s", strings.Join(lines, "\n"))
 	}
@@ -365,10 +370,10 @@ func TestRunWatchKillsStubbornGrandchild(t *testing.T) {
 	putValue(t, c, "GITHUB_TOKEN", "gh-1")
 	env, log := childEnvFor(t, "stubborn", "GITHUB_TOKEN")
 	stop := runWatch(t, srv, env, append([]string{"--grace", "300ms", "--keys", "GITHUB_TOKEN", "--"}, shell()...)...)
-	lines := waitLog(t, log, 10*time.Second, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
+	lines := waitLog(t, log, childStart, "child never started", func(l []string) bool { return countPrefix(l, "start") == 1 })
 	first := pidOf(t, lines, "start", 1)
 	putValue(t, c, "GITHUB_TOKEN", "gh-2")
-	lines = waitLog(t, log, 5*time.Second, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
+	lines = waitLog(t, log, childStart, "no restart", func(l []string) bool { return countPrefix(l, "start") == 2 })
 	if got := events(lines); got != "start term-ignored start" || alive(first) {
 		t.Fatalf("first instance %d alive %v; child log:\n%s", first, alive(first), strings.Join(lines, "\n"))
 	}
