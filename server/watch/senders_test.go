@@ -300,16 +300,7 @@ func TestServeSenderMeetsHeldStream(t *testing.T) {
 	r, done := serve(t, ctx, s, nil)
 	t.Cleanup(cancel)
 	// Live and handed over: a change arrives from a sender.
-	for n := 2; ; n++ {
-		log.commit(1)
-		waitFor(t, r, n, 10*time.Second)
-		if _, away := r.count(); away > 0 {
-			break
-		}
-		if n > 50 {
-			t.Fatal("the stream was never handed to the senders")
-		}
-	}
+	waitServedBySenders(t, log, r)
 	have, _ := r.count()
 	release := watch.HoldStream(s)
 	log.commit(1)
@@ -357,16 +348,7 @@ func TestServeSendPanics(t *testing.T) {
 	r, done := serve(t, ctx, good, nil)
 	t.Cleanup(cancel)
 	// Both live: changes reach the good stream from a sender.
-	for n := 2; ; n++ {
-		log.commit(1)
-		waitFor(t, r, n, 10*time.Second)
-		if _, away := r.count(); away > 0 {
-			break
-		}
-		if n > 50 {
-			t.Fatal("the streams were never handed to the senders")
-		}
-	}
+	waitServedBySenders(t, log, r)
 	time.Sleep(50 * time.Millisecond) // the bad stream handed over too
 	have, _ := r.count()
 	armed.Store(true)
@@ -391,4 +373,19 @@ func TestServeSendPanics(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("the other stream's Serve ended with %v", err)
 	}
+}
+
+// waitServedBySenders commits changes one at a time (r holding the one
+// before) until r receives one from a sender rather than from its Serve's
+// goroutine: the stream is live and handed over.
+func waitServedBySenders(t *testing.T, log *fakeLog, r *served) {
+	t.Helper()
+	for n := 2; n <= 50; n++ {
+		log.commit(1)
+		waitFor(t, r, n, 10*time.Second)
+		if _, away := r.count(); away > 0 {
+			return
+		}
+	}
+	t.Fatal("the stream was never handed to the senders")
 }
