@@ -363,30 +363,19 @@ func groupRunning(pg int) (running, known bool) {
 	if err != nil {
 		return false, false
 	}
+	group := strconv.Itoa(pg)
 	seen := false
 	for _, e := range entries {
 		name := e.Name()
 		if name[0] < '1' || name[0] > '9' {
 			continue
 		}
-		stat, err := os.ReadFile("/proc/" + name + "/stat")
-		if err != nil {
-			continue // exited meanwhile
-		}
-		// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-		i := strings.LastIndexByte(string(stat), ')')
-		if i < 0 {
-			return false, false
-		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 3 {
-			return false, false
-		}
-		if f[2] != strconv.Itoa(pg) {
-			continue
+		state, pgrp, ok := procStat(name)
+		if !ok || pgrp != group {
+			continue // exited meanwhile, or another group's
 		}
 		seen = true
-		if f[0] != "Z" && f[0] != "X" {
+		if state != "Z" && state != "X" {
 			return true, true
 		}
 		if tasks, err := os.ReadDir("/proc/" + name + "/task"); err == nil && len(tasks) > 1 {
@@ -394,6 +383,26 @@ func groupRunning(pg int) (running, known bool) {
 		}
 	}
 	return false, seen
+}
+
+// procStat reads a process's state letter and process group from
+// /proc/<pid>/stat; ok is false once it is gone (or unreadable).
+func procStat(pid string) (state, pgrp string, ok bool) {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return "", "", false
+	}
+	// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", "", false
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 3 {
+		return "", "", false
+	}
+	return f[0], f[2], true
 }
 
 // wait waits for the child itself to exit, at most until deadline.

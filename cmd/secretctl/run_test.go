@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -478,14 +477,6 @@ func TestGroupAliveIgnoresZombies(t *testing.T) {
 
 // procState is a process's state letter from /proc ("" once it is gone).
 func procState(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) == 0 {
-		return ""
-	}
-	return f[0]
+	state, _, _ := procStat(strconv.Itoa(pid))
+	return state
 }
