@@ -145,12 +145,7 @@ func TestServeFromSenders(t *testing.T) {
 	if away < streams*writes/2 {
 		t.Fatalf("%d of %d live sends came from the senders; want most", away, streams*writes)
 	}
-	cancel()
-	for _, done := range dones {
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Fatalf("Serve ended with %v, want context.Canceled", err)
-		}
-	}
+	endsCanceled(t, cancel, dones...)
 }
 
 // TestServeStalledSendDoesNotHoldOthers: a stream whose send blocks (a
@@ -214,10 +209,7 @@ func TestServeStalledSendDoesNotHoldOthers(t *testing.T) {
 	once.Do(func() { close(release) })
 	waitFor(t, stuck, writes, 10*time.Second)
 	checkInOrder(t, stuck, 1, writes)
-	cancel()
-	if err := <-stuckDone; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Serve ended with %v, want context.Canceled", err)
-	}
+	endsCanceled(t, cancel, stuckDone)
 }
 
 // TestServeEnds: Serve returns the send's error, and ctx's error when ctx
@@ -309,10 +301,7 @@ func TestServeSenderMeetsHeldStream(t *testing.T) {
 	log.commit(1)
 	waitFor(t, r, have+2, 5*time.Second)
 	checkInOrder(t, r, 1, have+2)
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Serve ended with %v", err)
-	}
+	endsCanceled(t, cancel, done)
 }
 
 // TestServeSendPanics: a send that panics on a sender's goroutine (where
@@ -369,10 +358,7 @@ func TestServeSendPanics(t *testing.T) {
 		}
 	}
 	waitFor(t, r, have+commits, 10*time.Second)
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("the other stream's Serve ended with %v", err)
-	}
+	endsCanceled(t, cancel, done)
 }
 
 // waitServedBySenders commits changes one at a time (r holding the one
@@ -388,4 +374,16 @@ func waitServedBySenders(t *testing.T, log *fakeLog, r *served) {
 		}
 	}
 	t.Fatal("the stream was never handed to the senders")
+}
+
+// endsCanceled cancels the streams' context and checks that each Serve
+// ends with context.Canceled.
+func endsCanceled(t *testing.T, cancel context.CancelFunc, dones ...chan error) {
+	t.Helper()
+	cancel()
+	for _, done := range dones {
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Serve ended with %v, want context.Canceled", err)
+		}
+	}
 }
