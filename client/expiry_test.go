@@ -30,8 +30,10 @@ func TestCacheDropsExpiredValue(t *testing.T) {
 	ctx := context.Background()
 	put(t, c, "CUSTOM_EXP", "from-db", client.WithRestartRequired(true))
 	put(t, c, "CUSTOM_KEEP", "kept")
-	// The API refuses a past expire time: expire shortly.
-	expire := time.Now().Add(1500 * time.Millisecond)
+	// The API refuses a past expire time: expire shortly, but after the
+	// cache below has loaded (under CI's -race load its set-up took more
+	// than 1.5 s, and the first Get already saw the value expired).
+	expire := time.Now().Add(5 * time.Second)
 	if _, err := c.UpdateSecret(ctx, "CUSTOM_EXP", client.WithExpireTime(expire)); err != nil {
 		t.Fatal(err)
 	}
