@@ -352,7 +352,7 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 			})
 	}
 	if len(reads) > 0 {
-		b.Queue(`SELECT `+secretColumns+` FROM `+secretFrom+` WHERE s.key = ANY($1)`, reads).Query(func(rows pgx.Rows) error {
+		b.Queue(secretsByKeys, reads).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				sec, err := scanSecret(rows)
 				if err != nil {

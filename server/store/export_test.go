@@ -78,3 +78,7 @@ func (s *Store) WriteFailingWith(ctx context.Context, meta Meta, err error) erro
 	})
 	return werr
 }
+
+// SecretsByKeysSQL is the statement that reads secrets by name (a write
+// batch's first read; ListSecrets' extra keys).
+const SecretsByKeysSQL = secretsByKeys
