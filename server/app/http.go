@@ -122,7 +122,7 @@ func (c countingRecorder) RecordAccess(ctx context.Context, events []store.Audit
 type poolCollector struct {
 	store                           *store.Store
 	total, idle, acquired, acquires *prometheus.Desc
-	writeBatches, writes            *prometheus.Desc
+	writeBatches, writes, oneByOne  *prometheus.Desc
 }
 
 func newPoolCollector(s *store.Store) *poolCollector {
@@ -136,6 +136,8 @@ func newPoolCollector(s *store.Store) *poolCollector {
 			"Write transactions committed by group commit (each holds one or more writes).", nil, nil),
 		writes: prometheus.NewDesc("secrets_writes_committed_total",
 			"Writes committed; divided by secrets_write_batches_total, the mean batch size.", nil, nil),
+		oneByOne: prometheus.NewDesc("secrets_write_batches_one_by_one_total",
+			"Write batches that ran their writes one round trip after another instead of planned (writes that read first, or a secret written by many at once).", nil, nil),
 	}
 }
 
@@ -146,6 +148,7 @@ func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- p.acquires
 	ch <- p.writeBatches
 	ch <- p.writes
+	ch <- p.oneByOne
 }
 
 func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
@@ -157,6 +160,7 @@ func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	w := p.store.WriteBatchStats()
 	ch <- prometheus.MustNewConstMetric(p.writeBatches, prometheus.CounterValue, float64(w.Batches))
 	ch <- prometheus.MustNewConstMetric(p.writes, prometheus.CounterValue, float64(w.Writes))
+	ch <- prometheus.MustNewConstMetric(p.oneByOne, prometheus.CounterValue, float64(w.OneByOne))
 }
 
 // hubCollector exports the change-stream hub's figures.

@@ -582,10 +582,11 @@ func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEnd
 // costs 3 round trips to PostgreSQL, the batch's lock held for all of them:
 // one to begin (the lock, the request ids and the secrets read), one for the
 // writes' statements with the bookkeeping and the audit events (runPlanned),
-// one to commit. Two puts of one secret run one after another: n+3 round
-// trips (the second put reads the secret again). It was 2n+4 in both cases:
-// each put read its secret in a round trip of its own, and the audit insert
-// and the commit had one each.
+// one to commit. Of two puts of one secret the second is held over to the
+// next batch, so this one stays planned: 3 round trips too (it was n+3, the
+// batch's writes one after another, the second put reading the secret
+// again; and before that 2n+4 in both cases: each put read its secret in a
+// round trip of its own, and the audit insert and the commit had one each).
 func TestGroupCommitRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	rt := &roundTrips{}
@@ -620,8 +621,14 @@ func TestGroupCommitRoundTrips(t *testing.T) {
 	if got := batch(distinct...); got != 3 {
 		t.Errorf("a batch of %d puts took %d round trips, want 3", n, got)
 	}
-	if got := batch(sameKey...); got != n+3 {
-		t.Errorf("a batch of %d puts, two of one secret, took %d round trips, want %d", n, got, n+3)
+	before := s.WriteBatchStats()
+	if got := batch(sameKey...); got != 3 {
+		t.Errorf("a batch of %d puts, two of one secret, took %d round trips, want 3", n, got)
+	}
+	after := s.WriteBatchStats()
+	if after.Batches-before.Batches != 2 || after.OneByOne != before.OneByOne {
+		t.Errorf("%d puts, two of one secret: %d batches, %d one by one; want 2, none",
+			n, after.Batches-before.Batches, after.OneByOne-before.OneByOne)
 	}
 }
 
@@ -779,5 +786,66 @@ func TestGroupCommitNextBatchWaitsOnTheLock(t *testing.T) {
 	}
 	if entries, txs := transactions(t, url, res[0].Revision-1); entries != 2 || txs != 2 {
 		t.Fatalf("%d change-log entries in %d transactions, want 2 in 2", entries, txs)
+	}
+}
+
+// TestGroupCommitHoldsOverWritesOfOneSecret: a put of a secret its batch
+// already writes is held over to the next batch, which keeps the batch
+// planned (not one write after another); each secret's writes still apply
+// in the order they came. A secret written by many at once (more writes
+// than are held over) goes in one batch, one write after another, as
+// before, rather than one write of it per batch.
+func TestGroupCommitHoldsOverWritesOfOneSecret(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, testdb.New(t))
+	m := bmeta("PutSecret", "", "")
+	run := func(keys ...string) (versions map[string][]int64, batches, oneByOne int64) {
+		t.Helper()
+		before := s.WriteBatchStats()
+		release := s.HoldWrites()
+		q := &queue{t: t, s: s}
+		res := make([]store.WriteResult, len(keys))
+		for i, k := range keys {
+			q.add(func() {
+				var err error
+				if res[i], err = s.PutSecret(ctx, m, store.PutParams{Key: k, Defaults: store.Defaults{Category: "custom"},
+					Seal: seal(fmt.Sprint(i))}); err != nil {
+					t.Errorf("put %d: %v", i, err)
+				}
+			})
+		}
+		release()
+		q.wg.Wait()
+		versions = map[string][]int64{}
+		var last int64
+		for i, r := range res {
+			versions[keys[i]] = append(versions[keys[i]], r.Version.Version)
+			if keys[i] == keys[0] {
+				if r.Revision <= last {
+					t.Errorf("put %d of %s: revision %d after %d", i, keys[i], r.Revision, last)
+				}
+				last = r.Revision
+			}
+		}
+		after := s.WriteBatchStats()
+		return versions, after.Batches - before.Batches, after.OneByOne - before.OneByOne
+	}
+	versions, batches, oneByOne := run("CUSTOM_K", "CUSTOM_L", "CUSTOM_K", "CUSTOM_M", "CUSTOM_K")
+	if !slices.Equal(versions["CUSTOM_K"], []int64{1, 2, 3}) {
+		t.Errorf("versions of CUSTOM_K in queue order: %v, want 1, 2, 3", versions["CUSTOM_K"])
+	}
+	if batches != 3 || oneByOne != 0 {
+		t.Errorf("%d batches, %d one write after another; want 3 (K, L, M; K; K), none", batches, oneByOne)
+	}
+	hot := []string{"CUSTOM_HOT"}
+	for range store.MaxHeldOver + 1 {
+		hot = append(hot, "CUSTOM_HOT")
+	}
+	versions, batches, oneByOne = run(hot...)
+	if want := consecutive(1, len(hot)); !slices.Equal(versions["CUSTOM_HOT"], want) {
+		t.Errorf("versions of CUSTOM_HOT in queue order: %v, want %v", versions["CUSTOM_HOT"], want)
+	}
+	if batches != 1 || oneByOne != 1 {
+		t.Errorf("%d puts of one secret: %d batches, %d one write after another; want 1, 1", len(hot), batches, oneByOne)
 	}
 }

@@ -82,3 +82,7 @@ func (s *Store) WriteFailingWith(ctx context.Context, meta Meta, err error) erro
 // SecretsByKeysSQL is the statement that reads secrets by name (a write
 // batch's first read; ListSecrets' extra keys).
 const SecretsByKeysSQL = secretsByKeys
+
+// MaxHeldOver is how many writes of secrets already in a batch are held
+// over to the next one.
+const MaxHeldOver = maxHeldOver
