@@ -174,6 +174,9 @@ func (b *writeBatcher) run() {
 		if len(b.carry) > 0 {
 			// Writes held over from the last batch go first, without
 			// waiting for another.
+			if h := b.hold.Load(); h != nil {
+				<-*h
+			}
 			b.dispatch(&inflight, b.gather(nil))
 			continue
 		}
@@ -227,11 +230,15 @@ const maxHeldOver = 4
 // batch: two writes of one secret make a batch unplannable (plannable), and
 // it then runs every write one round trip after another, a batch of 20
 // taking several times as long as a planned one (at 64 concurrent puts of
-// random keys of 1,000, about one batch in six). Holding over keeps each
-// secret's writes in their order (the held ones start the next batch). More
-// than maxHeldOver such writes is a secret written by many at once: then
-// the held ones and the rest go in this batch, one at a time, as before,
-// rather than one write of that secret per batch.
+// random keys of 1,000, about one batch in six). The held writes start the
+// next batch, so each secret's writes keep the order they came in (as
+// between any two batches, a batch rerun after a deadlock or serialization
+// failure commits after the next one: its writes were unanswered,
+// concurrent with the next batch's). More than maxHeldOver such writes in
+// one gathering is a secret written by many at once, and a write that
+// does not read first makes the batch unplannable anyway: then the held
+// ones and the rest go in this batch, one at a time, as before. (Up to
+// maxHeldOver held writes of one secret go one a batch.)
 func (b *writeBatcher) gather(first *writeJob) []*writeJob {
 	var (
 		jobs    []*writeJob
@@ -241,6 +248,12 @@ func (b *writeBatcher) gather(first *writeJob) []*writeJob {
 	)
 	// add takes j into the batch, or holds it over; false once full.
 	add := func(j *writeJob) bool {
+		if holding && j.state.Load() != jobQueued {
+			// Its caller gave up: it only passes through, to be answered
+			// (commit drops it), and must not shape the batch.
+			jobs = append(jobs, j)
+			return len(jobs) < maxWriteBatch
+		}
 		if holding {
 			switch {
 			case j.reads == "":
