@@ -111,8 +111,9 @@ type failureRecorder interface {
 }
 
 // auditFailures records a failed call of an audited method (its policy
-// says so) with its status code. It skips UNAVAILABLE (the database is
-// likely what failed) and cancellations. Successes are audited by the
+// says so) with its status code, before answering (but never past the
+// caller's deadline: see failureAuditMargin). It skips UNAVAILABLE (the
+// database is likely what failed) and cancellations. Successes are audited by the
 // handlers and the store; refusals by the authorizer. What the caller sent
 // is bounded and escaped by the store before it is written.
 func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterceptor {
@@ -140,14 +141,40 @@ func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterc
 		if r, ok := req.(interface{ GetRequestId() string }); ok {
 			meta.RequestID = r.GetRequestId()
 		}
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		if aerr := rec.RecordFailure(actx, meta, key, version, api.Outcome(code), ""); aerr != nil {
-			log.WarnContext(ctx, "failure audit not recorded", "method", pol.Action, "error", aerr)
+		recorded := make(chan struct{})
+		go func() {
+			defer close(recorded)
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failureAuditTimeout)
+			defer cancel()
+			if aerr := rec.RecordFailure(actx, meta, key, version, api.Outcome(code), ""); aerr != nil {
+				log.WarnContext(ctx, "failure audit not recorded", "method", pol.Action, "error", aerr)
+			}
+		}()
+		// The event is normally durable before the answer leaves; a slow
+		// database must not turn the answer into the caller's
+		// DEADLINE_EXCEEDED, so the wait ends failureAuditMargin before
+		// the caller's deadline, and the recording goes on without it.
+		var answerBy <-chan time.Time
+		if d, ok := ctx.Deadline(); ok {
+			t := time.NewTimer(time.Until(d.Add(-failureAuditMargin)))
+			defer t.Stop()
+			answerBy = t.C
+		}
+		select {
+		case <-recorded:
+		case <-answerBy:
+		case <-ctx.Done():
 		}
 		return resp, err
 	}
 }
+
+// failureAuditTimeout bounds recording one failure audit event.
+const failureAuditTimeout = 2 * time.Second
+
+// failureAuditMargin is the time a failed call's answer has to reach its
+// caller before the caller's deadline while its audit event is recorded.
+const failureAuditMargin = 100 * time.Millisecond
 
 // callRecord is filled in as a call is served (the authenticated actor),
 // for the request log line, which is written by an interceptor that runs
