@@ -290,20 +290,26 @@ func (b *bench) watchPhases(ctx context.Context) error {
 		return err
 	}
 	b.res.WatchBytesPerIdleConnection = num1(per)
-	small, err := b.watchPhase(ctx, b.cfg.watchSmall)
+	small, err := b.watchPhase(ctx, b.cfg.watchSmall, false)
 	if err != nil {
 		return err
 	}
 	b.res.Watch1kP50ms, b.res.Watch1kP99ms = num3(msf(small.P50)), num3(msf(small.P99))
 	b.res.Watch1kLagged = num1(small.Lagged)
 	b.res.CPU["watch_1k"] = small.CPU
-	large, err := b.watchPhase(ctx, b.cfg.watchLarge)
+	large, err := b.watchPhase(ctx, b.cfg.watchLarge, false)
 	if err != nil {
 		return err
 	}
 	b.res.Watch10kP50ms, b.res.Watch10kP99ms = num3(msf(large.P50)), num3(msf(large.P99))
 	b.res.Watch10kLagged = num1(large.Lagged)
 	b.res.CPU["watch_10k"] = large.CPU
+	framed, err := b.watchPhase(ctx, b.cfg.watchLarge, true)
+	if err != nil {
+		return err
+	}
+	b.res.Watch10kFramesP50ms, b.res.Watch10kFramesP99ms = num3(msf(framed.P50)), num3(msf(framed.P99))
+	b.res.CPU["watch_10k_frames"] = framed.CPU
 	b.res.WatchBytesPerIdleWatcher = num1(large.BytesPerStream)
 	b.res.WatchSmallBytesPerIdleWatcher = num1(small.BytesPerStream)
 	return nil

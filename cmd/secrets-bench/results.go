@@ -79,10 +79,15 @@ type results struct {
 	PutC64P50ms    *float64 `json:"put_c64_p50_ms"`
 	PutC64P99ms    *float64 `json:"put_c64_p99_ms"`
 
-	Watch1kP50ms                  *float64 `json:"watch_1k_p50_ms"`
-	Watch1kP99ms                  *float64 `json:"watch_1k_p99_ms"`
-	Watch10kP50ms                 *float64 `json:"watch_10k_p50_ms"`
-	Watch10kP99ms                 *float64 `json:"watch_10k_p99_ms"`
+	Watch1kP50ms  *float64 `json:"watch_1k_p50_ms"`
+	Watch1kP99ms  *float64 `json:"watch_1k_p99_ms"`
+	Watch10kP50ms *float64 `json:"watch_10k_p50_ms"`
+	Watch10kP99ms *float64 `json:"watch_10k_p99_ms"`
+	// The same streams received by frame-level receivers (a goroutine per
+	// connection, framewatch.go), so that the load generator's receiving
+	// takes little of the cores the servers share with it.
+	Watch10kFramesP50ms           *float64 `json:"watch_10k_frames_p50_ms"`
+	Watch10kFramesP99ms           *float64 `json:"watch_10k_frames_p99_ms"`
 	WatchBytesPerIdleWatcher      *float64 `json:"watch_bytes_per_idle_watcher"`
 	WatchSmallBytesPerIdleWatcher *float64 `json:"watch_1k_bytes_per_idle_watcher"`
 	WatchBytesPerIdleConnection   *float64 `json:"watch_bytes_per_idle_connection"`
@@ -240,6 +245,8 @@ func (b *bench) printTable() {
 			{wl(r.WatchSmallN) + " streams p99", "watch_1k_p99_ms", r.Watch1kP99ms, "ms"},
 			{wl(r.WatchLargeN) + " streams p50", "watch_10k_p50_ms", r.Watch10kP50ms, "ms"},
 			{wl(r.WatchLargeN) + " streams p99", "watch_10k_p99_ms", r.Watch10kP99ms, "ms"},
+			{wl(r.WatchLargeN) + " streams p50, frame-level receivers", "watch_10k_frames_p50_ms", r.Watch10kFramesP50ms, "ms"},
+			{wl(r.WatchLargeN) + " streams p99, frame-level receivers", "watch_10k_frames_p99_ms", r.Watch10kFramesP99ms, "ms"},
 			{"server heap per idle stream (" + wl(r.WatchLargeN) + ")", "watch_bytes_per_idle_watcher", r.WatchBytesPerIdleWatcher, "B"},
 			{"server heap per idle connection", "watch_bytes_per_idle_connection", r.WatchBytesPerIdleConnection, "B"},
 		}},
@@ -288,7 +295,7 @@ func (b *bench) printTable() {
 	if len(r.CPU) > 0 {
 		fmt.Printf("\nCPU during the measured runs, in cores of %d (cpu_cores)\n", r.Cores)
 		fmt.Printf("  %-14s %8s %9s %9s %7s %6s\n", "", "server", "postgres", "load gen", "other", "idle")
-		for _, name := range []string{"echo_c16", "access_c16", "access_c64", "batch20_c16", "rest_c16", "put_c16", "put_c64", "watch_1k", "watch_10k"} {
+		for _, name := range []string{"echo_c16", "access_c16", "access_c64", "batch20_c16", "rest_c16", "put_c16", "put_c64", "watch_1k", "watch_10k", "watch_10k_frames"} {
 			if c, ok := r.CPU[name]; ok {
 				fmt.Printf("  %-14s %8.2f %9.2f %9.2f %7.2f %6.2f\n", name, c.Server, c.Postgres, c.LoadGen, c.Other, c.Idle)
 			}

@@ -95,6 +95,10 @@ func (b *bench) hostGoroutines() int {
 	return r.Goroutines
 }
 
+// watcherLog is what one watch stream received: each event's revision and
+// arrival (ns since the phase's base time).
+type watcherLog struct{ revs, at []int64 }
+
 type watchResult struct {
 	P50, P99        time.Duration
 	Pairs, Expected int
@@ -140,16 +144,28 @@ func (b *bench) hubCounter(name string) float64 {
 // as negative latencies, not clamped). Writer and watchers are goroutines of
 // this process: one monotonic clock. The watchers' own scheduling delay on
 // this 2-core machine is included.
-func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
+//
+// frames picks the receivers: false, grpc-go's client (a goroutine per
+// stream); true, frame-level receivers (framewatch.go: a goroutine per
+// connection), so that the figure is the server's rather than the two
+// sharing the machine's cores.
+func (b *bench) watchPhase(ctx context.Context, n int, frames bool) (watchResult, error) {
 	var res watchResult
-	b.progress(fmt.Sprintf("change stream: %d watch streams over %d connections to %d replicas, %d writes %s apart",
-		n, b.cfg.watchConns, len(b.replicas), b.cfg.watchWrites, b.cfg.watchSpacing))
-	baseG := b.hostGoroutines()
-	conns, err := b.dialReplicas(ctx, b.cfg.watchConns, b.token)
-	if err != nil {
-		return res, err
+	receivers := "grpc-go receivers, a goroutine per stream"
+	if frames {
+		receivers = "frame-level receivers, a goroutine per connection"
 	}
-	defer closeAll(conns) // also closed (earlier) below, before settling
+	b.progress(fmt.Sprintf("change stream: %d watch streams over %d connections to %d replicas (%s), %d writes %s apart",
+		n, b.cfg.watchConns, len(b.replicas), receivers, b.cfg.watchWrites, b.cfg.watchSpacing))
+	baseG := b.hostGoroutines()
+	var conns []*grpc.ClientConn
+	if !frames {
+		var err error
+		if conns, err = b.dialReplicas(ctx, b.cfg.watchConns, b.token); err != nil {
+			return res, err
+		}
+		defer closeAll(conns) // also closed (earlier) below, before settling
+	}
 	writerConns, err := dial(ctx, b.replicas[0].GRPC, b.token, 1)
 	if err != nil {
 		return res, err
@@ -165,27 +181,39 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 		return res, err
 	}
 
-	type watcherLog struct{ revs, at []int64 }
 	logs := make([]watcherLog, n)
 	sctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait(); closeAll(conns); b.settle(baseG) }()
+	stopFrames := func() {}
+	defer func() { cancel(); wg.Wait(); stopFrames(); closeAll(conns); b.settle(baseG) }()
 	base := time.Now()
 	var delivered [64]paddedCount
-	var failed atomic.Int64
-	var firstErr firstError
+	failure := &streamFailure{}
 	lagged0 := b.hubLagged()
 	stalls0 := b.hubCounter("secrets_watch_send_stalls_total")
 	opened := make(chan struct{}, n)
+	if frames {
+		addrs := make([]string, len(b.replicas))
+		for i, r := range b.replicas {
+			addrs[i] = r.GRPC
+		}
+		stop, err := openFrameStreams(sctx, addrs, b.cfg.watchConns, b.token, n, logs, base, delivered[:], opened, failure)
+		if err != nil {
+			return res, err
+		}
+		stopFrames = stop
+	}
 	sem := make(chan struct{}, 256)
 	for i := range n {
+		if frames {
+			break
+		}
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			fail := func(err error) {
-				failed.Add(1)
-				firstErr.set(err)
+				failure.fail(err)
 				opened <- struct{}{}
 			}
 			stream, err := pb.NewSecretServiceClient(conns[i%len(conns)]).WatchChanges(sctx, &pb.WatchChangesRequest{})
@@ -212,8 +240,7 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 			for {
 				if err := stream.RecvMsg(m); err != nil {
 					if sctx.Err() == nil {
-						failed.Add(1)
-						firstErr.set(err)
+						failure.fail(err)
 					}
 					return
 				}
@@ -233,8 +260,8 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 			return res, errors.New("watch streams not open after 3 minutes")
 		}
 	}
-	if f := failed.Load(); f > 0 {
-		return res, fmt.Errorf("%d of %d watch streams failed to open: %v", f, n, firstErr.get())
+	if f := failure.failed.Load(); f > 0 {
+		return res, fmt.Errorf("%d of %d watch streams failed to open: %v", f, n, failure.firstErr.get())
 	}
 	b.progressf("  %d streams open in %.1fs", n, time.Since(base).Seconds())
 	time.Sleep(200 * time.Millisecond) // let the hub register the last ones
@@ -253,6 +280,9 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	if b.cfg.profileDir != "" && n == b.cfg.watchLarge {
 		var err error
 		name := fmt.Sprintf("watch-%d", n)
+		if frames {
+			name += "-frames"
+		}
 		if stopProfile, err = b.startProfile(name, fmt.Sprintf("%d watch streams, writes and delivery", n), 0); err != nil {
 			return res, err
 		}
@@ -290,8 +320,9 @@ func (b *bench) watchPhase(ctx context.Context, n int) (watchResult, error) {
 	}
 	cancel()
 	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		b.note(fmt.Sprintf("watch %d: %d streams ended early (first: %v)", n, f, firstErr.get()))
+	stopFrames()
+	if f := failure.failed.Load(); f > 0 {
+		b.note(fmt.Sprintf("watch %d: %d streams ended early (first: %v)", n, f, failure.firstErr.get()))
 	}
 
 	lat := make([]int64, 0, res.Expected)
