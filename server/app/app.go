@@ -214,6 +214,7 @@ type Server struct {
 	rotationGauge *prometheus.GaugeVec
 	stopAuth      context.CancelFunc
 	authDone      sync.WaitGroup
+	failureAudits *failureAudits
 	stopRotation  context.CancelFunc
 	readCache     *readcache.Cache
 	feed          *group // the watch hub and what follows it; stopped first
@@ -510,6 +511,7 @@ func (s *Server) listen(ctx context.Context) error {
 	}
 	// Refusals pass through metrics and logging like every other answer;
 	// the failure audit sees the authorized caller and the method's policy.
+	s.failureAudits = newFailureAudits(s.store, s.log)
 	unary := chainUnary(
 		recovery.UnaryServerInterceptor(recoverOpt),
 		recordUnary,
@@ -517,7 +519,7 @@ func (s *Server) listen(ctx context.Context) error {
 		calls.unary,
 		pi.unary,
 		authz.unary,
-		auditFailures(s.store, s.log),
+		auditFailures(s.failureAudits),
 	)
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.UnaryInterceptor(unary),
@@ -736,6 +738,11 @@ func (s *Server) close(ctx context.Context) {
 		// After the listeners: no request can add a denial any more.
 		s.stopAuth()
 		s.authDone.Wait()
+	}
+	if s.failureAudits != nil {
+		// Failure audits still being recorded after their answers left
+		// (each within failureAuditTimeout), before the store closes.
+		s.failureAudits.wait()
 	}
 	s.jobs.stop()
 	if s.batcher != nil {

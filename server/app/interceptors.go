@@ -110,13 +110,91 @@ type failureRecorder interface {
 	RecordFailure(ctx context.Context, meta store.Meta, key string, version int64, outcome, detail string) error
 }
 
+// failureAudits records the failure audit events of failed calls. An
+// event is normally durable before the answer leaves; but a slow database
+// must not turn the answer into the caller's DEADLINE_EXCEEDED, so the
+// answer waits at most until failureAuditMargin before the caller's
+// deadline (no wait with less than that left), and the recording goes on
+// without it, on a goroutine of its own. At most failureAuditsInFlight
+// such goroutines run at once (a flood of failing calls with short
+// deadlines cannot pile up writes on a slow database); past that a call
+// waits for its own event, as it always did. wait joins them at shutdown,
+// before the store closes.
+type failureAudits struct {
+	rec   failureRecorder
+	log   *slog.Logger
+	slots chan struct{}
+	wg    sync.WaitGroup
+}
+
+// failureAuditTimeout bounds recording one failure audit event.
+const failureAuditTimeout = 2 * time.Second
+
+// failureAuditMargin is the time a failed call's answer has to reach its
+// caller before the caller's deadline while its audit event is recorded.
+const failureAuditMargin = 100 * time.Millisecond
+
+// failureAuditsInFlight bounds the events recorded after their answers.
+const failureAuditsInFlight = 64
+
+func newFailureAudits(rec failureRecorder, log *slog.Logger) *failureAudits {
+	return &failureAudits{rec: rec, log: log, slots: make(chan struct{}, failureAuditsInFlight)}
+}
+
+// record records one event, and returns once it is recorded or the
+// answer cannot wait longer.
+func (f *failureAudits) record(ctx context.Context, meta store.Meta, key string, version int64, outcome string) {
+	run := func() {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failureAuditTimeout)
+		defer cancel()
+		if err := f.rec.RecordFailure(actx, meta, key, version, outcome, ""); err != nil {
+			f.log.Warn("failure audit not recorded", "method", meta.Action, "error", err)
+		}
+	}
+	select {
+	case f.slots <- struct{}{}:
+	default:
+		run() // at the bound: this one waits for its event
+		return
+	}
+	recorded := make(chan struct{})
+	f.wg.Add(1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				// Its value may hold request data: the type only.
+				f.log.Error("failure audit panicked", "method", meta.Action, "panic", fmt.Sprintf("%T", r))
+			}
+			<-f.slots
+			f.wg.Done()
+			close(recorded)
+		}()
+		run()
+	}()
+	var answerBy <-chan time.Time
+	if d, ok := ctx.Deadline(); ok {
+		t := time.NewTimer(time.Until(d.Add(-failureAuditMargin)))
+		defer t.Stop()
+		answerBy = t.C
+	}
+	select {
+	case <-recorded:
+	case <-answerBy:
+	case <-ctx.Done():
+	}
+}
+
+// wait returns once every event being recorded is (each within
+// failureAuditTimeout).
+func (f *failureAudits) wait() { f.wg.Wait() }
+
 // auditFailures records a failed call of an audited method (its policy
-// says so) with its status code, before answering (but never past the
-// caller's deadline: see failureAuditMargin). It skips UNAVAILABLE (the
-// database is likely what failed) and cancellations. Successes are audited by the
+// says so) with its status code, before answering but never past the
+// caller's deadline (failureAudits). It skips UNAVAILABLE (the database is
+// likely what failed) and cancellations. Successes are audited by the
 // handlers and the store; refusals by the authorizer. What the caller sent
 // is bounded and escaped by the store before it is written.
-func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterceptor {
+func auditFailures(fa *failureAudits) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		if err == nil {
@@ -141,40 +219,10 @@ func auditFailures(rec failureRecorder, log *slog.Logger) grpc.UnaryServerInterc
 		if r, ok := req.(interface{ GetRequestId() string }); ok {
 			meta.RequestID = r.GetRequestId()
 		}
-		recorded := make(chan struct{})
-		go func() {
-			defer close(recorded)
-			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failureAuditTimeout)
-			defer cancel()
-			if aerr := rec.RecordFailure(actx, meta, key, version, api.Outcome(code), ""); aerr != nil {
-				log.WarnContext(ctx, "failure audit not recorded", "method", pol.Action, "error", aerr)
-			}
-		}()
-		// The event is normally durable before the answer leaves; a slow
-		// database must not turn the answer into the caller's
-		// DEADLINE_EXCEEDED, so the wait ends failureAuditMargin before
-		// the caller's deadline, and the recording goes on without it.
-		var answerBy <-chan time.Time
-		if d, ok := ctx.Deadline(); ok {
-			t := time.NewTimer(time.Until(d.Add(-failureAuditMargin)))
-			defer t.Stop()
-			answerBy = t.C
-		}
-		select {
-		case <-recorded:
-		case <-answerBy:
-		case <-ctx.Done():
-		}
+		fa.record(ctx, meta, key, version, api.Outcome(code))
 		return resp, err
 	}
 }
-
-// failureAuditTimeout bounds recording one failure audit event.
-const failureAuditTimeout = 2 * time.Second
-
-// failureAuditMargin is the time a failed call's answer has to reach its
-// caller before the caller's deadline while its audit event is recorded.
-const failureAuditMargin = 100 * time.Millisecond
 
 // callRecord is filled in as a call is served (the authenticated actor),
 // for the request log line, which is written by an interceptor that runs
