@@ -45,7 +45,9 @@ func failAudited(ctx context.Context, fa *failureAudits) (time.Duration, error) 
 	start := time.Now()
 	_, err := auditFailures(fa)(ctx, &pb.AccessSecretVersionRequest{Key: "K"},
 		&grpc.UnaryServerInfo{FullMethod: "/orient.secrets.v1.SecretService/AccessSecretVersion"},
-		func(context.Context, any) (any, error) { return nil, status.Error(codes.OutOfRange, "min_revision ahead") })
+		func(context.Context, any) (any, error) {
+			return nil, status.Error(codes.OutOfRange, "min_revision ahead")
+		})
 	return time.Since(start), err
 }
 
