@@ -46,6 +46,9 @@ type frameConn struct {
 	streams []frameStream
 	// received counts DATA bytes, to give the connection's window back.
 	received uint32
+	// stopping is set before stop closes the connection: the streams'
+	// end is then the phase's, not a failure.
+	stopping atomic.Bool
 }
 
 type frameStream struct {
@@ -85,6 +88,7 @@ func openFrameStreams(ctx context.Context, addrs []string, conns int, token stri
 	)
 	stop = func() {
 		for _, fc := range fcs {
+			fc.stopping.Store(true)
 			fc.c.Close()
 		}
 		wg.Wait()
@@ -132,6 +136,14 @@ func openFrameStreams(ctx context.Context, addrs []string, conns int, token stri
 		authority := addrs[i%len(addrs)]
 		fc.wmu.Lock()
 		for j := range fc.streams {
+			if j > 0 && j%100 == 0 {
+				// Let the reader ack the server's SETTINGS and PINGs.
+				if err = fc.w.Flush(); err != nil {
+					break
+				}
+				fc.wmu.Unlock()
+				fc.wmu.Lock()
+			}
 			fc.hbuf.Reset()
 			for _, f := range [][2]string{
 				{":method", "POST"}, {":scheme", "http"}, {":path", pb.SecretService_WatchChanges_FullMethodName},
@@ -178,18 +190,31 @@ func (fc *frameConn) read(base time.Time, opened chan<- struct{}, failure *strea
 			opened <- struct{}{}
 		}
 	}
+	var readErr error
 	defer func() {
-		// The connection is gone: its streams that never opened must not
-		// hold up the phase.
+		// The connection is gone. Unless the phase closed it, its streams
+		// failed; and those that never opened must not hold up the phase.
+		stopping := fc.stopping.Load()
 		for k := range fc.streams {
-			if s := &fc.streams[k]; !s.opened {
-				endStream(s, errors.New("connection closed before the stream's header"))
+			if s := &fc.streams[k]; !s.opened || !stopping {
+				endStream(s, fmt.Errorf("connection ended: %v", readErr))
 			}
 		}
+		fc.c.Close()
 	}()
 	for {
 		f, err := fc.fr.ReadFrame()
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			// One stream's protocol error: that stream ends, the
+			// connection goes on.
+			if id := se.StreamID; id%2 == 1 && int(id/2) < len(fc.streams) {
+				endStream(&fc.streams[id/2], se)
+			}
+			continue
+		}
 		if err != nil {
+			readErr = err
 			return
 		}
 		var s *frameStream
@@ -263,7 +288,13 @@ func (fc *frameConn) read(base time.Time, opened chan<- struct{}, failure *strea
 				fc.wmu.Unlock()
 			}
 		case *http2.GoAwayFrame:
-			return
+			// Streams after the last one the server will process are
+			// refused; the others go on until the connection closes.
+			for k := range fc.streams {
+				if uint32(2*k+1) > f.LastStreamID {
+					endStream(&fc.streams[k], fmt.Errorf("refused by GOAWAY (%v)", f.ErrCode))
+				}
+			}
 		}
 	}
 }

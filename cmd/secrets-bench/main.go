@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/orient-bot/secrets/server/app"
 	"github.com/orient-bot/secrets/server/pgcluster"
 )
 
@@ -136,6 +137,11 @@ func parseFlags() config {
 	c.conns = max(c.conns, 1)
 	c.watchConns = max(c.watchConns, 2)
 	c.idleConns, c.watchSmall, c.watchLarge = max(c.idleConns, 2), max(c.watchSmall, 1), max(c.watchLarge, 1)
+	if perConn := (c.watchLarge + c.watchConns - 1) / c.watchConns; perConn > app.MaxStreamsPerConn {
+		fmt.Fprintf(os.Stderr, "secrets-bench: -watch-large %d over -watch-conns %d is %d streams a connection; the server allows %d (raise -watch-conns)\n",
+			c.watchLarge, c.watchConns, perConn, app.MaxStreamsPerConn)
+		os.Exit(2)
+	}
 	c.watchWrites = max(c.watchWrites, 1)
 	c.skip = map[string]bool{}
 	for _, s := range strings.Split(*skip, ",") {
@@ -304,14 +310,16 @@ func (b *bench) watchPhases(ctx context.Context) error {
 	b.res.Watch10kP50ms, b.res.Watch10kP99ms = num3(msf(large.P50)), num3(msf(large.P99))
 	b.res.Watch10kLagged = num1(large.Lagged)
 	b.res.CPU["watch_10k"] = large.CPU
+	b.res.WatchBytesPerIdleWatcher = num1(large.BytesPerStream)
+	b.res.WatchSmallBytesPerIdleWatcher = num1(small.BytesPerStream)
 	framed, err := b.watchPhase(ctx, b.cfg.watchLarge, true)
 	if err != nil {
-		return err
+		// The grpc-go figures stand; this one is missing, and says why.
+		b.note(fmt.Sprintf("watch %d, frame-level receivers: %v", b.cfg.watchLarge, err))
+		return nil
 	}
 	b.res.Watch10kFramesP50ms, b.res.Watch10kFramesP99ms = num3(msf(framed.P50)), num3(msf(framed.P99))
 	b.res.CPU["watch_10k_frames"] = framed.CPU
-	b.res.WatchBytesPerIdleWatcher = num1(large.BytesPerStream)
-	b.res.WatchSmallBytesPerIdleWatcher = num1(small.BytesPerStream)
 	return nil
 }
 
