@@ -33,9 +33,8 @@ import (
 //     round trip.
 //   - A batch of writes that each write one secret the batch read, no two
 //     the same (PutSecret under load), is planned instead (runPlanned):
-//     every write's one statement, the bookkeeping and the COMMIT go in one
-//     round trip, two round trips in all (a planned statement that changes
-//     nothing fails, so that the COMMIT does not run); if any plan or
+//     every write's one statement and the bookkeeping go in one round trip
+//     and the COMMIT in the next, three round trips in all; if any plan or
 //     statement falls through, the batch rolls back to before its writes
 //     and runs them in turn as above.
 //   - Each caller gets its own outcome only after the commit.
@@ -559,14 +558,17 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 
 	if useSavepoints && plannable(jobs) {
 		seenBefore := maps.Clone(seen)
-		ok, err := s.runPlanned(ctx, tx, jobs, rev, now, read, replayed, succeeded, bookkeeping, commit)
+		ok, err := s.runPlanned(ctx, tx, jobs, rev, now, read, replayed, succeeded, bookkeeping)
 		if err != nil {
 			return batchResult{}, err
 		}
 		if ok {
-			// Committed, or nothing to commit (every write a replay): the
-			// deferred rollback ends the transaction.
-			return res, nil
+			if res.committed == 0 {
+				return res, nil
+			}
+			b := &pgx.Batch{}
+			b.Queue(`RELEASE SAVEPOINT w`)
+			return commit(b)
 		}
 		// Back to where the writes began, and one write after another.
 		res = batchResult{outcomes: make([]error, len(jobs))}
@@ -652,18 +654,14 @@ func plannable(jobs []*writeJob) bool {
 
 // runPlanned runs the bodies of jobs as plans (writer.apply): each body,
 // working from the secrets the batch read, queues its one statement instead
-// of sending it, and the statements of every write, the bookkeeping and
-// the COMMIT (commit) go in one round trip, under savepoint "w". ok is
-// true when that committed, or when every write was a replay (nothing to
-// commit). ok is false, with that savepoint still to roll back to, when
-// any body cannot be planned (it wants to read, or fails: a stale etag) or
-// any statement failed or did not apply (a planned statement that changed
-// nothing fails, see writer.apply; either way PostgreSQL skips the rest of
-// the pipeline, the COMMIT included): the batch then runs its writes one
-// after another, as if the plans had never been.
+// of sending it, and the statements of every write and the bookkeeping go
+// in one round trip, under savepoint "w". ok is false, with that
+// savepoint still to roll back to, when any body cannot be planned (it
+// wants to read, or fails: a stale etag) or any statement failed or did
+// not apply: the batch then runs its writes one after another, as if the
+// plans had never been.
 func (s *Store) runPlanned(ctx context.Context, tx pgx.Tx, jobs []*writeJob, rev int64, now time.Time, read map[string]*Secret,
 	replayed func(int, *writeJob) bool, succeeded func(*writeJob, *writer, change, []byte), bookkeeping func(*pgx.Batch) error,
-	commit func(*pgx.Batch) (batchResult, error),
 ) (ok bool, err error) {
 	b := &pgx.Batch{}
 	planned := 0
@@ -687,23 +685,23 @@ func (s *Store) runPlanned(ctx context.Context, tx pgx.Tx, jobs []*writeJob, rev
 	if err := bookkeeping(b); err != nil {
 		return false, err
 	}
-	b.Queue(`RELEASE SAVEPOINT w`)
-	if _, err := commit(b); err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && tx.Conn().PgConn().TxStatus() == txFailed {
-			// A statement failed before the COMMIT, which did not run:
-			// the transaction waits for the rollback to "w".
-			return false, nil
+	br := tx.SendBatch(ctx, b)
+	applied := true
+	for range planned {
+		if tag, err := br.Exec(); err != nil || tag.RowsAffected() == 0 {
+			applied = false
+			break
 		}
-		// The connection, or the COMMIT itself (the transaction is over).
-		return false, err
 	}
-	return true, nil
+	if err := br.Close(); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) {
+			return false, err // the connection, not a statement
+		}
+		return false, nil
+	}
+	return applied, nil
 }
-
-// txFailed is the transaction status PostgreSQL reports (ReadyForQuery)
-// inside a transaction that a failed statement aborted.
-const txFailed = 'E'
 
 // runJob runs one write's body with the caller's context values under the
 // batch's deadline, and encodes its result when it has a request id.

@@ -200,10 +200,9 @@ func putSecret(ctx context.Context, w *writer, p PutParams, cur Secret, exists b
 	}
 	// A new version answers the rotation reminder: the schedule moves on
 	// and the next due time may be notified again.
-	applied, err = w.apply(ctx, `WITH s AS (`+row+`), applied AS (
+	applied, err = w.apply(ctx, `WITH s AS (`+row+`)
 		INSERT INTO secret_versions (key, version, state, ciphertext, wrapped_dek, kek_id, create_time, created_by)
-		SELECT s.key, $5, $13, $14, $15, $16, $8, $9 FROM s
-		RETURNING 1)`, args...)
+		SELECT s.key, $5, $13, $14, $15, $16, $8, $9 FROM s`, args...)
 	if err != nil || !applied {
 		return WriteResult{}, change{}, false, err
 	}

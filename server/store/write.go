@@ -49,27 +49,19 @@ type plan struct {
 
 // apply runs a write's statement that changes rows only if what the body
 // read is still so (a guard in the statement): applied is false, with
-// nothing changed, when the guard found otherwise. with is the statement
-// as a WITH clause whose last data-modifying part, named "applied",
-// returns a row per row it changed; apply completes it with the SELECT
-// that counts them.
-//
-// A planned write's statement is queued for its batch instead, completed
-// so that it fails (division by zero) when it changed nothing: the batch
-// sends it with its COMMIT in one round trip, and a statement that did not
-// apply must stop that COMMIT. The batch then runs the write again, one at
-// a time (runPlanned).
-func (w *writer) apply(ctx context.Context, with string, args ...any) (applied bool, err error) {
+// nothing changed, when the guard found otherwise. A planned write's
+// statement is queued for its batch and counts as applied: the batch
+// checks it, and runs the write again one at a time if it was not.
+func (w *writer) apply(ctx context.Context, sql string, args ...any) (applied bool, err error) {
 	if w.plan != nil {
 		if w.plan.sql != "" {
 			return false, errNotPlanned
 		}
-		w.plan.sql, w.plan.args = with+` SELECT 1 / count(*) FROM applied`, args
+		w.plan.sql, w.plan.args = sql, args
 		return true, nil
 	}
-	var n int64
-	err = w.tx.QueryRow(ctx, with+` SELECT count(*) FROM applied`, args...).Scan(&n)
-	return err == nil && n > 0, err
+	tag, err := w.tx.Exec(ctx, sql, args...)
+	return err == nil && tag.RowsAffected() > 0, err
 }
 
 // errNotPlanned fails a planned write that sends more than apply's one
