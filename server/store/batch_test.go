@@ -849,3 +849,82 @@ func TestGroupCommitHoldsOverWritesOfOneSecret(t *testing.T) {
 		t.Errorf("%d puts of one secret: %d batches, %d one write after another; want 1, 1", len(hot), batches, oneByOne)
 	}
 }
+
+// TestGroupCommitPlannedWriteThatChangesNothing: a planned put whose
+// statement changes nothing (its secret changed since the batch read it,
+// by a writer outside the lock; here a trigger that skips the update)
+// must not commit with its batch as if it had: the batch checks each
+// planned statement's row count before its COMMIT and runs its writes
+// again one after another: that put fails alone (etag mismatch),
+// the others commit with consecutive revisions, and no change-log entry,
+// audit event or version claims the put that did not happen.
+func TestGroupCommitPlannedWriteThatChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	m := bmeta("PutSecret", "", "")
+	keys := []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"}
+	for _, k := range keys {
+		if _, err := s.PutSecret(ctx, m, store.PutParams{Key: k, Defaults: store.Defaults{Category: "custom"}, Seal: seal("one")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.description = 'skipped' THEN RETURN NULL; END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER skip BEFORE UPDATE ON secrets FOR EACH ROW EXECUTE FUNCTION skip()`); err != nil {
+		t.Fatal(err)
+	}
+	base, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.WriteBatchStats()
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	res := make([]store.WriteResult, 3)
+	errs := make([]error, 3)
+	skipped := "skipped"
+	for i, k := range keys {
+		p := store.PutParams{Key: k, Defaults: store.Defaults{Category: "custom"}, Seal: seal("two")}
+		if i == 1 {
+			p.Description = &skipped
+		}
+		q.add(func() { res[i], errs[i] = s.PutSecret(ctx, m, p) })
+	}
+	release()
+	q.wg.Wait()
+	if errs[0] != nil || !errors.Is(errs[1], store.ErrEtagMismatch) || errs[2] != nil {
+		t.Fatalf("outcomes %v, want only the second to fail with an etag mismatch", errs)
+	}
+	if res[0].Revision != base+1 || res[2].Revision != base+2 || res[0].Version.Version != 2 || res[2].Version.Version != 2 {
+		t.Fatalf("revisions %d, %d, versions %d, %d; want %d, %d and 2, 2",
+			res[0].Revision, res[2].Revision, res[0].Version.Version, res[2].Version.Version, base+1, base+2)
+	}
+	after := s.WriteBatchStats()
+	if after.Batches-before.Batches != 1 || after.OneByOne-before.OneByOne != 1 {
+		t.Errorf("%d batches, %d one write after another; want 1, 1 (the planned attempt fell back)",
+			after.Batches-before.Batches, after.OneByOne-before.OneByOne)
+	}
+	var versions, bVersions int
+	if err := conn.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE key = 'CUSTOM_B') FROM secret_versions`).
+		Scan(&versions, &bVersions); err != nil {
+		t.Fatal(err)
+	}
+	if versions != 5 || bVersions != 1 {
+		t.Errorf("%d versions (%d of CUSTOM_B), want 5 (1)", versions, bVersions)
+	}
+	if revs, keys := changeRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) || slices.Contains(keys, "CUSTOM_B") {
+		t.Errorf("change log %v %v", revs, keys)
+	}
+	if revs := auditRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) {
+		t.Errorf("audit %v", revs)
+	}
+}
