@@ -638,30 +638,16 @@ func TestGroupCommitRoundTrips(t *testing.T) {
 // secret's version once.
 func TestGroupCommitPlannedBatchFallsBack(t *testing.T) {
 	ctx := context.Background()
-	url := testdb.New(t)
-	s := openStore(t, url)
 	m := bmeta("PutSecret", "", "")
 	p := func(key, v string) store.PutParams {
 		return store.PutParams{Key: key, Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
 	}
-	for _, k := range []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"} {
-		if _, err := s.PutSecret(ctx, m, p(k, "one")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+	s, conn := threeSecretsAndTrigger(t, `CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
 			IF convert_from(NEW.ciphertext, 'UTF8') LIKE 'boom@%' THEN RAISE EXCEPTION 'boom'; END IF;
 			RETURN NEW;
 		END $$;
-		CREATE TRIGGER boom BEFORE INSERT ON secret_versions FOR EACH ROW EXECUTE FUNCTION boom()`); err != nil {
-		t.Fatal(err)
-	}
+		CREATE TRIGGER boom BEFORE INSERT ON secret_versions FOR EACH ROW EXECUTE FUNCTION boom()`)
 	base, err := s.Revision(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -860,28 +846,14 @@ func TestGroupCommitHoldsOverWritesOfOneSecret(t *testing.T) {
 // audit event or version claims the put that did not happen.
 func TestGroupCommitPlannedWriteThatChangesNothing(t *testing.T) {
 	ctx := context.Background()
-	url := testdb.New(t)
-	s := openStore(t, url)
 	m := bmeta("PutSecret", "", "")
 	keys := []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"}
-	for _, k := range keys {
-		if _, err := s.PutSecret(ctx, m, store.PutParams{Key: k, Defaults: store.Defaults{Category: "custom"}, Seal: seal("one")}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$
+	s, conn := threeSecretsAndTrigger(t, `CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
 			IF NEW.description = 'skipped' THEN RETURN NULL; END IF;
 			RETURN NEW;
 		END $$;
-		CREATE TRIGGER skip BEFORE UPDATE ON secrets FOR EACH ROW EXECUTE FUNCTION skip()`); err != nil {
-		t.Fatal(err)
-	}
+		CREATE TRIGGER skip BEFORE UPDATE ON secrets FOR EACH ROW EXECUTE FUNCTION skip()`)
 	base, err := s.Revision(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -927,4 +899,30 @@ func TestGroupCommitPlannedWriteThatChangesNothing(t *testing.T) {
 	if revs := auditRevisions(t, s, base); !slices.Equal(revs, consecutive(base+1, 2)) {
 		t.Errorf("audit %v", revs)
 	}
+}
+
+// threeSecretsAndTrigger opens a store on a fresh database holding
+// CUSTOM_A, CUSTOM_B and CUSTOM_C (version 1 each), then runs trigger (SQL
+// that installs a trigger to make some write misbehave) on a connection of
+// its own, which it returns for the test's checks.
+func threeSecretsAndTrigger(t *testing.T, trigger string) (*store.Store, *pgx.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	for _, k := range []string{"CUSTOM_A", "CUSTOM_B", "CUSTOM_C"} {
+		if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: k,
+			Defaults: store.Defaults{Category: "custom"}, Seal: seal("one")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(ctx) })
+	if _, err := conn.Exec(ctx, trigger); err != nil {
+		t.Fatal(err)
+	}
+	return s, conn
 }
