@@ -65,7 +65,7 @@ func TestSecretsByKeysLooksUp(t *testing.T) {
 			t.Errorf("%s: the read does not look secrets up by key:\n%s", mode, plan)
 		}
 	}
-	// And it answers each name asked, once.
+	// And it answers the six names asked (six distinct, stored secrets).
 	rows, err := conn.Query(ctx, `EXECUTE by_keys(`+keys+`)`)
 	if err != nil {
 		t.Fatal(err)
