@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -73,8 +74,10 @@ func WatchProgressNotify() WatchOption {
 }
 
 // WatchProgressInterval is the service's progress interval (default 5 s).
-// A stream that is silent for twice as long is taken as stalled and
-// reconnected.
+// A stream that is silent for twice as long once it has sent its header is
+// taken as stalled and reconnected. Opening it is waited for longer: the
+// client's call timeout (WithTimeout), at least 10 s and at least twice the
+// interval.
 func WatchProgressInterval(d time.Duration) WatchOption {
 	return func(o *watchOptions) { o.interval = d }
 }
@@ -203,9 +206,15 @@ func (w *watcher) stream(ctx context.Context) (connected bool, err error) {
 	if w.o.consumer != nil {
 		req.Consumer = w.o.consumer.proto()
 	}
+	// Until the header the service is still opening the stream
+	// (authentication, the consumer's registration, a write, and a loaded
+	// server's queue): that is a call, bounded like one, not silence. Cut
+	// at twice the progress interval, every attempt on a busy server would
+	// be cancelled before it could answer, forever. After the header,
+	// silence for twice the interval is a stall.
 	var stalled atomic.Bool
 	stallAfter := 2 * w.o.interval
-	timer := time.AfterFunc(stallAfter, func() { stalled.Store(true); cancel() })
+	timer := time.AfterFunc(w.openTimeout(), func() { stalled.Store(true); cancel() })
 	defer timer.Stop()
 	st, err := w.c.secrets.WatchChanges(sctx, req)
 	if err != nil {
@@ -215,6 +224,9 @@ func (w *watcher) stream(ctx context.Context) (connected bool, err error) {
 		msg, err := st.Recv()
 		if err != nil {
 			if stalled.Load() && ctx.Err() == nil {
+				if !connected {
+					return false, fmt.Errorf("%w: no header within %v", errStalled, w.openTimeout())
+				}
 				return connected, errStalled
 			}
 			return connected, fromRPC("WatchChanges", err)
@@ -267,6 +279,16 @@ func (w *watcher) stream(ctx context.Context) (connected bool, err error) {
 		timer.Reset(stallAfter)
 	}
 }
+
+// openTimeout bounds the wait for a stream's header: the client's call
+// timeout (WithTimeout), at least twice the progress interval, and never
+// less than minWatchOpen.
+func (w *watcher) openTimeout() time.Duration {
+	return max(w.c.opts.timeout, 2*w.o.interval, minWatchOpen)
+}
+
+// minWatchOpen is the shortest wait for a stream's header.
+const minWatchOpen = 10 * time.Second
 
 func (w *watcher) send(ctx context.Context, r WatchResponse) bool {
 	select {

@@ -198,3 +198,78 @@ func TestWatchReconnectsStreamThatEndsOrStalls(t *testing.T) {
 		t.Fatalf("second = %+v", r)
 	}
 }
+
+// slowOpenServer takes open longer than twice the progress interval to send
+// a stream's header, as a loaded service does (authentication, consumer
+// registration, queueing), then an event.
+type slowOpenServer struct {
+	pb.UnimplementedSecretServiceServer
+	open   time.Duration
+	starts chan int64
+}
+
+func (s *slowOpenServer) WatchChanges(req *pb.WatchChangesRequest, st grpc.ServerStreamingServer[pb.WatchChangesResponse]) error {
+	s.starts <- req.GetStartRevision()
+	select {
+	case <-time.After(s.open):
+	case <-st.Context().Done():
+		return st.Context().Err()
+	}
+	if err := st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: 7}}}); err != nil {
+		return err
+	}
+	ev := &pb.ChangeEvent{Revision: 8, Key: "CUSTOM_S", Kind: pb.ChangeKind_CHANGE_KIND_VALUE_ADDED}
+	if err := st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Event{Event: ev}}); err != nil {
+		return err
+	}
+	<-st.Context().Done()
+	return nil
+}
+
+// A stream whose header comes later than twice the progress interval is
+// being opened, not stalled: cutting it there would cancel every attempt
+// on a loaded service before it could answer, and the watch would never
+// deliver anything.
+func TestWatchWaitsForASlowOpening(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const interval = 50 * time.Millisecond
+	fake := &slowOpenServer{open: 10 * interval, starts: make(chan int64, 100)}
+	gs := grpc.NewServer()
+	pb.RegisterSecretServiceServer(gs, fake)
+	go gs.Serve(lis)
+	defer gs.Stop()
+
+	c := dial(t, lis.Addr().String())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := c.Watch(ctx, client.WatchProgressInterval(interval))
+	select {
+	case r := <-ch:
+		if !r.Created || r.Revision != 7 {
+			t.Fatalf("first = %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no header in 5 s; the watch started %d streams", len(fake.starts))
+	}
+	if evs := nextEvents(t, ch, 1, 5*time.Second); evs[0].Revision != 8 {
+		t.Fatalf("event = %+v", evs[0])
+	}
+	if n := len(fake.starts); n != 1 {
+		t.Fatalf("%d streams started before the first was answered; want 1", n)
+	}
+	<-fake.starts
+	// Silence after the header is still a stall: the stream is reconnected,
+	// after the event it delivered.
+	select {
+	case s := <-fake.starts:
+		if s != 8 {
+			t.Fatalf("resumed from %d; want 8", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stream silent after its header was not taken as stalled")
+	}
+}
