@@ -26,7 +26,8 @@ type SequencerOptions struct {
 	// Poll is how often the intake is checked for events this process was
 	// not told about: other replicas', and those of a replica that died
 	// before its sequencer chained them (default 50ms). It bounds their
-	// sequencing delay.
+	// sequencing delay, but for the rare event the store's cursor misses,
+	// found by its full read within 10 s (store.SequenceOptions.FromStart).
 	Poll time.Duration
 	// Batch is the most events chained in one round (default 1000).
 	Batch int
@@ -165,9 +166,15 @@ func (q *Sequencer) drain(ctx context.Context) {
 
 // Round runs one sequencing round and records its figures.
 func (q *Sequencer) Round(ctx context.Context) (store.Sequenced, error) {
+	return q.round(ctx, false)
+}
+
+// round runs one round; fromStart reads the whole intake, not past what
+// this process has chained.
+func (q *Sequencer) round(ctx context.Context, fromStart bool) (store.Sequenced, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	r, err := q.st.SequenceAudit(ctx, store.SequenceOptions{Limit: q.opts.Batch})
+	r, err := q.st.SequenceAudit(ctx, store.SequenceOptions{Limit: q.opts.Batch, FromStart: fromStart})
 	if err != nil {
 		q.failures.Add(1)
 		return r, err
@@ -187,9 +194,11 @@ func (q *Sequencer) Round(ctx context.Context) (store.Sequenced, error) {
 // Flush chains what was committed to the intake before it was called
 // (and whatever more arrives meanwhile, a bounded number of rounds), so
 // that a reader on this replica sees its own audit events in the chain.
+// Its rounds read the intake from the start: whatever a round's cursor
+// could have missed is found.
 func (q *Sequencer) Flush(ctx context.Context) error {
 	for range 8 {
-		r, err := q.Round(ctx)
+		r, err := q.round(ctx, true)
 		if err != nil {
 			return err
 		}

@@ -114,6 +114,11 @@ func (s *Store) IntakeSignal() <-chan struct{} { return s.intakeSignal }
 type SequenceOptions struct {
 	// Limit is the most intake events chained in the round (default 1000).
 	Limit int
+	// FromStart reads the intake from its first id, not past what this
+	// process has chained (intakecursor.go): it finds every committed
+	// event, at the cost of walking the index entries of those chained
+	// since the last vacuum.
+	FromStart bool
 	// BeforeIntegrate, if set, runs after the intake was read and hashed,
 	// before the events are integrated, with the backend pid of the
 	// round's connection (tests: kill the sequencer mid-round). An error
@@ -142,7 +147,9 @@ type Sequenced struct {
 // events in id order, links them after the head in Go, and integrates them
 // (audit_integrate moves them into audit_events and moves the head) in the
 // same transaction. Two round trips: [BEGIN, lock, read] and [integrate,
-// COMMIT]. A round killed at any point either committed whole or left the
+// COMMIT]. It reads past what this process's rounds have chained, plus the
+// ids they missed, and from the start every intakeFullReadEvery or when
+// asked (intakecursor.go). A round killed at any point either committed whole or left the
 // events in the intake for the next round; none is chained twice (an id
 // integrated already fails the round with 40001).
 func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequenced, error) {
@@ -156,6 +163,8 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 	}
 	defer conn.Release()
 	var out Sequenced
+	sc := s.intake.scan(time.Now(), opts.FromStart)
+	read := readResult{scan: sc, startedAt: time.Now()}
 	err = func() error {
 		b := &pgx.Batch{}
 		b.Queue(`BEGIN`)
@@ -165,7 +174,14 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		b.Queue(`SET LOCAL idle_in_transaction_session_timeout = '30s'`)
 		b.Queue(`SET LOCAL lock_timeout = '30s'`)
 		b.Queue(`SELECT sequence, hash FROM audit_head FOR UPDATE`)
-		b.Queue(`SELECT id, `+intakeColumns+` FROM audit_intake ORDER BY id LIMIT $1`, limit)
+		// Where this process's cursor says the waiting events are, between
+		// the snapshot bounds that tell its gaps apart (intakecursor.go).
+		b.Queue(snapshotXminSQL)
+		if len(sc.gaps) == 0 {
+			b.Queue(readIntakeSQL, sc.floor, limit)
+		} else {
+			b.Queue(readIntakeGapsSQL, sc.floor, limit, sc.gaps)
+		}
 		br := conn.SendBatch(ctx, b)
 		for range 3 { // BEGIN and the two settings
 			if _, err := br.Exec(); err != nil {
@@ -176,6 +192,10 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		var headSeq int64
 		var headHash []byte
 		if err := br.QueryRow().Scan(&headSeq, &headHash); err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.QueryRow().Scan(&read.xminBefore); err != nil {
 			br.Close()
 			return err
 		}
@@ -205,6 +225,7 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		if err := br.Close(); err != nil {
 			return err
 		}
+		read.ids, read.truncated = ids, len(ids) == limit
 		if len(events) == 0 {
 			_, err := conn.Exec(ctx, `ROLLBACK`)
 			out.Head, out.HeadHash = headSeq, headHash
@@ -227,6 +248,11 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		b = &pgx.Batch{}
 		b.Queue(`SELECT head_sequence, head_hash, head_sequenced_at FROM audit_integrate($1, $2, $3, $4)`, ids, hashes, headSeq, headHash)
 		b.Queue(`COMMIT`)
+		// The gaps' tag: a transaction id assigned after the commit, in a
+		// transaction rolled back (a commit would wait for a WAL flush).
+		b.Queue(`BEGIN`)
+		b.Queue(newXactIDSQL)
+		b.Queue(`ROLLBACK`)
 		br = conn.SendBatch(ctx, b)
 		err = br.QueryRow().Scan(&out.Head, &out.HeadHash, &out.SequencedAt)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -242,9 +268,25 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 			br.Close()
 			return err
 		}
+		if _, err := br.Exec(); err != nil { // BEGIN
+			br.Close()
+			return err
+		}
+		if err := br.QueryRow().Scan(&read.tag); err != nil {
+			br.Close()
+			return err
+		}
+		if _, err := br.Exec(); err != nil { // ROLLBACK
+			br.Close()
+			return err
+		}
 		out.Events, out.More = len(events), len(events) == limit
 		return br.Close()
 	}()
+	if err == nil {
+		// Committed (or found nothing): only now are its ids gone.
+		s.intake.chained(read)
+	}
 	if err != nil {
 		out = Sequenced{}
 		if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
@@ -258,6 +300,36 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 
 const intakeColumns = `time, actor, action, key, version, outcome, request_id, peer, revision, detail, value_hmac`
 
+// readIntakeSQL reads up to $2 intake events above the floor ($1; 0 reads
+// every id) in id order, never walking the index entries of the events
+// chained below it; readIntakeGapsSQL adds the gaps ($3, ids below the
+// floor, looked up one by one).
+const (
+	readIntakeSQL     = `SELECT id, ` + intakeColumns + ` FROM audit_intake WHERE id > $1 ORDER BY id LIMIT $2`
+	readIntakeGapsSQL = `SELECT id, ` + intakeColumns + ` FROM (
+	SELECT id, ` + intakeColumns + ` FROM audit_intake WHERE id = ANY ($3::bigint[])
+	UNION ALL
+	(` + readIntakeSQL + `)
+) i ORDER BY id LIMIT $2`
+)
+
+// probeIntakeSQL is the probe of the same: the oldest transaction running
+// at its snapshot, whether any event waits above the floor ($1), and the
+// gaps ($2) that turned up. (Not EXISTS above the floor: PostgreSQL drops
+// an EXISTS subquery's order and limit and may then scan the whole table,
+// dead rows and all; the first id in order walks the index from the
+// floor.)
+const probeIntakeSQL = `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+	(SELECT id FROM audit_intake WHERE id > $1 ORDER BY id LIMIT 1) IS NOT NULL,
+	ARRAY (SELECT id FROM audit_intake WHERE id = ANY ($2::bigint[]))`
+
+// snapshotXminSQL is the oldest transaction running at its snapshot: every
+// transaction below it had ended before a statement that follows it.
+const snapshotXminSQL = `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`
+
+// newXactIDSQL assigns the transaction a transaction id and returns it.
+const newXactIDSQL = `SELECT pg_current_xact_id()::text::bigint`
+
 // AuditIntake reports how many committed events wait in the intake to be
 // chained, and how long the oldest has waited (the database's clock; 0
 // when none waits).
@@ -269,11 +341,23 @@ func (s *Store) AuditIntake(ctx context.Context) (waiting int64, oldest time.Dur
 }
 
 // AuditIntakeWaiting reports whether any committed event waits in the
-// intake (one index probe; the sequencer's poll).
+// intake where this process's next round reads it (the sequencer's poll:
+// index probes past what its rounds chained, and from the start when a
+// full read is due; intakecursor.go).
 func (s *Store) AuditIntakeWaiting(ctx context.Context) (bool, error) {
-	var waiting bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT id FROM audit_intake ORDER BY id LIMIT 1)`).Scan(&waiting)
-	return waiting, classify(err)
+	now := time.Now()
+	sc := s.intake.scan(now, false)
+	var (
+		xmin  int64
+		above bool
+		found []int64
+	)
+	if err := s.pool.QueryRow(ctx, probeIntakeSQL, sc.floor, sc.gaps).Scan(&xmin, &above, &found); err != nil {
+		return false, classify(err)
+	}
+	waiting := above || len(found) > 0
+	s.intake.probed(sc, now, found, xmin, !waiting)
+	return waiting, nil
 }
 
 // EnsureAuditPartitions creates audit_events' partitions up to until, each

@@ -3,7 +3,11 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // HoldWrites stops the write batcher before its next batch until release is
@@ -86,3 +90,68 @@ const SecretsByKeysSQL = secretsByKeys
 // MaxHeldOver is how many writes of secrets already in a batch are held
 // over to the next one.
 const MaxHeldOver = maxHeldOver
+
+// SetIntakeFullReadEvery changes how often the sequencer's reads of the
+// intake start from the beginning.
+func (s *Store) SetIntakeFullReadEvery(d time.Duration) {
+	s.intake.mu.Lock()
+	defer s.intake.mu.Unlock()
+	s.intake.fullReadEvery = d
+}
+
+// IntakeGaps is how many ids below its floor the cursor looks up.
+func (s *Store) IntakeGaps() int {
+	s.intake.mu.Lock()
+	defer s.intake.mu.Unlock()
+	return len(s.intake.gaps)
+}
+
+// ForgetIntakeGaps drops the cursor's gaps, as gapsMax or an early
+// conclusion would: only a full read finds their events.
+func (s *Store) ForgetIntakeGaps() {
+	s.intake.mu.Lock()
+	defer s.intake.mu.Unlock()
+	clear(s.intake.gaps)
+}
+
+// IntakeReadBuffers runs the sequencer's probe and read of the intake, as
+// its next round would, prepared on conn and under EXPLAIN (ANALYZE,
+// BUFFERS), and reports the pages each touched. fromStart reads as a full
+// read does; generic plans them once for all arguments (as a pooled
+// connection's cached statement ends up), else for these.
+func (s *Store) IntakeReadBuffers(ctx context.Context, conn *pgx.Conn, fromStart, generic bool) (probe, read int64, err error) {
+	sc := s.intake.scan(time.Now(), fromStart)
+	mode := "force_custom_plan"
+	if generic {
+		mode = "force_generic_plan"
+	}
+	if _, err := conn.Exec(ctx, `SET plan_cache_mode = `+mode); err != nil {
+		return 0, 0, err
+	}
+	gaps := "'{}'"
+	if len(sc.gaps) > 0 {
+		gaps = strings.ReplaceAll(fmt.Sprintf("'{%v}'", sc.gaps), " ", ",")
+		gaps = strings.NewReplacer("[", "", "]", "").Replace(gaps)
+	}
+	buffers := func(sql, args string) (int64, error) {
+		defer conn.Exec(ctx, `DEALLOCATE q`)
+		if _, err := conn.Exec(ctx, `PREPARE q AS `+sql); err != nil {
+			return 0, err
+		}
+		var plan []map[string]any
+		if err := conn.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE q(`+args+`)`).Scan(&plan); err != nil {
+			return 0, err
+		}
+		top := plan[0]["Plan"].(map[string]any)
+		return int64(top["Shared Hit Blocks"].(float64) + top["Shared Read Blocks"].(float64)), nil
+	}
+	if probe, err = buffers(probeIntakeSQL, fmt.Sprintf("%d, %s", sc.floor, gaps)); err != nil {
+		return 0, 0, err
+	}
+	if len(sc.gaps) == 0 {
+		read, err = buffers(readIntakeSQL, fmt.Sprintf("%d, 1000", sc.floor))
+	} else {
+		read, err = buffers(readIntakeGapsSQL, fmt.Sprintf("%d, 1000, %s", sc.floor, gaps))
+	}
+	return probe, read, err
+}

@@ -46,6 +46,8 @@ type Store struct {
 	log  *slog.Logger
 	// intakeSignal wakes the audit sequencer after an intake commit.
 	intakeSignal chan struct{}
+	// intake is where this process's sequencer reads the intake from.
+	intake *intakeCursor
 	// lastWrite is the highest revision a write here has taken.
 	lastWrite atomic.Int64
 	// writes gathers concurrent writes into batches (group commit).
@@ -86,7 +88,7 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, log: log, intakeSignal: make(chan struct{}, 1)}, nil
+	return &Store{pool: pool, log: log, intakeSignal: make(chan struct{}, 1), intake: newIntakeCursor()}, nil
 }
 
 func hasParam(connString, name string) bool { return strings.Contains(connString, name) }

@@ -288,7 +288,7 @@ func SequenceAll(t testing.TB, s *store.Store) {
 	t.Helper()
 	ctx := context.Background()
 	for range 10_000 {
-		r, err := s.SequenceAudit(ctx, store.SequenceOptions{})
+		r, err := s.SequenceAudit(ctx, store.SequenceOptions{FromStart: true})
 		if err != nil {
 			t.Fatalf("sequence the audit intake: %v", err)
 		}
