@@ -70,6 +70,8 @@ type hostReply struct {
 	Heap       uint64 `json:"heap,omitempty"`  // HeapInuse+StackInuse after GC
 	Stack      uint64 `json:"stack,omitempty"` // StackInuse (goroutine stacks), part of Heap
 	Goroutines int    `json:"goroutines,omitempty"`
+	// intake: audit events waiting to be chained.
+	Waiting int64 `json:"waiting,omitempty"`
 	// WAL fsyncs so far and their total time (pg_stat_wal).
 	WALSyncs  int64   `json:"walSyncs,omitempty"`
 	WALSyncMs float64 `json:"walSyncMs,omitempty"`
@@ -139,6 +141,17 @@ func (h *hostState) do(c hostCmd) (hostReply, error) {
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
 		return hostReply{Heap: m.HeapInuse + m.StackInuse, Stack: m.StackInuse, Goroutines: runtime.NumGoroutine()}, nil
+	case "intake":
+		// Audit events committed but not yet chained (the service's
+		// database, c.DSN).
+		conn, err := pgx.Connect(ctx, c.DSN)
+		if err != nil {
+			return hostReply{}, err
+		}
+		defer conn.Close(ctx)
+		var r hostReply
+		err = conn.QueryRow(ctx, `SELECT count(*) FROM audit_intake`).Scan(&r.Waiting)
+		return r, err
 	case "wal":
 		if h.cluster == nil {
 			return hostReply{}, errors.New("no cluster")

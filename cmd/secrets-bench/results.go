@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -140,6 +142,9 @@ type results struct {
 
 	// Where the machine's CPU went during each measured run, in cores.
 	CPU map[string]cpuSplit `json:"cpu_cores"`
+	// How long the sequencer took, after a phase's load stopped, to chain
+	// the audit events it left waiting (the next phase starts after).
+	IntakeDrain map[string]intakeDrain `json:"intake_drain,omitempty"`
 
 	TotalSeconds float64  `json:"total_seconds"`
 	Notes        []string `json:"notes"`
@@ -158,7 +163,7 @@ func newResults(c config) *results {
 		Keys: c.keys, ValueBytes: valueSize, WatchSmallN: c.watchSmall, WatchLargeN: c.watchLarge,
 		WatchConns: c.watchConns, WatchWrites: c.watchWrites, IdleConns: c.idleConns,
 		PgbenchScale: c.pgbenchScale, LoadAvgStart: loadAvg(),
-		Notes: []string{}, CPU: map[string]cpuSplit{},
+		Notes: []string{}, CPU: map[string]cpuSplit{}, IntakeDrain: map[string]intakeDrain{},
 	}
 	return r
 }
@@ -299,6 +304,13 @@ func (b *bench) printTable() {
 			if c, ok := r.CPU[name]; ok {
 				fmt.Printf("  %-14s %8.2f %9.2f %9.2f %7.2f %6.2f\n", name, c.Server, c.Postgres, c.LoadGen, c.Other, c.Idle)
 			}
+		}
+	}
+	if len(r.IntakeDrain) > 0 {
+		fmt.Println("\nAudit events left waiting when a phase's load stopped, and the time to chain them (intake_drain)")
+		for _, name := range slices.Sorted(maps.Keys(r.IntakeDrain)) {
+			d := r.IntakeDrain[name]
+			fmt.Printf("  %-14s %8d events %8.1f s\n", name, d.Events, d.Seconds)
 		}
 	}
 	if len(r.Notes) > 0 {
