@@ -26,8 +26,9 @@ type SequencerOptions struct {
 	// Poll is how often the intake is checked for events this process was
 	// not told about: other replicas', and those of a replica that died
 	// before its sequencer chained them (default 50ms). It bounds their
-	// sequencing delay, but for the rare event the store's cursor misses,
-	// found by its full read within 10 s (store.SequenceOptions.FromStart).
+	// sequencing delay, but for the rare event the store's intake cursor
+	// misses, found by the store's read from the start within 10 s
+	// (server/store/intakecursor.go).
 	Poll time.Duration
 	// Batch is the most events chained in one round (default 1000).
 	Batch int

@@ -146,12 +146,14 @@ type Sequenced struct {
 // previous release that appends under it) it reads up to Limit intake
 // events in id order, links them after the head in Go, and integrates them
 // (audit_integrate moves them into audit_events and moves the head) in the
-// same transaction. Two round trips: [BEGIN, lock, read] and [integrate,
-// COMMIT]. It reads past what this process's rounds have chained, plus the
-// ids they missed, and from the start every intakeFullReadEvery or when
-// asked (intakecursor.go). A round killed at any point either committed whole or left the
-// events in the intake for the next round; none is chained twice (an id
-// integrated already fails the round with 40001).
+// same transaction. Two round trips: [BEGIN, lock, xmin, read] and
+// [integrate, COMMIT, and the cursor's tag: BEGIN, transaction id,
+// ROLLBACK]. It reads past what this process's rounds have chained, plus
+// the ids they missed, and from the start every intakeFullReadEvery or
+// when asked (intakecursor.go). A round killed at any point either
+// committed whole or left the events in the intake for the next round;
+// none is chained twice (an id integrated already fails the round with
+// 40001). A round that committed is a success even if its tag is lost.
 func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequenced, error) {
 	limit := opts.Limit
 	if limit <= 0 {
@@ -165,6 +167,7 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 	var out Sequenced
 	sc := s.intake.scan(time.Now(), opts.FromStart)
 	read := readResult{scan: sc, startedAt: time.Now()}
+	committed := false
 	err = func() error {
 		b := &pgx.Batch{}
 		b.Queue(`BEGIN`)
@@ -264,28 +267,42 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 			br.Close()
 			return err
 		}
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			return err
-		}
-		if _, err := br.Exec(); err != nil { // BEGIN
-			br.Close()
-			return err
-		}
-		if err := br.QueryRow().Scan(&read.tag); err != nil {
-			br.Close()
-			return err
-		}
-		if _, err := br.Exec(); err != nil { // ROLLBACK
+		if _, err := br.Exec(); err != nil { // COMMIT
 			br.Close()
 			return err
 		}
 		out.Events, out.More = len(events), len(events) == limit
+		committed = true
+		// The tag: BEGIN, the transaction id, ROLLBACK.
+		_, err = br.Exec()
+		if err == nil {
+			err = br.QueryRow().Scan(&read.tag)
+		}
+		if err == nil {
+			_, err = br.Exec()
+		}
+		if err != nil {
+			br.Close()
+			return err
+		}
 		return br.Close()
 	}()
-	if err == nil {
+	switch {
+	case err == nil:
 		// Committed (or found nothing): only now are its ids gone.
 		s.intake.chained(read)
+	case committed:
+		// Chained, but without a tag: the cursor forgets the ids, and the
+		// round is a success (its connection is dropped below if it is
+		// left in a transaction).
+		s.intake.chainedUntagged(read.ids)
+		s.log.Warn("audit sequencer: round committed, its cursor tag not read", "error", err)
+		if conn.Conn().PgConn().TxStatus() != 'I' && !conn.Conn().IsClosed() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_, _ = conn.Exec(rctx, `ROLLBACK`)
+			cancel()
+		}
+		return out, nil
 	}
 	if err != nil {
 		out = Sequenced{}

@@ -106,6 +106,17 @@ func (s *Store) IntakeGaps() int {
 	return len(s.intake.gaps)
 }
 
+// IntakeGapTags are the cursor's gaps and their tags.
+func (s *Store) IntakeGapTags() map[int64]int64 {
+	s.intake.mu.Lock()
+	defer s.intake.mu.Unlock()
+	out := make(map[int64]int64, len(s.intake.gaps))
+	for id, tag := range s.intake.gaps {
+		out[id] = tag
+	}
+	return out
+}
+
 // ForgetIntakeGaps drops the cursor's gaps, as gapsMax or an early
 // conclusion would: only a full read finds their events.
 func (s *Store) ForgetIntakeGaps() {

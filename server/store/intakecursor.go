@@ -45,7 +45,7 @@ type intakeCursor struct {
 	// process, or is in gaps, or is left to the full read.
 	floor int64
 	// gaps are ids below floor that no round has seen yet, each with its
-	// tag (0 until the round that found it has its tag).
+	// tag.
 	gaps map[int64]int64
 	// lastFull is when a full read last went through the whole intake.
 	lastFull time.Time
@@ -66,11 +66,13 @@ func newIntakeCursor() *intakeCursor {
 }
 
 // intakeScan is where one probe or round reads: ids above floor and the
-// gaps (full: every id, from the start).
+// gaps, or (full) every id from the start; below is the cursor's floor
+// when the scan was taken.
 type intakeScan struct {
 	full  bool
 	floor int64
 	gaps  []int64
+	below int64
 }
 
 // scan returns where to read now: from the start when asked, or when no
@@ -79,22 +81,27 @@ func (c *intakeCursor) scan(now time.Time, fromStart bool) intakeScan {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if fromStart || now.Sub(c.lastFull) >= c.fullReadEvery {
-		return intakeScan{full: true}
+		return intakeScan{full: true, below: c.floor}
 	}
+	return intakeScan{floor: c.floor, gaps: c.gapIDs(), below: c.floor}
+}
+
+// gapIDs are the gaps, ascending.
+func (c *intakeCursor) gapIDs() []int64 {
 	gaps := make([]int64, 0, len(c.gaps))
 	for id := range c.gaps {
 		gaps = append(gaps, id)
 	}
 	slices.Sort(gaps)
-	return intakeScan{floor: c.floor, gaps: gaps}
+	return gaps
 }
 
-// settle lets go of the gaps sc looked up that the read did not find
-// although every transaction that could hold them had ended before it
-// (tag <= xmin). seenBelow: the read saw every id below it.
-func (c *intakeCursor) settle(sc intakeScan, found map[int64]bool, xmin, seenBelow int64) {
-	for _, id := range sc.gaps {
-		if tag, ok := c.gaps[id]; ok && !found[id] && id < seenBelow && tag > 0 && tag <= xmin {
+// settle lets go of the gaps among ids that a read did not find although
+// every transaction that could hold them had ended before it (tag <=
+// xmin). seenBelow: the read saw every id below it.
+func (c *intakeCursor) settle(ids []int64, found map[int64]bool, xmin, seenBelow int64) {
+	for _, id := range ids {
+		if tag, ok := c.gaps[id]; ok && !found[id] && id < seenBelow && tag <= xmin {
 			delete(c.gaps, id)
 		}
 	}
@@ -112,7 +119,7 @@ func (c *intakeCursor) probed(sc intakeScan, at time.Time, found []int64, xmin i
 	for _, id := range found {
 		seen[id] = true
 	}
-	c.settle(sc, seen, xmin, math.MaxInt64)
+	c.settle(sc.gaps, seen, xmin, math.MaxInt64)
 }
 
 // readResult is what a committed round saw: the ids it took (ascending),
@@ -133,21 +140,27 @@ type readResult struct {
 func (c *intakeCursor) chained(r readResult) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if r.scan.full && !r.truncated {
-		// A full read cut at its limit has not been through the intake:
-		// the next round reads from the start again.
-		c.lastFull = r.startedAt
+	seenBelow := int64(math.MaxInt64)
+	if r.truncated && len(r.ids) > 0 {
+		seenBelow = r.ids[len(r.ids)-1]
+	}
+	looked := r.scan.gaps
+	if r.scan.full {
+		// A full read has been through everything below the floor once it
+		// read past it (or to the end); cut at its limit below the floor,
+		// the next round reads from the start again. It looked every gap
+		// up.
+		if seenBelow > r.scan.below {
+			c.lastFull = r.startedAt
+		}
+		looked = c.gapIDs()
 	}
 	taken := make(map[int64]bool, len(r.ids))
 	for _, id := range r.ids {
 		taken[id] = true
 		delete(c.gaps, id)
 	}
-	seenBelow := int64(math.MaxInt64)
-	if r.truncated && len(r.ids) > 0 {
-		seenBelow = r.ids[len(r.ids)-1]
-	}
-	c.settle(r.scan, taken, r.xminBefore, seenBelow)
+	c.settle(looked, taken, r.xminBefore, seenBelow)
 	if len(r.ids) == 0 {
 		return
 	}
@@ -158,14 +171,34 @@ func (c *intakeCursor) chained(r readResult) {
 		// reads (they may be millions, chained long ago).
 		from = r.ids[0]
 	}
-	// Newest first, at most intakeGapsMax: older ones are left to the
-	// full reads.
-	for id := top - 1; id > from && len(c.gaps) < intakeGapsMax; id-- {
+	// Newest first, at most intakeGapsMax of this round's; then the
+	// lowest go beyond intakeGapsMax (left to the full reads): a cursor
+	// full of gaps that never turn up (a long transaction elsewhere in
+	// the cluster holds xmin back) still keeps the newest.
+	added := 0
+	for id := top - 1; id > from && added < intakeGapsMax; id-- {
 		if !taken[id] {
 			if _, ok := c.gaps[id]; !ok {
 				c.gaps[id] = r.tag
+				added++
 			}
 		}
 	}
+	if over := len(c.gaps) - intakeGapsMax; over > 0 {
+		for _, id := range c.gapIDs()[:over] {
+			delete(c.gaps, id)
+		}
+	}
 	c.floor = max(c.floor, top)
+}
+
+// chainedUntagged records a round that committed but whose tag was not
+// read (the connection failed after the COMMIT): its ids are gone; the
+// floor stays, so the next rounds read past them again.
+func (c *intakeCursor) chainedUntagged(ids []int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		delete(c.gaps, id)
+	}
 }

@@ -195,17 +195,22 @@ func TestSequencerChainsLateCommits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	maxGaps := 0
 	for i := range 20 {
 		appendEvents(t, st, 7, fmt.Sprintf("G%d", i))
 		if i%2 == 0 {
 			sequence(t, other)
 		} else {
 			sequence(t, st)
+			maxGaps = max(maxGaps, st.IntakeGaps())
 		}
 	}
 	sequence(t, st)
 	if n := intakeWaiting(t, owner); n != 0 {
 		t.Fatalf("%d events left waiting", n)
+	}
+	if maxGaps == 0 {
+		t.Fatal("no gaps recorded for the ids the other store chained: the test proves nothing")
 	}
 	// The oldest running transaction is the cluster's: other tests' may
 	// hold it back a while.
@@ -254,6 +259,10 @@ func TestSequencerKeepsGapsOfRunningTransactions(t *testing.T) {
 	if _, err := holder.Exec(ctx, insert, "HELD"); err != nil {
 		t.Fatal(err)
 	}
+	var heldID, holderXID int64
+	if err := holder.QueryRow(ctx, `SELECT currval('audit_intake_id_seq'), pg_current_xact_id()::text::bigint`).Scan(&heldID, &holderXID); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := early.Exec(ctx, insert, "EARLY"); err != nil {
 		t.Fatal(err)
 	}
@@ -262,6 +271,12 @@ func TestSequencerKeepsGapsOfRunningTransactions(t *testing.T) {
 	}
 	if n := sequence(t, st); n != 1 {
 		t.Fatalf("chained %d; want the early transaction's event", n)
+	}
+	// The proof, whatever else runs on the cluster: the gap's tag is above
+	// the holder's transaction id, so no xmin lets it go while the holder
+	// runs.
+	if tag, ok := st.IntakeGapTags()[heldID]; !ok || tag <= holderXID {
+		t.Fatalf("gap %d: tag %d (recorded %v); the holder's transaction id is %d", heldID, tag, ok, holderXID)
 	}
 	for i := range 5 {
 		appendEvents(t, st, 2, fmt.Sprintf("MEANWHILE_%d", i))
