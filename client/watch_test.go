@@ -139,19 +139,32 @@ func TestWatchReportsLoadedRevision(t *testing.T) {
 // silentServer answers WatchChanges with a header and an event, then ends
 // the first stream, and stays silent on later ones: a stream that ends and
 // one that stalls.
+// silentServer sends a stream's header (after open, as a loaded service
+// does: authentication, consumer registration, queueing) and, from
+// revision 0 or with keepOpen, an event; from revision 0 without keepOpen
+// the stream then ends, else it goes silent.
 type silentServer struct {
 	pb.UnimplementedSecretServiceServer
-	starts chan int64
+	open     time.Duration
+	keepOpen bool
+	starts   chan int64
 }
 
 func (s *silentServer) WatchChanges(req *pb.WatchChangesRequest, st grpc.ServerStreamingServer[pb.WatchChangesResponse]) error {
 	s.starts <- req.GetStartRevision()
+	select {
+	case <-time.After(s.open):
+	case <-st.Context().Done():
+		return st.Context().Err()
+	}
 	if err := st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: 7}}}); err != nil {
 		return err
 	}
-	if req.GetStartRevision() == 0 {
+	if req.GetStartRevision() == 0 || s.keepOpen {
 		ev := &pb.ChangeEvent{Revision: 8, Key: "CUSTOM_S", Kind: pb.ChangeKind_CHANGE_KIND_VALUE_ADDED}
-		return st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Event{Event: ev}})
+		if err := st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Event{Event: ev}}); err != nil || !s.keepOpen {
+			return err
+		}
 	}
 	<-st.Context().Done()
 	return nil
@@ -199,33 +212,6 @@ func TestWatchReconnectsStreamThatEndsOrStalls(t *testing.T) {
 	}
 }
 
-// slowOpenServer takes open longer than twice the progress interval to send
-// a stream's header, as a loaded service does (authentication, consumer
-// registration, queueing), then an event.
-type slowOpenServer struct {
-	pb.UnimplementedSecretServiceServer
-	open   time.Duration
-	starts chan int64
-}
-
-func (s *slowOpenServer) WatchChanges(req *pb.WatchChangesRequest, st grpc.ServerStreamingServer[pb.WatchChangesResponse]) error {
-	s.starts <- req.GetStartRevision()
-	select {
-	case <-time.After(s.open):
-	case <-st.Context().Done():
-		return st.Context().Err()
-	}
-	if err := st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Header{Header: &pb.WatchHeader{Revision: 7}}}); err != nil {
-		return err
-	}
-	ev := &pb.ChangeEvent{Revision: 8, Key: "CUSTOM_S", Kind: pb.ChangeKind_CHANGE_KIND_VALUE_ADDED}
-	if err := st.Send(&pb.WatchChangesResponse{Result: &pb.WatchChangesResponse_Event{Event: ev}}); err != nil {
-		return err
-	}
-	<-st.Context().Done()
-	return nil
-}
-
 // A stream whose header comes later than twice the progress interval is
 // being opened, not stalled: cutting it there would cancel every attempt
 // on a loaded service before it could answer, and the watch would never
@@ -237,7 +223,7 @@ func TestWatchWaitsForASlowOpening(t *testing.T) {
 		t.Fatal(err)
 	}
 	const interval = 50 * time.Millisecond
-	fake := &slowOpenServer{open: 10 * interval, starts: make(chan int64, 100)}
+	fake := &silentServer{open: 10 * interval, keepOpen: true, starts: make(chan int64, 100)}
 	gs := grpc.NewServer()
 	pb.RegisterSecretServiceServer(gs, fake)
 	go gs.Serve(lis)
