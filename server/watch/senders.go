@@ -119,16 +119,24 @@ func (d *delivery) step(w *sender) {
 		w.since.Store(0)
 		if serr != nil {
 			clear(batch)
-			s.batch = batch[:0]
+			s.batch, s.bpos = batch[:0], 0
 			d.handBack(serr)
 			return
 		}
 	}
 	clear(batch)
-	s.batch = batch[:0]
-	if err != nil || d.slow.Load() {
+	// Everything taken was sent: nothing of the batch is left for the
+	// stream's goroutine (its position too, or its next read indexes an
+	// empty batch).
+	s.batch, s.bpos = batch[:0], 0
+	if err != nil || d.slow.Load() || s.sub.ended.Load() {
 		// The subscription ended: its goroutine's Next takes the same
-		// error again and acts on it (catch up, or stop).
+		// error again and acts on it (catch up, or stop). Also when take
+		// still had changes for it (a hub stopped with changes the stream
+		// had not taken yet gives those first, then the error): the stop's
+		// signal may have been this very run, and nothing signals a
+		// stopped hub's subscription again, so the stream would wait for
+		// ever, never told the server is shutting down.
 		d.handBack(nil)
 	}
 }

@@ -387,3 +387,99 @@ func endsCanceled(t *testing.T, cancel context.CancelFunc, dones ...chan error) 
 		}
 	}
 }
+
+// TestServeEndsWhenTheHubStopsWithChangesPending: a stream served by the
+// senders whose hub stops while changes it has not taken are pending gets
+// those changes and then the hub's stop, from its own goroutine. The run
+// that sent the pending changes used to keep the stream: the stop had
+// signalled it already (while it waited in the queue behind a slow
+// stream), nothing signals a stopped hub's subscriptions again, and the
+// stream waited for ever — at shutdown, until the server's deadline cut
+// every call off (CI: TestGracefulShutdown, 20 s, no SERVER_SHUTTING_DOWN).
+func TestServeEndsWhenTheHubStopsWithChangesPending(t *testing.T) {
+	log := newFakeLog(1)
+	// One sender, and stalls far longer than the test: the victim waits
+	// in the queue behind the blocked stream.
+	h, stop := startHub(t, log, watch.Options{Senders: 1, SendStall: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	blocker, err := h.Open(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(blocker.Close)
+	victim, err := h.Open(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(victim.Close)
+	var blocking atomic.Bool
+	unblock := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	rb, doneB := serve(t, ctx, blocker, func(int64) {
+		if blocking.Load() {
+			select {
+			case entered <- struct{}{}:
+			default:
+			}
+			<-unblock
+		}
+	})
+	rv, doneV := serve(t, ctx, victim, nil)
+	for h.Stats().Subscribers != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	// Both live and handed to the senders.
+	for n := 2; ; n++ {
+		log.commit(1)
+		waitFor(t, rb, n-1, 10*time.Second)
+		waitFor(t, rv, n-1, 10*time.Second)
+		_, awayB := rb.count()
+		_, awayV := rv.count()
+		if awayB > 0 && awayV > 0 {
+			break
+		}
+		if n > 50 {
+			t.Fatal("the streams were never handed to the senders")
+		}
+	}
+	have, _ := rv.count()
+	// The sender blocks in the blocker's send; the victim, signalled by
+	// the next change too, is queued behind it (or served first: then
+	// the change after it).
+	blocking.Store(true)
+	log.commit(1)
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocker's send never started")
+	}
+	last := log.commit(1)
+	for deadline := time.Now().Add(10 * time.Second); h.Stats().Revision < last; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the hub did not publish revision %d", last)
+		}
+	}
+	stop() // the hub stops with the victim's change(s) pending
+	time.Sleep(20 * time.Millisecond)
+	close(unblock)
+	select {
+	case err := <-doneV:
+		if !errors.Is(err, watch.ErrStopped) {
+			t.Fatalf("the victim's Serve ended with %v, want ErrStopped", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the victim's Serve did not end after the hub stopped: it waits for ever")
+	}
+	if got, _ := rv.count(); got < have+1 {
+		t.Fatalf("the victim got %d changes before the stop, want at least %d", got, have+1)
+	}
+	select {
+	case err := <-doneB:
+		if !errors.Is(err, watch.ErrStopped) {
+			t.Fatalf("the blocker's Serve ended with %v, want ErrStopped", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the blocker's Serve did not end after the hub stopped")
+	}
+}
