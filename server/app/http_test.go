@@ -330,7 +330,12 @@ func TestMinRevisionAhead(t *testing.T) {
 	if status.Code(err) != codes.OutOfRange || reasonOfErr(err) != "REVISION_AHEAD" {
 		t.Fatalf("min_revision far ahead: %v, want OUT_OF_RANGE REVISION_AHEAD", err)
 	}
-	if el := time.Since(start); el > 1500*time.Millisecond {
+	// The answer beat the deadline: gRPC turns one that arrives after it
+	// into DEADLINE_EXCEEDED on the client, so the code above proves it.
+	// The clock here also counts the caller's own wake-up after the
+	// answer came, which CI's loaded cores have made 7 ms late; it only
+	// bounds that.
+	if el := time.Since(start); el > 1500*time.Millisecond+500*time.Millisecond {
 		t.Errorf("answered after %v, past the caller's deadline", el)
 	}
 	_, err = srv.Secrets.BatchAccessSecrets(context.Background(), &pb.BatchAccessSecretsRequest{Keys: []string{"MIN_REVISION_AHEAD"}, MinRevision: put.GetRevision() + 1000})
