@@ -170,19 +170,25 @@ func (s *silentServer) WatchChanges(req *pb.WatchChangesRequest, st grpc.ServerS
 	return nil
 }
 
-func TestWatchReconnectsStreamThatEndsOrStalls(t *testing.T) {
-	t.Parallel()
+// dialSilent serves fake on a loopback port for the test's duration and
+// returns a client of it.
+func dialSilent(t *testing.T, fake *silentServer) *client.Client {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fake := &silentServer{starts: make(chan int64, 10)}
 	gs := grpc.NewServer()
 	pb.RegisterSecretServiceServer(gs, fake)
 	go gs.Serve(lis)
-	defer gs.Stop()
+	t.Cleanup(gs.Stop)
+	return dial(t, lis.Addr().String())
+}
 
-	c := dial(t, lis.Addr().String())
+func TestWatchReconnectsStreamThatEndsOrStalls(t *testing.T) {
+	t.Parallel()
+	fake := &silentServer{starts: make(chan int64, 10)}
+	c := dialSilent(t, fake)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t0 := time.Now()
@@ -218,18 +224,9 @@ func TestWatchReconnectsStreamThatEndsOrStalls(t *testing.T) {
 // deliver anything.
 func TestWatchWaitsForASlowOpening(t *testing.T) {
 	t.Parallel()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	const interval = 50 * time.Millisecond
 	fake := &silentServer{open: 10 * interval, keepOpen: true, starts: make(chan int64, 100)}
-	gs := grpc.NewServer()
-	pb.RegisterSecretServiceServer(gs, fake)
-	go gs.Serve(lis)
-	defer gs.Stop()
-
-	c := dial(t, lis.Addr().String())
+	c := dialSilent(t, fake)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ch := c.Watch(ctx, client.WatchProgressInterval(interval))
