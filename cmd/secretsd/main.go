@@ -120,6 +120,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
 	fs.DurationVar(&cfg.AuditPartitionPeriod, "audit-partition-period", cfg.AuditPartitionPeriod, "length of the audit log's time partitions (1s to 8784h), created two periods ahead")
+	fs.DurationVar(&cfg.AuditMaxDelay, "audit-max-delay", cfg.AuditMaxDelay, "audit sequencing delay past which audited reads are held back until the sequencer catches up (100ms to 1h)")
 	checkURLs := fs.String("provider-check-urls", env("SECRETS_PROVIDER_CHECK_URLS", ""), "CheckSecret: comma-separated provider=URL overrides of the providers' API roots (anthropic, openai, google, slack, github), e.g. for an egress proxy")
 	jiraHosts := fs.String("provider-check-jira-hosts", env("SECRETS_PROVIDER_CHECK_JIRA_HOSTS", "*.atlassian.net"), "CheckSecret: comma-separated hosts JIRA_BASE_URL may name (*.example.com for subdomains); the JIRA token is sent only there")
 	fs.DurationVar(&cfg.ProviderChecks.Timeout, "provider-check-timeout", 5*time.Second, "CheckSecret: how long one provider call may take")

@@ -129,6 +129,10 @@ type Config struct {
 	// (1s to 366 days): the sequencer keeps two periods of them created
 	// ahead. A new period applies to partitions created from then on.
 	AuditPartitionPeriod time.Duration
+	// AuditMaxDelay is the audit sequencing delay past which audited reads
+	// are held back until the sequencer catches up (auditlog.Sequencer.Admit;
+	// 100ms to 1h, default 1s).
+	AuditMaxDelay time.Duration
 	// TracerProvider, if set, receives OpenTelemetry spans for gRPC, REST
 	// and PostgreSQL (see tracing.go); nil leaves tracing out entirely.
 	TracerProvider trace.TracerProvider
@@ -189,6 +193,7 @@ func DefaultConfig() Config {
 
 		AuditCheckpointInterval: time.Minute,
 		AuditPartitionPeriod:    24 * time.Hour,
+		AuditMaxDelay:           time.Second,
 	}
 }
 
@@ -536,8 +541,8 @@ func (s *Server) listen(ctx context.Context) error {
 	s.hub = watch.New(s.store, watch.Options{PollInterval: s.cfg.WatchPollInterval, ProgressInterval: s.cfg.WatchProgressInterval,
 		NoListen: s.cfg.WatchNoListen, Logger: s.log})
 	reg.MustRegister(newHubCollector(s.hub))
-	s.batcher = auditlog.NewBatcher(s.store, 512)
 	s.sequencer = s.newSequencer(reg)
+	s.batcher = auditlog.NewBatcher(s.store, 512, s.sequencer)
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}

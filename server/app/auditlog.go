@@ -22,6 +22,9 @@ func (s *Server) openAuditLog(ctx context.Context) error {
 	if p := s.cfg.AuditPartitionPeriod; p != 0 && (p < time.Second || p > 366*24*time.Hour) {
 		return errors.New("--audit-partition-period: must be between 1s and 366 days (8784h)")
 	}
+	if d := s.cfg.AuditMaxDelay; d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
+		return errors.New("--audit-max-delay: must be between 100ms and 1h")
+	}
 	s.auditLog = &auditlog.Log{Store: s.store}
 	var signer *auditlog.Signer
 	switch {
@@ -120,6 +123,7 @@ func (s *Server) newSequencer(reg prometheus.Registerer) *auditlog.Sequencer {
 	reg.MustRegister(delay)
 	q := auditlog.NewSequencer(s.store, auditlog.SequencerOptions{
 		PartitionPeriod: s.cfg.AuditPartitionPeriod,
+		MaxDelay:        s.cfg.AuditMaxDelay,
 		Observe:         func(d time.Duration) { delay.Observe(d.Seconds()) },
 		Logger:          s.log,
 	})
@@ -132,7 +136,10 @@ func (s *Server) newSequencer(reg prometheus.Registerer) *auditlog.Sequencer {
 		}, func() float64 { return float64(q.Stats().Rounds) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "secrets_audit_sequencer_failures_total", Help: "Sequencing rounds that failed (their events stay in the intake for the next round).",
-		}, func() float64 { return float64(q.Stats().Failures) }))
+		}, func() float64 { return float64(q.Stats().Failures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_audit_reads_held_total", Help: "Access audit groups that waited for a sequencing round because the sequencer was more than --audit-max-delay behind.",
+		}, func() float64 { return float64(q.Stats().Held) }))
 	return q
 }
 

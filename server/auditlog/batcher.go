@@ -30,10 +30,15 @@ type Batcher struct {
 	app      Appender
 	in       chan request
 	maxBatch int
+	admit    Admitter
 
 	stopOnce sync.Once
 	stop     chan struct{}
-	wg       sync.WaitGroup
+	// closing ends when Close is called: a group waiting to be admitted
+	// goes at once.
+	closing    context.Context
+	endClosing context.CancelFunc
+	wg         sync.WaitGroup
 	// finished is closed once the committers have exited after Close.
 	finished chan struct{}
 }
@@ -54,12 +59,29 @@ type request struct {
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("audit batcher closed")
 
-// NewBatcher starts a batcher; Close stops it.
-func NewBatcher(app Appender, maxBatch int) *Batcher {
+// Admitter holds access groups back while the audit sequencer is behind
+// (Sequencer.Admit): it returns once a group of that many events may
+// commit.
+type Admitter interface {
+	Admit(ctx context.Context, events int)
+}
+
+// unpaced admits every group at once.
+type unpaced struct{}
+
+func (unpaced) Admit(context.Context, int) {}
+
+// NewBatcher starts a batcher; Close stops it. admit (nil: none) paces the
+// groups.
+func NewBatcher(app Appender, maxBatch int, admit Admitter) *Batcher {
 	if maxBatch <= 0 {
 		maxBatch = 512
 	}
-	b := &Batcher{app: app, in: make(chan request, 4096), maxBatch: maxBatch, stop: make(chan struct{}), finished: make(chan struct{})}
+	if admit == nil {
+		admit = unpaced{}
+	}
+	b := &Batcher{app: app, in: make(chan request, 4096), maxBatch: maxBatch, admit: admit, stop: make(chan struct{}), finished: make(chan struct{})}
+	b.closing, b.endClosing = context.WithCancel(context.Background())
 	for range committers {
 		b.wg.Add(1)
 		go b.run()
@@ -109,13 +131,19 @@ func (b *Batcher) run() {
 			b.drain()
 			return
 		}
-		b.commit(b.gather(first))
+		group, n := b.gather(first)
+		// While the sequencer is behind, the group waits here for it to
+		// chain more, and the callers after it queue for the next group.
+		// Shutdown does not wait.
+		b.admit.Admit(b.closing, n)
+		b.commit(group)
 	}
 }
 
 // gather takes first and whatever else is already waiting, up to maxBatch
-// events.
-func (b *Batcher) gather(first request) []request {
+// events (the last taken may go past it: a caller's events are not
+// split), and returns the group and its event count.
+func (b *Batcher) gather(first request) ([]request, int) {
 	group := []request{first}
 	n := len(first.events)
 	for n < b.maxBatch {
@@ -128,7 +156,7 @@ func (b *Batcher) gather(first request) []request {
 		}
 		break
 	}
-	return group
+	return group, n
 }
 
 func (b *Batcher) commit(group []request) {
@@ -151,7 +179,8 @@ func (b *Batcher) drain() {
 	for {
 		select {
 		case r := <-b.in:
-			b.commit(b.gather(r))
+			group, _ := b.gather(r)
+			b.commit(group)
 		default:
 			return
 		}
@@ -162,6 +191,7 @@ func (b *Batcher) drain() {
 func (b *Batcher) Close() {
 	b.stopOnce.Do(func() {
 		close(b.stop)
+		b.endClosing()
 		b.wg.Wait()
 		close(b.finished)
 	})

@@ -40,7 +40,7 @@ func (f *fakeAppender) count(key string) int {
 
 func TestBatcherGroupsAndReturnsAfterDurable(t *testing.T) {
 	app := &fakeAppender{seen: map[string]int{}}
-	b := NewBatcher(app, 64)
+	b := NewBatcher(app, 64, nil)
 	defer b.Close()
 	var wg sync.WaitGroup
 	const callers = 200
@@ -73,7 +73,7 @@ func TestBatcherGroupsAndReturnsAfterDurable(t *testing.T) {
 
 func TestBatcherFailsClosed(t *testing.T) {
 	app := &fakeAppender{seen: map[string]int{}, fail: true}
-	b := NewBatcher(app, 64)
+	b := NewBatcher(app, 64, nil)
 	defer b.Close()
 	if err := b.RecordAccess(context.Background(), []store.AuditEvent{{Key: "K"}}); err == nil {
 		t.Fatal("RecordAccess succeeded although the append failed")

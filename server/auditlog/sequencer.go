@@ -3,6 +3,7 @@ package auditlog
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +42,13 @@ type SequencerOptions struct {
 	// Observe receives each chained event's sequencing delay (the
 	// database's clock: the time it was chained minus its time).
 	Observe func(delay time.Duration)
-	Logger  *slog.Logger
+	// MaxDelay is the sequencing delay past which audited reads are held
+	// back (Admit; default 1s): when a full round's oldest event waited
+	// longer, the intake is growing faster than it is chained, and new
+	// access groups may commit only half as many events as each round
+	// chains until a round empties the intake or catches up.
+	MaxDelay time.Duration
+	Logger   *slog.Logger
 }
 
 // Sequencer chains the audit intake into the hash chain: woken by this
@@ -58,12 +65,26 @@ type Sequencer struct {
 	mu              sync.Mutex
 	rounds, events  atomic.Int64
 	failures        atomic.Int64
+	held            atomic.Int64
 	lastPartitioned atomic.Int64 // unix nanoseconds of the last partition check
+
+	// pace is the back-pressure on audited reads (Admit).
+	pace struct {
+		sync.Mutex
+		// behind: the last round was full and its oldest event waited
+		// longer than MaxDelay; credit is how many events may still commit
+		// (below zero: a debt the next rounds pay first).
+		behind bool
+		credit int
+		// round is closed when a round ends (and replaced).
+		round chan struct{}
+	}
 }
 
 // SequencerStats count the rounds that chained something, the events they
-// chained and the rounds that failed, since the sequencer started.
-type SequencerStats struct{ Rounds, Events, Failures int64 }
+// chained, the rounds that failed, and the access groups held back
+// (Admit), since the sequencer started.
+type SequencerStats struct{ Rounds, Events, Failures, Held int64 }
 
 // NewSequencer returns a sequencer; Run runs it.
 func NewSequencer(st SequencerStore, opts SequencerOptions) *Sequencer {
@@ -79,15 +100,20 @@ func NewSequencer(st SequencerStore, opts SequencerOptions) *Sequencer {
 	if opts.Linger == 0 {
 		opts.Linger = 20 * time.Millisecond
 	}
+	if opts.MaxDelay <= 0 {
+		opts.MaxDelay = time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Sequencer{st: st, opts: opts}
+	q := &Sequencer{st: st, opts: opts}
+	q.pace.round = make(chan struct{})
+	return q
 }
 
 // Stats reports the sequencer's counters.
 func (q *Sequencer) Stats() SequencerStats {
-	return SequencerStats{Rounds: q.rounds.Load(), Events: q.events.Load(), Failures: q.failures.Load()}
+	return SequencerStats{Rounds: q.rounds.Load(), Events: q.events.Load(), Failures: q.failures.Load(), Held: q.held.Load()}
 }
 
 // EnsurePartitions creates audit_events' partitions two periods ahead.
@@ -175,6 +201,7 @@ func (q *Sequencer) Round(ctx context.Context) (store.Sequenced, error) {
 func (q *Sequencer) round(ctx context.Context, fromStart bool) (store.Sequenced, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	start := time.Now()
 	r, err := q.st.SequenceAudit(ctx, store.SequenceOptions{Limit: q.opts.Batch, FromStart: fromStart})
 	if err != nil {
 		q.failures.Add(1)
@@ -189,7 +216,81 @@ func (q *Sequencer) round(ctx context.Context, fromStart bool) (store.Sequenced,
 		q.rounds.Add(1)
 		q.events.Add(int64(r.Events))
 	}
+	q.paced(r, time.Since(start))
 	return r, nil
+}
+
+// paced records what round r, which took that long, says of the intake for
+// Admit: behind when the round was full and either its oldest event
+// waited longer than MaxDelay or the events still waiting would, at this
+// round's pace (r.Waiting / r.Events rounds of took). The second sees a
+// backlog as it builds, before its first event has aged: waiting for that
+// alone, the backlog built meanwhile (MaxDelay of the reads' pace, several
+// times the sequencer's) delayed the events behind it by several times
+// MaxDelay. While behind, each round lets half of what it chained be
+// committed.
+func (q *Sequencer) paced(r store.Sequenced, took time.Duration) {
+	behind := r.More && r.Events > 0 &&
+		(r.SequencedAt.Sub(slices.MinFunc(r.Times, time.Time.Compare)) > q.opts.MaxDelay ||
+			time.Duration(r.Waiting)*took/time.Duration(r.Events) > q.opts.MaxDelay)
+	q.pace.Lock()
+	defer q.pace.Unlock()
+	switch {
+	case !behind:
+		q.pace.behind, q.pace.credit = false, 0
+	case !q.pace.behind:
+		q.pace.behind, q.pace.credit = true, r.Events/2
+	default:
+		q.pace.credit += r.Events / 2
+	}
+	close(q.pace.round)
+	q.pace.round = make(chan struct{})
+}
+
+// Admit is the back-pressure of the audit sequencing delay on audited
+// reads: the access batcher calls it with a group's event count before it
+// commits the group. While the sequencer is behind (paced), each of its
+// rounds lets half of what it chained be committed; a group that finds
+// that spent waits for the next round (and may leave it in debt: a caller's
+// events are never split), so the intake shrinks and the delay comes back
+// under MaxDelay instead of growing with the load's duration. It waits at
+// most twice MaxDelay for a round, and stops holding back when none came
+// (a sequencer that makes no rounds, stuck or on a database that refuses
+// them, must not slow every read down to a crawl), and never once ctx
+// ends.
+func (q *Sequencer) Admit(ctx context.Context, events int) {
+	q.pace.Lock()
+	defer q.pace.Unlock()
+	waited := false
+	for q.pace.behind && q.pace.credit <= 0 {
+		if !waited {
+			q.held.Add(1)
+			waited = true
+		}
+		round := q.pace.round
+		q.pace.Unlock()
+		t := time.NewTimer(2 * q.opts.MaxDelay)
+		timedOut := false
+		select {
+		case <-round:
+		case <-t.C:
+			timedOut = true
+		case <-ctx.Done():
+		}
+		t.Stop()
+		q.pace.Lock()
+		if timedOut {
+			// No round to say how far behind: hold nothing back until
+			// one does.
+			q.pace.behind = false
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	if q.pace.behind {
+		q.pace.credit -= events
+	}
 }
 
 // Flush chains what was committed to the intake before it was called

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash"
 	"iter"
+	"slices"
 	"strconv"
 	"time"
 
@@ -139,6 +140,11 @@ type Sequenced struct {
 	Times       []time.Time
 	// More says the round was full: more events may be waiting.
 	More bool
+	// Waiting estimates, for a full round, how many events wait past it:
+	// the intake's highest id minus the highest the round chained (ids
+	// are taken in order; a rolled-back insert leaves a hole, and events
+	// another replica chains meanwhile count). 0 for a round not full.
+	Waiting int64
 }
 
 // SequenceAudit runs one sequencing round: under the chain head's row lock
@@ -185,6 +191,8 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		} else {
 			b.Queue(readIntakeGapsSQL, sc.floor, limit, sc.gaps)
 		}
+		// The top of the id index (its low end holds the dead entries).
+		b.Queue(`SELECT coalesce(max(id), 0) FROM audit_intake`)
 		br := conn.SendBatch(ctx, b)
 		for range 3 { // BEGIN and the two settings
 			if _, err := br.Exec(); err != nil {
@@ -225,10 +233,18 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 			br.Close()
 			return err
 		}
+		var top int64
+		if err := br.QueryRow().Scan(&top); err != nil {
+			br.Close()
+			return err
+		}
 		if err := br.Close(); err != nil {
 			return err
 		}
 		read.ids, read.truncated = ids, len(ids) == limit
+		if read.truncated {
+			out.Waiting = max(top-slices.Max(ids), 0)
+		}
 		if len(events) == 0 {
 			_, err := conn.Exec(ctx, `ROLLBACK`)
 			out.Head, out.HeadHash = headSeq, headHash

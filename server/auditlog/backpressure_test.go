@@ -1,0 +1,108 @@
+package auditlog
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/orient-bot/secrets/internal/testdb"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// TestBackPressureBoundsTheDelay: audited reads that commit events faster
+// than the sequencer chains them (here a sequencer of 10 events a round
+// against 8 readers of 20 events a call) are held back once it falls more
+// than MaxDelay behind, so the sequencing delay stays near the bound. Not
+// held back, as before, the delay grows with the load's duration.
+func TestBackPressureBoundsTheDelay(t *testing.T) {
+	t.Parallel()
+	const (
+		maxDelay = 200 * time.Millisecond
+		load     = 5 * time.Second
+		bound    = 1500 * time.Millisecond
+	)
+	run := func(t *testing.T, paced bool) (worst, oldest time.Duration, held int64) {
+		st := openStore(t, testdb.ServiceURL(t, testdb.New(t)))
+		var seen atomic.Int64
+		q := NewSequencer(st, SequencerOptions{Batch: 10, MaxDelay: maxDelay, Observe: func(d time.Duration) {
+			for {
+				cur := seen.Load()
+				if int64(d) <= cur || seen.CompareAndSwap(cur, int64(d)) {
+					return
+				}
+			}
+		}})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go q.Run(ctx)
+		var admit Admitter
+		if paced {
+			admit = q
+		}
+		b := NewBatcher(st, 512, admit)
+		defer b.Close()
+		stop := time.Now().Add(load)
+		var wg sync.WaitGroup
+		for r := range 8 {
+			wg.Go(func() {
+				for i := 0; time.Now().Before(stop); i++ {
+					events := make([]store.AuditEvent, 20)
+					for k := range events {
+						events[k] = store.AuditEvent{Actor: "reader", Action: "BatchAccessSecrets",
+							Key: fmt.Sprintf("CUSTOM_%d_%d_%d", r, i, k), Version: 1, Outcome: store.OutcomeOK}
+					}
+					rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+					err := b.RecordAccess(rctx, events)
+					rcancel()
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		_, oldest, err := st.AuditIntake(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(seen.Load()), oldest, q.Stats().Held
+	}
+	worst, oldest, _ := run(t, false)
+	if max(worst, oldest) < bound {
+		t.Fatalf("not held back, the delay stayed under %v (worst chained %v, oldest waiting %v): the load did not outrun the sequencer, the test shows nothing",
+			bound, worst, oldest)
+	}
+	t.Logf("not held back: worst chained %v, oldest waiting at the end %v", worst, oldest)
+	worst, oldest, held := run(t, true)
+	t.Logf("held back: worst chained %v, oldest waiting at the end %v, %d groups held", worst, oldest, held)
+	if worst > bound || oldest > bound || held == 0 {
+		t.Errorf("held back at %v: worst chained delay %v, oldest waiting %v, %d groups held; want both under %v",
+			maxDelay, worst, oldest, held, bound)
+	}
+}
+
+// TestRoundReportsWhatWaits: a full round says how many events wait past
+// it (what the back-pressure reads a backlog from before its first event
+// has aged); a round that empties the intake says none.
+func TestRoundReportsWhatWaits(t *testing.T) {
+	t.Parallel()
+	st := openStore(t, testdb.ServiceURL(t, testdb.New(t)))
+	appendKeys(t, st, "W", 50, 7)
+	for _, want := range []struct {
+		events  int
+		more    bool
+		waiting int64
+	}{{20, true, 30}, {20, true, 10}, {10, false, 0}} {
+		r, err := st.SequenceAudit(context.Background(), store.SequenceOptions{Limit: 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Events != want.events || r.More != want.more || r.Waiting != want.waiting {
+			t.Fatalf("round: %d events, more %v, %d waiting; want %d, %v, %d", r.Events, r.More, r.Waiting, want.events, want.more, want.waiting)
+		}
+	}
+}
