@@ -193,7 +193,7 @@ func DefaultConfig() Config {
 
 		AuditCheckpointInterval: time.Minute,
 		AuditPartitionPeriod:    24 * time.Hour,
-		AuditMaxDelay:           time.Second,
+		AuditMaxDelay:           auditlog.DefaultMaxDelay,
 	}
 }
 

@@ -52,6 +52,9 @@ type Batcher struct {
 const committers = 1
 
 type request struct {
+	// ctx is the caller's: a caller gone before its group commits gets
+	// no value, so its events are not committed (Batcher.run).
+	ctx    context.Context
 	events []store.AuditEvent
 	done   chan error
 }
@@ -92,7 +95,7 @@ func NewBatcher(app Appender, maxBatch int, admit Admitter) *Batcher {
 // RecordAccess blocks until events are durable (or ctx ends: then the
 // caller must withhold the value; the events may still be recorded).
 func (b *Batcher) RecordAccess(ctx context.Context, events []store.AuditEvent) error {
-	r := request{events: events, done: make(chan error, 1)}
+	r := request{ctx: ctx, events: events, done: make(chan error, 1)}
 	select {
 	case <-b.stop:
 		return ErrClosed
@@ -136,8 +139,23 @@ func (b *Batcher) run() {
 		// chain more, and the callers after it queue for the next group.
 		// Shutdown does not wait.
 		b.admit.Admit(b.closing, n)
-		b.commit(group)
+		b.commit(live(group))
 	}
+}
+
+// live answers the requests of group whose callers are gone (they had
+// their context's error, and withheld the value: no access to record, and
+// none to spend a held-back group's share on) and returns the others.
+func live(group []request) []request {
+	out := group[:0]
+	for _, r := range group {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- err
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // gather takes first and whatever else is already waiting, up to maxBatch
@@ -160,6 +178,9 @@ func (b *Batcher) gather(first request) ([]request, int) {
 }
 
 func (b *Batcher) commit(group []request) {
+	if len(group) == 0 {
+		return
+	}
 	var events []store.AuditEvent
 	for _, r := range group {
 		events = append(events, r.events...)
@@ -180,7 +201,7 @@ func (b *Batcher) drain() {
 		select {
 		case r := <-b.in:
 			group, _ := b.gather(r)
-			b.commit(group)
+			b.commit(live(group))
 		default:
 			return
 		}

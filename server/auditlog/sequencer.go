@@ -3,7 +3,6 @@ package auditlog
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,10 +42,7 @@ type SequencerOptions struct {
 	// database's clock: the time it was chained minus its time).
 	Observe func(delay time.Duration)
 	// MaxDelay is the sequencing delay past which audited reads are held
-	// back (Admit; default 1s): when a full round's oldest event waited
-	// longer, the intake is growing faster than it is chained, and new
-	// access groups may commit only half as many events as each round
-	// chains until a round empties the intake or catches up.
+	// back (Admit; default DefaultMaxDelay): see paced.
 	MaxDelay time.Duration
 	Logger   *slog.Logger
 }
@@ -86,6 +82,10 @@ type Sequencer struct {
 // (Admit), since the sequencer started.
 type SequencerStats struct{ Rounds, Events, Failures, Held int64 }
 
+// DefaultMaxDelay is the sequencing delay past which audited reads are
+// held back unless configured otherwise (--audit-max-delay).
+const DefaultMaxDelay = time.Second
+
 // NewSequencer returns a sequencer; Run runs it.
 func NewSequencer(st SequencerStore, opts SequencerOptions) *Sequencer {
 	if opts.PartitionPeriod <= 0 {
@@ -101,7 +101,7 @@ func NewSequencer(st SequencerStore, opts SequencerOptions) *Sequencer {
 		opts.Linger = 20 * time.Millisecond
 	}
 	if opts.MaxDelay <= 0 {
-		opts.MaxDelay = time.Second
+		opts.MaxDelay = DefaultMaxDelay
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -201,38 +201,43 @@ func (q *Sequencer) Round(ctx context.Context) (store.Sequenced, error) {
 func (q *Sequencer) round(ctx context.Context, fromStart bool) (store.Sequenced, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	start := time.Now()
 	r, err := q.st.SequenceAudit(ctx, store.SequenceOptions{Limit: q.opts.Batch, FromStart: fromStart})
 	if err != nil {
 		q.failures.Add(1)
+		// Nothing known of the intake: hold nothing back until a round
+		// says.
+		q.paced(store.Sequenced{}, 0)
 		return r, err
 	}
+	var worst time.Duration
 	if r.Events > 0 {
-		if q.opts.Observe != nil {
-			for _, t := range r.Times {
-				q.opts.Observe(max(r.SequencedAt.Sub(t), 0))
+		for _, t := range r.Times {
+			d := max(r.SequencedAt.Sub(t), 0)
+			worst = max(worst, d)
+			if q.opts.Observe != nil {
+				q.opts.Observe(d)
 			}
 		}
 		q.rounds.Add(1)
 		q.events.Add(int64(r.Events))
 	}
-	q.paced(r, time.Since(start))
+	q.paced(r, worst)
 	return r, nil
 }
 
-// paced records what round r, which took that long, says of the intake for
-// Admit: behind when the round was full and either its oldest event
-// waited longer than MaxDelay or the events still waiting would, at this
-// round's pace (r.Waiting / r.Events rounds of took). The second sees a
-// backlog as it builds, before its first event has aged: waiting for that
-// alone, the backlog built meanwhile (MaxDelay of the reads' pace, several
-// times the sequencer's) delayed the events behind it by several times
-// MaxDelay. While behind, each round lets half of what it chained be
+// paced records what round r, whose longest-waiting event waited worst,
+// says of the intake for Admit. The sequencer is behind when the round was
+// full and either that event waited longer than MaxDelay or the events
+// still waiting would, at the round's pace (r.Waiting / r.Events rounds
+// of r.Chaining). The second sees a backlog as it builds, before its
+// first event has aged: waiting for that alone, the backlog built
+// meanwhile, at the reads' pace, delayed the events behind it by several
+// times MaxDelay. While behind, each round lets half of what it chained be
 // committed.
-func (q *Sequencer) paced(r store.Sequenced, took time.Duration) {
+func (q *Sequencer) paced(r store.Sequenced, worst time.Duration) {
 	behind := r.More && r.Events > 0 &&
-		(r.SequencedAt.Sub(slices.MinFunc(r.Times, time.Time.Compare)) > q.opts.MaxDelay ||
-			time.Duration(r.Waiting)*took/time.Duration(r.Events) > q.opts.MaxDelay)
+		(worst > q.opts.MaxDelay ||
+			float64(r.Waiting)/float64(r.Events)*r.Chaining.Seconds() > q.opts.MaxDelay.Seconds())
 	q.pace.Lock()
 	defer q.pace.Unlock()
 	switch {
@@ -247,6 +252,15 @@ func (q *Sequencer) paced(r store.Sequenced, took time.Duration) {
 	q.pace.round = make(chan struct{})
 }
 
+// stuckAfter is how long Admit waits for a round before it stops holding
+// back: twice MaxDelay, within 2 s to 10 s (a round is tens of
+// milliseconds; one that waits on another replica's turn or an fsync stall
+// must not switch the holding off, and a sequencer that makes none must
+// not hold reads for long).
+func (q *Sequencer) stuckAfter() time.Duration {
+	return min(max(2*q.opts.MaxDelay, 2*time.Second), 10*time.Second)
+}
+
 // Admit is the back-pressure of the audit sequencing delay on audited
 // reads: the access batcher calls it with a group's event count before it
 // commits the group. While the sequencer is behind (paced), each of its
@@ -254,10 +268,10 @@ func (q *Sequencer) paced(r store.Sequenced, took time.Duration) {
 // that spent waits for the next round (and may leave it in debt: a caller's
 // events are never split), so the intake shrinks and the delay comes back
 // under MaxDelay instead of growing with the load's duration. It waits at
-// most twice MaxDelay for a round, and stops holding back when none came
-// (a sequencer that makes no rounds, stuck or on a database that refuses
-// them, must not slow every read down to a crawl), and never once ctx
-// ends.
+// most stuckAfter for a round, and stops holding back when none came (a
+// sequencer that makes no rounds must not slow every read down to a
+// crawl), and never once ctx ends. A failed round stops the holding back
+// too.
 func (q *Sequencer) Admit(ctx context.Context, events int) {
 	q.pace.Lock()
 	defer q.pace.Unlock()
@@ -269,7 +283,7 @@ func (q *Sequencer) Admit(ctx context.Context, events int) {
 		}
 		round := q.pace.round
 		q.pace.Unlock()
-		t := time.NewTimer(2 * q.opts.MaxDelay)
+		t := time.NewTimer(q.stuckAfter())
 		timedOut := false
 		select {
 		case <-round:

@@ -141,11 +141,22 @@ type Sequenced struct {
 	// More says the round was full: more events may be waiting.
 	More bool
 	// Waiting estimates, for a full round, how many events wait past it:
-	// the intake's highest id minus the highest the round chained (ids
-	// are taken in order; a rolled-back insert leaves a hole, and events
-	// another replica chains meanwhile count). 0 for a round not full.
+	// the last id the intake's inserts took minus the highest the round
+	// chained (ids are taken in order; a rolled-back insert leaves a hole,
+	// an insert in flight counts, and so do events another replica chains
+	// meanwhile). 0 for a round not full.
 	Waiting int64
+	// Chaining is how long the round took once it held the chain head's
+	// lock and had read the intake: without its waits for a connection
+	// and for the lock (other replicas' turns).
+	Chaining time.Duration
 }
+
+// intakeTopSQL is the last id the intake's inserts took (committed or not),
+// for Sequenced.Waiting: the sequence's own row, in constant time (max(id)
+// walks the index from its top, and an intake the sequencer emptied is
+// all dead entries there until VACUUM).
+const intakeTopSQL = `SELECT last_value FROM audit_intake_id_seq`
 
 // SequenceAudit runs one sequencing round: under the chain head's row lock
 // (so one sequencer at a time, across replicas, and after any writer of the
@@ -191,8 +202,7 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		} else {
 			b.Queue(readIntakeGapsSQL, sc.floor, limit, sc.gaps)
 		}
-		// The top of the id index (its low end holds the dead entries).
-		b.Queue(`SELECT coalesce(max(id), 0) FROM audit_intake`)
+		b.Queue(intakeTopSQL)
 		br := conn.SendBatch(ctx, b)
 		for range 3 { // BEGIN and the two settings
 			if _, err := br.Exec(); err != nil {
@@ -241,6 +251,7 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 		if err := br.Close(); err != nil {
 			return err
 		}
+		locked := time.Now()
 		read.ids, read.truncated = ids, len(ids) == limit
 		if read.truncated {
 			out.Waiting = max(top-slices.Max(ids), 0)
@@ -287,7 +298,7 @@ func (s *Store) SequenceAudit(ctx context.Context, opts SequenceOptions) (Sequen
 			br.Close()
 			return err
 		}
-		out.Events, out.More = len(events), len(events) == limit
+		out.Events, out.More, out.Chaining = len(events), len(events) == limit, time.Since(locked)
 		committed = true
 		// The tag: BEGIN, the transaction id, ROLLBACK.
 		_, err = br.Exec()
