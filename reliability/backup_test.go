@@ -160,9 +160,19 @@ func TestBackupRestore(t *testing.T) {
 	ctx := withTimeout(t, 5*time.Minute)
 	lctx, stopLoad := context.WithCancel(ctx)
 	load := startPutLoad(lctx, sc, "BACKUP", size(4, 8), 5)
-	// Enough acknowledged writes first (the machine's speed varies a lot).
+	// Enough acknowledged writes first (the machine's speed varies a lot),
+	// and a signed checkpoint of them in the database: on a fast machine
+	// the writes were there before the first checkpoint (100 ms), and the
+	// backup had none to verify.
 	if !waitFor(2*time.Minute, 20*time.Millisecond, func() bool { return load.count() >= size(20, 300) }) {
 		t.Fatalf("only %d writes acknowledged in 2 minutes", load.count())
+	}
+	srcConn := connect(t, src)
+	if !waitFor(time.Minute, 20*time.Millisecond, func() bool {
+		var n int
+		return srcConn.QueryRow(ctx, `SELECT count(*) FROM audit_checkpoints`).Scan(&n) == nil && n > 0
+	}) {
+		t.Fatalf("no signed audit checkpoint in a minute")
 	}
 	dump := filepath.Join(work, "secrets.dump")
 	dumpStart := time.Now()
