@@ -162,3 +162,17 @@ func TestAuditPruneCommand(t *testing.T) {
 		t.Errorf("verify with a deleted segment: %v, %q", err, got)
 	}
 }
+
+// TestAuditMaxDelayRange: --audit-max-delay outside 100ms to 1h is refused
+// at start, naming the flag.
+func TestAuditMaxDelayRange(t *testing.T) {
+	t.Parallel()
+	for _, d := range []time.Duration{50 * time.Millisecond, 2 * time.Hour} {
+		cfg := app.DefaultConfig()
+		cfg.DatabaseURL = testdb.ServiceURL(t, testdb.New(t))
+		cfg.AuditMaxDelay = d
+		if err := startCfg(t, cfg); err == nil || !strings.Contains(err.Error(), "--audit-max-delay") {
+			t.Errorf("--audit-max-delay %v: %v, want refused", d, err)
+		}
+	}
+}

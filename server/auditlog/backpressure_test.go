@@ -154,3 +154,82 @@ func TestHeldBackCallersThatLeftAreNotRecorded(t *testing.T) {
 		t.Errorf("the other caller's event was committed %d times, want once", n)
 	}
 }
+
+// failingRounds is a sequencer store whose rounds fail.
+type failingRounds struct{ SequencerStore }
+
+func (failingRounds) SequenceAudit(context.Context, store.SequenceOptions) (store.Sequenced, error) {
+	return store.Sequenced{}, errors.New("database down")
+}
+
+// TestHoldingBackStopsWithoutRounds: a group held back is let go when a
+// round fails, and when no round comes for stuckAfter (a sequencer that
+// is not working must not hold reads), and at once when its context ends;
+// the holding back stays off until a round says the sequencer is behind
+// again.
+func TestHoldingBackStopsWithoutRounds(t *testing.T) {
+	t.Parallel()
+	q := NewSequencer(failingRounds{}, SequencerOptions{MaxDelay: 100 * time.Millisecond})
+	behind := func() {
+		// A full round whose oldest event waited a second, and its share
+		// spent.
+		now := time.Now()
+		q.paced(store.Sequenced{Events: 10, More: true, SequencedAt: now, Times: []time.Time{now.Add(-time.Second)}}, time.Second)
+		q.Admit(context.Background(), 10)
+	}
+	admitted := func() <-chan time.Duration {
+		out := make(chan time.Duration, 1)
+		start := time.Now()
+		go func() { q.Admit(context.Background(), 1); out <- time.Since(start) }()
+		return out
+	}
+
+	behind()
+	waiting := admitted()
+	select {
+	case d := <-waiting:
+		t.Fatalf("a group admitted after %v with the share spent and no round since", d)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := q.Round(context.Background()); err == nil {
+		t.Fatal("a round of the failing store succeeded")
+	}
+	select {
+	case <-waiting:
+	case <-time.After(time.Second):
+		t.Fatal("a failed round did not let the held group go")
+	}
+
+	behind()
+	start := time.Now()
+	select {
+	case d := <-admitted():
+		if d < q.stuckAfter()-50*time.Millisecond {
+			t.Fatalf("admitted after %v with no round, want about %v", d, q.stuckAfter())
+		}
+	case <-time.After(q.stuckAfter() + 5*time.Second):
+		t.Fatalf("still held %v after the last round", time.Since(start))
+	}
+	select {
+	case d := <-admitted():
+		if d > 100*time.Millisecond {
+			t.Fatalf("held %v after the holding back stopped", d)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("held after the holding back stopped")
+	}
+
+	behind()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { q.Admit(ctx, 1); close(done) }()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("a held group stayed after its context ended")
+	}
+	if held := q.Stats().Held; held != 3 {
+		t.Errorf("%d groups counted held, want 3", held)
+	}
+}
