@@ -234,14 +234,7 @@ func TestServeEnds(t *testing.T) {
 		t.Fatal("the change did not go out from a sender; the test proves nothing")
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Serve ended with %v, want context.Canceled", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not end with its context")
-	}
+	serveEnded(t, done, context.Canceled, "Serve", "Serve did not end with its context")
 
 	s.Close()
 
@@ -264,14 +257,7 @@ func TestServeEnds(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	log.commit(1)
-	select {
-	case err := <-done2:
-		if !errors.Is(err, failed) {
-			t.Fatalf("Serve ended with %v, want the send's error", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not end with the send's error")
-	}
+	serveEnded(t, done2, failed, "Serve", "Serve did not end with the send's error")
 }
 
 // TestServeSenderMeetsHeldStream: a sender that takes a live stream from
@@ -463,23 +449,24 @@ func TestServeEndsWhenTheHubStopsWithChangesPending(t *testing.T) {
 	stop() // the hub stops with the victim's change(s) pending
 	time.Sleep(20 * time.Millisecond)
 	close(unblock)
-	select {
-	case err := <-doneV:
-		if !errors.Is(err, watch.ErrStopped) {
-			t.Fatalf("the victim's Serve ended with %v, want ErrStopped", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the victim's Serve did not end after the hub stopped: it waits for ever")
-	}
+	serveEnded(t, doneV, watch.ErrStopped, "the victim's Serve", "the victim's Serve did not end after the hub stopped: it waits for ever")
 	if got, _ := rv.count(); got < have+1 {
 		t.Fatalf("the victim got %d changes before the stop, want at least %d", got, have+1)
 	}
+	serveEnded(t, doneB, watch.ErrStopped, "the blocker's Serve", "the blocker's Serve did not end after the hub stopped")
+}
+
+// serveEnded waits (5 s) for a Serve's result on done: want (errors.Is),
+// what names the Serve in a failure, and timeout is the failure when it
+// has not ended.
+func serveEnded(t *testing.T, done <-chan error, want error, what, timeout string) {
+	t.Helper()
 	select {
-	case err := <-doneB:
-		if !errors.Is(err, watch.ErrStopped) {
-			t.Fatalf("the blocker's Serve ended with %v, want ErrStopped", err)
+	case err := <-done:
+		if !errors.Is(err, want) {
+			t.Fatalf("%s ended with %v, want %v", what, err, want)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("the blocker's Serve did not end after the hub stopped")
+		t.Fatal(timeout)
 	}
 }
