@@ -537,7 +537,10 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 				SELECT u.*, $5::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[]) AS u`,
 				idem.ids, idem.methods, idem.hashes, idem.responses, now)
 		}
-		b.Queue(`SELECT pg_notify($1, r::text) FROM unnest($2::bigint[]) AS r`, NotifyChannel, cols.revision)
+		// One notification for the batch, its last revision: a hint that
+		// wakes the listeners, who read the change log (one per write cost
+		// PostgreSQL a queue entry per write, and each listener a message).
+		b.Queue(`SELECT pg_notify($1, $2::bigint::text)`, NotifyChannel, rev)
 		b.Queue(`UPDATE revision_counter SET revision = $1`, rev)
 		return appendAudit(ctx, queuedTx{Tx: tx, b: b}, events)
 	}

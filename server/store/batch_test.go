@@ -926,3 +926,57 @@ func threeSecretsAndTrigger(t *testing.T, trigger string) (*store.Store, *pgx.Co
 	}
 	return s, conn
 }
+
+// TestGroupCommitNotifiesOncePerBatch: a batch's commit sends listeners
+// one notification, its last revision (the payload is a hint: they read
+// the change log), not one per write.
+func TestGroupCommitNotifiesOncePerBatch(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	listener, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Close(context.Background()) })
+	if _, err := listener.Exec(ctx, "LISTEN "+store.NotifyChannel); err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	var last atomic.Int64
+	for i := range 4 {
+		q.add(func() {
+			res, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), store.PutParams{Key: fmt.Sprintf("CUSTOM_%d", i),
+				Defaults: store.Defaults{Category: "custom"}, Seal: seal("v")})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for {
+				if l := last.Load(); res.Revision <= l || last.CompareAndSwap(l, res.Revision) {
+					break
+				}
+			}
+		})
+	}
+	before := s.WriteBatchStats()
+	release()
+	q.wg.Wait()
+	if got := s.WriteBatchStats().Batches - before.Batches; got != 1 {
+		t.Fatalf("4 held writes committed in %d batches, want 1", got)
+	}
+	var payloads []string
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		n, err := listener.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		payloads = append(payloads, n.Payload)
+	}
+	if want := fmt.Sprint(last.Load()); len(payloads) != 1 || payloads[0] != want {
+		t.Errorf("a batch of 4 writes notified %q, want one notification %q", payloads, want)
+	}
+}
