@@ -72,9 +72,12 @@ type hostReply struct {
 	Goroutines int    `json:"goroutines,omitempty"`
 	// intake: audit events waiting to be chained.
 	Waiting int64 `json:"waiting,omitempty"`
-	// WAL fsyncs so far and their total time (pg_stat_wal).
+	// WAL fsyncs so far and their total time, bytes and full-page images
+	// written (pg_stat_wal).
 	WALSyncs  int64   `json:"walSyncs,omitempty"`
 	WALSyncMs float64 `json:"walSyncMs,omitempty"`
+	WALBytes  int64   `json:"walBytes,omitempty"`
+	WALFPI    int64   `json:"walFPI,omitempty"`
 	// seed-changes: the change log's oldest and newest revision.
 	Oldest   int64 `json:"oldest,omitempty"`
 	Revision int64 `json:"revision,omitempty"`
@@ -162,7 +165,8 @@ func (h *hostState) do(c hostCmd) (hostReply, error) {
 		}
 		defer conn.Close(ctx)
 		var r hostReply
-		err = conn.QueryRow(ctx, `SELECT wal_sync, wal_sync_time FROM pg_stat_wal`).Scan(&r.WALSyncs, &r.WALSyncMs)
+		err = conn.QueryRow(ctx, `SELECT wal_sync, wal_sync_time, wal_bytes::bigint, wal_fpi FROM pg_stat_wal`).
+			Scan(&r.WALSyncs, &r.WALSyncMs, &r.WALBytes, &r.WALFPI)
 		return r, err
 	case "profile-start":
 		f, err := os.Create(c.Path)

@@ -139,6 +139,7 @@ func (b *bench) accessPhase(ctx context.Context, clients []pb.SecretServiceClien
 	b.detail("access c16", c16)
 	b.walDetail("access c16", wal16, c16.RPS)
 	b.res.AccessC16WALSyncsPerS, b.res.AccessC16WALSyncAvgMs = wal16.num()
+	b.res.AccessC16WALBytesPerCall, b.res.AccessC16WALFPIPerCall = wal16.perCall(c16.RPS)
 	b.res.AccessC16RPS = num1(c16.RPS)
 	b.res.AccessC16P50ms, b.res.AccessC16P99ms = num3(msf(c16.P50)), num3(msf(c16.P99))
 	if b.res.EchoRPS != nil && *b.res.EchoRPS > 0 {
@@ -235,6 +236,7 @@ func (b *bench) putPhase(ctx context.Context, clients []pb.SecretServiceClient) 
 	b.detail("put c16", res)
 	b.walDetail("put c16", wal, res.RPS)
 	b.res.PutC16WALSyncsPerS, b.res.PutC16WALSyncAvgMs = wal.num()
+	b.res.PutC16WALBytesPerCall, b.res.PutC16WALFPIPerCall = wal.perCall(res.RPS)
 	b.res.PutC16RPS = num1(res.RPS)
 	b.res.PutC16P50ms, b.res.PutC16P99ms = num3(msf(res.P50)), num3(msf(res.P99))
 	if b.res.PgbenchTPCBTPS != nil && *b.res.PgbenchTPCBTPS > 0 {
@@ -252,10 +254,23 @@ func (b *bench) putPhase(ctx context.Context, clients []pb.SecretServiceClient) 
 	return nil
 }
 
-// walStats are the cluster's WAL fsyncs during a phase (pg_stat_wal).
+// walStats are the cluster's WAL fsyncs during a phase, and the WAL
+// bytes and full-page images written (pg_stat_wal).
 type walStats struct {
-	ok            bool
-	perSec, avgMs float64
+	ok                   bool
+	perSec, avgMs        float64
+	bytesPerS, fpiPerSec float64
+}
+
+// perCall is the WAL written per call at rps calls a second: bytes, and
+// full-page images (a page's first change after a checkpoint logs the
+// whole page). Unlike the rates, it does not move with the machine's
+// speed.
+func (w walStats) perCall(rps float64) (bytes, fpi *float64) {
+	if !w.ok || rps <= 0 {
+		return nil, nil
+	}
+	return num1(w.bytesPerS / rps), num3(w.fpiPerSec / rps)
 }
 
 func (w walStats) num() (*float64, *float64) {
@@ -277,7 +292,9 @@ func (b *bench) walDuring(fn func()) walStats {
 		return walStats{}
 	}
 	n := float64(after.WALSyncs - before.WALSyncs)
-	w := walStats{ok: true, perSec: n / el.Seconds()}
+	w := walStats{ok: true, perSec: n / el.Seconds(),
+		bytesPerS: float64(after.WALBytes-before.WALBytes) / el.Seconds(),
+		fpiPerSec: float64(after.WALFPI-before.WALFPI) / el.Seconds()}
 	if n > 0 {
 		w.avgMs = (after.WALSyncMs - before.WALSyncMs) / n
 	}
@@ -295,8 +312,10 @@ func (b *bench) observe(name string, fn func()) walStats {
 }
 
 func (b *bench) walDetail(name string, w walStats, rps float64) {
-	if w.ok && w.perSec > 0 {
-		b.progressf("  %s: %.0f WAL fsyncs/s (mean %.2fms), %.1f calls per fsync", name, w.perSec, w.avgMs, rps/w.perSec)
+	if w.ok && w.perSec > 0 && rps > 0 {
+		bytes, fpi := w.perCall(rps)
+		b.progressf("  %s: %.0f WAL fsyncs/s (mean %.2fms), %.1f calls per fsync; %.0f B of WAL and %.3f full-page images per call",
+			name, w.perSec, w.avgMs, rps/w.perSec, *bytes, *fpi)
 	}
 }
 

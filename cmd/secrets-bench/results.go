@@ -59,6 +59,10 @@ type results struct {
 	AccessC16WALSyncAvgMs *float64 `json:"access_c16_wal_fsync_avg_ms"`
 	AccessC64WALSyncsPerS *float64 `json:"access_c64_wal_fsyncs_per_s"`
 	AccessC64WALSyncAvgMs *float64 `json:"access_c64_wal_fsync_avg_ms"`
+	// WAL written per call during c16 (the sequencer's share included):
+	// bytes, and full-page images.
+	AccessC16WALBytesPerCall *float64 `json:"access_c16_wal_bytes_per_call"`
+	AccessC16WALFPIPerCall   *float64 `json:"access_c16_wal_fpi_per_call"`
 	// Audit sequencing delay under the c64 read load: an access event's
 	// commit to the intake until the sequencer chained it.
 	AuditSequencingC64P50ms *float64 `json:"audit_sequencing_c64_p50_ms"`
@@ -75,6 +79,9 @@ type results struct {
 	PutC16P99ms        *float64 `json:"put_c16_p99_ms"`
 	PutC16WALSyncsPerS *float64 `json:"put_c16_wal_fsyncs_per_s"`
 	PutC16WALSyncAvgMs *float64 `json:"put_c16_wal_fsync_avg_ms"`
+	// WAL written per put during c16 (the sequencer's share included).
+	PutC16WALBytesPerCall *float64 `json:"put_c16_wal_bytes_per_call"`
+	PutC16WALFPIPerCall   *float64 `json:"put_c16_wal_fpi_per_call"`
 	// PutSecret c16 ÷ pgbench TPC-B c16.
 	PutToTPCBRatio *float64 `json:"put_c16_to_pgbench_tpcb_ratio"`
 	PutC64RPS      *float64 `json:"put_c64_rps"`
@@ -230,6 +237,8 @@ func (b *bench) printTable() {
 			{"  p99 (target ≤ 100)", "audit_sequencing_c64_p99_ms", r.AuditSequencingC64P99ms, "ms"},
 			{"WAL fsyncs during c16", "access_c16_wal_fsyncs_per_s", r.AccessC16WALSyncsPerS, "/s"},
 			{"  mean fsync", "access_c16_wal_fsync_avg_ms", r.AccessC16WALSyncAvgMs, "ms"},
+			{"  WAL per call", "access_c16_wal_bytes_per_call", r.AccessC16WALBytesPerCall, "B"},
+			{"  full-page images per call", "access_c16_wal_fpi_per_call", r.AccessC16WALFPIPerCall, ""},
 			{"REST (wrk -c16) GET …/versions/latest:access", "rest_access_c16_rps", r.RestAccessC16RPS, "req/s"},
 			{"  p99", "rest_access_c16_p99_ms", r.RestAccessC16P99ms, "ms"},
 			{"BatchAccessSecrets of 20 keys, c16", "batch20_rps", r.Batch20RPS, "calls/s"},
@@ -240,6 +249,8 @@ func (b *bench) printTable() {
 			{"  p99", "put_c16_p99_ms", r.PutC16P99ms, "ms"},
 			{"WAL fsyncs during c16", "put_c16_wal_fsyncs_per_s", r.PutC16WALSyncsPerS, "/s"},
 			{"  mean fsync", "put_c16_wal_fsync_avg_ms", r.PutC16WALSyncAvgMs, "ms"},
+			{"  WAL per put", "put_c16_wal_bytes_per_call", r.PutC16WALBytesPerCall, "B"},
+			{"  full-page images per put", "put_c16_wal_fpi_per_call", r.PutC16WALFPIPerCall, ""},
 			{"c16 / pgbench TPC-B c16", "put_c16_to_pgbench_tpcb_ratio", r.PutToTPCBRatio, ""},
 			{"c64", "put_c64_rps", r.PutC64RPS, "req/s"},
 			{"  p50", "put_c64_p50_ms", r.PutC64P50ms, "ms"},
