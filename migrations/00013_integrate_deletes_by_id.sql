@@ -1,19 +1,20 @@
 -- +goose Up
 
 -- audit_integrate deletes the intake rows it chains in a statement planned
--- at each call, with the intake's size of the moment. A session keeps the
--- generic plan of a PL/pgSQL statement: the sequencer's connection planned
--- the DELETE while the intake was small (a sequential scan of a few pages
--- is the cheapest there), kept that plan as a backlog grew the heap, and
--- from then on every round read the whole heap, dead rows included, until
--- a vacuum shrank it: 1,300 pages a round of 22 events in the bench's put
--- phase after its audited reads; 695 pages to chain 3 events after a
--- 40,000-event backlog in TestIntegrateSkipsTheIntakeHeap. Only the DELETE
--- is planned at each call: planning the whole function at every call
--- (plan_cache_mode = force_custom_plan on it, this migration's first
--- version) cost a round of 60 events 0.3 ms, a third of the round; and
--- enable_seqscan = off made each round 50 ms, the disabled scan's made-up
--- cost pushing the statements past jit_above_cost.
+-- at each call, with the intake's size of the moment. PL/pgSQL keeps a
+-- statement's generic plan for the session until the table's next analyze
+-- or vacuum invalidates it: the sequencer's connection planned the DELETE
+-- while the intake was small (a sequential scan of a few pages is the
+-- cheapest there), kept that plan as a backlog grew the heap, and meanwhile
+-- every round read the whole heap, dead rows included: 1,300 pages a round
+-- of 22 events in the bench's put phase after its audited reads; 695 pages
+-- to chain 3 events after a 40,000-event backlog in
+-- TestIntegrateSkipsTheIntakeHeap. Only the DELETE is planned at each
+-- call: planning the whole function at every call (plan_cache_mode =
+-- force_custom_plan on it, tried first) cost a round of 60 events 0.3 ms,
+-- a third of the round; and enable_seqscan = off made each round 50 ms,
+-- the disabled scan's made-up cost pushing the statements past
+-- jit_above_cost.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION audit_integrate(p_ids bigint[], p_hashes bytea[], p_after_seq bigint, p_after_hash bytea)
 RETURNS TABLE (head_sequence bigint, head_hash bytea, head_sequenced_at timestamptz)
@@ -46,7 +47,7 @@ BEGIN
     -- each call, with the intake's size of the moment: a session keeps a
     -- PL/pgSQL statement's generic plan, and one made while the intake was
     -- small (a sequential scan) read the whole heap at every round once a
-    -- backlog had grown it. The insert below reads no table and keeps its
+    -- backlog had grown it. The insert below scans no table and keeps its
     -- cached plan.
     EXECUTE 'WITH moved AS (DELETE FROM audit_intake i WHERE i.id = ANY ($1) RETURNING i) SELECT array_agg(moved.i) FROM moved'
         INTO v_moved USING p_ids;
