@@ -264,8 +264,10 @@ type walStats struct {
 
 // perCall is the WAL written per call at rps calls a second: bytes, and
 // full-page images (a page's first change after a checkpoint logs the
-// whole page). Unlike the rates, it does not move with the machine's
-// speed.
+// whole page). It moves far less with the machine's speed than the
+// rates, though it counts the whole cluster's WAL over the window
+// (autovacuum and checkpoints too) and the sequencer's lag moves some
+// chaining across a phase's edges (bench/README.md).
 func (w walStats) perCall(rps float64) (bytes, fpi *float64) {
 	if !w.ok || rps <= 0 {
 		return nil, nil
