@@ -470,7 +470,7 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 	// transaction goes.
 	useSavepoints := len(jobs) > 1
 	if useSavepoints {
-		b.Queue(`SAVEPOINT w`)
+		b.Queue(`SAVEPOINT ` + savepointName(0))
 	}
 	br := conn.Conn().SendBatch(ctx, b)
 	tx := br.Tx()
@@ -570,7 +570,7 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 				return res, nil
 			}
 			b := &pgx.Batch{}
-			b.Queue(`RELEASE SAVEPOINT w`)
+			b.Queue(stx.release())
 			return commit(b)
 		}
 		// Back to where the writes began, and one write after another.
@@ -586,14 +586,14 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 		}
 		w := &writer{tx: stx, rev: rev + 1, now: now, meta: j.meta, read: read}
 		if useSavepoints {
-			stx.begin(sp.prefix())
+			stx.begin(sp)
 		}
 		c, response, err := runJob(ctx, j, w)
 		if err != nil && useSavepoints && retryable(err) && stx.used {
 			// A deadlock or serialization failure in this write's own
 			// statements: once more from its savepoint.
 			sp = spFailed
-			stx.begin(sp.prefix())
+			stx.begin(sp)
 			c, response, err = runJob(ctx, j, w)
 		}
 		if stx.used {
@@ -629,11 +629,11 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 	if useSavepoints {
 		if sp == spFailed {
 			// On its own, as savepointTx.take does.
-			if _, err := tx.Exec(ctx, rollbackToSavepoint); err != nil {
+			if _, err := tx.Exec(ctx, stx.rollback()); err != nil {
 				return batchResult{}, err
 			}
 		}
-		b.Queue(`RELEASE SAVEPOINT w`)
+		b.Queue(stx.release())
 	}
 	if err := bookkeeping(b); err != nil {
 		return batchResult{}, err
@@ -658,7 +658,7 @@ func plannable(jobs []*writeJob) bool {
 // runPlanned runs the bodies of jobs as plans (writer.apply): each body,
 // working from the secrets the batch read, queues its one statement instead
 // of sending it, and the statements of every write and the bookkeeping go
-// in one round trip, under savepoint "w". ok is false, with that
+// in one round trip, under savepoint w0. ok is false, with that
 // savepoint still to roll back to, when any body cannot be planned (it
 // wants to read, or fails: a stale etag) or any statement failed or did
 // not apply: the batch then runs its writes one after another, as if the

@@ -986,3 +986,97 @@ func TestGroupCommitNotifiesOncePerBatch(t *testing.T) {
 		t.Errorf("a batch of 4 writes notified %q, want one notification %q", payloads, want)
 	}
 }
+
+// TestGroupCommitWriteFailingBeforeItsPrefixRan: a write whose first
+// statement fails while pgx prepares it (here: it waits for a table's lock
+// and is cancelled) sent nothing else, the savepoint prefix riding with it
+// included, and the failure aborted the transaction. The batch must not
+// then roll back to a savepoint that still holds the write before it and
+// commit that write's bookkeeping as if it had stored its value: either
+// the put before it is stored, or it fails too. (It was reported done,
+// with its change-log entry and an OK audit event, and its version
+// missing.)
+func TestGroupCommitWriteFailingBeforeItsPrefixRan(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	s := openStore(t, url)
+	p := func(v string) store.PutParams {
+		return store.PutParams{Key: "CUSTOM_K", Defaults: store.Defaults{Category: "custom"}, Seal: seal(v)}
+	}
+	if _, err := s.PutSecret(ctx, bmeta("PutSecret", "", ""), p("one")); err != nil {
+		t.Fatal(err)
+	}
+	base, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `CREATE TABLE blocker (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK TABLE blocker IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	release := s.HoldWrites()
+	q := &queue{t: t, s: s}
+	var (
+		res              store.WriteResult
+		putErr, otherErr error
+	)
+	q.add(func() { res, putErr = s.PutSecret(ctx, bmeta("PutSecret", "", ""), p("two")) })
+	q.add(func() { otherErr = s.ReadingWrite(ctx, bmeta("UpdateSecret", "", ""), "blocker") })
+	release()
+	// The reading write's statement waits for the lock while pgx prepares
+	// it: cancel it there.
+	var pid int32
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		err := conn.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE relation = 'blocker'::regclass AND NOT granted`).Scan(&pid)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, pgx.ErrNoRows) || time.Now().After(deadline) {
+			t.Fatalf("waiting for the reading write to wait for the lock: %v", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_cancel_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	q.wg.Wait()
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("put: %v; reading write: %v", putErr, otherErr)
+	if otherErr == nil {
+		t.Fatal("the cancelled write succeeded")
+	}
+	got, _, err := s.AccessVersion(ctx, "CUSTOM_K", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs, _ := changeRevisions(t, s, base)
+	if putErr == nil {
+		if got.Version != 2 || string(got.Sealed.Ciphertext) != "two@2" || res.Version.Version != 2 {
+			t.Fatalf("the put was reported done as version %d, and the latest version is %d %q", res.Version.Version, got.Version, got.Sealed.Ciphertext)
+		}
+		if !slices.Equal(revs, []int64{base + 1}) {
+			t.Errorf("change log after the put %v, want [%d]", revs, base+1)
+		}
+		return
+	}
+	// Failed with it: nothing of the batch is kept.
+	if got.Version != 1 || len(revs) != 0 {
+		t.Fatalf("the put failed (%v), yet version %d is the latest and the change log has %v", putErr, got.Version, revs)
+	}
+	if revs := auditRevisions(t, s, base); len(revs) != 0 {
+		t.Errorf("the put failed (%v), yet the audit log has %v", putErr, revs)
+	}
+}

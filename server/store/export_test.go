@@ -166,3 +166,18 @@ func (s *Store) IntakeReadBuffers(ctx context.Context, conn *pgx.Conn, fromStart
 	}
 	return probe, read, err
 }
+
+// ReadingWrite is a write whose first statement reads table (a statement
+// text of its own, which pgx prepares in a round trip before it sends the
+// statement and the savepoint prefix riding with it); the write fails with
+// that statement's error, or ErrBodyFailed.
+func (s *Store) ReadingWrite(ctx context.Context, meta Meta, table string) error {
+	_, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (struct{}, change, error) {
+		_, err := w.tx.Exec(ctx, `SELECT 1 FROM `+table+` LIMIT 1`)
+		if err == nil {
+			err = ErrBodyFailed
+		}
+		return struct{}{}, change{}, err
+	})
+	return err
+}

@@ -3,61 +3,84 @@ package store
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// A write in a batch runs under savepoint "w". Setting it up (or rolling
-// back the write before) would cost a round trip of its own per write, with
-// every other write of the batch waiting behind it; instead the statements
-// ride in front of the write's first statement, in the same round trip
-// (savepointTx). spState says what the next write must send first.
+// A write in a batch runs under a savepoint of its own. Setting it up (or
+// rolling back the write before) would cost a round trip of its own per
+// write, with every other write of the batch waiting behind it; instead
+// the statements ride in front of the write's first statement, in the same
+// round trip (savepointTx). spState says what the next write must send
+// first.
+//
+// Each savepoint has a name of its own (w0, w1, …): a prefix that never
+// ran (the statement it rode with failed before PostgreSQL got it: pgx
+// could not prepare or encode it) left no savepoint of that name, so the
+// rollback meant for the write that failed fails the batch instead of
+// rolling back the write before it, which the batch would then commit the
+// bookkeeping of, and report, as done.
 type spState int
 
-const rollbackToSavepoint = `ROLLBACK TO SAVEPOINT w`
-
 const (
-	// spClean: "w" is set and holds nothing.
+	// spClean: the savepoint is set and holds nothing.
 	spClean spState = iota
-	// spKept: "w" holds a successful write: release it, set a fresh one.
+	// spKept: the savepoint holds a successful write: release it, set the
+	// next one.
 	spKept
-	// spFailed: "w" holds a failed write: roll back to it.
+	// spFailed: the savepoint holds a failed write: roll back to it.
 	spFailed
 )
 
-// prefix is what the next write sends before its first statement.
-func (s spState) prefix() []string {
-	switch s {
-	case spKept:
-		return []string{`RELEASE SAVEPOINT w`, `SAVEPOINT w`}
-	case spFailed:
-		return []string{rollbackToSavepoint}
-	}
-	return nil
-}
+// savepointName is the name of a batch's savepoint n; the batch sets w0 in
+// its first round trip.
+func savepointName(n int) string { return "w" + strconv.Itoa(n) }
 
 // savepointTx is the transaction a write's body sees: the batch's, sending
 // prefix in the same round trip as the body's first statement.
 type savepointTx struct {
 	pgx.Tx
-	prefix []string
+	// n is the number of the current savepoint.
+	n int
+	// sp is what it holds, for the next write's prefix.
+	sp spState
 	// used: the body sent a statement (and with it the prefix).
 	used bool
 }
 
-func (t *savepointTx) begin(prefix []string) { t.prefix, t.used = prefix, false }
+// begin starts a write, given what the savepoint holds.
+func (t *savepointTx) begin(sp spState) { t.sp, t.used = sp, false }
+
+// rollback and release end the current savepoint.
+func (t *savepointTx) rollback() string { return `ROLLBACK TO SAVEPOINT ` + savepointName(t.n) }
+func (t *savepointTx) release() string  { return `RELEASE SAVEPOINT ` + savepointName(t.n) }
 
 // take returns the prefix to send with the body's first statement. A
 // rollback to the savepoint goes first, on its own: after a failed
 // statement pgx prepares anew every statement of the failed pipeline,
 // which the aborted transaction refuses until the rollback ran (the simple
 // protocol, which prepares nothing, is accepted).
+//
+// From then on the write runs under the savepoint the prefix sets, whether
+// the prefix ran or not (see spState).
 func (t *savepointTx) take(ctx context.Context) ([]string, error) {
-	p := t.prefix
-	t.prefix, t.used = nil, true
-	if len(p) > 0 && p[0] == rollbackToSavepoint {
+	if t.used {
+		return nil, nil
+	}
+	t.used = true
+	var p []string
+	switch t.sp {
+	case spKept:
+		p = []string{`RELEASE SAVEPOINT ` + savepointName(t.n), `SAVEPOINT ` + savepointName(t.n+1)}
+		t.n++
+	case spFailed:
+		p = []string{t.rollback()}
+	}
+	t.sp = spClean
+	if len(p) > 0 && strings.HasPrefix(p[0], "ROLLBACK TO ") {
 		if _, err := t.Tx.Exec(ctx, p[0]); err != nil {
 			return nil, err
 		}
