@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,16 @@ const maxWriteBatch = 64
 
 // writeBatchTimeout bounds one batch's transaction.
 const writeBatchTimeout = 30 * time.Second
+
+// writeBatchIdleTimeout is how long PostgreSQL lets a write batch's
+// transaction sit idle between its round trips before it ends the session.
+// A batch holds the revision lock, which every batch of every replica
+// waits for, from its first round trip to its commit: a replica that stalls
+// in between (a paused process, a frozen VM, a network partition) must not
+// hold every write of the service until TCP gives up, which
+// writeBatchTimeout, enforced by the stalled process itself, cannot
+// promise. Round trips are milliseconds apart.
+const writeBatchIdleTimeout = 10 * time.Second
 
 // ErrStoreClosed is returned by a write submitted after Close.
 var ErrStoreClosed = fmt.Errorf("%w: store closed", ErrUnavailable)
@@ -437,6 +448,7 @@ func (s *Store) runBatch(ctx context.Context, jobs []*writeJob, committing func(
 	// previous one commits waits for the counter lock and must then see
 	// that commit (under REPEATABLE READ its FOR UPDATE would fail 40001).
 	b.BeginTx(pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true)`, strconv.FormatInt(s.batchIdle.Milliseconds(), 10))
 	b.Queue(`SELECT revision, now() FROM revision_counter FOR UPDATE`).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&rev, &now)
 	})

@@ -1080,3 +1080,49 @@ func TestGroupCommitWriteFailingBeforeItsPrefixRan(t *testing.T) {
 		t.Errorf("the put failed (%v), yet the audit log has %v", putErr, revs)
 	}
 }
+
+// TestGroupCommitStalledBatchLetsGoOfTheLock: a replica that stalls in the
+// middle of a write batch (a paused process: its transaction idle, holding
+// the revision lock) does not hold every other replica's writes until its
+// TCP connection times out: PostgreSQL ends its session once it has been
+// idle writeBatchIdleTimeout, the other replica's write goes through, and
+// the stalled write fails, nothing of it kept.
+func TestGroupCommitStalledBatchLetsGoOfTheLock(t *testing.T) {
+	ctx := context.Background()
+	url := testdb.New(t)
+	other := openStore(t, url)
+	stalled := openStore(t, url)
+	stalled.SetWriteBatchIdleTimeout(300 * time.Millisecond)
+	p := func(key string) store.PutParams {
+		return store.PutParams{Key: key, Defaults: store.Defaults{Category: "custom"}, Seal: seal("v")}
+	}
+	if _, err := other.PutSecret(ctx, bmeta("PutSecret", "", ""), p("CUSTOM_K")); err != nil {
+		t.Fatal(err)
+	}
+	started, resume := make(chan struct{}), make(chan struct{})
+	stallErr := make(chan error, 1)
+	go func() {
+		stallErr <- stalled.StallingWrite(ctx, bmeta("UpdateSecret", "", ""), "CUSTOM_K", started, resume)
+	}()
+	<-started
+	start := time.Now()
+	if _, err := other.PutSecret(ctx, bmeta("PutSecret", "", ""), p("CUSTOM_L")); err != nil {
+		t.Fatal(err)
+	}
+	waited := time.Since(start)
+	t.Logf("the other replica's write waited %v", waited)
+	if waited > 3*time.Second {
+		t.Errorf("the other replica's write waited %v for the stalled batch's lock", waited)
+	}
+	close(resume)
+	if err := <-stallErr; err == nil {
+		t.Error("the stalled write succeeded after its session ended")
+	}
+	got, _, err := other.GetSecret(ctx, "CUSTOM_K")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Description == "stalled" {
+		t.Error("the stalled write's change was kept")
+	}
+}

@@ -181,3 +181,29 @@ func (s *Store) ReadingWrite(ctx context.Context, meta Meta, table string) error
 	})
 	return err
 }
+
+// SetWriteBatchIdleTimeout shortens writeBatchIdleTimeout for s; call it
+// before s's first write.
+func (s *Store) SetWriteBatchIdleTimeout(d time.Duration) { s.batchIdle = d }
+
+// StallingWrite is a write whose body changes key's description, tells
+// started, and then stalls (as a paused process would, its batch's
+// transaction idle and holding the revision lock) until resume closes or
+// 5 s pass, before its next statement.
+func (s *Store) StallingWrite(ctx context.Context, meta Meta, key string, started chan<- struct{}, resume <-chan struct{}) error {
+	_, err := write(ctx, s, meta, func(ctx context.Context, w *writer) (struct{}, change, error) {
+		if _, err := w.tx.Exec(ctx, `UPDATE secrets SET description = 'stalled' WHERE key = $1`, key); err != nil {
+			return struct{}{}, change{}, err
+		}
+		close(started)
+		select {
+		case <-resume:
+		case <-time.After(5 * time.Second):
+		}
+		if _, err := w.tx.Exec(ctx, `SELECT 1`); err != nil {
+			return struct{}{}, change{}, err
+		}
+		return struct{}{}, change{kind: ChangeMetadataChanged, key: key}, nil
+	})
+	return err
+}

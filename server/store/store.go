@@ -53,6 +53,9 @@ type Store struct {
 	// writes gathers concurrent writes into batches (group commit).
 	writes     *writeBatcher
 	writesOnce sync.Once
+	// batchIdle bounds how long a write batch's transaction may sit idle
+	// between its round trips (writeBatchIdleTimeout; tests shorten it).
+	batchIdle time.Duration
 }
 
 // Options tune the pool.
@@ -88,7 +91,8 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, log: log, intakeSignal: make(chan struct{}, 1), intake: newIntakeCursor()}, nil
+	return &Store{pool: pool, log: log, intakeSignal: make(chan struct{}, 1), intake: newIntakeCursor(),
+		batchIdle: writeBatchIdleTimeout}, nil
 }
 
 func hasParam(connString, name string) bool { return strings.Contains(connString, name) }
