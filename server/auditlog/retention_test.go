@@ -256,6 +256,11 @@ func TestRetentionArchivesAndVerifies(t *testing.T) {
 	if err != nil || !inc.Intact || inc.Events >= tbl.Events {
 		t.Fatalf("incremental after a full verify: %+v, %v; want fewer than %d events walked", inc, err, tbl.Events)
 	}
+	// It started from a checkpoint the anchor holds, and says the events up
+	// to it are anchored (it said the external checkpoints covered nothing).
+	if inc.From <= inc.ChainStart || inc.AnchoredThrough < inc.From || strings.Contains(inc.Summary(), "cover nothing") {
+		t.Errorf("incremental after an anchored verify: from %d, anchored through %d: %s", inc.From, inc.AnchoredThrough, inc.Summary())
+	}
 	segments, err := e.archive.list(ctx)
 	if err != nil || len(segments) != res.Exported {
 		t.Fatalf("segments %v, %v", segments, err)
