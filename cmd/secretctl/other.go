@@ -117,7 +117,7 @@ func (a *app) auditCommand() *cobra.Command {
 	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "List audit events, newest first (--follow: keep printing new ones)",
+		Short: "List audit events, newest first (--follow: the last --limit oldest first, then new ones as they come, like tail -f)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -160,7 +160,7 @@ func (a *app) auditCommand() *cobra.Command {
 	fl.StringVar(&f.Action, "action", "", "only this action (RPC name, e.g. PutSecret)")
 	fl.StringVar(&since, "since", "", "only events since a duration ago (15m) or an RFC 3339 time")
 	fl.IntVar(&f.Limit, "limit", 100, "at most this many events (0: all)")
-	fl.BoolVarP(&follow, "follow", "f", false, "keep printing new events until interrupted")
+	fl.BoolVarP(&follow, "follow", "f", false, "print the last --limit events oldest first, then new ones until interrupted")
 	fl.DurationVar(&interval, "interval", 2*time.Second, "with --follow, how often to look for new events")
 	cmd.AddCommand(a.matchValueCommand())
 	return cmd
