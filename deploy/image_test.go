@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/orient-bot/secrets/migrations"
 	"github.com/orient-bot/secrets/server/pgcluster"
 )
 
@@ -141,14 +143,37 @@ func TestImage(t *testing.T) {
 	}
 	admin.Close(ctx)
 
+	// As the README deploys it: `secretsd migrate` as the owner role
+	// creates the schema and the service role, and the server connects as
+	// that role (it refuses the owner).
+	dbURL := func(user string) string {
+		return "DATABASE_URL=host=/run/postgresql port=" + itoa(cluster.Port()) + " user=" + user + " dbname=secrets sslmode=disable"
+	}
+	migrate := chrootCmd(rootfs, cfg.User, cfg.WorkingDir, append(slices.Clone(cfg.Env), dbURL("postgres")), cfg.Entrypoint[0], "migrate")
+	if out, err := migrate.CombinedOutput(); err != nil {
+		t.Fatalf("secretsd migrate from the image: %v\n%s", err, out)
+	}
 	kek := make([]byte, 32)
 	rand.Read(kek)
+	// The audit signing key the server requires with DATABASE_URL, as the
+	// README makes it, readable by the image's user only.
+	signing := make([]byte, 32)
+	rand.Read(signing)
+	keyFile := filepath.Join(rootfs, "audit-signing.key")
+	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(signing)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	owner, group, _ := strings.Cut(cfg.User, ":")
+	if err := os.Chown(keyFile, atoi(owner), atoi(group)); err != nil {
+		t.Fatal(err)
+	}
 	token := "osk_image-test-" + randomHex(16)
-	env := append(cfg.Env,
+	env := append(slices.Clone(cfg.Env),
 		// Loopback and free ports: the test shares the host's network.
 		"SECRETS_GRPC_ADDR=127.0.0.1:0", "SECRETS_HTTP_ADDR=127.0.0.1:0",
-		"DATABASE_URL=host=/run/postgresql port="+itoa(cluster.Port())+" user=postgres dbname=secrets sslmode=disable",
+		dbURL(migrations.DefaultServiceRole),
 		"SECRETS_KEK_URL=base64key://"+base64.URLEncoding.EncodeToString(kek),
+		"SECRETS_AUDIT_SIGNING_KEY=/audit-signing.key",
 		"SECRETS_BOOTSTRAP_TOKEN="+token)
 	srv := chrootCmd(rootfs, cfg.User, cfg.WorkingDir, env, cfg.Entrypoint[0])
 	stderr, err := srv.StderrPipe()
