@@ -177,7 +177,20 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			msg = "key-encryption key " + id + " unavailable (KMS unreachable); retry later"
 		}
 		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_KEK_UNAVAILABLE, msg)
-	case errors.Is(err, seal.ErrCorrupt), errors.Is(err, seal.ErrUnknownKEK):
+	case errors.Is(err, seal.ErrUnknownKEK):
+		// Most often a replica not given a KEK that another one wraps new
+		// data keys with (a rotation rolled out to some replicas only); it
+		// serves the value once configured, and another replica may now.
+		// (A row edited to name a KEK nobody has lands here too.)
+		id, named := seal.FailedKEK(err)
+		log.ErrorContext(ctx, "a stored value's key-encryption key is not configured on this server", "kek", id, "error", err)
+		msg := "the value's data key is wrapped by a key-encryption key this server is not configured with"
+		if named {
+			msg = "the value's data key is wrapped by key-encryption key " + id + ", which this server is not configured with"
+		}
+		return withInfo(codes.Unavailable, pb.ErrorReason_ERROR_REASON_KEK_UNAVAILABLE,
+			msg+"; an operator must add it to SECRETS_KEK_URL (the value was not returned)")
+	case errors.Is(err, seal.ErrCorrupt):
 		log.ErrorContext(ctx, "stored ciphertext does not decrypt", "error", err)
 		return withInfo(codes.DataLoss, pb.ErrorReason_ERROR_REASON_CIPHERTEXT_CORRUPT, "stored value failed its integrity check; it was not returned")
 	case errors.Is(err, context.Canceled):

@@ -140,6 +140,37 @@ func TestWrongKEK(t *testing.T) {
 	}
 }
 
+// TestReplicaMissingTheNewKEK: a KEK rotation rolled out to one replica
+// only. The replica still on the old KEK alone cannot open a value the
+// other wrapped with the new one: it says so, UNAVAILABLE with
+// KEK_UNAVAILABLE naming the KEK's fingerprint (never its URL), not
+// DATA_LOSS "failed its integrity check", which sends an operator after
+// tampering that did not happen.
+func TestReplicaMissingTheNewKEK(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	old := testserver.Start(t, testserver.Options{DatabaseURL: db})
+	put(t, old.Secrets, "KEYED", "keyed-value")
+	newKEK := testserver.NewKEKURL(t)
+	rotated := testserver.Start(t, testserver.Options{DatabaseURL: db, KEKURL: newKEK + "," + old.KEKURL})
+	put(t, rotated.Secrets, "NEWER", "newer-value")
+	var id string
+	if err := dbConn(t, db).QueryRow(context.Background(), `SELECT kek_id FROM secret_versions WHERE key = 'NEWER'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	v, err := access(old.Secrets, "NEWER", "latest")
+	if status.Code(err) != codes.Unavailable || reasonOfErr(err) != "KEK_UNAVAILABLE" {
+		t.Fatalf("value wrapped by a KEK this replica lacks: value %q, err %v; want UNAVAILABLE, KEK_UNAVAILABLE", v, err)
+	}
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, id) || strings.Contains(msg, newKEK) {
+		t.Errorf("message %q should name KEK %s and never its URL", msg, id)
+	}
+	// What it can open, it still serves.
+	if v, err := access(old.Secrets, "KEYED", "latest"); err != nil || v != "keyed-value" {
+		t.Errorf("value under the old KEK: %q, %v", v, err)
+	}
+}
+
 func canceled() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -230,3 +230,13 @@ func fingerprint(normalized string) string {
 	sum := sha256.Sum256([]byte(fingerprintLabel + normalized))
 	return "kek-" + hex.EncodeToString(sum[:8])
 }
+
+// isFingerprint reports whether id has the shape fingerprint gives.
+func isFingerprint(id string) bool {
+	h, ok := strings.CutPrefix(id, "kek-")
+	if !ok || len(h) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil && strings.ToLower(h) == h
+}

@@ -394,8 +394,14 @@ func (k *Keyring) lookup(s Sealed) (*kek, error) {
 	}
 	kk, ok := k.byID[s.KEKID]
 	if !ok {
-		// A KEK id is a fingerprint, not a secret.
-		return nil, fmt.Errorf("%w: %q", ErrUnknownKEK, s.KEKID)
+		// A KEK id is a fingerprint, not a secret. Named (FailedKEK) only
+		// when it has a fingerprint's shape: the row is read from the
+		// database, which may have been edited.
+		err := fmt.Errorf("%w: %q", ErrUnknownKEK, s.KEKID)
+		if isFingerprint(s.KEKID) {
+			return nil, kekError{id: s.KEKID, err: err}
+		}
+		return nil, err
 	}
 	if len(s.WrappedDEK) == 0 {
 		return nil, fmt.Errorf("%w: empty wrapped data key", ErrCorrupt)
@@ -535,9 +541,9 @@ type kekError struct {
 func (e kekError) Error() string { return e.err.Error() }
 func (e kekError) Unwrap() error { return e.err }
 
-// FailedKEK returns the fingerprint of the KEK an ErrKEKUnavailable or
-// ErrKEKRefused error is about, so that callers can name it (a fingerprint
-// is not a secret).
+// FailedKEK returns the fingerprint of the KEK an ErrKEKUnavailable,
+// ErrKEKRefused or ErrUnknownKEK error is about, so that callers can name
+// it (a fingerprint is not a secret).
 func FailedKEK(err error) (id string, ok bool) {
 	var ke kekError
 	if errors.As(err, &ke) {
