@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/token"
 	"reflect"
+	"strings"
 
 	"github.com/sethvargo/go-envconfig"
 )
@@ -54,7 +56,7 @@ func (c *Client) Load(ctx context.Context, target any) (map[string]Resolved, err
 		if errors.Is(err, envconfig.ErrMissingRequired) && l.lastMissing != nil {
 			return nil, fmt.Errorf("secrets: %w; %w", err, l.lastMissing)
 		}
-		return nil, fmt.Errorf("secrets: %w", err)
+		return nil, decodeError(err)
 	}
 	used := make(map[string]Resolved, len(l.used))
 	for k := range l.used {
@@ -147,7 +149,28 @@ func (c *Cache) Load(ctx context.Context, target any) error {
 		return first
 	}
 	if err != nil {
-		return fmt.Errorf("secrets: %w", err)
+		return decodeError(err)
 	}
 	return nil
+}
+
+// ErrDecode is what Load fails with when a value does not decode into its
+// field (a number, a duration, a URL, a map item that does not parse).
+var ErrDecode = errors.New("a value does not decode into its field")
+
+// decodeError turns go-envconfig's error into one that names the field but
+// not the value: its decoders' errors quote what they could not parse
+// (strconv, url.Parse, a map item), which here is a secret, and a
+// start-up error ends up in a log. A missing required key names only the
+// key, and passes as is.
+func decodeError(err error) error {
+	if errors.Is(err, envconfig.ErrMissingRequired) {
+		return fmt.Errorf("secrets: %w", err)
+	}
+	// go-envconfig prefixes its errors with the Go field's name.
+	field, _, ok := strings.Cut(err.Error(), ": ")
+	if !ok || !token.IsIdentifier(field) {
+		return fmt.Errorf("secrets: %w (the value is not shown)", ErrDecode)
+	}
+	return fmt.Errorf("secrets: field %s: %w (the value is not shown)", field, ErrDecode)
 }

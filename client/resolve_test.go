@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -202,6 +203,23 @@ func TestLoad(t *testing.T) {
 	bad := dial(t, srv.GRPCAddr(), client.WithEnvironment(envOf(map[string]string{"SLACK_BOT_TOKEN": "x", "JIRA_API_TOKEN": "y", "CUSTOM_WORKERS": "many"})))
 	if _, err := bad.Load(context.Background(), &botConfig{}); err == nil || !strings.Contains(err.Error(), "Workers") {
 		t.Fatalf("bad int: %v", err)
+	}
+	// ... and never quotes the value, which is a secret: a token put in the
+	// wrong variable, a URL whose password does not parse.
+	type withURL struct {
+		DB *url.URL `env:"CUSTOM_DATABASE_URL"`
+		N  int      `env:"CUSTOM_WORKERS"`
+	}
+	for _, v := range map[string]string{"CUSTOM_DATABASE_URL": "postgres://orient:s3cr%t@db/x", "CUSTOM_WORKERS": "ghp_leakedToken"} {
+		key := "CUSTOM_WORKERS"
+		if strings.HasPrefix(v, "postgres") {
+			key = "CUSTOM_DATABASE_URL"
+		}
+		leaky := dial(t, srv.GRPCAddr(), client.WithEnvironment(envOf(map[string]string{key: v})))
+		_, err := leaky.Load(context.Background(), &withURL{})
+		if err == nil || strings.Contains(err.Error(), "s3cr") || strings.Contains(err.Error(), "leakedToken") || !errors.Is(err, client.ErrDecode) {
+			t.Errorf("%s that does not decode: %v; want ErrDecode, the value not shown", key, err)
+		}
 	}
 	if _, err := c.Load(context.Background(), cfg); err == nil {
 		t.Fatal("Load accepted a non-pointer")
