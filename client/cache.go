@@ -182,6 +182,16 @@ func (c *Client) NewCache(ctx context.Context, opts ...CacheOption) (*Cache, err
 			return nil, fmt.Errorf("secrets: NewCache: %q is not a valid key (^[A-Z][A-Z0-9_]{0,127}$)", k)
 		}
 	}
+	// As the service normalizes them ("Slack", " ai" from a comma list):
+	// change events carry the normalized category, which the cache matches
+	// against its own set.
+	for i, cat := range o.categories {
+		norm, err := catalog.NormalizeCategory(cat)
+		if err != nil {
+			return nil, fmt.Errorf("secrets: NewCache: category %q: %w", cat, err)
+		}
+		o.categories[i] = norm
+	}
 	if o.interval <= 0 {
 		o.interval = 5 * time.Second
 	}

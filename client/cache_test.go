@@ -230,6 +230,20 @@ func TestCacheCategories(t *testing.T) {
 	if err := cache.Load(context.Background(), &cfg); err != nil || cfg.Token != "xoxb-1" || cfg.Extra != "x" {
 		t.Fatalf("Load = %+v, %v", cfg, err)
 	}
+	// A category as a person writes it ("Slack", " slack" from a comma
+	// list) is the service's "slack": the cache follows its changes too
+	// (it loaded them, and then ignored every change event: the events
+	// carry "slack").
+	spaced, err := c.NewCache(context.Background(), client.CacheCategories(" Slack"), client.CacheProgressInterval(progressInterval))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer spaced.Close()
+	put(t, c, "SLACK_BOT_TOKEN", "xoxb-2")
+	waitValue(t, spaced, "SLACK_BOT_TOKEN", "xoxb-2", 3*time.Second)
+	if _, err := c.NewCache(context.Background(), client.CacheCategories("no such category!")); err == nil {
+		t.Error("NewCache accepted a category that is not one")
+	}
 }
 
 func BenchmarkCacheGet(b *testing.B) {
