@@ -480,7 +480,7 @@ func (s *Server) listen(ctx context.Context) error {
 	}, []string{"reason"})
 	reg.MustRegister(denied)
 	authz := &authorizer{authn: s.authn, certs: certIDs, gatewayCert: s.tls.gatewayCert,
-		categoryOf: s.store.CategoryOf, denials: s.denials, denied: denied,
+		categoryOf: s.store.CategoriesOf, denials: s.denials, denied: denied,
 		streams: newStreamLimiter(s.cfg.MaxStreamsPerToken), log: s.log}
 	authz.eventsSent = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "secrets_watch_events_sent_total",

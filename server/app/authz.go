@@ -34,7 +34,7 @@ type authorizer struct {
 	// gatewayCert is the certificate the REST gateway presents on mutual
 	// TLS; it identifies the gateway's connection and grants nothing.
 	gatewayCert []byte
-	categoryOf  func(ctx context.Context, key string) (string, error)
+	categoryOf  auth.CategoryLookup
 	denials     *auditlog.DenialQueue
 	// denied counts refusals by reason (secrets_denials_total).
 	denied *prometheus.CounterVec

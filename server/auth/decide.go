@@ -35,7 +35,14 @@ func (d *Denial) Error() string { return d.Message }
 
 // CategoryLookup returns a stored secret's category, or "" when the key is
 // not stored.
-type CategoryLookup func(ctx context.Context, key string) (string, error)
+type CategoryLookup func(ctx context.Context, keys []string) (map[string]string, error)
+
+// MaxScopedKeys is the most distinct keys a scoped caller may name in one
+// call (the largest any method takes: WatchChanges' key filter). The
+// scope check runs before a handler validates the request, and looks the
+// keys' categories up: a request naming more (the 256 KiB message limit
+// allows some 15,000) is refused before any lookup.
+const MaxScopedKeys = 1000
 
 // Authorize decides whether p may make this call. It returns a Denial for a
 // refusal, or an error when the decision could not be made (the database).
@@ -66,21 +73,33 @@ func (pol Policy) Authorize(ctx context.Context, p Principal, req proto.Message,
 			assigned = n
 		}
 	}
-	for _, key := range pol.Keys(req) {
-		outside := &Denial{Reason: DenyScope, Key: key, Message: fmt.Sprintf("%s is outside the scope of %s (or does not exist)", key, p.Name)}
+	keys := distinct(pol.Keys(req))
+	if len(keys) > MaxScopedKeys {
+		return &Denial{Reason: DenyScope, Message: fmt.Sprintf("%s names %d keys; a scoped caller may name at most %d in one call", pol.Action, len(keys), MaxScopedKeys)}, nil
+	}
+	for _, key := range keys {
+		if !catalog.ValidKey(key) {
+			// Not echoed: it has not been validated (up to the 256 KiB
+			// message limit), and this message goes to the log and the
+			// audit log.
+			return &Denial{Reason: DenyScope, Message: fmt.Sprintf("a key that is not a valid key name is outside the scope of %s", p.Name)}, nil
+		}
 		if !p.Scope.AllowsKey(key) {
-			return outside, nil
+			return outsideScope(p, key), nil
 		}
-		if !p.Scope.NeedsCategory() && !assigns {
-			continue
-		}
-		stored, err := lookup(ctx, key)
-		if err != nil {
-			return nil, err
-		}
-		current, exists := stored, stored != ""
-		if !exists {
-			current = DefaultCategory(key)
+	}
+	if !p.Scope.NeedsCategory() && !assigns {
+		return nil, nil
+	}
+	// Every key's stored category in one lookup.
+	stored, err := lookup(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	for _, key := range keys {
+		current, exists := stored[key]
+		if !exists || current == "" {
+			current, exists = DefaultCategory(key), false
 		}
 		judged := current
 		if !exists && !pol.Creates {
@@ -92,7 +111,7 @@ func (pol Policy) Authorize(ctx context.Context, p Principal, req proto.Message,
 			judged = assigned
 		}
 		if !p.Scope.Allows(key, judged) {
-			return outside, nil
+			return outsideScope(p, key), nil
 		}
 		if assigns && assigned != current {
 			if !p.Scope.Governs(current) || !p.Scope.Governs(assigned) || !p.Scope.Allows(key, assigned) {
@@ -101,6 +120,25 @@ func (pol Policy) Authorize(ctx context.Context, p Principal, req proto.Message,
 		}
 	}
 	return nil, nil
+}
+
+// outsideScope is the denial of a key outside p's scope: the same whether
+// or not the key exists.
+func outsideScope(p Principal, key string) *Denial {
+	return &Denial{Reason: DenyScope, Key: key, Message: fmt.Sprintf("%s is outside the scope of %s (or does not exist)", key, p.Name)}
+}
+
+// distinct returns keys without repeats, in order.
+func distinct(keys []string) []string {
+	seen := make(map[string]bool, len(keys))
+	out := keys[:0:0]
+	for _, k := range keys {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // DefaultCategory is the category a key gets when it is created without one:

@@ -150,16 +150,6 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 	return classify(err)
 }
 
-// CategoryOf returns a stored secret's category ("" when not stored).
-func (s *Store) CategoryOf(ctx context.Context, key string) (string, error) {
-	var c string
-	err := s.pool.QueryRow(ctx, `SELECT category FROM secrets WHERE key = $1`, key).Scan(&c)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil
-	}
-	return c, classify(err)
-}
-
 // CategoriesOf returns the categories of the stored secrets among keys, in
 // one query (a key not stored is absent from the map).
 func (s *Store) CategoriesOf(ctx context.Context, keys []string) (map[string]string, error) {
