@@ -133,7 +133,14 @@ type Cache struct {
 
 	// Owned by the cache goroutine (and NewCache before it starts).
 	needLoad bool
-	restart  map[string]bool
+	// loadFloor is the revision a reload's reads must reflect at least:
+	// the cache's own, so that a reload after a lost stream, answered by
+	// a replica whose view trails, never steps back to older values (and
+	// fires callbacks for a rollback). 0 when the service is behind the
+	// cache (REVISION_AHEAD: a restored backup), where only a relist at
+	// the service's revision can go on.
+	loadFloor int64
+	restart   map[string]bool
 
 	mu        sync.Mutex
 	lastErr   error

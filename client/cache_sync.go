@@ -46,7 +46,7 @@ func (c *Cache) load(ctx context.Context, notify bool) error {
 	entries := make(map[string]*cacheEntry, len(list))
 	rev := listRev
 	if len(list) > 0 {
-		results, batchRev, err := c.client.BatchAccess(ctx, list)
+		results, batchRev, err := c.client.BatchAccess(ctx, list, MinRevision(c.loadFloor))
 		if err != nil {
 			return err
 		}
@@ -60,7 +60,7 @@ func (c *Cache) load(ctx context.Context, notify bool) error {
 	}
 	c.restart = restart
 	c.apply(entries, true, nil, nil, notify)
-	c.rev.Store(rev)
+	c.rev.Store(max(rev, c.loadFloor))
 	c.needLoad = false
 	c.touch()
 	if c.refused.Swap(nil) != nil {
@@ -152,6 +152,9 @@ func (c *Cache) run(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
+				if serviceBehind(err) {
+					c.loadFloor = 0
+				}
 				sleepCtx(ctx, c.failed(err, b, "cache load failed; retrying"))
 				continue
 			}
@@ -162,6 +165,10 @@ func (c *Cache) run(ctx context.Context) {
 			return
 		}
 		c.needLoad = true
+		c.loadFloor = c.rev.Load()
+		if serviceBehind(err) {
+			c.loadFloor = 0
+		}
 		if errors.Is(err, ErrRelistRequired) {
 			c.setErr(err)
 			c.client.opts.logger.Info("secrets: change stream needs a relist; reloading", "error", err)
@@ -169,6 +176,13 @@ func (c *Cache) run(ctx context.Context) {
 		}
 		sleepCtx(ctx, c.failed(err, b, "cache lost the change stream; reloading"))
 	}
+}
+
+// serviceBehind reports whether the service answered that it is behind
+// the revision asked for (REVISION_AHEAD: a restored backup, or a replica
+// that cannot catch up), as opposed to a compacted one.
+func serviceBehind(err error) bool {
+	return errors.Is(err, ErrRelistRequired) && !errors.Is(err, ErrRevisionCompacted)
 }
 
 // refusedCredentials reports whether the service refused the caller's

@@ -2,11 +2,15 @@ package client_test
 
 import (
 	"context"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/orient-bot/secrets/client"
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
@@ -74,5 +78,57 @@ func TestReadsCarryMinRevision(t *testing.T) {
 	})
 	if got, _ := rec.last(pb.SecretService_BatchAccessSecrets_FullMethodName); got != changed.Revision {
 		t.Errorf("the cache re-fetched with min_revision %d, want the change's revision %d", got, changed.Revision)
+	}
+}
+
+// TestCacheReloadKeepsItsRevision: a cache whose re-fetch of a change
+// fails (the replica answering is shutting down) reloads its whole set; the
+// replica that answers the reload may trail the revision the cache had
+// reached, and an answer from before it would step the cache back to older
+// values (with callbacks for a rollback). The reload's reads carry the
+// cache's revision as their minimum (they carried none).
+func TestCacheReloadKeepsItsRevision(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, serverOpts{})
+	rec := &minRevisions{seen: map[string][]int64{}}
+	var failing atomic.Bool
+	fail := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == pb.SecretService_BatchAccessSecrets_FullMethodName && failing.Load() {
+			return status.Error(codes.Unavailable, "replica shutting down")
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	c := dial(t, srv.GRPCAddr(), client.WithDialOptions(grpc.WithChainUnaryInterceptor(rec.intercept, fail)))
+	put(t, c, "CUSTOM_RELOAD", "one")
+	cache, err := c.NewCache(context.Background(), client.CacheKeys("CUSTOM_RELOAD"), client.CacheProgressInterval(progressInterval))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	put(t, c, "CUSTOM_RELOAD", "two")
+	waitValue(t, cache, "CUSTOM_RELOAD", "two", 5*time.Second)
+	reached := cache.Status().Revision
+	reads := func() []int64 {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return slices.Clone(rec.seen[pb.SecretService_BatchAccessSecrets_FullMethodName])
+	}
+	// The re-fetch of the next change fails, retries included, until the
+	// cache gives its stream up; then the service answers again.
+	failing.Store(true)
+	put(t, c, "CUSTOM_RELOAD", "three")
+	eventually(t, 10*time.Second, "the cache never gave its stream up", func() bool { return cache.Status().Err != nil })
+	before := len(reads())
+	failing.Store(false)
+	waitValue(t, cache, "CUSTOM_RELOAD", "three", 10*time.Second)
+	got := reads()[before:]
+	t.Logf("reads once the service answers again: %v (the cache had reached %d)", got, reached)
+	if len(got) == 0 {
+		t.Fatal("no read after the failure")
+	}
+	for _, min := range got {
+		if min < reached {
+			t.Errorf("a read after the failure (the reload's) had min_revision %d, below the revision %d the cache had reached (all: %v)", min, reached, got)
+		}
 	}
 }
