@@ -178,7 +178,7 @@ func (c *Client) resolveResult(key string, v Value, err error) (Resolved, error)
 		return Resolved{Key: key, Value: string(v.Data), Source: SourceDatabase, Version: v.Version, Revision: v.Revision}, nil
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrVersionNotEnabled):
 		// The database answered: it has no usable value now.
-		c.forget(key)
+		c.forget(key, 0)
 		return c.fallback(key, nil, true)
 	case unreachable(err):
 		c.mu.Lock()
@@ -195,14 +195,21 @@ func (c *Client) resolveResult(key string, v Value, err error) (Resolved, error)
 
 func (c *Client) remember(key string, v Value) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev, ok := c.lastKnown[key]; ok && prev.revision > v.Revision {
+		return // a slower read of an older state
+	}
 	c.lastKnown[key] = lastKnown{value: string(v.Data), version: v.Version, revision: v.Revision, at: time.Now()}
-	c.mu.Unlock()
 }
 
-func (c *Client) forget(key string) {
+// forget drops key's last-known value: any, or (version > 0) only that
+// version's.
+func (c *Client) forget(key string, version int64) {
 	c.mu.Lock()
-	delete(c.lastKnown, key)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if prev, ok := c.lastKnown[key]; ok && (version == 0 || prev.version == version) {
+		delete(c.lastKnown, key)
+	}
 }
 
 // fallback resolves key from the environment, then the defaults.

@@ -225,3 +225,43 @@ func TestLoad(t *testing.T) {
 		t.Fatal("Load accepted a non-pointer")
 	}
 }
+
+// TestResolveForgetsWhatWasRevoked: a value this client saw deleted, or
+// whose version it saw disabled, is not served as the last-known value
+// during a later outage (it was, until the next successful read: a
+// leaked token revoked by deleting it came back while secretsd
+// restarted).
+func TestResolveForgetsWhatWasRevoked(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t, serverOpts{})
+	c := dial(t, srv.GRPCAddr())
+	ctx := context.Background()
+	put(t, c, "CUSTOM_LEAKED", "leaked")
+	put(t, c, "CUSTOM_KEPT", "kept")
+	for _, k := range []string{"CUSTOM_LEAKED", "CUSTOM_KEPT"} {
+		if r, err := c.Resolve(ctx, k); err != nil || r.Source != client.SourceDatabase {
+			t.Fatalf("Resolve(%s) while up = %v, %v", k, r, err)
+		}
+	}
+	// The client follows the keys (a cache is one of its watches).
+	cache, err := c.NewCache(ctx, client.CacheKeys("CUSTOM_LEAKED", "CUSTOM_KEPT"), client.CacheProgressInterval(progressInterval))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	if _, err := c.DeleteSecret(ctx, "CUSTOM_LEAKED"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the cache never saw the delete", func() bool {
+		_, err := cache.Get("CUSTOM_LEAKED")
+		return err != nil
+	})
+	srv.Stop()
+	time.Sleep(10 * time.Millisecond)
+	if r, err := c.Resolve(ctx, "CUSTOM_LEAKED"); err == nil || r.Value == "leaked" {
+		t.Errorf("deleted, then the service down: %v (%q), %v; want not configured", r, r.Value, err)
+	}
+	if r, err := c.Resolve(ctx, "CUSTOM_KEPT"); err != nil || r.Source != client.SourceLastKnown || r.Value != "kept" {
+		t.Errorf("untouched, the service down: %v, %v; want the last-known value", r, err)
+	}
+}

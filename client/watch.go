@@ -255,10 +255,15 @@ func (w *watcher) stream(ctx context.Context) (connected bool, err error) {
 			}
 		case *pb.WatchChangesResponse_Event:
 			ev := changeFrom(m.Event)
-			if ev.Kind == ChangeSecretExpired {
-				// An expired value must not stand in for the database
-				// during a later outage (Resolve's last-known value).
-				w.c.forget(ev.Key)
+			// A value that expired, was deleted, or whose version was
+			// disabled or destroyed (a leak's first response) must not
+			// stand in for the database during a later outage (Resolve's
+			// last-known value).
+			switch ev.Kind {
+			case ChangeSecretExpired, ChangeSecretDeleted:
+				w.c.forget(ev.Key, 0)
+			case ChangeVersionDisabled, ChangeVersionDestroyed:
+				w.c.forget(ev.Key, ev.Version)
 			}
 			if ev.Revision > w.last {
 				w.last = ev.Revision
