@@ -87,11 +87,11 @@ func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEve
 	scope := scopeOf(ctx)
 	out := &pb.ListAuditEventsResponse{}
 	bytes := 0
-	f.Before, f.Limit = tok.Before, size+1
+	f.Before, f.Limit = tok.Before, scanBatch(size, !scope.Empty())
 	if tok.Before == 0 {
 		s.flush(ctx)
 	}
-	for {
+	for scanned := 0; ; {
 		events, err := s.Store.ListAudit(ctx, f)
 		if err != nil {
 			return nil, toStatus(ctx, s.Logger, err)
@@ -117,6 +117,10 @@ func (s *AuditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEve
 			return out, nil
 		}
 		f.Before = events[len(events)-1].Sequence
+		if scanned += len(events); scanned >= maxScannedPerPage {
+			out.NextPageToken = s.encodeToken(ctx, pageToken{Before: f.Before, Filter: filter})
+			return out, nil
+		}
 	}
 }
 

@@ -60,8 +60,8 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 	scope := scopeOf(ctx)
 	out := &pb.ListSecretsResponse{}
 	after := tok.After
-	for {
-		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, RotationDue: req.GetRotationDue(), After: after, Limit: size + 1,
+	for scanned := 0; ; {
+		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, RotationDue: req.GetRotationDue(), After: after, Limit: scanBatch(size, !scope.Empty()),
 			AlsoKeys: slotKeysAfter(after, category, configuredOnly)})
 		if err != nil {
 			return nil, s.fail(ctx, err)
@@ -69,7 +69,7 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 		if out.Revision == 0 {
 			out.Revision = res.Revision
 		}
-		full := len(res.Page) > size
+		full := len(res.Page) > size && len(res.Page) == scanBatch(size, !scope.Empty())
 		// Empty slots up to the last stored key read (all of them when the
 		// store has no more).
 		var upTo string
@@ -105,6 +105,10 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 			return out, nil
 		}
 		after = upTo
+		if scanned += len(res.Page); scanned >= maxScannedPerPage {
+			out.NextPageToken = s.encodeToken(ctx, pageToken{After: after, Filter: filter})
+			return out, nil
+		}
 	}
 }
 

@@ -82,6 +82,22 @@ const (
 	maxPageSize     = 1000
 )
 
+// maxScannedPerPage bounds the rows one list call reads to fill a page
+// that a filter the store cannot apply thins out (a narrow scope, pending
+// consumers only): past it the page ends early, perhaps empty, with a
+// token that resumes after the last row read (AIP-158 allows a short
+// page). Without it one call with page_size=1 walked the whole table.
+const maxScannedPerPage = 10000
+
+// scanBatch is how many rows a filtered list reads per store query: size+1
+// when every row counts, more when the caller's filter may drop most.
+func scanBatch(size int, filtered bool) int {
+	if filtered {
+		return max(size+1, 500)
+	}
+	return size + 1
+}
+
 func pageSize(n int32) (int, error) {
 	switch {
 	case n < 0:

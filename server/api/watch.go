@@ -283,8 +283,8 @@ func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumers
 	out := &pb.ListConsumersResponse{Revision: rev}
 	service, instance, _ := strings.Cut(tok.After, "\x1f")
 	after := store.ConsumerID{Service: service, Instance: instance}
-	for {
-		list, err := s.Consumers.ListConsumers(ctx, after, size+1)
+	for scanned := 0; ; {
+		list, err := s.Consumers.ListConsumers(ctx, after, scanBatch(size, req.GetPendingOnly()))
 		if err != nil {
 			return nil, s.fail(ctx, err)
 		}
@@ -300,10 +300,14 @@ func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumers
 			}
 			out.Consumers = append(out.Consumers, st)
 		}
-		if len(list) <= size {
+		if len(list) < scanBatch(size, req.GetPendingOnly()) {
 			return out, nil
 		}
 		after = store.ConsumerID{Service: list[len(list)-1].Service, Instance: list[len(list)-1].Instance}
+		if scanned += len(list); scanned >= maxScannedPerPage {
+			out.NextPageToken = s.encodeToken(ctx, pageToken{After: filterKey(after.Service, after.Instance), Filter: filter})
+			return out, nil
+		}
 	}
 }
 
