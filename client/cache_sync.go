@@ -60,7 +60,11 @@ func (c *Cache) load(ctx context.Context, notify bool) error {
 	}
 	c.restart = restart
 	c.apply(entries, true, nil, nil, notify)
-	c.rev.Store(max(rev, c.loadFloor))
+	// The snapshot's own revision, even below the floor: a list from a
+	// replica that trails may lack a key created since, and the watch
+	// resumed from there sends its creation again (its values are at
+	// least at the floor: BatchAccess waited for it).
+	c.rev.Store(rev)
 	c.needLoad = false
 	c.touch()
 	if c.refused.Swap(nil) != nil {

@@ -164,8 +164,13 @@ var ErrDecode = errors.New("a value does not decode into its field")
 // start-up error ends up in a log. A missing required key names only the
 // key, and passes as is.
 func decodeError(err error) error {
-	if errors.Is(err, envconfig.ErrMissingRequired) {
-		return fmt.Errorf("secrets: %w", err)
+	// Mistakes in the struct, not in a value: their messages hold only
+	// field names and tags.
+	for _, e := range []error{envconfig.ErrMissingRequired, envconfig.ErrUnknownOption, envconfig.ErrRequiredAndDefault,
+		envconfig.ErrPrivateField, envconfig.ErrInvalidEnvvarName, envconfig.ErrNoInitNotPtr, envconfig.ErrRecursivePointer} {
+		if errors.Is(err, e) {
+			return fmt.Errorf("secrets: %w", err)
+		}
 	}
 	// go-envconfig prefixes its errors with the Go field's name.
 	field, _, ok := strings.Cut(err.Error(), ": ")

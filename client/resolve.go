@@ -96,6 +96,10 @@ type lastKnown struct {
 	version  int64
 	revision int64
 	at       time.Time
+	// revoked marks a value forgotten at revision (deleted, disabled,
+	// expired): never served, and a read older than the revocation that
+	// lands after it is not remembered.
+	revoked bool
 }
 
 var keyPattern = regexp.MustCompile(`^[A-Z][A-Z0-9_]{0,127}$`)
@@ -178,13 +182,13 @@ func (c *Client) resolveResult(key string, v Value, err error) (Resolved, error)
 		return Resolved{Key: key, Value: string(v.Data), Source: SourceDatabase, Version: v.Version, Revision: v.Revision}, nil
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrVersionNotEnabled):
 		// The database answered: it has no usable value now.
-		c.forget(key, 0)
+		c.forget(key, 0, 0)
 		return c.fallback(key, nil, true)
 	case unreachable(err):
 		c.mu.Lock()
 		lk, ok := c.lastKnown[key]
 		c.mu.Unlock()
-		if ok {
+		if ok && !lk.revoked {
 			return Resolved{Key: key, Value: lk.value, Source: SourceLastKnown, Version: lk.version,
 				Revision: lk.revision, Age: time.Since(lk.at), ServiceErr: err}, nil
 		}
@@ -202,14 +206,18 @@ func (c *Client) remember(key string, v Value) {
 	c.lastKnown[key] = lastKnown{value: string(v.Data), version: v.Version, revision: v.Revision, at: time.Now()}
 }
 
-// forget drops key's last-known value: any, or (version > 0) only that
-// version's.
-func (c *Client) forget(key string, version int64) {
+// forget revokes key's last-known value as of revision: any, or
+// (version > 0) only that version's. The mark stays, so that a read older
+// than the revocation that lands after it (a Resolve in flight) is not
+// remembered either.
+func (c *Client) forget(key string, version, revision int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if prev, ok := c.lastKnown[key]; ok && (version == 0 || prev.version == version) {
-		delete(c.lastKnown, key)
+	prev, ok := c.lastKnown[key]
+	if ok && version != 0 && prev.version != version {
+		return // another version is the last known
 	}
+	c.lastKnown[key] = lastKnown{version: version, revision: max(revision, prev.revision), revoked: true}
 }
 
 // fallback resolves key from the environment, then the defaults.

@@ -261,9 +261,9 @@ func (w *watcher) stream(ctx context.Context) (connected bool, err error) {
 			// last-known value).
 			switch ev.Kind {
 			case ChangeSecretExpired, ChangeSecretDeleted:
-				w.c.forget(ev.Key, 0)
+				w.c.forget(ev.Key, 0, ev.Revision)
 			case ChangeVersionDisabled, ChangeVersionDestroyed:
-				w.c.forget(ev.Key, ev.Version)
+				w.c.forget(ev.Key, ev.Version, ev.Revision)
 			}
 			if ev.Revision > w.last {
 				w.last = ev.Revision

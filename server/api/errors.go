@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
+	"github.com/orient-bot/secrets/server/auth"
 	"github.com/orient-bot/secrets/server/seal"
 	"github.com/orient-bot/secrets/server/store"
 )
@@ -141,7 +142,10 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var bad *auth.BadRequestError
 	switch {
+	case errors.As(err, &bad):
+		return invalidArg(bad.Field, bad.Message)
 	case errors.Is(err, store.ErrNotFound):
 		return withInfo(codes.NotFound, pb.ErrorReason_ERROR_REASON_NOT_FOUND, err.Error())
 	case errors.Is(err, store.ErrAlreadyExists):

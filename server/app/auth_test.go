@@ -142,6 +142,9 @@ func TestScopedListsAndWatch(t *testing.T) {
 	}
 	_, err = reader.BatchAccessSecrets(ctx, &pb.BatchAccessSecretsRequest{Keys: []string{"SLACK_BOT_TOKEN", "OPENAI_API_KEY"}})
 	wantCode(t, err, codes.PermissionDenied)
+	// Bad input is bad input for a scoped caller too (not a scope denial).
+	_, err = reader.BatchAccessSecrets(ctx, &pb.BatchAccessSecretsRequest{Keys: []string{"slack_bot_token"}})
+	wantCode(t, err, codes.InvalidArgument)
 	// A writer may not move a secret into its scope by category either.
 	catWriter := pb.NewSecretServiceClient(srv.Dial(t, func() string {
 		res, err := srv.Tokens.CreateToken(ctx, &pb.CreateTokenRequest{Name: "slack-writer", Role: "writer", Scope: &pb.TokenScope{Categories: []string{"slack"}}})

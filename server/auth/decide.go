@@ -37,6 +37,13 @@ func (d *Denial) Error() string { return d.Message }
 // not stored.
 type CategoryLookup func(ctx context.Context, keys []string) (map[string]string, error)
 
+// BadRequestError is input the scope check refuses to judge, as a handler
+// would refuse it: INVALID_ARGUMENT naming the field, not a denial (bad
+// input is not a scope question). Its message never echoes the input.
+type BadRequestError struct{ Field, Message string }
+
+func (e *BadRequestError) Error() string { return e.Field + ": " + e.Message }
+
 // MaxScopedKeys is the most distinct keys a scoped caller may name in one
 // call (the largest any method takes: WatchChanges' key filter). The
 // scope check runs before a handler validates the request, and looks the
@@ -75,14 +82,13 @@ func (pol Policy) Authorize(ctx context.Context, p Principal, req proto.Message,
 	}
 	keys := distinct(pol.Keys(req))
 	if len(keys) > MaxScopedKeys {
-		return &Denial{Reason: DenyScope, Message: fmt.Sprintf("%s names %d keys; a scoped caller may name at most %d in one call", pol.Action, len(keys), MaxScopedKeys)}, nil
+		return nil, &BadRequestError{Field: "keys", Message: fmt.Sprintf("%d distinct keys named; at most %d in one call", len(keys), MaxScopedKeys)}
 	}
 	for _, key := range keys {
 		if !catalog.ValidKey(key) {
 			// Not echoed: it has not been validated (up to the 256 KiB
-			// message limit), and this message goes to the log and the
-			// audit log.
-			return &Denial{Reason: DenyScope, Message: fmt.Sprintf("a key that is not a valid key name is outside the scope of %s", p.Name)}, nil
+			// message limit), and messages go to the log.
+			return nil, &BadRequestError{Field: "key", Message: "must match ^[A-Z][A-Z0-9_]{0,127}$ (the key is not echoed)"}
 		}
 		if !p.Scope.AllowsKey(key) {
 			return outsideScope(p, key), nil

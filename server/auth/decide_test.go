@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -28,14 +29,10 @@ func TestAuthorizeBoundsWhatACallerSends(t *testing.T) {
 		}
 		return out, nil
 	}
-	authorize := func(keys ...string) *Denial {
+	authorize := func(keys ...string) (*Denial, error) {
 		t.Helper()
 		lookups, looked = 0, 0
-		d, err := pol.Authorize(context.Background(), p, &pb.BatchAccessSecretsRequest{Keys: keys}, lookup)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
+		return pol.Authorize(context.Background(), p, &pb.BatchAccessSecretsRequest{Keys: keys}, lookup)
 	}
 
 	// The categories of all the keys in one lookup, each key once (it was
@@ -44,25 +41,24 @@ func TestAuthorizeBoundsWhatACallerSends(t *testing.T) {
 	for i := range 50 {
 		keys = append(keys, fmt.Sprintf("SLACK_K%d", i), fmt.Sprintf("SLACK_K%d", i))
 	}
-	if d := authorize(keys...); d != nil || lookups != 1 || looked != 50 {
-		t.Errorf("50 keys named twice: denial %v, %d lookups of %d keys; want none, 1 of 50", d, lookups, looked)
+	if d, err := authorize(keys...); d != nil || err != nil || lookups != 1 || looked != 50 {
+		t.Errorf("50 keys named twice: denial %v, %v, %d lookups of %d keys; want none, 1 of 50", d, err, lookups, looked)
 	}
-	// More keys than any method takes: refused before any lookup.
+	// More keys than any method takes: bad input, refused before any
+	// lookup.
 	keys = keys[:0]
 	for i := range MaxScopedKeys + 1 {
 		keys = append(keys, fmt.Sprintf("SLACK_K%d", i))
 	}
-	if d := authorize(keys...); d == nil || lookups != 0 {
-		t.Errorf("%d keys: denial %v after %d lookups; want a denial and no lookup", len(keys), d, lookups)
+	var bad *BadRequestError
+	if d, err := authorize(keys...); d != nil || !errors.As(err, &bad) || bad.Field != "keys" || lookups != 0 {
+		t.Errorf("%d keys: denial %v, error %v after %d lookups; want a bad request, no lookup", len(keys), d, err, lookups)
 	}
-	// A key that is not a key (up to the message limit) is not echoed in
-	// the denial, which goes to the log and the audit log.
+	// A key that is not a key (up to the message limit) is bad input, not
+	// echoed in the error, which goes to the log.
 	huge := "SLACK_" + strings.Repeat("a", 200<<10)
-	d := authorize(huge)
-	if d == nil {
-		t.Fatal("a 200 KiB key was allowed")
-	}
-	if lookups != 0 || len(d.Message) > 200 || len(d.Key) > 128 {
-		t.Errorf("a 200 KiB key: denial with a %d-byte message and a %d-byte key after %d lookups", len(d.Message), len(d.Key), lookups)
+	d, err := authorize(huge)
+	if d != nil || !errors.As(err, &bad) || bad.Field != "key" || len(err.Error()) > 200 || lookups != 0 {
+		t.Errorf("a 200 KiB key: denial %v, a %d-byte error %v, after %d lookups; want a short bad request", d, len(err.Error()), errors.As(err, &bad), lookups)
 	}
 }
