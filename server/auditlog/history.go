@@ -112,7 +112,7 @@ func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) 
 		}
 	}
 	res, err := VerifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
-	if resumed && checks.Anchored && res.AnchoredThrough < start.Sequence {
+	if resumed && checks.Anchored && res.Intact && res.AnchoredThrough < start.Sequence {
 		// The starting point is a checkpoint the anchor holds
 		// (verifiedPoint): the events up to it are anchored, though this
 		// walk met no external checkpoint after it.
