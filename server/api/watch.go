@@ -39,7 +39,7 @@ type ConsumerStore interface {
 }
 
 const (
-	maxWatchKeys       = 1000
+	maxWatchKeys       = auth.MaxScopedKeys // the largest key list any method takes: the scope check's bound
 	maxWatchCategories = 100
 )
 

@@ -45,7 +45,8 @@ type BadRequestError struct{ Field, Message string }
 func (e *BadRequestError) Error() string { return e.Field + ": " + e.Message }
 
 // MaxScopedKeys is the most distinct keys a scoped caller may name in one
-// call (the largest any method takes: WatchChanges' key filter). The
+// call: the largest any method takes (WatchChanges' key filter, which the
+// API takes from here; BatchAccessSecrets takes 100). The
 // scope check runs before a handler validates the request, and looks the
 // keys' categories up: a request naming more (the 256 KiB message limit
 // allows some 15,000) is refused before any lookup.
