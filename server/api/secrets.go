@@ -60,8 +60,9 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 	scope := scopeOf(ctx)
 	out := &pb.ListSecretsResponse{}
 	after := tok.After
+	batch := scanBatch(size, !scope.Empty())
 	for scanned := 0; ; {
-		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, RotationDue: req.GetRotationDue(), After: after, Limit: scanBatch(size, !scope.Empty()),
+		res, err := s.Store.ListSecrets(ctx, store.ListParams{Category: category, RotationDue: req.GetRotationDue(), After: after, Limit: batch,
 			AlsoKeys: slotKeysAfter(after, category, configuredOnly)})
 		if err != nil {
 			return nil, s.fail(ctx, err)
@@ -69,7 +70,7 @@ func (s *SecretService) ListSecrets(ctx context.Context, req *pb.ListSecretsRequ
 		if out.Revision == 0 {
 			out.Revision = res.Revision
 		}
-		full := len(res.Page) > size && len(res.Page) == scanBatch(size, !scope.Empty())
+		full := len(res.Page) == batch
 		// Empty slots up to the last stored key read (all of them when the
 		// store has no more).
 		var upTo string

@@ -283,8 +283,9 @@ func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumers
 	out := &pb.ListConsumersResponse{Revision: rev}
 	service, instance, _ := strings.Cut(tok.After, "\x1f")
 	after := store.ConsumerID{Service: service, Instance: instance}
+	batch := scanBatch(size, req.GetPendingOnly())
 	for scanned := 0; ; {
-		list, err := s.Consumers.ListConsumers(ctx, after, scanBatch(size, req.GetPendingOnly()))
+		list, err := s.Consumers.ListConsumers(ctx, after, batch)
 		if err != nil {
 			return nil, s.fail(ctx, err)
 		}
@@ -300,7 +301,7 @@ func (s *SecretService) ListConsumers(ctx context.Context, req *pb.ListConsumers
 			}
 			out.Consumers = append(out.Consumers, st)
 		}
-		if len(list) < scanBatch(size, req.GetPendingOnly()) {
+		if len(list) < batch {
 			return out, nil
 		}
 		after = store.ConsumerID{Service: list[len(list)-1].Service, Instance: list[len(list)-1].Instance}

@@ -33,8 +33,8 @@ type Denial struct {
 
 func (d *Denial) Error() string { return d.Message }
 
-// CategoryLookup returns a stored secret's category, or "" when the key is
-// not stored.
+// CategoryLookup returns the categories of the stored secrets among keys,
+// in one lookup (a key not stored is absent).
 type CategoryLookup func(ctx context.Context, keys []string) (map[string]string, error)
 
 // BadRequestError is input the scope check refuses to judge, as a handler
@@ -89,7 +89,7 @@ func (pol Policy) Authorize(ctx context.Context, p Principal, req proto.Message,
 		if !catalog.ValidKey(key) {
 			// Not echoed: it has not been validated (up to the 256 KiB
 			// message limit), and messages go to the log.
-			return nil, &BadRequestError{Field: "key", Message: "must match ^[A-Z][A-Z0-9_]{0,127}$ (the key is not echoed)"}
+			return nil, &BadRequestError{Field: "key", Message: catalog.KeyRule + " (the key is not echoed)"}
 		}
 		if !p.Scope.AllowsKey(key) {
 			return outsideScope(p, key), nil

@@ -18,9 +18,10 @@ import (
 // first.
 //
 // Each savepoint has a name of its own (w0, w1, …): a prefix that never
-// ran (the statement it rode with failed before PostgreSQL got it: pgx
-// could not prepare or encode it) left no savepoint of that name, so the
-// rollback meant for the write that failed fails the batch instead of
+// ran (the statement it rode with failed before PostgreSQL ran it: pgx
+// prepares an uncached statement in a round trip of its own, which a lock
+// wait cancelled or a timeout can fail) left no savepoint of that name, so
+// the rollback meant for the write that failed fails the batch instead of
 // rolling back the write before it, which the batch would then commit the
 // bookkeeping of, and report, as done.
 type spState int
