@@ -269,10 +269,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Server, err er
 	if err != nil {
 		return nil, err
 	}
-	kekOpts := []seal.Option{seal.WithKMSTimeout(seal.DefaultKMSTimeout)}
+	kmsTimeout := seal.DefaultKMSTimeout
 	if cfg.KEKTimeout > 0 {
-		kekOpts[0] = seal.WithKMSTimeout(cfg.KEKTimeout)
+		kmsTimeout = cfg.KEKTimeout
 	}
+	kekOpts := []seal.Option{seal.WithKMSTimeout(kmsTimeout)}
+	// A readiness probe makes two KMS calls per KEK, the KEKs side by side.
+	s.kekCheck.budget = 2*kmsTimeout + time.Second
 	if cfg.KEKMux != nil {
 		kekOpts = append(kekOpts, seal.WithKeeperMux(cfg.KEKMux))
 	}
@@ -764,6 +767,7 @@ func (s *Server) close(ctx context.Context) {
 	if s.store != nil {
 		s.store.Close()
 	}
+	s.kekCheck.stop()
 	if s.keyring != nil {
 		s.keyring.Close()
 	}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,4 +93,88 @@ func dekMetric(t *testing.T, srv *testserver.Server, which string) float64 {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// TestReadinessWithASlowKMS: a KMS slower than the readiness deadline (2 s)
+// but well inside --kek-timeout (10 s) keeps the replica ready. Two KEKs
+// (a rotation's state) answering each call in 1.1 s made every probe 4.4 s,
+// one KEK after the other, so /readyz said 503 forever while writes worked.
+func TestReadinessWithASlowKMS(t *testing.T) {
+	t.Parallel()
+	a, b := newKEKFake(t, 1100*time.Millisecond), newKEKFake(t, 1100*time.Millisecond)
+	srv := testserver.Start(t, testserver.Options{KEKURL: a.url() + "," + b.url()})
+	put(t, srv.Secrets, "SLOW_KMS", "v")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil)
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never ready behind a 1.1 s KMS: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	hc := healthpb.NewHealthClient(srv.Conn)
+	for range 3 {
+		if resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil); resp.StatusCode != http.StatusOK {
+			t.Errorf("/readyz %d %s", resp.StatusCode, body)
+		}
+		if res, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil || res.Status != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("gRPC health %v, %v", res.GetStatus(), err)
+		}
+	}
+	if peak := a.peak.Load(); peak < 1 {
+		t.Errorf("KMS a never called (peak %d)", peak)
+	}
+}
+
+// TestReadinessProbesTheKMSOnceAtATime: /readyz needs no token, so a burst
+// of probes during an outage must not turn into a burst of KMS calls: one
+// probe runs at a time, and its failure is remembered for a few seconds.
+// Before, each of 20 concurrent /readyz made its own KMS call.
+func TestReadinessProbesTheKMSOnceAtATime(t *testing.T) {
+	t.Parallel()
+	kms := newKEKFake(t, 0)
+	srv := testserver.Start(t, testserver.Options{KEKURL: kms.url()})
+	if resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz %d %s", resp.StatusCode, body)
+	}
+	kms.down.Store(true)
+	_, err := srv.Secrets.PutSecret(context.Background(), &pb.PutSecretRequest{Key: "BURST", Value: []byte("v")})
+	wantCode(t, err, codes.Unavailable)
+	before := kms.calls.Load()
+	var wg sync.WaitGroup
+	codes503 := atomic.Int64{}
+	for range 20 {
+		wg.Go(func() {
+			resp, _ := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil)
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				codes503.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	for range 5 {
+		rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil)
+	}
+	if n := codes503.Load(); n != 20 {
+		t.Errorf("%d of 20 /readyz said 503 with the KMS down", n)
+	}
+	if calls := kms.calls.Load() - before; calls > 1 {
+		t.Errorf("25 /readyz during the outage made %d KMS calls; want one probe", calls)
+	}
+	// Recovery shows by itself, within the failure's memory (5 s).
+	kms.down.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil)
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after the KMS came back: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -195,37 +195,136 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.stalls, prometheus.CounterValue, float64(st.SendStalls))
 }
 
-// cachedCheck remembers a successful check for a while: a KMS round trip
-// per KEK per probe costs money and quota. Failures are never cached, so
-// recovery shows at the next probe.
+// cachedCheck runs the KEK readiness probe (a round trip through every KEK)
+// for /readyz and gRPC health, which anyone may call without a token: one
+// probe at a time whatever the number of callers, a success remembered for
+// kekCheckTTL and a failure for kekFailureTTL (a KMS call costs money and
+// quota, most of all while the KMS throttles). A probe runs on its own
+// budget (budget), not the caller's: a KMS slower than the readiness
+// deadline but inside --kek-timeout keeps the replica ready, because a
+// caller that stops waiting gets the last known result while the probe
+// goes on and records its own.
 type cachedCheck struct {
-	mu     sync.Mutex
-	okUpTo time.Time
+	// budget bounds one probe (every KEK probed side by side, two calls
+	// each, each bounded by the keyring's KMS timeout).
+	budget time.Duration
+
+	mu       sync.Mutex
+	okUpTo   time.Time
+	failUpTo time.Time
+	// last is the last known result: nil before any probe and after a
+	// success; a probe's error, or a KEK call's failure (invalidate).
+	last   error
+	probed bool
+	// running is closed when the probe in flight ends (nil: none), and
+	// cancel cuts it short; stopped refuses new probes (shutdown).
+	running chan struct{}
+	cancel  context.CancelFunc
+	stopped bool
 }
 
-const kekCheckTTL = 30 * time.Second
+const (
+	kekCheckTTL   = 30 * time.Second
+	kekFailureTTL = 5 * time.Second
+)
 
-// invalidate forgets the last success (a KEK call just failed).
-func (c *cachedCheck) invalidate() {
+var (
+	// errKEKProbePending is the answer before the first probe has ended.
+	errKEKProbePending = errors.New("KEK probe still running")
+	errKEKProbeStopped = errors.New("KEK probe stopped: shutting down")
+)
+
+// stop cuts a probe in flight short and waits for it; no probe starts
+// after (shutdown, before the keyring closes).
+func (c *cachedCheck) stop() {
 	c.mu.Lock()
-	c.okUpTo = time.Time{}
+	c.stopped = true
+	running := c.running
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.mu.Unlock()
+	if running != nil {
+		<-running
+	}
+}
+
+// invalidate records a KEK call that failed: the last success is
+// forgotten, the next readiness check probes again, and until a probe
+// ends the replica counts as not ready.
+func (c *cachedCheck) invalidate(err error) {
+	c.mu.Lock()
+	c.okUpTo, c.failUpTo, c.last, c.probed = time.Time{}, time.Time{}, err, true
 	c.mu.Unlock()
 }
 
+// succeeded records a KEK call that worked: a remembered failure is
+// dropped so that the next readiness check probes at once.
+func (c *cachedCheck) succeeded() {
+	c.mu.Lock()
+	if c.last != nil {
+		c.failUpTo = time.Time{}
+	}
+	c.mu.Unlock()
+}
+
+// check answers the remembered result while it is fresh; otherwise it
+// starts a probe (unless one runs) and waits for it until ctx ends, then
+// answers the last known result.
 func (c *cachedCheck) check(ctx context.Context, fn func(context.Context) error) error {
 	c.mu.Lock()
-	fresh := time.Now().Before(c.okUpTo)
-	c.mu.Unlock()
-	if fresh {
+	now := time.Now()
+	switch {
+	case now.Before(c.okUpTo):
+		c.mu.Unlock()
 		return nil
-	}
-	if err := fn(ctx); err != nil {
+	case c.last != nil && now.Before(c.failUpTo):
+		err := c.last
+		c.mu.Unlock()
 		return err
 	}
-	c.mu.Lock()
-	c.okUpTo = time.Now().Add(kekCheckTTL)
+	if c.stopped {
+		c.mu.Unlock()
+		return errKEKProbeStopped
+	}
+	if c.running == nil {
+		budget := c.budget
+		if budget <= 0 {
+			budget = 2*seal.DefaultKMSTimeout + time.Second
+		}
+		var pctx context.Context
+		pctx, c.cancel = context.WithTimeout(context.Background(), budget)
+		c.running = make(chan struct{})
+		go c.probe(pctx, fn, c.running)
+	}
+	running, last, probed := c.running, c.last, c.probed
 	c.mu.Unlock()
-	return nil
+	select {
+	case <-running:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.last
+	case <-ctx.Done():
+		if !probed {
+			return errKEKProbePending
+		}
+		return last
+	}
+}
+
+func (c *cachedCheck) probe(ctx context.Context, fn func(context.Context) error, done chan struct{}) {
+	err := fn(ctx)
+	c.mu.Lock()
+	c.cancel()
+	now := time.Now()
+	c.last, c.probed, c.running, c.cancel = err, true, nil, nil
+	if err == nil {
+		c.okUpTo, c.failUpTo = now.Add(kekCheckTTL), time.Time{}
+	} else {
+		c.okUpTo, c.failUpTo = time.Time{}, now.Add(kekFailureTTL)
+	}
+	c.mu.Unlock()
+	close(done)
 }
 
 // watchedKeyring reports KEK outages to the readiness check as they happen,
@@ -236,8 +335,11 @@ type watchedKeyring struct {
 }
 
 func (k watchedKeyring) observe(err error) error {
-	if errors.Is(err, seal.ErrKEKUnavailable) {
-		k.check.invalidate()
+	switch {
+	case err == nil:
+		k.check.succeeded()
+	case errors.Is(err, seal.ErrKEKUnavailable):
+		k.check.invalidate(err)
 	}
 	return err
 }

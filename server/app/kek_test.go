@@ -487,6 +487,8 @@ type kekFake struct {
 	delay time.Duration
 
 	inFlight, peak atomic.Int64
+	// calls counts Encrypt calls, answered or not.
+	calls atomic.Int64
 }
 
 // newKEKFake registers a fake KMS for the test's duration.
@@ -516,6 +518,7 @@ type kekFakeDriver struct{ f *kekFake }
 var errKMSDown = errors.New("fake kms: connection refused")
 
 func (d kekFakeDriver) Encrypt(ctx context.Context, pt []byte) ([]byte, error) {
+	d.f.calls.Add(1)
 	if d.f.down.Load() {
 		return nil, errKMSDown
 	}
