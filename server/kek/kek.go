@@ -75,8 +75,9 @@ type Options struct {
 	// Pause is slept by each worker between batches, to leave the database
 	// and the KMS to the service (default 0).
 	Pause time.Duration
-	// BatchTimeout bounds one batch, so a hung KMS call cannot stall a
-	// worker for long (default 30 s). A timed-out batch is retried.
+	// BatchTimeout bounds one batch's KMS calls, so a hung KMS call cannot
+	// stall a worker for long (default 30 s). What was re-wrapped before it
+	// ran out is stored, and the rest of the batch is retried.
 	BatchTimeout time.Duration
 	// Retries is how many times in a row a batch that failed for a
 	// transient reason (KMS or database unavailable) is retried, with
@@ -488,7 +489,12 @@ func (r *Rotator) pass(ctx context.Context, opts Options, primary string) error 
 	for range opts.Workers {
 		wg.Go(func() {
 			for page := range pages {
-				if err := r.retry(ctx, opts, func() error { return r.batch(ctx, opts, primary, page) }); err != nil {
+				err := r.retry(ctx, opts, func() (bool, error) {
+					n, err := r.batch(ctx, opts, primary, page)
+					page = page[n:]
+					return n > 0, err
+				})
+				if err != nil {
 					cancel(err)
 					return
 				}
@@ -514,9 +520,9 @@ func (r *Rotator) read(ctx context.Context, opts Options, primary string, pages 
 	var after store.WrappedKey
 	for {
 		var page []store.WrappedKey
-		err := r.retry(ctx, opts, func() (err error) {
+		err := r.retry(ctx, opts, func() (_ bool, err error) {
 			page, err = r.store.KeysToRewrap(ctx, primary, after, opts.BatchSize)
-			return err
+			return false, err
 		})
 		if err != nil || len(page) == 0 {
 			return err
@@ -531,20 +537,29 @@ func (r *Rotator) read(ctx context.Context, opts Options, primary string, pages 
 }
 
 // retry runs fn until it succeeds, retrying transient failures (KMS or
-// database unavailable) with backoff up to opts.Retries times in a row.
-func (r *Rotator) retry(ctx context.Context, opts Options, fn func() error) error {
+// database unavailable) with backoff up to opts.Retries times in a row. A
+// failure after progress (fn reports it: part of a batch was stored) is
+// retried at once and starts the count again.
+func (r *Rotator) retry(ctx context.Context, opts Options, fn func() (progressed bool, err error)) error {
 	for failures := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := fn()
+		progressed, err := fn()
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if !transient(err) || failures >= opts.Retries {
+		if !transient(err) {
+			return err
+		}
+		if progressed {
+			failures = 0
+			continue
+		}
+		if failures >= opts.Retries {
 			return err
 		}
 		failures++
@@ -556,13 +571,17 @@ func (r *Rotator) retry(ctx context.Context, opts Options, fn func() error) erro
 	}
 }
 
-// batch re-wraps one page with the KMS, outside any transaction, then
-// stores the rows still unchanged in one short transaction. A KMS failure
-// stores nothing of the page.
-func (r *Rotator) batch(ctx context.Context, opts Options, primary string, page []store.WrappedKey) error {
+// batch re-wraps a page with the KMS, outside any transaction, then
+// stores the rows still unchanged in one short transaction, and returns
+// how many of the page's rows it handled. The KMS calls share the batch's
+// timeout; when a call fails (the timeout, the KMS down, a row that does
+// not unwrap), the rows re-wrapped before it are stored all the same, so a
+// KMS too slow to re-wrap a whole page within the timeout still moves on.
+func (r *Rotator) batch(ctx context.Context, opts Options, primary string, page []store.WrappedKey) (int, error) {
 	bctx, cancel := context.WithTimeout(ctx, opts.BatchTimeout)
 	defer cancel()
 	out := make([]store.Rewrapped, 0, len(page))
+	var kmsErr error
 	for _, k := range page {
 		s, err := r.keyring.Rewrap(bctx, seal.Sealed{WrappedDEK: k.Sealed.WrappedDEK, KEKID: k.Sealed.KEKID})
 		if err == nil && (s.KEKID != primary || len(s.WrappedDEK) == 0) {
@@ -570,21 +589,29 @@ func (r *Rotator) batch(ctx context.Context, opts Options, primary string, page 
 		}
 		if err != nil {
 			if k.ServiceKey() {
-				return fmt.Errorf("re-wrap data key of service key %s: %w", k.Key, err)
+				kmsErr = fmt.Errorf("re-wrap data key of service key %s: %w", k.Key, err)
+			} else {
+				kmsErr = fmt.Errorf("re-wrap data key of %s version %d: %w", k.Key, k.Version, err)
 			}
-			return fmt.Errorf("re-wrap data key of %s version %d: %w", k.Key, k.Version, err)
+			break
 		}
 		out = append(out, store.Rewrapped{Old: k, New: store.Sealed{WrappedDEK: s.WrappedDEK, KEKID: s.KEKID}})
 	}
-	n, err := r.store.ApplyRewrapped(bctx, out)
+	if len(out) == 0 {
+		return 0, kmsErr
+	}
+	// Its own bound: the batch's may just have run out on the KMS.
+	sctx, scancel := context.WithTimeout(ctx, opts.BatchTimeout)
+	defer scancel()
+	n, err := r.store.ApplyRewrapped(sctx, out)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	r.done.Add(int64(n))
 	if skipped := len(out) - n; skipped > 0 {
 		opts.Logger.DebugContext(ctx, "KEK rotation skipped rows that changed while re-wrapping", "skipped", skipped)
 	}
-	return nil
+	return len(out), kmsErr
 }
 
 // transient errors are retried: the KMS or the database may come back. A

@@ -631,3 +631,39 @@ func TestRotateSkipsRowsChangedMeanwhile(t *testing.T) {
 	}
 	f.checkAll(t, openKeyring(t, newURL))
 }
+
+// slowKeyring is a KMS that answers each re-wrap after delay (and honours
+// the caller's deadline, as KMS clients do).
+type slowKeyring struct {
+	*seal.Keyring
+	delay time.Duration
+}
+
+func (k slowKeyring) Rewrap(ctx context.Context, s seal.Sealed) (seal.Sealed, error) {
+	select {
+	case <-time.After(k.delay):
+	case <-ctx.Done():
+		return seal.Sealed{}, fmt.Errorf("%w: %w", seal.ErrKEKUnavailable, ctx.Err())
+	}
+	return k.Keyring.Rewrap(ctx, s)
+}
+
+// TestRotateBehindAKMSTooSlowForABatch: a KMS too slow to re-wrap a whole
+// batch within BatchTimeout still gets the rotation done, batch part by
+// batch part. Before, every batch timed out and was thrown away whole, and
+// the rotation failed at 0 done (the defaults scaled down 100 times: 100
+// keys a batch, 300 ms a batch, 4 ms a key).
+func TestRotateBehindAKMSTooSlowForABatch(t *testing.T) {
+	t.Parallel()
+	f := seed(t, 100)
+	both := openKeyring(t, newKEKURL(t), f.oldURL)
+	r := kek.New(f.store, slowKeyring{Keyring: both, delay: 4 * time.Millisecond},
+		kek.Options{BatchSize: 100, Workers: 2, BatchTimeout: 300 * time.Millisecond, Retries: 3})
+	if err := r.Run(context.Background(), store.Meta{Actor: "t"}); err != nil {
+		t.Fatalf("Run: %v (progress %s)", err, r.Progress())
+	}
+	if c := counts(t, f.store); c[both.PrimaryID()] != 201 || len(c) != 1 {
+		t.Fatalf("counts %v", c)
+	}
+	f.checkAll(t, both)
+}
