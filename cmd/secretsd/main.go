@@ -90,6 +90,7 @@ func main() {
 
 func run(args []string) error {
 	cfg := app.DefaultConfig()
+	var envs envValues
 	fs := flag.NewFlagSet("secretsd", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
@@ -98,8 +99,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", env("SECRETS_GRPC_ADDR", cfg.GRPCAddr), "gRPC listen address")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("SECRETS_HTTP_ADDR", cfg.HTTPAddr), "HTTP listen address (REST gateway, /openapi.json, /healthz, /readyz, /metrics)")
 	fs.StringVar(&cfg.DataDir, "data-dir", env("SECRETS_DATA_DIR", cfg.DataDir), "data directory of the embedded default (used when DATABASE_URL is empty)")
-	fs.BoolVar(&cfg.Reflection, "reflection", envBool("SECRETS_REFLECTION", cfg.Reflection), "enable gRPC server reflection (grpcurl)")
-	fs.DurationVar(&cfg.KEKTimeout, "kek-timeout", envDuration("SECRETS_KEK_TIMEOUT", seal.DefaultKMSTimeout), "bound on one KMS call (wrap, unwrap, readiness probe); a call that times out is UNAVAILABLE")
+	fs.BoolVar(&cfg.Reflection, "reflection", envs.bool("SECRETS_REFLECTION", cfg.Reflection), "enable gRPC server reflection (grpcurl)")
+	fs.DurationVar(&cfg.KEKTimeout, "kek-timeout", envs.duration("SECRETS_KEK_TIMEOUT", seal.DefaultKMSTimeout), "bound on one KMS call (wrap, unwrap, readiness probe); a call that times out is UNAVAILABLE")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "how long SIGTERM waits for in-flight requests")
 	fs.DurationVar(&cfg.WatchProgressInterval, "watch-progress-interval", cfg.WatchProgressInterval, "how often idle watch streams get a progress message")
 	fs.DurationVar(&cfg.WatchPollInterval, "watch-poll-interval", cfg.WatchPollInterval, "how often the change log is polled in case a notification was lost")
@@ -116,7 +117,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TLSKey, "tls-key", env("SECRETS_TLS_KEY", ""), "TLS private key (PEM) for both listeners")
 	fs.StringVar(&cfg.ClientCA, "client-ca", env("SECRETS_CLIENT_CA", ""), "CA bundle (PEM): require client certificates signed by it (mutual TLS)")
 	fs.StringVar(&cfg.CertIdentities, "cert-identities", env("SECRETS_CERT_IDENTITIES", ""), "JSON file mapping client certificate subjects to roles and scopes")
-	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envBool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
+	fs.BoolVar(&cfg.AllowPlaintext, "allow-plaintext", envs.bool("SECRETS_ALLOW_PLAINTEXT", false), "allow plaintext listeners on non-loopback addresses (behind a TLS proxy)")
 	fs.StringVar(&cfg.AuditSigningKey, "audit-signing-key", env("SECRETS_AUDIT_SIGNING_KEY", ""), "Ed25519 key file (base64 seed) that signs audit checkpoints; keep it away from the database")
 	fs.DurationVar(&cfg.AuditCheckpointInterval, "audit-checkpoint-interval", cfg.AuditCheckpointInterval, "how often the audit chain head is signed")
 	fs.DurationVar(&cfg.AuditPartitionPeriod, "audit-partition-period", cfg.AuditPartitionPeriod, "length of the audit log's time partitions (1s to 8784h), created two periods ahead")
@@ -128,7 +129,7 @@ func run(args []string) error {
 	var auditPublic keyList
 	_ = auditPublic.Set(env("SECRETS_AUDIT_PUBLIC_KEYS", ""))
 	fs.Var(&auditPublic, "audit-public-keys", "earlier audit signing keys' public halves (base64, comma-separated): their checkpoints still verify after a key rotation")
-	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envBool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
+	fs.BoolVar(&cfg.AuditUnsigned, "audit-unsigned", envs.bool("SECRETS_AUDIT_UNSIGNED", false), "run with DATABASE_URL and no audit signing key (logged: a rewrite of the whole audit chain goes unseen)")
 	var retention retentionFlag
 	if err := retention.Set(env("SECRETS_AUDIT_RETENTION", "0")); err != nil {
 		return fmt.Errorf("SECRETS_AUDIT_RETENTION: %w", err)
@@ -136,7 +137,7 @@ func run(args []string) error {
 	fs.Var(&retention, "audit-retention", "how long audit events stay in the database (e.g. 90d, 720h); older partitions are archived to --audit-archive-url, read back, then dropped. 0: keep everything")
 	fs.StringVar(&cfg.AuditArchiveURL, "audit-archive-url", env("SECRETS_AUDIT_ARCHIVE_URL", ""), "blob URL (file://, s3://, gs://, azblob://) where --audit-retention writes signed archive segments before dropping partitions")
 	fs.DurationVar(&cfg.AuditRetentionInterval, "audit-retention-interval", 10*time.Minute, "how often the retention job looks for partitions that are due")
-	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envBool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
+	fs.BoolVar(&cfg.AllowOwnerRole, "allow-owner-role", envs.bool("SECRETS_ALLOW_OWNER_ROLE", false), "serve while connected as the tables' owner or a superuser (who can rewrite the audit log), with a warning")
 	corsOrigins := fs.String("cors-origins", env("SECRETS_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the REST API (CORS), e.g. https://dash.example.com; none by default")
 	trusted := fs.String("trusted-proxies", env("SECRETS_TRUSTED_PROXIES", ""), "comma-separated CIDRs of proxies whose X-Forwarded-For is believed (for the audit log's peer)")
 	logLevel := fs.String("log-level", env("SECRETS_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
@@ -146,6 +147,12 @@ func run(args []string) error {
 			return nil
 		}
 		return err
+	}
+	if err := envs.err(); err != nil {
+		return err
+	}
+	if cfg.KEKTimeout <= 0 {
+		return fmt.Errorf("--kek-timeout: %s is not a positive duration", cfg.KEKTimeout)
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(*readCache))
 	if err != nil || n < 0 {
@@ -244,19 +251,45 @@ func env(name, def string) string {
 	return def
 }
 
-func envDuration(name string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
-		return d
+// envValues reads typed environment variables and keeps what did not
+// parse: a value that is set but wrong is an error at start, never a
+// silent default (SECRETS_KEK_TIMEOUT=30 is not 30 s).
+type envValues struct{ errs []error }
+
+func (e *envValues) bad(name, v, want string) {
+	if len(v) > 64 {
+		v = v[:64] + "…"
 	}
-	return def
+	e.errs = append(e.errs, fmt.Errorf("%s: %q is not %s", name, v, want))
 }
 
-func envBool(name string, def bool) bool {
-	if v, err := strconv.ParseBool(os.Getenv(name)); err == nil {
-		return v
+func (e *envValues) duration(name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
 	}
-	return def
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		e.bad(name, v, "a positive duration with a unit (e.g. 30s)")
+		return def
+	}
+	return d
 }
+
+func (e *envValues) bool(name string, def bool) bool {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.bad(name, v, "true or false")
+		return def
+	}
+	return b
+}
+
+func (e *envValues) err() error { return errors.Join(e.errs...) }
 
 func newLogger(level, format string) (*slog.Logger, error) {
 	var lvl slog.Level
