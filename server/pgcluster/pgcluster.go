@@ -557,12 +557,19 @@ func tail(b []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// serverEnv is our environment without libpq/server variables (PGDATA,
-// PGPORT, ...), so that only the explicit arguments decide.
+// serverEnv is what initdb and postgres get of our environment: the
+// search path, locale, time zone and temporary directory, nothing else. Not
+// libpq/server variables (PGDATA, PGPORT, ...), so that only the explicit
+// arguments decide; and not secretsd's own (SECRETS_KEK_URL, the bootstrap
+// token, KMS credentials): the server may run as another user, and a
+// database superuser can read its environment (COPY … FROM PROGRAM 'env').
 func serverEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PG") {
+		name, _, _ := strings.Cut(kv, "=")
+		switch {
+		case name == "PATH", name == "HOME", name == "TZ", name == "TMPDIR", name == "LANG", name == "LANGUAGE",
+			strings.HasPrefix(name, "LC_"):
 			env = append(env, kv)
 		}
 	}

@@ -249,3 +249,30 @@ func TestConnStringQuoting(t *testing.T) {
 		t.Errorf("parsed %q %q %d %q", cfg.Host, cfg.Database, cfg.Port, cfg.User)
 	}
 }
+
+// TestServerEnvKeepsSecretsOut: initdb and postgres get the search path and
+// locale, never secretsd's KEK, tokens or cloud credentials (a database
+// superuser can read the server's environment), nor PG* variables.
+func TestServerEnvKeepsSecretsOut(t *testing.T) {
+	for name, value := range map[string]string{
+		"SECRETS_KEK_URL": "base64key://c2VjcmV0", "SECRETS_BOOTSTRAP_TOKEN": "boot", "DATABASE_URL": "postgres://x",
+		"AWS_SECRET_ACCESS_KEY": "aws", "VAULT_TOKEN": "vault", "PGPORT": "1", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
+	} {
+		t.Setenv(name, value)
+	}
+	got := map[string]bool{}
+	for _, kv := range serverEnv() {
+		name, _, _ := strings.Cut(kv, "=")
+		got[name] = true
+	}
+	for _, name := range []string{"SECRETS_KEK_URL", "SECRETS_BOOTSTRAP_TOKEN", "DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "VAULT_TOKEN", "PGPORT"} {
+		if got[name] {
+			t.Errorf("%s passed to the database server", name)
+		}
+	}
+	for _, name := range []string{"PATH", "LC_ALL", "LANG"} {
+		if !got[name] {
+			t.Errorf("%s not passed to the database server", name)
+		}
+	}
+}
