@@ -63,6 +63,12 @@ type results struct {
 	// bytes, and full-page images.
 	AccessC16WALBytesPerCall *float64 `json:"access_c16_wal_bytes_per_call"`
 	AccessC16WALFPIPerCall   *float64 `json:"access_c16_wal_fpi_per_call"`
+	// The access audits' group commit during c16 (the servers' metrics):
+	// groups a second, reads per group, and a group's mean commit (round
+	// trip and WAL flush), the cycle an audited read waits for.
+	AccessC16AuditGroupsPerS    *float64 `json:"access_c16_audit_groups_per_s"`
+	AccessC16AuditReadsPerGroup *float64 `json:"access_c16_audit_reads_per_group"`
+	AccessC16AuditGroupCommitMs *float64 `json:"access_c16_audit_group_commit_ms"`
 	// Audit sequencing delay under the c64 read load: an access event's
 	// commit to the intake until the sequencer chained it.
 	AuditSequencingC64P50ms *float64 `json:"audit_sequencing_c64_p50_ms"`
@@ -239,6 +245,9 @@ func (b *bench) printTable() {
 			{"  mean fsync", "access_c16_wal_fsync_avg_ms", r.AccessC16WALSyncAvgMs, "ms"},
 			{"  WAL per call", "access_c16_wal_bytes_per_call", r.AccessC16WALBytesPerCall, "B"},
 			{"  full-page images per call", "access_c16_wal_fpi_per_call", r.AccessC16WALFPIPerCall, ""},
+			{"audit groups during c16", "access_c16_audit_groups_per_s", r.AccessC16AuditGroupsPerS, "/s"},
+			{"  reads per group", "access_c16_audit_reads_per_group", r.AccessC16AuditReadsPerGroup, ""},
+			{"  commit per group (round trip + fsync)", "access_c16_audit_group_commit_ms", r.AccessC16AuditGroupCommitMs, "ms"},
 			{"REST (wrk -c16) GET …/versions/latest:access", "rest_access_c16_rps", r.RestAccessC16RPS, "req/s"},
 			{"  p99", "rest_access_c16_p99_ms", r.RestAccessC16P99ms, "ms"},
 			{"BatchAccessSecrets of 20 keys, c16", "batch20_rps", r.Batch20RPS, "calls/s"},

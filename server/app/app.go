@@ -546,6 +546,7 @@ func (s *Server) listen(ctx context.Context) error {
 	reg.MustRegister(newHubCollector(s.hub))
 	s.sequencer = s.newSequencer(reg)
 	s.batcher = auditlog.NewBatcher(s.store, 512, s.sequencer)
+	registerBatcherMetrics(reg, s.batcher)
 	deps := api.Deps{Store: s.store, Access: countingRecorder{s.batcher, auditCounter}, Keyring: watchedKeyring{s.keyring, &s.kekCheck}, Logger: s.log,
 		AuditMAC: valueMAC(s.auditMACKey),
 		Hub:      s.hub, Consumers: s.store, ConsumerStaleAfter: s.cfg.ConsumerStaleAfter, ConsumerGoneAfter: s.cfg.ConsumerGoneAfter, ValueMAC: valueMAC(s.requestMACKey)}

@@ -143,6 +143,21 @@ func (s *Server) newSequencer(reg prometheus.Registerer) *auditlog.Sequencer {
 	return q
 }
 
+// registerBatcherMetrics exports the access audits' group commit: groups,
+// the callers and events they carried, and the time their commits took.
+func registerBatcherMetrics(reg prometheus.Registerer, b *auditlog.Batcher) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_audit_access_groups_total", Help: "Access audit groups committed to the intake (one transaction and WAL flush each).",
+		}, func() float64 { return float64(b.Stats().Groups) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_audit_access_group_callers_total", Help: "Audited reads carried by those groups; divided by the groups, the mean group.",
+		}, func() float64 { return float64(b.Stats().Callers) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "secrets_audit_access_group_commit_seconds_total", Help: "Time spent committing those groups (round trip and WAL flush); divided by the groups, the mean commit an audited read waits for.",
+		}, func() float64 { return b.Stats().Commit.Seconds() }))
+}
+
 // finalSequence chains what this replica committed to the intake before
 // it stops (another replica, or the next start, would otherwise).
 func (s *Server) finalSequence() {

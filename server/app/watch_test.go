@@ -567,6 +567,11 @@ func TestAuditSequencerMetrics(t *testing.T) {
 	if metricValue(body, "secrets_audit_sequencer_rounds_total") < 1 {
 		t.Errorf("no sequencer round counted:\n%s", grepLines(body, "secrets_audit_"))
 	}
+	// The five reads, one after another: five groups of one, each a commit.
+	groups, callers := metricValue(body, "secrets_audit_access_groups_total"), metricValue(body, "secrets_audit_access_group_callers_total")
+	if groups < 1 || callers != 5 || groups > callers || metricValue(body, "secrets_audit_access_group_commit_seconds_total") <= 0 {
+		t.Errorf("access group metrics: %v groups, %v callers:\n%s", groups, callers, grepLines(body, "secrets_audit_access"))
+	}
 }
 
 // TestWatchEventsSentPastWrappers: change events go to the transport

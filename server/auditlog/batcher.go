@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/orient-bot/secrets/server/store"
@@ -41,6 +42,24 @@ type Batcher struct {
 	wg         sync.WaitGroup
 	// finished is closed once the committers have exited after Close.
 	finished chan struct{}
+
+	groups, callers, events, commitNanos atomic.Uint64
+}
+
+// BatcherStats count the groups committed since the batcher started: with
+// the commit time, the cycle an audited read waits for (the group in
+// progress, then its own).
+type BatcherStats struct {
+	Groups, Callers, Events uint64
+	// Commit is the time spent in the groups' commits (round trip and
+	// WAL flush), failed ones included.
+	Commit time.Duration
+}
+
+// Stats returns the counts so far.
+func (b *Batcher) Stats() BatcherStats {
+	return BatcherStats{Groups: b.groups.Load(), Callers: b.callers.Load(), Events: b.events.Load(),
+		Commit: time.Duration(b.commitNanos.Load())}
 }
 
 // committers is how many groups can be in flight at once. Measured on the
@@ -189,7 +208,12 @@ func (b *Batcher) commit(group []request) {
 	// others' events.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	err := b.app.AppendAudit(ctx, events)
+	b.commitNanos.Add(uint64(time.Since(start)))
+	b.groups.Add(1)
+	b.callers.Add(uint64(len(group)))
+	b.events.Add(uint64(len(events)))
 	for _, r := range group {
 		r.done <- err
 	}
