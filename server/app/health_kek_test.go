@@ -104,17 +104,7 @@ func TestReadinessWithASlowKMS(t *testing.T) {
 	a, b := newKEKFake(t, 1100*time.Millisecond), newKEKFake(t, 1100*time.Millisecond)
 	srv := testserver.Start(t, testserver.Options{KEKURL: a.url() + "," + b.url()})
 	put(t, srv.Secrets, "SLOW_KMS", "v")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil)
-		if resp.StatusCode == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz never ready behind a 1.1 s KMS: %d %s", resp.StatusCode, body)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitReady(t, srv, 15*time.Second, "behind a 1.1 s KMS")
 	hc := healthpb.NewHealthClient(srv.Conn)
 	for range 3 {
 		if resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil); resp.StatusCode != http.StatusOK {
@@ -166,14 +156,20 @@ func TestReadinessProbesTheKMSOnceAtATime(t *testing.T) {
 	}
 	// Recovery shows by itself, within the failure's memory (5 s).
 	kms.down.Store(false)
-	deadline := time.Now().Add(10 * time.Second)
+	waitReady(t, srv, 10*time.Second, "after the KMS came back")
+}
+
+// waitReady polls /readyz until it answers 200, at most within.
+func waitReady(t *testing.T, srv *testserver.Server, within time.Duration, when string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for {
 		resp, body := rawDo(t, "GET", srv.BaseURL+"/readyz", "", nil)
 		if resp.StatusCode == http.StatusOK {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/readyz after the KMS came back: %d %s", resp.StatusCode, body)
+			t.Fatalf("/readyz never ready %s: %d %s", when, resp.StatusCode, body)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
