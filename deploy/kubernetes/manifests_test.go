@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -233,6 +234,31 @@ func listenPort(addr string) int32 {
 	return int32(n)
 }
 
+// followsReadiness says how a probe asks for readiness, or "": secretsd's
+// gRPC health (every service name, "" included) and /readyz both answer
+// from the readiness checks (database, migrations, KEKs); an exec probe
+// cannot run in the image (no shell, no tools).
+func followsReadiness(p *corev1.Probe) string {
+	switch {
+	case p.GRPC != nil:
+		service := ""
+		if p.GRPC.Service != nil {
+			service = *p.GRPC.Service
+		}
+		return fmt.Sprintf("asks gRPC health (service %q)", service)
+	case p.HTTPGet != nil && readyzPath(p.HTTPGet.Path):
+		return "asks /readyz"
+	case p.Exec != nil:
+		return "runs a command"
+	}
+	return ""
+}
+
+func readyzPath(p string) bool {
+	p, _, _ = strings.Cut(p, "?")
+	return path.Clean("/"+p) == "/readyz"
+}
+
 // TestDeployment checks what an operator relies on: replicas, probes that
 // point at ports the server listens on and paths it serves, security
 // context, resources, and settings from the Secret.
@@ -282,14 +308,26 @@ func TestDeployment(t *testing.T) {
 		}
 	}
 
-	// Liveness: the native gRPC probe (grpc.health.v1) on the gRPC port.
-	if lp := c.LivenessProbe; lp == nil || lp.GRPC == nil {
-		t.Errorf("livenessProbe must be a grpc probe")
-	} else if lp.GRPC.Port != grpcPort {
-		t.Errorf("livenessProbe grpc port %d, secretsd's gRPC port is %d", lp.GRPC.Port, grpcPort)
-	}
-	if sp := c.StartupProbe; sp != nil && (sp.GRPC == nil || sp.GRPC.Port != grpcPort) {
-		t.Errorf("startupProbe must probe gRPC health on %d", grpcPort)
+	// Liveness and startup: /healthz on the HTTP port, which answers 200
+	// while the process serves. Neither may follow readiness: a KMS or
+	// database outage would restart every replica, and a replica cannot
+	// start without its KEK.
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+	}{{"livenessProbe", c.LivenessProbe}, {"startupProbe", c.StartupProbe}} {
+		if p.probe == nil {
+			t.Errorf("%s is missing", p.name)
+			continue
+		}
+		if why := followsReadiness(p.probe); why != "" {
+			t.Errorf("%s %s, which follows readiness: an outage of the KMS or the database would restart every replica", p.name, why)
+		}
+		if g := p.probe.HTTPGet; g == nil || g.Path != "/healthz" {
+			t.Errorf("%s must be httpGet /healthz", p.name)
+		} else if cp, ok := containerPort(c, g.Port); !ok || cp.ContainerPort != httpPort {
+			t.Errorf("%s port %v is not the HTTP port %d", p.name, g.Port.String(), httpPort)
+		}
 	}
 	// Readiness: /readyz on the HTTP port (database, migrations, KEKs).
 	if rp := c.ReadinessProbe; rp == nil || rp.HTTPGet == nil {
