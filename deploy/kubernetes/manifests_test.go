@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -484,15 +485,24 @@ func TestMigrationJob(t *testing.T) {
 	if fmt.Sprint(c.Args) != "[migrate]" || len(c.Command) != 0 {
 		t.Errorf("the Job runs %v %v, want the image's entrypoint with [migrate]", c.Command, c.Args)
 	}
-	found := false
-	for _, e := range c.Env {
-		if e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-			checkSecretRef(t, o.secrets[0], e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
-			found = true
-		}
+	// The Job migrates as the tables' owner, the Deployment serves as the
+	// service role: two keys of the Secret, two roles.
+	jobRef := secretEnvRef(c, "DATABASE_URL")
+	serverRef := secretEnvRef(o.deployments[0].Spec.Template.Spec.Containers[0], "DATABASE_URL")
+	if jobRef == nil || serverRef == nil {
+		t.Fatalf("the Job and the Deployment need DATABASE_URL from the Secret")
 	}
-	if !found {
-		t.Errorf("the Job needs DATABASE_URL from the Secret")
+	checkSecretRef(t, o.secrets[0], jobRef.Name, jobRef.Key)
+	jobKey, serverKey := jobRef.Key, serverRef.Key
+	if jobKey == serverKey {
+		t.Errorf("the Job and the Deployment read DATABASE_URL from the same key %q: the Job needs the owner's URL, the server the service role's (it refuses the owner)", jobKey)
+	}
+	serviceRole := defaultServiceRole(t)
+	if u := exampleUser(t, o.secrets[0], serverKey); u != serviceRole {
+		t.Errorf("the example Secret's %s connects as %q, want the service role %q (secretsd refuses the owner and superusers)", serverKey, u, serviceRole)
+	}
+	if u := exampleUser(t, o.secrets[0], jobKey); u == serviceRole || u == "" {
+		t.Errorf("the example Secret's %s connects as %q: the migration needs the tables' owner, not the service role", jobKey, u)
 	}
 	if rp := j.Spec.Template.Spec.RestartPolicy; rp != corev1.RestartPolicyOnFailure && rp != corev1.RestartPolicyNever {
 		t.Errorf("restartPolicy %q", rp)
@@ -503,6 +513,44 @@ func TestMigrationJob(t *testing.T) {
 	if psc := j.Spec.Template.Spec.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
 		t.Errorf("the Job must run as non-root")
 	}
+}
+
+// secretEnvRef returns the Secret key the container's environment variable
+// name comes from (nil if it does not come from a Secret).
+func secretEnvRef(c corev1.Container, name string) *corev1.SecretKeySelector {
+	for _, e := range c.Env {
+		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			return e.ValueFrom.SecretKeyRef
+		}
+	}
+	return nil
+}
+
+// exampleUser is the user of the database URL under key in the example
+// Secret.
+func exampleUser(t *testing.T, s *corev1.Secret, key string) string {
+	t.Helper()
+	u, err := url.Parse(s.StringData[key])
+	if err != nil || u.User == nil {
+		t.Errorf("secret.example.yaml %s: not a database URL with a user (%v)", key, err)
+		return ""
+	}
+	return u.User.Username()
+}
+
+// defaultServiceRole reads the role `secretsd migrate` creates from the
+// migrations package (this module does not import the service's).
+func defaultServiceRole(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile("../../migrations/roles.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`const DefaultServiceRole = "([a-z0-9_]+)"`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("migrations/roles.go declares no DefaultServiceRole")
+	}
+	return string(m[1])
 }
 
 // TestStrictDecoding proves the decoder refuses what kubectl would: an
