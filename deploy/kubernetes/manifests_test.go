@@ -569,3 +569,64 @@ func TestStrictDecoding(t *testing.T) {
 		t.Errorf("a duplicate key decoded without error")
 	}
 }
+
+// secretFileMode is what kubelet makes of a file of a Secret (or
+// projected) volume: owned by root, group root or, with the pod's fsGroup,
+// that group plus group read (kubelet ORs 0440 into read-only volumes'
+// files, whatever defaultMode says: kubernetes/kubernetes#57923).
+func secretFileMode(mode int32, fsGroup *int64) (gid int64, perm int32) {
+	if fsGroup == nil {
+		return 0, mode
+	}
+	return *fsGroup, mode | 0o440
+}
+
+// TestSecretFilesReadable: every file the container mounts from a Secret
+// can be read by the uid it runs as, and by no other uid (no "others"
+// bits). Dropping fsGroup would leave the audit signing key root's and
+// unreadable; a 0444 mode would open it to every uid.
+func TestSecretFilesReadable(t *testing.T) {
+	o := load(t, "deployment.yaml")
+	pod := o.deployments[0].Spec.Template.Spec
+	c := pod.Containers[0]
+	psc := pod.SecurityContext
+	if psc == nil || psc.RunAsUser == nil || *psc.RunAsUser == 0 {
+		t.Fatalf("the pod must set a non-root runAsUser")
+	}
+	groups := []int64{}
+	if psc.RunAsGroup != nil {
+		groups = append(groups, *psc.RunAsGroup)
+	}
+	groups = append(groups, psc.SupplementalGroups...)
+	if psc.FSGroup != nil {
+		groups = append(groups, *psc.FSGroup)
+	}
+	files := 0
+	for _, v := range pod.Volumes {
+		if v.Secret == nil || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == v.Name }) {
+			continue
+		}
+		mode := int32(0o644) // the API's default
+		if v.Secret.DefaultMode != nil {
+			mode = *v.Secret.DefaultMode
+		}
+		for _, it := range v.Secret.Items {
+			m := mode
+			if it.Mode != nil {
+				m = *it.Mode
+			}
+			gid, perm := secretFileMode(m, psc.FSGroup)
+			readable := perm&0o004 != 0 || (perm&0o040 != 0 && slices.Contains(groups, gid))
+			if !readable {
+				t.Errorf("volume %s, %s: kubelet makes it root:%d %04o, which uid %d (groups %v) cannot read", v.Name, it.Path, gid, perm, *psc.RunAsUser, groups)
+			}
+			if perm&0o007 != 0 {
+				t.Errorf("volume %s, %s: mode %04o lets every uid read it", v.Name, it.Path, perm)
+			}
+			files++
+		}
+	}
+	if files == 0 {
+		t.Errorf("no file is mounted from a Secret (the audit signing key should be)")
+	}
+}
