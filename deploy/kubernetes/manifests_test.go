@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -628,5 +629,103 @@ func TestSecretFilesReadable(t *testing.T) {
 	}
 	if files == 0 {
 		t.Errorf("no file is mounted from a Secret (the audit signing key should be)")
+	}
+}
+
+// egressAllows reports whether the policy lets the pods open a connection
+// to ip:port over proto (peers outside the cluster: only ipBlocks and
+// empty "to" lists match them).
+func egressAllows(np *networkingv1.NetworkPolicy, ip string, port int32, proto corev1.Protocol) bool {
+	addr := net.ParseIP(ip)
+	for _, rule := range np.Spec.Egress {
+		peerOK := len(rule.To) == 0
+		for _, peer := range rule.To {
+			if peer.IPBlock == nil {
+				continue
+			}
+			_, block, err := net.ParseCIDR(peer.IPBlock.CIDR)
+			if err != nil || !block.Contains(addr) {
+				continue
+			}
+			excluded := false
+			for _, ex := range peer.IPBlock.Except {
+				if _, e, err := net.ParseCIDR(ex); err == nil && e.Contains(addr) {
+					excluded = true
+				}
+			}
+			peerOK = peerOK || !excluded
+		}
+		if !peerOK {
+			continue
+		}
+		if len(rule.Ports) == 0 {
+			return true
+		}
+		for _, p := range rule.Ports {
+			pr := corev1.ProtocolTCP
+			if p.Protocol != nil {
+				pr = *p.Protocol
+			}
+			if pr != proto {
+				continue
+			}
+			if p.Port == nil {
+				return true
+			}
+			if p.Port.Type != intstr.Int {
+				continue // a named port names a port of the destination pod
+			}
+			end := p.Port.IntVal
+			if p.EndPort != nil {
+				end = *p.EndPort
+			}
+			if port >= p.Port.IntVal && port <= end {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestNetworkPolicyEgress: the pods reach what the documented KEK drivers,
+// PostgreSQL, DNS and OTLP need, including the link-local credential
+// endpoints of workload identity, and plain HTTP nowhere else.
+func TestNetworkPolicyEgress(t *testing.T) {
+	o := load(t, "networkpolicy.yaml")
+	np := o.netpols[0]
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+		t.Skip("the NetworkPolicy does not restrict egress")
+	}
+	const public = "203.0.113.10" // any address outside the cluster
+	udp, tcp := corev1.ProtocolUDP, corev1.ProtocolTCP
+	for _, want := range []struct {
+		what  string
+		ip    string
+		port  int32
+		proto corev1.Protocol
+	}{
+		{"DNS", "10.96.0.10", 53, udp},
+		{"DNS over TCP", "10.96.0.10", 53, tcp},
+		{"PostgreSQL", "10.0.0.5", 5432, tcp},
+		{"a KMS (awskms, gcpkms, azurekeyvault) and token endpoints over HTTPS", public, 443, tcp},
+		{"Vault / OpenBao transit (hashivault://, VAULT_ADDR's default port)", public, 8200, tcp},
+		{"OTLP/HTTP", "10.0.0.6", 4318, tcp},
+		{"the instance metadata service (GCE, GKE Workload Identity on Dataplane V2, EC2, Azure managed identity)", "169.254.169.254", 80, tcp},
+		{"the EC2 instance metadata service over IPv6", "fd00:ec2::254", 80, tcp},
+		{"the EKS Pod Identity agent", "169.254.170.23", 80, tcp},
+		{"the EKS Pod Identity agent over IPv6", "fd00:ec2::23", 80, tcp},
+		{"GKE's metadata server (Workload Identity without Dataplane V2)", "169.254.169.252", 988, tcp},
+	} {
+		if !egressAllows(np, want.ip, want.port, want.proto) {
+			t.Errorf("egress to %s (%s:%d/%s) is blocked", want.what, want.ip, want.port, want.proto)
+		}
+	}
+	for _, deny := range []struct {
+		ip   string
+		port int32
+	}{{public, 80}, {"10.0.0.7", 80}, {"169.254.169.254", 8080}, {public, 988}} {
+		if egressAllows(np, deny.ip, deny.port, tcp) {
+			t.Errorf("egress to %s:%d is open: plain HTTP is for the link-local credential endpoints only", deny.ip, deny.port)
+		}
 	}
 }
