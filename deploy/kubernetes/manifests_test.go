@@ -7,7 +7,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -233,6 +236,31 @@ func listenPort(addr string) int32 {
 	return int32(n)
 }
 
+// followsReadiness says how a probe asks for readiness, or "": secretsd's
+// gRPC health (every service name, "" included) and /readyz both answer
+// from the readiness checks (database, migrations, KEKs); an exec probe
+// cannot run in the image (no shell, no tools).
+func followsReadiness(p *corev1.Probe) string {
+	switch {
+	case p.GRPC != nil:
+		service := ""
+		if p.GRPC.Service != nil {
+			service = *p.GRPC.Service
+		}
+		return fmt.Sprintf("asks gRPC health (service %q)", service)
+	case p.HTTPGet != nil && readyzPath(p.HTTPGet.Path):
+		return "asks /readyz"
+	case p.Exec != nil:
+		return "runs a command"
+	}
+	return ""
+}
+
+func readyzPath(p string) bool {
+	p, _, _ = strings.Cut(p, "?")
+	return path.Clean("/"+p) == "/readyz"
+}
+
 // TestDeployment checks what an operator relies on: replicas, probes that
 // point at ports the server listens on and paths it serves, security
 // context, resources, and settings from the Secret.
@@ -282,14 +310,26 @@ func TestDeployment(t *testing.T) {
 		}
 	}
 
-	// Liveness: the native gRPC probe (grpc.health.v1) on the gRPC port.
-	if lp := c.LivenessProbe; lp == nil || lp.GRPC == nil {
-		t.Errorf("livenessProbe must be a grpc probe")
-	} else if lp.GRPC.Port != grpcPort {
-		t.Errorf("livenessProbe grpc port %d, secretsd's gRPC port is %d", lp.GRPC.Port, grpcPort)
-	}
-	if sp := c.StartupProbe; sp != nil && (sp.GRPC == nil || sp.GRPC.Port != grpcPort) {
-		t.Errorf("startupProbe must probe gRPC health on %d", grpcPort)
+	// Liveness and startup: /healthz on the HTTP port, which answers 200
+	// while the process serves. Neither may follow readiness: a KMS or
+	// database outage would restart every replica, and a replica cannot
+	// start without its KEK.
+	for _, p := range []struct {
+		name  string
+		probe *corev1.Probe
+	}{{"livenessProbe", c.LivenessProbe}, {"startupProbe", c.StartupProbe}} {
+		if p.probe == nil {
+			t.Errorf("%s is missing", p.name)
+			continue
+		}
+		if why := followsReadiness(p.probe); why != "" {
+			t.Errorf("%s %s, which follows readiness: an outage of the KMS or the database would restart every replica", p.name, why)
+		}
+		if g := p.probe.HTTPGet; g == nil || g.Path != "/healthz" {
+			t.Errorf("%s must be httpGet /healthz", p.name)
+		} else if cp, ok := containerPort(c, g.Port); !ok || cp.ContainerPort != httpPort {
+			t.Errorf("%s port %v is not the HTTP port %d", p.name, g.Port.String(), httpPort)
+		}
 	}
 	// Readiness: /readyz on the HTTP port (database, migrations, KEKs).
 	if rp := c.ReadinessProbe; rp == nil || rp.HTTPGet == nil {
@@ -446,15 +486,24 @@ func TestMigrationJob(t *testing.T) {
 	if fmt.Sprint(c.Args) != "[migrate]" || len(c.Command) != 0 {
 		t.Errorf("the Job runs %v %v, want the image's entrypoint with [migrate]", c.Command, c.Args)
 	}
-	found := false
-	for _, e := range c.Env {
-		if e.Name == "DATABASE_URL" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-			checkSecretRef(t, o.secrets[0], e.ValueFrom.SecretKeyRef.Name, e.ValueFrom.SecretKeyRef.Key)
-			found = true
-		}
+	// The Job migrates as the tables' owner, the Deployment serves as the
+	// service role: two keys of the Secret, two roles.
+	jobRef := secretEnvRef(c, "DATABASE_URL")
+	serverRef := secretEnvRef(o.deployments[0].Spec.Template.Spec.Containers[0], "DATABASE_URL")
+	if jobRef == nil || serverRef == nil {
+		t.Fatalf("the Job and the Deployment need DATABASE_URL from the Secret")
 	}
-	if !found {
-		t.Errorf("the Job needs DATABASE_URL from the Secret")
+	checkSecretRef(t, o.secrets[0], jobRef.Name, jobRef.Key)
+	jobKey, serverKey := jobRef.Key, serverRef.Key
+	if jobKey == serverKey {
+		t.Errorf("the Job and the Deployment read DATABASE_URL from the same key %q: the Job needs the owner's URL, the server the service role's (it refuses the owner)", jobKey)
+	}
+	serviceRole := defaultServiceRole(t)
+	if u := exampleUser(t, o.secrets[0], serverKey); u != serviceRole {
+		t.Errorf("the example Secret's %s connects as %q, want the service role %q (secretsd refuses the owner and superusers)", serverKey, u, serviceRole)
+	}
+	if u := exampleUser(t, o.secrets[0], jobKey); u == serviceRole || u == "" {
+		t.Errorf("the example Secret's %s connects as %q: the migration needs the tables' owner, not the service role", jobKey, u)
 	}
 	if rp := j.Spec.Template.Spec.RestartPolicy; rp != corev1.RestartPolicyOnFailure && rp != corev1.RestartPolicyNever {
 		t.Errorf("restartPolicy %q", rp)
@@ -465,6 +514,44 @@ func TestMigrationJob(t *testing.T) {
 	if psc := j.Spec.Template.Spec.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
 		t.Errorf("the Job must run as non-root")
 	}
+}
+
+// secretEnvRef returns the Secret key the container's environment variable
+// name comes from (nil if it does not come from a Secret).
+func secretEnvRef(c corev1.Container, name string) *corev1.SecretKeySelector {
+	for _, e := range c.Env {
+		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			return e.ValueFrom.SecretKeyRef
+		}
+	}
+	return nil
+}
+
+// exampleUser is the user of the database URL under key in the example
+// Secret.
+func exampleUser(t *testing.T, s *corev1.Secret, key string) string {
+	t.Helper()
+	u, err := url.Parse(s.StringData[key])
+	if err != nil || u.User == nil {
+		t.Errorf("secret.example.yaml %s: not a database URL with a user (%v)", key, err)
+		return ""
+	}
+	return u.User.Username()
+}
+
+// defaultServiceRole reads the role `secretsd migrate` creates from the
+// migrations package (this module does not import the service's).
+func defaultServiceRole(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile("../../migrations/roles.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`const DefaultServiceRole = "([a-z0-9_]+)"`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("migrations/roles.go declares no DefaultServiceRole")
+	}
+	return string(m[1])
 }
 
 // TestStrictDecoding proves the decoder refuses what kubectl would: an
@@ -481,5 +568,164 @@ func TestStrictDecoding(t *testing.T) {
 	dup := strings.Replace(string(raw), "  replicas: 2\n", "  replicas: 2\n  replicas: 3\n", 1)
 	if err := decodeStrict([]byte(dup), &appsv1.Deployment{}); err == nil {
 		t.Errorf("a duplicate key decoded without error")
+	}
+}
+
+// secretFileMode is what kubelet makes of a file of a Secret (or
+// projected) volume: owned by root, group root or, with the pod's fsGroup,
+// that group plus group read (kubelet ORs 0440 into read-only volumes'
+// files, whatever defaultMode says: kubernetes/kubernetes#57923).
+func secretFileMode(mode int32, fsGroup *int64) (gid int64, perm int32) {
+	if fsGroup == nil {
+		return 0, mode
+	}
+	return *fsGroup, mode | 0o440
+}
+
+// TestSecretFilesReadable: every file the container mounts from a Secret
+// can be read by the uid it runs as, and by no other uid (no "others"
+// bits). Dropping fsGroup would leave the audit signing key root's and
+// unreadable; a 0444 mode would open it to every uid.
+func TestSecretFilesReadable(t *testing.T) {
+	o := load(t, "deployment.yaml")
+	pod := o.deployments[0].Spec.Template.Spec
+	c := pod.Containers[0]
+	psc := pod.SecurityContext
+	if psc == nil || psc.RunAsUser == nil || *psc.RunAsUser == 0 {
+		t.Fatalf("the pod must set a non-root runAsUser")
+	}
+	groups := []int64{}
+	if psc.RunAsGroup != nil {
+		groups = append(groups, *psc.RunAsGroup)
+	}
+	groups = append(groups, psc.SupplementalGroups...)
+	if psc.FSGroup != nil {
+		groups = append(groups, *psc.FSGroup)
+	}
+	files := 0
+	for _, v := range pod.Volumes {
+		if v.Secret == nil || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == v.Name }) {
+			continue
+		}
+		mode := int32(0o644) // the API's default
+		if v.Secret.DefaultMode != nil {
+			mode = *v.Secret.DefaultMode
+		}
+		for _, it := range v.Secret.Items {
+			m := mode
+			if it.Mode != nil {
+				m = *it.Mode
+			}
+			gid, perm := secretFileMode(m, psc.FSGroup)
+			readable := perm&0o004 != 0 || (perm&0o040 != 0 && slices.Contains(groups, gid))
+			if !readable {
+				t.Errorf("volume %s, %s: kubelet makes it root:%d %04o, which uid %d (groups %v) cannot read", v.Name, it.Path, gid, perm, *psc.RunAsUser, groups)
+			}
+			if perm&0o007 != 0 {
+				t.Errorf("volume %s, %s: mode %04o lets every uid read it", v.Name, it.Path, perm)
+			}
+			files++
+		}
+	}
+	if files == 0 {
+		t.Errorf("no file is mounted from a Secret (the audit signing key should be)")
+	}
+}
+
+// egressAllows reports whether the policy lets the pods open a connection
+// to ip:port over proto (peers outside the cluster: only ipBlocks and
+// empty "to" lists match them).
+func egressAllows(np *networkingv1.NetworkPolicy, ip string, port int32, proto corev1.Protocol) bool {
+	addr := net.ParseIP(ip)
+	for _, rule := range np.Spec.Egress {
+		peerOK := len(rule.To) == 0
+		for _, peer := range rule.To {
+			if peer.IPBlock == nil {
+				continue
+			}
+			_, block, err := net.ParseCIDR(peer.IPBlock.CIDR)
+			if err != nil || !block.Contains(addr) {
+				continue
+			}
+			excluded := false
+			for _, ex := range peer.IPBlock.Except {
+				if _, e, err := net.ParseCIDR(ex); err == nil && e.Contains(addr) {
+					excluded = true
+				}
+			}
+			peerOK = peerOK || !excluded
+		}
+		if !peerOK {
+			continue
+		}
+		if len(rule.Ports) == 0 {
+			return true
+		}
+		for _, p := range rule.Ports {
+			pr := corev1.ProtocolTCP
+			if p.Protocol != nil {
+				pr = *p.Protocol
+			}
+			if pr != proto {
+				continue
+			}
+			if p.Port == nil {
+				return true
+			}
+			if p.Port.Type != intstr.Int {
+				continue // a named port names a port of the destination pod
+			}
+			end := p.Port.IntVal
+			if p.EndPort != nil {
+				end = *p.EndPort
+			}
+			if port >= p.Port.IntVal && port <= end {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestNetworkPolicyEgress: the pods reach what the documented KEK drivers,
+// PostgreSQL, DNS and OTLP need, including the link-local credential
+// endpoints of workload identity, and plain HTTP nowhere else.
+func TestNetworkPolicyEgress(t *testing.T) {
+	o := load(t, "networkpolicy.yaml")
+	np := o.netpols[0]
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+		t.Skip("the NetworkPolicy does not restrict egress")
+	}
+	const public = "203.0.113.10" // any address outside the cluster
+	udp, tcp := corev1.ProtocolUDP, corev1.ProtocolTCP
+	for _, want := range []struct {
+		what  string
+		ip    string
+		port  int32
+		proto corev1.Protocol
+	}{
+		{"DNS", "10.96.0.10", 53, udp},
+		{"DNS over TCP", "10.96.0.10", 53, tcp},
+		{"PostgreSQL", "10.0.0.5", 5432, tcp},
+		{"a KMS (awskms, gcpkms, azurekeyvault) and token endpoints over HTTPS", public, 443, tcp},
+		{"Vault / OpenBao transit (hashivault://, VAULT_ADDR's default port)", public, 8200, tcp},
+		{"OTLP/HTTP", "10.0.0.6", 4318, tcp},
+		{"the instance metadata service (GCE, GKE Workload Identity on Dataplane V2, EC2, Azure managed identity)", "169.254.169.254", 80, tcp},
+		{"the EC2 instance metadata service over IPv6", "fd00:ec2::254", 80, tcp},
+		{"the EKS Pod Identity agent", "169.254.170.23", 80, tcp},
+		{"the EKS Pod Identity agent over IPv6", "fd00:ec2::23", 80, tcp},
+		{"GKE's metadata server (Workload Identity without Dataplane V2)", "169.254.169.252", 988, tcp},
+	} {
+		if !egressAllows(np, want.ip, want.port, want.proto) {
+			t.Errorf("egress to %s (%s:%d/%s) is blocked", want.what, want.ip, want.port, want.proto)
+		}
+	}
+	for _, deny := range []struct {
+		ip   string
+		port int32
+	}{{public, 80}, {"10.0.0.7", 80}, {"169.254.169.254", 8080}, {public, 988}} {
+		if egressAllows(np, deny.ip, deny.port, tcp) {
+			t.Errorf("egress to %s:%d is open: plain HTTP is for the link-local credential endpoints only", deny.ip, deny.port)
+		}
 	}
 }
