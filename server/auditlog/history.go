@@ -20,6 +20,8 @@ type historyStore interface {
 	AuditEventAt(ctx context.Context, seq int64) (store.AuditEvent, error)
 	InsertAuditVerified(ctx context.Context, v store.AuditVerified) error
 	AuditVerifiedProgress(ctx context.Context, limit int) ([]store.AuditVerified, error)
+	AuditRowBounds(ctx context.Context, upTo int64, count bool) (store.AuditRows, error)
+	AuditDuplicate(ctx context.Context, upTo int64) (int64, error)
 }
 
 // archivedThrough is the last sequence retention dropped from the table
@@ -38,30 +40,80 @@ func archivedThrough(parts []store.AuditPartition) int64 {
 // after the events retention dropped (then linked to the first live
 // event's previous hash, which only the archives can confirm).
 func (l *Log) liveStart(ctx context.Context, h Head) (Point, error) {
+	p, _, err := l.liveStartThrough(ctx, h)
+	return p, err
+}
+
+// liveStartThrough is liveStart, also reporting the last sequence the
+// catalog says retention dropped (0: none).
+func (l *Log) liveStartThrough(ctx context.Context, h Head) (Point, int64, error) {
 	hs, ok := l.Store.(historyStore)
 	if !ok {
-		return Point{Sequence: h.ChainStart}, nil
+		return Point{Sequence: h.ChainStart}, 0, nil
 	}
 	parts, err := hs.AuditPartitions(ctx)
 	if err != nil {
-		return Point{}, err
+		return Point{}, 0, err
 	}
 	through := archivedThrough(parts)
 	if through <= h.ChainStart {
-		return Point{Sequence: h.ChainStart}, nil
+		return Point{Sequence: h.ChainStart}, through, nil
 	}
 	if through >= h.Sequence {
-		return Point{Sequence: h.Sequence, Hash: h.Hash}, nil
+		return Point{Sequence: h.Sequence, Hash: h.Hash}, through, nil
 	}
 	e, err := hs.AuditEventAt(ctx, through+1)
 	if errors.Is(err, store.ErrNotFound) {
 		// Verify reports the gap.
-		return Point{Sequence: through}, nil
+		return Point{Sequence: through}, through, nil
 	}
 	if err != nil {
-		return Point{}, err
+		return Point{}, 0, err
 	}
-	return Point{Sequence: through, Hash: e.PrevHash}, nil
+	return Point{Sequence: through, Hash: e.PrevHash}, through, nil
+}
+
+// checkRows finds rows a walk of the chain never reads, so cannot vouch
+// for, yet the audit listing shows: numbered at or below the events
+// retention dropped (or below 1), past the head, or (full: counted)
+// more than once. through is the last sequence the catalog says was
+// dropped, h the head the walk ended at.
+func checkRows(ctx context.Context, hs historyStore, res Result, through int64, h Head, full bool) (Result, error) {
+	bad := func(seq int64, format string, args ...any) (Result, error) {
+		res.Intact, res.FirstBad, res.Reason = false, seq, fmt.Sprintf(format, args...)
+		return res, nil
+	}
+	r, err := hs.AuditRowBounds(ctx, h.Sequence, full)
+	if err != nil {
+		return res, err
+	}
+	switch {
+	case r.Min == 0 && r.Max == 0:
+	case r.Min < 1:
+		return bad(r.Min, "inserted: the table holds an event numbered %d, outside the chain (which starts at 1)", r.Min)
+	case r.Min <= through:
+		return bad(r.Min, "inserted: the table holds event %d, but the partition catalog says events up to %d were archived and dropped (a row outside the chain, or a catalog that lies)", r.Min, through)
+	case r.Max > r.Head:
+		return bad(r.Max, "inserted: the table holds event %d, past the chain head %d: it is not part of the chain", r.Max, r.Head)
+	}
+	if !full || r.Counted < 0 {
+		return res, nil
+	}
+	want := max(h.Sequence-through, 0)
+	switch {
+	case r.Counted > want:
+		dup, err := hs.AuditDuplicate(ctx, h.Sequence)
+		if err != nil {
+			return res, err
+		}
+		if dup != 0 {
+			return bad(dup, "inserted: the table holds more than one event numbered %d", dup)
+		}
+		return bad(through+1, "inserted: the table holds %d events numbered %d to %d, not %d", r.Counted, through+1, h.Sequence, want)
+	case r.Counted < want:
+		return bad(through+1, "deleted: the table holds %d events numbered %d to %d, not %d (events before the chain start are missing)", r.Counted, through+1, h.Sequence, want)
+	}
+	return res, nil
 }
 
 // VerifyIncremental verifies the chain after the newest point a verifier
@@ -92,20 +144,51 @@ func (l *Log) Verify(ctx context.Context) (Result, error) {
 // records its progress when the chain holds.
 func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) {
 	hs, canRecord := l.Store.(historyStore)
+	var res Result
+	var checks Checks
+	var err error
+	// A retention pass that drops a partition while the walk runs leaves
+	// the walk short of the events it expected: when the catalog moved,
+	// verify again from the new start rather than report them deleted.
+	for attempt := 0; ; attempt++ {
+		var through int64
+		res, through, checks, err = l.verifyLiveOnce(ctx, hs, canRecord, incremental)
+		if err != nil || res.Intact || !canRecord || attempt == maxRetentionRetries {
+			break
+		}
+		parts, perr := hs.AuditPartitions(ctx)
+		if perr != nil {
+			return res, perr
+		}
+		if archivedThrough(parts) == through {
+			break
+		}
+	}
+	if err == nil && res.Intact && canRecord {
+		err = l.recordVerified(ctx, hs, res, checks)
+	}
+	return res, err
+}
+
+// maxRetentionRetries bounds how often a verification starts again because
+// retention dropped partitions while it ran.
+const maxRetentionRetries = 3
+
+func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, incremental bool) (Result, int64, Checks, error) {
 	h, checks, err := l.snapshot(ctx)
 	if err != nil {
-		return Result{}, err
+		return Result{}, 0, checks, err
 	}
-	start, err := l.liveStart(ctx, h)
+	start, through, err := l.liveStartThrough(ctx, h)
 	if err != nil {
-		return Result{}, err
+		return Result{}, 0, checks, err
 	}
 	archived := start.Sequence
 	resumed := false
 	if incremental && canRecord {
 		p, ok, err := l.verifiedPoint(ctx, hs, checks, start)
 		if err != nil {
-			return Result{}, err
+			return Result{}, through, checks, err
 		}
 		if ok {
 			start, resumed = p, true
@@ -126,9 +209,11 @@ func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) 
 		}
 	}
 	if err == nil && res.Intact && canRecord {
-		err = l.recordVerified(ctx, hs, res, checks)
+		// Rows the walk never read: below its start, past the head, or
+		// twice (counted by a full verification only).
+		res, err = checkRows(ctx, hs, res, through, h, !resumed)
 	}
-	return res, err
+	return res, through, checks, err
 }
 
 // maxProgressRecords bounds how many progress records are considered.
@@ -230,7 +315,32 @@ func (k Keys) validProgress(v store.AuditVerified) bool {
 // no segment the catalog lost), then the live table. A missing, reordered
 // or altered segment is reported by name.
 func (l *Log) VerifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
-	return l.withWaiting(ctx)(l.verifyArchives(ctx, a, progress))
+	hs, ok := l.Store.(historyStore)
+	if !ok {
+		return Result{}, errors.New("audit archives: the store has no partition catalog")
+	}
+	// As verifyLive: a retention pass that moved a partition from the table
+	// to the archive while this ran is not a deletion; verify again.
+	var res Result
+	var err error
+	for attempt := 0; ; attempt++ {
+		parts, perr := hs.AuditPartitions(ctx)
+		if perr != nil {
+			return Result{}, perr
+		}
+		res, err = l.verifyArchives(ctx, a, progress)
+		if err != nil || res.Intact || attempt == maxRetentionRetries {
+			break
+		}
+		after, perr := hs.AuditPartitions(ctx)
+		if perr != nil {
+			return res, perr
+		}
+		if archivedThrough(after) == archivedThrough(parts) {
+			break
+		}
+	}
+	return l.withWaiting(ctx)(res, err)
 }
 
 func (l *Log) verifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
@@ -356,6 +466,9 @@ func (l *Log) verifyArchives(ctx context.Context, a *Archive, progress func(segm
 	}
 	res, err = Verify(iter.Seq2[store.AuditEvent, error](events), h, checks)
 	res.Segments = len(segs)
+	if err == nil && res.Intact {
+		res, err = checkRows(ctx, hs, res, archivedThrough(parts), h, true)
+	}
 	var se *SegmentError
 	if errors.As(err, &se) {
 		return bad(se.Segment, res.VerifiedThrough+1, "altered while being read: %s", se.Problem)

@@ -234,6 +234,8 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 		}
 		res.Events++
 		switch {
+		case cur.Sequence < expect:
+			return bad(cur.Sequence, "inserted: the table holds more than one event numbered %d", cur.Sequence)
 		case cur.Sequence != expect:
 			return bad(expect, "deleted: events %d to %d are missing", expect, cur.Sequence-1)
 		case !bytes.Equal(store.EventHash(cur.PrevHash, cur), cur.Hash):

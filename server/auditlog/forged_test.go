@@ -1,0 +1,213 @@
+package auditlog
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/orient-bot/secrets/internal/testdb"
+	"github.com/orient-bot/secrets/server/store"
+)
+
+// forgeEnv is a migrated database with the service role's store, a raw
+// service-role connection, an owner connection, a signer and a file anchor:
+// the log as secretsd runs it, and the two roles that could forge rows.
+type forgeEnv struct {
+	owner *pgx.Conn
+	svc   *pgx.Conn
+	st    *store.Store
+	log   *Log
+}
+
+func newForgeEnv(t *testing.T) *forgeEnv {
+	t.Helper()
+	ctx := context.Background()
+	db := testdb.New(t)
+	owner, err := pgx.Connect(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { owner.Close(context.Background()) })
+	svc, err := pgx.Connect(ctx, testdb.ServiceURL(t, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close(context.Background()) })
+	st := openStore(t, testdb.ServiceURL(t, db))
+	signer, _, err := GenerateSigner(filepath.Join(t.TempDir(), "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchor, err := OpenAnchor(ctx, (&url.URL{Scheme: "file", Path: t.TempDir()}).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { anchor.Close() })
+	return &forgeEnv{owner: owner, svc: svc, st: st,
+		log: &Log{Store: st, Signer: signer, Keys: NewKeys(signer.Public()), Anchor: anchor}}
+}
+
+// append chains n events, one at a time, checkpointing every third.
+func (e *forgeEnv) append(t *testing.T, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if err := e.st.AppendAudit(context.Background(), []store.AuditEvent{{Actor: "reader", Action: "AccessSecretVersion",
+			Key: fmt.Sprintf("K%d", i), Version: 1, Outcome: store.OutcomeOK}}); err != nil {
+			t.Fatal(err)
+		}
+		flush(t, e.st)
+		if i%3 == 2 {
+			if _, err := e.log.Checkpoint(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := e.log.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *forgeEnv) head(t *testing.T) int64 {
+	t.Helper()
+	var h int64
+	if err := e.svc.QueryRow(context.Background(), `SELECT sequence FROM audit_head`).Scan(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// forgeAsOwner inserts an event numbered seq as the tables' owner with the
+// triggers off (the service role cannot: migration 00014 refuses it; a
+// database restored from an older release may hold such rows already).
+func (e *forgeEnv) forgeAsOwner(t *testing.T, seq int64) {
+	t.Helper()
+	exec(t, e.owner, `SET session_replication_role = replica`)
+	exec(t, e.owner, `INSERT INTO audit_events (sequence, time, actor, action, key, version, outcome)
+		VALUES ($1, now() - interval '3 days', 'alice', 'AccessSecretVersion', 'FORGED', 1, 'OK')`, seq)
+	exec(t, e.owner, `SET session_replication_role = origin`)
+}
+
+func wantNotIntact(t *testing.T, what string, r Result, err error, firstBad int64, reason string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if r.Intact || r.FirstBad != firstBad || !strings.Contains(r.Reason, reason) {
+		t.Errorf("%s: %s; want not intact at %d, %q", what, r.Summary(), firstBad, reason)
+	}
+}
+
+// TestVerifyReportsRowsOutsideTheWalk: a row the walk of (start, head]
+// never reads, but the audit listing shows, makes the log not intact: one
+// past the head (both modes), a second event with a chained sequence
+// (full), and one at or below the events the catalog says retention
+// dropped (both modes; here the owner marked a live partition dropped).
+func TestVerifyReportsRowsOutsideTheWalk(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	t.Run("past the head", func(t *testing.T) {
+		t.Parallel()
+		e := newForgeEnv(t)
+		e.append(t, 10)
+		if r, err := e.log.VerifyIncremental(ctx); err != nil || !r.Intact {
+			t.Fatalf("baseline: %+v %v", r, err)
+		}
+		h := e.head(t)
+		e.forgeAsOwner(t, h+1000)
+		r, err := e.log.VerifyIncremental(ctx)
+		wantNotIntact(t, "incremental", r, err, h+1000, "past the chain head")
+		r, err = e.log.Verify(ctx)
+		wantNotIntact(t, "full", r, err, h+1000, "past the chain head")
+	})
+	t.Run("duplicate", func(t *testing.T) {
+		t.Parallel()
+		e := newForgeEnv(t)
+		e.append(t, 10)
+		e.forgeAsOwner(t, 2)
+		r, err := e.log.Verify(ctx)
+		wantNotIntact(t, "full", r, err, 2, "more than one event numbered 2")
+	})
+	t.Run("below the archived", func(t *testing.T) {
+		t.Parallel()
+		e := newForgeEnv(t)
+		e.append(t, 9)
+		exec(t, e.owner, `SET session_replication_role = replica`)
+		exec(t, e.owner, `UPDATE audit_events SET actor = 'nobody', key = 'EDITED' WHERE sequence = 4`)
+		exec(t, e.owner, `UPDATE audit_partitions SET state = 'dropped', first_seq = 1, last_seq = 5
+			WHERE name = (SELECT tableoid::regclass::text FROM audit_events WHERE sequence = 4)`)
+		for name, verify := range map[string]func(context.Context) (Result, error){"full": e.log.Verify, "incremental": e.log.VerifyIncremental} {
+			r, err := verify(ctx)
+			wantNotIntact(t, name, r, err, 1, "archived and dropped")
+		}
+	})
+}
+
+// dropDuring runs a retention pass just before the table's events are
+// read: what a server's retention job does while an auditor's
+// verification runs.
+type dropDuring struct {
+	*store.Store
+	before func()
+}
+
+func (d dropDuring) AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[store.AuditEvent, error] {
+	if d.before != nil {
+		d.before()
+	}
+	return d.Store.AuditEvents(ctx, after, upTo)
+}
+
+// TestVerifyRetriesWhenRetentionDrops: retention drops a partition between
+// a verification's read of the partition catalog and its walk of the
+// table; the verification starts again from the new catalog instead of
+// reporting the dropped events as deleted.
+func TestVerifyRetriesWhenRetentionDrops(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newRetentionEnv(t)
+	e.appendAcross(t, 3)
+	time.Sleep(1100 * time.Millisecond)
+	e.appendAcross(t, 0)
+	// Archive the first partition only, so that the race has more to drop.
+	parts, err := e.service.AuditPartitions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.retention()
+	r.Keep = time.Since(parts[1].To)
+	if res, err := r.Run(ctx); err != nil || res.Dropped == 0 {
+		t.Fatalf("first retention: %+v %v", res, err)
+	}
+	for _, mode := range []string{"verify", "archives"} {
+		ran := false
+		l := *e.log
+		l.Store = dropDuring{Store: e.service, before: func() {
+			if ran {
+				return
+			}
+			ran = true
+			if res, err := e.retention().Run(ctx); err != nil || res.Dropped == 0 {
+				t.Errorf("%s: retention meanwhile: %+v %v", mode, res, err)
+			}
+		}}
+		var res Result
+		if mode == "verify" {
+			res, err = l.Verify(ctx)
+		} else {
+			res, err = l.VerifyArchives(ctx, e.archive, nil)
+		}
+		if err != nil || !res.Intact || !ran {
+			t.Errorf("%s with retention dropping partitions meanwhile: %s (%v; retention ran: %v)", mode, res.Summary(), err, ran)
+		}
+		e.appendAcross(t, 2)
+		time.Sleep(1100 * time.Millisecond)
+		e.appendAcross(t, 0)
+	}
+}
