@@ -1,9 +1,11 @@
 package auditlog
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"iter"
+	"log/slog"
 	"net/url"
 	"path/filepath"
 	"strings"
@@ -209,5 +211,60 @@ func TestVerifyRetriesWhenRetentionDrops(t *testing.T) {
 		e.appendAcross(t, 2)
 		time.Sleep(1100 * time.Millisecond)
 		e.appendAcross(t, 0)
+	}
+}
+
+// noFullRead fails a test that reads the whole checkpoint table.
+type noFullRead struct {
+	*store.Store
+	t *testing.T
+}
+
+func (n noFullRead) Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error) {
+	n.t.Error("Checkpoint read every stored checkpoint")
+	return n.Store.Checkpoints(ctx)
+}
+
+// TestCheckpointIgnoresForgedRows: a row the service role inserted into
+// audit_checkpoints past the head (or at the head, not signed by a trusted
+// key) does not stop the next checkpoint, and is logged; Checkpoint reads
+// only the newest rows, not the whole table it runs against every
+// interval.
+func TestCheckpointIgnoresForgedRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newForgeEnv(t)
+	var logs bytes.Buffer
+	e.log.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	e.log.Store = noFullRead{Store: e.st, t: t}
+	e.append(t, 3)
+	if _, err := e.svc.Exec(ctx, `INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature)
+		VALUES (9000000000000000000, '\x00', now(), 'x', '\x00')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.AppendAudit(ctx, []store.AuditEvent{{Actor: "r", Action: "A", Outcome: store.OutcomeOK}}); err != nil {
+		t.Fatal(err)
+	}
+	flush(t, e.st)
+	h := e.head(t)
+	// And a forged one at the head itself, before the signer gets to it.
+	if _, err := e.svc.Exec(ctx, `INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature)
+		VALUES ($1, '\x00', now(), 'x', '\x00')`, h); err != nil {
+		t.Fatal(err)
+	}
+	seq, err := e.log.Checkpoint(ctx)
+	if err != nil || seq != h {
+		t.Fatalf("Checkpoint with forged rows stored: signed %d (%v), want the head %d", seq, err, h)
+	}
+	ext, err := e.log.Anchor.List(ctx)
+	if err != nil || len(ext) == 0 || ext[len(ext)-1].Sequence != h {
+		t.Fatalf("anchor: %d checkpoints (%v), want the newest at %d", len(ext), err, h)
+	}
+	if !strings.Contains(logs.String(), "past the chain head is not signed by a trusted key") || !strings.Contains(logs.String(), "sequence=9000000000000000000") {
+		t.Errorf("no warning about the forged checkpoint past the head; log:\n%s", logs.String())
+	}
+	e.append(t, 2)
+	if seq, err := e.log.Checkpoint(ctx); err != nil || seq != 0 {
+		t.Errorf("Checkpoint of a head signed already: %d, %v; want 0", seq, err)
 	}
 }
