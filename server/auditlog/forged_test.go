@@ -268,3 +268,41 @@ func TestCheckpointIgnoresForgedRows(t *testing.T) {
 		t.Errorf("Checkpoint of a head signed already: %d, %v; want 0", seq, err)
 	}
 }
+
+// TestIncrementalSkipsForgedProgress: progress records the service role
+// inserted (unsigned, or under the trusted key's id with a bad signature,
+// more than a page of them) do not crowd out the real one: incremental
+// verification still starts from it instead of walking everything.
+func TestIncrementalSkipsForgedProgress(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newForgeEnv(t)
+	e.append(t, 12)
+	if r, err := e.log.VerifyIncremental(ctx); err != nil || !r.Intact {
+		t.Fatal(r, err)
+	}
+	before, err := e.log.VerifyIncremental(ctx)
+	if err != nil || !before.Intact || before.From == 0 {
+		t.Fatalf("second incremental run did not resume: %s (%v)", before.Summary(), err)
+	}
+	h := e.head(t)
+	var hash []byte
+	if err := e.svc.QueryRow(ctx, `SELECT hash FROM audit_head`).Scan(&hash); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 16 + 65 {
+		keyID := "x"
+		if i >= 16 {
+			keyID = e.log.Signer.ID()
+		}
+		if _, err := e.svc.Exec(ctx, `INSERT INTO audit_verified (sequence, hash, verified_at, key_id, signature)
+			VALUES ($1, $2, now() + make_interval(secs => $3), $4, '\x00')`, h, hash, i, keyID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, err := e.log.VerifyIncremental(ctx)
+	if err != nil || !after.Intact || after.From != before.From || after.Events != before.Events {
+		t.Errorf("incremental after forged progress records: %s (%v); want it to resume from %d as before (%d events)",
+			after.Summary(), err, before.From, before.Events)
+	}
+}

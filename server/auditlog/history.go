@@ -19,7 +19,7 @@ type historyStore interface {
 	AuditPartitions(ctx context.Context) ([]store.AuditPartition, error)
 	AuditEventAt(ctx context.Context, seq int64) (store.AuditEvent, error)
 	InsertAuditVerified(ctx context.Context, v store.AuditVerified) error
-	AuditVerifiedProgress(ctx context.Context, limit int) ([]store.AuditVerified, error)
+	AuditVerifiedProgress(ctx context.Context, keyIDs []string, before *store.AuditVerified, limit int) ([]store.AuditVerified, error)
 	AuditRowBounds(ctx context.Context, upTo int64, count bool) (store.AuditRows, error)
 	AuditDuplicate(ctx context.Context, upTo int64) (int64, error)
 }
@@ -216,39 +216,62 @@ func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, in
 	return res, through, checks, err
 }
 
-// maxProgressRecords bounds how many progress records are considered.
-const maxProgressRecords = 16
+// Progress records are read in pages of progressPage, at most
+// maxProgressPages of them: rows the service role inserted (it may insert
+// any) are skipped, not allowed to crowd out the real ones; past the bound
+// the verification walks everything, which is slower but complete.
+const (
+	progressPage     = 64
+	maxProgressPages = 64
+)
 
 // verifiedPoint finds the starting point of an incremental verification.
 func (l *Log) verifiedPoint(ctx context.Context, hs historyStore, checks Checks, live Point) (Point, bool, error) {
 	if len(checks.Keys) == 0 {
 		return Point{}, false, nil // nothing signed can be trusted
 	}
-	recs, err := hs.AuditVerifiedProgress(ctx, maxProgressRecords)
-	if err != nil {
-		return Point{}, false, err
+	// The checkpoints by sequence: a page of records is matched without
+	// scanning every checkpoint for each.
+	index := func(cps []Checkpoint) map[int64][]Checkpoint {
+		m := make(map[int64][]Checkpoint, len(cps))
+		for _, c := range cps {
+			m[c.Sequence] = append(m[c.Sequence], c)
+		}
+		return m
 	}
-	for _, v := range recs {
-		if v.Sequence <= live.Sequence || !checks.Keys.validProgress(v) {
-			continue
-		}
-		if !hasCheckpoint(checks.Checkpoints, checks.Keys, v.Sequence, v.Hash) {
-			continue
-		}
-		if checks.Anchored && !hasCheckpoint(checks.External, checks.Keys, v.Sequence, v.Hash) {
-			continue
-		}
-		e, err := hs.AuditEventAt(ctx, v.Sequence)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		}
+	stored, external := index(checks.Checkpoints), index(checks.External)
+	var before *store.AuditVerified
+	for range maxProgressPages {
+		recs, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), before, progressPage)
 		if err != nil {
 			return Point{}, false, err
 		}
-		if !bytes.Equal(e.Hash, v.Hash) || !bytes.Equal(store.EventHash(e.PrevHash, e), e.Hash) {
-			continue // the full walk will say what is wrong
+		for _, v := range recs {
+			if v.Sequence <= live.Sequence {
+				return Point{}, false, nil // older ones start earlier still
+			}
+			if !hasCheckpoint(stored[v.Sequence], checks.Keys, v.Sequence, v.Hash) || !checks.Keys.validProgress(v) {
+				continue
+			}
+			if checks.Anchored && !hasCheckpoint(external[v.Sequence], checks.Keys, v.Sequence, v.Hash) {
+				continue
+			}
+			e, err := hs.AuditEventAt(ctx, v.Sequence)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return Point{}, false, err
+			}
+			if !bytes.Equal(e.Hash, v.Hash) || !bytes.Equal(store.EventHash(e.PrevHash, e), e.Hash) {
+				continue // the full walk will say what is wrong
+			}
+			return Point{Sequence: v.Sequence, Hash: v.Hash}, true, nil
 		}
-		return Point{Sequence: v.Sequence, Hash: v.Hash}, true, nil
+		if len(recs) < progressPage {
+			break
+		}
+		before = &recs[len(recs)-1]
 	}
 	return Point{}, false, nil
 }
@@ -282,7 +305,7 @@ func (l *Log) recordVerified(ctx context.Context, hs historyStore, res Result, c
 	if best == nil {
 		return nil
 	}
-	if recs, err := hs.AuditVerifiedProgress(ctx, 1); err != nil {
+	if recs, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), nil, 1); err != nil {
 		return err
 	} else if len(recs) > 0 && recs[0].Sequence >= best.Sequence && checks.Keys.validProgress(recs[0]) {
 		return nil // recorded already

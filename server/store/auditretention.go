@@ -175,14 +175,21 @@ func (s *Store) InsertAuditVerified(ctx context.Context, v AuditVerified) error 
 	return classify(err)
 }
 
-// AuditVerifiedProgress returns the newest progress records within the
-// chain, newest first (at most limit).
-func (s *Store) AuditVerifiedProgress(ctx context.Context, limit int) ([]AuditVerified, error) {
+// AuditVerifiedProgress returns progress records within the chain signed
+// under one of keyIDs, newest first, at most limit: the newest ones, or
+// with before the ones older than it (the next page).
+func (s *Store) AuditVerifiedProgress(ctx context.Context, keyIDs []string, before *AuditVerified, limit int) ([]AuditVerified, error) {
 	// Only records within the chain: rows claiming events beyond the head
 	// (the service role may insert any) cannot crowd out the real ones.
+	var seq *int64
+	var at *time.Time
+	if before != nil {
+		seq, at = &before.Sequence, &before.Time
+	}
 	rows, err := s.pool.Query(ctx, `SELECT sequence, hash, verified_at, key_id, signature FROM audit_verified
-		WHERE sequence <= (SELECT sequence FROM audit_head)
-		ORDER BY sequence DESC, verified_at DESC LIMIT $1`, limit)
+		WHERE sequence <= (SELECT sequence FROM audit_head) AND key_id = ANY ($1)
+			AND ($2::bigint IS NULL OR (sequence, verified_at) < ($2, $3::timestamptz))
+		ORDER BY sequence DESC, verified_at DESC LIMIT $4`, keyIDs, seq, at, limit)
 	if err != nil {
 		return nil, classify(err)
 	}
