@@ -306,3 +306,18 @@ func TestIncrementalSkipsForgedProgress(t *testing.T) {
 			after.Summary(), err, before.From, before.Events)
 	}
 }
+
+// TestLoadSignerDoesNotEchoTheKey: a signing key given as the option's
+// value instead of a file path is not repeated in the error (which ends up
+// in a log or a terminal); the error says a path is expected.
+func TestLoadSignerDoesNotEchoTheKey(t *testing.T) {
+	t.Parallel()
+	const seed = "q1w2e3r4t5y6u7i8o9p0a1s2d3f4g5h6j7k8l9z0x1c="
+	_, err := LoadSigner(seed)
+	if err == nil || strings.Contains(err.Error(), seed) || strings.Contains(err.Error(), seed[:12]) {
+		t.Fatalf("LoadSigner(a key instead of a path): %v", err)
+	}
+	if !strings.Contains(err.Error(), "path of a file") {
+		t.Errorf("LoadSigner error does not say a path is expected: %v", err)
+	}
+}
