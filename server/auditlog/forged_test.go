@@ -321,3 +321,28 @@ func TestLoadSignerDoesNotEchoTheKey(t *testing.T) {
 		t.Errorf("LoadSigner error does not say a path is expected: %v", err)
 	}
 }
+
+// TestIncrementalReadsTheAnchorFromItsStart: an incremental verification
+// reads only the anchor's checkpoints from its starting point on (a year
+// of minute checkpoints is 525,600 files): an unreadable file before it is
+// not read, while a full verification still reads, and refuses, it.
+func TestIncrementalReadsTheAnchorFromItsStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newForgeEnv(t)
+	e.append(t, 9)
+	if r, err := e.log.VerifyIncremental(ctx); err != nil || !r.Intact {
+		t.Fatal(r, err)
+	}
+	if err := e.log.Anchor.bucket.WriteAll(ctx, anchorKey(1), []byte("not a checkpoint"), nil); err != nil {
+		t.Fatal(err)
+	}
+	e.append(t, 3)
+	r, err := e.log.VerifyIncremental(ctx)
+	if err != nil || !r.Intact || r.From == 0 {
+		t.Errorf("incremental with an unreadable anchor file before its start: %s (%v); want it to resume, not read the file", r.Summary(), err)
+	}
+	if r, err := e.log.Verify(ctx); err == nil {
+		t.Errorf("full verification read past an unreadable anchor file: %s", r.Summary())
+	}
+}

@@ -109,10 +109,16 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 // the head are the chain as of that moment, whatever is appended meanwhile
 // (a live server's appends are not "inserted after the head").
 func (l *Log) snapshot(ctx context.Context) (Head, Checks, error) {
+	return l.snapshotFrom(ctx, -1)
+}
+
+// snapshotFrom is snapshot reading only the anchor's checkpoints at or
+// after sequence from (-1: all of them).
+func (l *Log) snapshotFrom(ctx context.Context, from int64) (Head, Checks, error) {
 	checks := Checks{Keys: l.Keys, Anchored: l.Anchor != nil}
 	var err error
 	if l.Anchor != nil {
-		if checks.External, err = l.Anchor.List(ctx); err != nil {
+		if checks.External, err = l.Anchor.ListFrom(ctx, from); err != nil {
 			return Head{}, checks, err
 		}
 	}
