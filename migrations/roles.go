@@ -22,7 +22,10 @@ var roleName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // being chained, through audit_integrate), the head only moves forward (a
 // trigger checks it), the partition catalog and the migration history are
 // read-only. audit_events keeps INSERT for replicas of the previous
-// release, which chain their events themselves under the head lock.
+// release, which chain their events themselves under the head lock (its
+// triggers refuse an insert that does not extend the chain from the head).
+// audit_append_state is the chain's append cursor, written only by those
+// triggers: the service could otherwise point it anywhere.
 var serviceGrants = []struct{ table, privileges string }{
 	{"audit_events", "SELECT, INSERT"},
 	{"audit_intake", "SELECT, INSERT"},
@@ -31,6 +34,7 @@ var serviceGrants = []struct{ table, privileges string }{
 	{"audit_partitions", "SELECT"},
 	{"audit_partitioning", "SELECT"},
 	{"audit_verified", "SELECT, INSERT"},
+	{"audit_append_state", "SELECT"},
 	{"goose_db_version", "SELECT"},
 }
 

@@ -30,8 +30,9 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 	defer admin.Close(ctx)
 	// A short chain to attack, written as the service does.
 	for _, q := range []string{
-		`INSERT INTO audit_events (sequence, time, actor, action, key, outcome, prev_hash, hash) VALUES (1, now(), 'a', 'PutSecret', 'K', 'OK', '', '\x01')`,
-		`UPDATE audit_head SET sequence = 1, hash = '\x01'`,
+		// One transaction: an event may not stay past the head at commit.
+		`INSERT INTO audit_events (sequence, time, actor, action, key, outcome, prev_hash, hash) VALUES (1, now(), 'a', 'PutSecret', 'K', 'OK', '', '\x01');
+		UPDATE audit_head SET sequence = 1, hash = '\x01'`,
 		`INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature) VALUES (1, '\x01', now(), 'k', '\x00')`,
 	} {
 		if _, err := admin.Exec(ctx, q); err != nil {
@@ -94,6 +95,9 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 		{`UPDATE audit_partitions SET state = 'dropped'`, denied},
 		{`DELETE FROM audit_partitions`, denied},
 		{`UPDATE audit_partitioning SET period = interval '1 hour'`, denied},
+		// The append cursor is the triggers' alone.
+		{`UPDATE audit_append_state SET next = 100`, denied},
+		{`DELETE FROM audit_append_state`, denied},
 		// audit_integrate refuses ids that are not in the intake.
 		{`SELECT * FROM audit_integrate(ARRAY[424242]::bigint[], ARRAY['\x03']::bytea[], 1, '\x01')`, "40001"},
 	}
@@ -109,8 +113,10 @@ func TestServiceRoleCannotRewriteAudit(t *testing.T) {
 	}
 	allowed := []string{
 		`SELECT count(*) FROM audit_events`,
-		`INSERT INTO audit_events (sequence, time, actor, action, key, outcome, prev_hash, hash) VALUES (2, now(), 'a', 'AccessSecretVersion', 'K', 'OK', '\x01', '\x02')`,
-		`UPDATE audit_head SET sequence = 2, hash = '\x02' WHERE sequence = 1`,
+		// The previous release's append: the next event and the head, in
+		// one transaction (a multi-statement query is one).
+		`INSERT INTO audit_events (sequence, time, actor, action, key, outcome, prev_hash, hash) VALUES (2, now(), 'a', 'AccessSecretVersion', 'K', 'OK', '\x01', '\x02');
+		UPDATE audit_head SET sequence = 2, hash = '\x02' WHERE sequence = 1`,
 		`INSERT INTO audit_checkpoints (sequence, hash, time, key_id, signature) VALUES (2, '\x02', now(), 'k', '\x00') ON CONFLICT (sequence) DO NOTHING`,
 		`SELECT max(version_id) FROM goose_db_version`,
 		`INSERT INTO audit_intake (actor, action, outcome) VALUES ('a', 'AccessSecretVersion', 'OK')`,

@@ -93,16 +93,25 @@ func (a *app) tokensCommand() *cobra.Command {
 }
 
 func (a *app) auditVerifyCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "verify-audit",
+	var full bool
+	cmd := &cobra.Command{
+		Use:   "verify-audit [--full]",
 		Short: "Verify the tamper-evident audit log (exit 1 unless intact)",
-		Args:  cobra.NoArgs,
+		Long: "Verify the tamper-evident audit log. By default the walk starts after the newest point an earlier\n" +
+			"verification recorded (incremental: events up to it are not re-checked); --full walks every event\n" +
+			"in the table.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
-			v, err := c.VerifyAuditLog(cmd.Context())
+			var v client.AuditVerification
+			if full {
+				v, err = verifyAuditFull(cmd.Context(), c)
+			} else {
+				v, err = c.VerifyAuditLog(cmd.Context())
+			}
 			if err != nil {
 				return err
 			}
@@ -120,4 +129,6 @@ func (a *app) auditVerifyCommand() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&full, "full", false, "walk every event in the table, not only those after the last verified point")
+	return cmd
 }

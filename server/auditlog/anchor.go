@@ -79,7 +79,18 @@ func (a *Anchor) Put(ctx context.Context, c Checkpoint) error {
 // does not parse is an error: the verifier cannot vouch for a chain against
 // an anchor it cannot read.
 func (a *Anchor) List(ctx context.Context) ([]Checkpoint, error) {
+	return a.ListFrom(ctx, -1)
+}
+
+// ListFrom is List for the checkpoints at or after sequence from (-1: all):
+// the files before it are listed but not read (an incremental verification
+// starts after them).
+func (a *Anchor) ListFrom(ctx context.Context, from int64) ([]Checkpoint, error) {
 	var out []Checkpoint
+	start := ""
+	if from >= 0 {
+		start = anchorKey(from)
+	}
 	it := a.bucket.List(&blob.ListOptions{Prefix: anchorPrefix})
 	for {
 		obj, err := it.Next(ctx)
@@ -89,7 +100,7 @@ func (a *Anchor) List(ctx context.Context) ([]Checkpoint, error) {
 		if err != nil {
 			return nil, fmt.Errorf("audit checkpoints: list: %w", blobstore.RedactError(err))
 		}
-		if obj.IsDir || !strings.HasSuffix(obj.Key, ".json") {
+		if obj.IsDir || !strings.HasSuffix(obj.Key, ".json") || obj.Key < start {
 			continue
 		}
 		if len(out) >= maxAnchorFiles {

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,7 +50,13 @@ func KeyID(pub ed25519.PublicKey) string {
 func LoadSigner(file string) (*Signer, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("audit signing key: %w", err)
+		// The path is not repeated: given the key itself instead of a
+		// path, it would put the key in a log or a terminal.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, fmt.Errorf("audit signing key: cannot read the key file (the option expects the path of a file holding the key, not the key): %w", err)
 	}
 	seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
 	if err != nil || len(seed) != ed25519.SeedSize {

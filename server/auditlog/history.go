@@ -19,7 +19,9 @@ type historyStore interface {
 	AuditPartitions(ctx context.Context) ([]store.AuditPartition, error)
 	AuditEventAt(ctx context.Context, seq int64) (store.AuditEvent, error)
 	InsertAuditVerified(ctx context.Context, v store.AuditVerified) error
-	AuditVerifiedProgress(ctx context.Context, limit int) ([]store.AuditVerified, error)
+	AuditVerifiedProgress(ctx context.Context, keyIDs []string, before *store.AuditVerified, limit int) ([]store.AuditVerified, error)
+	AuditRowBounds(ctx context.Context, upTo int64, count bool) (store.AuditRows, error)
+	AuditDuplicate(ctx context.Context, upTo int64) (int64, error)
 }
 
 // archivedThrough is the last sequence retention dropped from the table
@@ -38,30 +40,80 @@ func archivedThrough(parts []store.AuditPartition) int64 {
 // after the events retention dropped (then linked to the first live
 // event's previous hash, which only the archives can confirm).
 func (l *Log) liveStart(ctx context.Context, h Head) (Point, error) {
+	p, _, err := l.liveStartThrough(ctx, h)
+	return p, err
+}
+
+// liveStartThrough is liveStart, also reporting the last sequence the
+// catalog says retention dropped (0: none).
+func (l *Log) liveStartThrough(ctx context.Context, h Head) (Point, int64, error) {
 	hs, ok := l.Store.(historyStore)
 	if !ok {
-		return Point{Sequence: h.ChainStart}, nil
+		return Point{Sequence: h.ChainStart}, 0, nil
 	}
 	parts, err := hs.AuditPartitions(ctx)
 	if err != nil {
-		return Point{}, err
+		return Point{}, 0, err
 	}
 	through := archivedThrough(parts)
 	if through <= h.ChainStart {
-		return Point{Sequence: h.ChainStart}, nil
+		return Point{Sequence: h.ChainStart}, through, nil
 	}
 	if through >= h.Sequence {
-		return Point{Sequence: h.Sequence, Hash: h.Hash}, nil
+		return Point{Sequence: h.Sequence, Hash: h.Hash}, through, nil
 	}
 	e, err := hs.AuditEventAt(ctx, through+1)
 	if errors.Is(err, store.ErrNotFound) {
 		// Verify reports the gap.
-		return Point{Sequence: through}, nil
+		return Point{Sequence: through}, through, nil
 	}
 	if err != nil {
-		return Point{}, err
+		return Point{}, 0, err
 	}
-	return Point{Sequence: through, Hash: e.PrevHash}, nil
+	return Point{Sequence: through, Hash: e.PrevHash}, through, nil
+}
+
+// checkRows finds rows a walk of the chain never reads, so cannot vouch
+// for, yet the audit listing shows: numbered at or below the events
+// retention dropped (or below 1), past the head, or (full: counted)
+// more than once. through is the last sequence the catalog says was
+// dropped, h the head the walk ended at.
+func checkRows(ctx context.Context, hs historyStore, res Result, through int64, h Head, full bool) (Result, error) {
+	bad := func(seq int64, format string, args ...any) (Result, error) {
+		res.Intact, res.FirstBad, res.Reason = false, seq, fmt.Sprintf(format, args...)
+		return res, nil
+	}
+	r, err := hs.AuditRowBounds(ctx, h.Sequence, full)
+	if err != nil {
+		return res, err
+	}
+	switch {
+	case r.Min == 0 && r.Max == 0:
+	case r.Min < 1:
+		return bad(r.Min, "inserted: the table holds an event numbered %d, outside the chain (which starts at 1)", r.Min)
+	case r.Min <= through:
+		return bad(r.Min, "inserted: the table holds event %d, but the partition catalog says events up to %d were archived and dropped (a row outside the chain, or a catalog that lies)", r.Min, through)
+	case r.Max > r.Head:
+		return bad(r.Max, "inserted: the table holds event %d, past the chain head %d: it is not part of the chain", r.Max, r.Head)
+	}
+	if !full || r.Counted < 0 {
+		return res, nil
+	}
+	want := max(h.Sequence-through, 0)
+	switch {
+	case r.Counted > want:
+		dup, err := hs.AuditDuplicate(ctx, h.Sequence)
+		if err != nil {
+			return res, err
+		}
+		if dup != 0 {
+			return bad(dup, "inserted: the table holds more than one event numbered %d", dup)
+		}
+		return bad(through+1, "inserted: the table holds %d events numbered %d to %d, not %d", r.Counted, through+1, h.Sequence, want)
+	case r.Counted < want:
+		return bad(through+1, "deleted: the table holds %d events numbered %d to %d, not %d (events before the chain start are missing)", r.Counted, through+1, h.Sequence, want)
+	}
+	return res, nil
 }
 
 // VerifyIncremental verifies the chain after the newest point a verifier
@@ -92,20 +144,76 @@ func (l *Log) Verify(ctx context.Context) (Result, error) {
 // records its progress when the chain holds.
 func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) {
 	hs, canRecord := l.Store.(historyStore)
-	h, checks, err := l.snapshot(ctx)
-	if err != nil {
-		return Result{}, err
+	var res Result
+	var checks Checks
+	var err error
+	// A retention pass that drops a partition while the walk runs leaves
+	// the walk short of the events it expected: when the catalog moved,
+	// verify again from the new start rather than report them deleted.
+	for attempt := 0; ; attempt++ {
+		var through int64
+		res, through, checks, err = l.verifyLiveOnce(ctx, hs, canRecord, incremental)
+		if err != nil || res.Intact || !canRecord || attempt == maxRetentionRetries {
+			break
+		}
+		parts, perr := hs.AuditPartitions(ctx)
+		if perr != nil {
+			return res, perr
+		}
+		if archivedThrough(parts) == through {
+			break
+		}
 	}
-	start, err := l.liveStart(ctx, h)
+	if err == nil && res.Intact && canRecord {
+		err = l.recordVerified(ctx, hs, res, checks)
+	}
+	return res, err
+}
+
+// maxRetentionRetries bounds how often a verification starts again because
+// retention dropped partitions while it ran.
+const maxRetentionRetries = 3
+
+func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, incremental bool) (Result, int64, Checks, error) {
+	// An incremental run reads only the anchor's checkpoints from the
+	// newest signed progress record on (a year of one-minute checkpoints
+	// is 525,600 files, read at about a millisecond each); if it cannot
+	// start there after all, it reads them all and starts earlier.
+	from := int64(-1)
+	if incremental && canRecord && l.Anchor != nil {
+		var err error
+		if from, err = l.newestProgress(ctx, hs); err != nil {
+			return Result{}, 0, Checks{}, err
+		}
+	}
+	h, checks, err := l.snapshotFrom(ctx, from)
 	if err != nil {
-		return Result{}, err
+		return Result{}, 0, checks, err
+	}
+	start, through, err := l.liveStartThrough(ctx, h)
+	if err != nil {
+		return Result{}, 0, checks, err
 	}
 	archived := start.Sequence
 	resumed := false
 	if incremental && canRecord {
 		p, ok, err := l.verifiedPoint(ctx, hs, checks, start)
 		if err != nil {
-			return Result{}, err
+			return Result{}, through, checks, err
+		}
+		if from >= 0 && (!ok || p.Sequence < from) {
+			// The anchor was read from a point this run does not start
+			// at: read all of it.
+			if h, checks, err = l.snapshot(ctx); err != nil {
+				return Result{}, 0, checks, err
+			}
+			if start, through, err = l.liveStartThrough(ctx, h); err != nil {
+				return Result{}, 0, checks, err
+			}
+			archived = start.Sequence
+			if p, ok, err = l.verifiedPoint(ctx, hs, checks, start); err != nil {
+				return Result{}, through, checks, err
+			}
 		}
 		if ok {
 			start, resumed = p, true
@@ -126,46 +234,90 @@ func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) 
 		}
 	}
 	if err == nil && res.Intact && canRecord {
-		err = l.recordVerified(ctx, hs, res, checks)
+		// Rows the walk never read: below its start, past the head, or
+		// twice (counted by a full verification only).
+		res, err = checkRows(ctx, hs, res, through, h, !resumed)
 	}
-	return res, err
+	return res, through, checks, err
 }
 
-// maxProgressRecords bounds how many progress records are considered.
-const maxProgressRecords = 16
+// Progress records are read in pages of progressPage, at most
+// maxProgressPages of them: rows the service role inserted (it may insert
+// any) are skipped, not allowed to crowd out the real ones; past the bound
+// the verification walks everything, which is slower but complete.
+const (
+	progressPage     = 64
+	maxProgressPages = 64
+)
 
 // verifiedPoint finds the starting point of an incremental verification.
 func (l *Log) verifiedPoint(ctx context.Context, hs historyStore, checks Checks, live Point) (Point, bool, error) {
 	if len(checks.Keys) == 0 {
 		return Point{}, false, nil // nothing signed can be trusted
 	}
-	recs, err := hs.AuditVerifiedProgress(ctx, maxProgressRecords)
-	if err != nil {
-		return Point{}, false, err
+	// The checkpoints by sequence: a page of records is matched without
+	// scanning every checkpoint for each.
+	index := func(cps []Checkpoint) map[int64][]Checkpoint {
+		m := make(map[int64][]Checkpoint, len(cps))
+		for _, c := range cps {
+			m[c.Sequence] = append(m[c.Sequence], c)
+		}
+		return m
 	}
-	for _, v := range recs {
-		if v.Sequence <= live.Sequence || !checks.Keys.validProgress(v) {
-			continue
-		}
-		if !hasCheckpoint(checks.Checkpoints, checks.Keys, v.Sequence, v.Hash) {
-			continue
-		}
-		if checks.Anchored && !hasCheckpoint(checks.External, checks.Keys, v.Sequence, v.Hash) {
-			continue
-		}
-		e, err := hs.AuditEventAt(ctx, v.Sequence)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		}
+	stored, external := index(checks.Checkpoints), index(checks.External)
+	var before *store.AuditVerified
+	for range maxProgressPages {
+		recs, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), before, progressPage)
 		if err != nil {
 			return Point{}, false, err
 		}
-		if !bytes.Equal(e.Hash, v.Hash) || !bytes.Equal(store.EventHash(e.PrevHash, e), e.Hash) {
-			continue // the full walk will say what is wrong
+		for _, v := range recs {
+			if v.Sequence <= live.Sequence {
+				return Point{}, false, nil // older ones start earlier still
+			}
+			if !hasCheckpoint(stored[v.Sequence], checks.Keys, v.Sequence, v.Hash) || !checks.Keys.validProgress(v) {
+				continue
+			}
+			if checks.Anchored && !hasCheckpoint(external[v.Sequence], checks.Keys, v.Sequence, v.Hash) {
+				continue
+			}
+			e, err := hs.AuditEventAt(ctx, v.Sequence)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return Point{}, false, err
+			}
+			if !bytes.Equal(e.Hash, v.Hash) || !bytes.Equal(store.EventHash(e.PrevHash, e), e.Hash) {
+				continue // the full walk will say what is wrong
+			}
+			return Point{Sequence: v.Sequence, Hash: v.Hash}, true, nil
 		}
-		return Point{Sequence: v.Sequence, Hash: v.Hash}, true, nil
+		if len(recs) < progressPage {
+			break
+		}
+		before = &recs[len(recs)-1]
 	}
 	return Point{}, false, nil
+}
+
+// newestProgress returns the sequence of the newest progress record signed
+// by a trusted key (-1: none in the newest page), where an incremental
+// verification will most likely start.
+func (l *Log) newestProgress(ctx context.Context, hs historyStore) (int64, error) {
+	if len(l.Keys) == 0 {
+		return -1, nil
+	}
+	recs, err := hs.AuditVerifiedProgress(ctx, l.Keys.IDs(), nil, progressPage)
+	if err != nil {
+		return -1, err
+	}
+	for _, v := range recs {
+		if l.Keys.validProgress(v) {
+			return v.Sequence, nil
+		}
+	}
+	return -1, nil
 }
 
 func hasCheckpoint(cps []Checkpoint, keys Keys, seq int64, hash []byte) bool {
@@ -197,7 +349,7 @@ func (l *Log) recordVerified(ctx context.Context, hs historyStore, res Result, c
 	if best == nil {
 		return nil
 	}
-	if recs, err := hs.AuditVerifiedProgress(ctx, 1); err != nil {
+	if recs, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), nil, 1); err != nil {
 		return err
 	} else if len(recs) > 0 && recs[0].Sequence >= best.Sequence && checks.Keys.validProgress(recs[0]) {
 		return nil // recorded already
@@ -230,7 +382,32 @@ func (k Keys) validProgress(v store.AuditVerified) bool {
 // no segment the catalog lost), then the live table. A missing, reordered
 // or altered segment is reported by name.
 func (l *Log) VerifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
-	return l.withWaiting(ctx)(l.verifyArchives(ctx, a, progress))
+	hs, ok := l.Store.(historyStore)
+	if !ok {
+		return Result{}, errors.New("audit archives: the store has no partition catalog")
+	}
+	// As verifyLive: a retention pass that moved a partition from the table
+	// to the archive while this ran is not a deletion; verify again.
+	var res Result
+	var err error
+	for attempt := 0; ; attempt++ {
+		parts, perr := hs.AuditPartitions(ctx)
+		if perr != nil {
+			return Result{}, perr
+		}
+		res, err = l.verifyArchives(ctx, a, progress)
+		if err != nil || res.Intact || attempt == maxRetentionRetries {
+			break
+		}
+		after, perr := hs.AuditPartitions(ctx)
+		if perr != nil {
+			return res, perr
+		}
+		if archivedThrough(after) == archivedThrough(parts) {
+			break
+		}
+	}
+	return l.withWaiting(ctx)(res, err)
 }
 
 func (l *Log) verifyArchives(ctx context.Context, a *Archive, progress func(segment string, events int64)) (Result, error) {
@@ -356,6 +533,9 @@ func (l *Log) verifyArchives(ctx context.Context, a *Archive, progress func(segm
 	}
 	res, err = Verify(iter.Seq2[store.AuditEvent, error](events), h, checks)
 	res.Segments = len(segs)
+	if err == nil && res.Intact {
+		res, err = checkRows(ctx, hs, res, archivedThrough(parts), h, true)
+	}
 	var se *SegmentError
 	if errors.As(err, &se) {
 		return bad(se.Segment, res.VerifiedThrough+1, "altered while being read: %s", se.Problem)

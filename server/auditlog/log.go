@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"log/slog"
 	"time"
 
 	"github.com/orient-bot/secrets/server/store"
@@ -19,6 +20,7 @@ type Store interface {
 	AuditHead(ctx context.Context) (chainStart, sequence int64, hash []byte, err error)
 	AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[store.AuditEvent, error]
 	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
+	NewestCheckpoints(ctx context.Context, upTo int64) (atOrBelow, past *store.AuditCheckpoint, err error)
 	InsertCheckpoint(ctx context.Context, c store.AuditCheckpoint) error
 	// AuditIntake reports the events committed but not yet chained.
 	AuditIntake(ctx context.Context) (waiting int64, oldest time.Duration, err error)
@@ -36,6 +38,15 @@ type Log struct {
 	// Anchor receives every signed checkpoint and is checked by Verify;
 	// nil leaves the chain only self-attested.
 	Anchor *Anchor
+	// Logger receives warnings (nil: slog.Default()).
+	Logger *slog.Logger
+}
+
+func (l *Log) logger() *slog.Logger {
+	if l.Logger != nil {
+		return l.Logger
+	}
+	return slog.Default()
 }
 
 func (l *Log) head(ctx context.Context) (Head, error) {
@@ -52,10 +63,13 @@ func (l *Log) checkpoints(ctx context.Context) ([]Checkpoint, error) {
 	return out, err
 }
 
-// Checkpoint signs the current head if it moved since the last checkpoint,
-// writes it to the anchor (first: a checkpoint the anchor lacks is retried
-// with the next head) and then to the database. It reports the sequence it
-// signed (0 when there was nothing new).
+// Checkpoint signs the current head unless a checkpoint of it signed by a
+// trusted key is stored already, writes it to the anchor (first: a
+// checkpoint the anchor lacks is retried with the next head) and then to
+// the database. It reports the sequence it signed (0 when there was nothing
+// new). Stored rows past the head, or not signed by a trusted key, do not
+// count (the service role may insert any row): one past the head is logged
+// as a warning.
 func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 	if l.Signer == nil {
 		return 0, nil
@@ -64,11 +78,20 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 	if err != nil || h.Sequence <= h.ChainStart {
 		return 0, err
 	}
-	cps, err := l.Store.Checkpoints(ctx)
+	newest, past, err := l.Store.NewestCheckpoints(ctx, h.Sequence)
 	if err != nil {
 		return 0, err
 	}
-	if n := len(cps); n > 0 && cps[n-1].Sequence >= h.Sequence {
+	trusted := func(c *store.AuditCheckpoint) bool {
+		return c != nil && (l.Keys.valid(Checkpoint(*c)) || Checkpoint(*c).Valid(l.Signer.Public()))
+	}
+	if past != nil && !trusted(past) {
+		// A racing replica's checkpoint of a newer head verifies; this
+		// one does not, so it is ignored (verification reports it).
+		l.logger().Warn("audit checkpoint past the chain head is not signed by a trusted key: ignored",
+			"sequence", past.Sequence, "head", h.Sequence, "key_id", past.KeyID)
+	}
+	if newest != nil && newest.Sequence == h.Sequence && trusted(newest) {
 		return 0, nil
 	}
 	c := l.Signer.Sign(h.Sequence, h.Hash, time.Now())
@@ -86,10 +109,16 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 // the head are the chain as of that moment, whatever is appended meanwhile
 // (a live server's appends are not "inserted after the head").
 func (l *Log) snapshot(ctx context.Context) (Head, Checks, error) {
+	return l.snapshotFrom(ctx, -1)
+}
+
+// snapshotFrom is snapshot reading only the anchor's checkpoints at or
+// after sequence from (-1: all of them).
+func (l *Log) snapshotFrom(ctx context.Context, from int64) (Head, Checks, error) {
 	checks := Checks{Keys: l.Keys, Anchored: l.Anchor != nil}
 	var err error
 	if l.Anchor != nil {
-		if checks.External, err = l.Anchor.List(ctx); err != nil {
+		if checks.External, err = l.Anchor.ListFrom(ctx, from); err != nil {
 			return Head{}, checks, err
 		}
 	}

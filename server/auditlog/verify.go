@@ -114,8 +114,9 @@ func (r Result) Summary() string {
 	if r.Segments > 0 {
 		fmt.Fprintf(&b, " in %d archived segments and the table", r.Segments)
 	}
-	if r.From > r.ChainStart {
-		fmt.Fprintf(&b, " after %d, verified before", r.From)
+	resumed := r.From > r.ChainStart && r.From > r.ArchivedThrough
+	if resumed {
+		fmt.Fprintf(&b, " after %d; events up to %d were verified by an earlier run and not re-checked here: --full re-checks them", r.From, r.From)
 	}
 	fmt.Fprintf(&b, ", %d signed checkpoints in the database matched", r.Checkpoints)
 	if r.ArchivedThrough > 0 {
@@ -129,6 +130,8 @@ func (r Result) Summary() string {
 	case r.AnchoredThrough < r.VerifiedThrough:
 		fmt.Fprintf(&b, ", %d external); anchored through %d; events %d to %d are only self-attested until the next external checkpoint",
 			r.External, r.AnchoredThrough, r.AnchoredThrough+1, r.VerifiedThrough)
+	case resumed:
+		fmt.Fprintf(&b, ", %d external); anchored through %d: every event checked here is covered by an external checkpoint", r.External, r.AnchoredThrough)
 	default:
 		fmt.Fprintf(&b, ", %d external); anchored through %d: every event is covered by an external checkpoint", r.External, r.AnchoredThrough)
 	}
@@ -234,6 +237,8 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 		}
 		res.Events++
 		switch {
+		case cur.Sequence < expect:
+			return bad(cur.Sequence, "inserted: the table holds more than one event numbered %d", cur.Sequence)
 		case cur.Sequence != expect:
 			return bad(expect, "deleted: events %d to %d are missing", expect, cur.Sequence-1)
 		case !bytes.Equal(store.EventHash(cur.PrevHash, cur), cur.Hash):

@@ -467,6 +467,36 @@ func (s *Store) InsertCheckpoint(ctx context.Context, c AuditCheckpoint) error {
 	return classify(err)
 }
 
+// NewestCheckpoints returns the newest stored checkpoint at or below upTo
+// and the newest one past it (nil when there is none): two index probes,
+// whatever the table's size.
+func (s *Store) NewestCheckpoints(ctx context.Context, upTo int64) (atOrBelow, past *AuditCheckpoint, err error) {
+	rows, err := s.pool.Query(ctx, `(SELECT sequence, hash, time, key_id, signature FROM audit_checkpoints
+			WHERE sequence <= $1 ORDER BY sequence DESC LIMIT 1)
+		UNION ALL
+		(SELECT sequence, hash, time, key_id, signature FROM audit_checkpoints
+			WHERE sequence > $1 ORDER BY sequence DESC LIMIT 1)`, upTo)
+	if err != nil {
+		return nil, nil, classify(err)
+	}
+	cps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditCheckpoint, error) {
+		var c AuditCheckpoint
+		err := r.Scan(&c.Sequence, &c.Hash, &c.Time, &c.KeyID, &c.Signature)
+		return c, err
+	})
+	if err != nil {
+		return nil, nil, classify(err)
+	}
+	for i := range cps {
+		if cps[i].Sequence <= upTo {
+			atOrBelow = &cps[i]
+		} else {
+			past = &cps[i]
+		}
+	}
+	return atOrBelow, past, nil
+}
+
 // Checkpoints returns every checkpoint in sequence order.
 func (s *Store) Checkpoints(ctx context.Context) ([]AuditCheckpoint, error) {
 	rows, err := s.pool.Query(ctx, `SELECT sequence, hash, time, key_id, signature FROM audit_checkpoints ORDER BY sequence`)

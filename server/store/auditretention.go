@@ -91,6 +91,45 @@ func (s *Store) AuditEventAt(ctx context.Context, seq int64) (AuditEvent, error)
 	return e, classify(err)
 }
 
+// AuditRows describes which sequences audit_events holds, to find rows a
+// walk of (from, head] never reads: numbered at or below where the live
+// chain starts, past the head, or twice.
+type AuditRows struct {
+	// Min and Max are the lowest and highest sequence in the table (0, 0
+	// when it is empty).
+	Min, Max int64
+	// Head is the chain head read in the same snapshot as Max (a committed
+	// event never lies past the committed head).
+	Head int64
+	// Counted is the number of rows with sequence <= the upTo asked for;
+	// -1 when not counted.
+	Counted int64
+}
+
+// AuditRowBounds reports the table's lowest and highest sequence and the
+// head (index probes) and, with count, how many rows are numbered at or
+// below upTo (a scan of the index: what a full verification pays anyway).
+func (s *Store) AuditRowBounds(ctx context.Context, upTo int64, count bool) (AuditRows, error) {
+	r := AuditRows{Counted: -1}
+	err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT min(sequence) FROM audit_events), 0),
+		coalesce((SELECT max(sequence) FROM audit_events), 0), (SELECT sequence FROM audit_head)`).Scan(&r.Min, &r.Max, &r.Head)
+	if err != nil || !count {
+		return r, classify(err)
+	}
+	err = s.pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE sequence <= $1`, upTo).Scan(&r.Counted)
+	return r, classify(err)
+}
+
+// AuditDuplicate returns the lowest sequence the table holds more than once
+// at or below upTo (0: none). It reads every row: call it only once a count
+// found too many.
+func (s *Store) AuditDuplicate(ctx context.Context, upTo int64) (int64, error) {
+	var seq int64
+	err := s.pool.QueryRow(ctx, `SELECT coalesce((SELECT sequence FROM audit_events WHERE sequence <= $1
+		GROUP BY sequence HAVING count(*) > 1 ORDER BY sequence LIMIT 1), 0)`, upTo).Scan(&seq)
+	return seq, classify(err)
+}
+
 // RecordAuditArchive records partition name as archived (audit_record_archive:
 // the retention privilege). first and last are nil for an empty partition,
 // which has no archive.
@@ -136,14 +175,21 @@ func (s *Store) InsertAuditVerified(ctx context.Context, v AuditVerified) error 
 	return classify(err)
 }
 
-// AuditVerifiedProgress returns the newest progress records within the
-// chain, newest first (at most limit).
-func (s *Store) AuditVerifiedProgress(ctx context.Context, limit int) ([]AuditVerified, error) {
+// AuditVerifiedProgress returns progress records within the chain signed
+// under one of keyIDs, newest first, at most limit: the newest ones, or
+// with before the ones older than it (the next page).
+func (s *Store) AuditVerifiedProgress(ctx context.Context, keyIDs []string, before *AuditVerified, limit int) ([]AuditVerified, error) {
 	// Only records within the chain: rows claiming events beyond the head
 	// (the service role may insert any) cannot crowd out the real ones.
+	var seq *int64
+	var at *time.Time
+	if before != nil {
+		seq, at = &before.Sequence, &before.Time
+	}
 	rows, err := s.pool.Query(ctx, `SELECT sequence, hash, verified_at, key_id, signature FROM audit_verified
-		WHERE sequence <= (SELECT sequence FROM audit_head)
-		ORDER BY sequence DESC, verified_at DESC LIMIT $1`, limit)
+		WHERE sequence <= (SELECT sequence FROM audit_head) AND key_id = ANY ($1)
+			AND ($2::bigint IS NULL OR (sequence, verified_at) < ($2, $3::timestamptz))
+		ORDER BY sequence DESC, verified_at DESC LIMIT $4`, keyIDs, seq, at, limit)
 	if err != nil {
 		return nil, classify(err)
 	}
