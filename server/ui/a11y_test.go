@@ -1,6 +1,7 @@
 package ui_test
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testserver"
 )
 
@@ -543,5 +545,87 @@ func TestAnnouncements(t *testing.T) {
 		if n := q.dialogs.Load(); n != 0 {
 			st.Errorf("%d JavaScript dialog(s) opened", n)
 		}
+	})
+}
+
+// The longest text callers may choose, none of it with a space to break at.
+var (
+	longKey     = "E" + strings.Repeat("K", 127)                                                                                                      // the key maximum
+	longService = strings.Repeat("s", 128)                                                                                                            // consumer names: 128 of [A-Za-z0-9._:/-]
+	longInst    = strings.Repeat("i", 128)                                                                                                            // (any reader token may report them)
+	longChip    = "R" + strings.Repeat("Y", 127)                                                                                                      // a key in the banner
+	longActor   = "a" + strings.Repeat("b", 63)                                                                                                       // a 64-character token name
+	urlDesc     = "Console: https://console.cloud.google.com/apis/credentials/key/0123456789abcdef0123456789abcdef?project=orient-production-eu-west" // a plain URL
+)
+
+// bannerJS lists what sticks out of the restart banner or its items.
+const bannerJS = `(() => { const out = []; const banner = document.querySelector('#restart-banner').getBoundingClientRect();
+  for (const e of document.querySelectorAll('#restart-list li, #restart-list li *')) {
+    const r = e.getBoundingClientRect();
+    if (!r.width) continue;
+    if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX === 'visible') out.push(e.className + ': content ' + e.scrollWidth + ' px in ' + e.clientWidth + ' px');
+    if (r.right > banner.right + 0.5) out.push(e.className + ': right edge ' + Math.round(r.right) + ' past the banner at ' + Math.round(banner.right));
+  }
+  return out; })()`
+
+// TestLayoutLongText: keys, descriptions, actors, consumer names and audit
+// details as long as the API accepts, with nothing to break them at, at
+// 320 px (400% zoom of a 1280 px window, WCAG 1.4.10) and at 1280 px: the
+// page never scrolls sideways, no text sticks out of its cell or of the
+// restart banner, and no hidden label escapes its table's scroll region.
+func TestLayoutLongText(t *testing.T) {
+	t.Parallel()
+	needBrowser(t)
+	srv := testserver.Start(t, testserver.Options{})
+	res, err := srv.Tokens.CreateToken(context.Background(), &pb.CreateTokenRequest{Name: longActor, Role: "writer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer := res.GetToken()
+	putSecret(t, srv, "E2E_SHORT", "v", map[string]any{"category": "payments", "description": "short one"})
+	putSecret(t, srv, "E2E_URL_DESC", "v", map[string]any{"category": "payments", "description": urlDesc})
+	// Written by the 64-character token: its name is the row's and the
+	// version's actor.
+	if code, out := rest(t, srv, writer, "PUT", "/v1/secrets/"+longKey, map[string]any{"value": "dg==", "category": "payments"}); code != http.StatusOK {
+		t.Fatalf("PUT %s: HTTP %d: %v", longKey, code, out)
+	}
+	putSecret(t, srv, longChip, "one", map[string]any{"category": "payments", "restartRequired": true})
+	rev := mustREST(t, srv, "GET", "/v1/consumers", nil)["revision"]
+	if code, out := rest(t, srv, writer, "POST", "/v1/consumers:report", map[string]any{
+		"consumer": map[string]any{"service": longService, "instance": longInst}, "loadedRevision": rev}); code != http.StatusOK {
+		t.Fatalf("report: HTTP %d: %v", code, out)
+	}
+	putSecret(t, srv, longChip, "two", nil)
+
+	p := newTab(t, srv)
+	p.viewport(1280, 900)
+	p.open("/ui/")
+	p.signIn(srv.AdminToken)
+	p.waitFor("the list and the restart banner", qs(row("E2E_URL_DESC"))+` && `+qs(row(longKey))+` && !document.querySelector('#restart-banner').hidden`)
+	for _, w := range []int64{1280, 320} {
+		t.Run(fmt.Sprintf("Secrets%d", w), func(st *testing.T) {
+			q := p.sub(st)
+			q.viewport(w, 800)
+			q.checkLayout("Secrets")
+			for _, pr := range eval[[]string](q, bannerJS) {
+				st.Errorf("restart banner at %d px: %s", w, pr)
+			}
+		})
+	}
+	t.Run("Versions320", func(st *testing.T) {
+		q := p.sub(st)
+		q.click(row(longKey) + ` button[data-action="versions"]`)
+		q.waitFor("the versions", `document.querySelector('#versions-rows tr[data-version="1"]')`)
+		q.checkLayout("the versions dialog")
+		q.click("#versions-close")
+	})
+	t.Run("Audit320", func(st *testing.T) {
+		q := p.sub(st)
+		// Dismissing the consumer audits its name in the event's detail.
+		q.click(`#restart-list [data-action="dismiss"]`)
+		q.waitFor("the banner to clear", `document.querySelector('#restart-banner').hidden`)
+		q.click(`.nav-item[data-tab="audit"]`)
+		q.waitFor("the dismissal in the audit log", `[...document.querySelectorAll('#audit-rows .detail-text')].some((d) => d.textContent.includes(`+js(longService)+`))`)
+		q.checkLayout("Audit")
 	})
 }
