@@ -380,3 +380,32 @@ func (tb *tab) ax(sel string) axInfo {
 }
 
 var spaces = regexp.MustCompile(`\s+`)
+
+// exposedLiveRegions lists (by id) the live regions in the page that the
+// accessibility tree exposes, which are the ones a screen reader can hear:
+// not those in a closed dialog (not rendered), nor those outside an open
+// modal dialog (inert, so ignored).
+func (tb *tab) exposedLiveRegions() []string {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, 10*time.Second)
+	defer cancel()
+	nodes, err := chromedp.Run(ctx, chromedp.Nodes(chromedp.CSSAll(`[aria-live], [role=status], [role=log]`), chromedp.AtLeast(0)))
+	if err != nil {
+		tb.t.Fatalf("live regions: %v", err)
+	}
+	out := []string{}
+	for _, n := range nodes {
+		res, err := chromedp.Call(ctx, accessibility.GetPartialAXTree, accessibility.GetPartialAXTreeParams{BackendNodeID: n.BackendNodeID, FetchRelatives: new(bool)})
+		if err != nil {
+			tb.t.Fatalf("accessibility node of a live region: %v", err)
+		}
+		if len(res.Nodes) > 0 && !res.Nodes[0].Ignored {
+			id := n.AttributeValue("id")
+			if id == "" {
+				id = n.LocalName + "." + n.AttributeValue("class")
+			}
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -424,21 +425,28 @@ func TestAnnouncements(t *testing.T) {
 		}
 		q.signIn(srv.AdminToken)
 		q.waitFor("the Secrets list", qs(row(a11yKey))+` && document.querySelector('#live-status').dataset.state === 'live'`)
-		// Exactly one live region on the page, and the banner is not one.
-		if n := eval[int](q, `document.querySelectorAll('[aria-live], [role=status], [role=log]').length`); n != 1 {
-			st.Errorf("%d polite live regions, want 1", n)
+		// Exactly one live region exposed, the page's, and the banner is not
+		// one (the dialogs' own are not rendered while they are closed).
+		if got := q.exposedLiveRegions(); !slices.Equal(got, []string{"announcer"}) {
+			st.Errorf("live regions exposed: %q, want only announcer", got)
 		}
 		reportConsumer(st, srv, a11yService)
 		putSecret(st, srv, a11yRestart, "two", nil)
 		q.waitFor("the restart banner", `!document.querySelector('#restart-banner').hidden`)
 		q.waitFor("the announcement", `window.__said.some((s) => s.includes('Restart needed') && s.includes('orient-a11y/pod-1'))`)
 		// Another key of the same service: the banner changes, the set of
-		// services does not, so nothing new is said.
+		// services does not, so nothing new is said. The service's item is
+		// rebuilt: the focus on its Dismiss button moves to the new one.
 		before := len(said())
+		dismissSel := `#restart-list li[data-service="` + a11yService + `"] [data-action="dismiss"]`
+		q.do(chromedp.Evaluate[chromedp.Void](`window.__dismiss = ` + qs(dismissSel) + `; window.__dismiss.focus()`))
 		putSecret(st, srv, "E2E_A11Y_OTHER_RESTART", "two", nil)
 		q.waitFor("the banner naming the second key", `document.querySelector('#restart-list').textContent.includes('E2E_A11Y_OTHER_RESTART')`)
 		if got := said()[before:]; len(got) != 0 {
 			st.Errorf("said %q when only the keys of a service already listed changed", got)
+		}
+		if f := q.focus(); f.Body || !eval[bool](q, `document.activeElement === `+qs(dismissSel)) {
+			st.Errorf("after the banner's item changed the focus is on %+v, want its Dismiss button", f)
 		}
 		// The service restarts: the set becomes empty, said once.
 		reportConsumer(st, srv, a11yService)
@@ -544,6 +552,35 @@ func TestAnnouncements(t *testing.T) {
 		}
 		if n := q.dialogs.Load(); n != 0 {
 			st.Errorf("%d JavaScript dialog(s) opened", n)
+		}
+	})
+
+	t.Run("InDialogs", func(st *testing.T) {
+		q := p.sub(st)
+		// A modal dialog makes the rest of the page inert, the page's live
+		// region with it: what an action in the dialog did is said in the
+		// dialog's own region, the only one exposed while it is open.
+		q.click(`.nav-item[data-tab="secrets"]`)
+		q.waitFor("the Secrets list", qs(row(a11yKey)))
+		q.click(row(a11yKey) + ` button[data-action="versions"]`)
+		q.waitFor("the versions", `document.querySelector('#versions-rows tr[data-version="1"] [data-action="disable"]')`)
+		if got := q.exposedLiveRegions(); len(got) != 1 || !eval[bool](q, `!!document.querySelector('#versions-dialog #'+CSS.escape(`+js(got[0])+`))`) {
+			st.Errorf("live regions exposed with the versions dialog open: %q, want only the dialog's own", got)
+		}
+		q.click(`#versions-rows tr[data-version="1"] [data-action="disable"]`)
+		q.waitFor("the announcement in the dialog", `[...document.querySelectorAll('#versions-dialog [role=status]')].some((r) => r.textContent === `+js("Disabled version 1 of "+a11yKey+".")+`)`)
+		// The confirmation on top of it: its own region alone.
+		q.click(`#versions-rows tr[data-version="1"] [data-action="destroy"]`)
+		q.waitFor("the confirmation", `document.querySelector('#confirm-dialog').open`)
+		if got := q.exposedLiveRegions(); len(got) != 1 || !eval[bool](q, `!!document.querySelector('#confirm-dialog #'+CSS.escape(`+js(got[0])+`))`) {
+			st.Errorf("live regions exposed with the confirmation open: %q, want only its own", got)
+		}
+		q.click("#confirm-cancel")
+		q.waitFor("the confirmation closed", `!document.querySelector('#confirm-dialog').open`)
+		q.click("#versions-close")
+		q.waitFor("the versions closed", `!document.querySelector('#versions-dialog').open`)
+		if got := q.exposedLiveRegions(); !slices.Equal(got, []string{"announcer"}) {
+			st.Errorf("live regions exposed after the dialogs closed: %q, want only announcer", got)
 		}
 	})
 }
