@@ -163,16 +163,23 @@ const layoutJS = `(() => {
     probe.textContent = text;
     return probe.getBoundingClientRect().width;
   };
-  // minContent is the widest piece of text in el that cannot wrap.
-  const minContent = (el) => {
+  // minContent is the widest piece of text in el that cannot wrap. Text
+  // that may break inside a word (overflow-wrap: anywhere, or break-word
+  // in a stacked cell, which has no min-content width of its own) needs
+  // only 12 characters' room: narrower than that, it is squeezed.
+  const minContent = (el, stacked) => {
     let widest = 0;
     const walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
     for (let n; (n = walk.nextNode()); ) {
       const p = n.parentElement;
       if (!p.getClientRects().length || p.closest('.visually-hidden, button')) continue;
-      const ws = getComputedStyle(p).whiteSpace;
-      const pieces = ws === 'nowrap' || ws === 'pre' ? [n.textContent] : n.textContent.split(/\s+/);
-      for (const w of pieces) if (w.trim()) widest = Math.max(widest, measure(w.trim(), p));
+      const cs = getComputedStyle(p);
+      const ws = cs.whiteSpace;
+      const nowrap = ws === 'nowrap' || ws === 'pre';
+      const breaks = !nowrap && (cs.overflowWrap === 'anywhere' || cs.wordBreak === 'break-all' || (stacked && (cs.overflowWrap === 'break-word' || cs.wordBreak === 'break-word')));
+      const floor = breaks ? measure('0'.repeat(12), p) : Infinity;
+      const pieces = nowrap ? [n.textContent] : n.textContent.split(/\s+/);
+      for (const w of pieces) if (w.trim()) widest = Math.max(widest, Math.min(floor, measure(w.trim(), p)));
     }
     return widest;
   };
@@ -184,7 +191,7 @@ const layoutJS = `(() => {
         if (!td.getClientRects().length) continue;
         const cs = getComputedStyle(td);
         const inner = td.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
-        const need = minContent(td);
+        const need = minContent(td, cs.display !== 'table-cell');
         if (need > inner + 0.5) problems.push(name(td) + ': ' + inner.toFixed(1) + ' px wide, its text needs ' + need.toFixed(1) + ' px');
         if (td.scrollWidth > td.clientWidth + 1) problems.push(name(td) + ': content ' + td.scrollWidth + ' px overflows ' + td.clientWidth + ' px');
         for (const b of td.querySelectorAll('button')) {
@@ -373,3 +380,32 @@ func (tb *tab) ax(sel string) axInfo {
 }
 
 var spaces = regexp.MustCompile(`\s+`)
+
+// exposedLiveRegions lists (by id) the live regions in the page that the
+// accessibility tree exposes, which are the ones a screen reader can hear:
+// not those in a closed dialog (not rendered), nor those outside an open
+// modal dialog (inert, so ignored).
+func (tb *tab) exposedLiveRegions() []string {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, 10*time.Second)
+	defer cancel()
+	nodes, err := chromedp.Run(ctx, chromedp.Nodes(chromedp.CSSAll(`[aria-live], [role=status], [role=log]`), chromedp.AtLeast(0)))
+	if err != nil {
+		tb.t.Fatalf("live regions: %v", err)
+	}
+	out := []string{}
+	for _, n := range nodes {
+		res, err := chromedp.Call(ctx, accessibility.GetPartialAXTree, accessibility.GetPartialAXTreeParams{BackendNodeID: n.BackendNodeID, FetchRelatives: new(bool)})
+		if err != nil {
+			tb.t.Fatalf("accessibility node of a live region: %v", err)
+		}
+		if len(res.Nodes) > 0 && !res.Nodes[0].Ignored {
+			id := n.AttributeValue("id")
+			if id == "" {
+				id = n.LocalName + "." + n.AttributeValue("class")
+			}
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -1,10 +1,12 @@
 package ui_test
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
+	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/internal/testserver"
 )
 
@@ -422,21 +425,28 @@ func TestAnnouncements(t *testing.T) {
 		}
 		q.signIn(srv.AdminToken)
 		q.waitFor("the Secrets list", qs(row(a11yKey))+` && document.querySelector('#live-status').dataset.state === 'live'`)
-		// Exactly one live region on the page, and the banner is not one.
-		if n := eval[int](q, `document.querySelectorAll('[aria-live], [role=status], [role=log]').length`); n != 1 {
-			st.Errorf("%d polite live regions, want 1", n)
+		// Exactly one live region exposed, the page's, and the banner is not
+		// one (the dialogs' own are not rendered while they are closed).
+		if got := q.exposedLiveRegions(); !slices.Equal(got, []string{"announcer"}) {
+			st.Errorf("live regions exposed: %q, want only announcer", got)
 		}
 		reportConsumer(st, srv, a11yService)
 		putSecret(st, srv, a11yRestart, "two", nil)
 		q.waitFor("the restart banner", `!document.querySelector('#restart-banner').hidden`)
 		q.waitFor("the announcement", `window.__said.some((s) => s.includes('Restart needed') && s.includes('orient-a11y/pod-1'))`)
 		// Another key of the same service: the banner changes, the set of
-		// services does not, so nothing new is said.
+		// services does not, so nothing new is said. The service's item is
+		// rebuilt: the focus on its Dismiss button moves to the new one.
 		before := len(said())
+		dismissSel := `#restart-list li[data-service="` + a11yService + `"] [data-action="dismiss"]`
+		q.do(chromedp.Evaluate[chromedp.Void](`window.__dismiss = ` + qs(dismissSel) + `; window.__dismiss.focus()`))
 		putSecret(st, srv, "E2E_A11Y_OTHER_RESTART", "two", nil)
 		q.waitFor("the banner naming the second key", `document.querySelector('#restart-list').textContent.includes('E2E_A11Y_OTHER_RESTART')`)
 		if got := said()[before:]; len(got) != 0 {
 			st.Errorf("said %q when only the keys of a service already listed changed", got)
+		}
+		if f := q.focus(); f.Body || !eval[bool](q, `document.activeElement === `+qs(dismissSel)) {
+			st.Errorf("after the banner's item changed the focus is on %+v, want its Dismiss button", f)
 		}
 		// The service restarts: the set becomes empty, said once.
 		reportConsumer(st, srv, a11yService)
@@ -543,5 +553,116 @@ func TestAnnouncements(t *testing.T) {
 		if n := q.dialogs.Load(); n != 0 {
 			st.Errorf("%d JavaScript dialog(s) opened", n)
 		}
+	})
+
+	t.Run("InDialogs", func(st *testing.T) {
+		q := p.sub(st)
+		// A modal dialog makes the rest of the page inert, the page's live
+		// region with it: what an action in the dialog did is said in the
+		// dialog's own region, the only one exposed while it is open.
+		q.click(`.nav-item[data-tab="secrets"]`)
+		q.waitFor("the Secrets list", qs(row(a11yKey)))
+		q.click(row(a11yKey) + ` button[data-action="versions"]`)
+		q.waitFor("the versions", `document.querySelector('#versions-rows tr[data-version="1"] [data-action="disable"]')`)
+		if got := q.exposedLiveRegions(); len(got) != 1 || !eval[bool](q, `!!document.querySelector('#versions-dialog #'+CSS.escape(`+js(got[0])+`))`) {
+			st.Errorf("live regions exposed with the versions dialog open: %q, want only the dialog's own", got)
+		}
+		q.click(`#versions-rows tr[data-version="1"] [data-action="disable"]`)
+		q.waitFor("the announcement in the dialog", `[...document.querySelectorAll('#versions-dialog [role=status]')].some((r) => r.textContent === `+js("Disabled version 1 of "+a11yKey+".")+`)`)
+		// The confirmation on top of it: its own region alone.
+		q.click(`#versions-rows tr[data-version="1"] [data-action="destroy"]`)
+		q.waitFor("the confirmation", `document.querySelector('#confirm-dialog').open`)
+		if got := q.exposedLiveRegions(); len(got) != 1 || !eval[bool](q, `!!document.querySelector('#confirm-dialog #'+CSS.escape(`+js(got[0])+`))`) {
+			st.Errorf("live regions exposed with the confirmation open: %q, want only its own", got)
+		}
+		q.click("#confirm-cancel")
+		q.waitFor("the confirmation closed", `!document.querySelector('#confirm-dialog').open`)
+		q.click("#versions-close")
+		q.waitFor("the versions closed", `!document.querySelector('#versions-dialog').open`)
+		if got := q.exposedLiveRegions(); !slices.Equal(got, []string{"announcer"}) {
+			st.Errorf("live regions exposed after the dialogs closed: %q, want only announcer", got)
+		}
+	})
+}
+
+// The longest text callers may choose, none of it with a space to break at.
+var (
+	longKey     = "E" + strings.Repeat("K", 127)                                                                                                      // the key maximum
+	longService = strings.Repeat("s", 128)                                                                                                            // consumer names: 128 of [A-Za-z0-9._:/-]
+	longInst    = strings.Repeat("i", 128)                                                                                                            // (any reader token may report them)
+	longChip    = "R" + strings.Repeat("Y", 127)                                                                                                      // a key in the banner
+	longActor   = "a" + strings.Repeat("b", 63)                                                                                                       // a 64-character token name
+	urlDesc     = "Console: https://console.cloud.google.com/apis/credentials/key/0123456789abcdef0123456789abcdef?project=orient-production-eu-west" // a plain URL
+)
+
+// bannerJS lists what sticks out of the restart banner or its items.
+const bannerJS = `(() => { const out = []; const banner = document.querySelector('#restart-banner').getBoundingClientRect();
+  for (const e of document.querySelectorAll('#restart-list li, #restart-list li *')) {
+    const r = e.getBoundingClientRect();
+    if (!r.width) continue;
+    if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX === 'visible') out.push(e.className + ': content ' + e.scrollWidth + ' px in ' + e.clientWidth + ' px');
+    if (r.right > banner.right + 0.5) out.push(e.className + ': right edge ' + Math.round(r.right) + ' past the banner at ' + Math.round(banner.right));
+  }
+  return out; })()`
+
+// TestLayoutLongText: keys, descriptions, actors, consumer names and audit
+// details as long as the API accepts, with nothing to break them at, at
+// 320 px (400% zoom of a 1280 px window, WCAG 1.4.10) and at 1280 px: the
+// page never scrolls sideways, no text sticks out of its cell or of the
+// restart banner, and no hidden label escapes its table's scroll region.
+func TestLayoutLongText(t *testing.T) {
+	t.Parallel()
+	needBrowser(t)
+	srv := testserver.Start(t, testserver.Options{})
+	res, err := srv.Tokens.CreateToken(context.Background(), &pb.CreateTokenRequest{Name: longActor, Role: "writer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer := res.GetToken()
+	putSecret(t, srv, "E2E_SHORT", "v", map[string]any{"category": "payments", "description": "short one"})
+	putSecret(t, srv, "E2E_URL_DESC", "v", map[string]any{"category": "payments", "description": urlDesc})
+	// Written by the 64-character token: its name is the row's and the
+	// version's actor.
+	if code, out := rest(t, srv, writer, "PUT", "/v1/secrets/"+longKey, map[string]any{"value": "dg==", "category": "payments"}); code != http.StatusOK {
+		t.Fatalf("PUT %s: HTTP %d: %v", longKey, code, out)
+	}
+	putSecret(t, srv, longChip, "one", map[string]any{"category": "payments", "restartRequired": true})
+	rev := mustREST(t, srv, "GET", "/v1/consumers", nil)["revision"]
+	if code, out := rest(t, srv, writer, "POST", "/v1/consumers:report", map[string]any{
+		"consumer": map[string]any{"service": longService, "instance": longInst}, "loadedRevision": rev}); code != http.StatusOK {
+		t.Fatalf("report: HTTP %d: %v", code, out)
+	}
+	putSecret(t, srv, longChip, "two", nil)
+
+	p := newTab(t, srv)
+	p.viewport(1280, 900)
+	p.open("/ui/")
+	p.signIn(srv.AdminToken)
+	p.waitFor("the list and the restart banner", qs(row("E2E_URL_DESC"))+` && `+qs(row(longKey))+` && !document.querySelector('#restart-banner').hidden`)
+	for _, w := range []int64{1280, 320} {
+		t.Run(fmt.Sprintf("Secrets%d", w), func(st *testing.T) {
+			q := p.sub(st)
+			q.viewport(w, 800)
+			q.checkLayout("Secrets")
+			for _, pr := range eval[[]string](q, bannerJS) {
+				st.Errorf("restart banner at %d px: %s", w, pr)
+			}
+		})
+	}
+	t.Run("Versions320", func(st *testing.T) {
+		q := p.sub(st)
+		q.click(row(longKey) + ` button[data-action="versions"]`)
+		q.waitFor("the versions", `document.querySelector('#versions-rows tr[data-version="1"]')`)
+		q.checkLayout("the versions dialog")
+		q.click("#versions-close")
+	})
+	t.Run("Audit320", func(st *testing.T) {
+		q := p.sub(st)
+		// Dismissing the consumer audits its name in the event's detail.
+		q.click(`#restart-list [data-action="dismiss"]`)
+		q.waitFor("the banner to clear", `document.querySelector('#restart-banner').hidden`)
+		q.click(`.nav-item[data-tab="audit"]`)
+		q.waitFor("the dismissal in the audit log", `[...document.querySelectorAll('#audit-rows .detail-text')].some((d) => d.textContent.includes(`+js(longService)+`))`)
+		q.checkLayout("Audit")
 	})
 }

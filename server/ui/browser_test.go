@@ -409,20 +409,29 @@ func TestDashboard(t *testing.T) {
 			st.Errorf("future start time: %q", p.text("#audit-rows"))
 		}
 
-		// Paging: 10 per page, "Older" then "Newer".
+		// Paging: 10 per page, "Older" then "Newer"; what is shown is said.
 		p.filterAudit("", "", "", "", "")
 		p.choose("#af-size", "10")
 		p.click("#audit-apply")
 		p.waitFor("page 1", `document.querySelectorAll('#audit-rows tr[data-sequence]').length === 10 && !document.querySelector('#audit-older').disabled`)
 		first := p.auditSequences()
-		p.click("#audit-older")
-		p.waitFor("page 2", `document.querySelector('#audit-page').textContent === 'Page 2' && document.querySelector('#audit-rows tr[data-sequence]')`)
+		// Older pressed twice before its page arrives: the second press is
+		// ignored (both answers would be page 2, labelled page 3).
+		p.do(chromedp.Evaluate[chromedp.Void](`(() => { const b = document.querySelector('#audit-older'); b.click(); b.click(); })()`))
+		p.waitFor("page 2", `document.querySelector('#audit-page').textContent !== 'Page 1' && document.querySelector('#audit-rows tr[data-sequence]')`)
+		evalAwait[bool](p, `new Promise((r) => setTimeout(() => r(true), 500))`) // any second answer has come
+		if got := p.text("#audit-page"); got != "Page 2" {
+			st.Errorf("after a double press of Older the pager says %q, want Page 2", got)
+		}
+		p.waitFor("page 2 announced", `(() => { const n = document.querySelectorAll('#audit-rows tr[data-sequence]').length;
+			return document.querySelector('#announcer').textContent === 'Showing ' + n + (n === 1 ? ' event' : ' events') + ', page 2.'; })()`)
 		second := p.auditSequences()
 		if len(second) == 0 || second[0] >= first[len(first)-1] {
 			st.Errorf("page 2 %v does not follow page 1 %v", second, first)
 		}
 		p.click("#audit-newer")
 		p.waitFor("page 1 again", `document.querySelector('#audit-page').textContent === 'Page 1'`)
+		p.waitFor("page 1 announced", `document.querySelector('#announcer').textContent === 'Showing 10 events, page 1.'`)
 		if again := p.auditSequences(); !slices.Equal(again, first) {
 			st.Errorf("page 1 again = %v, want %v", again, first)
 		}
@@ -628,6 +637,223 @@ func TestAuthErrors(t *testing.T) {
 		}
 		if _, err := chromedp.Call(p.ctx, fetch.Disable, cdp.Empty{}); err != nil {
 			st.Error(err)
+		}
+	})
+
+	t.Run("SessionExpiresWithDialogOpen", func(st *testing.T) {
+		p := tb.sub(st)
+		const key = "E2E_AUTH_DIALOG"
+		putSecret(st, srv, key, "v", nil)
+		p.signIn(srv.AdminToken)
+		p.waitFor("the Secrets tab", qs(row(key)))
+		p.click(row(key) + ` button[data-action="versions"]`)
+		p.waitFor("the versions", `document.querySelector('#versions-rows tr[data-version="1"] [data-action="disable"]')`)
+		release := answer401(st, p)
+		p.click(`#versions-rows tr[data-version="1"] [data-action="disable"]`)
+		p.waitFor("the sign-in screen", `document.body.dataset.view === 'signin'`)
+		release()
+		// No dialog left over the sign-in form (which it would make
+		// inert), nothing of it kept, and the focus in the token field.
+		type state struct {
+			Open  []string
+			Title string
+			Rows  int
+			Focus string
+		}
+		got := eval[state](p, `({Open: [...document.querySelectorAll('dialog[open]')].map((d) => d.id), Title: document.querySelector('#versions-title').textContent,
+			Rows: document.querySelectorAll('#versions-rows tr').length, Focus: document.activeElement.id})`)
+		if len(got.Open) != 0 || got.Title != "Versions" || got.Rows != 0 || got.Focus != "signin-token" {
+			st.Errorf("after a 401 with the versions dialog open: %+v; want no dialog open, emptied, the focus on signin-token", got)
+		}
+		p.signIn(srv.AdminToken)
+		p.waitFor("the Secrets tab again", `document.body.dataset.view === 'shell' && `+qs(row(key)))
+		p.click("#signout")
+		p.waitFor("signed out", `document.body.dataset.view === 'signin'`)
+	})
+
+	t.Run("TokenWithInvalidCharacters", func(st *testing.T) {
+		p := tb.sub(st)
+		// A curly quote pasted with the token: a header cannot hold it.
+		p.open("/ui/")
+		p.do(chromedp.Evaluate[chromedp.Void](`sessionStorage.clear()`), chromedp.Reload())
+		p.waitFor("the sign-in form", `document.body.dataset.view === 'signin' && !document.querySelector('#signin').hidden && document.querySelector('#signin-error').hidden`)
+		p.do(chromedp.Evaluate[chromedp.Void](`document.querySelector('#signin-token').value = 'osk_abc\u2019def'`))
+		p.click("#signin-submit")
+		p.waitFor("the sign-in error", `!document.querySelector('#signin-error').hidden`)
+		if got := p.text("#signin-error"); !strings.Contains(got, "invalid characters") {
+			st.Errorf("sign-in error for a token with U+2019 = %q, want it to say the token has invalid characters", got)
+		}
+		if id := eval[string](p, `document.activeElement.id`); id != "signin-token" {
+			st.Errorf("focus on %q, want signin-token", id)
+		}
+	})
+}
+
+// answer401 answers every API call of the tab with 401 (a revoked token)
+// until the returned function is called.
+func answer401(t *testing.T, p *tab) func() {
+	t.Helper()
+	paused := chromedp.Events(p.ctx, fetch.RequestPaused)
+	if _, err := chromedp.Call(p.ctx, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: "*/v1/*"}}}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for e, err := range paused {
+			if err != nil {
+				return
+			}
+			_, _ = chromedp.Call(p.ctx, fetch.FulfillRequest, fetch.FulfillRequestParams{
+				RequestID:       e.RequestID,
+				ResponseCode:    http.StatusUnauthorized,
+				ResponseHeaders: []*fetch.HeaderEntry{{Name: "Content-Type", Value: "application/json"}},
+				Body:            []byte(`{"code":16,"message":"token revoked","details":[]}`),
+			})
+		}
+	}()
+	return func() {
+		if _, err := chromedp.Call(p.ctx, fetch.Disable, cdp.Empty{}); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// holdRequests holds the tab's requests whose URL matches pattern (a
+// DevTools pattern, * for any text) until release is called with their id;
+// next waits for the next one held.
+func holdRequests(t *testing.T, p *tab, pattern string) (next func() fetch.RequestID, release func(fetch.RequestID)) {
+	t.Helper()
+	ids := make(chan fetch.RequestID, 16)
+	paused := chromedp.Events(p.ctx, fetch.RequestPaused)
+	if _, err := chromedp.Call(p.ctx, fetch.Enable, fetch.EnableParams{Patterns: []*fetch.RequestPattern{{URLPattern: pattern}}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(p.ctx)
+	go func() {
+		for e, err := range paused {
+			if err != nil || ctx.Err() != nil {
+				return
+			}
+			select {
+			case ids <- e.RequestID:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		stop()
+		_, _ = chromedp.Call(p.ctx, fetch.Disable, cdp.Empty{})
+	})
+	next = func() fetch.RequestID {
+		t.Helper()
+		select {
+		case id := <-ids:
+			return id
+		case <-time.After(actionTimeout):
+			t.Fatalf("no request to %s in %v", pattern, actionTimeout)
+			return ""
+		}
+	}
+	return next, func(id fetch.RequestID) {
+		if _, err := chromedp.Call(p.ctx, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: id}); err != nil {
+			t.Errorf("releasing a held request: %v", err)
+		}
+	}
+}
+
+// answered waits until n requests whose URL holds part have been answered,
+// and the page's scripts have run on the answer.
+func (tb *tab) answered(part string, n int) {
+	tb.t.Helper()
+	tb.waitFor(fmt.Sprintf("%d answers to %s", n, part), fmt.Sprintf(`performance.getEntriesByType('resource').filter((e) => e.name.includes(%s) && e.responseEnd > 0).length >= %d`, js(part), n))
+	evalAwait[bool](tb, `new Promise((r) => setTimeout(() => r(true), 100))`)
+}
+
+// TestRequestsInFlight: a second press of Reveal while its value is on the
+// way reads it once (one audited read); a value answered after a sign-out
+// is never shown, to the next person to sign in least of all; nor one
+// answered after the tab was left.
+func TestRequestsInFlight(t *testing.T) {
+	t.Parallel()
+	needBrowser(t)
+	srv := testserver.Start(t, testserver.Options{})
+	const key, value = "E2E_INFLIGHT_KEY", "inflight-admin-only-value"
+	putSecret(t, srv, key, value, map[string]any{"category": "payments"})
+	tb := newTab(t, srv)
+	tb.viewport(1280, 900)
+	tb.open("/ui/")
+	tb.signIn(srv.AdminToken)
+	tb.waitFor("the row", qs(row(key)))
+	valueShown := fmt.Sprintf(`document.body.textContent.includes(%s)`, js(value))
+	reads := func(st *testing.T) int {
+		out := mustREST(st, srv, "GET", "/v1/audit/events?action=AccessSecretVersion&key="+key, nil)
+		evs, _ := out["events"].([]any)
+		return len(evs)
+	}
+
+	t.Run("DoubleReveal", func(st *testing.T) {
+		p := tb.sub(st)
+		p.do(chromedp.Evaluate[chromedp.Void](`(() => { const b = ` + qs(row(key)+` [data-action="reveal"]`) + `; b.click(); b.click(); })()`))
+		p.waitFor("the value", fmt.Sprintf(`%s?.textContent === %s`, qs(fmt.Sprintf(`pre[data-value=%q]`, key)), js(value)))
+		p.answered(":access", 1)
+		evalAwait[bool](p, `new Promise((r) => setTimeout(() => r(true), 400))`) // a second read would have come
+		if n := reads(st); n != 1 {
+			st.Errorf("a double press of Reveal read the value %d times, want once", n)
+		}
+		if got := p.ax(row(key) + ` [data-action="reveal"]`).Name; got != "Hide "+key {
+			st.Errorf("toggle after a double press of Reveal: %q, want Hide %s", got, key)
+		}
+		p.click(row(key) + ` [data-action="reveal"]`)
+		p.waitFor("the value hidden", `!`+valueShown)
+	})
+
+	t.Run("RevealThenLeaveTab", func(st *testing.T) {
+		p := tb.sub(st)
+		before := eval[int](p, `performance.getEntriesByType('resource').filter((e) => e.name.includes(':access')).length`)
+		held, release := holdRequests(st, p, "*:access*")
+		p.click(row(key) + ` [data-action="reveal"]`)
+		id := held()
+		p.click(`.nav-item[data-tab="audit"]`)
+		p.waitFor("the Audit tab", `!document.querySelector('#tab-audit').hidden`)
+		release(id)
+		p.answered(":access", before+1)
+		if eval[bool](p, valueShown) {
+			st.Error("a value answered after the tab was left is in the page")
+		}
+		p.click(`.nav-item[data-tab="secrets"]`)
+		p.waitFor("the row", qs(row(key)))
+		evalAwait[bool](p, `new Promise((r) => setTimeout(() => r(true), 300))`)
+		if eval[bool](p, valueShown) {
+			st.Error("back on the Secrets tab, a value answered after it was left is shown")
+		}
+	})
+
+	t.Run("RevealThenSignOut", func(st *testing.T) {
+		p := tb.sub(st)
+		if eval[bool](p, qs(row(key)+` [data-action="reveal"]`)+`.getAttribute('aria-expanded') === 'true'`) {
+			p.click(row(key) + ` [data-action="reveal"]`) // hide what the step before left shown
+			p.waitFor("the value hidden", `!`+valueShown)
+		}
+		before := eval[int](p, `performance.getEntriesByType('resource').filter((e) => e.name.includes(':access')).length`)
+		held, release := holdRequests(st, p, "*:access*")
+		p.click(row(key) + ` [data-action="reveal"]`)
+		id := held()
+		p.click("#signout")
+		p.waitFor("signed out", `document.body.dataset.view === 'signin'`)
+		release(id)
+		p.answered(":access", before+1)
+		if eval[bool](p, valueShown) {
+			st.Error("a value answered after sign-out is in the page")
+		}
+		res, err := srv.Tokens.CreateToken(context.Background(), &pb.CreateTokenRequest{Name: "ui-inflight-reader", Role: "reader"})
+		if err != nil {
+			st.Fatal(err)
+		}
+		p.signIn(res.GetToken())
+		p.waitFor("the row", qs(row(key)))
+		evalAwait[bool](p, `new Promise((r) => setTimeout(() => r(true), 300))`)
+		if eval[bool](p, valueShown) {
+			st.Error("the next person to sign in sees the value the previous one revealed")
 		}
 	})
 }

@@ -2,7 +2,7 @@
 // top of the public REST gateway; see api.js for how it calls it.
 
 import { session, request, onAuthError } from './api.js';
-import { $, $$, setText, describedBy, focusFirst } from './dom.js';
+import { $, $$, setText, describedBy, focusFirst, closeDialogs } from './dom.js';
 import * as secretsTab from './secrets.js';
 import * as providersTab from './providers.js';
 import * as auditTab from './audit.js';
@@ -13,6 +13,7 @@ const TITLES = { signin: 'Sign in', secrets: 'Secrets', providers: 'AI Providers
 const SERVICE = 'Orient Secrets';
 let current = '';
 let signingIn = false;
+const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
 // setTitle names the view in the document title (GOV.UK's "Page – Service").
 function setTitle(view) {
@@ -30,6 +31,9 @@ function signInError(message) {
 function showSignIn(message) {
   restart.stop();
   current = '';
+  // A dialog left open would cover the sign-in form and make its field
+  // inert; the tabs' reset empties what the dialogs showed.
+  closeDialogs();
   for (const t of Object.values(TABS)) t.reset();
   $('#shell').hidden = true;
   $('#signin').hidden = false;
@@ -86,6 +90,14 @@ async function signIn(ev) {
   const token = input.value.trim();
   if (!token) {
     signInError('Enter a token.');
+    input.focus();
+    return;
+  }
+  // A header holds printable ASCII only: fetch() would throw on anything
+  // else (a curly quote pasted from a document), which reads as "Cannot
+  // reach the server".
+  if (!TOKEN_CHARS.test(token)) {
+    signInError('The token has invalid characters: a token is printable ASCII without spaces. Copy it again.');
     input.focus();
     return;
   }

@@ -4,7 +4,7 @@
 // request id, peer) is shown as text with invisible characters escaped.
 
 import { audit as api } from './api.js';
-import { el, $, clear, setText, badge, timeEl, shown, escapeControls, tableRoles, focusFirst } from './dom.js';
+import { el, $, clear, setText, badge, timeEl, shown, escapeControls, tableRoles, focusFirst, announce } from './dom.js';
 
 const ACTIONS = [
   'PutSecret',
@@ -25,6 +25,11 @@ let filter = {};
 let pages = [''];
 let page = 0;
 let nextToken = '';
+// seq numbers the loads: only the answer to the latest is shown (an older
+// one arriving late is dropped). paging is true while Older or Newer
+// waits for its page: a second press meanwhile is ignored.
+let seq = 0;
+let paging = false;
 
 function readFilter() {
   const toISO = (v) => {
@@ -45,21 +50,30 @@ function readFilter() {
   };
 }
 
-async function load() {
+// load shows page target (the current one by default); with say, it
+// announces what is shown.
+async function load(target = page, say = false) {
   const err = $('#audit-form-error');
+  const mine = ++seq;
   setText(err, '');
   let r;
   try {
-    r = await api.list({ ...filter, pageToken: pages[page] });
+    r = await api.list({ ...filter, pageToken: pages[target] });
   } catch (e) {
+    if (mine !== seq) return;
     setText(err, 'Could not load the audit log: ' + e.userMessage);
+    if (say) announce('Could not load the audit log.');
     return;
   }
+  if (mine !== seq) return;
+  page = target;
   nextToken = r.nextPageToken || '';
-  render(r.events || []);
+  const events = r.events || [];
+  render(events);
   $('#audit-newer').disabled = page === 0;
   $('#audit-older').disabled = !nextToken;
   $('#audit-page').textContent = `Page ${page + 1}`;
+  if (say) announce(events.length ? `Showing ${events.length} ${events.length === 1 ? 'event' : 'events'}, page ${page + 1}.` : 'No events match.');
 }
 
 function outcomeBadge(outcome) {
@@ -96,7 +110,8 @@ function render(events) {
   tableRoles($('#audit-table'));
 }
 
-async function apply(ev) {
+// apply loads the first page of the filter in the form; say as for load.
+async function apply(ev, say = !!ev) {
   if (ev) ev.preventDefault();
   try {
     filter = readFilter();
@@ -105,8 +120,7 @@ async function apply(ev) {
     return;
   }
   pages = [''];
-  page = 0;
-  await load();
+  await load(0, say);
 }
 
 // keepPagerFocus: on the first or last page its button is disabled, which
@@ -117,7 +131,7 @@ function keepPagerFocus(pressed, other) {
 }
 
 export function show() {
-  apply();
+  apply(null, false);
 }
 
 export function hideTab() {}
@@ -127,6 +141,8 @@ export function reset() {
   filter = {};
   pages = [''];
   page = 0;
+  seq++;
+  paging = false;
   clear($('#audit-rows'));
 }
 
@@ -135,19 +151,32 @@ export function init() {
   $('#audit-form').addEventListener('submit', apply);
   $('#audit-clear').addEventListener('click', () => {
     $('#audit-form').reset();
-    apply();
+    apply(null, true);
   });
-  $('#audit-older').addEventListener('click', async () => {
-    if (!nextToken) return;
-    pages[page + 1] = nextToken;
-    page++;
-    await load();
-    keepPagerFocus('#audit-older', '#audit-newer');
-  });
-  $('#audit-newer').addEventListener('click', async () => {
-    if (page === 0) return;
-    page--;
-    await load();
-    keepPagerFocus('#audit-newer', '#audit-older');
-  });
+  // The buttons are never disabled while their page loads (that would drop
+  // the focus); a second press meanwhile is ignored.
+  const pager = (pressed, other, target) => async () => {
+    if (paging) return;
+    const to = target();
+    if (to === null) return;
+    paging = true;
+    try {
+      await load(to, true);
+    } finally {
+      paging = false;
+    }
+    keepPagerFocus(pressed, other);
+  };
+  $('#audit-older').addEventListener(
+    'click',
+    pager('#audit-older', '#audit-newer', () => {
+      if (!nextToken) return null;
+      pages[page + 1] = nextToken;
+      return page + 1;
+    }),
+  );
+  $('#audit-newer').addEventListener(
+    'click',
+    pager('#audit-newer', '#audit-older', () => (page === 0 ? null : page - 1)),
+  );
 }

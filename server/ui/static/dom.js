@@ -123,6 +123,7 @@ export function confirmDialog({ title, text, ok = 'Confirm', danger = true }) {
       okBtn.removeEventListener('click', onOk);
       $('#confirm-cancel').removeEventListener('click', onCancel);
       dlg.removeEventListener('cancel', onCancel);
+      dlg.removeEventListener('close', onClose);
       if (dlg.open) dlg.close();
       resolve(v);
     };
@@ -131,9 +132,12 @@ export function confirmDialog({ title, text, ok = 'Confirm', danger = true }) {
       if (e) e.preventDefault();
       done(false);
     };
+    // Closed from elsewhere (sign-out): the question was not answered.
+    const onClose = () => done(false);
     okBtn.addEventListener('click', onOk);
     $('#confirm-cancel').addEventListener('click', onCancel);
     dlg.addEventListener('cancel', onCancel);
+    dlg.addEventListener('close', onClose);
     dlg.showModal();
     // The safe choice takes focus (GOV.UK's warning pattern).
     $('#confirm-cancel').focus();
@@ -173,17 +177,38 @@ export function shown(s) {
   return out;
 }
 
-// announce says text in the page's one polite live region. The region is
-// emptied first so the same words said twice are announced twice.
+// liveRegion is the one polite live region screen readers can hear now:
+// the page's (#announcer), or, while a modal dialog is open, the top
+// dialog's own. showModal() makes everything outside the dialog inert, the
+// page's region with it, and an inert region is never read; a closed
+// dialog's region is not rendered. So exactly one is exposed at a time.
+function liveRegion() {
+  const modals = $$('dialog[open]').filter((d) => d.matches(':modal'));
+  const top = modals[modals.length - 1];
+  return (top && $('.dialog-announcer', top)) || $('#announcer');
+}
+
+// announce says text in the live region exposed now. The region is emptied
+// first so the same words said twice are announced twice.
 let announceTimer = 0;
 export function announce(text) {
-  const region = $('#announcer');
+  const region = liveRegion();
   if (!region) return;
   region.textContent = '';
   clearTimeout(announceTimer);
   announceTimer = setTimeout(() => {
     region.textContent = text;
   }, 50);
+}
+
+// closeDialogs closes every open dialog and empties the confirmation's
+// text (on sign-out: nothing of the last session stays over the sign-in
+// form, whose field a modal dialog would make inert).
+export function closeDialogs() {
+  for (const d of $$('dialog')) if (d.open) d.close();
+  $('#confirm-title').textContent = '';
+  $('#confirm-text').textContent = '';
+  for (const r of $$('.dialog-announcer')) r.textContent = '';
 }
 
 // describedBy adds (on) or removes an id from a field's aria-describedby.

@@ -6,12 +6,15 @@
 // the list is also refreshed periodically, which is how the banner clears
 // once services report the new revision.
 //
-// The banner is redrawn only when what it shows changes, and it is not a
-// live region: the page's one polite live region (#announcer) says when the
-// set of services needing a restart changes, once, not on every refresh.
+// The banner is redrawn only when what it shows changes, item by item in
+// place (an unchanged service's item, and a focused Dismiss button in it,
+// stays put; a rebuilt item gives the focus to its successor), and it is
+// not a live region: the page's polite live region (#announcer) says when
+// the set of services needing a restart changes, once, not on every
+// refresh.
 
 import { watchChanges, secrets as api } from './api.js';
-import { el, $, clear, badge, button, fmtTime, shown, escapeControls, announce, focusFirst } from './dom.js';
+import { el, $, badge, button, fmtTime, shown, escapeControls, announce, focusFirst } from './dom.js';
 
 const REFRESH_MS = 5000;
 const BACKOFF_MIN_MS = 500;
@@ -25,6 +28,8 @@ let listeners = [];
 // What the banner shows, and the services it names, as last rendered.
 let shownSig = '';
 let shownServices = '';
+// service/instance -> {sig, li}: the banner's items on screen.
+let items = new Map();
 
 // onChange registers fn(event) for every change event.
 export function onChange(fn) {
@@ -162,29 +167,57 @@ function render(pending) {
     else if (shownServices) announce('No service needs a restart any more.');
     shownServices = services;
   }
-  const list = clear($('#restart-list'));
-  banner.hidden = pending.length === 0;
+  const list = $('#restart-list');
+  const active = document.activeElement;
+  const focusedItem = list.contains(active) ? active.closest('li') : null;
+  const focusedName = focusedItem ? [...items].find(([, it]) => it.li === focusedItem)?.[0] : undefined;
+  const next = new Map();
+  const nodes = [];
   for (const c of pending) {
-    const who = c.consumer || {};
-    const keys = el('span', { className: 'chips' });
-    const seen = new Set();
-    for (const p of c.pending) {
-      if (seen.has(p.key)) continue;
-      seen.add(p.key);
-      keys.append(el('code', { className: 'chip mono', title: `changed at revision ${p.revision}` }, shown(p.key)));
-    }
-    list.append(
-      el(
-        'li',
-        { className: 'banner-item', dataset: { service: who.service || '', instance: who.instance || '' } },
-        el('span', { className: 'mono service' }, shown(serviceName(c))),
-        el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
-        keys,
-        c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
-        button('Dismiss', () => dismiss(who, serviceName(c)), 'btn btn-small', { dataset: { action: 'dismiss' } }, serviceName(c)),
-      ),
-    );
+    let name = serviceName(c);
+    while (next.has(name)) name += '\u0000'; // never two items under one name
+    const itemSig = JSON.stringify([c.loadedRevision, c.stale, c.lastSeen, (c.pending || []).map((p) => [p.key, p.revision])]);
+    let it = items.get(name);
+    if (!it || it.sig !== itemSig) it = { sig: itemSig, li: bannerItem(c) };
+    next.set(name, it);
+    nodes.push(it.li);
   }
+  items = next;
+  // Move only what is out of place: a node that stays keeps its focus.
+  const wanted = new Set(nodes);
+  for (const child of [...list.children]) if (!wanted.has(child)) child.remove();
+  let ref = list.firstElementChild;
+  for (const n of nodes) {
+    if (n === ref) ref = ref.nextElementSibling;
+    else list.insertBefore(n, ref);
+  }
+  banner.hidden = pending.length === 0;
+  // The focused item was rebuilt: its successor's Dismiss takes the focus;
+  // it went: the next item's, else the view's heading.
+  if (focusedItem && !active.isConnected) {
+    const same = focusedName !== undefined && items.get(focusedName);
+    focusFirst(same && $('[data-action="dismiss"]', same.li), '#restart-list [data-action="dismiss"]', '.tab:not([hidden]) h1');
+  }
+}
+
+function bannerItem(c) {
+  const who = c.consumer || {};
+  const keys = el('span', { className: 'chips' });
+  const seen = new Set();
+  for (const p of c.pending || []) {
+    if (seen.has(p.key)) continue;
+    seen.add(p.key);
+    keys.append(el('code', { className: 'chip mono', title: `changed at revision ${p.revision}` }, shown(p.key)));
+  }
+  return el(
+    'li',
+    { className: 'banner-item', dataset: { service: who.service || '', instance: who.instance || '' } },
+    el('span', { className: 'mono service' }, shown(serviceName(c))),
+    el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
+    keys,
+    c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
+    button('Dismiss', () => dismiss(who, serviceName(c)), 'btn btn-small', { dataset: { action: 'dismiss' } }, serviceName(c)),
+  );
 }
 
 // dismiss forgets a consumer that will not report again (admins only; the

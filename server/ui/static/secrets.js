@@ -9,7 +9,7 @@
 import { secrets as api, decodeText, request } from './api.js';
 import { el, $, clear, setText, button, setLabel, badge, timeEl, confirmDialog, shown, tableRoles, focusFirst, announce } from './dom.js';
 import * as form from './secret-form.js';
-import { openVersions, init as initVersions } from './versions.js';
+import { openVersions, init as initVersions, reset as resetVersions } from './versions.js';
 
 export const CATEGORY_NAMES = {
   ai: 'AI Providers',
@@ -37,14 +37,26 @@ const state = {
   rows: new Map(),
   // key -> {sig, tr}: the reveal rows on screen.
   reveals: new Map(),
+  // Bumped on sign-out and when the tab is left: an answer to a request
+  // sent before (a reveal, above all) is dropped, never shown to whoever
+  // signs in next or kept after the tab was left. session counts sign-outs
+  // only.
+  epoch: 0,
+  session: 0,
+  // "reveal KEY", "check KEY" -> a token: requests in flight. A second
+  // press of the same button meanwhile is ignored (one audited read, one
+  // provider call).
+  pending: new Map(),
 };
 
 // ---- list ----------------------------------------------------------------
 
 export async function load() {
   const errBox = $('#secrets-error');
+  const epoch = state.epoch;
   try {
     const { items, revision } = await api.list();
+    if (epoch !== state.epoch) return;
     state.items = items;
     state.revision = revision;
     state.loaded = true;
@@ -56,7 +68,7 @@ export async function load() {
     render();
     form.fillCategoryList();
   } catch (e) {
-    setText(errBox, 'Could not load secrets: ' + e.userMessage);
+    if (epoch === state.epoch) setText(errBox, 'Could not load secrets: ' + e.userMessage);
   }
 }
 
@@ -247,7 +259,9 @@ function secretRow(s) {
   if (s.restartRequired) badges.append(badge('Restart on change', 'outline'));
   const checked = checks.get(s.key);
   if (checked && checked.version === String(s.currentVersion)) {
-    badges.append(el('div', { className: 'small check-result', dataset: { check: checked.result }, attrs: { role: 'status' }, text: checked.text }));
+    // Not a live region (the row is rebuilt with it, and a region must be
+    // in the page before it changes to be heard): check() announces it.
+    badges.append(el('div', { className: 'small check-result', dataset: { check: checked.result }, text: checked.text }));
   }
 
   const desc = el('td', { className: 'desc', dataset: { label: 'Description' } }, el('div', { className: 'desc-text' }, shown(s.description || '')));
@@ -357,17 +371,38 @@ function revealRow(s, r) {
   );
 }
 
-async function reveal(key) {
+// once runs fn unless the same job (e.g. "reveal KEY") is still running.
+async function once(job, fn) {
+  if (state.pending.has(job)) return;
+  const token = {};
+  state.pending.set(job, token);
   try {
-    const r = await api.access(key, 'latest', state.revision);
-    state.revealed.set(key, { version: r.version, value: decodeText(r.value) });
-    setText($('#secrets-error'), '');
-    render();
-    announce(`Showing the value of ${key}.`);
-  } catch (e) {
-    setText($('#secrets-error'), `Could not reveal ${key}: ${e.userMessage}`);
+    await fn();
+  } finally {
+    if (state.pending.get(job) === token) state.pending.delete(job);
   }
-  focusInRow(key, 'reveal');
+}
+
+// current is true while an answer to a request sent in epoch still
+// belongs on screen: the same session, the tab still shown.
+const current = (epoch) => epoch === state.epoch && state.visible;
+
+function reveal(key) {
+  return once('reveal ' + key, async () => {
+    const epoch = state.epoch;
+    try {
+      const r = await api.access(key, 'latest', state.revision);
+      if (!current(epoch)) return;
+      state.revealed.set(key, { version: r.version, value: decodeText(r.value) });
+      setText($('#secrets-error'), '');
+      render();
+      announce(`Showing the value of ${key}.`);
+    } catch (e) {
+      if (!current(epoch)) return;
+      setText($('#secrets-error'), `Could not reveal ${key}: ${e.userMessage}`);
+    }
+    focusInRow(key, 'reveal');
+  });
 }
 
 // Provider checks (POST /v1/secrets/{key}:check): key -> {version, result,
@@ -380,18 +415,27 @@ const CHECK_LABELS = {
   unreachable: 'Provider unreachable',
 };
 
-async function check(s) {
-  const version = String(s.currentVersion);
-  checks.set(s.key, { version, result: 'pending', text: 'Checking…' });
-  render();
-  try {
-    const r = await request('POST', `/v1/secrets/${encodeURIComponent(s.key)}:check`, { body: {} });
-    const answer = r.httpStatus ? `HTTP ${r.httpStatus}` : 'no answer';
-    checks.set(s.key, { version, result: r.result, text: `${CHECK_LABELS[r.result] || r.result} — ${r.provider}: ${r.reason} (${answer})` });
-  } catch (e) {
-    checks.set(s.key, { version, result: 'error', text: `Not checked: ${e.userMessage}` });
-  }
-  render();
+function check(s) {
+  return once('check ' + s.key, async () => {
+    const version = String(s.currentVersion);
+    const session = state.session;
+    checks.set(s.key, { version, result: 'pending', text: 'Checking…' });
+    render();
+    let result;
+    try {
+      const r = await request('POST', `/v1/secrets/${encodeURIComponent(s.key)}:check`, { body: {} });
+      const answer = r.httpStatus ? `HTTP ${r.httpStatus}` : 'no answer';
+      result = { version, result: r.result, text: `${CHECK_LABELS[r.result] || r.result} — ${r.provider}: ${r.reason} (${answer})` };
+    } catch (e) {
+      result = { version, result: 'error', text: `Not checked: ${e.userMessage}` };
+    }
+    // Kept when the tab was left meanwhile (it shows on return), dropped
+    // after a sign-out.
+    if (session !== state.session) return;
+    checks.set(s.key, result);
+    render();
+    if (state.visible) announce(`Check of ${s.key}: ${result.text}`);
+  });
 }
 
 function hide(key) {
@@ -450,10 +494,15 @@ export function show() {
 
 export function hideTab() {
   state.visible = false;
+  state.epoch++;
   state.revealed.clear();
 }
 
 export function reset() {
+  state.epoch++;
+  state.session++;
+  state.pending.clear();
+  resetVersions();
   state.items = [];
   state.revealed.clear();
   checks.clear();

@@ -159,12 +159,24 @@ async function restore(key, n, newest) {
   focusVersion(n, NEXT_FOCUS.restore);
 }
 
+// reset empties the dialog (on sign-out, which closes it): an answer still
+// on its way is for a key no longer shown, and is dropped.
+export function reset() {
+  versionsKey = '';
+  rows = new Map();
+  $('#versions-title').textContent = 'Versions';
+  delete $('#versions-dialog').dataset.key;
+  setText($('#versions-error'), '');
+  clear($('#versions-rows'));
+}
+
 export function init() {
   const dlg = $('#versions-dialog');
   $('#versions-close').addEventListener('click', () => dlg.close());
   // Closing (the button or Escape) returns the focus to the row's
-  // Versions button, which opened the dialog.
+  // Versions button, which opened the dialog; not when signed out.
   dlg.addEventListener('close', () => {
+    if (!versionsKey || document.body.dataset.view !== 'shell') return;
     if (!focusInRow(versionsKey, 'versions')) focusFirst('#tab-secrets h1');
   });
 }
