@@ -141,7 +141,42 @@ func (c *inProcessConn) Invoke(ctx context.Context, method string, args, reply a
 // NewStream implements grpc.ClientConnInterface: streams go over the
 // in-process listener.
 func (c *inProcessConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	return c.streams.NewStream(ctx, desc, method, opts...)
+	ctx, cancel := context.WithCancel(ctx)
+	cs, err := c.streams.NewStream(ctx, desc, method, opts...)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return &utf8Stream{ClientStream: cs, cancel: cancel}, nil
+}
+
+// utf8Stream refuses, as Invoke does, a request the gRPC codec would
+// refuse to encode (a string that is not UTF-8: path and query parameters
+// arrive as raw bytes), as INVALID_ARGUMENT naming the field, instead of
+// the codec's INTERNAL error. The stream is cancelled then: nothing was
+// sent on it.
+type utf8Stream struct {
+	grpc.ClientStream
+	cancel context.CancelFunc
+}
+
+func (s *utf8Stream) SendMsg(m any) error {
+	if pm, ok := m.(proto.Message); ok {
+		if field := invalidUTF8(pm.ProtoReflect()); field != "" {
+			s.cancel()
+			return api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+				field+": not valid UTF-8").Err()
+		}
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *utf8Stream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err != nil {
+		s.cancel() // the stream is over: release its context
+	}
+	return err
 }
 
 // drain waits until no unary call is in flight (or ctx ends), and lets

@@ -1,0 +1,120 @@
+package app_test
+
+import (
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestRESTStrictRequests: what the gateway used to ignore silently — an
+// unknown or misplaced query parameter, an HTTP precondition on a write —
+// is refused with 400 naming what to send instead, and nothing is written;
+// decoding errors name the parameter but never quote the caller's text;
+// the watch fails like every other route.
+func TestRESTStrictRequests(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	const key = "STRICT_SECRET"
+	etag := str(t, obj(t, c.put(key, "strict-v1")["secret"], "secret"), "etag")
+
+	refused := func(t *testing.T, r response, field string) {
+		t.Helper()
+		if r.status != 400 || r.body["code"] != float64(3) {
+			t.Fatalf("%d %s, want 400 with code 3", r.status, r.raw)
+		}
+		if field != "" && !slices.Contains(violationFields(t, r), field) {
+			t.Errorf("field violations %v, want %q; body %s", violationFields(t, r), field, r.raw)
+		}
+	}
+
+	t.Run("misspelled etag on DELETE", func(t *testing.T) {
+		refused(t, c.do("DELETE", "/v1/secrets/"+key+"?e_tag=x", nil), "e_tag")
+		if r := c.do("GET", "/v1/secrets/"+key, nil); r.status != 200 {
+			t.Fatalf("secret gone after a refused delete: %d %s", r.status, r.raw)
+		}
+	})
+	t.Run("query etag on a body route", func(t *testing.T) {
+		refused(t, c.do("PUT", "/v1/secrets/"+key+"?etag=r1", map[string]any{"value": b64("strict-v2")}), "etag")
+	})
+	t.Run("unknown filter on audit events", func(t *testing.T) {
+		refused(t, c.do("GET", "/v1/audit/events?Key=NOPE", nil), "Key")
+	})
+	t.Run("path parameter in the query", func(t *testing.T) {
+		refused(t, c.do("DELETE", "/v1/secrets/"+key+"?key=OTHER&etag="+etag, nil), "key")
+	})
+	t.Run("hostile parameter name is not echoed", func(t *testing.T) {
+		r := c.do("GET", "/v1/secrets?"+strings.Repeat("x", 200)+"%3Cscript%3E=1", nil)
+		refused(t, r, "")
+		if strings.Contains(r.raw, "xxxxxxxxxx") || strings.Contains(r.raw, "script") {
+			t.Errorf("error echoes the parameter name: %s", r.raw)
+		}
+	})
+
+	t.Run("If-Match on PUT", func(t *testing.T) {
+		req, _ := http.NewRequest("PUT", c.base+"/v1/secrets/"+key, strings.NewReader(`{"value":"`+b64("strict-v3")+`"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("If-Match", `"stale"`)
+		r := c.send(req)
+		refused(t, r, "If-Match")
+		if !strings.Contains(str(t, r.body, "message"), "etag") {
+			t.Errorf("message %q does not say to send the etag", r.body["message"])
+		}
+	})
+	t.Run("If-Unmodified-Since on DELETE", func(t *testing.T) {
+		req, _ := http.NewRequest("DELETE", c.base+"/v1/secrets/"+key, nil)
+		req.Header.Set("If-Unmodified-Since", "Mon, 02 Jan 2006 15:04:05 GMT")
+		refused(t, c.send(req), "If-Unmodified-Since")
+	})
+
+	t.Run("query decode errors name the parameter", func(t *testing.T) {
+		for _, q := range []string{"pageSize=abc", "pageSize=99999999999999999999", "pendingOnly=maybe"} {
+			path := "/v1/secrets?" + q
+			if strings.HasPrefix(q, "pendingOnly") {
+				path = "/v1/audit/events?" + q
+			}
+			refused(t, c.do("GET", path, nil), strings.Split(q, "=")[0])
+		}
+	})
+	t.Run("decode errors never quote the input", func(t *testing.T) {
+		r := c.do("GET", "/v1/secrets?pageSize=field%20HUNTER2SECRET", nil)
+		refused(t, r, "pageSize")
+		if strings.Contains(r.raw, "HUNTER2") {
+			t.Errorf("error quotes the input: %s", r.raw)
+		}
+		r = c.do("PATCH", "/v1/secrets/"+key, `{"rotationPeriod":"field xoxb-LEAKED"}`)
+		refused(t, r, "")
+		if strings.Contains(r.raw, "xoxb") || strings.Contains(r.raw, "LEAKED") {
+			t.Errorf("error quotes the input: %s", r.raw)
+		}
+	})
+
+	t.Run("watch errors are a bare Status", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", c.base+"/v1/changes:watch", nil)
+		req.Header.Set("Authorization", "Bearer osk_not-a-real-token-0123456789")
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Fatalf("bad token on the watch: %d, WWW-Authenticate %q; want 401 with a challenge", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+		}
+		r := c.do("GET", "/v1/changes:watch?startRevision=999999", nil)
+		if r.status != 400 || r.body["code"] != float64(11) || r.body["error"] != nil {
+			t.Fatalf("revision ahead: %d %s, want 400 with a bare google.rpc.Status", r.status, r.raw)
+		}
+	})
+	t.Run("watch refuses invalid UTF-8", func(t *testing.T) {
+		r := c.do("GET", "/v1/changes:watch?keys=%FF", nil)
+		refused(t, r, "")
+		if strings.Contains(r.raw, "marshaling") {
+			t.Errorf("error leaks the codec's text: %s", r.raw)
+		}
+	})
+
+	// None of the refused writes wrote anything.
+	if n := versionCount(c, key); n != 1 {
+		t.Errorf("%d versions of %s after the refused writes, want 1", n, key)
+	}
+}
