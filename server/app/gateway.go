@@ -130,6 +130,14 @@ var conditionalWriteHeaders = []string{"If-Match", "If-Unmodified-Since", "If-No
 // the whole request (body "*"), and HTTP preconditions on writes.
 func strictRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			// HEAD is GET without the body (net/http drops it), for the
+			// GET routes but the watch, which never ends.
+			if rt := restRoutes.find(http.MethodGet, r.URL.Path); rt != nil && !rt.stream {
+				r = r.Clone(r.Context())
+				r.Method = http.MethodGet
+			}
+		}
 		rt := restRoutes.find(r.Method, r.URL.Path)
 		if rt == nil {
 			next.ServeHTTP(w, r)
@@ -425,14 +433,24 @@ func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 		if allow := restRoutes.allowed(r.URL.Path); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
 		}
-		writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
-			r.Method+" is not allowed on this route"))
+		writeMethodNotAllowed(w, r)
 	case http.StatusNotFound:
 		writeNotFound(w, r)
 	default:
 		writeStatus(w, r, http.StatusBadRequest, api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_MALFORMED_REQUEST,
 			"malformed request"))
 	}
+}
+
+// writeMethodNotAllowed answers 405 (the caller sets Allow). The method is
+// quoted only if it is one of HTTP's own: it is the caller's text.
+func writeMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	method := methodLabel(r.Method)
+	if method == "other" {
+		method = "this method"
+	}
+	writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
+		method+" is not allowed on this route"))
 }
 
 func writeNotFound(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -116,5 +117,50 @@ func TestRESTStrictRequests(t *testing.T) {
 	// None of the refused writes wrote anything.
 	if n := versionCount(c, key); n != 1 {
 		t.Errorf("%d versions of %s after the refused writes, want 1", n, key)
+	}
+}
+
+// TestRESTHeadAndDashboardErrors: HEAD works on the GET routes (with the
+// ETag a GET gives), and the dashboard's 404 and 405 have the API's JSON
+// error shape.
+func TestRESTHeadAndDashboardErrors(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	c.put("HEAD_SECRET", "head-v1")
+	raw := func(method, path string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, c.base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		_, _ = io.Copy(&b, resp.Body)
+		return resp, b.String()
+	}
+	for _, path := range []string{"/v1/secrets/HEAD_SECRET", "/v1/secrets"} {
+		resp, body := raw("HEAD", path)
+		if resp.StatusCode != 200 || body != "" {
+			t.Errorf("HEAD %s: %d %q, want 200 without a body", path, resp.StatusCode, body)
+		}
+	}
+	if resp, _ := raw("HEAD", "/v1/secrets/HEAD_SECRET"); resp.Header.Get("ETag") == "" {
+		t.Errorf("HEAD of a secret has no ETag")
+	}
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		reason       string
+	}{
+		{"GET", "/ui/no-such-file.js", 404, "ROUTE_NOT_FOUND"},
+		{"POST", "/ui/", 405, "METHOD_NOT_ALLOWED"},
+	} {
+		resp, body := raw(tc.method, tc.path)
+		if resp.StatusCode != tc.status || resp.Header.Get("Content-Type") != "application/json" || reasonOf([]byte(body)) != tc.reason {
+			t.Errorf("%s %s: %d %s %q, want %d application/json with reason %s", tc.method, tc.path,
+				resp.StatusCode, resp.Header.Get("Content-Type"), body, tc.status, tc.reason)
+		}
 	}
 }
