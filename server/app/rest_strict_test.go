@@ -1,11 +1,16 @@
 package app_test
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/orient-bot/secrets/internal/testserver"
+	"github.com/orient-bot/secrets/server/app"
 )
 
 // TestRESTStrictRequests: what the gateway used to ignore silently — an
@@ -162,5 +167,57 @@ func TestRESTHeadAndDashboardErrors(t *testing.T) {
 			t.Errorf("%s %s: %d %s %q, want %d application/json with reason %s", tc.method, tc.path,
 				resp.StatusCode, resp.Header.Get("Content-Type"), body, tc.status, tc.reason)
 		}
+	}
+}
+
+// TestRESTWatchBudget: REST watches share one in-process connection; one
+// over the replica's budget is refused at once with 429, not left hanging,
+// and a finished watch gives its slot back.
+func TestRESTWatchBudget(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: func(c *app.Config) { c.MaxRESTWatches = 2 }})
+	open := func(ctx context.Context) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.BaseURL+"/v1/changes:watch", nil)
+		req.Header.Set("Authorization", "Bearer "+srv.AdminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	defer cancel1()
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	for _, ctx := range []context.Context{ctx1, ctx2} {
+		if resp := open(ctx); resp.StatusCode != 200 {
+			t.Fatalf("watch within the budget: %d", resp.StatusCode)
+		}
+	}
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel3()
+	start := time.Now()
+	resp := open(ctx3)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || reasonOf(body) != "TOO_MANY_STREAMS" || time.Since(start) > 2*time.Second {
+		t.Fatalf("watch over the budget: %d %s after %v, want 429 TOO_MANY_STREAMS at once", resp.StatusCode, body, time.Since(start))
+	}
+	cancel1()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		resp := open(ctx)
+		code := resp.StatusCode
+		cancel()
+		resp.Body.Close()
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a finished watch did not give its slot back: %d", code)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
