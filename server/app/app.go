@@ -68,6 +68,11 @@ type Config struct {
 	// MaxStreamsPerToken bounds the concurrent streams (watches) of one
 	// principal on one replica; 0 means no bound.
 	MaxStreamsPerToken int
+	// MaxRESTWatches bounds the concurrent REST watches of one replica
+	// (they share the gateway's in-process gRPC connection, itself bounded
+	// by MaxStreamsPerConn); past it a REST watch fails at once with 429
+	// RESOURCE_EXHAUSTED. 0 means DefaultMaxRESTWatches.
+	MaxRESTWatches int
 	// ShutdownTimeout bounds the graceful drain on SIGTERM.
 	ShutdownTimeout time.Duration
 	// IdempotencyTTL is how long request ids are remembered.
@@ -162,6 +167,10 @@ type Config struct {
 // MaxStreamsPerConn bounds the concurrent streams of one gRPC connection;
 // clients with more watches spread them over several connections.
 const MaxStreamsPerConn = 1000
+
+// DefaultMaxRESTWatches is the replica-wide bound on REST watches: the
+// gateway connection's streams, less a few for anything else it carries.
+const DefaultMaxRESTWatches = MaxStreamsPerConn - 16
 
 // streamWorkers is how many goroutines the gRPC server keeps to run calls
 // on; a call that finds them all busy gets a goroutine of its own. Enough
@@ -583,7 +592,7 @@ func (s *Server) listen(ctx context.Context) error {
 
 	s.gatewayLis = bufconn.Listen(gatewayBuffer)
 	gw, conn, err := newGateway(ctx, s.gatewayLis.DialContext, func(streams *grpc.ClientConn) grpc.ClientConnInterface {
-		s.gwDirect = newInProcessConn(streams, svc, unary, statsHandlers)
+		s.gwDirect = newInProcessConn(streams, svc, unary, statsHandlers, s.cfg.MaxRESTWatches)
 		return s.gwDirect
 	}, gatewaySecret, s.tls.gateway, s.log, s.tracingDialOptions()...)
 	if err != nil {

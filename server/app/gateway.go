@@ -9,12 +9,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,6 +26,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 	"github.com/orient-bot/secrets/server/api"
@@ -70,7 +75,11 @@ func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error
 		}),
 		runtime.WithErrorHandler(gatewayErrorHandler(log)),
 		runtime.WithStreamErrorHandler(func(ctx context.Context, err error) *status.Status {
-			return api.WithReason(status.Convert(err))
+			st := api.WithReason(status.Convert(err))
+			if f, ok := ctx.Value(streamFailureKey{}).(*streamFailure); ok && f.st == nil {
+				f.st = st
+			}
+			return st
 		}),
 		runtime.WithRoutingErrorHandler(routingErrorHandler),
 		// gRPC metadata is the service's business: none of it becomes an
@@ -79,6 +88,9 @@ func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		// No X-HTTP-Method-Override: a POST must not become a DELETE.
 		runtime.WithDisablePathLengthFallback(),
+		// An unknown or misplaced query parameter fails: a dropped
+		// "?etag=" would turn a compare-and-set delete into a blind one.
+		runtime.SetQueryParameterParser(strictQueryParser{}),
 	)
 	creds := insecure.NewCredentials()
 	if tlsConf != nil {
@@ -104,7 +116,228 @@ func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error
 			return nil, nil, fmt.Errorf("gateway: %w", err)
 		}
 	}
-	return limitBody(mux), conn, nil
+	return strictRequest(limitBody(mux)), conn, nil
+}
+
+// conditionalWriteHeaders are the HTTP preconditions this API does not
+// evaluate on writes: its compare-and-set is the resource's etag field, in
+// the body (PUT, PATCH, POST) or ?etag= (DELETE). Refusing them is honest;
+// ignoring them would make a conditional write a blind one.
+var conditionalWriteHeaders = []string{"If-Match", "If-Unmodified-Since", "If-None-Match"}
+
+// strictRequest refuses, before any decoding, what the gateway would
+// otherwise silently ignore: a query parameter on a route whose body is
+// the whole request (body "*"), and HTTP preconditions on writes.
+func strictRequest(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			// HEAD is GET without the body (net/http drops it), for the
+			// GET routes but the watch, which never ends.
+			if rt := restRoutes.find(http.MethodGet, r.URL.Path); rt != nil && !rt.stream {
+				r = r.Clone(r.Context())
+				r.Method = http.MethodGet
+			}
+		}
+		rt := restRoutes.find(r.Method, r.URL.Path)
+		if rt == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if r.Method != "GET" {
+			for _, h := range conditionalWriteHeaders {
+				if r.Header.Get(h) != "" {
+					where := `the body's "etag" field`
+					if r.Method == "DELETE" {
+						where = `the "etag" query parameter`
+					}
+					writeStatus(w, r, http.StatusBadRequest, malformed(h,
+						fmt.Sprintf("malformed request: %s is not supported on writes; send the secret's etag in %s", h, where)))
+					return
+				}
+			}
+		}
+		if rt.stream {
+			bareStreamErrors(next).ServeHTTP(w, r)
+			return
+		}
+		if rt.body == "*" && r.URL.RawQuery != "" {
+			values, err := url.ParseQuery(r.URL.RawQuery)
+			name := ""
+			for k := range values {
+				if name == "" || k < name {
+					name = k
+				}
+			}
+			if err != nil || name == "" {
+				writeStatus(w, r, http.StatusBadRequest, malformed("", "malformed request: this route takes no query parameters; send every field in the JSON body"))
+				return
+			}
+			shown := queryName(name)
+			writeStatus(w, r, http.StatusBadRequest, malformed(shown,
+				fmt.Sprintf("malformed request: query parameter %s: this route takes no query parameters; send every field in the JSON body", orUnnamed(shown))))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// streamFailureKey holds a request's *streamFailure in its context.
+type streamFailureKey struct{}
+
+// streamFailure is the first error of a REST stream, as the stream error
+// handler saw it.
+type streamFailure struct{ st *status.Status }
+
+// bareStreamErrors makes a stream that fails before its first message (a
+// bad token, a denied scope, a compacted revision) answer like every
+// other REST error: a bare google.rpc.Status through writeStatus (with the
+// Bearer challenge on 401), not grpc-gateway's {"error": Status} stream
+// chunk. Once a stream has started (200 sent), errors stay chunks of it.
+func bareStreamErrors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f := &streamFailure{}
+		r = r.WithContext(context.WithValue(r.Context(), streamFailureKey{}, f))
+		sw := &streamWriter{ResponseWriter: w, failure: f}
+		next.ServeHTTP(sw, r)
+		if sw.held != 0 {
+			writeStatus(w, r, sw.held, f.st)
+		}
+	})
+}
+
+// streamWriter holds back an error answer given before anything was
+// written, for bareStreamErrors to rewrite.
+type streamWriter struct {
+	http.ResponseWriter
+	failure *streamFailure
+	wrote   bool
+	held    int // the held error's HTTP status, or 0
+}
+
+func (s *streamWriter) WriteHeader(code int) {
+	if !s.wrote && code != http.StatusOK && s.failure.st != nil {
+		s.held = code
+	}
+	if s.held == 0 {
+		s.ResponseWriter.WriteHeader(code)
+	}
+	s.wrote = true
+}
+
+func (s *streamWriter) Write(p []byte) (int, error) {
+	if !s.wrote {
+		s.WriteHeader(http.StatusOK)
+	}
+	if s.held != 0 {
+		return len(p), nil
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *streamWriter) Flush() {
+	if s.held == 0 {
+		if f, ok := s.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+}
+
+func (s *streamWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// malformed is a MALFORMED_REQUEST status naming field (if any).
+func malformed(field, msg string) *status.Status {
+	var bad []*errdetails.BadRequest
+	if field != "" {
+		bad = append(bad, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}})
+	}
+	return api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_MALFORMED_REQUEST, msg, bad...)
+}
+
+var queryNameRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.]{0,63}$`)
+
+// queryName is a caller's parameter name fit to quote back (short, plain
+// identifier characters), else "".
+func queryName(name string) string {
+	if queryNameRe.MatchString(name) {
+		return name
+	}
+	return ""
+}
+
+func orUnnamed(name string) string {
+	if name == "" {
+		return "(name not shown)"
+	}
+	return name
+}
+
+// strictQueryParser populates a request from its query parameters like
+// grpc-gateway's default parser, parameter by parameter, but refuses a
+// name that is no field of the request, or that the path or body already
+// binds, and says which parameter failed. Its errors reach the error
+// handler as text only (the generated code flattens them), so they follow
+// one fixed form that queryErrRe reads back: "query parameter NAME: WHY".
+type strictQueryParser struct{}
+
+// Parse implements runtime.QueryParameterParser.
+func (strictQueryParser) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
+	names := make([]string, 0, len(values))
+	for k := range values {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		path, ok := queryFieldPath(msg.ProtoReflect().Descriptor(), name)
+		if !ok {
+			return fmt.Errorf("query parameter %s: %s", orUnnamed(queryName(name)), queryUnknown)
+		}
+		if filter.HasCommonPrefix(path) {
+			return fmt.Errorf("query parameter %s: %s", name, queryBound)
+		}
+		if err := (&runtime.DefaultQueryParser{}).Parse(msg, url.Values{name: values[name]}, filter); err != nil {
+			return fmt.Errorf("query parameter %s: %s", name, queryBadValue)
+		}
+	}
+	return nil
+}
+
+const (
+	queryUnknown  = "not a parameter of this route"
+	queryBound    = "already set by the path or body"
+	queryBadValue = "invalid value"
+)
+
+var queryErrRe = regexp.MustCompile(`^query parameter ([A-Za-z][A-Za-z0-9_.]{0,63}|\(name not shown\)): (` +
+	queryUnknown + `|` + queryBound + `|` + queryBadValue + `)$`)
+
+// queryFieldPath resolves a query parameter name (proto or JSON names,
+// dotted through singular messages) to the request's field path.
+func queryFieldPath(d protoreflect.MessageDescriptor, name string) ([]string, bool) {
+	if queryName(name) == "" {
+		return nil, false
+	}
+	parts := strings.Split(name, ".")
+	out := make([]string, 0, len(parts))
+	for i, p := range parts {
+		if d == nil {
+			return nil, false
+		}
+		fd := d.Fields().ByTextName(p)
+		if fd == nil {
+			fd = d.Fields().ByJSONName(p)
+		}
+		if fd == nil {
+			return nil, false
+		}
+		out = append(out, string(fd.Name()))
+		if i < len(parts)-1 {
+			if fd.Message() == nil || fd.Cardinality() == protoreflect.Repeated {
+				return nil, false
+			}
+			d = fd.Message()
+		}
+	}
+	return out, true
 }
 
 // limitBody refuses bodies over MaxBodyBytes with 413 before reading them
@@ -200,14 +433,24 @@ func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 		if allow := restRoutes.allowed(r.URL.Path); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
 		}
-		writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
-			r.Method+" is not allowed on this route"))
+		writeMethodNotAllowed(w, r)
 	case http.StatusNotFound:
 		writeNotFound(w, r)
 	default:
 		writeStatus(w, r, http.StatusBadRequest, api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_MALFORMED_REQUEST,
 			"malformed request"))
 	}
+}
+
+// writeMethodNotAllowed answers 405 (the caller sets Allow). The method is
+// quoted only if it is one of HTTP's own: it is the caller's text.
+func writeMethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	method := methodLabel(r.Method)
+	if method == "other" {
+		method = "this method"
+	}
+	writeStatus(w, r, http.StatusMethodNotAllowed, api.Status(codes.Unimplemented, pb.ErrorReason_ERROR_REASON_METHOD_NOT_ALLOWED,
+		method+" is not allowed on this route"))
 }
 
 func writeNotFound(w http.ResponseWriter, r *http.Request) {
@@ -238,7 +481,11 @@ func gatewayErrorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 		}
 		st := status.Convert(err)
 		if st.Code() == codes.InvalidArgument && !api.HasInfo(st) {
-			msg, field := sanitizeDecodeError(st.Message())
+			var input protoreflect.MessageDescriptor
+			if rt := restRoutes.find(r.Method, r.URL.Path); rt != nil {
+				input = rt.input
+			}
+			msg, field := sanitizeDecodeError(st.Message(), input)
 			var bad []*errdetails.BadRequest
 			if field != "" {
 				bad = append(bad, &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: msg}}})
@@ -250,18 +497,28 @@ func gatewayErrorHandler(log *slog.Logger) runtime.ErrorHandlerFunc {
 }
 
 // sanitizeDecodeError rewrites a decoding error without the input it may
-// quote, and names the field concerned when it can.
-func sanitizeDecodeError(msg string) (string, string) {
+// quote, and names the field concerned when it can: a query parameter our
+// parser named, or a field name of the request message (input) — never
+// other text of the error, which can be the caller's value.
+func sanitizeDecodeError(msg string, input protoreflect.MessageDescriptor) (string, string) {
+	if m := queryErrRe.FindStringSubmatch(msg); m != nil {
+		field := m[1]
+		if field == "(name not shown)" {
+			field = ""
+		}
+		return "malformed request: " + msg, field
+	}
+	known := func(name string) bool { return input != nil && hasField(input, name) }
 	if m := unknownFieldRe.FindStringSubmatch(msg); m != nil {
 		return fmt.Sprintf("malformed request: unknown field %q", m[1]), m[1]
 	}
-	if m := badValueRe.FindStringSubmatch(msg); m != nil {
+	if m := badValueRe.FindStringSubmatch(msg); m != nil && known(m[2]) {
 		return fmt.Sprintf("malformed request: field %s: invalid %s value", m[2], m[1]), m[2]
 	}
 	if strings.Contains(msg, "syntax error") || strings.Contains(msg, "unexpected token") || strings.Contains(msg, "unexpected EOF") {
 		return "malformed request: body is not valid JSON", ""
 	}
-	if m := badTypeRe.FindStringSubmatch(msg); m != nil {
+	if m := badTypeRe.FindStringSubmatch(msg); m != nil && known(m[1]) {
 		return fmt.Sprintf("malformed request: field %s has the wrong type or value", m[1]), m[1]
 	}
 	return "malformed request: the body or parameters do not match the request type", ""

@@ -39,7 +39,7 @@ func (s *Server) httpHandler(gw http.Handler, reg *prometheus.Registry) http.Han
 	}), "GET", "HEAD"))
 	mux.Handle("/metrics", only(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), "GET", "HEAD"))
 	mux.Handle("/v1/", s.tls.requireCert(conditionalGET(gw)))
-	mux.Handle("/ui/", ui.Handler())
+	mux.Handle("/ui/", ui.HandlerWith(writeNotFound, writeMethodNotAllowed))
 	mux.Handle("/{$}", only(http.RedirectHandler("/ui/", http.StatusFound), "GET", "HEAD"))
 	mux.HandleFunc("/", writeNotFound)
 	var h http.Handler = mux

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"time"
 	"unicode/utf8"
 
@@ -61,10 +62,18 @@ type inProcessConn struct {
 	// slots bounds the calls in flight, as MaxStreamsPerConn bounded them
 	// on the gateway's gRPC connection; close takes them all to drain.
 	slots chan struct{}
+	// streamSlots bounds the streams open over streams (one connection,
+	// MaxStreamsPerConn at most): one over it would wait, silently, for a
+	// slot; it is refused at once instead.
+	streamSlots chan struct{}
 }
 
-func newInProcessConn(streams *grpc.ClientConn, svc *services, unary grpc.UnaryServerInterceptor, sh []stats.Handler) *inProcessConn {
-	return &inProcessConn{streams: streams, methods: svc.unary, unary: unary, stats: sh, slots: make(chan struct{}, MaxStreamsPerConn)}
+func newInProcessConn(streams *grpc.ClientConn, svc *services, unary grpc.UnaryServerInterceptor, sh []stats.Handler, maxStreams int) *inProcessConn {
+	if maxStreams <= 0 || maxStreams > DefaultMaxRESTWatches {
+		maxStreams = DefaultMaxRESTWatches
+	}
+	return &inProcessConn{streams: streams, methods: svc.unary, unary: unary, stats: sh, slots: make(chan struct{}, MaxStreamsPerConn),
+		streamSlots: make(chan struct{}, maxStreams)}
 }
 
 // inProcessAddr is the transport peer of the gateway's calls.
@@ -141,7 +150,51 @@ func (c *inProcessConn) Invoke(ctx context.Context, method string, args, reply a
 // NewStream implements grpc.ClientConnInterface: streams go over the
 // in-process listener.
 func (c *inProcessConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	return c.streams.NewStream(ctx, desc, method, opts...)
+	select {
+	case c.streamSlots <- struct{}{}:
+	default:
+		return nil, api.Status(codes.ResourceExhausted, pb.ErrorReason_ERROR_REASON_TOO_MANY_STREAMS,
+			fmt.Sprintf("this replica serves at most %d REST watches at once; retry later, or watch over gRPC", cap(c.streamSlots))).Err()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	// The slot is free again when the stream's context ends: the HTTP
+	// request finished, or the stream failed (RecvMsg cancels it).
+	context.AfterFunc(ctx, func() { <-c.streamSlots })
+	cs, err := c.streams.NewStream(ctx, desc, method, opts...)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return &utf8Stream{ClientStream: cs, cancel: cancel}, nil
+}
+
+// utf8Stream refuses, as Invoke does, a request the gRPC codec would
+// refuse to encode (a string that is not UTF-8: path and query parameters
+// arrive as raw bytes), as INVALID_ARGUMENT naming the field, instead of
+// the codec's INTERNAL error. The stream is cancelled then: nothing was
+// sent on it.
+type utf8Stream struct {
+	grpc.ClientStream
+	cancel context.CancelFunc
+}
+
+func (s *utf8Stream) SendMsg(m any) error {
+	if pm, ok := m.(proto.Message); ok {
+		if field := invalidUTF8(pm.ProtoReflect()); field != "" {
+			s.cancel()
+			return api.Status(codes.InvalidArgument, pb.ErrorReason_ERROR_REASON_INVALID_ARGUMENT,
+				field+": not valid UTF-8").Err()
+		}
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *utf8Stream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if err != nil {
+		s.cancel() // the stream is over: release its context
+	}
+	return err
 }
 
 // drain waits until no unary call is in flight (or ctx ends), and lets

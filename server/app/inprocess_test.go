@@ -50,7 +50,7 @@ func TestInProcessCall(t *testing.T) {
 			return handler(ctx, req)
 		}
 	}
-	conn := newInProcessConn(nil, svc, chainUnary(icept("outer"), icept("inner")), nil)
+	conn := newInProcessConn(nil, svc, chainUnary(icept("outer"), icept("inner")), nil, 0)
 	client := healthpb.NewHealthClient(conn)
 
 	var in, out metadata.MD

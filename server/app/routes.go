@@ -18,6 +18,11 @@ type route struct {
 	method   string
 	template string // as in the proto, e.g. /v1/secrets/{key}
 	re       *regexp.Regexp
+	body     string // the rule's body: "*", a field, or "" (none)
+	stream   bool   // a server stream (the watch)
+	// input is the request message: the only source of field names an
+	// error may quote back.
+	input protoreflect.MessageDescriptor
 }
 
 // routeTable is the REST API's routes, read from the proto's HTTP rules (the
@@ -37,12 +42,15 @@ func loadRoutes() routeTable {
 		for i := range f.Services().Len() {
 			methods := f.Services().Get(i).Methods()
 			for j := range methods.Len() {
+				input, stream := methods.Get(j).Input(), methods.Get(j).IsStreamingServer()
 				rule, ok := proto.GetExtension(methods.Get(j).Options(), annotations.E_Http).(*annotations.HttpRule)
 				if !ok || rule == nil {
 					continue
 				}
 				for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
-					out = append(out, newRoute(r))
+					rt := newRoute(r)
+					rt.input, rt.stream = input, stream
+					out = append(out, rt)
 				}
 			}
 		}
@@ -78,7 +86,7 @@ func newRoute(r *annotations.HttpRule) route {
 	}
 	b.WriteString(regexp.QuoteMeta(tmpl[last:]))
 	b.WriteString("$")
-	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String())}
+	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String()), body: r.GetBody()}
 }
 
 // shortVar names a variable by its last field: {secret.key} -> {key}, so
@@ -102,10 +110,42 @@ func (t routeTable) allowed(path string) []string {
 
 // match returns the template of the route serving method and path, or "".
 func (t routeTable) match(method, path string) string {
-	for _, r := range t {
-		if r.method == method && r.re.MatchString(path) {
-			return r.template
-		}
+	if r := t.find(method, path); r != nil {
+		return r.template
 	}
 	return ""
+}
+
+// find returns the route serving method and path, or nil.
+func (t routeTable) find(method, path string) *route {
+	for i, r := range t {
+		if r.method == method && r.re.MatchString(path) {
+			return &t[i]
+		}
+	}
+	return nil
+}
+
+// hasField reports whether name is the proto or JSON name of a field of
+// d or of a message nested in it (at any depth).
+func hasField(d protoreflect.MessageDescriptor, name string) bool {
+	seen := map[protoreflect.FullName]bool{}
+	var walk func(d protoreflect.MessageDescriptor) bool
+	walk = func(d protoreflect.MessageDescriptor) bool {
+		if d == nil || seen[d.FullName()] {
+			return false
+		}
+		seen[d.FullName()] = true
+		fields := d.Fields()
+		if fields.ByTextName(name) != nil || fields.ByJSONName(name) != nil {
+			return true
+		}
+		for i := range fields.Len() {
+			if walk(fields.Get(i).Message()) {
+				return true
+			}
+		}
+		return false
+	}
+	return walk(d)
 }

@@ -42,7 +42,17 @@ var startTime = time.Now()
 // Handler serves the embedded dashboard under Prefix: index.html for the
 // prefix itself, the files by name, 404 for anything else (no directory
 // listings), GET and HEAD only, every answer with the security headers.
+// Its 404 and 405 are plain text; HandlerWith takes the server's writers.
 func Handler() http.Handler {
+	return HandlerWith(http.NotFound, func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	})
+}
+
+// HandlerWith is Handler answering 404 with notFound and 405 (after
+// setting Allow) with notAllowed: the server passes its JSON error
+// writers, so the dashboard's errors have the API's shape.
+func HandlerWith(notFound, notAllowed func(http.ResponseWriter, *http.Request)) http.Handler {
 	files, err := fs.Sub(static, "static")
 	if err != nil {
 		panic(err) // the embed pattern guarantees the folder
@@ -51,12 +61,12 @@ func Handler() http.Handler {
 		setSecurityHeaders(w.Header())
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			notAllowed(w, r)
 			return
 		}
 		name, ok := strings.CutPrefix(r.URL.Path, Prefix)
 		if !ok {
-			http.NotFound(w, r)
+			notFound(w, r)
 			return
 		}
 		if name == "" {
@@ -64,12 +74,12 @@ func Handler() http.Handler {
 		}
 		ctype, known := contentTypes[path.Ext(name)]
 		if !known || !fs.ValidPath(name) || strings.Contains(name, "/") {
-			http.NotFound(w, r)
+			notFound(w, r)
 			return
 		}
 		b, err := fs.ReadFile(files, name)
 		if err != nil {
-			http.NotFound(w, r)
+			notFound(w, r)
 			return
 		}
 		w.Header().Set("Content-Type", ctype)

@@ -1,0 +1,223 @@
+package app_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/orient-bot/secrets/internal/testserver"
+	"github.com/orient-bot/secrets/server/app"
+)
+
+// TestRESTStrictRequests: what the gateway used to ignore silently — an
+// unknown or misplaced query parameter, an HTTP precondition on a write —
+// is refused with 400 naming what to send instead, and nothing is written;
+// decoding errors name the parameter but never quote the caller's text;
+// the watch fails like every other route.
+func TestRESTStrictRequests(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	const key = "STRICT_SECRET"
+	etag := str(t, obj(t, c.put(key, "strict-v1")["secret"], "secret"), "etag")
+
+	refused := func(t *testing.T, r response, field string) {
+		t.Helper()
+		if r.status != 400 || r.body["code"] != float64(3) {
+			t.Fatalf("%d %s, want 400 with code 3", r.status, r.raw)
+		}
+		if field != "" && !slices.Contains(violationFields(t, r), field) {
+			t.Errorf("field violations %v, want %q; body %s", violationFields(t, r), field, r.raw)
+		}
+	}
+
+	t.Run("misspelled etag on DELETE", func(t *testing.T) {
+		refused(t, c.do("DELETE", "/v1/secrets/"+key+"?e_tag=x", nil), "e_tag")
+		if r := c.do("GET", "/v1/secrets/"+key, nil); r.status != 200 {
+			t.Fatalf("secret gone after a refused delete: %d %s", r.status, r.raw)
+		}
+	})
+	t.Run("query etag on a body route", func(t *testing.T) {
+		refused(t, c.do("PUT", "/v1/secrets/"+key+"?etag=r1", map[string]any{"value": b64("strict-v2")}), "etag")
+	})
+	t.Run("unknown filter on audit events", func(t *testing.T) {
+		refused(t, c.do("GET", "/v1/audit/events?Key=NOPE", nil), "Key")
+	})
+	t.Run("path parameter in the query", func(t *testing.T) {
+		refused(t, c.do("DELETE", "/v1/secrets/"+key+"?key=OTHER&etag="+etag, nil), "key")
+	})
+	t.Run("hostile parameter name is not echoed", func(t *testing.T) {
+		r := c.do("GET", "/v1/secrets?"+strings.Repeat("x", 200)+"%3Cscript%3E=1", nil)
+		refused(t, r, "")
+		if strings.Contains(r.raw, "xxxxxxxxxx") || strings.Contains(r.raw, "script") {
+			t.Errorf("error echoes the parameter name: %s", r.raw)
+		}
+	})
+
+	t.Run("If-Match on PUT", func(t *testing.T) {
+		req, _ := http.NewRequest("PUT", c.base+"/v1/secrets/"+key, strings.NewReader(`{"value":"`+b64("strict-v3")+`"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("If-Match", `"stale"`)
+		r := c.send(req)
+		refused(t, r, "If-Match")
+		if !strings.Contains(str(t, r.body, "message"), "etag") {
+			t.Errorf("message %q does not say to send the etag", r.body["message"])
+		}
+	})
+	t.Run("If-Unmodified-Since on DELETE", func(t *testing.T) {
+		req, _ := http.NewRequest("DELETE", c.base+"/v1/secrets/"+key, nil)
+		req.Header.Set("If-Unmodified-Since", "Mon, 02 Jan 2006 15:04:05 GMT")
+		refused(t, c.send(req), "If-Unmodified-Since")
+	})
+
+	t.Run("query decode errors name the parameter", func(t *testing.T) {
+		for _, q := range []string{"pageSize=abc", "pageSize=99999999999999999999", "pendingOnly=maybe"} {
+			path := "/v1/secrets?" + q
+			if strings.HasPrefix(q, "pendingOnly") {
+				path = "/v1/audit/events?" + q
+			}
+			refused(t, c.do("GET", path, nil), strings.Split(q, "=")[0])
+		}
+	})
+	t.Run("decode errors never quote the input", func(t *testing.T) {
+		r := c.do("GET", "/v1/secrets?pageSize=field%20HUNTER2SECRET", nil)
+		refused(t, r, "pageSize")
+		if strings.Contains(r.raw, "HUNTER2") {
+			t.Errorf("error quotes the input: %s", r.raw)
+		}
+		r = c.do("PATCH", "/v1/secrets/"+key, `{"rotationPeriod":"field xoxb-LEAKED"}`)
+		refused(t, r, "")
+		if strings.Contains(r.raw, "xoxb") || strings.Contains(r.raw, "LEAKED") {
+			t.Errorf("error quotes the input: %s", r.raw)
+		}
+	})
+
+	t.Run("watch errors are a bare Status", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", c.base+"/v1/changes:watch", nil)
+		req.Header.Set("Authorization", "Bearer osk_not-a-real-token-0123456789")
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Fatalf("bad token on the watch: %d, WWW-Authenticate %q; want 401 with a challenge", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+		}
+		r := c.do("GET", "/v1/changes:watch?startRevision=999999", nil)
+		if r.status != 400 || r.body["code"] != float64(11) || r.body["error"] != nil {
+			t.Fatalf("revision ahead: %d %s, want 400 with a bare google.rpc.Status", r.status, r.raw)
+		}
+	})
+	t.Run("watch refuses invalid UTF-8", func(t *testing.T) {
+		r := c.do("GET", "/v1/changes:watch?keys=%FF", nil)
+		refused(t, r, "")
+		if strings.Contains(r.raw, "marshaling") {
+			t.Errorf("error leaks the codec's text: %s", r.raw)
+		}
+	})
+
+	// None of the refused writes wrote anything.
+	if n := versionCount(c, key); n != 1 {
+		t.Errorf("%d versions of %s after the refused writes, want 1", n, key)
+	}
+}
+
+// TestRESTHeadAndDashboardErrors: HEAD works on the GET routes (with the
+// ETag a GET gives), and the dashboard's 404 and 405 have the API's JSON
+// error shape.
+func TestRESTHeadAndDashboardErrors(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	c.put("HEAD_SECRET", "head-v1")
+	raw := func(method, path string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, c.base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		_, _ = io.Copy(&b, resp.Body)
+		return resp, b.String()
+	}
+	for _, path := range []string{"/v1/secrets/HEAD_SECRET", "/v1/secrets"} {
+		resp, body := raw("HEAD", path)
+		if resp.StatusCode != 200 || body != "" {
+			t.Errorf("HEAD %s: %d %q, want 200 without a body", path, resp.StatusCode, body)
+		}
+	}
+	if resp, _ := raw("HEAD", "/v1/secrets/HEAD_SECRET"); resp.Header.Get("ETag") == "" {
+		t.Errorf("HEAD of a secret has no ETag")
+	}
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		reason       string
+	}{
+		{"GET", "/ui/no-such-file.js", 404, "ROUTE_NOT_FOUND"},
+		{"POST", "/ui/", 405, "METHOD_NOT_ALLOWED"},
+	} {
+		resp, body := raw(tc.method, tc.path)
+		if resp.StatusCode != tc.status || resp.Header.Get("Content-Type") != "application/json" || reasonOf([]byte(body)) != tc.reason {
+			t.Errorf("%s %s: %d %s %q, want %d application/json with reason %s", tc.method, tc.path,
+				resp.StatusCode, resp.Header.Get("Content-Type"), body, tc.status, tc.reason)
+		}
+	}
+}
+
+// TestRESTWatchBudget: REST watches share one in-process connection; one
+// over the replica's budget is refused at once with 429, not left hanging,
+// and a finished watch gives its slot back.
+func TestRESTWatchBudget(t *testing.T) {
+	t.Parallel()
+	srv := testserver.Start(t, testserver.Options{Configure: func(c *app.Config) { c.MaxRESTWatches = 2 }})
+	open := func(ctx context.Context) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.BaseURL+"/v1/changes:watch", nil)
+		req.Header.Set("Authorization", "Bearer "+srv.AdminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	defer cancel1()
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	for _, ctx := range []context.Context{ctx1, ctx2} {
+		if resp := open(ctx); resp.StatusCode != 200 {
+			t.Fatalf("watch within the budget: %d", resp.StatusCode)
+		}
+	}
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel3()
+	start := time.Now()
+	resp := open(ctx3)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || reasonOf(body) != "TOO_MANY_STREAMS" || time.Since(start) > 2*time.Second {
+		t.Fatalf("watch over the budget: %d %s after %v, want 429 TOO_MANY_STREAMS at once", resp.StatusCode, body, time.Since(start))
+	}
+	cancel1()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		resp := open(ctx)
+		code := resp.StatusCode
+		cancel()
+		resp.Body.Close()
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a finished watch did not give its slot back: %d", code)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
