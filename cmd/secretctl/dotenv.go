@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -16,18 +17,21 @@ type dotenvEntry struct {
 
 // parseDotenv reads the usual .env syntax: blank lines and # comments,
 // an optional "export " prefix, NAME=value with spaces around = allowed,
-// unquoted values (trimmed; " #" starts a comment), 'single' and `backtick`
+// unquoted values (trimmed; " #" starts a comment, and so does a # that
+// begins the value: `KEY= # fill in` is empty), 'single' and `backtick`
 // quoted values (literal), and "double" quoted values with the escapes \n
 // \r \t \\ \" \$ (a backslash before anything else is kept). Quoted values
-// may span lines (PEM keys). Variables are not expanded: $X stays $X, as
-// in Node's dotenv. A later assignment of the same name wins.
+// may span lines (PEM keys). Line breaks are LF, CRLF or a lone CR (old
+// Mac files); like Node's dotenv, every CRLF and CR becomes LF first, in
+// quoted values too. Variables are not expanded: $X stays $X, as in Node's
+// dotenv. A later assignment of the same name wins.
 //
 // Errors name the line, never a value.
 func parseDotenv(src []byte) ([]dotenvEntry, error) {
 	if !utf8.Valid(src) {
 		return nil, fmt.Errorf("not UTF-8 text")
 	}
-	s := strings.ReplaceAll(string(src), "\r\n", "\n")
+	s := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(string(src))
 	s = strings.TrimPrefix(s, "\ufeff")
 	var out []dotenvEntry
 	index := map[string]int{}
@@ -142,7 +146,11 @@ func dotenvValue(s string, line int) (value, rest string, next int, err error) {
 	if found {
 		line++
 	}
-	// An inline comment starts at a # preceded by a space.
+	// A comment starts at a # that begins the value (s starts after the
+	// spaces following =) or that follows a space.
+	if strings.HasPrefix(v, "#") {
+		return "", after, line, nil
+	}
 	for i := 1; i < len(v); i++ {
 		if v[i] == '#' && (v[i-1] == ' ' || v[i-1] == '\t') {
 			v = v[:i]
@@ -152,14 +160,36 @@ func dotenvValue(s string, line int) (value, rest string, next int, err error) {
 	return strings.TrimRight(v, " \t"), after, line, nil
 }
 
-// formatDotenv writes one assignment so that parseDotenv (and the common
-// dotenv readers) give back exactly value: single quotes when the value is
-// one line without a single quote (nothing is special inside them),
-// otherwise double quotes with \n, \r, \t, \\, \" and \$ escaped.
-func formatDotenv(name string, value []byte) string {
+// formatDotenv writes one assignment so that parseDotenv gives back
+// exactly value, and so does Node's dotenv whenever it can. Node's reader
+// has no escapes but \n and \r inside double quotes (a backslash before
+// anything else stays, \" included), turns every CR into LF, and takes a
+// backslash just before a closing quote for an escaped quote (the value
+// then runs on to a later quote). So the form follows what the value holds:
+//
+//   - one line without ', not ending in a backslash: 'single quotes'
+//     (nothing is special inside);
+//   - no " and no backslash: "double quotes", with \n and \r for line
+//     breaks (the only escapes that then appear);
+//   - no backtick and no CR, not ending in a backslash: `backticks`, line
+//     breaks kept as they are;
+//   - one line without quotes or #, not starting or ending with a space:
+//     unquoted (say, C:\dir\);
+//   - otherwise: double quotes with \n \r \t \\ \" \$ escaped, which
+//     parseDotenv reads back but Node's dotenv does not; portable is false.
+func formatDotenv(name string, value []byte) (line string, portable bool) {
 	v := string(value)
-	if !strings.ContainsAny(v, "'\n\r") {
-		return name + "='" + v + "'\n"
+	endsInBackslash := strings.HasSuffix(v, `\`)
+	switch {
+	case !strings.ContainsAny(v, "'\n\r") && !endsInBackslash:
+		return name + "='" + v + "'\n", true
+	case !strings.ContainsAny(v, `"\`):
+		r := strings.NewReplacer("\n", `\n`, "\r", `\r`)
+		return name + "=\"" + r.Replace(v) + "\"\n", true
+	case !strings.ContainsAny(v, "`\r") && !endsInBackslash:
+		return name + "=`" + v + "`\n", true
+	case dotenvBare(v):
+		return name + "=" + v + "\n", true
 	}
 	var b strings.Builder
 	b.WriteString(name + "=\"")
@@ -179,7 +209,20 @@ func formatDotenv(name string, value []byte) string {
 		}
 	}
 	b.WriteString("\"\n")
-	return b.String()
+	return b.String(), false
+}
+
+// dotenvBare reports whether v reads back the same unquoted, with
+// parseDotenv and with Node's dotenv: not empty, one line, no quote or #,
+// no space (or BOM) at either end, no Unicode line separator.
+func dotenvBare(v string) bool {
+	if v == "" || strings.ContainsAny(v, "'\"`#\n\r\u2028\u2029") {
+		return false
+	}
+	first, _ := utf8.DecodeRuneInString(v)
+	last, _ := utf8.DecodeLastRuneInString(v)
+	blank := func(r rune) bool { return unicode.IsSpace(r) || r == '\ufeff' }
+	return !blank(first) && !blank(last)
 }
 
 // dotenvSafe reports whether a value can be written to a .env file: UTF-8

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -86,7 +88,8 @@ func TestDotenvRoundTrip(t *testing.T) {
 	var want []dotenvEntry
 	for i, v := range values {
 		name := "K" + strings.Repeat("X", i%3) + "_" + string(rune('A'+i%26)) + strings.Repeat("Y", i/26)
-		file.WriteString(formatDotenv(name, []byte(v)))
+		line, _ := formatDotenv(name, []byte(v))
+		file.WriteString(line)
 		want = append(want, dotenvEntry{Name: name, Value: []byte(v)})
 	}
 	got, err := parseDotenv([]byte(file.String()))
@@ -99,6 +102,118 @@ func TestDotenvRoundTrip(t *testing.T) {
 	for i := range want {
 		if got[i].Name != want[i].Name || string(got[i].Value) != string(want[i].Value) {
 			t.Errorf("entry %d: got %s=%q, want %s=%q", i, got[i].Name, got[i].Value, want[i].Name, want[i].Value)
+		}
+	}
+}
+
+// A # that begins an unquoted value starts a comment, as in Node's dotenv:
+// the value is empty (and the import reports it), not "# fill in".
+func TestParseDotenvCommentForValue(t *testing.T) {
+	src := "A= # fill in\nB=   # TODO\nC=\t#x\nD=#x\nE=x # y\nF='#kept'\nG=a#b\n"
+	got, err := parseDotenv([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []dotenvEntry{
+		{"A", []byte(""), 1}, {"B", []byte(""), 2}, {"C", []byte(""), 3}, {"D", []byte(""), 4},
+		{"E", []byte("x"), 5}, {"F", []byte("#kept"), 6}, {"G", []byte("a#b"), 7},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("parse (-want +got):\n%s", d)
+	}
+}
+
+// A lone CR ends a line (old Mac files), as in Node's dotenv, which turns
+// every CRLF and CR into LF before it parses, quoted values included.
+func TestParseDotenvLoneCR(t *testing.T) {
+	src := "A=x\rB='y'\r\rC=\"multi\rline\"\rD=z\r\nE=w"
+	got, err := parseDotenv([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []dotenvEntry{
+		{"A", []byte("x"), 1}, {"B", []byte("y"), 2}, {"C", []byte("multi\nline"), 4},
+		{"D", []byte("z"), 6}, {"E", []byte("w"), 7},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("parse (-want +got):\n%s", d)
+	}
+}
+
+// nodeDotenvLine is the pattern of Node's dotenv parse (lib/main.js, LINE):
+// a model of that reader for machines without node. Go's regexp picks the
+// same leftmost-first match as JavaScript's backtracking here; JavaScript's
+// $ also matches before U+2028 and U+2029, which the tests do not use.
+var nodeDotenvLine = regexp.MustCompile(`(?m)(?:^|^)\s*(?:export\s+)?([\w.-]+)(?:\s*=\s*?|:\s+?)(\s*'(?:\\'|[^'])*'|\s*"(?:\\"|[^"])*"|\s*` +
+	"`(?:\\\\`|[^`])*`" + `|[^#\r\n]+)?\s*(?:#.*)?(?:$|$)`)
+
+// nodeDotenvParse reads src as Node's dotenv parse does: CRLF and CR become
+// LF, values are trimmed, one pair of matching quotes is removed, and
+// inside double quotes \n and \r are the only escapes.
+func nodeDotenvParse(src string) map[string]string {
+	src = strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(src)
+	out := map[string]string{}
+	for _, m := range nodeDotenvLine.FindAllStringSubmatch(src, -1) {
+		v := strings.TrimSpace(m[2])
+		if len(v) >= 2 && strings.ContainsRune(`'"`+"`", rune(v[0])) && v[len(v)-1] == v[0] {
+			q := v[0]
+			v = v[1 : len(v)-1]
+			if q == '"' {
+				v = strings.NewReplacer(`\n`, "\n", `\r`, "\r").Replace(v)
+			}
+		}
+		out[m[1]] = v
+	}
+	return out
+}
+
+// The model agrees with Node's dotenv on the cases that matter here.
+func TestNodeDotenvModel(t *testing.T) {
+	got := nodeDotenvParse("A= # c\nB=x\rC='y'\nD=\"a\\nb\\\\c\\\"\"\nE=`it's`\nF=\"x\ry\"\nG=foo#bar\n")
+	want := map[string]string{"A": "", "B": "x", "C": "y", "D": "a\nb\\\\c\\\"", "E": "it's", "F": "x\ny", "G": "foo"}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("model (-want +got):\n%s", d)
+	}
+}
+
+// formatDotenv's output reads back exactly with Node's dotenv (its model
+// here; TestExportDotenvNode runs the real one) unless it says otherwise,
+// and it says otherwise only for the values no quoting can give Node.
+func TestFormatDotenvReadableByNode(t *testing.T) {
+	values := []string{
+		"plain", "it's", `it's a \ backslash`, `it's "quoted"`, "it's\ttab", "it's $HOME", `back\slash\n`,
+		"-----BEGIN KEY-----\r\nMIIE\r\n-----END KEY-----\r\n", "line\nwith \"quote\"", "`tick` and 'quote'",
+		`a\`, `ends in \`, `it's C:\dir\`, "x\n", " spaced ", `'"` + "`\\\n",
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	alphabet := []rune("aZ09 \t\n\r'\"`\\$#={}ü-")
+	for range 2000 {
+		b := make([]rune, 1+r.IntN(30))
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		values = append(values, string(b))
+	}
+	var file strings.Builder
+	want := map[string]string{}
+	for i, v := range values {
+		name := fmt.Sprintf("K%d", i)
+		line, portable := formatDotenv(name, []byte(v))
+		endsInBackslash := strings.HasSuffix(v, `\`)
+		hard := (strings.ContainsAny(v, "'\n\r") || endsInBackslash) && strings.ContainsAny(v, `"\`) &&
+			(strings.ContainsAny(v, "`\r") || endsInBackslash) && !dotenvBare(v)
+		if portable == hard {
+			t.Errorf("%q: portable = %v", v, portable)
+		}
+		if portable {
+			file.WriteString(line)
+			want[name] = v
+		}
+	}
+	got := nodeDotenvParse(file.String())
+	for name, v := range want {
+		if got[name] != v {
+			t.Errorf("%s: Node's dotenv reads %q, stored %q", name, got[name], v)
 		}
 	}
 }

@@ -28,13 +28,18 @@ func (a *app) exportDotenvCommand() *cobra.Command {
 		Short: "Print configured secrets as a .env file on stdout",
 		Long: `Print the newest values of the configured secrets (or of --keys, or of
 one --category) as .env assignments on stdout, quoted so that
-"secretctl import dotenv" and the common dotenv readers read them back exactly.
+"secretctl import dotenv" and Node's dotenv read them back exactly (a value
+that Node's dotenv cannot read back is still written, with a warning naming
+its key).
 Every value read is audited as an access. It refuses to run without
 --plaintext: the output holds every value in clear.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !plaintext {
 				return fmt.Errorf("%w: export writes every value in clear; pass --plaintext to confirm", errUsage)
+			}
+			if len(keys) > 0 && category != "" {
+				return fmt.Errorf("%w: --keys or --category, not both", errUsage)
 			}
 			ctx := cmd.Context()
 			c, err := a.connect(ctx)
@@ -72,7 +77,11 @@ Every value read is audited as an access. It refuses to run without
 					failed++
 					fmt.Fprintf(a.stderr, "secretctl: %s: left out: the value is not text (a .env file cannot hold it)\n", k)
 				default:
-					out.WriteString(formatDotenv(k, r.Value.Data))
+					line, portable := formatDotenv(k, r.Value.Data)
+					out.WriteString(line)
+					if !portable {
+						fmt.Fprintf(a.stderr, "secretctl: %s: written with backslash escapes that only secretctl import dotenv reads back exactly (Node's dotenv keeps the backslashes)\n", k)
+					}
 				}
 				clear(r.Value.Data)
 			}

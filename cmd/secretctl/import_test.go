@@ -7,11 +7,13 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/orient-bot/secrets/client"
 	pb "github.com/orient-bot/secrets/gen/orient/secrets/v1"
 )
 
@@ -308,5 +310,125 @@ func TestImportExportDotenv(t *testing.T) {
 	}
 	if len(ev.GetEvents()) == 0 {
 		t.Error("export's access of CUSTOM_QUOTED not audited")
+	}
+}
+
+// An import after a delete writes again: the same value (whose first
+// create's request id would replay "created" and write nothing) and a
+// different one (whose id would be refused as reused for 24 h), for a
+// custom key and a catalog key alike, and again after a second delete.
+func TestImportAfterDelete(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	ctx := context.Background()
+	addr := srv.GRPCAddr()
+	c := testClient(t, srv)
+	envFile := filepath.Join(t.TempDir(), ".env")
+	write := func(src string) {
+		t.Helper()
+		if err := os.WriteFile(envFile, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleteAll := func(keys ...string) {
+		t.Helper()
+		for _, k := range keys {
+			if _, err := c.DeleteSecret(ctx, k); err != nil {
+				t.Fatalf("delete %s: %v", k, err)
+			}
+		}
+	}
+	check := func(step string, want map[string]string) {
+		t.Helper()
+		for k, v := range want {
+			if g := cli(t, ctx, addr, "", nil, "get", k); g.code != 0 || g.stdout != v {
+				t.Errorf("%s: get %s = %+v, want %q", step, k, g, v)
+			}
+		}
+	}
+	keys := []string{"CUSTOM_SAME", "CUSTOM_CHANGED", "OPENAI_API_KEY"}
+
+	write("CUSTOM_SAME=foo\nCUSTOM_CHANGED=one\nOPENAI_API_KEY=sk-first\n")
+	if r := cli(t, ctx, addr, "", nil, "import", "dotenv", envFile); r.code != 0 || !strings.Contains(r.stdout, "imported 3, unchanged 0, skipped 0") {
+		t.Fatalf("first import: %+v", r)
+	}
+	deleteAll(keys...)
+	write("CUSTOM_SAME=foo\nCUSTOM_CHANGED=two\nOPENAI_API_KEY=sk-second\n")
+	r := cli(t, ctx, addr, "", nil, "import", "dotenv", envFile)
+	if r.code != 0 || !strings.Contains(r.stdout, "imported 3, unchanged 0, skipped 0") {
+		t.Errorf("import after a delete: %+v", r)
+	}
+	check("after a delete", map[string]string{"CUSTOM_SAME": "foo", "CUSTOM_CHANGED": "two", "OPENAI_API_KEY": "sk-second"})
+
+	// Twice more: the replayed answers are followed from one deletion to
+	// the next, and a value seen before comes back.
+	for i, src := range []string{
+		"CUSTOM_SAME=foo\nCUSTOM_CHANGED=one\nOPENAI_API_KEY=sk-first\n",
+		"CUSTOM_SAME=foo\nCUSTOM_CHANGED=two\nOPENAI_API_KEY=sk-second\n",
+	} {
+		deleteAll(keys...)
+		write(src)
+		if r := cli(t, ctx, addr, "", nil, "import", "dotenv", envFile); r.code != 0 || !strings.Contains(r.stdout, "imported 3,") {
+			t.Errorf("import %d after deletes: %+v", i+3, r)
+		}
+		entries, _ := parseDotenv([]byte(src))
+		want := map[string]string{}
+		for _, e := range entries {
+			want[e.Name] = string(e.Value)
+		}
+		check(fmt.Sprintf("import %d", i+3), want)
+	}
+	for _, k := range keys {
+		if s, err := c.GetSecret(ctx, k); err != nil || s.CurrentVersion != 1 {
+			t.Errorf("%s: version %d (%v), want 1: each import after a delete wrote once", k, s.CurrentVersion, err)
+		}
+	}
+}
+
+// Runs of the same import that planned against the same state write once,
+// after a delete too: each run's write of a deleted secret follows the
+// stale answer to the same new request id, whatever revision it listed at.
+func TestImportWriteOnceAfterDelete(t *testing.T) {
+	t.Parallel()
+	srv := startServer(t)
+	ctx := context.Background()
+	c := testClient(t, srv)
+	a := &app{}
+	it := importItem{Source: "CUSTOM_ONCE", Key: "CUSTOM_ONCE", Value: []byte("v")}
+	_, rev, err := c.ListSecrets(ctx, client.ListSecretsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := a.importWrite(ctx, c, "dotenv", it, "", rev); reason != "" {
+		t.Fatalf("first write: %s", reason)
+	}
+	if _, err := c.DeleteSecret(ctx, "CUSTOM_ONCE"); err != nil {
+		t.Fatal(err)
+	}
+	// Two runs list after the delete, at different revisions (something
+	// else was written between their listings), then both write.
+	_, rev1, err := c.ListSecrets(ctx, client.ListSecretsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	putValue(t, c, "CUSTOM_UNRELATED", "x")
+	_, rev2, err := c.ListSecrets(ctx, client.ListSecretsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev1 == rev2 {
+		t.Fatalf("the listings share revision %d", rev1)
+	}
+	for i, listed := range []int64{rev1, rev2, rev1} {
+		if reason := a.importWrite(ctx, c, "dotenv", it, "", listed); reason != "" {
+			t.Fatalf("run %d: %s", i+1, reason)
+		}
+	}
+	s, err := c.GetSecret(ctx, "CUSTOM_ONCE")
+	if err != nil || s.CurrentVersion != 1 {
+		t.Fatalf("CUSTOM_ONCE at version %d (%v) after three runs of one plan, want 1", s.CurrentVersion, err)
+	}
+	if g := cli(t, ctx, srv.GRPCAddr(), "", nil, "get", "CUSTOM_ONCE"); g.stdout != "v" {
+		t.Fatalf("get = %+v", g)
 	}
 }

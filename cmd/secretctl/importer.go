@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -61,15 +62,16 @@ type importSummary struct {
 // BatchAccessSecrets per 100 keys), not by request ids alone: those are
 // remembered for 24 h only, and a replayed id would report a write that a
 // later change had since overwritten. Each write is compare-and-set on the
-// etag seen when listing, with a request id derived from the source row and
-// that etag, so a retried or concurrent run of the same import writes once.
+// etag seen when listing, with a request id derived from the write and the
+// state it was planned against (see importWrite), so a retried or
+// concurrent run of the same import writes once.
 func (a *app) runImport(ctx context.Context, kind string, items []importItem, dryRun bool) error {
 	items = prepareItems(items)
 	c, err := a.connect(ctx)
 	if err != nil {
 		return err
 	}
-	list, _, err := c.ListSecrets(ctx, client.ListSecretsOptions{})
+	list, listed, err := c.ListSecrets(ctx, client.ListSecretsOptions{})
 	if err != nil {
 		return err
 	}
@@ -105,7 +107,7 @@ func (a *app) runImport(ctx context.Context, kind string, items []importItem, dr
 			r.Action = actionCreate
 		}
 		if (r.Action == actionCreate || r.Action == actionUpdate) && !dryRun {
-			if reason := a.importWrite(ctx, c, kind, it, cur.Etag); reason != "" {
+			if reason := a.importWrite(ctx, c, kind, it, cur.Etag, listed); reason != "" {
 				r.Action, r.Reason = actionSkip, reason
 			}
 		}
@@ -165,38 +167,95 @@ func prepareItems(items []importItem) []importItem {
 	return items
 }
 
-// importWrite stores one item; it returns why it failed, or "".
-func (a *app) importWrite(ctx context.Context, c *client.Client, kind string, it importItem, etag string) string {
-	h := sha256.New()
-	for _, part := range [][]byte{[]byte(kind), []byte(it.Key), it.Digest, []byte(etag)} {
-		h.Write(part)
-		h.Write([]byte{0})
-	}
-	opts := []client.WriteOption{client.WithRequestID("import-" + hex.EncodeToString(h.Sum(nil))[:32])}
+// importWrite stores one item, planned against the listing at revision
+// listed where the secret had etag ("" for none); it returns why it failed,
+// or "".
+//
+// Its request id is derived from what the write is (kind, key, the source
+// row's digest, description, category) and the state it was planned
+// against (the etag), so that every run of the same import planned against
+// the same state sends the same id and the service writes once. The value
+// is left out: request ids are kept in the audit log, where a hash of a
+// low-entropy value (an email, a URL) would let an auditor confirm
+// guesses. Two cases need more than that:
+//
+//   - A create's planned state, "no secret", recurs. After an import, a
+//     delete and the same import again, the first create's id replays its
+//     answer and writes nothing. Such an answer gives itself away: its
+//     revision is at or below the listing's, which did not show the
+//     secret, so it was deleted since. The write is sent again with an id
+//     derived from that revision (the same in every run that saw this
+//     deletion), as often as the chain of such deletions goes (bounded,
+//     then as below).
+//   - An id used before for another request (another value, imported and
+//     deleted) is refused as reused. For a create of a secret still absent,
+//     the write is sent again with an id derived from the listing's
+//     revision; otherwise the secret changed while importing.
+func (a *app) importWrite(ctx context.Context, c *client.Client, kind string, it importItem, etag string, listed int64) string {
+	opts := []client.WriteOption{}
 	if etag != "" {
 		opts = append(opts, client.WithEtag(etag))
 	}
 	if it.Description != "" {
 		opts = append(opts, client.WithDescription(it.Description))
 	}
+	category := ""
 	if _, isCatalog := catalog.Lookup(it.Key); !isCatalog && etag == "" {
-		opts = append(opts, client.WithCategory(catalog.ImportCategory(it.Key, it.Category)))
+		category = catalog.ImportCategory(it.Key, it.Category)
+		opts = append(opts, client.WithCategory(category))
 	}
-	_, err := c.PutSecret(ctx, it.Key, it.Value, opts...)
-	switch {
-	case err == nil:
-		return ""
-	case errors.Is(err, client.ErrConflict):
-		return "changed in the service while importing; run the import again"
-	}
-	var ce *client.Error
-	if errors.As(err, &ce) {
-		if ce.Reason == client.ReasonRequestIDReused {
-			return "changed in the service while importing; run the import again"
+	base := importRequestID(kind, it.Key, string(it.Digest), etag, it.Description, category)
+	const changed = "changed in the service while importing; run the import again"
+	id, listedID := base, false
+	for replays := 0; ; {
+		s, err := c.PutSecret(ctx, it.Key, it.Value, append(opts, client.WithRequestID(id))...)
+		var ce *client.Error
+		isClientErr := errors.As(err, &ce)
+		reused := isClientErr && ce.Reason == client.ReasonRequestIDReused
+		switch {
+		case err == nil && (etag != "" || s.Revision > listed):
+			return "" // written now, or by a concurrent run of the same plan
+		case err == nil && replays < maxImportReplays:
+			// A create the listing did not show: deleted since.
+			replays++
+			id = importRequestID(base, "deleted after", strconv.FormatInt(s.Revision, 10))
+			continue
+		case err == nil || reused:
+			if etag != "" || listedID || !absent(ctx, c, it.Key) {
+				return changed
+			}
+			listedID = true
+			id = importRequestID(base, "listed at", strconv.FormatInt(listed, 10))
+			continue
+		case errors.Is(err, client.ErrConflict):
+			return changed
+		case isClientErr:
+			return ce.Message
 		}
-		return ce.Message
+		return err.Error()
 	}
-	return err.Error()
+}
+
+// maxImportReplays bounds how many stale answers (each from a create that
+// was deleted again) one write follows before it falls back to an id of
+// its own listing.
+const maxImportReplays = 8
+
+// importRequestID derives a request id from parts (none holds a value).
+func importRequestID(parts ...string) string {
+	h := sha256.New()
+	for _, part := range parts {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	return "import-" + hex.EncodeToString(h.Sum(nil))[:32]
+}
+
+// absent reports whether key has no value in the service now (not found,
+// or an empty catalog slot).
+func absent(ctx context.Context, c *client.Client, key string) bool {
+	s, err := c.GetSecret(ctx, key)
+	return errors.Is(err, client.ErrNotFound) || err == nil && s.Etag == ""
 }
 
 func (a *app) printImport(sum importSummary) error {

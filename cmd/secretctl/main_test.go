@@ -26,7 +26,13 @@ import (
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 func TestMain(m *testing.M) {
-	// The test binary doubles as the program that run starts.
+	// The test binary doubles as secretctl itself, for tests that need it
+	// in a process of its own (on a terminal), ...
+	if os.Getenv("SECRETCTL_TEST_MAIN") != "" {
+		os.Unsetenv("SECRETCTL_TEST_MAIN") // not for the child it runs
+		main()
+	}
+	// ... and as the program that run starts.
 	if mode := os.Getenv("SECRETCTL_TEST_CHILD"); mode != "" {
 		os.Exit(testChild(mode))
 	}
@@ -35,7 +41,9 @@ func TestMain(m *testing.M) {
 
 // testChild records its start (pid and the values of CHILD_KEYS) and the
 // signals it gets in CHILD_LOG. Modes: "serve" stops on SIGTERM, "stubborn"
-// ignores it, "exit3" exits with status 3 at once.
+// ignores it, "exit3" exits with status 3 at once, "interrupt" also records
+// SIGINT and SIGWINCH and exits 1 s after its first SIGINT (a graceful
+// stop, during which a second SIGINT would be seen).
 func testChild(mode string) int {
 	logf := func(format string, args ...any) {
 		f, err := os.OpenFile(os.Getenv("CHILD_LOG"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
@@ -51,6 +59,10 @@ func testChild(mode string) int {
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGUSR1)
+	if mode == "interrupt" {
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGWINCH)
+	}
+	var stopped <-chan time.Time
 	logf("start %d %s", os.Getpid(), strings.Join(vals, " "))
 	if mode == "exit3" {
 		return 3
@@ -79,7 +91,13 @@ func testChild(mode string) int {
 				return 0
 			default:
 				logf("%s %d", s, os.Getpid())
+				if s == syscall.SIGINT && stopped == nil {
+					stopped = time.After(time.Second)
+				}
 			}
+		case <-stopped:
+			logf("stopped %d", os.Getpid())
+			return 0
 		case <-deadline:
 			return 9
 		}

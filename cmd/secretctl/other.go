@@ -124,6 +124,9 @@ func (a *app) auditCommand() *cobra.Command {
 			if f.Since, err = parseSince(since); err != nil {
 				return err
 			}
+			if follow && interval <= 0 {
+				return fmt.Errorf("%w: --interval must be a positive duration (2s)", errUsage)
+			}
 			c, err := a.connect(cmd.Context())
 			if err != nil {
 				return err
@@ -173,10 +176,17 @@ func auditRow(t *table, e client.AuditEvent) {
 }
 
 // followAudit prints events as they appear. The audit log has no stream,
-// so it polls for events after the newest sequence seen.
+// so it polls for the events after the highest sequence printed.
+//
+// The sequence, not the time, is the cursor: the sequencer numbers events
+// as it chains them, one transaction after another under the chain head's
+// lock, so an event that becomes visible later always has a higher
+// sequence than every event visible before it. Its time may well be
+// earlier (a write batch commits its events after later reads', replicas'
+// clocks differ, a backlog is chained late), so polling by time (events
+// at or after the newest time seen) would never print it.
 func (a *app) followAudit(ctx context.Context, c *client.Client, f client.AuditFilter, first []client.AuditEvent, interval time.Duration) error {
 	var last int64
-	var lastTime time.Time
 	headerDone := false
 	print := func(events []client.AuditEvent) error {
 		var t *table
@@ -191,7 +201,7 @@ func (a *app) followAudit(ctx context.Context, c *client.Client, f client.AuditF
 			if e.Sequence <= last {
 				continue
 			}
-			last, lastTime = e.Sequence, e.Time
+			last = e.Sequence
 			if a.output == "json" {
 				if err := writeJSON(a.stdout, toAuditJSON(e)); err != nil {
 					return err
@@ -208,7 +218,7 @@ func (a *app) followAudit(ctx context.Context, c *client.Client, f client.AuditF
 	if err := print(first); err != nil {
 		return err
 	}
-	f.Limit, f.OnPage = 0, nil
+	f.OnPage = nil
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -217,10 +227,7 @@ func (a *app) followAudit(ctx context.Context, c *client.Client, f client.AuditF
 			return nil
 		case <-tick.C:
 		}
-		if !lastTime.IsZero() {
-			f.Since = lastTime
-		}
-		events, err := c.ListAuditEvents(ctx, f)
+		events, err := auditEventsAfter(ctx, c, f, last)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -228,9 +235,30 @@ func (a *app) followAudit(ctx context.Context, c *client.Client, f client.AuditF
 			fmt.Fprintln(a.stderr, "secretctl: audit:", err)
 			continue
 		}
-		slices.Reverse(events)
 		if err := print(events); err != nil {
 			return err
+		}
+	}
+}
+
+// auditEventsAfter returns the events of f whose sequence is above last,
+// oldest first. ListAuditEvents filters by time, not by sequence, so it
+// asks for the newest 16, 32, 64, … events until the answer reaches back
+// to last (or to the first event): twice the new events at most.
+func auditEventsAfter(ctx context.Context, c *client.Client, f client.AuditFilter, last int64) ([]client.AuditEvent, error) {
+	for n := 16; ; n *= 2 {
+		f.Limit = n
+		events, err := c.ListAuditEvents(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(events, func(e client.AuditEvent) bool { return e.Sequence <= last })
+		if i >= 0 || len(events) < n {
+			if i >= 0 {
+				events = events[:i]
+			}
+			slices.Reverse(events)
+			return events, nil
 		}
 	}
 }

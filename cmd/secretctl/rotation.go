@@ -86,6 +86,9 @@ Due secrets: secretctl list --rotation-due.`,
 			if expire != "" && noExpire {
 				return fmt.Errorf("%w: --expire or --no-expire, not both", errUsage)
 			}
+			if etag != "" && period == "" && !suggested && next == "" && !clearSchedule && expire == "" && !noExpire {
+				return fmt.Errorf("%w: --etag guards a change: give --period, --suggested, --next, --clear, --expire or --no-expire with it", errUsage)
+			}
 			if period != "" {
 				d, err := parsePeriod("period", period)
 				if err != nil {

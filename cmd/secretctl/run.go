@@ -60,6 +60,10 @@ the database value, else the variable already in the environment, else the
 The command runs in a process group of its own (unless stdin is a terminal):
 secretctl forwards signals to the whole group and exits with the command's
 status, after stopping whatever the command left running in its group.
+When stdin is a terminal the command shares secretctl's group, which the
+terminal's ^C, ^\, hangup and resize reach directly: secretctl does not
+forward SIGINT, SIGQUIT, SIGHUP or SIGWINCH then (TERM, USR1 and USR2 it
+does), it only waits for the command to stop.
 
 With --watch it follows the change stream: a change to one of the command's
 secrets restarts it gracefully (SIGTERM to its group, then SIGKILL to the
@@ -263,17 +267,23 @@ func (a *app) supervise(ctx context.Context, argv []string, envFn func() []strin
 				a.reapGroup(c, grace)
 				return exitStatus(err)
 			case sig := <-sigCh:
-				c.signal(sig.(syscall.Signal))
-				if sig == syscall.SIGINT || sig == syscall.SIGTERM {
-					stopping = true // the child decides; no restart after this
-				}
+				// After a stop, the child decides; no restart after this.
+				stopping = c.pass(sig.(syscall.Signal)) || stopping
 			case <-done:
 				done = nil
-				// A terminal's ^C or a SIGTERM may have been forwarded already.
+				// A signal that ended ctx (main's NotifyContext) is on its
+				// way to sigCh too, maybe not there yet: wait for it, so that
+				// a terminal's ^C, which the child has already, is not
+				// followed by a SIGTERM from us.
+				if context.Cause(ctx) != ctx.Err() {
+					select {
+					case sig := <-sigCh:
+						stopping = c.pass(sig.(syscall.Signal)) || stopping
+					case <-time.After(time.Second):
+					}
+				}
 				for len(sigCh) > 0 {
-					sig := <-sigCh
-					c.signal(sig.(syscall.Signal))
-					stopping = stopping || sig == syscall.SIGINT || sig == syscall.SIGTERM
+					stopping = c.pass((<-sigCh).(syscall.Signal)) || stopping
 				}
 				return exitStatus(a.stop(c, grace, !stopping))
 			case <-restartCh:
@@ -308,6 +318,27 @@ type child struct {
 	exited chan error
 	err    error // what exited delivered, once it has
 	done   bool
+}
+
+// terminalSignals are the signals a terminal sends to its whole
+// foreground process group: ^C, ^\, a hangup, a new window size.
+var terminalSignals = map[syscall.Signal]bool{syscall.SIGINT: true, syscall.SIGQUIT: true, syscall.SIGHUP: true, syscall.SIGWINCH: true}
+
+// pass passes on a signal run received and reports whether it asks to
+// stop. A child that shares our process group on a terminal has had the
+// terminal's signals from the kernel already, with us: forwarding them
+// would make one ^C two (and a second ^C often means "quit now").
+func (c *child) pass(sig syscall.Signal) (stop bool) {
+	if c.group || !terminalSignals[sig] {
+		c.signal(sig)
+	}
+	switch sig {
+	case syscall.SIGINT, syscall.SIGTERM:
+		return true
+	case syscall.SIGQUIT, syscall.SIGHUP:
+		return !c.group // ^\ or a hangup at the terminal
+	}
+	return false
 }
 
 // signal sends sig to the child's process group (or to the child alone

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/orient-bot/secrets/client"
+	"github.com/orient-bot/secrets/server/catalog"
 )
 
 func parseVersion(s string) (int64, error) {
@@ -71,7 +72,7 @@ argument: it would stay in shell history and show in process lists.`,
 			var value []byte
 			var err error
 			if fromFile != "" {
-				value, err = os.ReadFile(fromFile)
+				value, err = readValueFile(fromFile)
 			} else {
 				if f, ok := a.stdin.(*os.File); ok && isTerminal(f) {
 					fmt.Fprintln(a.stderr, "Enter the value, then press Ctrl-D:")
@@ -137,6 +138,23 @@ argument: it would stay in shell history and show in process lists.`,
 	f.StringVar(&period, "rotation-period", "", "remind to rotate every period: days (90d) or a duration (720h)")
 	f.StringVar(&expire, "expire", "", "refuse access after this time: RFC 3339 or from now (30d)")
 	return cmd
+}
+
+// readValueFile reads a value from path, refusing one larger than the
+// service accepts before reading more of it (the path may name a device
+// or a pipe that never ends).
+func readValueFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	value, err := io.ReadAll(io.LimitReader(f, catalog.MaxValueSize+1))
+	if err == nil && len(value) > catalog.MaxValueSize {
+		clear(value)
+		return nil, fmt.Errorf("%s is larger than %d bytes (64 KiB), the most a secret's value may hold", path, catalog.MaxValueSize)
+	}
+	return value, err
 }
 
 func (a *app) listCommand() *cobra.Command {

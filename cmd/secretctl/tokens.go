@@ -20,6 +20,9 @@ func (a *app) tokensCommand() *cobra.Command {
 		Short: "Create a token; it is printed once, on stdout",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if expires < 0 {
+				return fmt.Errorf("%w: --expires must be a positive duration (720h), or 0 for a token that never expires", errUsage)
+			}
 			c, err := a.connect(cmd.Context())
 			if err != nil {
 				return err
