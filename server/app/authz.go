@@ -116,6 +116,13 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	return err
 }
 
+// lookupFailed reports whether authenticating failed for want of an
+// answer (the database unavailable or slow, the caller's deadline or
+// cancellation) rather than because the credentials are bad.
+func lookupFailed(err error) bool {
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
 // errCredentialsEnded is the cause of a stream cancelled because its token
 // was revoked or expired.
 var errCredentialsEnded = errors.New("credentials no longer valid")
@@ -211,7 +218,7 @@ func (w *credentialWatch) run(ctx context.Context, key string, g *credGroup, exp
 			if ctx.Err() != nil {
 				return // the last stream left during the check
 			}
-			if err != nil && !errors.Is(err, store.ErrUnavailable) {
+			if err != nil && !lookupFailed(err) {
 				w.end(key, g)
 				return
 			}
@@ -290,7 +297,9 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (con
 	}
 	p, err := a.principal(ctx)
 	if err != nil {
-		if errors.Is(err, store.ErrUnavailable) {
+		if lookupFailed(err) {
+			// Not a verdict on the credentials: UNAVAILABLE (or the
+			// caller's own DEADLINE_EXCEEDED), and no denial is audited.
 			return ctx, api.StatusOf(ctx, a.log, err)
 		}
 		a.deny(ctx, "unauthenticated", action, &auth.Denial{Reason: auth.DenyUnauthenticated, Message: err.Error()})

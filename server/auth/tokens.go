@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -96,7 +97,17 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 			return Principal{}, ErrUnknownToken
 		}
 		if err != nil {
-			return Principal{}, err
+			// A lookup that did not finish is no verdict on the token: the
+			// caller's own deadline or cancellation is reported as such,
+			// anything else (a statement timeout, a lost connection) as
+			// the database being unavailable, never as bad credentials.
+			if ctx.Err() != nil {
+				return Principal{}, ctx.Err()
+			}
+			if errors.Is(err, store.ErrUnavailable) {
+				return Principal{}, err
+			}
+			return Principal{}, fmt.Errorf("%w: token lookup: %w", store.ErrUnavailable, err)
 		}
 		c = cached{hash: hash, token: t, fetched: now}
 		a.mu.Lock()
