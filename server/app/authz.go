@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -357,9 +359,15 @@ func (a *authorizer) principal(ctx context.Context) (auth.Principal, error) {
 		return a.authn.Authenticate(ctx, strings.TrimSpace(token))
 	}
 	if cert := peerCert(ctx); cert != nil && !bytes.Equal(cert.Raw, a.gatewayCert) {
+		// The handshake checked the validity period when the connection
+		// opened; a long-lived connection must not outlive the
+		// certificate. ExpireTime also ends streams at NotAfter.
+		if !time.Now().Before(cert.NotAfter) {
+			return auth.Principal{}, fmt.Errorf("client certificate %q expired", cert.Subject.CommonName)
+		}
 		for _, id := range a.certs {
 			if certMatches(cert, id.Subject) {
-				return auth.Principal{Name: id.Name, Role: id.Role, Scope: id.Scope}, nil
+				return auth.Principal{Name: id.Name, Role: id.Role, Scope: id.Scope, ExpireTime: cert.NotAfter}, nil
 			}
 		}
 		return auth.Principal{}, fmt.Errorf("client certificate %q is not mapped to a role", cert.Subject.CommonName)
@@ -379,24 +387,23 @@ func peerCert(ctx context.Context) *x509.Certificate {
 	return tlsInfo.State.PeerCertificates[0]
 }
 
+// certMatches reports whether a certificate has subject as a name of the
+// subject's own type: a URI (it has "://") only among the URI SANs, an
+// email (it has "@") only among the email SANs, anything else among the
+// DNS SANs, or as the common name of a certificate with no SAN at all. A
+// name of one type never matches another type's, so an identity written
+// for a SPIFFE ID is not granted to a certificate whose CN or DNS name
+// spells it.
 func certMatches(c *x509.Certificate, subject string) bool {
-	if c.Subject.CommonName == subject {
+	switch {
+	case strings.Contains(subject, "://"):
+		return slices.ContainsFunc(c.URIs, func(u *url.URL) bool { return u.String() == subject })
+	case strings.Contains(subject, "@"):
+		return slices.Contains(c.EmailAddresses, subject)
+	}
+	if slices.Contains(c.DNSNames, subject) {
 		return true
 	}
-	for _, d := range c.DNSNames {
-		if d == subject {
-			return true
-		}
-	}
-	for _, u := range c.URIs {
-		if u.String() == subject {
-			return true
-		}
-	}
-	for _, e := range c.EmailAddresses {
-		if e == subject {
-			return true
-		}
-	}
-	return false
+	hasSAN := len(c.DNSNames) > 0 || len(c.URIs) > 0 || len(c.EmailAddresses) > 0 || len(c.IPAddresses) > 0
+	return !hasSAN && c.Subject.CommonName == subject
 }
