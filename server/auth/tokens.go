@@ -52,7 +52,10 @@ type Authenticator struct {
 
 	lookups chan struct{} // semaphore of maxLookups
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// gen counts Forget calls: a lookup that began before one (it may have
+	// read the row before the revocation) does not store its result.
+	gen     uint64
 	cache   map[string]cached    // by hex hash
 	unknown map[string]time.Time // by hex hash: when it was found unknown
 	used    map[string]time.Time
@@ -86,6 +89,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 		return Principal{}, ErrUnknownToken
 	}
 	if !ok || now.Sub(c.fetched) > CacheTTL {
+		a.mu.Lock()
+		gen := a.gen
+		a.mu.Unlock()
 		t, err := a.lookup(ctx, hash)
 		if errors.Is(err, store.ErrNotFound) {
 			a.mu.Lock()
@@ -111,10 +117,12 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 		}
 		c = cached{hash: hash, token: t, fetched: now}
 		a.mu.Lock()
-		if len(a.cache) >= maxCache {
-			clear(a.cache) // crude but bounded; entries are cheap to refetch
+		if a.gen == gen { // else a token was revoked here meanwhile: this row may predate it
+			if len(a.cache) >= maxCache {
+				clear(a.cache) // crude but bounded; entries are cheap to refetch
+			}
+			a.cache[id] = c
 		}
-		a.cache[id] = c
 		a.mu.Unlock()
 	}
 	// The lookup was by hash; compare again in constant time anyway.
@@ -149,6 +157,7 @@ func (a *Authenticator) lookup(ctx context.Context, hash []byte) (store.Token, e
 func (a *Authenticator) Forget(name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.gen++
 	for id, c := range a.cache {
 		if c.token.Name == name {
 			delete(a.cache, id)
