@@ -16,6 +16,7 @@ import (
 // TokenStore is what the authenticator reads and writes.
 type TokenStore interface {
 	TokenByHash(ctx context.Context, hash []byte) (store.Token, error)
+	// TouchTokens records last-use times by hex-encoded token hash.
 	TouchTokens(ctx context.Context, used map[string]time.Time) error
 }
 
@@ -58,7 +59,7 @@ type Authenticator struct {
 	gen     uint64
 	cache   map[string]cached    // by hex hash
 	unknown map[string]time.Time // by hex hash: when it was found unknown
-	used    map[string]time.Time
+	used    map[string]time.Time // last use by hex hash
 }
 
 type cached struct {
@@ -137,7 +138,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 		return Principal{}, ErrExpired
 	}
 	a.mu.Lock()
-	a.used[t.Name] = now
+	a.used[id] = now // by hash: a later token of the same name is another token
 	a.mu.Unlock()
 	return Principal{Name: t.Name, Role: Role(t.Role), Scope: Scope{KeyPatterns: t.KeyPatterns, Categories: t.Categories}, ExpireTime: t.ExpireTime}, nil
 }
