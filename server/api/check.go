@@ -66,7 +66,7 @@ func (s *SecretService) CheckSecret(ctx context.Context, req *pb.CheckSecretRequ
 			return nil, st.Err()
 		}
 		ev := store.AuditEvent{Actor: id.Actor, Peer: id.Peer, Action: "CheckSecret", Key: it.Key, Version: it.Version,
-			Outcome: store.OutcomeOK, Revision: rev, Detail: "sent to " + provider + " to check it"}
+			Outcome: store.OutcomeOK, Revision: rev, Detail: "read to check it with " + provider + " (sent to " + provider + " unless the check refused it before the call)"}
 		if it.Key == key {
 			version = it.Version
 		} else {

@@ -58,6 +58,17 @@ func (s *TokenService) CreateToken(ctx context.Context, req *pb.CreateTokenReque
 		}
 		t.ExpireTime = req.GetExpireTime().AsTime()
 	}
+	// A token never outlives the one that made it: an admin token that
+	// expires cannot mint one that does not, or one that expires later.
+	if caller, ok := auth.FromContext(ctx); ok && !caller.ExpireTime.IsZero() {
+		until := caller.ExpireTime.UTC().Format(time.RFC3339)
+		if t.ExpireTime.IsZero() {
+			return nil, invalidArg("expire_time", "required: the calling token expires at "+until+", and a token may not outlive its creator")
+		}
+		if t.ExpireTime.After(caller.ExpireTime) {
+			return nil, invalidArg("expire_time", "must not be after "+until+", when the calling token expires")
+		}
+	}
 	token, err := auth.NewToken()
 	if err != nil {
 		return nil, toStatus(ctx, s.Logger, err)

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -116,6 +118,13 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	return err
 }
 
+// lookupFailed reports whether authenticating failed for want of an
+// answer (the database unavailable or slow, the caller's deadline or
+// cancellation) rather than because the credentials are bad.
+func lookupFailed(err error) bool {
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
+}
+
 // errCredentialsEnded is the cause of a stream cancelled because its token
 // was revoked or expired.
 var errCredentialsEnded = errors.New("credentials no longer valid")
@@ -211,7 +220,7 @@ func (w *credentialWatch) run(ctx context.Context, key string, g *credGroup, exp
 			if ctx.Err() != nil {
 				return // the last stream left during the check
 			}
-			if err != nil && !errors.Is(err, store.ErrUnavailable) {
+			if err != nil && !lookupFailed(err) {
 				w.end(key, g)
 				return
 			}
@@ -290,7 +299,9 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (con
 	}
 	p, err := a.principal(ctx)
 	if err != nil {
-		if errors.Is(err, store.ErrUnavailable) {
+		if lookupFailed(err) {
+			// Not a verdict on the credentials: UNAVAILABLE (or the
+			// caller's own DEADLINE_EXCEEDED), and no denial is audited.
 			return ctx, api.StatusOf(ctx, a.log, err)
 		}
 		a.deny(ctx, "unauthenticated", action, &auth.Denial{Reason: auth.DenyUnauthenticated, Message: err.Error()})
@@ -348,9 +359,15 @@ func (a *authorizer) principal(ctx context.Context) (auth.Principal, error) {
 		return a.authn.Authenticate(ctx, strings.TrimSpace(token))
 	}
 	if cert := peerCert(ctx); cert != nil && !bytes.Equal(cert.Raw, a.gatewayCert) {
+		// The handshake checked the validity period when the connection
+		// opened; a long-lived connection must not outlive the
+		// certificate. ExpireTime also ends streams at NotAfter.
+		if !time.Now().Before(cert.NotAfter) {
+			return auth.Principal{}, fmt.Errorf("client certificate %q expired", cert.Subject.CommonName)
+		}
 		for _, id := range a.certs {
 			if certMatches(cert, id.Subject) {
-				return auth.Principal{Name: id.Name, Role: id.Role, Scope: id.Scope}, nil
+				return auth.Principal{Name: id.Name, Role: id.Role, Scope: id.Scope, ExpireTime: cert.NotAfter}, nil
 			}
 		}
 		return auth.Principal{}, fmt.Errorf("client certificate %q is not mapped to a role", cert.Subject.CommonName)
@@ -370,24 +387,23 @@ func peerCert(ctx context.Context) *x509.Certificate {
 	return tlsInfo.State.PeerCertificates[0]
 }
 
+// certMatches reports whether a certificate has subject as a name of the
+// subject's own type: a URI (it has "://") only among the URI SANs, an
+// email (it has "@") only among the email SANs, anything else among the
+// DNS SANs, or as the common name of a certificate with no SAN at all. A
+// name of one type never matches another type's, so an identity written
+// for a SPIFFE ID is not granted to a certificate whose CN or DNS name
+// spells it.
 func certMatches(c *x509.Certificate, subject string) bool {
-	if c.Subject.CommonName == subject {
+	switch {
+	case strings.Contains(subject, "://"):
+		return slices.ContainsFunc(c.URIs, func(u *url.URL) bool { return u.String() == subject })
+	case strings.Contains(subject, "@"):
+		return slices.Contains(c.EmailAddresses, subject)
+	}
+	if slices.Contains(c.DNSNames, subject) {
 		return true
 	}
-	for _, d := range c.DNSNames {
-		if d == subject {
-			return true
-		}
-	}
-	for _, u := range c.URIs {
-		if u.String() == subject {
-			return true
-		}
-	}
-	for _, e := range c.EmailAddresses {
-		if e == subject {
-			return true
-		}
-	}
-	return false
+	hasSAN := len(c.DNSNames) > 0 || len(c.URIs) > 0 || len(c.EmailAddresses) > 0 || len(c.IPAddresses) > 0
+	return !hasSAN && c.Subject.CommonName == subject
 }

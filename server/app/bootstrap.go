@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/orient-bot/secrets/server/auth"
 )
@@ -23,8 +24,8 @@ func (s *Server) bootstrap(ctx context.Context) error {
 		if token, err = auth.NewToken(); err != nil {
 			return err
 		}
-	} else if len(token) < 16 {
-		return fmt.Errorf("SECRETS_BOOTSTRAP_TOKEN must be at least 16 characters")
+	} else if err := checkBootstrapToken(token); err != nil {
+		return err
 	}
 	// An operator-chosen token may be guessable from a few characters:
 	// only a generated one has a display prefix.
@@ -54,6 +55,27 @@ func (s *Server) bootstrap(ctx context.Context) error {
 			return fmt.Errorf("writing %s: %w", file, err)
 		}
 		s.log.Info("first admin token written", "file", file)
+	}
+	return nil
+}
+
+// checkBootstrapToken refuses a SECRETS_BOOTSTRAP_TOKEN that no caller
+// could present: stored as given, a value with a trailing newline (a
+// Kubernetes secret made from a file) or other surrounding whitespace,
+// control characters or non-ASCII would be an admin token nobody can send,
+// and, a token row existing, never bootstrapped again. The error names the
+// variable, never the value.
+func checkBootstrapToken(token string) error {
+	if len(token) < 16 {
+		return fmt.Errorf("SECRETS_BOOTSTRAP_TOKEN must be at least 16 characters")
+	}
+	if strings.TrimSpace(token) != token {
+		return fmt.Errorf("SECRETS_BOOTSTRAP_TOKEN has leading or trailing whitespace (a trailing newline from the file it was made from?); remove it")
+	}
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; c < 0x20 || c > 0x7e {
+			return fmt.Errorf("SECRETS_BOOTSTRAP_TOKEN must be printable ASCII (it holds a control or non-ASCII character at byte %d)", i)
+		}
 	}
 	return nil
 }

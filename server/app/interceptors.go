@@ -68,13 +68,25 @@ func (pi peerIdentifier) identify(ctx context.Context) context.Context {
 }
 
 // client walks a forwarding chain from the nearest hop back, past trusted
-// proxies, to the first address that is not one.
+// proxies, to the first address that is not one. Only hops that are IP
+// addresses count: at the first that is not (free text such as "bastion
+// (rest)", a port, an IPv6 zone), the walk stops at the last good one, so
+// no forwarded value puts words of its sender's choosing in the audit log.
 func (pi peerIdentifier) client(chain []string) string {
 	i := len(chain) - 1
-	for i > 0 && pi.trusted(chain[i]) {
+	for i > 0 && pi.trusted(chain[i]) && plainAddr(chain[i-1]) {
 		i--
 	}
+	if ip, err := netip.ParseAddr(chain[i]); err == nil {
+		return ip.String()
+	}
 	return chain[i]
+}
+
+// plainAddr reports whether a forwarded hop is an IP address without a zone.
+func plainAddr(s string) bool {
+	ip, err := netip.ParseAddr(s)
+	return err == nil && ip.Zone() == ""
 }
 
 func (pi peerIdentifier) trusted(addr string) bool {

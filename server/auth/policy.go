@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+
+	"github.com/orient-bot/secrets/server/catalog"
 )
 
 // CertIdentity maps a client certificate (by its subject common name or a
@@ -40,8 +42,17 @@ func LoadCertIdentities(file string) ([]CertIdentity, error) {
 		if id.Subject == "" {
 			return nil, fmt.Errorf("%s: entry %d: subject is required", file, i)
 		}
-		if _, err := ParseRole(string(id.Role)); err != nil {
+		role, err := ParseRole(string(id.Role))
+		if err != nil {
 			return nil, fmt.Errorf("%s: entry %d: role %w", file, i, err)
+		}
+		ids[i].Role = role // "Admin" is admin: policies compare the lower-case name
+		for j, c := range id.Scope.Categories {
+			n, err := catalog.NormalizeCategory(c) // as CreateToken does
+			if err != nil {
+				return nil, fmt.Errorf("%s: entry %d: category %q: %w", file, i, c, err)
+			}
+			ids[i].Scope.Categories[j] = n
 		}
 		for _, p := range id.Scope.KeyPatterns {
 			if !ValidPattern(p) {

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 // TokenStore is what the authenticator reads and writes.
 type TokenStore interface {
 	TokenByHash(ctx context.Context, hash []byte) (store.Token, error)
+	// TouchTokens records last-use times by hex-encoded token hash.
 	TouchTokens(ctx context.Context, used map[string]time.Time) error
 }
 
@@ -51,10 +53,13 @@ type Authenticator struct {
 
 	lookups chan struct{} // semaphore of maxLookups
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// gen counts Forget calls: a lookup that began before one (it may have
+	// read the row before the revocation) does not store its result.
+	gen     uint64
 	cache   map[string]cached    // by hex hash
 	unknown map[string]time.Time // by hex hash: when it was found unknown
-	used    map[string]time.Time
+	used    map[string]time.Time // last use by hex hash
 }
 
 type cached struct {
@@ -85,6 +90,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 		return Principal{}, ErrUnknownToken
 	}
 	if !ok || now.Sub(c.fetched) > CacheTTL {
+		a.mu.Lock()
+		gen := a.gen
+		a.mu.Unlock()
 		t, err := a.lookup(ctx, hash)
 		if errors.Is(err, store.ErrNotFound) {
 			a.mu.Lock()
@@ -96,14 +104,26 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 			return Principal{}, ErrUnknownToken
 		}
 		if err != nil {
-			return Principal{}, err
+			// A lookup that did not finish is no verdict on the token: the
+			// caller's own deadline or cancellation is reported as such,
+			// anything else (a statement timeout, a lost connection) as
+			// the database being unavailable, never as bad credentials.
+			if ctx.Err() != nil {
+				return Principal{}, ctx.Err()
+			}
+			if errors.Is(err, store.ErrUnavailable) {
+				return Principal{}, err
+			}
+			return Principal{}, fmt.Errorf("%w: token lookup: %w", store.ErrUnavailable, err)
 		}
 		c = cached{hash: hash, token: t, fetched: now}
 		a.mu.Lock()
-		if len(a.cache) >= maxCache {
-			clear(a.cache) // crude but bounded; entries are cheap to refetch
+		if a.gen == gen { // else a token was revoked here meanwhile: this row may predate it
+			if len(a.cache) >= maxCache {
+				clear(a.cache) // crude but bounded; entries are cheap to refetch
+			}
+			a.cache[id] = c
 		}
-		a.cache[id] = c
 		a.mu.Unlock()
 	}
 	// The lookup was by hash; compare again in constant time anyway.
@@ -118,7 +138,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Princip
 		return Principal{}, ErrExpired
 	}
 	a.mu.Lock()
-	a.used[t.Name] = now
+	a.used[id] = now // by hash: a later token of the same name is another token
 	a.mu.Unlock()
 	return Principal{Name: t.Name, Role: Role(t.Role), Scope: Scope{KeyPatterns: t.KeyPatterns, Categories: t.Categories}, ExpireTime: t.ExpireTime}, nil
 }
@@ -138,6 +158,7 @@ func (a *Authenticator) lookup(ctx context.Context, hash []byte) (store.Token, e
 func (a *Authenticator) Forget(name string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.gen++
 	for id, c := range a.cache {
 		if c.token.Name == name {
 			delete(a.cache, id)

@@ -20,11 +20,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"os"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -157,12 +160,77 @@ func New(cfg Config) (*Checker, error) {
 		timeout = 5 * time.Second
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = guardedDial(operatorHosts(cfg))
 	tr.TLSClientConfig = cfg.TLS
 	tr.ResponseHeaderTimeout = timeout
 	tr.MaxIdleConnsPerHost = 2
 	c.client = &http.Client{Transport: tr, Timeout: timeout, CheckRedirect: sameOrigin}
 	return c, nil
 }
+
+// operatorHosts are the hosts the operator named: the overridden base URLs
+// (--provider-check-urls), the exact (not wildcard) JIRA hosts and the
+// environment's HTTP(S) proxy. Only these may resolve to an internal
+// address.
+func operatorHosts(cfg Config) map[string]bool {
+	hosts := map[string]bool{}
+	for _, raw := range cfg.BaseURLs {
+		if u, err := url.Parse(raw); err == nil {
+			hosts[strings.ToLower(u.Hostname())] = true
+		}
+	}
+	for _, h := range cfg.JIRAHosts {
+		if !strings.HasPrefix(h, "*.") {
+			hosts[strings.ToLower(h)] = true
+		}
+	}
+	for _, v := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
+		if u, err := url.Parse(os.Getenv(v)); err == nil && u.Hostname() != "" {
+			hosts[strings.ToLower(u.Hostname())] = true
+		}
+	}
+	return hosts
+}
+
+// guardedDial dials the operator's hosts as named, and any other host (a
+// provider's public API, a JIRA site matched by a wildcard) only at a
+// public address: the check is made on the address actually dialled,
+// after DNS resolution, so neither a stored URL nor a DNS answer can aim
+// a credential check at the loopback, link-local (cloud metadata), private
+// or otherwise internal addresses.
+func guardedDial(trusted map[string]bool) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	plain := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	guarded := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: refuseInternal}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err == nil && trusted[strings.ToLower(host)] {
+			return plain.DialContext(ctx, network, addr)
+		}
+		return guarded.DialContext(ctx, network, addr)
+	}
+}
+
+// errInternalAddress refuses a dial to an address that is not public.
+var errInternalAddress = errors.New("refusing to connect to an internal address")
+
+// refuseInternal is a net.Dialer Control: it sees the resolved address.
+func refuseInternal(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return errInternalAddress
+	}
+	ip := ap.Addr().Unmap()
+	if ip.IsLoopback() || ip.IsPrivate() || ip.IsUnspecified() || ip.IsLinkLocalUnicast() ||
+		ip.IsLinkLocalMulticast() || ip.IsInterfaceLocalMulticast() || ip.IsMulticast() ||
+		cgnat.Contains(ip) {
+		return errInternalAddress
+	}
+	return nil
+}
+
+// cgnat is the shared address space (RFC 6598), internal like the private
+// ranges.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 
 // sameOrigin follows a few redirects within the same scheme and host (the
 // credential headers go along) and no others.
@@ -291,6 +359,15 @@ func (c *Checker) jiraSite(raw []byte) (*url.URL, error) {
 		return nil, errors.New("JIRA_BASE_URL must use https (the token is not sent in clear)")
 	}
 	host := strings.ToLower(u.Hostname())
+	// An IP literal (or anything with an IPv6 zone or brackets: u.Hostname
+	// keeps "%25.atlassian.net" of "[::1%25.atlassian.net]") is a site only
+	// when the operator listed that very address.
+	if strings.ContainsAny(host, "%:[]") {
+		return nil, errors.New("JIRA_BASE_URL's host must be a DNS name (no IP address or zone)")
+	}
+	if _, err := netip.ParseAddr(host); err == nil && !slices.ContainsFunc(c.jiraHosts, func(h string) bool { return strings.EqualFold(h, host) }) {
+		return nil, fmt.Errorf("JIRA_BASE_URL's host %s is not an allowed JIRA host (an IP address is allowed only when --provider-check-jira-hosts lists it)", host)
+	}
 	for _, pat := range c.jiraHosts {
 		pat = strings.ToLower(pat)
 		if suffix, ok := strings.CutPrefix(pat, "*."); ok && strings.HasSuffix(host, "."+suffix) || host == pat {
@@ -391,6 +468,8 @@ func transportReason(err error) string {
 	var certErr *tls.CertificateVerificationError
 	var netErr net.Error
 	switch {
+	case errors.Is(err, errInternalAddress):
+		return "internal address refused"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():

@@ -134,19 +134,21 @@ func (s *Store) BootstrapToken(ctx context.Context, name, prefix string, hash []
 	return tag.RowsAffected() == 1, nil
 }
 
-// TouchTokens records last-use times, in one statement for many tokens.
+// TouchTokens records last-use times, in one statement for many tokens,
+// keyed by hex-encoded token hash (not name: a token re-created under a
+// revoked one's name must not inherit its uses).
 func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) error {
 	if len(used) == 0 {
 		return nil
 	}
-	names := make([]string, 0, len(used))
+	hashes := make([]string, 0, len(used))
 	times := make([]time.Time, 0, len(used))
-	for n, t := range used {
-		names = append(names, n)
+	for h, t := range used {
+		hashes = append(hashes, h)
 		times = append(times, t)
 	}
 	_, err := s.pool.Exec(ctx, `UPDATE tokens t SET last_use_time = GREATEST(COALESCE(t.last_use_time, 'epoch'), u.time)
-		FROM unnest($1::text[], $2::timestamptz[]) AS u(name, time) WHERE t.name = u.name`, names, times)
+		FROM unnest($1::text[], $2::timestamptz[]) AS u(hash, time) WHERE t.token_hash = decode(u.hash, 'hex')`, hashes, times)
 	return classify(err)
 }
 
