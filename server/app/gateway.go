@@ -88,9 +88,7 @@ func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		// No X-HTTP-Method-Override: a POST must not become a DELETE.
 		runtime.WithDisablePathLengthFallback(),
-		// An unknown or misplaced query parameter fails: a dropped
-		// "?etag=" would turn a compare-and-set delete into a blind one.
-		runtime.SetQueryParameterParser(strictQueryParser{}),
+		// The strict query parameter parser is set once, in init.
 	)
 	creds := insecure.NewCredentials()
 	if tlsConf != nil {
@@ -270,6 +268,13 @@ func orUnnamed(name string) string {
 	}
 	return name
 }
+
+// An unknown or misplaced query parameter fails: a dropped "?etag=" would
+// turn a compare-and-set delete into a blind one. grpc-gateway keeps the
+// query parser in a package variable (SetQueryParameterParser's option
+// writes it whatever mux it is given), so it is set once here rather than
+// per server: servers started side by side in one process raced on it.
+func init() { runtime.SetQueryParameterParser(strictQueryParser{})(nil) }
 
 // strictQueryParser populates a request from its query parameters like
 // grpc-gateway's default parser, parameter by parameter, but refuses a
