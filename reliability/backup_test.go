@@ -91,6 +91,38 @@ func pgTool(t *testing.T, name string, args ...string) {
 	}
 }
 
+// readmeCreatedb runs the createdb line of the README's restore runbook as
+// written (its OWNER placeholder replaced by owner), as the cluster's
+// superuser, in cluster.
+func readmeCreatedb(t *testing.T, cluster *pgcluster.Cluster, owner string) {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(b), "**Restore**, into an empty database:\n\n```sh\n")
+	block, _, _ = strings.Cut(block, "```")
+	var line string
+	for l := range strings.Lines(block) {
+		if strings.HasPrefix(l, "createdb ") {
+			line = strings.TrimSpace(l)
+		}
+	}
+	if !ok || line == "" {
+		t.Fatalf("README's restore runbook has no createdb line")
+	}
+	bin, err := pgcluster.FindBinaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "-c", strings.ReplaceAll(line, "OWNER", owner))
+	cmd.Env = serverEnv("PATH="+bin+":"+os.Getenv("PATH"), "PGHOST="+cluster.SocketDir(),
+		fmt.Sprintf("PGPORT=%d", cluster.Port()), "PGUSER=postgres")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("README: %s: %v\n%s", line, err, out)
+	}
+}
+
 // startExpectingFailure runs bin and expects it to exit with an error
 // before serving; it returns the output.
 func startExpectingFailure(t *testing.T, bin string, env []string, args ...string) string {
@@ -215,10 +247,17 @@ func TestBackupRestore(t *testing.T) {
 	}
 	t.Cleanup(func() { cluster.Stop(context.Background()) })
 	admin := connect(t, cluster.ConnString("postgres"))
-	if _, err := admin.Exec(ctx, `CREATE DATABASE secrets`); err != nil {
+	// As the README's runbook: the tables' owner is a role of its own, not
+	// a superuser (`secretsd` refuses to serve as either), and the empty
+	// database is created by the README's own createdb line, which must
+	// make it owned by that role: on PostgreSQL 15+ only the database's
+	// owner may create in schema public, so a database created by another
+	// role refuses the restore.
+	if _, err := admin.Exec(ctx, `CREATE ROLE secrets_owner LOGIN CREATEROLE`); err != nil {
 		t.Fatal(err)
 	}
-	restored := cluster.ConnString("secrets")
+	readmeCreatedb(t, cluster, "secrets_owner")
+	restored := cluster.ConnStringAs("secrets_owner", "secrets")
 	restoreStart := time.Now()
 	// Roles belong to the cluster, not the dump: restore without the
 	// grants, then `secretsd migrate` creates the service role and grants

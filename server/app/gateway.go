@@ -125,7 +125,8 @@ var conditionalWriteHeaders = []string{"If-Match", "If-Unmodified-Since", "If-No
 
 // strictRequest refuses, before any decoding, what the gateway would
 // otherwise silently ignore: a query parameter on a route whose body is
-// the whole request (body "*"), and HTTP preconditions on writes.
+// the whole request (body "*") or whose request the path fills, and HTTP
+// preconditions on writes.
 func strictRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {
@@ -174,6 +175,21 @@ func strictRequest(next http.Handler) http.Handler {
 			writeStatus(w, r, http.StatusBadRequest, malformed(shown,
 				fmt.Sprintf("malformed request: query parameter %s: this route takes no query parameters; send every field in the JSON body", orUnnamed(shown))))
 			return
+		}
+		// The generated handler of a route whose request the path (and
+		// body field) fill entirely never calls the query parser, so its
+		// parameters are judged here, by the parser's own rules.
+		if r.URL.RawQuery != "" {
+			values, err := url.ParseQuery(r.URL.RawQuery)
+			if err != nil {
+				// As the parser's routes answer a query they cannot parse.
+				writeStatus(w, r, http.StatusBadRequest, malformed("", "malformed request: the body or parameters do not match the request type"))
+				return
+			}
+			if msg, field := rt.badQuery(values); msg != "" {
+				writeStatus(w, r, http.StatusBadRequest, malformed(field, "malformed request: "+msg))
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -304,6 +320,32 @@ func (strictQueryParser) Parse(msg proto.Message, values url.Values, filter *uti
 		}
 	}
 	return nil
+}
+
+// badQuery returns the strict parser's error for the first parameter (by
+// name) that is no field of the route's request or that the path or body
+// already binds, and the name to report, or "" when every name is one the
+// parser would take (their values are still the parser's to judge).
+func (rt *route) badQuery(values url.Values) (msg, field string) {
+	names := make([]string, 0, len(values))
+	for k := range values {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		path, ok := queryFieldPath(rt.input, name)
+		if !ok {
+			shown := queryName(name)
+			return fmt.Sprintf("query parameter %s: %s", orUnnamed(shown), queryUnknown), shown
+		}
+		for _, b := range rt.bound {
+			n := min(len(b), len(path))
+			if slices.Equal(b[:n], path[:n]) {
+				return fmt.Sprintf("query parameter %s: %s", name, queryBound), name
+			}
+		}
+	}
+	return "", ""
 }
 
 const (

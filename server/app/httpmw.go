@@ -17,7 +17,8 @@ import (
 
 // gzipped compresses answers of compressible types (JSON, NDJSON streams,
 // HTML, CSS, JavaScript, text; 1 KiB and more) for clients that accept
-// gzip. Streams are flushed through the compressor message by message.
+// zstd or gzip (gzhttp's default: zstd when the client weighs it at least
+// as high). Streams are flushed through the compressor message by message.
 func gzipped(next http.Handler) http.Handler {
 	wrap, err := gzhttp.NewWrapper(
 		gzhttp.MinSize(1024),

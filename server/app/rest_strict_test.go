@@ -4,10 +4,14 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/orient-bot/secrets/internal/testserver"
 	"github.com/orient-bot/secrets/server/app"
@@ -220,4 +224,69 @@ func TestRESTWatchBudget(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestRESTQueryParametersOnEveryRoute: every route, whatever its request
+// holds, refuses a query parameter that is no field of its request and
+// one that its path already binds, naming it. The generated handlers of
+// routes whose request the path fills entirely (GET /v1/secrets/{key},
+// GET /v1/kek, DELETE /v1/tokens/{name}, …) never call the query parser,
+// so those once ignored it: GET /v1/secrets/K?key=OTHER answered K.
+func TestRESTQueryParametersOnEveryRoute(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	n := 0
+	for _, m := range ourMethods(t) {
+		rule, _ := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule)
+		if rule == nil {
+			continue
+		}
+		for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+			method, tmpl := httpRulePattern(r)
+			path := routeVars.ReplaceAllString(tmpl, "QUERY_PROBE_1")
+			var body any
+			if r.GetBody() != "" {
+				body = "{}"
+			}
+			params := []string{"zzNotAField"}
+			for _, v := range routeVars.FindAllString(tmpl, -1) {
+				name, _, _ := strings.Cut(strings.Trim(v, "{}"), "=")
+				params = append(params, name)
+			}
+			for _, p := range params {
+				n++
+				resp := c.do(method, path+"?"+p+"=1", body)
+				if resp.status != 400 || resp.body["code"] != float64(3) || !slices.Contains(violationFields(t, resp), p) {
+					t.Errorf("%s %s?%s=1: %d %s; want 400 naming %q", method, path, p, resp.status, resp.raw, p)
+				}
+			}
+			// A query that does not parse is no more ignored.
+			if resp := c.do(method, path+"?%zz=1", body); resp.status != 400 || resp.body["code"] != float64(3) {
+				t.Errorf("%s %s?%%zz=1: %d %s; want 400", method, path, resp.status, resp.raw)
+			}
+		}
+	}
+	if n < 40 {
+		t.Fatalf("probed %d parameters; the routes were not found", n)
+	}
+}
+
+var routeVars = regexp.MustCompile(`\{[^}]+\}`)
+
+func httpRulePattern(r *annotations.HttpRule) (method, tmpl string) {
+	switch p := r.GetPattern().(type) {
+	case *annotations.HttpRule_Get:
+		return "GET", p.Get
+	case *annotations.HttpRule_Put:
+		return "PUT", p.Put
+	case *annotations.HttpRule_Post:
+		return "POST", p.Post
+	case *annotations.HttpRule_Delete:
+		return "DELETE", p.Delete
+	case *annotations.HttpRule_Patch:
+		return "PATCH", p.Patch
+	case *annotations.HttpRule_Custom:
+		return p.Custom.GetKind(), p.Custom.GetPath()
+	}
+	return "", ""
 }

@@ -23,6 +23,9 @@ type route struct {
 	// input is the request message: the only source of field names an
 	// error may quote back.
 	input protoreflect.MessageDescriptor
+	// bound are the field paths of input the path variables and the body
+	// field set, which no query parameter may set again.
+	bound [][]string
 }
 
 // routeTable is the REST API's routes, read from the proto's HTTP rules (the
@@ -86,7 +89,15 @@ func newRoute(r *annotations.HttpRule) route {
 	}
 	b.WriteString(regexp.QuoteMeta(tmpl[last:]))
 	b.WriteString("$")
-	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String()), body: r.GetBody()}
+	var bound [][]string
+	for _, v := range routeVar.FindAllString(tmpl, -1) {
+		name, _, _ := strings.Cut(strings.Trim(v, "{}"), "=")
+		bound = append(bound, strings.Split(name, "."))
+	}
+	if body := r.GetBody(); body != "" && body != "*" {
+		bound = append(bound, strings.Split(body, "."))
+	}
+	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String()), body: r.GetBody(), bound: bound}
 }
 
 // shortVar names a variable by its last field: {secret.key} -> {key}, so
