@@ -13,7 +13,13 @@
 //     {"result": …} or {"error": …} object a line, as grpc-gateway streams
 //     them;
 //   - a summary per operation (the first sentence of the RPC's comment) and
-//     a tag per service with the service's comment.
+//     a tag per service with the service's comment;
+//   - request bodies without the fields the path binds: an operation whose
+//     body holds a field its path template also names (PUT
+//     /v1/secrets/{key} with body "*") gets its own body schema,
+//     <Service><Method>Body as protoc-gen-openapiv2 names it, without them
+//     (the gateway takes them from the path), so generated clients do not
+//     make callers repeat the path in the body.
 package main
 
 import (
@@ -132,6 +138,9 @@ func finish(doc *openapi3.T, services []protoreflect.ServiceDescriptor) error {
 			}
 			op.Summary = firstSentence(comment(m))
 			refused(doc, op)
+			if err := pathFreeBody(doc, op, svc, m); err != nil {
+				return err
+			}
 			if m.IsStreamingServer() {
 				if err := streamAsNDJSON(doc, op, m); err != nil {
 					return err
@@ -262,4 +271,182 @@ func streamAsNDJSON(doc *openapi3.T, op *openapi3.Operation, m protoreflect.Meth
 		"application/x-ndjson": &openapi3.MediaType{Schema: lineRef},
 	}
 	return nil
+}
+
+// templateVar is a variable of a google.api.http path template: {field.path}
+// or {field.path=pattern}.
+var templateVar = regexp.MustCompile(`\{([^}=]+)(?:=[^}]*)?\}`)
+
+// httpRule returns m's google.api.http rule, or nil.
+func httpRule(m protoreflect.MethodDescriptor) *annotations.HttpRule {
+	rule, _ := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule)
+	return rule
+}
+
+// ruleTemplate returns a rule's path template.
+func ruleTemplate(r *annotations.HttpRule) string {
+	switch p := r.GetPattern().(type) {
+	case *annotations.HttpRule_Get:
+		return p.Get
+	case *annotations.HttpRule_Put:
+		return p.Put
+	case *annotations.HttpRule_Post:
+		return p.Post
+	case *annotations.HttpRule_Delete:
+		return p.Delete
+	case *annotations.HttpRule_Patch:
+		return p.Patch
+	case *annotations.HttpRule_Custom:
+		return p.Custom.GetPath()
+	}
+	return ""
+}
+
+// pathFreeBody gives op, whose request body holds fields its path binds, a
+// body schema without them: <Service><Method>Body (protoc-gen-openapiv2's
+// name), a copy of the body message's schema less those properties, its
+// required list recomputed. The message's own schema is left for the
+// responses and other uses. A path parameter without a description takes
+// the removed field's.
+func pathFreeBody(doc *openapi3.T, op *openapi3.Operation, svc protoreflect.ServiceDescriptor, m protoreflect.MethodDescriptor) error {
+	rule := httpRule(m)
+	if rule == nil || rule.GetBody() == "" {
+		return nil
+	}
+	for _, extra := range rule.GetAdditionalBindings() {
+		// gnostic gives every binding the same operation id: there is no
+		// telling their operations apart here.
+		if extra.GetBody() != "" && templateVar.MatchString(ruleTemplate(extra)) {
+			return fmt.Errorf("%s: an additional binding with a body and path variables is not supported", m.FullName())
+		}
+	}
+	bodyMsg, prefix := m.Input(), ""
+	if b := rule.GetBody(); b != "*" {
+		fd := m.Input().Fields().ByName(protoreflect.Name(b))
+		if fd == nil {
+			return fmt.Errorf("%s: body %q is no field of %s", m.FullName(), b, m.Input().FullName())
+		}
+		if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+			return nil // a scalar body holds no path field
+		}
+		bodyMsg, prefix = fd.Message(), b+"."
+	}
+	var bound [][]string            // JSON names, relative to the body
+	jsonPath := map[string]string{} // path variable -> its dotted JSON path in the body
+	var vars []string
+	for _, v := range templateVar.FindAllStringSubmatch(ruleTemplate(rule), -1) {
+		vars = append(vars, v[1])
+		if !strings.HasPrefix(v[1], prefix) {
+			continue // outside the body (body "secret", path {name})
+		}
+		var names []string
+		d := bodyMsg
+		for _, part := range strings.Split(strings.TrimPrefix(v[1], prefix), ".") {
+			if d == nil {
+				return fmt.Errorf("%s: path variable %s goes through a non-message field", m.FullName(), v[1])
+			}
+			fd := d.Fields().ByName(protoreflect.Name(part))
+			if fd == nil {
+				return fmt.Errorf("%s: path variable %s is no field of %s", m.FullName(), v[1], d.FullName())
+			}
+			names = append(names, fd.JSONName())
+			d = fd.Message()
+		}
+		bound = append(bound, names)
+		jsonPath[v[1]] = strings.Join(names, ".")
+	}
+	if len(bound) == 0 {
+		return nil
+	}
+	var media *openapi3.MediaType
+	if op.RequestBody != nil && op.RequestBody.Value != nil {
+		media = op.RequestBody.Value.Content.Get("application/json")
+	}
+	if media == nil || media.Schema == nil || media.Schema.Value == nil {
+		return fmt.Errorf("%s: body %q but no JSON request body in the document", m.FullName(), rule.GetBody())
+	}
+	body, removed, err := withoutFields(media.Schema.Value, bound)
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.FullName(), err)
+	}
+	var shown []string
+	for _, v := range vars {
+		if p, ok := jsonPath[v]; ok {
+			shown = append(shown, p)
+		}
+	}
+	note := "The path sets " + shown[0] + ": a body that repeats it must hold the path's value."
+	if len(shown) > 1 {
+		note = "The path sets " + strings.Join(shown[:len(shown)-1], ", ") + " and " + shown[len(shown)-1] +
+			": a body that repeats them must hold the path's values."
+	}
+	body.Description = strings.TrimSpace(body.Description + " " + note)
+	name := string(svc.Name()) + string(m.Name()) + "Body"
+	if _, taken := doc.Components.Schemas[name]; taken {
+		return fmt.Errorf("%s: schema %s exists already", m.FullName(), name)
+	}
+	doc.Components.Schemas[name] = openapi3.NewSchemaRef("", body)
+	media.Schema = openapi3.NewSchemaRef("#/components/schemas/"+name, body)
+
+	// The path parameters are listed in the template's order.
+	var params []*openapi3.Parameter
+	for _, p := range op.Parameters {
+		if p.Value != nil && p.Value.In == "path" {
+			params = append(params, p.Value)
+		}
+	}
+	if len(params) == len(vars) {
+		for i, v := range vars {
+			if f := removed[jsonPath[v]]; f != nil && f.Value != nil && params[i].Description == "" {
+				params[i].Description = f.Value.Description
+			}
+		}
+	}
+	return nil
+}
+
+// withoutFields copies s less the properties at paths (JSON names; a
+// nested one copies the schemas on its way), with required lists
+// recomputed. It returns the removed properties' schemas by dotted path.
+func withoutFields(s *openapi3.Schema, paths [][]string) (*openapi3.Schema, map[string]*openapi3.SchemaRef, error) {
+	out := *s
+	out.Properties = make(openapi3.Schemas, len(s.Properties))
+	for k, v := range s.Properties {
+		out.Properties[k] = v
+	}
+	removed := map[string]*openapi3.SchemaRef{}
+	nested := map[string][][]string{}
+	for _, p := range paths {
+		prop, ok := out.Properties[p[0]]
+		if !ok {
+			return nil, nil, fmt.Errorf("the body schema has no property %q", p[0])
+		}
+		if len(p) == 1 {
+			removed[p[0]] = prop
+			delete(out.Properties, p[0])
+			continue
+		}
+		nested[p[0]] = append(nested[p[0]], p[1:])
+	}
+	for name, rest := range nested {
+		prop := out.Properties[name]
+		if prop == nil || prop.Value == nil {
+			continue // removed whole above
+		}
+		inner, gone, err := withoutFields(prop.Value, rest)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out.Properties[name] = openapi3.NewSchemaRef("", inner)
+		for k, v := range gone {
+			removed[name+"."+k] = v
+		}
+	}
+	out.Required = nil
+	for _, r := range s.Required {
+		if _, ok := out.Properties[r]; ok {
+			out.Required = append(out.Required, r)
+		}
+	}
+	return &out, removed, nil
 }

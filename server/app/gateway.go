@@ -68,8 +68,15 @@ const gatewayBuffer = 1 << 20
 // streams through a gRPC connection that dial opens to the server's
 // in-process listener (no socket). Either way every interceptor runs once.
 func newGateway(ctx context.Context, dial func(context.Context) (net.Conn, error), inProcess func(*grpc.ClientConn) grpc.ClientConnInterface, gatewaySecret string, tlsConf *tls.Config, log *slog.Logger, dialOpts ...grpc.DialOption) (http.Handler, *grpc.ClientConn, error) {
-	mux := runtime.NewServeMux(
+	var mux *runtime.ServeMux
+	mux = runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newGatewayMarshaler()),
+		// A body field the path binds must hold the path's value: the
+		// check decodes the body as the handler will (same marshaler).
+		runtime.WithMiddlewares(pathBoundBodies(func(r *http.Request) runtime.Marshaler {
+			in, _ := runtime.MarshalerForRequest(mux, r)
+			return in
+		})),
 		runtime.WithMetadata(func(context.Context, *http.Request) metadata.MD {
 			return metadata.Pairs(gatewayHeader, gatewaySecret)
 		}),
@@ -126,7 +133,9 @@ var conditionalWriteHeaders = []string{"If-Match", "If-Unmodified-Since", "If-No
 // strictRequest refuses, before any decoding, what the gateway would
 // otherwise silently ignore: a query parameter on a route whose body is
 // the whole request (body "*") or whose request the path fills, and HTTP
-// preconditions on writes.
+// preconditions on writes. (A body field that the path binds, with another
+// value, is refused inside the mux, which knows the path parameters:
+// pathBoundBodies.)
 func strictRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodHead {

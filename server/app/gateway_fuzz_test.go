@@ -84,6 +84,8 @@ var (
 		regexp.MustCompile(`^malformed request: body is not valid JSON$`),
 		regexp.MustCompile(`^malformed request: field ([A-Za-z0-9_.]{1,64}) has the wrong type or value$`),
 		regexp.MustCompile(`^malformed request: the body or parameters do not match the request type$`),
+		// pathBodyConflict: a body field the path binds, with another value.
+		regexp.MustCompile(`^malformed request: field ([A-Za-z0-9_.]{1,64}): the path sets it; leave it out of the body or send the path's value$`),
 	}
 )
 
@@ -105,27 +107,36 @@ func fieldNames() map[string]bool {
 // gateway's options: it must never panic, and a refusal must be a 400 whose
 // message is one of the sanitized templates, naming only a declared field
 // (or, for an unknown field, a member name the body holds): never a value.
+// Each body also goes through the path-bound field check of every route
+// with a body and path variables (pathBodyConflict), under the same rules.
 func FuzzRESTDecode(f *testing.F) {
 	types := requestTypes(f)
 	known := fieldNames()
 	for _, s := range []string{`{}`, `{"value":"aGk="}`, `{"value":"!!not base64!!"}`, `{"key":"A","value":12}`,
 		`{"etagg":"r1"}`, `{"restartRequired":"yes"}`, `{"pageSize":1e99}`, `{"secret":{"key":"A","description":[1]}}`,
 		`{"updateMask":"description,x"}`, `{"startRevision":"-1"}`, `{"consumer":{"service":7}}`, `[[[[`, `{"a":`,
-		`{"keys":["A",null]}`, `{"value":"aGk=","value":"aGk="}`, `{"time":"not a time"}`, `{"version":{"a":1}}`, "\xff\xfe{}"} {
+		`{"keys":["A",null]}`, `{"value":"aGk=","value":"aGk="}`, `{"time":"not a time"}`, `{"version":{"a":1}}`, "\xff\xfe{}",
+		`{"key":"OTHER","value":"aGk="}`, `{"key":"FUZZ","version":"2"}`, `{"use_case":"code","provider":"openai"}`, `{"\u006bey":"B"}`} {
 		f.Add([]byte(s))
 	}
+	var bound []*route // routes whose path binds fields of their body
+	for i, rt := range restRoutes {
+		if rt.body != "" && len(rt.vars) > 0 {
+			bound = append(bound, &restRoutes[i])
+		}
+	}
+	if len(bound) == 0 {
+		f.Fatal("no route has both a body and path variables")
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, mt := range types {
-			ok, code, answer := decodeREST(mt, body)
-			if ok {
-				continue
-			}
+		check := func(name string, code int, answer string) {
+			t.Helper()
 			var st struct {
 				Code    int    `json:"code"`
 				Message string `json:"message"`
 			}
 			if err := json.Unmarshal([]byte(answer), &st); err != nil || code != http.StatusBadRequest || st.Code != int(codes.InvalidArgument) {
-				t.Fatalf("%s: refusal %d %q; want 400 INVALID_ARGUMENT", mt.Descriptor().Name(), code, answer)
+				t.Fatalf("%s: refusal %d %q; want 400 INVALID_ARGUMENT", name, code, answer)
 			}
 			matched := false
 			for i, re := range templateRes {
@@ -136,14 +147,32 @@ func FuzzRESTDecode(f *testing.F) {
 				matched = true
 				switch {
 				case i == 0 && !bytes.Contains(body, []byte(`"`+m[1]+`"`)) && !bytes.Contains(body, []byte(m[1])):
-					t.Fatalf("%s: %q names a field the body does not hold", mt.Descriptor().Name(), st.Message)
-				case i == 1 && !known[m[1]], i == 3 && !known[m[1][strings.LastIndex(m[1], ".")+1:]]:
-					t.Fatalf("%s: %q names %q, not a declared field", mt.Descriptor().Name(), st.Message, m[1])
+					t.Fatalf("%s: %q names a field the body does not hold", name, st.Message)
+				case i == 1 && !known[m[1]], (i == 3 || i == 5) && !known[m[1][strings.LastIndex(m[1], ".")+1:]]:
+					t.Fatalf("%s: %q names %q, not a declared field", name, st.Message, m[1])
 				}
 			}
 			if !matched {
-				t.Fatalf("%s: message %q is not one of the sanitized templates", mt.Descriptor().Name(), st.Message)
+				t.Fatalf("%s: message %q is not one of the sanitized templates", name, st.Message)
 			}
+		}
+		for _, mt := range types {
+			if ok, code, answer := decodeREST(mt, body); !ok {
+				check(string(mt.Descriptor().Name()), code, answer)
+			}
+		}
+		for _, rt := range bound {
+			params := map[string]string{}
+			for _, v := range rt.vars {
+				params[v] = "FUZZ"
+			}
+			st := pathBodyConflict(gatewayMarshaler, rt, body, params)
+			if st == nil {
+				continue
+			}
+			w := httptest.NewRecorder()
+			writeStatus(w, httptest.NewRequest(rt.method, "/v1/FUZZ", nil), http.StatusBadRequest, st)
+			check(rt.method+" "+rt.template, w.Code, w.Body.String())
 		}
 	})
 }

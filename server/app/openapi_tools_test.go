@@ -68,6 +68,27 @@ export function describe(s: GetSecret): string {
   const sec: Secret | undefined = s.secret;
   return (sec?.key ?? "") + " v" + (sec?.currentVersion ?? "0");
 }
+
+// A typed call: path parameters in the path, the body without them (the
+// gateway takes them from the path).
+type Body<P extends keyof paths, M extends keyof paths[P]> =
+  paths[P][M] extends { requestBody: { content: { "application/json": infer B } } } ? B : never;
+type PathOf<P extends keyof paths, M extends keyof paths[P]> =
+  paths[P][M] extends { parameters: { path: infer A } } ? A : never;
+declare function call<P extends keyof paths, M extends keyof paths[P]>(
+  path: P, method: M, params: PathOf<P, M>, body: Body<P, M>): Promise<void>;
+
+export async function writes(): Promise<void> {
+  await call("/v1/secrets/{key}", "put", { key: "SLACK_BOT_TOKEN" }, { value: "eG94Yi0xMjM=" });
+  await call("/v1/secrets/{key}", "patch", { key: "SLACK_BOT_TOKEN" }, { description: "prod bot" });
+  await call("/v1/secrets/{key}/versions/{version}:disable", "post", { key: "SLACK_BOT_TOKEN", version: "1" }, {});
+  await call("/v1/secrets/{key}:check", "post", { key: "SLACK_BOT_TOKEN" }, {});
+  await call("/v1/providers/defaults/{useCase}", "put", { useCase: "chat" }, { provider: "anthropic", model: "claude-sonnet-4-5" });
+  // @ts-expect-error: the key is the path's, not the body's
+  await call("/v1/secrets/{key}", "put", { key: "SLACK_BOT_TOKEN" }, { key: "SLACK_BOT_TOKEN", value: "eG94Yi0xMjM=" });
+  // @ts-expect-error: the use case is the path's, not the body's
+  await call("/v1/providers/defaults/{useCase}", "put", { useCase: "chat" }, { useCase: "chat", provider: "anthropic" });
+}
 `
 	if err := os.WriteFile(filepath.Join(dir, "client.ts"), []byte(client), 0o644); err != nil {
 		t.Fatal(err)

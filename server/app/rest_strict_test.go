@@ -290,3 +290,78 @@ func httpRulePattern(r *annotations.HttpRule) (method, tmpl string) {
 	}
 	return "", ""
 }
+
+// TestRESTBodyRepeatsPath: a body field that the route's path also binds
+// (the gateway sets it from the path after decoding the body) must hold the
+// path's value: another value is refused with 400 naming the field, never
+// quoting the value, and nothing is written; the same value (or none) is
+// accepted, so a client may send back what it read.
+func TestRESTBodyRepeatsPath(t *testing.T) {
+	t.Parallel()
+	c := newREST(t)
+	const key = "PATH_BOUND"
+	c.put(key, "path-v1")
+	c.put(key, "path-v2")
+
+	const want = "the path sets it; leave it out of the body or send the path's value"
+	refused := func(t *testing.T, r response, field string) {
+		t.Helper()
+		if r.status != 400 || r.body["code"] != float64(3) || reasonOf([]byte(r.raw)) != "MALFORMED_REQUEST" {
+			t.Fatalf("%d %s, want 400 INVALID_ARGUMENT MALFORMED_REQUEST", r.status, r.raw)
+		}
+		if got := violationFields(t, r); !slices.Equal(got, []string{field}) {
+			t.Errorf("field violations %v, want [%s]; body %s", got, field, r.raw)
+		}
+		if msg := str(t, r.body, "message"); msg != "malformed request: field "+field+": "+want {
+			t.Errorf("message %q", msg)
+		}
+		if strings.Contains(r.raw, "LEAK") {
+			t.Errorf("the refusal quotes the body's value: %s", r.raw)
+		}
+	}
+
+	for _, tc := range []struct {
+		name, method, path, body, field string
+	}{
+		{"PUT key", "PUT", "/v1/secrets/" + key, `{"key":"OTHER_LEAK","value":"` + b64("x") + `"}`, "key"},
+		{"PUT key, escaped member name", "PUT", "/v1/secrets/" + key, `{"\u006bey":"OTHER_LEAK","value":"` + b64("x") + `"}`, "key"},
+		{"PATCH key (body: secret)", "PATCH", "/v1/secrets/" + key, `{"key":"OTHER_LEAK","description":"moved"}`, "key"},
+		{"disable: key", "POST", "/v1/secrets/" + key + "/versions/1:disable", `{"key":"OTHER_LEAK"}`, "key"},
+		{"disable: version", "POST", "/v1/secrets/" + key + "/versions/1:disable", `{"version":"2LEAK"}`, "version"},
+		{"destroy: version", "POST", "/v1/secrets/" + key + "/versions/1:destroy", `{"key":"` + key + `","version":"latestLEAK"}`, "version"},
+		{"check: key", "POST", "/v1/secrets/" + key + ":check", `{"key":"OTHER_LEAK"}`, "key"},
+		{"provider default: JSON name", "PUT", "/v1/providers/defaults/chat", `{"useCase":"codeLEAK","provider":"openai","model":"m"}`, "useCase"},
+		{"provider default: proto name", "PUT", "/v1/providers/defaults/chat", `{"use_case":"codeLEAK","provider":"openai","model":"m"}`, "useCase"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { refused(t, c.do(tc.method, tc.path, tc.body), tc.field) })
+	}
+	// Nothing was written: no third version, no OTHER, v1 still enabled,
+	// the description and the chat default unchanged.
+	if n := versionCount(c, key); n != 2 {
+		t.Errorf("%d versions after the refused writes, want 2", n)
+	}
+	if r := c.do("GET", "/v1/secrets/OTHER_LEAK", nil); r.status != 404 {
+		t.Errorf("GET OTHER_LEAK: %d, want 404", r.status)
+	}
+	c.must(200, "GET", "/v1/secrets/"+key+"/versions/1:access", nil)
+	if d := str(t, obj(t, c.must(200, "GET", "/v1/secrets/"+key, nil)["secret"], "secret"), "description"); d == "moved" {
+		t.Errorf("a refused PATCH wrote the description")
+	}
+
+	// The path's own value, or none, is accepted.
+	got := c.must(200, "PUT", "/v1/secrets/"+key, map[string]any{"key": key, "value": b64("path-v3")})
+	if s := obj(t, got["secret"], "secret"); str(t, s, "key") != key || int64s(t, s, "currentVersion") != 3 {
+		t.Errorf("PUT with the path's key: %v", s)
+	}
+	c.must(200, "PUT", "/v1/secrets/"+key, map[string]any{"key": "", "value": b64("path-v4")})
+	c.must(200, "PATCH", "/v1/secrets/"+key, map[string]any{"key": key, "description": "same key"})
+	c.must(200, "POST", "/v1/secrets/"+key+"/versions/1:disable", map[string]any{"key": key, "version": "1"})
+	c.must(200, "POST", "/v1/secrets/"+key+"/versions/1:enable", map[string]any{})
+	pd := obj(t, c.must(200, "PUT", "/v1/providers/defaults/summary", map[string]any{"useCase": "summary", "provider": "openai", "model": "gpt-5"})["providerDefault"], "providerDefault")
+	if str(t, pd, "useCase") != "summary" || str(t, pd, "model") != "gpt-5" {
+		t.Errorf("PUT provider default with the path's use case: %v", pd)
+	}
+	if d := str(t, obj(t, c.must(200, "GET", "/v1/secrets/"+key, nil)["secret"], "secret"), "description"); d != "same key" {
+		t.Errorf("description %q after the PATCH with the path's key", d)
+	}
+}

@@ -19,7 +19,10 @@ type route struct {
 	template string // as in the proto, e.g. /v1/secrets/{key}
 	re       *regexp.Regexp
 	body     string // the rule's body: "*", a field, or "" (none)
-	stream   bool   // a server stream (the watch)
+	// vars are the request fields the path binds, as the template names
+	// them (field paths: "key", "secret.key"), in the template's order.
+	vars   []string
+	stream bool // a server stream (the watch)
 	// input is the request message: the only source of field names an
 	// error may quote back.
 	input protoreflect.MessageDescriptor
@@ -89,15 +92,17 @@ func newRoute(r *annotations.HttpRule) route {
 	}
 	b.WriteString(regexp.QuoteMeta(tmpl[last:]))
 	b.WriteString("$")
+	var vars []string
 	var bound [][]string
 	for _, v := range routeVar.FindAllString(tmpl, -1) {
 		name, _, _ := strings.Cut(strings.Trim(v, "{}"), "=")
+		vars = append(vars, name)
 		bound = append(bound, strings.Split(name, "."))
 	}
 	if body := r.GetBody(); body != "" && body != "*" {
 		bound = append(bound, strings.Split(body, "."))
 	}
-	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String()), body: r.GetBody(), bound: bound}
+	return route{method: method, template: routeVar.ReplaceAllStringFunc(tmpl, shortVar), re: regexp.MustCompile(b.String()), body: r.GetBody(), vars: vars, bound: bound}
 }
 
 // shortVar names a variable by its last field: {secret.key} -> {key}, so
