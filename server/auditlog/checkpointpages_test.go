@@ -332,3 +332,46 @@ func mustList(t *testing.T, a *Archive) []string {
 	}
 	return objs
 }
+
+// TestNewestTrustedSkipsForgedRows: the point a verification records when
+// its walk met no checkpoint is the newest stored one signed by a trusted
+// key at or before its start (and held by the anchor, with one), found
+// newest first past forged rows.
+func TestNewestTrustedSkipsForgedRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newForgeEnv(t)
+	e.append(t, 9) // checkpoints at 3, 6 and 9
+	for _, seq := range []int64{7, 8} {
+		if err := e.st.InsertCheckpoint(ctx, store.AuditCheckpoint{Sequence: seq, Hash: make([]byte, 32), Time: time.Now().UTC(),
+			KeyID: e.log.Signer.ID(), Signature: make([]byte, 64)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	external, err := e.log.Anchor.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name         string
+		checks       Checks
+		upTo, downTo int64
+		want         int64 // 0: none
+	}{
+		{"past forged rows", Checks{Keys: e.log.Keys}, 8, 0, 6},
+		{"at the bound", Checks{Keys: e.log.Keys}, 9, 0, 9},
+		{"none above the floor", Checks{Keys: e.log.Keys}, 5, 3, 0},
+		{"no keys", Checks{}, 9, 0, 0},
+		{"anchored", Checks{Keys: e.log.Keys, Anchored: true, External: external[:1]}, 9, 0, external[0].Sequence},
+		{"anchor holds none", Checks{Keys: e.log.Keys, Anchored: true}, 9, 0, 0},
+	} {
+		c, err := e.log.newestTrusted(ctx, tc.checks, tc.upTo, tc.downTo)
+		var got int64
+		if c != nil {
+			got = c.Sequence
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: newest trusted in (%d, %d]: %d (%v), want %d", tc.name, tc.downTo, tc.upTo, got, err, tc.want)
+		}
+	}
+}
