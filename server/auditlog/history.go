@@ -146,13 +146,15 @@ func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) 
 	hs, canRecord := l.Store.(historyStore)
 	var res Result
 	var checks Checks
+	var w walked
+	var from int64
 	var err error
 	// A retention pass that drops a partition while the walk runs leaves
 	// the walk short of the events it expected: when the catalog moved,
 	// verify again from the new start rather than report them deleted.
 	for attempt := 0; ; attempt++ {
 		var through int64
-		res, through, checks, err = l.verifyLiveOnce(ctx, hs, canRecord, incremental)
+		res, through, checks, from, w, err = l.verifyLiveOnce(ctx, hs, canRecord, incremental)
 		if err != nil || res.Intact || !canRecord || attempt == maxRetentionRetries {
 			break
 		}
@@ -165,7 +167,7 @@ func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) 
 		}
 	}
 	if err == nil && res.Intact && canRecord {
-		err = l.recordVerified(ctx, hs, res, checks)
+		err = l.recordVerified(ctx, hs, res, checks, from, w)
 	}
 	return res, err
 }
@@ -174,7 +176,10 @@ func (l *Log) verifyLive(ctx context.Context, incremental bool) (Result, error) 
 // retention dropped partitions while it ran.
 const maxRetentionRetries = 3
 
-func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, incremental bool) (Result, int64, Checks, error) {
+// verifyLiveOnce reports, besides the result, the last sequence the
+// catalog says was dropped, the checks, and the walk's start and findings
+// (for recordVerified).
+func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, incremental bool) (Result, int64, Checks, int64, walked, error) {
 	// An incremental run reads only the anchor's checkpoints from the
 	// newest signed progress record on (a year of one-minute checkpoints
 	// is 525,600 files, read at about a millisecond each); if it cannot
@@ -183,43 +188,43 @@ func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, in
 	if incremental && canRecord && l.Anchor != nil {
 		var err error
 		if from, err = l.newestProgress(ctx, hs); err != nil {
-			return Result{}, 0, Checks{}, err
+			return Result{}, 0, Checks{}, 0, walked{}, err
 		}
 	}
 	h, checks, err := l.snapshotFrom(ctx, from)
 	if err != nil {
-		return Result{}, 0, checks, err
+		return Result{}, 0, checks, 0, walked{}, err
 	}
 	start, through, err := l.liveStartThrough(ctx, h)
 	if err != nil {
-		return Result{}, 0, checks, err
+		return Result{}, 0, checks, 0, walked{}, err
 	}
 	archived := start.Sequence
 	resumed := false
 	if incremental && canRecord {
 		p, ok, err := l.verifiedPoint(ctx, hs, checks, start)
 		if err != nil {
-			return Result{}, through, checks, err
+			return Result{}, through, checks, 0, walked{}, err
 		}
 		if from >= 0 && (!ok || p.Sequence < from) {
 			// The anchor was read from a point this run does not start
 			// at: read all of it.
 			if h, checks, err = l.snapshot(ctx); err != nil {
-				return Result{}, 0, checks, err
+				return Result{}, 0, checks, 0, walked{}, err
 			}
 			if start, through, err = l.liveStartThrough(ctx, h); err != nil {
-				return Result{}, 0, checks, err
+				return Result{}, 0, checks, 0, walked{}, err
 			}
 			archived = start.Sequence
 			if p, ok, err = l.verifiedPoint(ctx, hs, checks, start); err != nil {
-				return Result{}, through, checks, err
+				return Result{}, through, checks, 0, walked{}, err
 			}
 		}
 		if ok {
 			start, resumed = p, true
 		}
 	}
-	res, err := VerifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
+	res, w, err := verifyAfter(l.Store.AuditEvents(ctx, start.Sequence, h.Sequence), start, h, checks)
 	if resumed && checks.Anchored && res.Intact && res.AnchoredThrough < start.Sequence {
 		// The starting point is a checkpoint the anchor holds
 		// (verifiedPoint): the events up to it are anchored, though this
@@ -238,7 +243,7 @@ func (l *Log) verifyLiveOnce(ctx context.Context, hs historyStore, canRecord, in
 		// twice (counted by a full verification only).
 		res, err = checkRows(ctx, hs, res, through, h, !resumed)
 	}
-	return res, through, checks, err
+	return res, through, checks, start.Sequence, w, err
 }
 
 // Progress records are read in pages of progressPage, at most
@@ -264,12 +269,28 @@ func (l *Log) verifiedPoint(ctx context.Context, hs historyStore, checks Checks,
 		}
 		return m
 	}
-	stored, external := index(checks.Checkpoints), index(checks.External)
+	external := index(checks.External)
 	var before *store.AuditVerified
 	for range maxProgressPages {
 		recs, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), before, progressPage)
 		if err != nil {
 			return Point{}, false, err
+		}
+		// The database's checkpoints at this page's sequences (index
+		// probes: the table is never read whole), and those checks hold.
+		seqs := make([]int64, 0, len(recs))
+		for _, v := range recs {
+			if v.Sequence > live.Sequence {
+				seqs = append(seqs, v.Sequence)
+			}
+		}
+		at, err := l.Store.CheckpointsAt(ctx, seqs)
+		if err != nil {
+			return Point{}, false, err
+		}
+		stored := index(checks.Checkpoints)
+		for _, c := range at {
+			stored[c.Sequence] = append(stored[c.Sequence], Checkpoint(c))
 		}
 		for _, v := range recs {
 			if v.Sequence <= live.Sequence {
@@ -331,30 +352,68 @@ func hasCheckpoint(cps []Checkpoint, keys Keys, seq int64, hash []byte) bool {
 
 // recordVerified records, with the signer, the newest checkpoint an intact
 // result covered: one the anchor holds too, if there is an anchor (the
-// starting point verifiedPoint accepts).
-func (l *Log) recordVerified(ctx context.Context, hs historyStore, res Result, checks Checks) error {
+// starting point verifiedPoint accepts). The walk found the newest after
+// its start (w); when it met none, the newest stored at or before the start
+// is looked for, newest first, a page at a time.
+func (l *Log) recordVerified(ctx context.Context, hs historyStore, res Result, checks Checks, from int64, w walked) error {
 	if l.Signer == nil || !res.Intact {
 		return nil
 	}
-	var best *Checkpoint
-	for i, c := range checks.Checkpoints {
-		if c.Sequence > res.VerifiedThrough || c.Sequence <= res.ChainStart || !checks.Keys.valid(c) || (best != nil && c.Sequence <= best.Sequence) {
-			continue
-		}
-		if checks.Anchored && !hasCheckpoint(checks.External, checks.Keys, c.Sequence, c.Hash) {
-			continue
-		}
-		best = &checks.Checkpoints[i]
-	}
-	if best == nil {
-		return nil
-	}
-	if recs, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), nil, 1); err != nil {
+	newest, err := hs.AuditVerifiedProgress(ctx, checks.Keys.IDs(), nil, 1)
+	if err != nil {
 		return err
-	} else if len(recs) > 0 && recs[0].Sequence >= best.Sequence && checks.Keys.validProgress(recs[0]) {
+	}
+	recorded := func(seq int64) bool {
+		return len(newest) > 0 && newest[0].Sequence >= seq && checks.Keys.validProgress(newest[0])
+	}
+	best := w.signed
+	if best == nil {
+		upTo := min(from, res.VerifiedThrough)
+		if upTo <= res.ChainStart || recorded(upTo) {
+			return nil // nothing to record, or recorded already
+		}
+		if best, err = l.newestTrusted(ctx, checks, upTo, res.ChainStart); err != nil || best == nil {
+			return err
+		}
+	}
+	if recorded(best.Sequence) {
 		return nil // recorded already
 	}
 	return hs.InsertAuditVerified(ctx, l.Signer.signProgress(best.Sequence, best.Hash, time.Now()))
+}
+
+// newestTrusted is the newest stored checkpoint with downTo < sequence <=
+// upTo signed by a trusted key (and held by the anchor too, if there is
+// one), read newest first a page at a time (nil: none).
+func (l *Log) newestTrusted(ctx context.Context, checks Checks, upTo, downTo int64) (*Checkpoint, error) {
+	if len(checks.Keys) == 0 {
+		return nil, nil
+	}
+	var external map[int64][]Checkpoint
+	if checks.Anchored {
+		external = make(map[int64][]Checkpoint, len(checks.External))
+		for _, c := range checks.External {
+			external[c.Sequence] = append(external[c.Sequence], c)
+		}
+	}
+	for upTo > downTo {
+		page, err := l.Store.CheckpointsBefore(ctx, upTo, downTo, checkpointPage)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range page {
+			c := Checkpoint(s)
+			if !checks.Keys.valid(c) || (checks.Anchored && !hasCheckpoint(external[c.Sequence], checks.Keys, c.Sequence, c.Hash)) {
+				continue
+			}
+			return &c, nil
+		}
+		if len(page) < checkpointPage {
+			break
+		}
+		upTo = page[len(page)-1].Sequence - 1
+	}
+	return nil, nil
 }
 
 func progressMessage(seq int64, hash []byte, t time.Time) []byte {

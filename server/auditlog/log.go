@@ -10,6 +10,7 @@ import (
 	"io"
 	"iter"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/orient-bot/secrets/server/store"
@@ -19,7 +20,11 @@ import (
 type Store interface {
 	AuditHead(ctx context.Context) (chainStart, sequence int64, hash []byte, err error)
 	AuditEvents(ctx context.Context, after, upTo int64) iter.Seq2[store.AuditEvent, error]
-	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
+	// The stored checkpoints are read in bounded pages (stored.go), never
+	// whole: a page in sequence order, newest first, or by sequence.
+	CheckpointsAfter(ctx context.Context, after, upTo int64, limit int) ([]store.AuditCheckpoint, error)
+	CheckpointsBefore(ctx context.Context, upTo, downTo int64, limit int) ([]store.AuditCheckpoint, error)
+	CheckpointsAt(ctx context.Context, seqs []int64) ([]store.AuditCheckpoint, error)
 	NewestCheckpoints(ctx context.Context, upTo int64) (atOrBelow, past *store.AuditCheckpoint, err error)
 	InsertCheckpoint(ctx context.Context, c store.AuditCheckpoint) error
 	// AuditIntake reports the events committed but not yet chained.
@@ -52,15 +57,6 @@ func (l *Log) logger() *slog.Logger {
 func (l *Log) head(ctx context.Context) (Head, error) {
 	start, seq, hash, err := l.Store.AuditHead(ctx)
 	return Head{ChainStart: start, Sequence: seq, Hash: hash}, err
-}
-
-func (l *Log) checkpoints(ctx context.Context) ([]Checkpoint, error) {
-	stored, err := l.Store.Checkpoints(ctx)
-	out := make([]Checkpoint, len(stored))
-	for i, c := range stored {
-		out[i] = Checkpoint(c)
-	}
-	return out, err
 }
 
 // Checkpoint signs the current head unless a checkpoint of it signed by a
@@ -107,7 +103,12 @@ func (l *Log) Checkpoint(ctx context.Context) (int64, error) {
 // the chain only grows and a checkpoint is written after the head it signs,
 // so the head covers every checkpoint read before it, and the events up to
 // the head are the chain as of that moment, whatever is appended meanwhile
-// (a live server's appends are not "inserted after the head").
+// (a live server's appends are not "inserted after the head"). The
+// database's checkpoints are not read whole: the snapshot fixes the newest
+// one's sequence, and Checks.Stored reads those up to it a page at a time
+// when the walk gets to them (one stored later at or below it is read too:
+// a racing replica's checkpoint of an older head, which still matches, or
+// a forged row, which is reported either way).
 func (l *Log) snapshot(ctx context.Context) (Head, Checks, error) {
 	return l.snapshotFrom(ctx, -1)
 }
@@ -122,9 +123,11 @@ func (l *Log) snapshotFrom(ctx context.Context, from int64) (Head, Checks, error
 			return Head{}, checks, err
 		}
 	}
-	if checks.Checkpoints, err = l.checkpoints(ctx); err != nil {
+	ceiling, err := l.checkpointCeiling(ctx)
+	if err != nil {
 		return Head{}, checks, err
 	}
+	checks.Stored = l.storedCheckpoints(ctx, ceiling)
 	h, err := l.head(ctx)
 	return h, checks, err
 }
@@ -163,7 +166,10 @@ func (l *Log) Export(ctx context.Context, w io.Writer, progress func(n int64)) (
 	if err := enc.Encode(exportLine{Type: "head", ChainStart: h.ChainStart, Sequence: h.Sequence, Hash: hex.EncodeToString(h.Hash)}); err != nil {
 		return 0, err
 	}
-	for _, c := range checks.Checkpoints {
+	for c, err := range checks.checkpointsAfter(math.MinInt64) {
+		if err != nil {
+			return 0, err
+		}
 		if err := enc.Encode(checkpointLine(c)); err != nil {
 			return 0, err
 		}

@@ -22,7 +22,9 @@ type RetentionStore interface {
 	AuditSequencedThrough(ctx context.Context) (time.Time, error)
 	AuditPartitionEvents(ctx context.Context, from, to time.Time) iter.Seq2[store.AuditEvent, error]
 	AuditPartitionRange(ctx context.Context, from, to time.Time) (first, last int64, err error)
-	Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error)
+	// CheckpointsAfter reads a page of the stored checkpoints (a
+	// partition's are read a page at a time, never the whole table).
+	CheckpointsAfter(ctx context.Context, after, upTo int64, limit int) ([]store.AuditCheckpoint, error)
 	RecordAuditArchive(ctx context.Context, name, archive string, hash []byte, first, last *int64) error
 	DropAuditPartition(ctx context.Context, name string) error
 }
@@ -99,7 +101,6 @@ func (r *Retention) Run(ctx context.Context) (RetentionResult, error) {
 		return res, err
 	}
 	var prevSegment []byte // the previous segment's hash
-	var cps []Checkpoint
 	for _, p := range parts {
 		if err := ctx.Err(); err != nil {
 			return res, err
@@ -132,17 +133,7 @@ func (r *Retention) Run(ctx context.Context) (RetentionResult, error) {
 			res.Pending = append(res.Pending, p.Name)
 			continue
 		}
-		if cps == nil {
-			stored, err := r.Store.Checkpoints(ctx)
-			if err != nil {
-				return res, err
-			}
-			cps = make([]Checkpoint, 0, len(stored))
-			for _, c := range stored {
-				cps = append(cps, Checkpoint(c))
-			}
-		}
-		seg, wrote, err := r.export(ctx, p, chainStart, prevSegment, cps)
+		seg, wrote, err := r.export(ctx, p, chainStart, prevSegment)
 		if err != nil {
 			return res, err
 		}
@@ -194,7 +185,7 @@ func (r *Retention) hook(h func(string) error, name string) error {
 // signature, link to prevSegment, the partition's name) is returned. An
 // empty partition has no segment (nil). wrote says whether this run wrote
 // it.
-func (r *Retention) export(ctx context.Context, p store.AuditPartition, chainStart int64, prevSegment []byte, cps []Checkpoint) (*Segment, bool, error) {
+func (r *Retention) export(ctx context.Context, p store.AuditPartition, chainStart int64, prevSegment []byte) (*Segment, bool, error) {
 	object := SegmentObject(p.Name)
 	if !partitionName.MatchString(p.Name) {
 		return nil, false, fmt.Errorf("audit partition %q: unexpected name", p.Name)
@@ -205,7 +196,7 @@ func (r *Retention) export(ctx context.Context, p store.AuditPartition, chainSta
 	}
 	wrote := false
 	if !exists {
-		n, err := r.writeSegment(ctx, p, object, chainStart, prevSegment, cps)
+		n, err := r.writeSegment(ctx, p, object, chainStart, prevSegment)
 		switch {
 		case errors.Is(err, errExists): // written meanwhile (another replica): check it below
 		case err != nil:
@@ -233,8 +224,10 @@ func (r *Retention) export(ctx context.Context, p store.AuditPartition, chainSta
 // writeSegment streams partition p's events into a new segment and reports
 // how many it wrote (0: the partition is empty and nothing was written).
 // It checks the hash chain inside the partition as it goes: a partition
-// whose chain is broken is not archived (verification reports it).
-func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, object string, chainStart int64, prevSegment []byte, cps []Checkpoint) (int64, error) {
+// whose chain is broken is not archived (verification reports it). The
+// partition's stored checkpoints are read twice, a page at a time (once to
+// write them, once alongside the events to match them), never held whole.
+func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, object string, chainStart int64, prevSegment []byte) (int64, error) {
 	// The range first: the header states it.
 	first, last, err := r.Store.AuditPartitionRange(ctx, p.From, p.To)
 	if err != nil || first == 0 {
@@ -255,18 +248,23 @@ func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, ob
 		// The checkpoints it carries must be genuine and match its events:
 		// the segment is signed with the trusted key and the database's copy
 		// is then dropped, so nothing rewritten may be archived as if sound.
-		inRange := map[int64]Checkpoint{}
-		for _, c := range cps {
-			if c.Sequence >= first && c.Sequence <= last {
-				if !keys.valid(c) {
-					return fmt.Errorf("audit partition %s: checkpoint %d is not signed by a trusted key: not archived (run secretsd audit verify)", p.Name, c.Sequence)
-				}
-				inRange[c.Sequence] = c
-				if err := sw.enc.Encode(checkpointLine(c)); err != nil {
-					return err
-				}
+		for c, err := range pagedCheckpoints(ctx, r.Store, first-1, last) {
+			if err != nil {
+				return err
+			}
+			if !keys.valid(c) {
+				return fmt.Errorf("audit partition %s: checkpoint %d is not signed by a trusted key: not archived (run secretsd audit verify)", p.Name, c.Sequence)
+			}
+			if err := sw.enc.Encode(checkpointLine(c)); err != nil {
+				return err
 			}
 		}
+		// The same checkpoints again, in step with the events: each must
+		// match the event at its sequence (a forged row stored meanwhile
+		// stops the export too).
+		nextCP, stopCP := iter.Pull2(pagedCheckpoints(ctx, r.Store, first-1, last))
+		defer stopCP()
+		cp, cpErr, cpOK := nextCP()
 		var prev, lastHash []byte
 		expect := first
 		for e, err := range r.Store.AuditPartitionEvents(ctx, p.From, p.To) {
@@ -281,8 +279,16 @@ func (r *Retention) writeSegment(ctx context.Context, p store.AuditPartition, ob
 					return fmt.Errorf("audit partition %s: the chain is broken at event %d: not archived (run secretsd audit verify)", p.Name, e.Sequence)
 				}
 			}
-			if c, ok := inRange[e.Sequence]; ok && !bytes.Equal(c.Hash, e.Hash) {
-				return fmt.Errorf("audit partition %s: event %d does not match its signed checkpoint: not archived (run secretsd audit verify)", p.Name, e.Sequence)
+			for ; cpOK && (cpErr != nil || cp.Sequence <= e.Sequence); cp, cpErr, cpOK = nextCP() {
+				if cpErr != nil {
+					return cpErr
+				}
+				if !keys.valid(cp) {
+					return fmt.Errorf("audit partition %s: checkpoint %d is not signed by a trusted key: not archived (run secretsd audit verify)", p.Name, cp.Sequence)
+				}
+				if cp.Sequence == e.Sequence && !bytes.Equal(cp.Hash, e.Hash) {
+					return fmt.Errorf("audit partition %s: event %d does not match its signed checkpoint: not archived (run secretsd audit verify)", p.Name, e.Sequence)
+				}
 			}
 			if err := sw.enc.Encode(eventLine(e)); err != nil {
 				return err

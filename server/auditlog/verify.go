@@ -55,8 +55,14 @@ func (k Keys) valid(c Checkpoint) bool {
 type Checks struct {
 	// Checkpoints are the signed checkpoints stored in the database: they
 	// prove the signer wrote them, but whoever owns the database can delete
-	// them, or the chain's tail with them.
+	// them, or the chain's tail with them. Held in memory: an export's, or
+	// archived segments'.
 	Checkpoints []Checkpoint
+	// Stored, when set, streams more of them: those with a sequence after
+	// the given one, in sequence order, read from the database a page at a
+	// time as the walk gets to them (Log's snapshot), so that verification
+	// holds a page, not the table.
+	Stored func(after int64) iter.Seq2[Checkpoint, error]
 	// Anchored says external checkpoints were consulted (External may
 	// still be empty: an anchor with no checkpoint yet).
 	Anchored bool
@@ -163,14 +169,27 @@ type Point struct {
 // the first event must link to after.Hash; checkpoints up to after are not
 // checked again, except that one at after itself must match after.Hash.
 func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head Head, checks Checks) (Result, error) {
+	res, _, err := verifyAfter(events, after, head, checks)
+	return res, err
+}
+
+// walked is what a walk learnt besides its Result.
+type walked struct {
+	// signed is the newest database checkpoint the walk matched (and, with
+	// an anchor, an external one at the same sequence): nil when none.
+	signed *Checkpoint
+}
+
+func verifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head Head, checks Checks) (Result, walked, error) {
+	var w walked
 	res := Result{VerifiedThrough: max(head.ChainStart, after.Sequence), ChainStart: head.ChainStart, Anchored: checks.Anchored,
 		From: after.Sequence}
-	bad := func(seq int64, format string, args ...any) (Result, error) {
+	bad := func(seq int64, format string, args ...any) (Result, walked, error) {
 		res.Intact, res.FirstBad, res.Reason = false, seq, fmt.Sprintf(format, args...)
-		return res, nil
+		return res, w, nil
 	}
 	if len(checks.External) > 0 && len(checks.Keys) == 0 {
-		return res, fmt.Errorf("external checkpoints need a public key to be checked")
+		return res, w, fmt.Errorf("external checkpoints need a public key to be checked")
 	}
 	// External checkpoints are the anchor: one that is not signed by a
 	// trusted key is a forgery in the anchor itself.
@@ -197,25 +216,46 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 		external[c.Sequence] = c
 		newestExternal = max(newestExternal, c.Sequence)
 	}
-	// The database's checkpoints: one not signed by a trusted key (a
-	// replaced signing key) is reported unless the walk finds the damage
-	// first, with a better position.
-	byseq := make(map[int64]Checkpoint, len(checks.Checkpoints))
+	// The database's checkpoints after the starting point, streamed in
+	// sequence order alongside the events (a page at a time): each trusted
+	// one is matched with the event at its sequence; one not signed by a
+	// trusted key (a replaced signing key, a forged row) is reported unless
+	// the walk finds the damage first, with a better position.
 	var untrusted *Checkpoint
-	for _, c := range checks.Checkpoints {
-		if len(checks.Keys) == 0 {
-			break
-		}
-		if c.Sequence <= after.Sequence {
-			continue
-		}
-		if !checks.Keys.valid(c) {
-			if untrusted == nil || c.Sequence < untrusted.Sequence {
-				untrusted = &c
+	var nextStored func() (Checkpoint, error, bool)
+	if len(checks.Keys) > 0 {
+		var stopStored func()
+		nextStored, stopStored = iter.Pull2(checks.checkpointsAfter(after.Sequence))
+		defer stopStored()
+	}
+	// pull returns the next trusted stored checkpoint (nil: no more),
+	// noting the first untrusted one on the way.
+	pull := func() (*Checkpoint, error) {
+		for nextStored != nil {
+			c, err, ok := nextStored()
+			if !ok {
+				nextStored = nil
+				break
 			}
-			continue
+			if err != nil {
+				return nil, err
+			}
+			if c.Sequence <= after.Sequence {
+				continue
+			}
+			if !checks.Keys.valid(c) {
+				if untrusted == nil || c.Sequence < untrusted.Sequence {
+					untrusted = &c
+				}
+				continue
+			}
+			return &c, nil
 		}
-		byseq[c.Sequence] = c
+		return nil, nil
+	}
+	signed, err := pull()
+	if err != nil {
+		return res, w, err
 	}
 	next, stop := iter.Pull2(events)
 	defer stop()
@@ -228,7 +268,7 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 	cur, err, ok := next()
 	for ok {
 		if err != nil {
-			return res, err
+			return res, w, err
 		}
 		nxt, nerr, nok := next()
 		if cur.Sequence <= head.ChainStart || cur.Sequence <= after.Sequence {
@@ -252,30 +292,46 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 			}
 			return bad(cur.Sequence, "deleted: the event before %d is missing from the chain", cur.Sequence)
 		}
-		matched := false
-		for _, cp := range []struct {
-			c     Checkpoint
-			found bool
-			where string
-		}{{byseq[cur.Sequence], byseq[cur.Sequence].Sequence != 0, "signed"}, {external[cur.Sequence], external[cur.Sequence].Sequence != 0, "external"}} {
-			if !cp.found {
+		mismatch := func(c Checkpoint, where string) (Result, walked, error) {
+			if nok && nerr == nil && bytes.Equal(nxt.Hash, c.Hash) {
+				// The event signed at this sequence now sits one later.
+				return bad(cur.Sequence, "inserted: event %d is not part of the signed chain", cur.Sequence)
+			}
+			return bad(lastCheckpoint+1, "rewritten: the chain after event %d does not match the %s checkpoint at %d (the change is in events %d to %d)",
+				lastCheckpoint, where, c.Sequence, lastCheckpoint+1, c.Sequence)
+		}
+		// The stored checkpoints up to this event: before it, only those
+		// at or before the chain's start (never walked); at it, each must
+		// match.
+		var here *Checkpoint
+		for signed != nil && signed.Sequence <= cur.Sequence {
+			c := signed
+			if signed, err = pull(); err != nil {
+				return res, w, err
+			}
+			if c.Sequence < cur.Sequence {
 				continue
 			}
-			if !bytes.Equal(cp.c.Hash, cur.Hash) {
-				if nok && nerr == nil && bytes.Equal(nxt.Hash, cp.c.Hash) {
-					// The event signed at this sequence now sits one later.
-					return bad(cur.Sequence, "inserted: event %d is not part of the signed chain", cur.Sequence)
-				}
-				return bad(lastCheckpoint+1, "rewritten: the chain after event %d does not match the %s checkpoint at %d (the change is in events %d to %d)",
-					lastCheckpoint, cp.where, cp.c.Sequence, lastCheckpoint+1, cp.c.Sequence)
+			if !bytes.Equal(c.Hash, cur.Hash) {
+				return mismatch(*c, "signed")
+			}
+			here = c
+		}
+		matched := here != nil
+		if matched {
+			res.Checkpoints++
+		}
+		x, anchored := external[cur.Sequence]
+		if anchored {
+			if !bytes.Equal(x.Hash, cur.Hash) {
+				return mismatch(x, "external")
 			}
 			matched = true
-			if cp.where == "external" {
-				res.External++
-				res.AnchoredThrough = cur.Sequence
-			} else {
-				res.Checkpoints++
-			}
+			res.External++
+			res.AnchoredThrough = cur.Sequence
+		}
+		if here != nil && (anchored || !checks.Anchored) {
+			w.signed = here
 		}
 		if matched {
 			lastCheckpoint = cur.Sequence
@@ -298,9 +354,14 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 	if head.Sequence == res.VerifiedThrough && head.Sequence > head.ChainStart && !bytes.Equal(head.Hash, prev) {
 		return bad(head.Sequence, "edited: the chain head does not match event %d", head.Sequence)
 	}
-	for _, c := range byseq {
-		if c.Sequence > res.VerifiedThrough {
-			return bad(res.VerifiedThrough+1, "deleted: a signed checkpoint covers event %d, past the last event", c.Sequence)
+	// The rest of the stored checkpoints: a trusted one past the last
+	// event means the chain was cut back; an untrusted one is reported.
+	for signed != nil {
+		if signed.Sequence > res.VerifiedThrough {
+			return bad(res.VerifiedThrough+1, "deleted: a signed checkpoint covers event %d, past the last event", signed.Sequence)
+		}
+		if signed, err = pull(); err != nil {
+			return res, w, err
 		}
 	}
 	if untrusted != nil {
@@ -308,5 +369,5 @@ func VerifyAfter(events iter.Seq2[store.AuditEvent, error], after Point, head He
 			untrusted.Sequence, untrusted.KeyID, strings.Join(checks.Keys.IDs(), ", "))
 	}
 	res.Intact = true
-	return res, nil
+	return res, w, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash"
 	"iter"
 	"slices"
@@ -498,11 +499,75 @@ func (s *Store) NewestCheckpoints(ctx context.Context, upTo int64) (atOrBelow, p
 }
 
 // Checkpoints returns every checkpoint in sequence order.
+//
+// Deprecated: it holds the whole table in memory, and the table only grows
+// (a checkpoint a minute per replica, never removed) while the service
+// role may insert any number of rows. The service reads it in pages
+// (CheckpointsAfter, CheckpointsBefore) or by sequence (CheckpointsAt).
 func (s *Store) Checkpoints(ctx context.Context) ([]AuditCheckpoint, error) {
-	rows, err := s.pool.Query(ctx, `SELECT sequence, hash, time, key_id, signature FROM audit_checkpoints ORDER BY sequence`)
+	rows, err := s.pool.Query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY sequence`)
 	if err != nil {
 		return nil, classify(err)
 	}
+	return collectCheckpoints(rows)
+}
+
+// MaxCheckpointPage bounds a page of CheckpointsAfter and CheckpointsBefore.
+const MaxCheckpointPage = 10_000
+
+const checkpointColumns = `sequence, hash, time, key_id, signature`
+
+// checkpointLimit is limit within (0, MaxCheckpointPage].
+func checkpointLimit(limit int) int {
+	if limit <= 0 || limit > MaxCheckpointPage {
+		return MaxCheckpointPage
+	}
+	return limit
+}
+
+// CheckpointsAfter returns up to limit checkpoints with after < sequence
+// <= upTo, in sequence order: a page of a keyset walk (the next page is
+// after the last one returned), one index range scan whatever the table
+// holds. limit is at most MaxCheckpointPage (0: that).
+func (s *Store) CheckpointsAfter(ctx context.Context, after, upTo int64, limit int) ([]AuditCheckpoint, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints
+		WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence LIMIT $3`, after, upTo, checkpointLimit(limit))
+	if err != nil {
+		return nil, classify(err)
+	}
+	return collectCheckpoints(rows)
+}
+
+// CheckpointsBefore returns up to limit checkpoints with downTo < sequence
+// <= upTo, newest first: a page of a keyset walk backwards (the next page
+// is up to the last one returned, minus one).
+func (s *Store) CheckpointsBefore(ctx context.Context, upTo, downTo int64, limit int) ([]AuditCheckpoint, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints
+		WHERE sequence <= $1 AND sequence > $2 ORDER BY sequence DESC LIMIT $3`, upTo, downTo, checkpointLimit(limit))
+	if err != nil {
+		return nil, classify(err)
+	}
+	return collectCheckpoints(rows)
+}
+
+// CheckpointsAt returns the checkpoints stored at the given sequences (at
+// most MaxCheckpointPage of them), in sequence order: index probes.
+func (s *Store) CheckpointsAt(ctx context.Context, seqs []int64) ([]AuditCheckpoint, error) {
+	if len(seqs) == 0 {
+		return nil, nil
+	}
+	if len(seqs) > MaxCheckpointPage {
+		return nil, fmt.Errorf("audit checkpoints: %d sequences asked at once, at most %d", len(seqs), MaxCheckpointPage)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints
+		WHERE sequence = ANY ($1::bigint[]) ORDER BY sequence`, seqs)
+	if err != nil {
+		return nil, classify(err)
+	}
+	return collectCheckpoints(rows)
+}
+
+func collectCheckpoints(rows pgx.Rows) ([]AuditCheckpoint, error) {
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditCheckpoint, error) {
 		var c AuditCheckpoint
 		err := r.Scan(&c.Sequence, &c.Hash, &c.Time, &c.KeyID, &c.Signature)
