@@ -251,12 +251,6 @@ func (r retentionPages) count(n int) {
 	r.reads.most, r.reads.total, r.reads.queries = max(r.reads.most, int64(n)), r.reads.total+int64(n), r.reads.queries+1
 }
 
-func (r retentionPages) Checkpoints(ctx context.Context) ([]store.AuditCheckpoint, error) {
-	cps, err := r.Store.Checkpoints(ctx)
-	r.count(len(cps))
-	return cps, err
-}
-
 func (r retentionPages) CheckpointsAfter(ctx context.Context, after, upTo int64, limit int) ([]store.AuditCheckpoint, error) {
 	pager, ok := any(r.Store).(interface {
 		CheckpointsAfter(ctx context.Context, after, upTo int64, limit int) ([]store.AuditCheckpoint, error)

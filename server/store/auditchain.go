@@ -498,20 +498,6 @@ func (s *Store) NewestCheckpoints(ctx context.Context, upTo int64) (atOrBelow, p
 	return atOrBelow, past, nil
 }
 
-// Checkpoints returns every checkpoint in sequence order.
-//
-// Deprecated: it holds the whole table in memory, and the table only grows
-// (a checkpoint a minute per replica, never removed) while the service
-// role may insert any number of rows. The service reads it in pages
-// (CheckpointsAfter, CheckpointsBefore) or by sequence (CheckpointsAt).
-func (s *Store) Checkpoints(ctx context.Context) ([]AuditCheckpoint, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints ORDER BY sequence`)
-	if err != nil {
-		return nil, classify(err)
-	}
-	return collectCheckpoints(rows)
-}
-
 // MaxCheckpointPage bounds a page of CheckpointsAfter and CheckpointsBefore.
 const MaxCheckpointPage = 10_000
 
