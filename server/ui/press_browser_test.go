@@ -326,7 +326,8 @@ func TestOnePressOneRequest(t *testing.T) {
 
 	t.Run("Destroy", func(st *testing.T) {
 		q := tb.sub(st)
-		pressTwice(st, q, vrow(2)+` [data-action="destroy"]`, "", "double click", "POST", ":destroy", true, state(2, "VERSION_STATE_DESTROYED"))
+		pressTwice(st, q, vrow(2)+` [data-action="destroy"]`, "", "double click", "POST", ":destroy", true,
+			state(2, "VERSION_STATE_DESTROYED")+` && document.activeElement === document.querySelector('#versions-title')`)
 		if txt := q.text("#versions-error"); txt != "" {
 			st.Errorf("versions error after a double press of Destroy: %q", txt)
 		}
