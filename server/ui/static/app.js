@@ -2,7 +2,7 @@
 // top of the public REST gateway; see api.js for how it calls it.
 
 import { session, request, onAuthError } from './api.js';
-import { $, $$, setText, describedBy, focusFirst, closeDialogs } from './dom.js';
+import { $, $$, setText, describedBy, focusFirst, closeDialogs, guard, forgetJobs, jobName } from './dom.js';
 import * as secretsTab from './secrets.js';
 import * as providersTab from './providers.js';
 import * as auditTab from './audit.js';
@@ -12,7 +12,7 @@ const TABS = { secrets: secretsTab, providers: providersTab, audit: auditTab };
 const TITLES = { signin: 'Sign in', secrets: 'Secrets', providers: 'AI Providers', audit: 'Audit log' };
 const SERVICE = 'Orient Secrets';
 let current = '';
-let signingIn = false;
+const SIGN_IN_JOB = jobName('sign in');
 const TOKEN_CHARS = /^[\x21-\x7e]+$/;
 
 // setTitle names the view in the document title (GOV.UK's "Page – Service").
@@ -34,6 +34,8 @@ function showSignIn(message) {
   // A dialog left open would cover the sign-in form and make its field
   // inert; the tabs' reset empties what the dialogs showed.
   closeDialogs();
+  // Requests of the last session still on their way hold nothing back.
+  forgetJobs();
   for (const t of Object.values(TABS)) t.reset();
   $('#shell').hidden = true;
   $('#signin').hidden = false;
@@ -81,11 +83,15 @@ function route() {
   if (changed) focusHeading();
 }
 
-async function signIn(ev) {
+// Signing in is a job (dom.js guard): a second submit meanwhile is
+// ignored; the button says it is busy without being disabled, which would
+// drop the keyboard focus to the page.
+function signIn(ev) {
   ev.preventDefault();
-  // The button is never disabled while signing in: a disabled button
-  // drops the keyboard focus to the page.
-  if (signingIn) return;
+  return guard(SIGN_IN_JOB, checkToken);
+}
+
+async function checkToken() {
   const input = $('#signin-token');
   const token = input.value.trim();
   if (!token) {
@@ -101,9 +107,6 @@ async function signIn(ev) {
     input.focus();
     return;
   }
-  const btn = $('#signin-submit');
-  signingIn = true;
-  btn.setAttribute('aria-disabled', 'true');
   signInError('');
   session.set(token);
   try {
@@ -116,9 +119,6 @@ async function signIn(ev) {
     signInError(e.userMessage);
     document.body.dataset.view = 'signin';
     input.focus();
-  } finally {
-    signingIn = false;
-    btn.removeAttribute('aria-disabled');
   }
 }
 
@@ -139,6 +139,7 @@ onAuthError((e) => {
 
 function init() {
   for (const t of Object.values(TABS)) t.init();
+  $('#signin-submit').dataset.job = SIGN_IN_JOB;
   $('#signin-form').addEventListener('submit', signIn);
   $('#signout').addEventListener('click', signOut);
   // The skip link focuses the view's heading; following its href would

@@ -4,7 +4,7 @@
 // request id, peer) is shown as text with invisible characters escaped.
 
 import { audit as api } from './api.js';
-import { el, $, clear, setText, badge, timeEl, shown, escapeControls, tableRoles, focusFirst, announce } from './dom.js';
+import { el, $, clear, setText, badge, timeEl, shown, escapeControls, tableRoles, focusFirst, announce, guard, jobName } from './dom.js';
 
 const ACTIONS = [
   'PutSecret',
@@ -26,10 +26,10 @@ let pages = [''];
 let page = 0;
 let nextToken = '';
 // seq numbers the loads: only the answer to the latest is shown (an older
-// one arriving late is dropped). paging is true while Older or Newer
-// waits for its page: a second press meanwhile is ignored.
+// one arriving late is dropped). Paging is a job (dom.js guard): while
+// Older or Newer waits for its page, a second press of either is ignored.
 let seq = 0;
-let paging = false;
+const PAGE_JOB = jobName('audit page');
 
 function readFilter() {
   const toISO = (v) => {
@@ -142,7 +142,6 @@ export function reset() {
   pages = [''];
   page = 0;
   seq++;
-  paging = false;
   clear($('#audit-rows'));
 }
 
@@ -154,19 +153,16 @@ export function init() {
     apply(null, true);
   });
   // The buttons are never disabled while their page loads (that would drop
-  // the focus); a second press meanwhile is ignored.
-  const pager = (pressed, other, target) => async () => {
-    if (paging) return;
-    const to = target();
-    if (to === null) return;
-    paging = true;
-    try {
+  // the focus); they say they are busy, and a second press is ignored.
+  $('#audit-newer').dataset.job = PAGE_JOB;
+  $('#audit-older').dataset.job = PAGE_JOB;
+  const pager = (pressed, other, target) => () =>
+    guard(PAGE_JOB, async () => {
+      const to = target();
+      if (to === null) return;
       await load(to, true);
-    } finally {
-      paging = false;
-    }
-    keepPagerFocus(pressed, other);
-  };
+      keepPagerFocus(pressed, other);
+    });
   $('#audit-older').addEventListener(
     'click',
     pager('#audit-older', '#audit-newer', () => {

@@ -68,12 +68,73 @@ export function setText(node, text) {
   node.hidden = !text;
 }
 
+// ---- one request per press -------------------------------------------------
+//
+// A control that starts a request which changes something or costs
+// something (a write, an audited read, a provider call) runs its work as a
+// job through guard(): while the job runs, pressing the control again (a
+// double click, Enter held down, a press on its rebuilt successor) does
+// nothing. Every control of the job (data-job) says it is busy with
+// aria-disabled="true", never the disabled property: a disabled button
+// drops the keyboard focus to the page. When the job ends (answered,
+// failed, or the question it asked was cancelled) the controls work again.
+
+// job name -> token of the run in progress.
+const running = new Map();
+
+// jobName makes a job's name from its parts (a key, a version): parts are
+// kept apart, whatever characters they hold.
+export const jobName = (...parts) => JSON.stringify(parts);
+
+function markJob(job, on) {
+  for (const c of $$('[data-job]')) {
+    if (c.dataset.job !== job) continue;
+    if (on) c.setAttribute('aria-disabled', 'true');
+    else c.removeAttribute('aria-disabled');
+  }
+}
+
+// guard runs fn() as job unless that job is already running (then it
+// returns undefined at once). The controls of the job show it is busy
+// until fn settles.
+export async function guard(job, fn) {
+  if (running.has(job)) return undefined;
+  const token = {};
+  running.set(job, token);
+  markJob(job, true);
+  try {
+    return await fn();
+  } finally {
+    // Not when forgetJobs (sign-out) let a new run of the job start.
+    if (running.get(job) === token) {
+      running.delete(job);
+      markJob(job, false);
+    }
+  }
+}
+
+// forgetJobs (on sign-out): the next session's presses are not held back
+// by requests of the last one still on their way (their answers are
+// dropped by the tabs).
+export function forgetJobs() {
+  for (const job of running.keys()) markJob(job, false);
+  running.clear();
+}
+
 // button is a button showing label. A context (e.g. the row's key) is added
 // for screen readers only, after the label, so "Edit" is announced as "Edit
 // SLACK_BOT_TOKEN" and the visible label stays the start of the name
-// (WCAG 2.5.3), as GOV.UK's summary list does.
+// (WCAG 2.5.3), as GOV.UK's summary list does. With extra.job (a jobName),
+// a press runs onClick as that job (guard): one request per press, and a
+// button built while its job runs (its row rebuilt) is shown busy.
 export function button(label, onClick, className = 'btn btn-small', extra = {}, context = '') {
-  const b = el('button', { type: 'button', className, on: { click: onClick }, ...extra });
+  const { job, ...props } = extra;
+  const click = job ? (e) => guard(job, () => onClick(e)) : onClick;
+  const b = el('button', { type: 'button', className, on: { click }, ...props });
+  if (job) {
+    b.dataset.job = job;
+    if (running.has(job)) b.setAttribute('aria-disabled', 'true');
+  }
   setLabel(b, label, context);
   return b;
 }

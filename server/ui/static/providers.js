@@ -2,7 +2,7 @@
 // "Not set"), and the default provider and model of each use case.
 
 import { providers as api } from './api.js';
-import { el, $, clear, setText, badge, button, timeEl, shown, escapeControls, announce, describedBy, focusFirst } from './dom.js';
+import { el, $, clear, setText, badge, button, timeEl, shown, escapeControls, announce, describedBy, focusFirst, guard, jobName } from './dom.js';
 
 const USE_CASES = {
   chat: 'Chat',
@@ -118,8 +118,10 @@ function defaultRow(useCase, d) {
   setMeta(d);
 
   const caseName = USE_CASES[useCase] || escapeControls(useCase);
-  const save = el('button', { type: 'submit', className: 'btn btn-primary' }, 'Save', el('span', { className: 'visually-hidden', text: ` ${caseName} default` }));
-  let saving = false;
+  // Saving is a job (dom.js guard): a second submit while it is on its way
+  // is ignored, and Save says it is busy without being disabled.
+  const job = jobName('default', useCase);
+  const save = el('button', { type: 'submit', className: 'btn btn-primary', dataset: { job } }, 'Save', el('span', { className: 'visually-hidden', text: ` ${caseName} default` }));
   const form = el(
     'form',
     { className: 'default-row', dataset: { useCase }, autocomplete: 'off', noValidate: true, attrs: { 'aria-labelledby': `${id}-title` } },
@@ -134,16 +136,15 @@ function defaultRow(useCase, d) {
     const p = providers.find((x) => x.provider === select.value);
     if (p && p.models && p.models.length && !p.models.includes(model.value)) model.value = p.models[0];
   });
-  form.addEventListener('submit', async (ev) => {
+  form.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    // Never disabled while saving: that would drop the focus to the page.
-    if (saving) return;
+    guard(job, () => saveDefault());
+  });
+  const saveDefault = async () => {
     fieldError(select, providerErr, '');
     fieldError(model, modelErr, '');
     setText(formErr, '');
     statusEl.textContent = '';
-    saving = true;
-    save.setAttribute('aria-disabled', 'true');
     try {
       const r = await api.setDefault(useCase, select.value, model.value.trim());
       const pd = r.providerDefault || {};
@@ -158,11 +159,8 @@ function defaultRow(useCase, d) {
         else if (name === 'model') fieldError(model, modelErr, v.description);
       }
       if (!focusFirst(...form.querySelectorAll('[aria-invalid="true"]'))) setText(formErr, e.userMessage);
-    } finally {
-      saving = false;
-      save.removeAttribute('aria-disabled');
     }
-  });
+  };
   return form;
 }
 

@@ -14,7 +14,7 @@
 // refresh.
 
 import { watchChanges, secrets as api } from './api.js';
-import { el, $, badge, button, fmtTime, shown, escapeControls, announce, focusFirst } from './dom.js';
+import { el, $, badge, button, fmtTime, shown, escapeControls, announce, focusFirst, jobName } from './dom.js';
 
 const REFRESH_MS = 5000;
 const BACKOFF_MIN_MS = 500;
@@ -216,7 +216,9 @@ function bannerItem(c) {
     el('span', { className: 'muted small', text: `runs revision ${c.loadedRevision || 0}; changed since:` }),
     keys,
     c.stale ? badge(`Not seen since ${fmtTime(c.lastSeen)}`, 'muted') : null,
-    button('Dismiss', () => dismiss(who, serviceName(c)), 'btn btn-small', { dataset: { action: 'dismiss' } }, serviceName(c)),
+    // One dismissal per press (dom.js guard), also when the item is rebuilt
+    // while it is on its way.
+    button('Dismiss', () => dismiss(who, serviceName(c)), 'btn btn-small', { dataset: { action: 'dismiss' }, job: jobName('dismiss', who.service || '', who.instance || '') }, serviceName(c)),
   );
 }
 

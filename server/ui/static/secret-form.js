@@ -2,12 +2,12 @@
 //
 // Errors follow GOV.UK's pattern: each message sits under its field, is
 // tied to it with aria-describedby, the field is marked aria-invalid, and
-// the first invalid field takes the focus. The Save button is never
-// disabled (a disabled button drops the focus to the page); a second
-// submit while saving is ignored instead.
+// the first invalid field takes the focus. Saving is a job (dom.js
+// guard): a second submit while saving (a double click, Enter held in a
+// field) is ignored, and Save says it is busy without being disabled.
 
 import { secrets as api, encodeText } from './api.js';
-import { el, $, clear, setText, announce, describedBy, focusFirst } from './dom.js';
+import { el, $, clear, setText, announce, describedBy, focusFirst, guard, jobName } from './dom.js';
 import { CATEGORY_NAMES, compareCategories, items, load, focusInRow } from './secrets.js';
 
 const form = {
@@ -17,8 +17,9 @@ const form = {
   initial: { description: '', category: '', restartRequired: false },
   // The row control that opened the form (for Cancel): {key, action}.
   opener: null,
-  saving: false,
 };
+
+const SAVE_JOB = jobName('save secret');
 
 const f = {
   key: () => $('#sf-key'),
@@ -144,9 +145,12 @@ function keyHint() {
   setText($('#sf-value-hint'), s && s.valuePrefix ? `Expected shape: starts with ${s.valuePrefix}.` : '');
 }
 
-async function submit(ev) {
+function submit(ev) {
   ev.preventDefault();
-  if (form.saving) return;
+  return guard(SAVE_JOB, save);
+}
+
+async function save() {
   clearErrors();
   status('');
   const key = f.key().value.trim();
@@ -163,9 +167,6 @@ async function submit(ev) {
   if (category !== form.initial.category) meta.category = category;
   if (restart !== form.initial.restartRequired) meta.restartRequired = restart;
 
-  const save = $('#secret-form-save');
-  form.saving = true;
-  save.setAttribute('aria-disabled', 'true');
   try {
     let r;
     if (value) {
@@ -188,13 +189,11 @@ async function submit(ev) {
     if (!focusInRow(saved, 'edit', 'reveal')) f.key().focus();
   } catch (e) {
     showApiError(e);
-  } finally {
-    form.saving = false;
-    save.removeAttribute('aria-disabled');
   }
 }
 
 export function init() {
+  $('#secret-form-save').dataset.job = SAVE_JOB;
   $('#secret-form').addEventListener('submit', submit);
   $('#secret-form-cancel').addEventListener('click', cancel);
   $('#sf-key').addEventListener('input', keyHint);

@@ -7,7 +7,7 @@
 // the change stream never moves the keyboard focus or the reading position.
 
 import { secrets as api, decodeText, request } from './api.js';
-import { el, $, clear, setText, button, setLabel, badge, timeEl, confirmDialog, shown, tableRoles, focusFirst, announce } from './dom.js';
+import { el, $, clear, setText, button, setLabel, badge, timeEl, confirmDialog, shown, tableRoles, focusFirst, announce, jobName } from './dom.js';
 import * as form from './secret-form.js';
 import { openVersions, init as initVersions, reset as resetVersions } from './versions.js';
 
@@ -43,10 +43,6 @@ const state = {
   // only.
   epoch: 0,
   session: 0,
-  // "reveal KEY", "check KEY" -> a token: requests in flight. A second
-  // press of the same button meanwhile is ignored (one audited read, one
-  // provider call).
-  pending: new Map(),
 };
 
 // ---- list ----------------------------------------------------------------
@@ -280,21 +276,24 @@ function secretRow(s) {
 
   const key = s.key;
   const actions = el('div', { className: 'row-actions' });
-  const act = (label, action, fn, cls = 'btn btn-small') => button(label, fn, cls, { dataset: { action } }, key);
+  // job: the press starts a request (dom.js guard): a second press while it
+  // is on its way does nothing (one audited read, one provider call, one
+  // delete).
+  const act = (label, action, fn, cls = 'btn btn-small', job = undefined) => button(label, fn, cls, { dataset: { action }, job }, key);
   if (empty) {
     actions.append(act('Set value', 'set', () => form.editForm('fill', s, 'set')));
   } else {
     if (s.configured) {
-      const toggle = act('Reveal', 'reveal', () => (state.revealed.has(key) ? hide(key) : reveal(key)));
+      const toggle = act('Reveal', 'reveal', () => (state.revealed.has(key) ? hide(key) : reveal(key)), undefined, jobName('reveal', key));
       toggle.dataset.open = 'false';
       toggle.setAttribute('aria-expanded', 'false');
       actions.append(toggle);
     }
     // Every provider check is for a catalog key; the server says which have one.
-    if (s.configured && s.catalog) actions.append(act('Check', 'check', () => check(s)));
+    if (s.configured && s.catalog) actions.append(act('Check', 'check', () => check(s), undefined, jobName('check', key)));
     actions.append(act('Edit', 'edit', () => form.editForm('edit', s, 'edit')));
     actions.append(act('Versions', 'versions', () => openVersions(key)));
-    actions.append(act('Delete', 'delete', () => remove(s), 'btn btn-small btn-danger-text'));
+    actions.append(act('Delete', 'delete', () => remove(s), 'btn btn-small btn-danger-text', jobName('delete', key)));
   }
 
   return tableRoles(
@@ -371,38 +370,24 @@ function revealRow(s, r) {
   );
 }
 
-// once runs fn unless the same job (e.g. "reveal KEY") is still running.
-async function once(job, fn) {
-  if (state.pending.has(job)) return;
-  const token = {};
-  state.pending.set(job, token);
-  try {
-    await fn();
-  } finally {
-    if (state.pending.get(job) === token) state.pending.delete(job);
-  }
-}
-
 // current is true while an answer to a request sent in epoch still
 // belongs on screen: the same session, the tab still shown.
 const current = (epoch) => epoch === state.epoch && state.visible;
 
-function reveal(key) {
-  return once('reveal ' + key, async () => {
-    const epoch = state.epoch;
-    try {
-      const r = await api.access(key, 'latest', state.revision);
-      if (!current(epoch)) return;
-      state.revealed.set(key, { version: r.version, value: decodeText(r.value) });
-      setText($('#secrets-error'), '');
-      render();
-      announce(`Showing the value of ${key}.`);
-    } catch (e) {
-      if (!current(epoch)) return;
-      setText($('#secrets-error'), `Could not reveal ${key}: ${e.userMessage}`);
-    }
-    focusInRow(key, 'reveal');
-  });
+async function reveal(key) {
+  const epoch = state.epoch;
+  try {
+    const r = await api.access(key, 'latest', state.revision);
+    if (!current(epoch)) return;
+    state.revealed.set(key, { version: r.version, value: decodeText(r.value) });
+    setText($('#secrets-error'), '');
+    render();
+    announce(`Showing the value of ${key}.`);
+  } catch (e) {
+    if (!current(epoch)) return;
+    setText($('#secrets-error'), `Could not reveal ${key}: ${e.userMessage}`);
+  }
+  focusInRow(key, 'reveal');
 }
 
 // Provider checks (POST /v1/secrets/{key}:check): key -> {version, result,
@@ -415,27 +400,25 @@ const CHECK_LABELS = {
   unreachable: 'Provider unreachable',
 };
 
-function check(s) {
-  return once('check ' + s.key, async () => {
-    const version = String(s.currentVersion);
-    const session = state.session;
-    checks.set(s.key, { version, result: 'pending', text: 'Checking…' });
-    render();
-    let result;
-    try {
-      const r = await request('POST', `/v1/secrets/${encodeURIComponent(s.key)}:check`, { body: {} });
-      const answer = r.httpStatus ? `HTTP ${r.httpStatus}` : 'no answer';
-      result = { version, result: r.result, text: `${CHECK_LABELS[r.result] || r.result} — ${r.provider}: ${r.reason} (${answer})` };
-    } catch (e) {
-      result = { version, result: 'error', text: `Not checked: ${e.userMessage}` };
-    }
-    // Kept when the tab was left meanwhile (it shows on return), dropped
-    // after a sign-out.
-    if (session !== state.session) return;
-    checks.set(s.key, result);
-    render();
-    if (state.visible) announce(`Check of ${s.key}: ${result.text}`);
-  });
+async function check(s) {
+  const version = String(s.currentVersion);
+  const session = state.session;
+  checks.set(s.key, { version, result: 'pending', text: 'Checking…' });
+  render();
+  let result;
+  try {
+    const r = await request('POST', `/v1/secrets/${encodeURIComponent(s.key)}:check`, { body: {} });
+    const answer = r.httpStatus ? `HTTP ${r.httpStatus}` : 'no answer';
+    result = { version, result: r.result, text: `${CHECK_LABELS[r.result] || r.result} — ${r.provider}: ${r.reason} (${answer})` };
+  } catch (e) {
+    result = { version, result: 'error', text: `Not checked: ${e.userMessage}` };
+  }
+  // Kept when the tab was left meanwhile (it shows on return), dropped
+  // after a sign-out.
+  if (session !== state.session) return;
+  checks.set(s.key, result);
+  render();
+  if (state.visible) announce(`Check of ${s.key}: ${result.text}`);
 }
 
 function hide(key) {
@@ -501,7 +484,6 @@ export function hideTab() {
 export function reset() {
   state.epoch++;
   state.session++;
-  state.pending.clear();
   resetVersions();
   state.items = [];
   state.revealed.clear();

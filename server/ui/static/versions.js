@@ -4,7 +4,7 @@
 // successor, Enable after Disable, takes the focus).
 
 import { secrets as api } from './api.js';
-import { el, $, clear, setText, button, badge, timeEl, confirmDialog, shown, tableRoles, focusFirst, announce } from './dom.js';
+import { el, $, clear, setText, button, badge, timeEl, confirmDialog, shown, tableRoles, focusFirst, announce, jobName } from './dom.js';
 import { load, focusInRow } from './secrets.js';
 
 const STATE_BADGES = {
@@ -85,7 +85,10 @@ async function loadVersions() {
 function versionRow(key, v, n, newest) {
   const [label, kind] = STATE_BADGES[v.state] || [String(v.state || 'Unknown'), 'muted'];
   const actions = el('div', { className: 'row-actions' });
-  const act = (text, action, fn, cls = 'btn btn-small') => button(text, fn, cls, { dataset: { action } }, `version ${n}`);
+  // The version's controls are one job: while one of them waits for its
+  // answer (or its confirmation), none of them sends another request.
+  const job = jobName('version', key, n);
+  const act = (text, action, fn, cls = 'btn btn-small') => button(text, fn, cls, { dataset: { action }, job }, `version ${n}`);
   if (v.state === 'VERSION_STATE_ENABLED') {
     if (n !== newest) actions.append(act('Restore as new version', 'restore', () => restore(key, n, newest)));
     actions.append(act('Disable', 'disable', () => versionAction(key, n, 'disable')));
